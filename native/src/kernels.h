@@ -1,0 +1,98 @@
+// The kernel contract: every arithmetic routine the model needs, as a table of function
+// pointers. One table per instruction set (generic, avx2, neon, neon-dotprod); the model picks one
+// at start-up from the CPU's features. Every SIMD table has the generic table as its twin, and
+// native/tests/test_kernels.cpp holds them equal.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sysinfer {
+
+// Weight types, numbered as GGML's type ids so Python passes a GGUF tensor's type through as is.
+enum class WType : int { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q6_K = 14 };
+
+constexpr int QK = 32;        // elements per Q4_0 / Q4_1 / Q8_0 block and per activation block
+constexpr int QK_K = 256;     // elements per Q6_K super-block
+constexpr int ROW_TILE = 8;   // rows interleaved per packed tile, for every weight type
+
+// ---- GGUF on-disk blocks (as llama.cpp's quantizer writes them) ----
+struct BlockQ4_0 { uint16_t d; uint8_t qs[16]; };                    // 18 bytes; x = d*(q-8)
+struct BlockQ4_1 { uint16_t d, m; uint8_t qs[16]; };                 // 20 bytes; x = d*q + m
+struct BlockQ8_0 { uint16_t d; int8_t qs[32]; };                     // 34 bytes; x = d*q
+struct BlockQ6_K {                                                   // 210 bytes, 256 weights
+  uint8_t ql[128];  // low 4 bits
+  uint8_t qh[64];   // high 2 bits
+  int8_t scales[16];// one per 16 weights
+  uint16_t d;       // fp16 super-block scale
+};
+// Nibble order in Q4_0/Q4_1 blocks: qs[j] & 0xF is element j, qs[j] >> 4 is element j + 16.
+
+// ---- Packed weights (made once at load by pack_matrix) ----
+// A matrix of `rows` x `cols` (y = W x; GGUF's ne0 == cols) is stored as tiles of ROW_TILE rows;
+// rows are padded with zeros up to padded_rows(rows). For quantized types, the tile of rows
+// [8t, 8t+8) and block column kb (cols / block size of them) lives at index t * nblocks + kb:
+struct TileQ4_0 { uint16_t d[8]; uint8_t qs[8][16]; };               // 144 bytes
+struct TileQ4_1 { uint16_t d[8]; uint16_t m[8]; uint8_t qs[8][16]; };// 160 bytes
+struct TileQ8_0 { uint16_t d[8]; int8_t qs[8][32]; };                // 272 bytes
+struct TileQ6_K { BlockQ6_K b[8]; };                                 // 1680 bytes, b[r] is row 8t+r
+// F32 and F16 matrices are plain row-major [padded_rows][cols].
+
+inline int padded_rows(int rows) { return (rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE; }
+
+// ---- Activations ----
+// Activations are quantized once per matmul (and shared by every row) to blocks of 32:
+struct ActBlock {
+  float d;          // scale: x ~= d * qs[i]
+  int16_t sum[2];   // sum[h] = qs[16h] + ... + qs[16h + 15] (for Q4_0's -8, Q4_1's m, Q6_K's -32)
+  int8_t qs[32];
+};                  // 40 bytes
+static_assert(sizeof(ActBlock) == 40, "ActBlock layout");
+
+struct Kernels {
+  const char* name;  // "generic", "avx2", "neon", "neon-dotprod"
+
+  // x[n] -> out[n / 32]; n % 32 == 0. d = max|x| / 127, qs = round-half-away(x / d).
+  void (*quantize_act)(const float* x, ActBlock* out, int n);
+
+  // y[t * ldy + r] = sum_k W[r][k] * x_t[k] for every row r of tiles [tile0, tile1) and every token
+  // t < n_tok. For quantized W, x is n_tok rows of cols / 32 ActBlocks (row t starts at
+  // x + t * (cols / 32)); for F32 / F16 W, x is n_tok rows of cols floats. Writes all 8 rows of
+  // each tile (padding rows give 0). cols is a multiple of 32 (of 256 for Q6_K).
+  void (*gemm)(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok,
+               float* y, int ldy);
+
+  float (*dot_f32)(const float* a, const float* b, int n);
+  void (*axpy_f32)(float a, const float* x, float* y, int n);  // y += a * x
+  void (*f16_to_f32)(const uint16_t* src, float* dst, int n);
+  void (*f32_to_f16)(const float* src, uint16_t* dst, int n);  // round to nearest even
+};
+
+// Kernel tables. The SIMD getters return nullptr when that table is not compiled in.
+const Kernels& generic_kernels();
+const Kernels* avx2_kernels();
+const Kernels* neon_kernels();
+const Kernels* neon_dotprod_kernels();
+
+// What this CPU can run (checked at run time, not compile time).
+struct CpuFeatures { bool avx2 = false, fma = false, f16c = false, neon = false, dotprod = false; };
+CpuFeatures detect_cpu_features();
+
+// The best table this CPU runs; SYSINFER_KERNELS=generic|avx2|neon|neon-dotprod forces one (an
+// unavailable name falls back to the best, with a warning on stderr).
+const Kernels& select_kernels();
+
+// ---- Packing and dequantization (layout only: shared by every kernel table) ----
+size_t gguf_row_bytes(WType type, int cols);              // bytes of one GGUF row
+size_t packed_bytes(WType type, int rows, int cols);      // bytes pack_matrix writes
+// src: rows x gguf_row_bytes(type, cols) bytes as in the GGUF file; dst: packed_bytes(...) bytes.
+void pack_matrix(WType type, const uint8_t* src, int rows, int cols, uint8_t* dst);
+// One row of a packed matrix back to float (embedding lookup; tests).
+void dequantize_packed_row(WType type, const uint8_t* packed, int cols, int row, float* dst);
+// One GGUF-layout row to float (tests, reference).
+void dequantize_gguf_row(WType type, const uint8_t* src, float* dst, int cols);
+
+float fp16_to_fp32(uint16_t h);
+uint16_t fp32_to_fp16(float f);
+
+}  // namespace sysinfer
