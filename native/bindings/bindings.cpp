@@ -1,0 +1,139 @@
+// Python bindings of the native core: sysinfer._native.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+#include "model.h"
+
+namespace nb = nanobind;
+using namespace sysinfer;
+
+namespace {
+
+using I32 = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using I32x2 = nb::ndarray<const int32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Bytes = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
+using F32 = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F32Out = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+template <class T>
+T get(const nb::dict& d, const char* key, T fallback) {
+  return d.contains(key) ? nb::cast<T>(d[key]) : fallback;
+}
+
+ModelConfig config_from_dict(const nb::dict& d) {
+  ModelConfig c;
+  c.n_layer = get(d, "n_layer", 0);
+  c.n_embd = get(d, "n_embd", 0);
+  c.n_head = get(d, "n_head", 0);
+  c.n_head_kv = get(d, "n_head_kv", 0);
+  c.head_dim = get(d, "head_dim", 0);
+  c.n_ff = get(d, "n_ff", 0);
+  c.n_vocab = get(d, "n_vocab", 0);
+  c.n_ctx = get(d, "n_ctx", 0);
+  c.rms_eps = get(d, "rms_eps", 1e-5f);
+  c.use_rope = get(d, "use_rope", true);
+  c.rope_dim = get(d, "rope_dim", c.head_dim);
+  c.rope_base = get(d, "rope_base", 10000.f);
+  c.alibi_max_bias = get(d, "alibi_max_bias", 8.f);
+  return c;
+}
+
+WType checked_type(int t) {
+  switch (t) {
+    case int(WType::F32): case int(WType::F16): case int(WType::Q4_0): case int(WType::Q4_1):
+    case int(WType::Q8_0): case int(WType::Q6_K):
+      return WType(t);
+    default:
+      throw std::invalid_argument("unsupported tensor type id " + std::to_string(t));
+  }
+}
+
+void add_matrix(Model& m, const std::string& name, int type, int rows, int cols, Bytes data) {
+  const WType wt = checked_type(type);
+  if (rows <= 0 || cols <= 0) throw std::invalid_argument(name + ": empty matrix");
+  const size_t need = gguf_row_bytes(wt, cols) * size_t(rows);
+  if (data.nbytes() != need)
+    throw std::invalid_argument(name + ": expected " + std::to_string(need) + " bytes, got " +
+                                std::to_string(data.nbytes()));
+  nb::gil_scoped_release release;
+  m.add_matrix(name, wt, rows, cols, data.data());
+}
+
+void step(Model& m, I32 token_ids, I32 positions, I32 seq_starts, I32x2 block_tables, I32 context_lens,
+          I32 logits_rows, F32Out logits) {
+  StepBatch b;
+  b.n_tok = int(token_ids.shape(0));
+  b.n_seq = int(context_lens.shape(0));
+  b.max_blocks = int(block_tables.shape(1));
+  b.n_out = int(logits_rows.shape(0));
+  if (positions.shape(0) != token_ids.shape(0)) throw std::invalid_argument("positions and token_ids differ in length");
+  if (seq_starts.shape(0) != size_t(b.n_seq) + 1) throw std::invalid_argument("seq_starts must have n_seq + 1 entries");
+  if (block_tables.shape(0) != size_t(b.n_seq)) throw std::invalid_argument("block_tables must have n_seq rows");
+  if (logits.shape(0) < size_t(b.n_out) || logits.shape(1) != size_t(m.config().n_vocab))
+    throw std::invalid_argument("logits must be [>= len(logits_rows), n_vocab]");
+  b.token_ids = token_ids.data();
+  b.positions = positions.data();
+  b.seq_starts = seq_starts.data();
+  b.block_tables = block_tables.data();
+  b.context_lens = context_lens.data();
+  b.logits_rows = logits_rows.data();
+  nb::gil_scoped_release release;
+  m.step(b, logits.data());
+}
+
+nb::dict cpu_info() {
+  nb::dict d;
+  const CpuFeatures f = detect_cpu_features();
+  d["kernels"] = select_kernels().name;
+  nb::list available;
+  available.append("generic");
+  for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()})
+    if (k) available.append(k->name);
+  d["compiled"] = available;
+  d["avx2"] = f.avx2;
+  d["fma"] = f.fma;
+  d["f16c"] = f.f16c;
+  d["neon"] = f.neon;
+  d["dotprod"] = f.dotprod;
+  return d;
+}
+
+}  // namespace
+
+NB_MODULE(_native, mod) {
+  mod.doc() = "sysinfer native core: packed weights, paged KV cache, one forward pass per step";
+  mod.def("info", &cpu_info, "Kernel table in use and the CPU features it was chosen from.");
+  mod.def("allowed_cpus", &allowed_cpus, "CPUs this process may run on.");
+
+  nb::class_<Model>(mod, "Model")
+      .def("__init__",
+           [](Model* self, nb::dict cfg, int n_threads, std::vector<int> cpus) {
+             new (self) Model(config_from_dict(cfg), n_threads, cpus);
+           },
+           nb::arg("config"), nb::arg("n_threads"), nb::arg("cpus"))
+      .def("add_matrix", &add_matrix, nb::arg("name"), nb::arg("type"), nb::arg("rows"), nb::arg("cols"),
+           nb::arg("data"))
+      .def("set_vector",
+           [](Model& m, const std::string& name, F32 v) { m.set_vector(name, v.data(), int(v.shape(0))); },
+           nb::arg("name"), nb::arg("data"))
+      .def("finish_loading", &Model::finish_loading)
+      .def("init_cache", &Model::init_cache, nb::arg("n_blocks"), nb::arg("block_size"),
+           nb::arg("max_step_tokens"), nb::arg("max_out_rows"))
+      .def("step", &step, nb::arg("token_ids"), nb::arg("positions"), nb::arg("seq_starts"),
+           nb::arg("block_tables"), nb::arg("context_lens"), nb::arg("logits_rows"), nb::arg("logits"),
+           "One forward pass for a batch (GIL released); writes logits[i] for token logits_rows[i].")
+      .def_prop_ro("kernels", [](Model& m) { return std::string(m.kernels().name); })
+      .def_prop_ro("n_threads", [](Model& m) { return m.pool().size(); })
+      .def_prop_ro("pinned_cpus", [](Model& m) { return m.pool().pinned_cpus(); })
+      .def_prop_ro("weight_bytes", &Model::weight_bytes)
+      .def_prop_ro("kv_bytes", &Model::kv_bytes)
+      .def_prop_ro("n_blocks", &Model::n_blocks)
+      .def_prop_ro("block_size", &Model::block_size)
+      .def_prop_ro("max_step_tokens", &Model::max_step_tokens);
+}

@@ -1,0 +1,119 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace sysinfer {
+
+namespace {
+// Online-softmax state of one (query token, query head): acc[hd] then running max and sum.
+struct SoftmaxState {
+  float* acc;
+  float* max;
+  float* sum;
+};
+}  // namespace
+
+size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item) {
+  const int group = s.n_head / s.n_head_kv;
+  const size_t kv_block = 2 * size_t(s.block_size) * s.head_dim;          // K and V as f32
+  const size_t states = size_t(max_tokens_per_item) * group * (s.head_dim + 2);
+  return kv_block + states + s.block_size;                                // + block scores
+}
+
+void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& item, const float* q,
+                        int q_stride, const int32_t* positions, const int32_t* block_table,
+                        const uint16_t* k_layer, const uint16_t* v_layer, float* scratch, float* out,
+                        int out_stride, float* partial, int max_splits) {
+  const int hd = s.head_dim, bs = s.block_size, group = s.n_head / s.n_head_kv;
+  const int n_tok = item.tok_end - item.tok_begin;
+  float* kf = scratch;                        // [bs][hd] this block's keys as f32
+  float* vf = kf + size_t(bs) * hd;           // [bs][hd] values
+  float* states = vf + size_t(bs) * hd;       // [n_tok][group][hd + 2]
+  float* scores = states + size_t(n_tok) * group * (hd + 2);  // [bs]
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+  for (int i = 0; i < n_tok * group; ++i) {
+    float* st = states + size_t(i) * (hd + 2);
+    std::fill(st, st + hd, 0.f);
+    st[hd] = neg_inf;
+    st[hd + 1] = 0.f;
+  }
+  // Keys needed by the latest token of the item (tokens are in position order).
+  const int last_pos = positions[item.tok_end - 1];
+  const int key_end = std::min(item.key_end, last_pos + 1);
+  const size_t head_stride = size_t(bs) * hd;
+  for (int block_start = item.key_begin / bs * bs; block_start < key_end; block_start += bs) {
+    const int blk = block_table[block_start / bs];
+    const size_t base = (size_t(blk) * s.n_head_kv + item.kv_head) * head_stride;
+    const int j0 = std::max(item.key_begin - block_start, 0);
+    const int j1 = std::min(key_end - block_start, bs);
+    k.f16_to_f32(k_layer + base + size_t(j0) * hd, kf + size_t(j0) * hd, (j1 - j0) * hd);
+    k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, (j1 - j0) * hd);
+    for (int t = 0; t < n_tok; ++t) {
+      const int row = item.tok_begin + t;
+      const int pos = positions[row];
+      const int jt = std::min(j1, pos + 1 - block_start);  // causal: keys at positions <= pos
+      if (jt <= j0) continue;
+      for (int g = 0; g < group; ++g) {
+        const int h = item.kv_head * group + g;
+        const float* qh = q + size_t(row) * q_stride + size_t(h) * hd;
+        float* st = states + (size_t(t) * group + g) * (hd + 2);
+        float block_max = neg_inf;
+        for (int j = j0; j < jt; ++j) {
+          float sc = k.dot_f32(qh, kf + size_t(j) * hd, hd) * s.scale;
+          if (s.alibi_slopes) sc -= s.alibi_slopes[h] * float(pos - (block_start + j));
+          scores[j] = sc;
+          block_max = std::max(block_max, sc);
+        }
+        const float new_max = std::max(st[hd], block_max);
+        const float rescale = std::exp(st[hd] - new_max);  // 0 on the first block
+        if (rescale != 1.f)
+          for (int i = 0; i < hd; ++i) st[i] *= rescale;
+        float sum = st[hd + 1] * rescale;
+        for (int j = j0; j < jt; ++j) {
+          const float p = std::exp(scores[j] - new_max);
+          sum += p;
+          k.axpy_f32(p, vf + size_t(j) * hd, st, hd);
+        }
+        st[hd] = new_max;
+        st[hd + 1] = sum;
+      }
+    }
+  }
+  for (int t = 0; t < n_tok; ++t) {
+    const int row = item.tok_begin + t;
+    for (int g = 0; g < group; ++g) {
+      const int h = item.kv_head * group + g;
+      const float* st = states + (size_t(t) * group + g) * (hd + 2);
+      if (item.split >= 0) {
+        float* dst = partial + ((size_t(row) * s.n_head + h) * max_splits + item.split) * (hd + 2);
+        std::copy(st, st + hd + 2, dst);
+      } else {
+        float* dst = out + size_t(row) * out_stride + size_t(h) * hd;
+        const float inv = st[hd + 1] > 0.f ? 1.f / st[hd + 1] : 0.f;
+        for (int i = 0; i < hd; ++i) dst[i] = st[i] * inv;
+      }
+    }
+  }
+}
+
+void combine_attention_partials(const float* partial, int n_splits, int head_dim, float* out) {
+  const int stride = head_dim + 2;
+  float max = -std::numeric_limits<float>::infinity();
+  for (int p = 0; p < n_splits; ++p) max = std::max(max, partial[p * stride + head_dim]);
+  std::fill(out, out + head_dim, 0.f);
+  float sum = 0.f;
+  for (int p = 0; p < n_splits; ++p) {
+    const float* st = partial + p * stride;
+    if (st[head_dim + 1] == 0.f) continue;  // an empty key range
+    const float w = std::exp(st[head_dim] - max);
+    sum += w * st[head_dim + 1];
+    for (int i = 0; i < head_dim; ++i) out[i] += w * st[i];
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int i = 0; i < head_dim; ++i) out[i] *= inv;
+}
+
+}  // namespace sysinfer

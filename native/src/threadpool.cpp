@@ -1,0 +1,113 @@
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <chrono>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+static inline void cpu_relax() { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void cpu_relax() { asm volatile("yield" ::: "memory"); }
+#else
+static inline void cpu_relax() {}
+#endif
+
+namespace sysinfer {
+
+namespace {
+// How long an idle worker spins for the next task before it sleeps: steps come back to back
+// while a request decodes, and a futex wake-up costs more than a short spin.
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(2000);
+
+bool pin_current_thread(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+}
+}  // namespace
+
+std::vector<int> allowed_cpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.empty()) cpus.push_back(0);
+  return cpus;
+}
+
+ThreadPool::ThreadPool(int n_threads, const std::vector<int>& cpus)
+    : n_threads_(n_threads < 1 ? 1 : n_threads), pinned_(n_threads_, -1) {
+  for (int i = 0; i < n_threads_; ++i) {
+    if (!cpus.empty()) pinned_[i] = cpus[i % cpus.size()];
+    threads_.emplace_back([this, i] { worker_main(i); });
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void ThreadPool::run_raw(TaskFn fn, void* ctx) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    task_ = fn;
+    task_ctx_ = ctx;
+    running_.store(n_threads_, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_cv_.notify_all();
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_cv_.wait(lock, [this] { return running_.load(std::memory_order_acquire) == 0; });
+}
+
+void ThreadPool::worker_main(int tid) {
+  if (pinned_[tid] >= 0 && !pin_current_thread(pinned_[tid])) pinned_[tid] = -1;
+  uint64_t seen = 0;
+  for (;;) {
+    // Spin a little for the next task, then sleep until one comes.
+    auto spin_until = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+    while (generation_.load(std::memory_order_acquire) == seen &&
+           std::chrono::steady_clock::now() < spin_until)
+      for (int i = 0; i < 64; ++i) cpu_relax();
+    TaskFn fn;
+    void* ctx;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      if (stop_) return;
+      seen = generation_.load(std::memory_order_acquire);
+      fn = task_;
+      ctx = task_ctx_;
+    }
+    fn(ctx, tid);
+    if (running_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_cv_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::barrier() {
+  if (n_threads_ == 1) return;
+  uint64_t gen = barrier_generation_.load(std::memory_order_acquire);
+  if (barrier_count_.fetch_add(1, std::memory_order_acq_rel) == n_threads_ - 1) {
+    barrier_count_.store(0, std::memory_order_relaxed);
+    barrier_generation_.fetch_add(1, std::memory_order_release);
+  } else {
+    while (barrier_generation_.load(std::memory_order_acquire) == gen) cpu_relax();
+  }
+}
+
+}  // namespace sysinfer
