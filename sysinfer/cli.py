@@ -1,0 +1,100 @@
+"""`sysinfer` command line: info, synth (and generate, serve, bench as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .model.gguf_loader import ModelLoadError
+
+
+def _model_path(path: str | None) -> str:
+    if path:
+        return path
+    from .model.default_model import default_model_path
+
+    return default_model_path()
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import native_info
+    from .model.gguf_loader import read_model_file
+
+    path = _model_path(args.model)
+    mf = read_model_file(path)
+    hp = mf.hparams
+    kinds: dict[str, int] = {}
+    for t in mf.tensors.values():
+        kinds[t.type.name] = kinds.get(t.type.name, 0) + 1
+    native = native_info()
+    rows = [
+        ("file", path),
+        ("size", _human_bytes(mf.file_bytes)),
+        ("name", mf.metadata.get("general.name", "?")),
+        ("architecture", hp.arch + ("" if hp.use_rope else " (ALiBi)")),
+        ("parameters", f"{mf.n_params / 1e6:.1f} M"),
+        ("layers", hp.n_layer),
+        ("embedding", hp.n_embd),
+        ("heads (q / kv)", f"{hp.n_head} / {hp.n_head_kv}, head size {hp.head_dim}"),
+        ("feed-forward", hp.n_ff),
+        ("vocabulary", hp.n_vocab),
+        ("context length", hp.n_ctx_train),
+        ("position encoding", f"RoPE base {hp.rope_base:g}, {hp.rope_dim} dims" if hp.use_rope else "ALiBi"),
+        ("output", "tied to token_embd" if "output.weight" not in mf.tensors else mf.tensors["output.weight"].type.name),
+        ("tensor types", ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))),
+        ("tokenizer", mf.metadata.get("tokenizer.ggml.model", "none")
+         + (f" (pre: {mf.metadata['tokenizer.ggml.pre']})" if "tokenizer.ggml.pre" in mf.metadata else "")),
+        ("chat template", "yes" if "tokenizer.chat_template" in mf.metadata else "none (built-in used)"),
+        ("kernels", f"{native['kernels']} (compiled: {', '.join(native['compiled'])})"),
+        ("cpu features", ", ".join(k for k in ("avx2", "fma", "f16c", "neon", "dotprod") if native[k]) or "none"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .model.synth_presets import synth_like
+
+    synth_like(args.like, args.output, quant=args.quant, seed=args.seed)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sysinfer", description="CPU inference server for GGUF language models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="describe a GGUF model and the kernels this CPU runs")
+    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("synth", help="write a random-weight GGUF with a real model's exact shapes")
+    p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b"])
+    p.add_argument("--quant", default="q4_0", choices=["q4_0", "q4_1", "q8_0"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ModelLoadError, FileNotFoundError, ValueError) as e:
+        print(f"sysinfer: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

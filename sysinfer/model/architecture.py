@@ -1,0 +1,124 @@
+"""Model architectures: hyperparameters from GGUF metadata and the tensors each one needs.
+
+Supported: `llama` (Llama 2/3/3.1, SmolLM2, any llama-architecture model: RoPE, GQA, SwiGLU, tied
+output when `output.weight` is absent) and `baichuan` (Baichuan 2: RoPE for 7B; ALiBi for the 40-layer
+13B, which is how existing Baichuan2-13B files are recognised, as llama.cpp does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = ("llama", "baichuan")
+BAICHUAN_ALIBI_BLOCK_COUNT = 40
+
+
+@dataclass(frozen=True)
+class ModelHParams:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    rms_eps: float
+    use_rope: bool
+    rope_dim: int
+    rope_base: float
+    alibi_max_bias: float = 8.0
+
+    def native_config(self, n_ctx: int) -> dict[str, Any]:
+        cfg = {k: v for k, v in asdict(self).items() if k not in ("arch", "n_ctx_train")}
+        cfg["n_ctx"] = n_ctx
+        return cfg
+
+
+def _require(meta: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in meta:
+        raise KeyError(f"missing metadata key {key!r}")
+    value = meta[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"metadata key {key!r} must be an integer, got {value!r}")
+    if kind is float and not isinstance(value, (int, float)):
+        raise ValueError(f"metadata key {key!r} must be a number, got {value!r}")
+    return value
+
+
+def _positive(key: str, value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"metadata key {key!r} must be positive, got {value}")
+    return value
+
+
+def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
+    arch = meta.get("general.architecture")
+    if arch is None:
+        raise KeyError("missing metadata key 'general.architecture'")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"architecture {arch!r} (general.architecture) is not supported; supported: {SUPPORTED_ARCHITECTURES}")
+
+    def get_int(name: str, default: int | None = None) -> int:
+        key = f"{arch}.{name}"
+        if default is not None and key not in meta:
+            return default
+        return _positive(key, int(_require(meta, key, int)))
+
+    n_layer = get_int("block_count")
+    n_embd = get_int("embedding_length")
+    n_head = get_int("attention.head_count")
+    n_head_kv = get_int("attention.head_count_kv", n_head)
+    if n_head % n_head_kv:
+        raise ValueError(f"{arch}.attention.head_count ({n_head}) is not a multiple of head_count_kv ({n_head_kv})")
+    if n_embd % n_head and f"{arch}.attention.key_length" not in meta:
+        raise ValueError(f"{arch}.embedding_length ({n_embd}) is not a multiple of attention.head_count ({n_head})")
+    head_dim = get_int("attention.key_length", n_embd // n_head)
+    n_ff = get_int("feed_forward_length")
+    n_ctx_train = get_int("context_length")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    n_vocab = get_int("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
+    rms_eps = float(_require(meta, f"{arch}.attention.layer_norm_rms_epsilon", float))
+    use_rope = not (arch == "baichuan" and n_layer == BAICHUAN_ALIBI_BLOCK_COUNT)
+    rope_dim = get_int("rope.dimension_count", head_dim)
+    rope_base = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    if use_rope and (rope_dim > head_dim or rope_dim % 2):
+        raise ValueError(f"{arch}.rope.dimension_count ({rope_dim}) must be even and at most the head size ({head_dim})")
+    return ModelHParams(
+        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
+        n_ff=n_ff, n_vocab=n_vocab, n_ctx_train=n_ctx_train, rms_eps=rms_eps, use_rope=use_rope,
+        rope_dim=rope_dim if use_rope else 0, rope_base=rope_base,
+    )
+
+
+def layer_tensor_shapes(hp: ModelHParams, i: int) -> dict[str, tuple[int, ...]]:
+    """GGUF shapes (ne0 first) of layer i's tensors."""
+    D, F, hd = hp.n_embd, hp.n_ff, hp.head_dim
+    p = f"blk.{i}."
+    return {
+        p + "attn_norm.weight": (D,),
+        p + "attn_q.weight": (D, hp.n_head * hd),
+        p + "attn_k.weight": (D, hp.n_head_kv * hd),
+        p + "attn_v.weight": (D, hp.n_head_kv * hd),
+        p + "attn_output.weight": (hp.n_head * hd, D),
+        p + "ffn_norm.weight": (D,),
+        p + "ffn_gate.weight": (D, F),
+        p + "ffn_up.weight": (D, F),
+        p + "ffn_down.weight": (F, D),
+    }
+
+
+def expected_tensor_shapes(hp: ModelHParams) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(required tensors, optional tensors), each name -> GGUF shape."""
+    required: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (hp.n_embd, hp.n_vocab),
+        "output_norm.weight": (hp.n_embd,),
+    }
+    for i in range(hp.n_layer):
+        required.update(layer_tensor_shapes(hp, i))
+    optional: dict[str, tuple[int, ...]] = {"output.weight": (hp.n_embd, hp.n_vocab)}
+    if hp.use_rope:
+        optional["rope_freqs.weight"] = (hp.rope_dim // 2,)
+    return required, optional

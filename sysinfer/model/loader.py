@@ -1,0 +1,150 @@
+"""Loading a validated GGUF file into the native core, and the one-call step on top of it."""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ..threads import resolve_threads
+from .architecture import ModelHParams
+from .gguf_loader import GGUFModelFile, ModelLoadError, TensorData, read_model_file
+
+DEFAULT_BLOCK_SIZE = 16
+DEFAULT_MAX_STEP_TOKENS = 512
+DEFAULT_MAX_OUT_ROWS = 64
+DEFAULT_CTX_CAP = 8192  # a file's trained context can be 128k: don't size the cache for it unasked
+
+
+@dataclass
+class LoadStats:
+    seconds: float
+    weight_bytes: int
+    kv_bytes: int
+
+
+def _matrix_groups(mf: GGUFModelFile, layer: int) -> dict[str, list[str]]:
+    p = f"blk.{layer}."
+    return {
+        "qkv": [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
+        "wo": [p + "attn_output.weight"],
+        "gate_up": [p + "ffn_gate.weight", p + "ffn_up.weight"],
+        "down": [p + "ffn_down.weight"],
+    }
+
+
+def _add_group(native, name: str, parts: list[TensorData]) -> None:
+    """One packed matrix when the parts share a type (fused Q/K/V, gate/up), else one per part."""
+    if len({t.type for t in parts}) == 1 and all(t.rows % 8 == 0 for t in parts[:-1]):
+        data = np.concatenate([t.raw_bytes() for t in parts]) if len(parts) > 1 else parts[0].raw_bytes()
+        native.add_matrix(name, int(parts[0].type), sum(t.rows for t in parts), parts[0].cols, data)
+        return
+    for t in parts:
+        native.add_matrix(name, int(t.type), t.rows, t.cols, t.raw_bytes())
+
+
+def _vector(t: TensorData) -> np.ndarray:
+    return np.ascontiguousarray(t.data, dtype=np.float32).reshape(-1)
+
+
+def load_weights(native, mf: GGUFModelFile, progress: Callable[[int, int], None] | None = None) -> None:
+    t = mf.tensors
+    native.add_matrix("token_embd", int(t["token_embd.weight"].type), mf.hparams.n_vocab, mf.hparams.n_embd,
+                      t["token_embd.weight"].raw_bytes())
+    if "output.weight" in t:
+        native.add_matrix("output", int(t["output.weight"].type), mf.hparams.n_vocab, mf.hparams.n_embd,
+                          t["output.weight"].raw_bytes())
+    native.set_vector("output_norm", _vector(t["output_norm.weight"]))
+    if "rope_freqs.weight" in t and mf.hparams.use_rope:
+        native.set_vector("rope_freqs", _vector(t["rope_freqs.weight"]))
+    for i in range(mf.hparams.n_layer):
+        native.set_vector(f"blk.{i}.attn_norm", _vector(t[f"blk.{i}.attn_norm.weight"]))
+        native.set_vector(f"blk.{i}.ffn_norm", _vector(t[f"blk.{i}.ffn_norm.weight"]))
+        for group, names in _matrix_groups(mf, i).items():
+            _add_group(native, f"blk.{i}.{group}", [t[n] for n in names])
+        if progress:
+            progress(i + 1, mf.hparams.n_layer)
+    native.finish_loading()
+
+
+class LoadedModel:
+    """A model in the native core with its paged KV cache; `step` runs one forward pass."""
+
+    def __init__(self, mf: GGUFModelFile, native, n_ctx: int, n_kv_blocks: int, block_size: int,
+                 max_step_tokens: int, max_out_rows: int, load_stats: LoadStats):
+        self.path = mf.path
+        self.hparams: ModelHParams = mf.hparams
+        self.metadata: dict[str, Any] = mf.metadata
+        self.file_bytes = mf.file_bytes
+        self.n_params = mf.n_params
+        self.tensor_types = sorted({t.type.name for t in mf.tensors.values()})
+        self.native = native
+        self.n_vocab = mf.hparams.n_vocab
+        self.n_ctx = n_ctx
+        self.n_kv_blocks = n_kv_blocks
+        self.block_size = block_size
+        self.max_step_tokens = max_step_tokens
+        self.max_out_rows = max_out_rows
+        self.load_stats = load_stats
+        self._logits = np.zeros((max_out_rows, self.n_vocab), dtype=np.float32)  # [max_out_rows, n_vocab]
+
+    @property
+    def kernels(self) -> str:
+        return self.native.kernels
+
+    @property
+    def n_threads(self) -> int:
+        return self.native.n_threads
+
+    def step(self, token_ids, positions, seq_starts, block_tables, context_lens, logits_rows) -> np.ndarray:
+        """One forward pass for a batch; returns logits [len(logits_rows), n_vocab], a view that the
+        next step overwrites. See Model.step in native/src/model.h for the array meanings."""
+        i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
+        tables = np.ascontiguousarray(block_tables, dtype=np.int32)
+        if tables.ndim == 1:
+            tables = tables.reshape(1, -1)
+        rows = i32(logits_rows).reshape(-1)
+        if len(rows) > self.max_out_rows:
+            raise ValueError(f"at most {self.max_out_rows} logits rows per step, got {len(rows)}")
+        self.native.step(i32(token_ids).reshape(-1), i32(positions).reshape(-1), i32(seq_starts).reshape(-1), tables,
+                         i32(context_lens).reshape(-1), rows, self._logits)
+        return self._logits[: len(rows)]
+
+
+def load_model(path: str, *, threads: int | None = None, n_ctx: int | None = None, kv_blocks: int | None = None,
+               block_size: int = DEFAULT_BLOCK_SIZE, max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS,
+               max_out_rows: int = DEFAULT_MAX_OUT_ROWS, progress: Callable[[int, int], None] | None = None,
+               cpus: list[int] | None = None) -> LoadedModel:
+    """Validate, pack the weights into the native core, release the file, allocate the KV cache."""
+    from .. import _native
+
+    start = time.perf_counter()
+    mf = read_model_file(path)
+    hp = mf.hparams
+    n_ctx = n_ctx or min(hp.n_ctx_train, DEFAULT_CTX_CAP)
+    if n_ctx < 1:
+        raise ValueError(f"context size must be positive, got {n_ctx}")
+    n_threads, allowed = resolve_threads(threads)
+    max_step_tokens = max(1, min(max_step_tokens, n_ctx))
+    max_out_rows = max(1, min(max_out_rows, max_step_tokens))
+    kv_blocks = kv_blocks or math.ceil(n_ctx / block_size)
+    try:
+        native = _native.Model(hp.native_config(n_ctx), n_threads, cpus if cpus is not None else allowed)
+        load_weights(native, mf, progress)
+    except ValueError as e:  # shape/type problems the native side found
+        raise ModelLoadError(f"{path}: {e}") from None
+    native.init_cache(kv_blocks, block_size, max_step_tokens, max_out_rows)
+    stats = LoadStats(time.perf_counter() - start, native.weight_bytes, native.kv_bytes)
+    model = LoadedModel(mf, native, n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows, stats)
+    mf.tensors.clear()  # drop the mmap views: the packed copy is all we keep
+    del mf
+    gc.collect()
+    return model
+
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "GGMLQuantizationType"]

@@ -1,0 +1,164 @@
+"""Random-weight GGUF files with a real model's tensor names, shapes and types.
+
+Used for tests (tiny models of each architecture) and for measuring the speed and memory of models
+that can't be downloaded here (exact Llama-3-8B and Baichuan2-13B shapes). Quantized blocks are drawn
+directly in their on-disk format (random codes, scales sized for the wanted standard deviation), so
+an 8B file is written in seconds instead of quantizing 8 billion floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFWriter
+
+# Standard deviation of the codes of each format when drawn uniformly (for scaling).
+_Q4_STD = np.sqrt((16**2 - 1) / 12)   # uniform over 16 levels
+_Q8_STD = np.sqrt((255**2 - 1) / 12)  # uniform over -127..127
+_Q6_STD = np.sqrt((64**2 - 1) / 12)
+
+
+@dataclass
+class SynthSpec:
+    arch: str = "llama"
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+    n_vocab: int = 256
+    n_ctx: int = 512
+    rope_base: float = 10000.0
+    rms_eps: float = 1e-5
+    matrix_type: QT = QT.Q4_0
+    embd_type: QT = QT.Q4_0
+    output_type: QT | None = QT.Q6_K  # None: tied to token_embd, as SmolLM2
+    rope_freqs: bool = False           # Llama 3.1's rope_freqs.weight
+    name: str = "synthetic"
+    metadata: dict[str, Any] = field(default_factory=dict)  # extra keys (e.g. a real tokenizer)
+
+
+def random_matrix_bytes(rng: np.random.Generator, qtype: QT, rows: int, cols: int, std: float) -> np.ndarray:
+    """rows x cols weights of the given type and standard deviation, as the file's bytes/values."""
+    if qtype == QT.F32:
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float32)
+    if qtype == QT.F16:
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float16)
+    block = 256 if qtype == QT.Q6_K else 32
+    if cols % block:
+        raise ValueError(f"{qtype.name} rows must be a multiple of {block} long, got {cols}")
+    nb32 = cols // 32
+
+    def scales(n: int, code_std: float) -> np.ndarray:  # fp16 scales, jittered around the target
+        return (std / code_std * rng.uniform(0.5, 1.5, size=n)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+    if qtype in (QT.Q4_0, QT.Q4_1, QT.Q8_0):
+        n = rows * nb32
+        if qtype == QT.Q8_0:
+            q = rng.integers(-127, 128, size=(n, 32), dtype=np.int8).view(np.uint8)
+            blocks = np.concatenate([scales(n, _Q8_STD), q], axis=1)
+        else:
+            q = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+            parts = [scales(n, _Q4_STD)]
+            if qtype == QT.Q4_1:  # x = d*q + m with q in 0..15: m = -8d centres it
+                d = parts[0].copy().view(np.float16).reshape(-1)
+                parts.append((-8 * d.astype(np.float32)).astype(np.float16).view(np.uint8).reshape(-1, 2))
+            blocks = np.concatenate(parts + [q], axis=1)
+        return blocks.reshape(rows, -1)
+    if qtype == QT.Q6_K:
+        n = rows * (cols // 256)
+        ql = rng.integers(0, 256, size=(n, 128), dtype=np.uint8)
+        qh = rng.integers(0, 256, size=(n, 64), dtype=np.uint8)
+        sc = rng.integers(8, 24, size=(n, 16), dtype=np.int8) * rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, 16))
+        d = (std / (_Q6_STD * 16) * rng.uniform(0.5, 1.5, size=n)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+        return np.concatenate([ql, qh, sc.view(np.uint8), d], axis=1).reshape(rows, -1)
+    raise ValueError(f"cannot synthesize tensors of type {qtype.name}")
+
+
+def _minimal_tokenizer(n_vocab: int) -> dict[str, Any]:
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<t{i}>" for i in range(3, n_vocab)]
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3, 3, 3] + [1] * (n_vocab - 3),
+        "tokenizer.ggml.merges": [],
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+
+
+def _add_metadata(w: GGUFWriter, spec: SynthSpec) -> None:
+    a = spec.arch
+    w.add_name(spec.name)
+    w.add_uint32(f"{a}.block_count", spec.n_layer)
+    w.add_uint32(f"{a}.context_length", spec.n_ctx)
+    w.add_uint32(f"{a}.embedding_length", spec.n_embd)
+    w.add_uint32(f"{a}.feed_forward_length", spec.n_ff)
+    w.add_uint32(f"{a}.attention.head_count", spec.n_head)
+    w.add_uint32(f"{a}.attention.head_count_kv", spec.n_head_kv)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", spec.rms_eps)
+    w.add_float32(f"{a}.rope.freq_base", spec.rope_base)
+    w.add_uint32(f"{a}.rope.dimension_count", spec.n_embd // spec.n_head)
+    w.add_uint32(f"{a}.vocab_size", spec.n_vocab)
+    meta = {**_minimal_tokenizer(spec.n_vocab), **spec.metadata}
+    for key, value in meta.items():
+        if isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            raise TypeError(f"metadata {key!r}: unsupported value type {type(value).__name__}")
+
+
+def _add(w: GGUFWriter, name: str, data: np.ndarray, qtype: QT) -> None:
+    if qtype in (QT.F32, QT.F16):
+        w.add_tensor(name, data)
+    else:
+        w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+
+
+def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
+    """Write a random-weight model (a baichuan with 40 layers loads as ALiBi); activations stay finite through all layers (norms are ~1 and
+    every matrix has std 1/sqrt(fan-in), down-scaled with depth as residual branches add up)."""
+    rng = np.random.default_rng(seed)
+    D, F, hd = spec.n_embd, spec.n_ff, spec.n_embd // spec.n_head
+    w = GGUFWriter(path, spec.arch)
+    _add_metadata(w, spec)
+    _add(w, "token_embd.weight", random_matrix_bytes(rng, spec.embd_type, spec.n_vocab, D, 1.0), spec.embd_type)
+    _add(w, "output_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
+    if spec.output_type is not None:
+        _add(w, "output.weight", random_matrix_bytes(rng, spec.output_type, spec.n_vocab, D, 1 / np.sqrt(D)),
+             spec.output_type)
+    if spec.rope_freqs:
+        _add(w, "rope_freqs.weight", rng.uniform(1.0, 8.0, hd // 2).astype(np.float32), QT.F32)
+    branch = 1 / np.sqrt(2 * spec.n_layer)
+    shapes = {  # name: (rows, cols, std)
+        "attn_q": (spec.n_head * hd, D, 1 / np.sqrt(D)),
+        "attn_k": (spec.n_head_kv * hd, D, 1 / np.sqrt(D)),
+        "attn_v": (spec.n_head_kv * hd, D, 1 / np.sqrt(D)),
+        "attn_output": (D, spec.n_head * hd, branch / np.sqrt(spec.n_head * hd)),
+        "ffn_gate": (F, D, 1 / np.sqrt(D)),
+        "ffn_up": (F, D, 1 / np.sqrt(D)),
+        "ffn_down": (D, F, branch / np.sqrt(F)),
+    }
+    for i in range(spec.n_layer):
+        _add(w, f"blk.{i}.attn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
+        _add(w, f"blk.{i}.ffn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
+        for name, (rows, cols, std) in shapes.items():
+            _add(w, f"blk.{i}.{name}.weight", random_matrix_bytes(rng, spec.matrix_type, rows, cols, std),
+                 spec.matrix_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

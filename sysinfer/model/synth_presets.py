@@ -1,0 +1,38 @@
+"""Exact tensor shapes and types of the models we serve, for `sysinfer synth --like NAME`.
+
+Types follow llama.cpp's Q4_0 files: Q4_0 matrices and embeddings, Q6_K `output.weight`, F32 norms.
+"""
+
+from __future__ import annotations
+
+from gguf import GGMLQuantizationType as QT
+
+from .synth import SynthSpec, write_synthetic_gguf
+
+PRESETS: dict[str, SynthSpec] = {
+    "llama3-8b": SynthSpec(arch="llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336,
+                           n_vocab=128256, n_ctx=8192, rope_base=500000.0, output_type=QT.Q6_K,
+                           name="Llama-3-8B shape (random weights)"),
+    "baichuan2-13b": SynthSpec(arch="baichuan", n_layer=40, n_embd=5120, n_head=40, n_head_kv=40, n_ff=13696,
+                               n_vocab=125696, n_ctx=4096, output_type=QT.Q6_K, rms_eps=1e-6,
+                               name="Baichuan2-13B shape (random weights)"),
+    "baichuan2-7b": SynthSpec(arch="baichuan", n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
+                              n_vocab=125696, n_ctx=4096, output_type=QT.Q6_K, rms_eps=1e-6,
+                              name="Baichuan2-7B shape (random weights)"),
+    "smollm2-135m": SynthSpec(arch="llama", n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536,
+                              n_vocab=49152, n_ctx=8192, rope_base=100000.0, embd_type=QT.Q8_0, output_type=None,
+                              name="SmolLM2-135M shape (random weights)"),
+}
+
+QUANTS = {"q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}
+
+
+def synth_like(name: str, path: str, quant: str = "q4_0", seed: int = 0) -> str:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model shape {name!r}; known: {', '.join(PRESETS)}")
+    if quant not in QUANTS:
+        raise ValueError(f"unknown quantization {quant!r}; known: {', '.join(QUANTS)}")
+    base = PRESETS[name]
+    spec = SynthSpec(**{**base.__dict__, "matrix_type": QUANTS[quant],
+                        "embd_type": base.embd_type if base.embd_type != QT.Q4_0 else QUANTS[quant]})
+    return write_synthetic_gguf(path, spec, seed=seed)

@@ -1,0 +1,118 @@
+"""A plain numpy forward pass over dequantized weights: the numerical oracle of the native core.
+
+Written for clarity, never for speed: float32 everywhere, the whole sequence recomputed each time.
+Two switches make it compute what the native core computes, so the two can be compared tightly:
+`quantize_activations` rounds every matmul input through Q8_0 (blocks of 32, scale max|x|/127, round
+half away from zero), and `fp16_kv` rounds keys and values to fp16 as the KV cache stores them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+from sysinfer.model.architecture import hparams_from_metadata
+from sysinfer.model.gguf_metadata import reader_metadata
+
+
+class ReferenceModel:
+    def __init__(self, path: str, quantize_activations: bool = True, fp16_kv: bool = True):
+        reader = GGUFReader(path, "r")
+        self.hp = hparams_from_metadata(reader_metadata(reader))
+        self.w = {t.name: self._dequantize(t) for t in reader.tensors}
+        self.quantize_activations = quantize_activations
+        self.fp16_kv = fp16_kv
+        if "output.weight" not in self.w:
+            self.w["output.weight"] = self.w["token_embd.weight"]  # tied embeddings
+
+    @staticmethod
+    def _dequantize(t) -> np.ndarray:
+        shape = tuple(int(n) for n in reversed(t.shape))  # numpy order: [rows, cols]
+        if t.tensor_type in (QT.F32, QT.F16):
+            return np.asarray(t.data, dtype=np.float32).reshape(shape)
+        return dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+
+    def q8(self, x: np.ndarray) -> np.ndarray:
+        """x [..., n] as the native core sees a matmul input: Q8_0 round trip when enabled."""
+        if not self.quantize_activations:
+            return x
+        blocks = x.reshape(*x.shape[:-1], -1, 32)
+        d = np.abs(blocks).max(axis=-1, keepdims=True) / 127.0
+        safe = np.where(d == 0, 1.0, d)
+        q = np.where(d == 0, 0.0, np.trunc(blocks / safe + np.copysign(0.5, blocks)))
+        return (q * d).astype(np.float32).reshape(x.shape)
+
+    def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
+        return self.q8(x) @ self.w[name].T
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        ms = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
+        return (x / np.sqrt(ms + self.hp.rms_eps)).astype(np.float32) * weight
+
+    def rope(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """x [T, heads, hd]; rotates adjacent pairs (2i, 2i+1) of the first rope_dim dims."""
+        hp = self.hp
+        half = hp.rope_dim // 2
+        inv_freq = hp.rope_base ** (-2.0 * np.arange(half) / hp.rope_dim)
+        if "rope_freqs.weight" in self.w:
+            inv_freq = inv_freq / self.w["rope_freqs.weight"].reshape(-1)
+        angles = positions[:, None].astype(np.float64) * inv_freq[None, :]  # [T, half]
+        cos = np.cos(angles)[:, None, :].astype(np.float32)
+        sin = np.sin(angles)[:, None, :].astype(np.float32)
+        out = x.copy()
+        a, b = x[..., 0 : hp.rope_dim : 2], x[..., 1 : hp.rope_dim : 2]
+        out[..., 0 : hp.rope_dim : 2] = a * cos - b * sin
+        out[..., 1 : hp.rope_dim : 2] = a * sin + b * cos
+        return out
+
+    def alibi_slopes(self) -> np.ndarray:
+        n = self.hp.n_head
+        pow2 = 2 ** int(np.floor(np.log2(n)))
+        m0 = 2.0 ** (-self.hp.alibi_max_bias / pow2)
+        m1 = 2.0 ** (-self.hp.alibi_max_bias / 2 / pow2)
+        return np.array([m0 ** (h + 1) if h < pow2 else m1 ** (2 * (h - pow2) + 1) for h in range(n)], np.float32)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """q [T, H, hd], k/v [T, Hkv, hd] -> [T, H * hd], causal, GQA by repeating K/V heads."""
+        T, H, hd = q.shape
+        group = H // k.shape[1]
+        k = np.repeat(k, group, axis=1)
+        v = np.repeat(v, group, axis=1)
+        scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd)  # [H, T, T]
+        if not self.hp.use_rope:
+            distance = np.arange(T)[:, None] - np.arange(T)[None, :]  # query pos - key pos
+            scores = scores - self.alibi_slopes()[:, None, None] * distance[None]
+        scores = np.where(np.tril(np.ones((T, T), bool))[None], scores, -np.inf)
+        p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        return np.einsum("hts,shd->thd", p, v).reshape(T, H * hd)
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        """Logits [T, n_vocab] for every position of the sequence."""
+        hp, w = self.hp, self.w
+        T, hd = len(tokens), hp.head_dim
+        positions = np.arange(T)
+        x = w["token_embd.weight"][np.asarray(tokens)]  # [T, D]
+        for i in range(hp.n_layer):
+            p = f"blk.{i}."
+            h = self.rms_norm(x, w[p + "attn_norm.weight"])
+            q = self.matmul(h, p + "attn_q.weight").reshape(T, hp.n_head, hd)
+            k = self.matmul(h, p + "attn_k.weight").reshape(T, hp.n_head_kv, hd)
+            v = self.matmul(h, p + "attn_v.weight").reshape(T, hp.n_head_kv, hd)
+            if hp.use_rope:
+                q, k = self.rope(q, positions), self.rope(k, positions)
+            if self.fp16_kv:
+                k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+            x = x + self.matmul(self.attention(q, k, v), p + "attn_output.weight")
+            h = self.rms_norm(x, w[p + "ffn_norm.weight"])
+            gate, up = self.matmul(h, p + "ffn_gate.weight"), self.matmul(h, p + "ffn_up.weight")
+            x = x + self.matmul(gate / (1 + np.exp(-gate)) * up, p + "ffn_down.weight")
+        return self.matmul(self.rms_norm(x, w["output_norm.weight"]), "output.weight")
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        tokens = list(prompt)
+        for _ in range(n):
+            tokens.append(int(np.argmax(self.forward(tokens)[-1])))
+        return tokens[len(prompt):]
