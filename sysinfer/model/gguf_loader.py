@@ -89,7 +89,7 @@ def open_reader(path: str) -> GGUFReader:
     except ModelLoadError:
         raise
     except Exception as e:  # the gguf package raises many kinds on corrupt input
-        raise ModelLoadError(f"{path}: corrupt or truncated GGUF header/metadata ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
 
 
 def collect_tensors(reader: GGUFReader, path: str, file_size: int) -> dict[str, TensorData]:

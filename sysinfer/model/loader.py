@@ -121,10 +121,10 @@ def load_model(path: str, *, threads: int | None = None, n_ctx: int | None = Non
                max_out_rows: int = DEFAULT_MAX_OUT_ROWS, progress: Callable[[int, int], None] | None = None,
                cpus: list[int] | None = None) -> LoadedModel:
     """Validate, pack the weights into the native core, release the file, allocate the KV cache."""
-    from .. import _native
-
     start = time.perf_counter()
     mf = read_model_file(path)
+    from .. import _native
+
     hp = mf.hparams
     n_ctx = n_ctx or min(hp.n_ctx_train, DEFAULT_CTX_CAP)
     if n_ctx < 1:
