@@ -22,10 +22,14 @@ class ReferenceModel:
         reader = GGUFReader(path, "r")
         self.hp = hparams_from_metadata(reader_metadata(reader))
         self.w = {t.name: self._dequantize(t) for t in reader.tensors}
+        # The native core quantizes the inputs of quantized matrices only (F32/F16 take floats).
+        self.quantized = {t.name for t in reader.tensors if t.tensor_type not in (QT.F32, QT.F16)}
         self.quantize_activations = quantize_activations
         self.fp16_kv = fp16_kv
         if "output.weight" not in self.w:
             self.w["output.weight"] = self.w["token_embd.weight"]  # tied embeddings
+            if "token_embd.weight" in self.quantized:
+                self.quantized.add("output.weight")
 
     @staticmethod
     def _dequantize(t) -> np.ndarray:
@@ -45,7 +49,7 @@ class ReferenceModel:
         return (q * d).astype(np.float32).reshape(x.shape)
 
     def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
-        return self.q8(x) @ self.w[name].T
+        return (self.q8(x) if name in self.quantized else x) @ self.w[name].T
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         ms = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)

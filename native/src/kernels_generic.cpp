@@ -1,0 +1,168 @@
+// The generic kernel table: plain C++, the definition every SIMD table is tested against.
+// Integer dot products per block (exact), then float scaling, as the SIMD versions do.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace sysinfer {
+
+namespace {
+
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ8_0) == 34, "block sizes");
+static_assert(sizeof(BlockQ6_K) == 210 && sizeof(TileQ6_K) == 1680, "Q6_K sizes");
+static_assert(sizeof(TileQ4_0) == 144 && sizeof(TileQ4_1) == 160 && sizeof(TileQ8_0) == 272, "tile sizes");
+
+void quantize_act(const float* x, ActBlock* out, int n) {
+  for (int b = 0; b < n / QK; ++b) {
+    const float* xb = x + b * QK;
+    float amax = 0.f;
+    for (int i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
+    ActBlock& o = out[b];
+    o.d = d;
+    int sums[2] = {0, 0};
+    for (int i = 0; i < QK; ++i) {
+      const int q = int(std::round(xb[i] * inv));  // std::round: half away from zero
+      o.qs[i] = int8_t(q);
+      sums[i / 16] += q;
+    }
+    o.sum[0] = int16_t(sums[0]);
+    o.sum[1] = int16_t(sums[1]);
+  }
+}
+
+// sum_j w4[j] * a[j] for the 32 nibbles of a Q4 block (unsigned 0..15; low nibbles first).
+inline int dot_nibbles(const uint8_t* qs, const int8_t* a) {
+  int s = 0;
+  for (int j = 0; j < 16; ++j) s += int(qs[j] & 0xF) * a[j] + int(qs[j] >> 4) * a[j + 16];
+  return s;
+}
+
+float row_dot_q4_0(const TileQ4_0* tiles, int r, int nb, const ActBlock* x) {
+  float acc = 0.f;
+  for (int kb = 0; kb < nb; ++kb) {
+    const TileQ4_0& t = tiles[kb];
+    const int dot = dot_nibbles(t.qs[r], x[kb].qs) - 8 * (x[kb].sum[0] + x[kb].sum[1]);
+    acc += fp16_to_fp32(t.d[r]) * x[kb].d * float(dot);
+  }
+  return acc;
+}
+
+float row_dot_q4_1(const TileQ4_1* tiles, int r, int nb, const ActBlock* x) {
+  float acc = 0.f;
+  for (int kb = 0; kb < nb; ++kb) {
+    const TileQ4_1& t = tiles[kb];
+    const int dot = dot_nibbles(t.qs[r], x[kb].qs);
+    const int sum = x[kb].sum[0] + x[kb].sum[1];
+    acc += x[kb].d * (fp16_to_fp32(t.d[r]) * float(dot) + fp16_to_fp32(t.m[r]) * float(sum));
+  }
+  return acc;
+}
+
+float row_dot_q8_0(const TileQ8_0* tiles, int r, int nb, const ActBlock* x) {
+  float acc = 0.f;
+  for (int kb = 0; kb < nb; ++kb) {
+    int dot = 0;
+    for (int j = 0; j < QK; ++j) dot += int(tiles[kb].qs[r][j]) * x[kb].qs[j];
+    acc += fp16_to_fp32(tiles[kb].d[r]) * x[kb].d * float(dot);
+  }
+  return acc;
+}
+
+// Q6_K: each 32-wide activation block covers two 16-wide sub-blocks with their own scales.
+float row_dot_q6_k(const TileQ6_K* tiles, int r, int nsb, const ActBlock* x) {
+  float acc = 0.f;
+  for (int sb = 0; sb < nsb; ++sb) {
+    const BlockQ6_K& b = tiles[sb].b[r];
+    float block_acc = 0.f;  // sum over the super-block's activation blocks of a.d * (scaled int dots)
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* ql = b.ql + 64 * half;
+      const uint8_t* qh = b.qh + 32 * half;
+      for (int part = 0; part < 4; ++part) {  // activation block 4*half + part: 32 weights
+        const ActBlock& a = x[sb * 8 + half * 4 + part];
+        int dots[2] = {0, 0};
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t lo = part & 1 ? ql[l + 32] : ql[l];
+          const int low = part < 2 ? (lo & 0xF) : (lo >> 4);
+          const int high = (qh[l] >> (2 * part)) & 3;
+          dots[l / 16] += (low | (high << 4)) * a.qs[l];
+        }
+        const int8_t* sc = b.scales + 8 * half + 2 * part;
+        const int sub = sc[0] * (dots[0] - 32 * a.sum[0]) + sc[1] * (dots[1] - 32 * a.sum[1]);
+        block_acc += a.d * float(sub);
+      }
+    }
+    acc += fp16_to_fp32(b.d) * block_acc;
+  }
+  return acc;
+}
+
+void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
+  const int nb = cols / QK;
+  for (int t = tile0; t < tile1; ++t) {
+    for (int tok = 0; tok < n_tok; ++tok) {
+      const ActBlock* xa = static_cast<const ActBlock*>(x) + size_t(tok) * nb;
+      const float* xf = static_cast<const float*>(x) + size_t(tok) * cols;
+      float* out = y + size_t(tok) * ldy + size_t(t) * ROW_TILE;
+      for (int r = 0; r < ROW_TILE; ++r) {
+        const size_t row = size_t(t) * ROW_TILE + r;
+        switch (type) {
+          case WType::Q4_0:
+            out[r] = row_dot_q4_0(static_cast<const TileQ4_0*>(w) + size_t(t) * nb, r, nb, xa);
+            break;
+          case WType::Q4_1:
+            out[r] = row_dot_q4_1(static_cast<const TileQ4_1*>(w) + size_t(t) * nb, r, nb, xa);
+            break;
+          case WType::Q8_0:
+            out[r] = row_dot_q8_0(static_cast<const TileQ8_0*>(w) + size_t(t) * nb, r, nb, xa);
+            break;
+          case WType::Q6_K:
+            out[r] = row_dot_q6_k(static_cast<const TileQ6_K*>(w) + size_t(t) * (cols / QK_K), r, cols / QK_K, xa);
+            break;
+          case WType::F32: {
+            const float* wr = static_cast<const float*>(w) + row * cols;
+            float s = 0.f;
+            for (int k = 0; k < cols; ++k) s += wr[k] * xf[k];
+            out[r] = s;
+            break;
+          }
+          case WType::F16: {
+            const uint16_t* wr = static_cast<const uint16_t*>(w) + row * cols;
+            float s = 0.f;
+            for (int k = 0; k < cols; ++k) s += fp16_to_fp32(wr[k]) * xf[k];
+            out[r] = s;
+            break;
+          }
+        }
+      }
+    }
+  }
+}
+
+float dot_f32(const float* a, const float* b, int n) {
+  float s = 0.f;
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy_f32(float a, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void f16_to_f32(const uint16_t* src, float* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+
+void f32_to_f16(const float* src, uint16_t* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+
+const Kernels kGeneric = {"generic", quantize_act, gemm, dot_f32, axpy_f32, f16_to_f32, f32_to_f16};
+
+}  // namespace
+
+const Kernels& generic_kernels() { return kGeneric; }
+
+}  // namespace sysinfer
