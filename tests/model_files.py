@@ -106,3 +106,25 @@ def smollm2_q4_0() -> str:
     writer.close()
     tmp.rename(path)
     return str(path)
+
+
+def smollm2_hf_tokenizer():
+    """A `tokenizers` BPE built from SmolLM2's own GGUF vocab and merges (test oracle only)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from sysinfer.model.gguf_metadata import read_gguf_metadata
+
+    meta = read_gguf_metadata(smollm2_q4_1())
+    vocab = {tok: i for i, tok in enumerate(meta["tokenizer.ggml.tokens"])}
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def smollm2_chat_ids(question: str) -> list[int]:
+    """<|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n as token ids."""
+    tok = smollm2_hf_tokenizer()
+    im_start, im_end, newline = 1, 2, 198
+    return [im_start] + tok.encode("user\n" + question).ids + [im_end, newline, im_start] + tok.encode("assistant\n").ids

@@ -4,8 +4,10 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels.h"
 #include "model.h"
@@ -87,6 +89,37 @@ void step(Model& m, I32 token_ids, I32 positions, I32 seq_starts, I32x2 block_ta
   m.step(b, logits.data());
 }
 
+const Kernels* kernels_by_name(const std::string& name) {
+  if (name == "generic") return &generic_kernels();
+  for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()})
+    if (k && name == k->name) return k;
+  throw std::invalid_argument("no kernel table named " + name + " in this build");
+}
+
+// y [n_tok, rows] = W x for a GGUF-layout matrix, through one kernel table: packs W, quantizes x
+// (for quantized W) and runs gemm. For tests of the kernels against numpy; not a fast path.
+nb::ndarray<nb::numpy, float, nb::ndim<2>> gemm_check(const std::string& table, int type, int rows, int cols,
+                                                      Bytes data, nb::ndarray<const float, nb::ndim<2>, nb::c_contig> x) {
+  const Kernels* k = kernels_by_name(table);
+  const WType wt = checked_type(type);
+  if (data.nbytes() != gguf_row_bytes(wt, cols) * size_t(rows)) throw std::invalid_argument("matrix byte size");
+  if (int(x.shape(1)) != cols) throw std::invalid_argument("x must be [n_tok, cols]");
+  const int n_tok = int(x.shape(0)), prow = padded_rows(rows);
+  std::vector<uint8_t> packed(packed_bytes(wt, rows, cols));
+  pack_matrix(wt, data.data(), rows, cols, packed.data());
+  std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
+  const bool quantized = wt != WType::F32 && wt != WType::F16;
+  if (quantized)
+    for (int t = 0; t < n_tok; ++t) k->quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+  std::vector<float> y(size_t(n_tok) * prow);
+  k->gemm(wt, packed.data(), cols, 0, prow / ROW_TILE, quantized ? static_cast<const void*>(xq.data()) : x.data(),
+          n_tok, y.data(), prow);
+  float* out = new float[size_t(n_tok) * rows];
+  for (int t = 0; t < n_tok; ++t) std::copy(y.begin() + size_t(t) * prow, y.begin() + size_t(t) * prow + rows, out + size_t(t) * rows);
+  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {size_t(n_tok), size_t(rows)}, owner);
+}
+
 nb::dict cpu_info() {
   nb::dict d;
   const CpuFeatures f = detect_cpu_features();
@@ -110,6 +143,8 @@ NB_MODULE(_native, mod) {
   mod.doc() = "sysinfer native core: packed weights, paged KV cache, one forward pass per step";
   mod.def("info", &cpu_info, "Kernel table in use and the CPU features it was chosen from.");
   mod.def("allowed_cpus", &allowed_cpus, "CPUs this process may run on.");
+  mod.def("gemm_check", &gemm_check, nb::arg("table"), nb::arg("type"), nb::arg("rows"), nb::arg("cols"),
+          nb::arg("data"), nb::arg("x"), "y = W x through one kernel table (for tests).");
 
   nb::class_<Model>(mod, "Model")
       .def("__init__",
