@@ -94,6 +94,16 @@ def rel_rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)) / b.std())
 
 
+def assert_argmax_differs_only_at_near_ties(native: np.ndarray, ref: np.ndarray) -> None:
+    """Where the top token differs, the reference's own top two must be within 0.1 std of the
+    logits (twice the Q8_0 noise): Q8_0 rounding may decide such a tie either way, nothing else."""
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    gap = (top2[:, 1] - top2[:, 0]) / ref.std(axis=-1)
+    differ = native.argmax(-1) != ref.argmax(-1)
+    assert np.all(gap[differ] < 0.1), f"top token differs at clear choices: gaps {gap[differ]}"
+    assert differ.mean() <= 0.2, f"top token differs at {differ.mean():.0%} of positions"
+
+
 @pytest.fixture(scope="module", params=["q4_1", "q4_0"])
 def smollm2(request, load):
     path = smollm2_q4_1() if request.param == "q4_1" else smollm2_q4_0()
@@ -111,7 +121,7 @@ def test_smollm2_logits_match_reference(smollm2):
     q8_cost = rel_rms(ReferenceModel(path).forward(tokens), ref)
     err = rel_rms(native, ref)
     assert err <= 1.25 * q8_cost + 0.01, f"native error {err:.4f} vs Q8_0 rounding cost {q8_cost:.4f}"
-    assert float(np.mean(native.argmax(-1) == ref.argmax(-1))) >= 0.9
+    assert_argmax_differs_only_at_near_ties(native, ref)
 
 
 def test_smollm2_random_tokens_stay_close(smollm2):
@@ -120,7 +130,7 @@ def test_smollm2_random_tokens_stay_close(smollm2):
     tokens = prompt_tokens(model.n_vocab)
     native, ref = run_prefill(model, tokens), exact.forward(tokens)
     assert rel_rms(native, ref) < 0.1
-    assert float(np.mean(native.argmax(-1) == ref.argmax(-1))) >= 0.85
+    assert_argmax_differs_only_at_near_ties(native, ref)
 
 
 def test_smollm2_greedy_decode_matches_reference(smollm2):

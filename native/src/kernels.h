@@ -31,11 +31,14 @@ struct BlockQ6_K {                                                   // 210 byte
 // ---- Packed weights (made once at load by pack_matrix) ----
 // A matrix of `rows` x `cols` (y = W x; GGUF's ne0 == cols) is stored as tiles of ROW_TILE rows;
 // rows are padded with zeros up to padded_rows(rows). For quantized types, the tile of rows
-// [8t, 8t+8) and block column kb (cols / block size of them) lives at index t * nblocks + kb:
-struct TileQ4_0 { uint16_t d[8]; uint8_t qs[8][16]; };               // 144 bytes
-struct TileQ4_1 { uint16_t d[8]; uint16_t m[8]; uint8_t qs[8][16]; };// 160 bytes
-struct TileQ8_0 { uint16_t d[8]; int8_t qs[8][32]; };                // 272 bytes
-struct TileQ6_K { BlockQ6_K b[8]; };                                 // 1680 bytes, b[r] is row 8t+r
+// [8t, 8t+8) and block column kb (cols / block size of them) lives at index t * nblocks + kb.
+// Quants are interleaved in 4-byte groups so one 32-byte SIMD load holds the same 4 bytes of all 8
+// rows: q[g][r][k] is byte 4g + k of row r's block (for Q4: low nibble = column 4g+k, high nibble =
+// column 16+4g+k, as in GGUF; for Q8_0: column 4g+k).
+struct TileQ4_0 { uint16_t d[8]; uint8_t q[4][8][4]; };               // 144 bytes
+struct TileQ4_1 { uint16_t d[8]; uint16_t m[8]; uint8_t q[4][8][4]; };// 160 bytes
+struct TileQ8_0 { uint16_t d[8]; int8_t q[8][8][4]; };                // 272 bytes
+struct TileQ6_K { BlockQ6_K b[8]; };                                  // 1680 bytes, b[r] is row 8t+r
 // F32 and F16 matrices are plain row-major [padded_rows][cols].
 
 inline int padded_rows(int rows) { return (rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE; }
@@ -52,7 +55,8 @@ static_assert(sizeof(ActBlock) == 40, "ActBlock layout");
 struct Kernels {
   const char* name;  // "generic", "avx2", "neon", "neon-dotprod"
 
-  // x[n] -> out[n / 32]; n % 32 == 0. d = max|x| / 127, qs = round-half-away(x / d).
+  // x[n] -> out[n / 32]; n % 32 == 0. d = max|x| / 127 and, in float32, s = x * (1 / d),
+  // qs = trunc(s + copysign(0.5, s)) (round half away from zero; d = 0 gives qs = 0).
   void (*quantize_act)(const float* x, ActBlock* out, int n);
 
   // y[t * ldy + r] = sum_k W[r][k] * x_t[k] for every row r of tiles [tile0, tile1) and every token

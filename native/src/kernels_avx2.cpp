@@ -1,8 +1,328 @@
-// AVX2 + FMA + F16C kernel table (compiled with -mavx2 -mfma -mf16c; chosen at run time).
+// AVX2 + FMA + F16C kernel table (this file is compiled with -mavx2 -mfma -mf16c; the table is
+// chosen at run time only on CPUs that have all three). Twin of kernels_generic.cpp.
+//
+// Quantized GEMM: one 32-byte load of an interleaved tile holds the same 4 bytes of all 8 rows, so
+// `maddubs` against the matching 4 activation bytes broadcast to every lane gives each lane (row)
+// its own partial dot product: no horizontal sums inside the loop. Up to 4 tokens share each
+// unpacked weight tile (prefill).
+#include <immintrin.h>
+
+#include <cstring>
+
 #include "kernels.h"
 
 namespace sysinfer {
 
-const Kernels* avx2_kernels() { return nullptr; }  // not written yet: the generic table runs
+namespace {
+
+constexpr int kMaxTok = 4;  // tokens per pass over a weight tile
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline __m256 load_fp16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes to every 32-bit lane
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// ---- activations ----
+
+void quantize_act(const float* x, ActBlock* out, int n) {
+  const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f);
+  for (int b = 0; b < n / QK; ++b) {
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + b * QK + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127.f;
+    const __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) {  // trunc(x / d + copysign(0.5, x)): round half away from zero
+      const __m256 s = _mm256_mul_ps(v[i], inv);
+      q[i] = _mm256_cvttps_epi32(_mm256_add_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign), half)));
+    }
+    ActBlock& o = out[b];
+    o.d = d;
+    o.sum[0] = int16_t(hsum_i32(_mm256_add_epi32(q[0], q[1])));
+    o.sum[1] = int16_t(hsum_i32(_mm256_add_epi32(q[2], q[3])));
+    // int32 x 32 -> int8 x 32; packs interleave 128-bit lanes, the permute restores the order.
+    const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    const __m256i ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.qs), ordered);
+  }
+}
+
+// ---- Q4_0 / Q4_1: 8 rows x 32 columns per tile block ----
+
+// Per-row int32 dot products of one Q4 tile block with one activation block (weights unsigned).
+inline __m256i q4_tile_dot(const __m256i lo[4], const __m256i hi[4], const ActBlock& a) {
+  __m256i s16 = _mm256_maddubs_epi16(lo[0], bcast4(a.qs + 0));  // |each| <= 2*15*127: 8 fit int16
+  s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[0], bcast4(a.qs + 16)));
+  for (int g = 1; g < 4; ++g) {
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[g], bcast4(a.qs + 4 * g)));
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[g], bcast4(a.qs + 16 + 4 * g)));
+  }
+  return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+}
+
+inline void unpack_q4(const uint8_t (*q)[8][4], __m256i lo[4], __m256i hi[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int g = 0; g < 4; ++g) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[g]));
+    lo[g] = _mm256_and_si256(v, m4);
+    hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+  }
+}
+
+template <int NT>
+void q4_0_tile(const TileQ4_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  __m256 acc[NT];
+  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
+  for (int kb = 0; kb < nb; ++kb) {
+    __m256i lo[4], hi[4];
+    unpack_q4(tiles[kb].q, lo, hi);
+    const __m256 dw = load_fp16x8(tiles[kb].d);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& a = x[size_t(i) * x_stride + kb];
+      const __m256i dot = _mm256_sub_epi32(q4_tile_dot(lo, hi, a), _mm256_set1_epi32(8 * (a.sum[0] + a.sum[1])));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc[i]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
+}
+
+template <int NT>
+void q4_1_tile(const TileQ4_1* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  __m256 acc[NT];
+  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
+  for (int kb = 0; kb < nb; ++kb) {
+    __m256i lo[4], hi[4];
+    unpack_q4(tiles[kb].q, lo, hi);
+    const __m256 dw = load_fp16x8(tiles[kb].d), mw = load_fp16x8(tiles[kb].m);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& a = x[size_t(i) * x_stride + kb];
+      const __m256 da = _mm256_set1_ps(a.d);
+      const __m256 dot = _mm256_cvtepi32_ps(q4_tile_dot(lo, hi, a));
+      acc[i] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, da), acc[i]);
+      acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a.d * float(a.sum[0] + a.sum[1])), acc[i]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
+}
+
+// ---- Q8_0: signed weights, so maddubs takes |w| and the activation carries w's sign ----
+
+template <int NT>
+void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  __m256 acc[NT];
+  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int kb = 0; kb < nb; ++kb) {
+    __m256i w[8], wabs[8];
+    for (int g = 0; g < 8; ++g) {
+      w[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tiles[kb].q[g]));
+      wabs[g] = _mm256_sign_epi8(w[g], w[g]);
+    }
+    const __m256 dw = load_fp16x8(tiles[kb].d);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& a = x[size_t(i) * x_stride + kb];
+      __m256i s32 = _mm256_setzero_si256();
+      for (int g = 0; g < 8; ++g) {  // pairs reach 2*127*127: widen each to int32 at once
+        const __m256i s16 = _mm256_maddubs_epi16(wabs[g], _mm256_sign_epi8(bcast4(a.qs + 4 * g), w[g]));
+        s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, ones));
+      }
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc[i]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
+}
+
+// ---- Q6_K: one row at a time (rows of a tile are whole super-blocks) ----
+
+// The four 32-weight groups (unsigned 0..63) of one 128-weight half of a Q6_K block.
+inline void unpack_q6_half(const BlockQ6_K& b, int half, __m256i q[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+  const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half));
+  const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32));
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+  auto high = [&](int shift) {  // bits shift..shift+1 of qh, moved to bits 4..5
+    return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, shift), m2), 4);
+  };
+  q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0));
+  q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2));
+  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(4));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(6));
+}
+
+template <int NT>
+void q6_k_row(const TileQ6_K* tiles, int r, int nsb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  __m256 acc[NT];
+  float corr[NT];
+  for (int i = 0; i < NT; ++i) { acc[i] = _mm256_setzero_ps(); corr[i] = 0.f; }
+  for (int sb = 0; sb < nsb; ++sb) {
+    const BlockQ6_K& b = tiles[sb].b[r];
+    const float d = fp16_to_fp32(b.d);
+    for (int half = 0; half < 2; ++half) {
+      __m256i q[4];
+      unpack_q6_half(b, half, q);
+      for (int p = 0; p < 4; ++p) {
+        const int8_t* sc = b.scales + 8 * half + 2 * p;  // scales of weights 0-15 and 16-31
+        const __m256i scales = _mm256_setr_m128i(_mm_set1_epi16(sc[0]), _mm_set1_epi16(sc[1]));
+        for (int i = 0; i < NT; ++i) {
+          const ActBlock& a = x[size_t(i) * x_stride + sb * 8 + half * 4 + p];
+          const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+          const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[p], av), scales);
+          const float da = d * a.d;
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(da), acc[i]);
+          corr[i] += da * float(32 * (sc[0] * a.sum[0] + sc[1] * a.sum[1]));  // the -32 offset
+        }
+      }
+    }
+  }
+  for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(acc[i]) - corr[i];
+}
+
+// ---- float matrices ----
+
+float dot_f32(const float* a, const float* b, int n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  float s = hsum(_mm256_add_ps(s0, s1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+float dot_f16_f32(const uint16_t* a, const float* b, int n) {
+  __m256 s = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(load_fp16x8(a + i), _mm256_loadu_ps(b + i), s);
+  float t = hsum(s);
+  for (; i < n; ++i) t += fp16_to_fp32(a[i]) * b[i];
+  return t;
+}
+
+void axpy_f32(float a, const float* x, float* y, int n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+void f16_to_f32(const uint16_t* src, float* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_fp16x8(src + i));
+  for (; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+
+void f32_to_f16(const float* src, uint16_t* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+
+// ---- dispatch ----
+
+// Calls tile_fn<NT>(tok0) for token groups of kMaxTok, then the remainder.
+template <class F4, class F3, class F2, class F1>
+inline void by_token_groups(int n_tok, F4 f4, F3 f3, F2 f2, F1 f1) {
+  int tok = 0;
+  for (; tok + 4 <= n_tok; tok += 4) f4(tok);
+  switch (n_tok - tok) {
+    case 3: f3(tok); break;
+    case 2: f2(tok); break;
+    case 1: f1(tok); break;
+    default: break;
+  }
+}
+
+#define SYSINFER_TOKEN_GROUPS(CALL) \
+  by_token_groups(n_tok, [&](int tok) { CALL(4); }, [&](int tok) { CALL(3); }, [&](int tok) { CALL(2); }, \
+                  [&](int tok) { CALL(1); })
+
+void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
+  const int nb = cols / QK;
+  const ActBlock* xa = static_cast<const ActBlock*>(x);
+  for (int t = tile0; t < tile1; ++t) {
+    float* yt = y + size_t(t) * ROW_TILE;
+    switch (type) {
+      case WType::Q4_0: {
+        const TileQ4_0* tiles = static_cast<const TileQ4_0*>(w) + size_t(t) * nb;
+#define CALL(NT) q4_0_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
+        SYSINFER_TOKEN_GROUPS(CALL);
+#undef CALL
+        break;
+      }
+      case WType::Q4_1: {
+        const TileQ4_1* tiles = static_cast<const TileQ4_1*>(w) + size_t(t) * nb;
+#define CALL(NT) q4_1_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
+        SYSINFER_TOKEN_GROUPS(CALL);
+#undef CALL
+        break;
+      }
+      case WType::Q8_0: {
+        const TileQ8_0* tiles = static_cast<const TileQ8_0*>(w) + size_t(t) * nb;
+#define CALL(NT) q8_0_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
+        SYSINFER_TOKEN_GROUPS(CALL);
+#undef CALL
+        break;
+      }
+      case WType::Q6_K: {
+        const int nsb = cols / QK_K;
+        const TileQ6_K* tiles = static_cast<const TileQ6_K*>(w) + size_t(t) * nsb;
+        for (int r = 0; r < ROW_TILE; ++r) {
+#define CALL(NT) q6_k_row<NT>(tiles, r, nsb, xa + size_t(tok) * nb, nb, yt + r + size_t(tok) * ldy, ldy)
+          SYSINFER_TOKEN_GROUPS(CALL);
+#undef CALL
+        }
+        break;
+      }
+      case WType::F32:
+      case WType::F16: {
+        const float* xf = static_cast<const float*>(x);
+        for (int r = 0; r < ROW_TILE; ++r) {
+          const size_t row = size_t(t) * ROW_TILE + r;
+          for (int tok = 0; tok < n_tok; ++tok)
+            yt[size_t(tok) * ldy + r] =
+                type == WType::F32 ? dot_f32(static_cast<const float*>(w) + row * cols, xf + size_t(tok) * cols, cols)
+                                   : dot_f16_f32(static_cast<const uint16_t*>(w) + row * cols, xf + size_t(tok) * cols, cols);
+        }
+        break;
+      }
+    }
+  }
+}
+
+const Kernels kAvx2 = {"avx2", quantize_act, gemm, dot_f32, axpy_f32, f16_to_f32, f32_to_f16};
+
+}  // namespace
+
+const Kernels* avx2_kernels() { return &kAvx2; }
 
 }  // namespace sysinfer

@@ -24,7 +24,8 @@ void quantize_act(const float* x, ActBlock* out, int n) {
     o.d = d;
     int sums[2] = {0, 0};
     for (int i = 0; i < QK; ++i) {
-      const int q = int(std::round(xb[i] * inv));  // std::round: half away from zero
+      const float scaled = xb[i] * inv;
+      const int q = int(std::trunc(scaled + std::copysign(0.5f, scaled)));  // half away from zero
       o.qs[i] = int8_t(q);
       sums[i / 16] += q;
     }
@@ -33,10 +34,13 @@ void quantize_act(const float* x, ActBlock* out, int n) {
   }
 }
 
-// sum_j w4[j] * a[j] for the 32 nibbles of a Q4 block (unsigned 0..15; low nibbles first).
-inline int dot_nibbles(const uint8_t* qs, const int8_t* a) {
+// sum_j w4[j] * a[j] over the 32 nibbles of row r of an interleaved Q4 tile (unsigned 0..15).
+inline int dot_nibbles(const uint8_t (*q)[8][4], int r, const int8_t* a) {
   int s = 0;
-  for (int j = 0; j < 16; ++j) s += int(qs[j] & 0xF) * a[j] + int(qs[j] >> 4) * a[j + 16];
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t byte = q[j / 4][r][j % 4];
+    s += int(byte & 0xF) * a[j] + int(byte >> 4) * a[j + 16];
+  }
   return s;
 }
 
@@ -44,7 +48,7 @@ float row_dot_q4_0(const TileQ4_0* tiles, int r, int nb, const ActBlock* x) {
   float acc = 0.f;
   for (int kb = 0; kb < nb; ++kb) {
     const TileQ4_0& t = tiles[kb];
-    const int dot = dot_nibbles(t.qs[r], x[kb].qs) - 8 * (x[kb].sum[0] + x[kb].sum[1]);
+    const int dot = dot_nibbles(t.q, r, x[kb].qs) - 8 * (x[kb].sum[0] + x[kb].sum[1]);
     acc += fp16_to_fp32(t.d[r]) * x[kb].d * float(dot);
   }
   return acc;
@@ -54,7 +58,7 @@ float row_dot_q4_1(const TileQ4_1* tiles, int r, int nb, const ActBlock* x) {
   float acc = 0.f;
   for (int kb = 0; kb < nb; ++kb) {
     const TileQ4_1& t = tiles[kb];
-    const int dot = dot_nibbles(t.qs[r], x[kb].qs);
+    const int dot = dot_nibbles(t.q, r, x[kb].qs);
     const int sum = x[kb].sum[0] + x[kb].sum[1];
     acc += x[kb].d * (fp16_to_fp32(t.d[r]) * float(dot) + fp16_to_fp32(t.m[r]) * float(sum));
   }
@@ -65,7 +69,7 @@ float row_dot_q8_0(const TileQ8_0* tiles, int r, int nb, const ActBlock* x) {
   float acc = 0.f;
   for (int kb = 0; kb < nb; ++kb) {
     int dot = 0;
-    for (int j = 0; j < QK; ++j) dot += int(tiles[kb].qs[r][j]) * x[kb].qs[j];
+    for (int j = 0; j < QK; ++j) dot += int(tiles[kb].q[j / 4][r][j % 4]) * x[kb].qs[j];
     acc += fp16_to_fp32(tiles[kb].d[r]) * x[kb].d * float(dot);
   }
   return acc;

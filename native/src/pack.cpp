@@ -92,7 +92,7 @@ void put_in_tile(WType t, const uint8_t* block, int r, uint8_t* tile) {
       const auto* b = reinterpret_cast<const BlockQ4_0*>(block);
       auto* d = reinterpret_cast<TileQ4_0*>(tile);
       d->d[r] = b->d;
-      std::memcpy(d->qs[r], b->qs, 16);
+      for (int j = 0; j < 16; ++j) d->q[j / 4][r][j % 4] = b->qs[j];
       break;
     }
     case WType::Q4_1: {
@@ -100,14 +100,14 @@ void put_in_tile(WType t, const uint8_t* block, int r, uint8_t* tile) {
       auto* d = reinterpret_cast<TileQ4_1*>(tile);
       d->d[r] = b->d;
       d->m[r] = b->m;
-      std::memcpy(d->qs[r], b->qs, 16);
+      for (int j = 0; j < 16; ++j) d->q[j / 4][r][j % 4] = b->qs[j];
       break;
     }
     case WType::Q8_0: {
       const auto* b = reinterpret_cast<const BlockQ8_0*>(block);
       auto* d = reinterpret_cast<TileQ8_0*>(tile);
       d->d[r] = b->d;
-      std::memcpy(d->qs[r], b->qs, 32);
+      for (int j = 0; j < 32; ++j) d->q[j / 4][r][j % 4] = b->qs[j];
       break;
     }
     case WType::Q6_K:
@@ -227,7 +227,7 @@ void dequantize_packed_row(WType type, const uint8_t* packed, int cols, int row,
         const auto* s = reinterpret_cast<const TileQ4_0*>(tile);
         BlockQ4_0 b;
         b.d = s->d[r];
-        std::memcpy(b.qs, s->qs[r], 16);
+        for (int j = 0; j < 16; ++j) b.qs[j] = s->q[j / 4][r][j % 4];
         std::memcpy(block, &b, sizeof(b));
         break;
       }
@@ -236,7 +236,7 @@ void dequantize_packed_row(WType type, const uint8_t* packed, int cols, int row,
         BlockQ4_1 b;
         b.d = s->d[r];
         b.m = s->m[r];
-        std::memcpy(b.qs, s->qs[r], 16);
+        for (int j = 0; j < 16; ++j) b.qs[j] = s->q[j / 4][r][j % 4];
         std::memcpy(block, &b, sizeof(b));
         break;
       }
@@ -244,7 +244,7 @@ void dequantize_packed_row(WType type, const uint8_t* packed, int cols, int row,
         const auto* s = reinterpret_cast<const TileQ8_0*>(tile);
         BlockQ8_0 b;
         b.d = s->d[r];
-        std::memcpy(b.qs, s->qs[r], 32);
+        for (int j = 0; j < 32; ++j) b.qs[j] = s->q[j / 4][r][j % 4];
         std::memcpy(block, &b, sizeof(b));
         break;
       }
