@@ -1,0 +1,247 @@
+// Every kernel table this CPU runs, held equal to the generic table on random inputs (odd sizes,
+// tile ranges not starting at 0, 1..9 tokens), plus packing round trips. Runs natively and, for the
+// aarch64 build, under qemu-aarch64.
+//
+//   test_kernels                 run the checks; closing line "N passed, M failed"
+//   test_kernels --expect NAME   also check that select_kernels() picks NAME on this CPU
+//   test_kernels --bench         single-thread Q4_0 GEMV speed of each table (8B-sized matrix)
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+using namespace sysinfer;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+
+void check(bool ok, const std::string& what) {
+  if (ok) {
+    ++g_passed;
+  } else {
+    ++g_failed;
+    std::printf("FAIL %s\n", what.c_str());
+  }
+}
+
+std::mt19937 rng(12345);
+
+float uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(rng); }
+
+// rows x gguf_row_bytes(type, cols) bytes of valid random blocks (finite scales).
+std::vector<uint8_t> random_gguf_matrix(WType type, int rows, int cols) {
+  std::vector<uint8_t> data(gguf_row_bytes(type, cols) * rows);
+  for (auto& b : data) b = uint8_t(rng());
+  auto set_fp16 = [&](uint8_t* p, float v) {
+    const uint16_t h = fp32_to_fp16(v);
+    std::memcpy(p, &h, 2);
+  };
+  const size_t n = data.size();
+  switch (type) {
+    case WType::F32:
+      for (size_t i = 0; i < n / 4; ++i) { const float v = uniform(-1, 1); std::memcpy(&data[4 * i], &v, 4); }
+      break;
+    case WType::F16:
+      for (size_t i = 0; i < n / 2; ++i) set_fp16(&data[2 * i], uniform(-1, 1));
+      break;
+    case WType::Q4_0: case WType::Q8_0:
+      for (size_t i = 0; i < n; i += (type == WType::Q4_0 ? 18 : 34)) set_fp16(&data[i], uniform(-0.1f, 0.1f));
+      break;
+    case WType::Q4_1:
+      for (size_t i = 0; i < n; i += 20) { set_fp16(&data[i], uniform(0.f, 0.1f)); set_fp16(&data[i + 2], uniform(-1, 1)); }
+      break;
+    case WType::Q6_K:
+      for (size_t i = 0; i < n; i += 210) set_fp16(&data[i + 208], uniform(-0.01f, 0.01f));
+      break;
+  }
+  return data;
+}
+
+std::vector<float> random_floats(size_t n, float outlier_every = 0) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = uniform(-2, 2);
+  if (outlier_every > 0)
+    for (size_t i = 0; i < n; i += size_t(outlier_every)) v[i] *= 40;  // real activations have outliers
+  return v;
+}
+
+const char* type_name(WType t) {
+  switch (t) {
+    case WType::F32: return "F32"; case WType::F16: return "F16"; case WType::Q4_0: return "Q4_0";
+    case WType::Q4_1: return "Q4_1"; case WType::Q8_0: return "Q8_0"; case WType::Q6_K: return "Q6_K";
+  }
+  return "?";
+}
+
+bool is_quantized(WType t) { return t != WType::F32 && t != WType::F16; }
+
+// gemm of `k` vs generic on one random case.
+void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int tile0) {
+  const auto gguf = random_gguf_matrix(type, rows, cols);
+  std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
+  pack_matrix(type, gguf.data(), rows, cols, packed.data());
+  const auto x = random_floats(size_t(n_tok) * cols, 37);
+  const Kernels& g = generic_kernels();
+  std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
+  for (int t = 0; t < n_tok; ++t) g.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+  const void* in = is_quantized(type) ? static_cast<const void*>(xq.data()) : x.data();
+  const int prow = padded_rows(rows), tiles = prow / ROW_TILE, ldy = prow + 3;
+  std::vector<float> y_ref(size_t(n_tok) * ldy, -7.f), y(size_t(n_tok) * ldy, -7.f);
+  g.gemm(type, packed.data(), cols, tile0, tiles, in, n_tok, y_ref.data(), ldy);
+  k.gemm(type, packed.data(), cols, tile0, tiles, in, n_tok, y.data(), ldy);
+  double worst = 0, scale = 1e-6;
+  for (size_t i = 0; i < y.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(y[i] - y_ref[i])));
+    scale = std::max(scale, double(std::fabs(y_ref[i])));
+  }
+  // Integer block dots are exact in both; only float accumulation order differs.
+  char what[160];
+  std::snprintf(what, sizeof what, "%s gemm %s rows=%d cols=%d n_tok=%d tile0=%d: max diff %.3g (scale %.3g)", k.name,
+                type_name(type), rows, cols, n_tok, tile0, worst, scale);
+  check(worst <= 2e-5 * scale * std::sqrt(double(cols) / 32), what);
+}
+
+void check_quantize(const Kernels& k) {
+  for (int n : {32, 64, 576, 4096}) {
+    auto x = random_floats(n, 13);
+    for (int i = 0; i < 32; ++i) x[i] = 0.f;  // an all-zero block
+    x[40] = 127.5f / 127.f * 3.f;             // values near rounding ties
+    std::vector<ActBlock> a(n / QK), b(n / QK);
+    generic_kernels().quantize_act(x.data(), a.data(), n);
+    k.quantize_act(x.data(), b.data(), n);
+    bool same = true;
+    for (int i = 0; i < n / QK; ++i)
+      same &= a[i].d == b[i].d && a[i].sum[0] == b[i].sum[0] && a[i].sum[1] == b[i].sum[1] &&
+              std::memcmp(a[i].qs, b[i].qs, QK) == 0;
+    check(same, std::string(k.name) + " quantize_act n=" + std::to_string(n));
+  }
+  // The generic definition itself: d = max|x|/127, half away from zero, sums of halves.
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = float(i - 16) * 0.5f;
+  x[31] = 127.f;
+  ActBlock a;
+  generic_kernels().quantize_act(x.data(), &a, 32);
+  bool ok = a.d == 1.f && a.qs[31] == 127 && a.qs[0] == -8 && a.qs[1] == -8 /* -7.5 -> -8 */ && a.qs[3] == -7 /* -6.5 */;
+  int s0 = 0, s1 = 0;
+  for (int i = 0; i < 16; ++i) { s0 += a.qs[i]; s1 += a.qs[16 + i]; }
+  check(ok && s0 == a.sum[0] && s1 == a.sum[1], "generic quantize_act definition");
+}
+
+void check_vector_ops(const Kernels& k) {
+  const Kernels& g = generic_kernels();
+  for (int n : {1, 7, 8, 15, 16, 17, 64, 128, 1000}) {
+    const auto a = random_floats(n), b = random_floats(n);
+    const float d0 = g.dot_f32(a.data(), b.data(), n), d1 = k.dot_f32(a.data(), b.data(), n);
+    check(std::fabs(d0 - d1) <= 1e-5f * (1 + std::fabs(d0)) * std::sqrt(float(n)), std::string(k.name) + " dot_f32 n=" + std::to_string(n));
+    auto y0 = b, y1 = b;
+    g.axpy_f32(0.37f, a.data(), y0.data(), n);
+    k.axpy_f32(0.37f, a.data(), y1.data(), n);
+    float worst = 0;
+    for (int i = 0; i < n; ++i) worst = std::max(worst, std::fabs(y0[i] - y1[i]));
+    check(worst <= 1e-6f, std::string(k.name) + " axpy_f32 n=" + std::to_string(n));
+    std::vector<uint16_t> h0(n), h1(n);
+    auto big = a;
+    if (n > 3) { big[0] = 70000.f; big[1] = 1e-6f; big[2] = -3e-8f; big[3] = 0.33333334f; }
+    g.f32_to_f16(big.data(), h0.data(), n);
+    k.f32_to_f16(big.data(), h1.data(), n);
+    check(h0 == h1, std::string(k.name) + " f32_to_f16 n=" + std::to_string(n));
+    std::vector<float> f0(n), f1(n);
+    g.f16_to_f32(h0.data(), f0.data(), n);
+    k.f16_to_f32(h0.data(), f1.data(), n);
+    check(std::memcmp(f0.data(), f1.data(), sizeof(float) * n) == 0, std::string(k.name) + " f16_to_f32 n=" + std::to_string(n));
+  }
+}
+
+void check_packing() {
+  for (WType t : {WType::F32, WType::F16, WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K}) {
+    const int rows = 13, cols = t == WType::Q6_K ? 512 : 96;
+    const auto gguf = random_gguf_matrix(t, rows, cols);
+    std::vector<uint8_t> packed(packed_bytes(t, rows, cols));
+    pack_matrix(t, gguf.data(), rows, cols, packed.data());
+    bool same = true;
+    std::vector<float> a(cols), b(cols);
+    for (int r = 0; r < rows; ++r) {
+      dequantize_gguf_row(t, gguf.data() + r * gguf_row_bytes(t, cols), a.data(), cols);
+      dequantize_packed_row(t, packed.data(), cols, r, b.data());
+      same &= std::memcmp(a.data(), b.data(), sizeof(float) * cols) == 0;
+    }
+    check(same, std::string("pack/dequantize round trip ") + type_name(t));
+  }
+  // fp16 conversion: every half value survives fp16 -> fp32 -> fp16.
+  bool ok = true;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF)) continue;  // NaN payloads
+    ok &= fp32_to_fp16(fp16_to_fp32(uint16_t(h))) == h;
+  }
+  check(ok, "fp16 round trip of all 65536 values");
+}
+
+void run_checks(const Kernels& k) {
+  const WType types[] = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16, WType::F32};
+  for (WType t : types) {
+    const bool k_quant = t == WType::Q6_K;
+    const int cols_list[] = {k_quant ? 256 : 32, k_quant ? 512 : 96, k_quant ? 256 : 576, k_quant ? 4096 : 4096};
+    for (int cols : cols_list)
+      for (int n_tok : {1, 2, 3, 4, 5, 9})
+        check_gemm(k, t, n_tok == 9 ? 16 : 13, cols, n_tok, n_tok == 5 ? 1 : 0);
+  }
+  check_gemm(k, WType::Q4_0, 64, 256, 33, 3);
+  check_quantize(k);
+  check_vector_ops(k);
+}
+
+void bench() {
+  const int rows = 14336, cols = 4096;
+  const auto gguf = random_gguf_matrix(WType::Q4_0, rows, cols);
+  std::vector<uint8_t> packed(packed_bytes(WType::Q4_0, rows, cols));
+  pack_matrix(WType::Q4_0, gguf.data(), rows, cols, packed.data());
+  const auto x = random_floats(cols);
+  std::vector<ActBlock> xq(cols / QK);
+  std::vector<float> y(rows);
+  std::vector<const Kernels*> tables = {&generic_kernels(), avx2_kernels(), neon_kernels(), neon_dotprod_kernels()};
+  for (const Kernels* k : tables) {
+    if (!k) continue;
+    k->quantize_act(x.data(), xq.data(), cols);
+    const int reps = std::strcmp(k->name, "generic") ? 20 : 3;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) k->gemm(WType::Q4_0, packed.data(), cols, 0, rows / ROW_TILE, xq.data(), 1, y.data(), rows);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+    std::printf("%-13s Q4_0 GEMV %dx%d: %.2f ms, %.1f GB/s of weights\n", k->name, rows, cols, s * 1e3,
+                packed.size() / s / 1e9);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* expect = nullptr;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--bench")) { bench(); return 0; }
+    if (!std::strcmp(argv[i], "--expect") && i + 1 < argc) expect = argv[++i];
+  }
+  const CpuFeatures f = detect_cpu_features();
+  std::printf("cpu: avx2=%d fma=%d f16c=%d neon=%d dotprod=%d; selected table: %s\n", f.avx2, f.fma, f.f16c, f.neon,
+              f.dotprod, select_kernels().name);
+  if (expect) check(std::strcmp(select_kernels().name, expect) == 0, std::string("selected table is ") + expect);
+  check_packing();
+  check_quantize(generic_kernels());
+  int tested = 0;
+  for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()}) {
+    if (!k) continue;
+    const bool runs = (k == avx2_kernels() && f.avx2 && f.fma && f.f16c) || (k == neon_kernels() && f.neon) ||
+                      (k == neon_dotprod_kernels() && f.neon && f.dotprod);
+    if (!runs) { std::printf("skip %s: not supported by this CPU\n", k->name); continue; }
+    std::printf("checking %s against generic\n", k->name);
+    run_checks(*k);
+    ++tested;
+  }
+  std::printf("SIMD tables tested: %d\n", tested);
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed ? 1 : 0;
+}

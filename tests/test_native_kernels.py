@@ -1,0 +1,115 @@
+"""Kernel tables against their generic twin (C++ test binary), natively and for aarch64 under qemu,
+and the packed formats against the `gguf` package's definition of each quantization type."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sysinfer import _native
+from sysinfer.model.synth import random_matrix_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_ROOT = Path(os.environ.get("SYSINFER_TEST_CACHE", Path.home() / ".cache" / "sysinfer")) / "kernel-tests"
+CROSS_TOOLS = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "qemu-aarch64": "qemu-user"}
+
+
+def build_test_kernels(name: str, *cmake_args: str) -> Path:
+    build = BUILD_ROOT / name
+    subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-DSYSINFER_BUILD_TESTS=ON",
+                    "-DCMAKE_BUILD_TYPE=Release", *cmake_args], check=True, capture_output=True, text=True)
+    done = subprocess.run(["cmake", "--build", str(build), "-j2", "--target", "test_kernels"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return build / "native" / "test_kernels"
+
+
+def run_and_check(cmd: list[str], expect_tables: int) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert out.stdout.strip().endswith("0 failed"), out.stdout[-2000:]
+    assert f"SIMD tables tested: {expect_tables}" in out.stdout, out.stdout[-2000:]
+    return out.stdout
+
+
+def test_host_simd_tables_equal_generic():
+    binary = build_test_kernels("host")
+    expected = _native.info()["kernels"]
+    run_and_check([str(binary), "--expect", expected], expect_tables=0 if expected == "generic" else 1)
+
+
+@pytest.fixture(scope="module")
+def aarch64_binary():
+    missing = [pkg for tool, pkg in CROSS_TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"aarch64 cross tools missing: apt-get install {' '.join(missing)} (scripts/test.sh does it as root)")
+    return build_test_kernels("aarch64", f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'native/cmake/aarch64-linux-gnu.cmake'}")
+
+
+def test_neon_dotprod_and_neon_equal_generic_under_qemu(aarch64_binary):
+    """-cpu max has dotprod (like Kunpeng 920): both NEON tables run and the dotprod one is chosen."""
+    out = run_and_check(["qemu-aarch64", "-cpu", "max", str(aarch64_binary), "--expect", "neon-dotprod"], 2)
+    assert "checking neon-dotprod against generic" in out
+
+
+def test_plain_neon_chosen_without_dotprod_under_qemu(aarch64_binary):
+    """Cortex-A53 has no dotprod: the plain NEON table is chosen and checked."""
+    out = run_and_check(["qemu-aarch64", "-cpu", "cortex-a53", str(aarch64_binary), "--expect", "neon"], 1)
+    assert "skip neon-dotprod" in out
+
+
+def q8_round_trip(x: np.ndarray) -> np.ndarray:
+    """What the kernels do to activations: Q8_0 blocks of 32, half away from zero."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    s = blocks * inv
+    q = np.trunc(s + np.copysign(np.float32(0.5), s))
+    return (q * d).reshape(x.shape)
+
+
+TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q6_K, QT.F16, QT.F32]
+
+
+@settings(max_examples=40, deadline=None)
+@given(qtype=st.sampled_from(TYPES), rows=st.integers(1, 40), blocks=st.integers(1, 5),
+       n_tok=st.integers(1, 7), seed=st.integers(0, 2**31 - 1))
+def test_every_table_matches_gguf_dequantize(qtype, rows, blocks, n_tok, seed):
+    """y = W x through each kernel table equals numpy over gguf.quants.dequantize(W)."""
+    rng = np.random.default_rng(seed)
+    cols = blocks * (256 if qtype == QT.Q6_K else 32)
+    data = np.ascontiguousarray(random_matrix_bytes(rng, qtype, rows, cols, 0.05)).view(np.uint8).reshape(rows, -1)
+    if qtype in (QT.F32, QT.F16):
+        w = data.view(np.float32 if qtype == QT.F32 else np.float16).astype(np.float32)
+    else:
+        w = dequantize(data, qtype).astype(np.float32)
+    x = rng.standard_normal((n_tok, cols)).astype(np.float32)
+    x[:, rng.integers(0, cols)] *= 30  # an outlier channel, as real activations have
+    xin = x if qtype in (QT.F32, QT.F16) else q8_round_trip(x)
+    expected = xin.astype(np.float64) @ w.T.astype(np.float64)
+    for table in _native.info()["compiled"]:
+        if table not in ("generic", _native.info()["kernels"]):
+            continue  # a table this CPU can't run
+        y = _native.gemm_check(table, int(qtype), rows, cols, data, x)
+        tol = 1e-4 * (np.abs(xin) @ np.abs(w).T) + 1e-5
+        assert np.all(np.abs(y - expected) <= tol), (table, float(np.abs(y - expected).max()))
+
+
+def test_real_quantizer_output_round_trips():
+    """Blocks written by gguf's own quantizer (not our synthesizer) decode identically."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((24, 128)).astype(np.float32)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    for qtype in (QT.Q4_0, QT.Q4_1, QT.Q8_0):
+        data = quantize(w, qtype)
+        y = _native.gemm_check(_native.info()["kernels"], int(qtype), 24, 128, data, x)
+        np.testing.assert_allclose(y, q8_round_trip(x) @ dequantize(data, qtype).T, rtol=1e-4, atol=1e-4)
