@@ -1,0 +1,95 @@
+"""Decode and prefill tokens/s of the native step, single sequence (a benchmark, not a test).
+
+    python benchmarks/decode_speed.py [--threads 2] [--model FILE.gguf ...] [--llama3-8b] [--repeats 3]
+
+With no --model it measures SmolLM2-135M-Instruct Q4_0 (made from the bundled Q4_1 file) and, with
+--llama3-8b, a random-weight file with Llama-3-8B's exact shapes (Q4_0, Q6_K output), generated
+into the test cache. Prints medians over --repeats runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from model_files import cache_dir, smollm2_q4_0  # noqa: E402
+from sysinfer.model.loader import load_model  # noqa: E402
+from sysinfer.model.synth_presets import synth_like  # noqa: E402
+
+
+def llama3_8b_file() -> str:
+    path = cache_dir() / "llama3-8b-shape.Q4_0.gguf"
+    if not path.exists():
+        print("writing a Llama-3-8B-shaped random Q4_0 file (once) ...", flush=True)
+        synth_like("llama3-8b", str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
+def measure(model, prompt_len: int, decode_tokens: int, context: int = 0) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) for one sequence; `context` extra tokens prefilled first."""
+    bs = model.block_size
+    total = context + prompt_len + decode_tokens
+    table = np.arange(-(-total // bs), dtype=np.int32)[None, :]
+    rng = np.random.default_rng(0)
+    pos = 0
+    while pos < context:  # fill the cache untimed
+        n = min(model.max_step_tokens, context - pos)
+        model.step(rng.integers(3, model.n_vocab, n), np.arange(pos, pos + n), [0, n], table, [pos + n], [])
+        pos += n
+    start = time.perf_counter()
+    done = 0
+    while done < prompt_len:
+        n = min(model.max_step_tokens, prompt_len - done)
+        model.step(rng.integers(3, model.n_vocab, n), np.arange(pos, pos + n), [0, n], table, [pos + n], [n - 1])
+        pos += n
+        done += n
+    prefill = prompt_len / (time.perf_counter() - start)
+    start = time.perf_counter()
+    token = 5
+    for _ in range(decode_tokens):
+        logits = model.step([token], [pos], [0, 1], table, [pos + 1], [0])
+        token = int(np.argmax(logits[0]))
+        pos += 1
+    decode = decode_tokens / (time.perf_counter() - start)
+    return prefill, decode
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", help="GGUF file(s) to measure")
+    ap.add_argument("--llama3-8b", action="store_true", help="also measure the Llama-3-8B shape")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--context", type=int, default=0, help="tokens already in the cache before decoding")
+    args = ap.parse_args()
+    models = args.model or [smollm2_q4_0()]
+    if args.llama3_8b:
+        models.append(llama3_8b_file())
+    for path in models:
+        ctx = args.context + args.prompt + args.decode + 16
+        model = load_model(path, threads=args.threads, n_ctx=ctx, max_step_tokens=512)
+        decode_n = args.decode if model.n_params < 1e9 else max(8, args.decode // 8)
+        measure(model, 16, 4, 0)  # warm-up
+        runs = [measure(model, args.prompt, decode_n, args.context) for _ in range(args.repeats)]
+        pre = statistics.median(r[0] for r in runs)
+        dec = statistics.median(r[1] for r in runs)
+        print(f"{Path(path).name}: kernels={model.kernels} threads={model.n_threads} "
+              f"prefill({args.prompt})={pre:.1f} tok/s decode(ctx {args.context})={dec:.2f} tok/s "
+              f"[runs: {', '.join(f'{r[1]:.2f}' for r in runs)}]", flush=True)
+        del model
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

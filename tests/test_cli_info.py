@@ -1,0 +1,59 @@
+"""`sysinfer info` and `sysinfer synth` as a user runs them (the installed console script)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from model_files import smollm2_q4_1, tiny_model
+from sysinfer import native_info
+from sysinfer.model.gguf_loader import read_model_file
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("sysinfer")
+    assert exe, "the sysinfer console script is not installed"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+
+
+def fields(text: str) -> dict[str, str]:
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in text.splitlines() if line.strip())
+
+
+def test_info_on_bundled_smollm2():
+    out = run_cli("info")
+    assert out.returncode == 0, out.stderr
+    info = fields(out.stdout)
+    assert info["file"] == smollm2_q4_1()
+    assert info["architecture"] == "llama"
+    assert info["parameters"] == "134.5 M"
+    assert info["tensor types"] == "F32 x61, Q4_1 x210, Q8_0 x1"
+    assert info["context length"] == "8192"
+    assert info["tokenizer"] == "gpt2 (pre: smollm)"
+    assert info["output"] == "tied to token_embd"
+    assert info["kernels"].startswith(native_info()["kernels"] + " ")
+
+
+def test_info_on_alibi_baichuan():
+    out = run_cli("info", tiny_model("baichuan-alibi"))
+    assert out.returncode == 0, out.stderr
+    info = fields(out.stdout)
+    assert info["architecture"] == "baichuan (ALiBi)" and info["layers"] == "40"
+
+
+def test_info_on_bad_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"not a model at all")
+    out = run_cli("info", str(bad))
+    assert out.returncode == 2
+    assert "not a GGUF file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_synth_writes_a_loadable_shape(tmp_path):
+    path = tmp_path / "smol.gguf"
+    out = run_cli("synth", "--like", "smollm2-135m", "-o", str(path))
+    assert out.returncode == 0, out.stderr
+    real, synth = read_model_file(smollm2_q4_1()), read_model_file(str(path))
+    assert synth.hparams.n_layer == real.hparams.n_layer and synth.hparams.n_vocab == real.hparams.n_vocab
+    assert {n: t.shape for n, t in synth.tensors.items()} == {n: t.shape for n, t in real.tensors.items()}
