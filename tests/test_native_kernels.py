@@ -3,6 +3,7 @@ and the packed formats against the `gguf` package's definition of each quantizat
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -24,7 +25,8 @@ CROSS_TOOLS = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "qemu-aarch64":
 
 
 def build_test_kernels(name: str, *cmake_args: str) -> Path:
-    build = BUILD_ROOT / name
+    # One build folder per checkout: CMake refuses a build folder configured for another source.
+    build = BUILD_ROOT / f"{name}-{hashlib.sha1(str(REPO).encode()).hexdigest()[:10]}"
     subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-DSYSINFER_BUILD_TESTS=ON",
                     "-DCMAKE_BUILD_TYPE=Release", *cmake_args], check=True, capture_output=True, text=True)
     done = subprocess.run(["cmake", "--build", str(build), "-j2", "--target", "test_kernels"],
