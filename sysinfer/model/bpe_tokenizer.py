@@ -1,0 +1,115 @@
+"""Byte-level BPE (`tokenizer.ggml.model == "gpt2"`: Llama 3, SmolLM2, GPT-2) on tiktoken.
+
+tiktoken merges the adjacent pair whose joined bytes have the lowest rank, and returns ranks as ids.
+GGUF gives the merge order separately from the ids, so we rank every token by when a merge creates
+it (single bytes first) and map tiktoken's ranks back to the file's ids with one lookup table.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import tiktoken
+
+from .tokenizer import TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_list
+
+# Pre-tokenizer split patterns by tokenizer.ggml.pre.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+# SmolLM2 (HF: Digits(individual) then GPT-2's split of each stretch between digits): every digit on
+# its own; digits take no leading space; a whitespace run before a digit ends a stretch, so it stays
+# whole (the `(?=\p{N})` alternative).
+SMOLLM_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?=\p{N})|\s+(?!\S)|\s+"""
+PRE_TOKENIZER_PATTERNS = {
+    "llama-bpe": LLAMA3_PATTERN,
+    "llama3": LLAMA3_PATTERN,
+    "llama-v3": LLAMA3_PATTERN,
+    "smollm": SMOLLM_PATTERN,
+    "gpt2": GPT2_PATTERN,
+    "default": GPT2_PATTERN,
+}
+
+
+@lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in character of each byte, reversed (char -> byte)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+def token_string_bytes(token: str) -> bytes | None:
+    """A byte-level token's bytes, or None if it isn't byte-level text (e.g. a special token)."""
+    table = byte_decoder()
+    try:
+        return bytes(table[c] for c in token)
+    except KeyError:
+        return None
+
+
+class BPETokenizer(Tokenizer):
+    def __init__(self, meta: dict[str, Any]):
+        super().__init__(meta)
+        self.unknown_id = self._optional_id(meta, "tokenizer.ggml.unknown_token_id")
+        pre = meta.get("tokenizer.ggml.pre", "default")
+        if pre not in PRE_TOKENIZER_PATTERNS:
+            raise TokenizerError(f"tokenizer.ggml.pre = {pre!r} is not supported (supported: {sorted(PRE_TOKENIZER_PATTERNS)})")
+        merges = _meta_list(meta, "tokenizer.ggml.merges") if meta.get("tokenizer.ggml.merges") else []
+        self._bytes: list[bytes] = []
+        for i, (text, kind) in enumerate(zip(self.tokens, self.token_types)):
+            raw = None if kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) else token_string_bytes(text)
+            self._bytes.append(raw if raw is not None else text.encode("utf-8"))
+        ranks, rank_to_id = self._ranks(merges)
+        self._rank_to_id = np.asarray(rank_to_id, dtype=np.int64)
+        self._encoding = tiktoken.Encoding(
+            name=f"gguf-{pre}", pat_str=PRE_TOKENIZER_PATTERNS[pre], mergeable_ranks=ranks, special_tokens={}
+        )
+
+    def _ranks(self, merges: list[str]) -> tuple[dict[bytes, int], list[int]]:
+        """Merge-order ranks: the 256 single bytes, then each merge's result in file order, then any
+        remaining normal token (reachable only whole)."""
+        id_of = {}
+        for i, (raw, kind) in enumerate(zip(self._bytes, self.token_types)):
+            if kind not in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED):
+                id_of.setdefault(raw, i)
+        ranks: dict[bytes, int] = {}
+        rank_to_id: list[int] = []
+
+        def add(raw: bytes, token_id: int | None = None) -> None:
+            if raw not in ranks and (token_id is not None or raw in id_of):
+                ranks[raw] = len(rank_to_id)
+                rank_to_id.append(id_of.get(raw, token_id))
+
+        # tiktoken needs every single byte; a vocabulary without some (SmolLM2 lacks a few control
+        # bytes) can't express them, so they map to the unknown token, or are dropped (-1).
+        for b in range(256):
+            add(bytes([b]), self.unknown_id if self.unknown_id is not None else -1)
+        for m in merges:
+            left, _, right = m.partition(" ")
+            a, b = token_string_bytes(left), token_string_bytes(right)
+            if a is None or b is None:
+                raise TokenizerError(f"tokenizer.ggml.merges entry {m!r} is not byte-level text")
+            add(a + b)
+        for raw in id_of:
+            add(raw)
+        return ranks, rank_to_id
+
+    def _encode_plain(self, text: str, first: bool) -> list[int]:
+        ranks = self._encoding.encode_ordinary(text)
+        if not ranks:
+            return []
+        ids = self._rank_to_id[ranks]
+        return ids[ids >= 0].tolist()
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._bytes[token_id]

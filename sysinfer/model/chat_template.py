@@ -1,0 +1,139 @@
+"""Chat templates: the GGUF's `tokenizer.chat_template` rendered in a sandboxed jinja2 environment,
+or a built-in format chosen by architecture when a file has none (older Baichuan 2 files).
+
+Turning a chat into ids: special tokens the template writes (`<|start_header_id|>`, `<|im_start|>`,
+`<reserved_106>`) become their single ids; the same text inside a message does not. Before rendering,
+every special-token string inside message text is broken with a private-use marker character that
+occurs nowhere in the messages; after rendering, the text is split at the (intact) specials the
+template wrote, the markers are removed, and the rest is encoded with specials disabled.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Baichuan 2: the system text first, then <reserved_106> user / <reserved_107> assistant turns
+# (ids 195 / 196), ending with <reserved_107> for the answer to come.
+BAICHUAN2_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '<reserved_106>' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<reserved_107>' + message['content'] }}"
+    "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<reserved_107>' }}{% endif %}"
+)
+BUILTIN_TEMPLATES = {"baichuan": BAICHUAN2_TEMPLATE, "llama": LLAMA3_TEMPLATE}
+
+
+class ChatTemplateError(ValueError):
+    """A template that can't be rendered (bad syntax, refused operation, raise_exception)."""
+
+
+def _raise_exception(message: str):
+    raise ChatTemplateError(str(message))
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+_ENV.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+
+
+def template_source(tok: "Tokenizer") -> str:
+    if tok.chat_template:
+        return tok.chat_template
+    if tok.architecture in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[tok.architecture]
+    raise ChatTemplateError(f"the model has no chat template and there is no built-in one for {tok.architecture!r}")
+
+
+def _compiled(source: str):
+    try:
+        return _ENV.from_string(source)
+    except TemplateError as e:
+        raise ChatTemplateError(f"chat template does not compile: {e}") from None
+
+
+def normalize_messages(messages: list[dict]) -> list[dict[str, str]]:
+    """Plain {role, content} dicts of strings (content parts of type text are joined)."""
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ChatTemplateError(f"messages[{i}] needs a string 'role'")
+        content = m.get("content", "")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ChatTemplateError(f"messages[{i}].content: only text parts are supported")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise ChatTemplateError(f"messages[{i}].content must be a string or a list of text parts")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def _render(tok: "Tokenizer", messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
+    eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
+    try:
+        return _compiled(template_source(tok)).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+        )
+    except SecurityError as e:
+        raise ChatTemplateError(f"chat template refused: {e}") from None
+    except ChatTemplateError:
+        raise
+    except Exception as e:  # any other failure inside a template is the template's fault
+        raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+
+
+def render_chat(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True) -> str:
+    return _render(tok, normalize_messages(messages), add_generation_prompt)
+
+
+def _pick_marker(messages: list[dict[str, str]]) -> str:
+    used = "".join(m["role"] + m["content"] for m in messages)
+    for code in range(0xE000, 0xF8FF):
+        if chr(code) not in used:
+            return chr(code)
+    raise ChatTemplateError("messages use every private-use character")  # not reachable in practice
+
+
+def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    messages = normalize_messages(messages)
+    specials = sorted(tok.special_tokens, key=len, reverse=True)
+    marker = _pick_marker(messages)
+    if specials:
+        pattern = re.compile("|".join(re.escape(s) for s in specials))
+        broken = lambda text: pattern.sub(lambda m: m.group(0)[0] + marker + m.group(0)[1:], text)  # noqa: E731
+        messages = [{"role": m["role"], "content": broken(m["content"])} for m in messages]
+    rendered = _render(tok, messages, add_generation_prompt)
+    ids: list[int] = []
+    first = True
+    parts = re.split("(" + "|".join(re.escape(s) for s in specials) + ")", rendered) if specials else [rendered]
+    for i, part in enumerate(parts):
+        if i % 2 == 1:
+            ids.append(tok.special_tokens[part])
+        elif part:
+            ids.extend(tok._encode_plain(part.replace(marker, ""), first))
+        first = False
+    return ids

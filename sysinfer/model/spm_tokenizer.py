@@ -1,0 +1,90 @@
+"""SentencePiece (`tokenizer.ggml.model == "llama"`: Baichuan 2, Llama 2) on the sentencepiece package.
+
+A ModelProto is rebuilt from the GGUF's pieces, scores and token types (byte-fallback `<0x..>`
+pieces, BPE model, identity normalisation as Baichuan 2 and Llama 2 ship it) and loaded in memory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import sentencepiece as spm
+
+from .tokenizer import (TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN,
+                        TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError)
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+SPACE = "\u2581"  # "▁": SentencePiece's visible space
+
+
+def build_model_proto(tokens: list[str], scores: list[float], types: list[int]) -> bytes:
+    from sentencepiece import sentencepiece_model_pb2 as pb  # needs protobuf
+
+    kinds = {
+        TOKEN_TYPE_NORMAL: pb.ModelProto.SentencePiece.NORMAL,
+        TOKEN_TYPE_UNKNOWN: pb.ModelProto.SentencePiece.UNKNOWN,
+        TOKEN_TYPE_CONTROL: pb.ModelProto.SentencePiece.CONTROL,
+        # sentencepiece would match user-defined pieces inside any text; as control pieces they are
+        # written only where Tokenizer.encode(allow_special=True) or a chat template puts them.
+        TOKEN_TYPE_USER_DEFINED: pb.ModelProto.SentencePiece.CONTROL,
+        TOKEN_TYPE_UNUSED: pb.ModelProto.SentencePiece.UNUSED,
+        TOKEN_TYPE_BYTE: pb.ModelProto.SentencePiece.BYTE,
+    }
+    model = pb.ModelProto()
+    has_unknown = False
+    for piece, score, kind in zip(tokens, scores, types):
+        if kind not in kinds:
+            raise TokenizerError(f"tokenizer.ggml.token_type {kind} of piece {piece!r} is not a SentencePiece type")
+        has_unknown |= kind == TOKEN_TYPE_UNKNOWN
+        model.pieces.add(piece=piece, score=float(score), type=kinds[kind])
+    if not has_unknown:
+        raise TokenizerError("tokenizer.ggml.token_type marks no unknown piece (SentencePiece needs one)")
+    model.trainer_spec.model_type = pb.TrainerSpec.BPE
+    model.trainer_spec.byte_fallback = any(t == TOKEN_TYPE_BYTE for t in types)
+    model.trainer_spec.vocab_size = len(tokens)
+    # Identity normalisation; the dummy prefix is added by SPMTokenizer itself (first fragment only).
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = False
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    return model.SerializeToString()
+
+
+class SPMTokenizer(Tokenizer):
+    default_add_bos = True  # Llama 2 and SentencePiece files without the key
+
+    def __init__(self, meta: dict[str, Any]):
+        super().__init__(meta)
+        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(self.tokens)
+        if len(scores) != len(self.tokens):
+            raise TokenizerError("tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length")
+        self.add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        self._sp = spm.SentencePieceProcessor()
+        self._sp.LoadFromSerializedProto(build_model_proto(self.tokens, scores, self.token_types))
+        self._bytes = [self._piece_bytes(p, k) for p, k in zip(self.tokens, self.token_types)]
+
+    @staticmethod
+    def _piece_bytes(piece: str, kind: int) -> bytes:
+        if kind == TOKEN_TYPE_BYTE:
+            m = _BYTE_PIECE.fullmatch(piece)
+            if m:
+                return bytes([int(m.group(1), 16)])
+        if kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN):
+            return piece.encode("utf-8") if kind == TOKEN_TYPE_CONTROL else b""
+        return piece.replace(SPACE, " ").encode("utf-8")
+
+    def _encode_plain(self, text: str, first: bool) -> list[int]:
+        if first and self.add_space_prefix:
+            text = " " + text
+        return self._sp.EncodeAsIds(text)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._bytes[token_id]
+
+    def decode(self, ids, *, skip_special: bool = False) -> str:
+        text = super().decode(ids, skip_special=skip_special)
+        # SentencePiece drops the space its dummy prefix put before the first piece.
+        if self.add_space_prefix and text.startswith(" ") and ids and not self.is_special(ids[0]):
+            text = text[1:]
+        return text
