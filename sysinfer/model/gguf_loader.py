@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .architecture import ModelHParams, expected_tensor_shapes, hparams_from_metadata
-from .gguf_metadata import reader_metadata
+from .gguf_metadata import GGUFFormatError, TensorEntry, read_header
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -83,24 +83,44 @@ def check_header(path: str) -> int:
     return size
 
 
-def open_reader(path: str) -> GGUFReader:
+def read_directory(path: str) -> tuple[dict[str, Any], list[TensorEntry], int]:
     try:
-        return GGUFReader(path, "r")
-    except ModelLoadError:
-        raise
-    except Exception as e:  # the gguf package raises many kinds on corrupt input
-        raise ModelLoadError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
+        _, metadata, entries, data_start = read_header(path)
+    except (GGUFFormatError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        raise ModelLoadError(f"{path}: corrupt or truncated GGUF file ({e})") from None
+    return metadata, entries, data_start
 
 
-def collect_tensors(reader: GGUFReader, path: str, file_size: int) -> dict[str, TensorData]:
+def collect_tensors(path: str, entries: list[TensorEntry], data_start: int, file_size: int) -> dict[str, TensorData]:
+    """Views of each tensor's bytes in one read-only mmap of the file (nothing is read yet)."""
+    file_map = np.memmap(path, dtype=np.uint8, mode="r")
     tensors: dict[str, TensorData] = {}
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > file_size:
+    for e in entries:
+        try:
+            qtype = GGMLQuantizationType(e.type)
+        except ValueError:
+            raise ModelLoadError(f"{path}: tensor {e.name!r} has unknown type id {e.type}") from None
+        if e.name in tensors:
+            raise ModelLoadError(f"{path}: tensor {e.name!r} appears twice")
+        block, block_bytes = GGML_QUANT_SIZES[qtype]
+        n = int(np.prod(e.shape)) if e.shape else 1
+        if not e.shape or e.shape[0] % block:
+            raise ModelLoadError(f"{path}: tensor {e.name!r} shape {list(e.shape)} does not fit {qtype.name} blocks of {block}")
+        n_bytes = n // block * block_bytes
+        start = data_start + e.offset
+        if start + n_bytes > file_size:
             raise ModelLoadError(
-                f"{path}: tensor {t.name!r} data ends at byte {end} but the file has {file_size} bytes (truncated?)"
+                f"{path}: tensor {e.name!r} data ends at byte {start + n_bytes} but the file has {file_size} bytes (truncated?)"
             )
-        tensors[t.name] = TensorData(t.name, GGMLQuantizationType(t.tensor_type), tuple(int(n) for n in t.shape), t.data)
+        raw = file_map[start : start + n_bytes]
+        rows = n // e.shape[0]
+        if qtype == GGMLQuantizationType.F32:
+            data = raw.view(np.float32).reshape(rows, e.shape[0]) if len(e.shape) > 1 else raw.view(np.float32)
+        elif qtype == GGMLQuantizationType.F16:
+            data = raw.view(np.float16).reshape(rows, e.shape[0])
+        else:
+            data = raw.reshape(rows, -1)
+        tensors[e.name] = TensorData(e.name, qtype, tuple(int(d) for d in e.shape), data)
     return tensors
 
 
@@ -131,13 +151,12 @@ def read_model_file(path: str) -> GGUFModelFile:
     """Open, parse and validate a GGUF model. Tensor data stays in the mmap until loaded."""
     path = os.fspath(path)
     size = check_header(path)
-    reader = open_reader(path)
-    metadata = reader_metadata(reader)
+    metadata, entries, data_start = read_directory(path)
     try:
         hp = hparams_from_metadata(metadata)
     except (KeyError, ValueError, TypeError) as e:
         raise ModelLoadError(f"{path}: {e.args[0] if e.args else e}") from None
-    tensors = collect_tensors(reader, path, size)
+    tensors = collect_tensors(path, entries, data_start, size)
     check_tensors(tensors, hp, path)
     if hp.n_vocab != tensors["token_embd.weight"].rows:
         raise ModelLoadError(f"{path}: vocabulary size {hp.n_vocab} differs from token_embd.weight rows")
