@@ -62,6 +62,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine.sampling import SamplingParams
+    from .generation import GenerationResult, generate_stream
+    from .model.loader import load_model
+    from .model.tokenizer import Tokenizer
+
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            max_tokens=args.max_tokens, stop=args.stop or [])
+    model = load_model(_model_path(args.model), threads=args.threads, n_ctx=args.ctx_size)
+    tokenizer = Tokenizer.from_metadata(model.metadata)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}]
+        prompt_ids = tokenizer.apply_chat_template(messages)
+    else:
+        prompt_ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos)
+    result = GenerationResult()
+    for text in generate_stream(model, tokenizer, prompt_ids, params, result):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.verbose:
+        decode_rate = len(result.token_ids) / result.decode_seconds if result.decode_seconds else 0.0
+        print(f"[{result.prompt_tokens} prompt tokens in {result.prefill_seconds:.2f} s; {len(result.token_ids)} "
+              f"generated at {decode_rate:.1f} tok/s; finish: {result.finish_reason}; kernels {model.kernels}]",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .model.synth_presets import synth_like
 
@@ -77,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a GGUF model and the kernels this CPU runs")
     p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
+    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--prompt", "-p", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", help="system message (with --chat)")
+    p.add_argument("-n", "--max-tokens", type=int, default=256)
+    p.add_argument("-t", "--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--ctx-size", type=int, default=4096)
+    p.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("synth", help="write a random-weight GGUF with a real model's exact shapes")
     p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b"])

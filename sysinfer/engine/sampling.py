@@ -1,0 +1,116 @@
+"""Sampling parameters and a vectorised numpy sampler (runs once per generated token).
+
+Order of operations, as in common servers: penalties on the raw logits (repetition, then frequency
+and presence), temperature, then the top-k / top-p / min-p filters, then a draw from the request's own
+random generator (seeded when `seed` is given, so a request is reproducible). Temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0
+    top_k: int = 0             # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, rule: str):
+            raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        if not 0.0 <= self.temperature <= 100.0:
+            bad("temperature", "between 0 and 100")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            bad("top_k", "a non-negative integer (0 = off)")
+        if not 0.0 < self.top_p <= 1.0:
+            bad("top_p", "in (0, 1]")
+        if not 0.0 <= self.min_p <= 1.0:
+            bad("min_p", "in [0, 1]")
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            bad("repetition_penalty", "in (0, 10]")
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            bad("frequency_penalty", "in [-2, 2]")
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            bad("presence_penalty", "in [-2, 2]")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            bad("max_tokens", "an integer >= 1")
+        if self.seed is not None and not isinstance(self.seed, int):
+            bad("seed", "an integer")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            bad("stop", "a list of non-empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class Sampler:
+    """Per-request sampler; `sample(logits, generated_ids) -> token id`."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int] | None = None):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        # Repetition penalty covers the prompt too (as in HF / llama.cpp); frequency and presence
+        # penalties count generated tokens only (as in OpenAI's API).
+        self.prompt_ids = np.asarray(prompt_ids or [], dtype=np.int64)
+
+    def apply_penalties(self, logits: np.ndarray, generated: np.ndarray) -> np.ndarray:
+        p = self.params
+        if p.repetition_penalty != 1.0:
+            seen = np.unique(np.concatenate([self.prompt_ids, generated]))
+            if seen.size:
+                vals = logits[seen]
+                logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.frequency_penalty or p.presence_penalty) and generated.size:
+            ids, counts = np.unique(generated, return_counts=True)
+            logits[ids] -= p.frequency_penalty * counts + p.presence_penalty
+        return logits
+
+    def filter(self, logits: np.ndarray) -> np.ndarray:
+        """Logits with everything outside top-k / top-p / min-p set to -inf (temperature applied)."""
+        p = self.params
+        logits = logits / p.temperature
+        if p.top_k and p.top_k < logits.size:
+            kth = np.partition(logits, -p.top_k)[-p.top_k]
+            logits = np.where(logits >= kth, logits, -np.inf)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        if p.min_p > 0.0:
+            logits = np.where(probs >= p.min_p * probs.max(), logits, -np.inf)
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cumulative = np.cumsum(probs[order])
+            keep = cumulative - probs[order] < p.top_p  # smallest prefix whose mass reaches top_p
+            mask = np.zeros(logits.size, dtype=bool)
+            mask[order[keep]] = True
+            logits = np.where(mask, logits, -np.inf)
+        return logits
+
+    def sample(self, logits: np.ndarray, generated_ids) -> int:
+        logits = np.array(logits, dtype=np.float64)  # a copy: the caller's buffer is reused
+        generated = np.asarray(generated_ids, dtype=np.int64)
+        logits = self.apply_penalties(logits, generated)
+        if self.params.greedy:
+            return int(np.argmax(logits))
+        logits = self.filter(logits)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        return int(self.rng.choice(probs.size, p=probs))

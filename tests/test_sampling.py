@@ -1,0 +1,87 @@
+"""Sampling: greedy at temperature 0, seeded reproducibility, filters never leave their set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sysinfer.engine.sampling import Sampler, SamplingParams
+
+logits_st = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=2, max_size=60).map(
+    lambda v: np.array(v, dtype=np.float32))
+
+
+@given(logits=logits_st)
+def test_temperature_zero_is_argmax(logits):
+    assert Sampler(SamplingParams(temperature=0.0)).sample(logits, []) == int(np.argmax(logits))
+
+
+@settings(max_examples=50)
+@given(logits=logits_st, seed=st.integers(0, 2**31), temp=st.floats(0.1, 2.0), top_p=st.floats(0.05, 1.0))
+def test_same_seed_same_tokens(logits, seed, temp, top_p):
+    params = SamplingParams(temperature=temp, top_p=top_p, seed=seed)
+    a, b = Sampler(params), Sampler(params)
+    generated_a, generated_b = [], []
+    for _ in range(8):
+        generated_a.append(a.sample(logits, generated_a))
+        generated_b.append(b.sample(logits, generated_b))
+    assert generated_a == generated_b
+
+
+@settings(max_examples=60)
+@given(logits=logits_st, k=st.integers(1, 10), seed=st.integers(0, 1000))
+def test_top_k_stays_in_top_k(logits, k, seed):
+    sampler = Sampler(SamplingParams(temperature=1.5, top_k=k, seed=seed))
+    allowed = set(np.argsort(-logits, kind="stable")[: min(k, logits.size)].tolist())
+    kth = np.sort(logits)[::-1][min(k, logits.size) - 1]
+    allowed |= set(np.nonzero(logits >= kth)[0].tolist())  # ties at the k-th value are kept
+    for _ in range(10):
+        assert sampler.sample(logits, []) in allowed
+
+
+@settings(max_examples=60)
+@given(logits=logits_st, top_p=st.floats(0.01, 0.99), seed=st.integers(0, 1000))
+def test_top_p_stays_in_nucleus(logits, top_p, seed):
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=top_p, seed=seed))
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    cumulative_before = np.cumsum(probs[order]) - probs[order]
+    nucleus = set(order[cumulative_before < top_p].tolist())
+    for _ in range(10):
+        assert sampler.sample(logits, []) in nucleus
+
+
+@settings(max_examples=40)
+@given(logits=logits_st, min_p=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
+def test_min_p_keeps_likely_tokens_only(logits, min_p, seed):
+    sampler = Sampler(SamplingParams(temperature=1.0, min_p=min_p, seed=seed))
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    for _ in range(10):
+        assert probs[sampler.sample(logits, [])] >= min_p * probs.max() * (1 - 1e-6)
+
+
+def test_penalties_change_greedy_choice():
+    logits = np.array([5.0, 4.9, 1.0], dtype=np.float32)
+    assert Sampler(SamplingParams(repetition_penalty=1.5)).sample(logits, [0]) == 1
+    assert Sampler(SamplingParams(frequency_penalty=0.05)).sample(logits, [0, 0, 0]) == 1
+    assert Sampler(SamplingParams(presence_penalty=0.2)).sample(logits, [0]) == 1
+    assert Sampler(SamplingParams(presence_penalty=0.2)).sample(logits, [2]) == 0
+    # repetition penalty also covers the prompt
+    assert Sampler(SamplingParams(repetition_penalty=1.5), prompt_ids=[0]).sample(logits, []) == 1
+
+
+def test_sampler_does_not_modify_callers_logits():
+    logits = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    Sampler(SamplingParams(temperature=0.7, repetition_penalty=2.0, seed=1)).sample(logits, [2])
+    assert logits.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("field,value", [("temperature", -1), ("top_p", 0.0), ("top_k", -3), ("min_p", 2.0),
+                                         ("max_tokens", 0), ("repetition_penalty", 0), ("frequency_penalty", 3),
+                                         ("stop", [""])])
+def test_invalid_parameters_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value})
