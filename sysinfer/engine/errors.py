@@ -1,0 +1,17 @@
+"""Errors the engine reports to callers (the server maps them to HTTP statuses)."""
+
+
+class EngineError(Exception):
+    """Base of the engine's request errors."""
+
+
+class QueueFullError(EngineError):
+    """Too many requests are waiting (max_queue); try again later."""
+
+
+class ContextLengthError(EngineError, ValueError):
+    """The prompt, with the tokens asked for, does not fit the context or the KV cache."""
+
+
+class EngineClosedError(EngineError):
+    """The engine is shutting down."""

@@ -1,0 +1,110 @@
+"""Which sequences run in the next step and how many of their tokens: policy only, no I/O.
+
+Continuous batching under `max_batch` running sequences and `max_step_tokens` tokens per step.
+Running sequences go first, oldest first: one token each when decoding, a chunk of their prompt
+when prefilling (chunked prefill: a long prompt never holds the others up for more than a step).
+Waiting sequences are admitted in arrival order while a slot, token budget and KV blocks (above a
+watermark) remain. When blocks run out mid-decode the newest running sequence is preempted: its
+blocks are freed and it waits at the head of the queue to be recomputed, its output so far kept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .block_manager import BlockManager
+from .sequence import Sequence, Status
+
+
+@dataclass
+class ScheduledChunk:
+    seq: Sequence
+    start: int   # first token (position) to compute
+    count: int   # tokens to compute
+
+    @property
+    def samples(self) -> bool:
+        """True when this chunk reaches the end of the sequence: its last logits give a new token."""
+        return self.start + self.count == len(self.seq)
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, max_batch: int = 1, max_step_tokens: int = 512):
+        if max_batch < 1 or max_step_tokens < 1:
+            raise ValueError("max_batch and max_step_tokens must be at least 1")
+        self.blocks = blocks
+        self.max_batch = max_batch
+        self.max_step_tokens = max_step_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> list[ScheduledChunk]:
+        budget = self.max_step_tokens
+        plan: list[ScheduledChunk] = []
+        for seq in list(self.running):  # oldest first
+            if budget == 0:
+                break
+            if seq not in self.running:  # preempted below to make room for an older one
+                continue
+            count = min(seq.num_pending, budget)
+            if not self._make_room(seq, count):
+                continue  # seq itself was preempted
+            self.blocks.append_slots(seq, count)
+            plan.append(ScheduledChunk(seq, seq.num_computed, count))
+            budget -= count
+        while self.waiting and budget > 0 and len(self.running) < self.max_batch:
+            seq = self.waiting[0]
+            if not self.blocks.can_allocate(seq):
+                break  # FIFO: nobody overtakes the head of the queue
+            self.waiting.popleft()
+            self.blocks.allocate(seq)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            count = min(seq.num_pending, budget)
+            plan.append(ScheduledChunk(seq, seq.num_computed, count))
+            budget -= count
+        return plan
+
+    def _make_room(self, seq: Sequence, count: int) -> bool:
+        """Preempt newer sequences until seq's next `count` tokens have blocks; False if seq itself
+        had to go (it was the newest)."""
+        while not self.blocks.can_append(seq, count):
+            victim = max(self.running, key=lambda s: s.arrival)
+            self.preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def preempt(self, seq: Sequence) -> None:
+        self.blocks.free(seq)
+        self.running.remove(seq)
+        seq.status = Status.WAITING
+        seq.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Remove a sequence for good (done or aborted) and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.block_table:
+            self.blocks.free(seq)
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+
+    def after_step(self, plan: list[ScheduledChunk]) -> None:
+        """Account for computed tokens (call before appending sampled tokens)."""
+        for chunk in plan:
+            chunk.seq.num_computed = chunk.start + chunk.count
+            self.blocks.register_computed(chunk.seq)

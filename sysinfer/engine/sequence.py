@@ -1,0 +1,51 @@
+"""One request's state as the scheduler and the engine see it."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .sampling import SamplingParams
+
+_arrival = itertools.count()
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)  # KV block ids, in position order
+    num_computed: int = 0       # leading tokens whose K/V are in the cache
+    cached_prompt_tokens: int = 0  # of the prompt, found in the prefix cache at admission
+    status: Status = Status.WAITING
+    finish_reason: str | None = None
+    preemptions: int = 0
+    hashed: tuple[int, int | None] = (0, None)  # (blocks named in the prefix cache, last chain hash)
+    arrival: int = field(default_factory=lambda: next(_arrival))
+    state: Any = None           # the engine's per-request objects (sampler, detokenizer, stream)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens still to run through the model before the next token can be sampled."""
+        return len(self) - self.num_computed
+
+    @property
+    def finished(self) -> bool:
+        return self.status == Status.FINISHED

@@ -1,0 +1,66 @@
+"""A deterministic stand-in for LoadedModel with the same step() contract, for engine tests.
+
+It stores the token written at every KV slot and derives each "next token" only from the tokens it
+reads back through the block table for positions 0..p, so a wrong block table, a bad prefix-cache
+hit or a broken preemption changes the output.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+
+class FakeModel:
+    def __init__(self, n_kv_blocks: int = 64, block_size: int = 4, n_ctx: int = 512, n_vocab: int = 50,
+                 max_step_tokens: int = 64, max_out_rows: int = 16):
+        self.n_kv_blocks, self.block_size, self.n_ctx, self.n_vocab = n_kv_blocks, block_size, n_ctx, n_vocab
+        self.max_step_tokens, self.max_out_rows = max_step_tokens, max_out_rows
+        self.slots = np.full(n_kv_blocks * block_size, -1, dtype=np.int64)  # token id stored at each KV slot
+        self.steps = []  # (n_tok, n_seq) per call
+
+    @staticmethod
+    def next_token(context: list[int], n_vocab: int) -> int:
+        return 1 + zlib.crc32(np.asarray(context, dtype=np.int64).tobytes()) % (n_vocab - 1)  # never 0 (eos)
+
+    def step(self, token_ids, positions, seq_starts, block_tables, context_lens, logits_rows):
+        n_tok = len(token_ids)
+        assert 0 < n_tok <= self.max_step_tokens and len(logits_rows) <= self.max_out_rows
+        self.steps.append((n_tok, len(context_lens)))
+        bs = self.block_size
+        for s in range(len(context_lens)):
+            table = block_tables[s]
+            for t in range(seq_starts[s], seq_starts[s + 1]):
+                p = positions[t]
+                assert p == context_lens[s] - (seq_starts[s + 1] - t)
+                block = table[p // bs]
+                assert 0 <= block < self.n_kv_blocks
+                self.slots[block * bs + p % bs] = token_ids[t]
+        out = np.zeros((len(logits_rows), self.n_vocab), dtype=np.float32)
+        for i, row in enumerate(logits_rows):
+            s = int(np.searchsorted(seq_starts, row, side="right") - 1)
+            p = positions[row]
+            table = block_tables[s]
+            context = [int(self.slots[table[q // bs] * bs + q % bs]) for q in range(p + 1)]
+            assert -1 not in context, "read a KV slot nobody wrote"
+            out[i, self.next_token(context, self.n_vocab)] = 10.0
+        return out
+
+
+class FakeTokenizer:
+    """Token i is the letter chr(ord('a') + i % 26); 0 is the end of text."""
+
+    stop_ids = {0}
+    eos_id = 0
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        return "".join(chr(ord("a") + i % 26) for i in ids if i != 0)
+
+
+def expected_tokens(prompt: list[int], n: int, n_vocab: int = 50) -> list[int]:
+    """What the fake model generates greedily for a prompt when run alone."""
+    tokens = list(prompt)
+    for _ in range(n):
+        tokens.append(FakeModel.next_token(tokens, n_vocab))
+    return tokens[len(prompt):]

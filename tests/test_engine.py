@@ -1,0 +1,171 @@
+"""Block manager, scheduler and async engine on a fake model (no native core)."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fake_model import FakeModel, FakeTokenizer, expected_tokens
+from sysinfer.engine.async_engine import AsyncEngine
+from sysinfer.engine.block_manager import BlockManager
+from sysinfer.engine.errors import ContextLengthError, QueueFullError
+from sysinfer.engine.sampling import SamplingParams
+from sysinfer.engine.sequence import Sequence
+
+
+def check_block_invariants(engine: AsyncEngine) -> None:
+    bm = engine.blocks
+    owners: dict[int, int] = {}
+    for seq in engine.scheduler.running:
+        for b in seq.block_table:
+            owners[b] = owners.get(b, 0) + 1
+    for b in range(bm.num_blocks):
+        assert bm.ref_count[b] == owners.get(b, 0), f"block {b}: ref {bm.ref_count[b]} but {owners.get(b, 0)} owners"
+    free = set(bm.free_blocks) | set(bm.cached_free)
+    assert len(free) == bm.num_free and not (free & set(owners))
+    assert len(free) + len(owners) == bm.num_blocks
+    for h, b in bm.hash_to_block.items():
+        assert bm.block_hash[b] == h
+
+
+async def run_requests(engine: AsyncEngine, requests: list[tuple[list[int], int]], abort_after: dict[int, int] | None = None,
+                       delays: list[float] | None = None) -> dict[int, tuple[list[int], str]]:
+    results: dict[int, tuple[list[int], str]] = {}
+    abort_after = abort_after or {}
+
+    async def one(i: int, prompt: list[int], n: int) -> None:
+        if delays:
+            await anyio.sleep(delays[i])
+        tokens, reason = [], None
+        async for delta in engine.generate(prompt, SamplingParams(max_tokens=n)):
+            tokens += [t for t in delta.token_ids if t != 0]
+            reason = delta.finish_reason
+            check_block_invariants(engine)
+            if i in abort_after and len(tokens) >= abort_after[i]:
+                break  # the client goes away
+        results[i] = (tokens, reason or "abort")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(engine.run)
+        async with anyio.create_task_group() as clients:
+            for i, (prompt, n) in enumerate(requests):
+                clients.start_soon(one, i, prompt, n)
+        await engine.shutdown()
+    return results
+
+
+def assert_idle(engine: AsyncEngine) -> None:
+    check_block_invariants(engine)
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert not engine.scheduler.running and not engine.scheduler.waiting and not engine.by_id
+
+
+prompts = st.lists(st.integers(1, 49), min_size=1, max_size=30)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reqs=st.lists(st.tuples(prompts, st.integers(1, 12)), min_size=1, max_size=8),
+       n_blocks=st.integers(12, 40), max_batch=st.integers(1, 6), step_tokens=st.integers(4, 40),
+       aborts=st.dictionaries(st.integers(0, 7), st.integers(1, 5), max_size=3), prefix=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_every_request_finishes_correctly_and_blocks_return(reqs, n_blocks, max_batch, step_tokens, aborts, prefix, seed):
+    rng = random.Random(seed)
+    if prefix:  # a shared system prompt exercises the prefix cache
+        shared = [rng.randint(1, 49) for _ in range(9)]
+        reqs = [(shared + p, n) for p, n in reqs]
+    model = FakeModel(n_kv_blocks=n_blocks, block_size=4, max_step_tokens=64)
+    engine = AsyncEngine(model, FakeTokenizer(), max_batch=max_batch, max_step_tokens=step_tokens)
+    requests = [(p, n) for p, n in reqs if len(p) + n <= (n_blocks - engine.blocks.watermark_blocks) * 4]
+    delays = [rng.random() * 0.002 for _ in requests]
+    results = anyio.run(run_requests, engine, requests, aborts, delays)
+    assert len(results) == len(requests)
+    for i, (prompt, n) in enumerate(requests):
+        tokens, reason = results[i]
+        want = expected_tokens(prompt, n)
+        if i in aborts and aborts[i] < n:
+            assert tokens == want[: len(tokens)]
+        else:
+            assert (tokens, reason) == (want, "length"), (i, engine.scheduler.preemptions)
+    assert_idle(engine)
+
+
+def test_preemption_keeps_outputs_correct():
+    model = FakeModel(n_kv_blocks=10, block_size=4)
+    engine = AsyncEngine(model, FakeTokenizer(), max_batch=4, max_step_tokens=32)
+    requests = [([i + 1] * 5, 14) for i in range(4)]
+    results = anyio.run(run_requests, engine, requests)
+    assert engine.scheduler.preemptions > 0
+    for i, (prompt, n) in enumerate(requests):
+        assert results[i] == (expected_tokens(prompt, n), "length")
+    assert_idle(engine)
+
+
+def test_prefix_cache_reuses_blocks_and_prefills_only_the_suffix():
+    model = FakeModel(n_kv_blocks=64, block_size=4)
+    engine = AsyncEngine(model, FakeTokenizer(), max_batch=1)
+    system = list(range(1, 41))  # 10 full blocks
+    first = anyio.run(run_requests, engine, [(system + [7, 8], 3)])
+    model.steps.clear()
+    engine2 = engine  # same cache, new loop run
+    engine2._closed = False
+    second = anyio.run(run_requests, engine2, [(system + [9], 3)])
+    assert engine.blocks.prefix_hit_tokens == 40
+    assert model.steps[0][0] == 1  # prefill ran only the one new prompt token
+    assert second[0] == (expected_tokens(system + [9], 3), "length")
+    assert first[0] == (expected_tokens(system + [7, 8], 3), "length")
+
+
+def test_max_batch_one_runs_requests_in_arrival_order():
+    model = FakeModel()
+    engine = AsyncEngine(model, FakeTokenizer(), max_batch=1)
+    order: list[int] = []
+
+    async def main():
+        async def one(i):
+            async for delta in engine.generate([i + 1, i + 2], SamplingParams(max_tokens=4)):
+                order.append(i)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.run)
+            async with anyio.create_task_group() as clients:
+                for i in range(3):
+                    clients.start_soon(one, i)
+                    await anyio.sleep(0.001)
+            await engine.shutdown()
+
+    anyio.run(main)
+    assert order == sorted(order)  # each finishes before the next starts
+    assert all(n == 1 for n_tok, n in model.steps)  # never two sequences in one step
+
+
+def test_queue_limit_and_context_errors():
+    engine = AsyncEngine(FakeModel(n_ctx=64), FakeTokenizer(), max_batch=1, max_queue=2)
+    engine.submit([1, 2], SamplingParams(max_tokens=2))
+    engine.submit([1, 2], SamplingParams(max_tokens=2))
+    with pytest.raises(QueueFullError):
+        engine.submit([1, 2], SamplingParams(max_tokens=2))
+    with pytest.raises(ContextLengthError, match="context"):
+        AsyncEngine(FakeModel(n_ctx=64), FakeTokenizer()).submit([1] * 60, SamplingParams(max_tokens=10))
+    with pytest.raises(ContextLengthError, match="KV cache"):
+        AsyncEngine(FakeModel(n_kv_blocks=4, block_size=4), FakeTokenizer()).submit([1] * 20, SamplingParams(max_tokens=4))
+
+
+def test_block_manager_check_act_pairs():
+    bm = BlockManager(num_blocks=4, block_size=4, watermark=0)
+    a = Sequence("a", list(range(1, 10)), SamplingParams())
+    assert bm.can_allocate(a)
+    bm.allocate(a)
+    assert len(a.block_table) == 3 and bm.num_free == 1
+    a.num_computed = 9
+    bm.register_computed(a)
+    a.output_ids = [5, 6, 7, 8]
+    assert bm.can_append(a, 1) and not bm.can_append(a, 5)
+    bm.free(a)
+    assert bm.num_free == 4 and bm.num_cached == 2  # two full blocks keep their hashes
+    b = Sequence("b", list(range(1, 10)), SamplingParams())
+    bm.allocate(b)
+    assert b.num_computed == 8 and b.cached_prompt_tokens == 8
