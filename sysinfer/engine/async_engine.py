@@ -57,7 +57,7 @@ class EngineStats:
     prefix_hit_tokens: int = 0
     steps: int = 0
     tokens_generated: int = 0
-    prompt_tokens_computed: int = 0
+    prompt_tokens_computed: int = 0     # tokens run as prefill (prompts, and recomputation after preemption)
     preemptions: int = 0
     last_step_seconds: float = 0.0
     last_overhead_seconds: float = 0.0  # Python time around the last step (schedule, build, postprocess)
@@ -183,13 +183,13 @@ class AsyncEngine:
         finally:
             self._stepping = False
         t2 = time.perf_counter()
+        self.stats.prompt_tokens_computed += sum(c.count for c in plan if not c.is_decode)  # before tokens grow
         self.scheduler.after_step(plan)
         self._postprocess(plan, logits)
         t3 = time.perf_counter()
         self.stats.steps += 1
         self.stats.last_step_seconds = t2 - t1
         self.stats.last_overhead_seconds = (t1 - t0) + (t3 - t2)
-        self.stats.prompt_tokens_computed += sum(c.count for c in plan if not c.samples or c.count > 1)
         await anyio.sleep(0)  # let streams flush and new requests arrive between steps
 
     def _postprocess(self, plan: list[ScheduledChunk], logits: np.ndarray) -> None:

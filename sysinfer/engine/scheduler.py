@@ -28,6 +28,11 @@ class ScheduledChunk:
         """True when this chunk reaches the end of the sequence: its last logits give a new token."""
         return self.start + self.count == len(self.seq)
 
+    @property
+    def is_decode(self) -> bool:
+        """One generated token fed back (not prompt, not recomputation)."""
+        return self.count == 1 and self.start == len(self.seq) - 1 and self.start >= len(self.seq.prompt_ids)
+
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, max_batch: int = 1, max_step_tokens: int = 512):
