@@ -17,9 +17,11 @@ static inline void cpu_relax() {}
 namespace sysinfer {
 
 namespace {
-// How long an idle worker spins for the next task before it sleeps: steps come back to back
-// while a request decodes, and a futex wake-up costs more than a short spin.
-constexpr auto kSpinBeforeSleep = std::chrono::microseconds(2000);
+// How long an idle worker waits for the next task before it sleeps: steps come back to back while
+// a request decodes, and a futex wake-up costs more than a short wait. It yields while it waits, so
+// the Python threads that plan the next step (sampling, scheduling, streaming) get the CPU: on a
+// machine with as many workers as cores a pure spin would starve them.
+constexpr auto kWaitBeforeSleep = std::chrono::microseconds(300);
 
 bool pin_current_thread(int cpu) {
   cpu_set_t set;
@@ -77,10 +79,11 @@ void ThreadPool::worker_main(int tid) {
   uint64_t seen = 0;
   for (;;) {
     // Spin a little for the next task, then sleep until one comes.
-    auto spin_until = std::chrono::steady_clock::now() + kSpinBeforeSleep;
-    while (generation_.load(std::memory_order_acquire) == seen &&
-           std::chrono::steady_clock::now() < spin_until)
-      for (int i = 0; i < 64; ++i) cpu_relax();
+    auto wait_until = std::chrono::steady_clock::now() + kWaitBeforeSleep;
+    while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < wait_until) {
+      for (int i = 0; i < 16; ++i) cpu_relax();
+      std::this_thread::yield();
+    }
     TaskFn fn;
     void* ctx;
     {

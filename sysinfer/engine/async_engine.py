@@ -61,6 +61,8 @@ class EngineStats:
     preemptions: int = 0
     last_step_seconds: float = 0.0
     last_overhead_seconds: float = 0.0  # Python time around the last step (schedule, build, postprocess)
+    step_seconds_total: float = 0.0
+    overhead_seconds_total: float = 0.0
 
 
 @dataclass
@@ -190,6 +192,8 @@ class AsyncEngine:
         self.stats.steps += 1
         self.stats.last_step_seconds = t2 - t1
         self.stats.last_overhead_seconds = (t1 - t0) + (t3 - t2)
+        self.stats.step_seconds_total += t2 - t1
+        self.stats.overhead_seconds_total += (t1 - t0) + (t3 - t2)
         await anyio.sleep(0)  # let streams flush and new requests arrive between steps
 
     def _postprocess(self, plan: list[ScheduledChunk], logits: np.ndarray) -> None:
