@@ -91,6 +91,51 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_app
+    from .config import ServerConfig
+
+    cfg = ServerConfig.from_env(
+        model=args.model, model_name=args.model_name, host=args.host, port=args.port, threads=args.threads,
+        ctx_size=args.ctx_size, max_batch=args.max_batch, max_queue=args.max_queue, kv_blocks=args.kv_blocks,
+        kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
+        api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None)
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("-t", "--temperature", type=float, help="default temperature (0 = greedy, the default)")
+    p.add_argument("-n", "--max-tokens", type=int, help="default max tokens per reply (4096)")
+    p.add_argument("--host", help="address to listen on (0.0.0.0)")
+    p.add_argument("--port", type=int, help="port (7860)")
+    p.add_argument("--threads", type=int, help="compute threads (default: OMP_NUM_THREADS, else all CPUs)")
+    p.add_argument("--max-batch", type=int, help="sequences decoded together (1 = single batch, the default)")
+    p.add_argument("--max-queue", type=int, help="requests allowed to wait; beyond it: HTTP 429 (256)")
+    p.add_argument("--ctx-size", type=int, help="context length per sequence (4096, at most the model's)")
+    p.add_argument("--kv-blocks", type=int, help="KV cache size in blocks of 16 tokens")
+    p.add_argument("--kv-cache-gb", type=float, help="KV cache size in GiB")
+    p.add_argument("--no-prefix-cache", action="store_true", help="don't reuse cached prompt prefixes")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY")
+    p.add_argument("--model-name", help="model id reported by /v1/models (default: the file name)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    """`sysinfer-server MODEL.gguf -t 0.0 -n 4096`: the reference deployment's invocation."""
+    parser = argparse.ArgumentParser(prog="sysinfer-server", description="OpenAI-compatible server (port 7860)")
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_serve(args)
+    except (ModelLoadError, FileNotFoundError, ValueError) as e:
+        print(f"sysinfer-server: error: {e}", file=sys.stderr)
+        return 2
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .model.synth_presets import synth_like
 
@@ -122,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-size", type=int, default=4096)
     p.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (port 7860)")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("synth", help="write a random-weight GGUF with a real model's exact shapes")
     p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b"])

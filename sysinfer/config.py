@@ -1,0 +1,111 @@
+"""Server configuration: one validated dataclass, from CLI flags or SYSINFER_* environment variables.
+
+Every field has one CLI flag and one environment variable (SYSINFER_ + the field name in capitals),
+e.g. --max-batch / SYSINFER_MAX_BATCH. The CLI flag wins.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_PORT = 7860  # the reference deployment's port
+
+
+@dataclass
+class ServerConfig:
+    model: str | None = None          # GGUF path; None = the bundled SmolLM2-135M-Instruct
+    model_name: str | None = None     # the id /v1/models reports (default: the file's name)
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    threads: int | None = None
+    ctx_size: int = 4096
+    max_batch: int = 1                # single batch by default, as the reference deployment
+    max_queue: int = 256
+    kv_blocks: int | None = None
+    kv_cache_gb: float | None = None
+    block_size: int = 16
+    max_step_tokens: int = 512
+    prefix_cache: bool = True
+    temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
+    max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
+    api_key: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    def validate(self) -> "ServerConfig":
+        for name in ("port", "ctx_size", "max_batch", "max_queue", "block_size", "max_step_tokens", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.kv_blocks is not None and self.kv_blocks < 1:
+            raise ValueError(f"kv_blocks must be at least 1, got {self.kv_blocks}")
+        if not 0.0 <= self.temperature <= 100.0:
+            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
+        return self
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "ServerConfig":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("SYSINFER_" + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validate()
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if "bool" in kind:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"SYSINFER_{name.upper()}={raw!r} is not a valid {kind}") from None
+
+
+def kv_block_bytes(hp, block_size: int) -> int:
+    """Bytes of one KV block across all layers (K and V, fp16)."""
+    return 2 * hp.n_layer * hp.n_head_kv * hp.head_dim * block_size * 2
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def kv_blocks_for(cfg: ServerConfig, hp, weight_bytes: int = 0) -> int:
+    """--kv-blocks, else --kv-cache-gb, else enough for max_batch full contexts; never more than
+    half of the memory available after the weights."""
+    per_block = kv_block_bytes(hp, cfg.block_size)
+    if cfg.kv_blocks:
+        blocks = cfg.kv_blocks
+    elif cfg.kv_cache_gb:
+        blocks = int(cfg.kv_cache_gb * 2**30 // per_block)
+    else:
+        blocks = math.ceil(cfg.ctx_size / cfg.block_size) * cfg.max_batch + 1
+    available = available_memory_bytes()
+    if available is not None:
+        cap = max(1, int((available - weight_bytes) * 0.5 // per_block))
+        if blocks > cap and not cfg.kv_blocks:
+            blocks = cap
+    return max(blocks, math.ceil(min(cfg.ctx_size, 256) / cfg.block_size))

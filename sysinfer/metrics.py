@@ -1,0 +1,41 @@
+"""Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("sysinfer_requests", "HTTP completion requests by status", ["status"], registry=r)
+        self.ttft = Histogram("sysinfer_time_to_first_token_seconds", "Request received to first token",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("sysinfer_inter_token_latency_seconds", "Time between streamed tokens",
+                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("sysinfer_prompt_tokens", "Prompt tokens received", registry=r)
+        self.generated_tokens = Counter("sysinfer_generated_tokens", "Tokens generated", registry=r)
+        self.running = Gauge("sysinfer_running_sequences", "Sequences in the running batch", registry=r)
+        self.waiting = Gauge("sysinfer_waiting_sequences", "Sequences waiting for admission", registry=r)
+        self.kv_used = Gauge("sysinfer_kv_blocks_used", "KV cache blocks in use", registry=r)
+        self.kv_free = Gauge("sysinfer_kv_blocks_free", "KV cache blocks free (including cached prefixes)", registry=r)
+        self.kv_cached = Gauge("sysinfer_kv_blocks_cached", "Free KV blocks still holding a cached prefix", registry=r)
+        self.prefix_hits = Gauge("sysinfer_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
+                                 registry=r)
+        self.preemptions = Gauge("sysinfer_preemptions", "Sequences preempted for lack of KV blocks", registry=r)
+        self.step_seconds = Gauge("sysinfer_last_step_seconds", "Duration of the last native step", registry=r)
+
+    def observe_engine(self, s) -> None:
+        self.running.set(s.running)
+        self.waiting.set(s.waiting)
+        self.kv_used.set(s.kv_blocks_used)
+        self.kv_free.set(s.kv_blocks_free)
+        self.kv_cached.set(s.kv_blocks_cached)
+        self.prefix_hits.set(s.prefix_hit_tokens)
+        self.preemptions.set(s.preemptions)
+        self.step_seconds.set(s.last_step_seconds)
+
+    def render(self) -> str:
+        return generate_latest(self.registry).decode()
