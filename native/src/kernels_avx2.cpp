@@ -157,49 +157,88 @@ void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, int x_stride, f
   for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
 }
 
-// ---- Q6_K: one row at a time (rows of a tile are whole super-blocks) ----
+// ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
+//
+// Per row, super-block and token: activation block j (32 weights, j = 0..7) meets the unsigned 6-bit
+// quants q_j; maddubs gives 16 pair sums, madd with the two 16-weight scales of block j gives 8 int32
+// (lanes 0-3: first 16 weights, 4-7: second 16), converted and scaled by a_j.d into a float
+// accumulator whose lanes are summed once at the end. The -32 offset is one madd per super-block:
+// sum_j a_j.d * 32 * (sc[2j] * sum_j0 + sc[2j+1] * sum_j1), with the 8 a_j.d and the 16 sums
+// gathered once per (super-block, token) and shared by the tile's 8 rows.
 
-// The four 32-weight groups (unsigned 0..63) of one 128-weight half of a Q6_K block.
-inline void unpack_q6_half(const BlockQ6_K& b, int half, __m256i q[4]) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
-  const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half));
-  const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32));
-  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
-  auto high = [&](int shift) {  // bits shift..shift+1 of qh, moved to bits 4..5
-    return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, shift), m2), 4);
-  };
-  q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0));
-  q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2));
-  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(4));
-  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(6));
+// The eight 32-weight groups (unsigned 0..63) of a Q6_K block: q[4 * half + part].
+inline void unpack_q6(const BlockQ6_K& b, __m256i q[8]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  for (int half = 0; half < 2; ++half) {
+    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half));
+    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+    __m256i* o = q + 4 * half;  // bits 2p..2p+1 of qh are bits 4..5 of part p
+    o[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+    o[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+    o[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+    o[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+  }
 }
 
+// sc[j]: int16 scales of block j's two halves, sc[2j] in the low 128 bits and sc[2j+1] in the high.
+inline void q6_scales(const int8_t* scales, __m256i* all16, __m256i sc[8]) {
+  *all16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+  const __m256i lo = _mm256_permute4x64_epi64(*all16, 0x44), hi = _mm256_permute4x64_epi64(*all16, 0xEE);
+  for (int p = 0; p < 4; ++p) {  // bytes of int16 element 2p (low lane) and 2p + 1 (high lane)
+    const char a = char(4 * p), b = char(4 * p + 2);
+    const __m256i pick = _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
+                                          a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                          b + 1, b, b + 1);
+    sc[p] = _mm256_shuffle_epi8(lo, pick);
+    sc[4 + p] = _mm256_shuffle_epi8(hi, pick);
+  }
+}
+
+// 8 activation blocks' d (times 32) and their 16 half sums, as vectors.
+inline void q6_act_gather(const ActBlock* a, __m256* d32, __m256i* sums) {
+  *d32 = _mm256_mul_ps(_mm256_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d, a[4].d, a[5].d, a[6].d, a[7].d),
+                       _mm256_set1_ps(32.f));
+  int32_t s[8];
+  for (int j = 0; j < 8; ++j) std::memcpy(&s[j], a[j].sum, 4);
+  *sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));
+}
+
+// y[i * ldy + r] for the 8 rows of one Q6_K tile-row and NT tokens.
 template <int NT>
-void q6_k_row(const TileQ6_K* tiles, int r, int nsb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[NT];
-  float corr[NT];
-  for (int i = 0; i < NT; ++i) { acc[i] = _mm256_setzero_ps(); corr[i] = 0.f; }
+void q6_k_tile(const TileQ6_K* tiles, int nsb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  __m256 acc[ROW_TILE][NT];
+  for (int r = 0; r < ROW_TILE; ++r)
+    for (int i = 0; i < NT; ++i) acc[r][i] = _mm256_setzero_ps();
   for (int sb = 0; sb < nsb; ++sb) {
-    const BlockQ6_K& b = tiles[sb].b[r];
-    const float d = fp16_to_fp32(b.d);
-    for (int half = 0; half < 2; ++half) {
-      __m256i q[4];
-      unpack_q6_half(b, half, q);
-      for (int p = 0; p < 4; ++p) {
-        const int8_t* sc = b.scales + 8 * half + 2 * p;  // scales of weights 0-15 and 16-31
-        const __m256i scales = _mm256_setr_m128i(_mm_set1_epi16(sc[0]), _mm_set1_epi16(sc[1]));
-        for (int i = 0; i < NT; ++i) {
-          const ActBlock& a = x[size_t(i) * x_stride + sb * 8 + half * 4 + p];
-          const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
-          const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[p], av), scales);
-          const float da = d * a.d;
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(da), acc[i]);
-          corr[i] += da * float(32 * (sc[0] * a.sum[0] + sc[1] * a.sum[1]));  // the -32 offset
+    __m256 ad32[NT];
+    __m256i asum[NT];
+    for (int i = 0; i < NT; ++i) q6_act_gather(x + size_t(i) * x_stride + sb * 8, &ad32[i], &asum[i]);
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ6_K& b = tiles[sb].b[r];
+      __m256i q[8], sc[8], sc16;
+      unpack_q6(b, q);
+      q6_scales(b.scales, &sc16, sc);
+      const __m256 d = _mm256_set1_ps(_cvtsh_ss(b.d));
+      for (int i = 0; i < NT; ++i) {
+        const ActBlock* a = x + size_t(i) * x_stride + sb * 8;
+        __m256 s[4];  // four short FMA chains instead of one long one
+        for (int j = 0; j < 8; ++j) {
+          const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[j].qs));
+          const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], av), sc[j]);  // pairs <= 16002
+          const __m256 f = _mm256_cvtepi32_ps(s32), da = _mm256_set1_ps(a[j].d);
+          s[j % 4] = j < 4 ? _mm256_mul_ps(f, da) : _mm256_fmadd_ps(f, da, s[j % 4]);
         }
+        // The -32 offset of every quant.
+        const __m256 off = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, asum[i])), ad32[i]);
+        const __m256 sum = _mm256_sub_ps(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])), off);
+        acc[r][i] = _mm256_fmadd_ps(sum, d, acc[r][i]);
       }
     }
   }
-  for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(acc[i]) - corr[i];
+  for (int i = 0; i < NT; ++i)
+    for (int r = 0; r < ROW_TILE; ++r) y[size_t(i) * ldy + r] = hsum(acc[r][i]);
 }
 
 // ---- float matrices ----
@@ -296,11 +335,9 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
       case WType::Q6_K: {
         const int nsb = cols / QK_K;
         const TileQ6_K* tiles = static_cast<const TileQ6_K*>(w) + size_t(t) * nsb;
-        for (int r = 0; r < ROW_TILE; ++r) {
-#define CALL(NT) q6_k_row<NT>(tiles, r, nsb, xa + size_t(tok) * nb, nb, yt + r + size_t(tok) * ldy, ldy)
-          SYSINFER_TOKEN_GROUPS(CALL);
+#define CALL(NT) q6_k_tile<NT>(tiles, nsb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
+        SYSINFER_TOKEN_GROUPS(CALL);
 #undef CALL
-        }
         break;
       }
       case WType::F32:

@@ -4,7 +4,9 @@
 //
 //   test_kernels                 run the checks; closing line "N passed, M failed"
 //   test_kernels --expect NAME   also check that select_kernels() picks NAME on this CPU
-//   test_kernels --bench         single-thread Q4_0 GEMV speed of each table (8B-sized matrix)
+//   test_kernels --bench [all]   single-thread GEMV (8B FFN-sized) and 64-token GEMM speed of each
+//                                table this CPU runs, for Q4_0 (or every type)
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -196,24 +198,66 @@ void run_checks(const Kernels& k) {
   check_vector_ops(k);
 }
 
-void bench() {
-  const int rows = 14336, cols = 4096;
-  const auto gguf = random_gguf_matrix(WType::Q4_0, rows, cols);
-  std::vector<uint8_t> packed(packed_bytes(WType::Q4_0, rows, cols));
-  pack_matrix(WType::Q4_0, gguf.data(), rows, cols, packed.data());
-  const auto x = random_floats(cols);
-  std::vector<ActBlock> xq(cols / QK);
-  std::vector<float> y(rows);
-  std::vector<const Kernels*> tables = {&generic_kernels(), avx2_kernels(), neon_kernels(), neon_dotprod_kernels()};
-  for (const Kernels* k : tables) {
-    if (!k) continue;
-    k->quantize_act(x.data(), xq.data(), cols);
-    const int reps = std::strcmp(k->name, "generic") ? 20 : 3;
+// Bytes per second of a plain streaming read over `n` bytes: the ceiling for a GEMV on this machine.
+double read_gbps(const uint8_t* p, size_t n) {
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t s = 0;
+  for (size_t i = 0; i + 8 <= n; i += 64) {
+    uint64_t v;
+    std::memcpy(&v, p + i, 8);  // one word per cache line: the line still has to come from memory
+    s += v;
+  }
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  volatile uint64_t sink = s;
+  (void)sink;
+  return n / sec / 1e9;
+}
+
+// Seconds per call of k.gemm on a packed matrix, best of `reps` after one warm-up call.
+double time_gemm(const Kernels& k, WType type, const std::vector<uint8_t>& packed, int rows, int cols,
+                 const void* x, int n_tok, int reps) {
+  std::vector<float> y(size_t(padded_rows(rows)) * n_tok);
+  const int tiles = padded_rows(rows) / ROW_TILE;
+  k.gemm(type, packed.data(), cols, 0, tiles, x, n_tok, y.data(), padded_rows(rows));
+  double best = 1e9;
+  for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) k->gemm(WType::Q4_0, packed.data(), cols, 0, rows / ROW_TILE, xq.data(), 1, y.data(), rows);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
-    std::printf("%-13s Q4_0 GEMV %dx%d: %.2f ms, %.1f GB/s of weights\n", k->name, rows, cols, s * 1e3,
-                packed.size() / s / 1e9);
+    k.gemm(type, packed.data(), cols, 0, tiles, x, n_tok, y.data(), padded_rows(rows));
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+// Single thread. Decode: GEMV (1 token) on Llama-3-8B's FFN shape (14336 x 4096, 33 MB as Q4_0:
+// larger than the caches), in GB/s of packed weights. Prefill: 64 tokens on 4096 x 4096, in
+// GOPS (2 * rows * cols * tokens per second).
+void bench(bool all_types) {
+  std::vector<const Kernels*> tables = {&generic_kernels()};
+  const CpuFeatures f = detect_cpu_features();
+  if (avx2_kernels() && f.avx2 && f.fma && f.f16c) tables.push_back(avx2_kernels());
+  if (neon_kernels() && f.neon) tables.push_back(neon_kernels());
+  if (neon_dotprod_kernels() && f.neon && f.dotprod) tables.push_back(neon_dotprod_kernels());
+  std::vector<WType> types = {WType::Q4_0};
+  if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16};
+  for (WType type : types) {
+    const int rows = 14336, cols = 4096, prows = 4096, ntok = 64;
+    const auto gguf = random_gguf_matrix(type, rows, cols);
+    std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
+    pack_matrix(type, gguf.data(), rows, cols, packed.data());
+    const auto x = random_floats(size_t(ntok) * cols);
+    std::vector<ActBlock> xq(size_t(ntok) * cols / QK);
+    generic_kernels().quantize_act(x.data(), xq.data(), ntok * cols);
+    const void* in = is_quantized(type) ? static_cast<const void*>(xq.data()) : x.data();
+    std::printf("%s: plain read of the %.0f MB matrix: %.1f GB/s\n", type_name(type), packed.size() / 1e6,
+                read_gbps(packed.data(), packed.size()));
+    for (const Kernels* k : tables) {
+      const bool slow = !std::strcmp(k->name, "generic");
+      const double dec = time_gemm(*k, type, packed, rows, cols, in, 1, slow ? 2 : 10);
+      const double pre = time_gemm(*k, type, packed, prows, cols, in, ntok, slow ? 1 : 3);
+      std::printf("  %-13s decode %dx%d: %7.2f ms, %5.1f GB/s | prefill %d tok %dx%d: %7.1f ms, %6.1f GOPS\n",
+                  k->name, rows, cols, dec * 1e3, packed.size() / dec / 1e9, ntok, prows, cols, pre * 1e3,
+                  2.0 * prows * cols * ntok / pre / 1e9);
+    }
   }
 }
 
@@ -222,7 +266,7 @@ void bench() {
 int main(int argc, char** argv) {
   const char* expect = nullptr;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--bench")) { bench(); return 0; }
+    if (!std::strcmp(argv[i], "--bench")) { bench(i + 1 < argc && !std::strcmp(argv[i + 1], "all")); return 0; }
     if (!std::strcmp(argv[i], "--expect") && i + 1 < argc) expect = argv[++i];
   }
   const CpuFeatures f = detect_cpu_features();
