@@ -16,13 +16,34 @@
 namespace sysinfer {
 namespace SYSINFER_NEON_NS {
 
-// acc[r] += sum_k w[4r + k] * a[4r + k] for the 4 rows r of a 16-byte group.
-inline int32x4_t dot4(int32x4_t acc, int8x16_t w, int8x16_t a) {
+constexpr int kMaxTok = 4;  // tokens per pass over a weight tile (prefill reuses each unpacked tile)
+
+// Per-row dot products of 16-byte groups holding the same 4 bytes of 4 rows (rows r..r+3 of a
+// tile): add(w, a) accumulates w[4r + k] * a[4r + k]; get() gives the 4 row sums. With dotprod one
+// `sdot` per group; without, widening multiplies into int16 lanes (callers keep
+// adds * max|w * a| below 32768: 8 adds for 4-bit weights, 4 for 6-bit), then pairwise widening.
+struct RowDot {
+#if SYSINFER_NEON_DOTPROD
+  int32x4_t s = vdupq_n_s32(0);
+  void add(int8x16_t w, int8x16_t a) { s = vdotq_s32(s, w, a); }
+  int32x4_t get() const { return s; }
+#else
+  int16x8_t lo = vdupq_n_s16(0), hi = vdupq_n_s16(0);  // rows r, r+1 | rows r+2, r+3
+  void add(int8x16_t w, int8x16_t a) {
+    lo = vmlal_s8(lo, vget_low_s8(w), vget_low_s8(a));
+    hi = vmlal_high_s8(hi, w, a);
+  }
+  int32x4_t get() const { return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)); }
+#endif
+};
+
+// acc[r] += sum_k w[4r + k] * a[4r + k] for any int8 values (Q8_0 products reach 128 * 127).
+inline int32x4_t dot4_wide(int32x4_t acc, int8x16_t w, int8x16_t a) {
 #if SYSINFER_NEON_DOTPROD
   return vdotq_s32(acc, w, a);
 #else
   const int16x8_t p0 = vmull_s8(vget_low_s8(w), vget_low_s8(a));
-  const int16x8_t p1 = vmull_s8(vget_high_s8(w), vget_high_s8(a));
+  const int16x8_t p1 = vmull_high_s8(w, a);
   return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)));
 #endif
 }
@@ -34,6 +55,7 @@ inline int8x16_t dup4(const int8_t* p) {  // 4 activation bytes to every 32-bit 
 }
 
 inline float32x4_t fp16x4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+inline float fp16_scalar(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
 
 void quantize_act(const float* x, ActBlock* out, int n) {
   for (int b = 0; b < n / QK; ++b) {
@@ -62,107 +84,198 @@ void quantize_act(const float* x, ActBlock* out, int n) {
   }
 }
 
-// Per-row dots (rows 0-3 in lo_acc, 4-7 in hi_acc) of one Q4 tile block; nibbles unsigned.
-inline void q4_tile_dot(const uint8_t (*q)[8][4], const ActBlock& a, int32x4_t* r03, int32x4_t* r47) {
-  const uint8x16_t m4 = vdupq_n_u8(0x0F);
-  int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
-  for (int g = 0; g < 4; ++g) {
-    const uint8x16_t v0 = vld1q_u8(q[g][0]), v1 = vld1q_u8(q[g][4]);
-    const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
-    s0 = dot4(s0, vreinterpretq_s8_u8(vandq_u8(v0, m4)), alo);
-    s0 = dot4(s0, vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), ahi);
-    s1 = dot4(s1, vreinterpretq_s8_u8(vandq_u8(v1, m4)), alo);
-    s1 = dot4(s1, vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), ahi);
-  }
-  *r03 = s0;
-  *r47 = s1;
-}
+// ---- Q4_0 / Q4_1 / Q8_0: a tile block is 8 rows x 32 columns; lanes are rows ----
 
-void q4_0_tile(const TileQ4_0* tiles, int nb, const ActBlock* x, float* y) {
-  float32x4_t acc0 = vdupq_n_f32(0.f), acc1 = vdupq_n_f32(0.f);
-  for (int kb = 0; kb < nb; ++kb) {
-    const ActBlock& a = x[kb];
-    int32x4_t s0, s1;
-    q4_tile_dot(tiles[kb].q, a, &s0, &s1);
-    const int32x4_t off = vdupq_n_s32(8 * (a.sum[0] + a.sum[1]));
-    acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(vsubq_s32(s0, off)), vmulq_n_f32(fp16x4(tiles[kb].d), a.d));
-    acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(vsubq_s32(s1, off)), vmulq_n_f32(fp16x4(tiles[kb].d + 4), a.d));
-  }
-  vst1q_f32(y, acc0);
-  vst1q_f32(y + 4, acc1);
-}
-
-void q4_1_tile(const TileQ4_1* tiles, int nb, const ActBlock* x, float* y) {
-  float32x4_t acc0 = vdupq_n_f32(0.f), acc1 = vdupq_n_f32(0.f);
-  for (int kb = 0; kb < nb; ++kb) {
-    const ActBlock& a = x[kb];
-    int32x4_t s0, s1;
-    q4_tile_dot(tiles[kb].q, a, &s0, &s1);
-    const float sum = a.d * float(a.sum[0] + a.sum[1]);
-    acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(s0), vmulq_n_f32(fp16x4(tiles[kb].d), a.d));
-    acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(s1), vmulq_n_f32(fp16x4(tiles[kb].d + 4), a.d));
-    acc0 = vfmaq_n_f32(acc0, fp16x4(tiles[kb].m), sum);
-    acc1 = vfmaq_n_f32(acc1, fp16x4(tiles[kb].m + 4), sum);
-  }
-  vst1q_f32(y, acc0);
-  vst1q_f32(y + 4, acc1);
-}
-
-void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, float* y) {
-  float32x4_t acc0 = vdupq_n_f32(0.f), acc1 = vdupq_n_f32(0.f);
-  for (int kb = 0; kb < nb; ++kb) {
-    const ActBlock& a = x[kb];
-    int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
-    for (int g = 0; g < 8; ++g) {
-      const int8x16_t av = dup4(a.qs + 4 * g);
-      s0 = dot4(s0, vld1q_s8(tiles[kb].q[g][0]), av);
-      s1 = dot4(s1, vld1q_s8(tiles[kb].q[g][4]), av);
-    }
-    acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(s0), vmulq_n_f32(fp16x4(tiles[kb].d), a.d));
-    acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(s1), vmulq_n_f32(fp16x4(tiles[kb].d + 4), a.d));
-  }
-  vst1q_f32(y, acc0);
-  vst1q_f32(y + 4, acc1);
-}
-
-// sum over 16 bytes of w[i] * a[i] (w unsigned 0..63 as int8, a signed).
-inline int dot16(int8x16_t w, int8x16_t a) {
-#if SYSINFER_NEON_DOTPROD
-  return vaddvq_s32(vdotq_s32(vdupq_n_s32(0), w, a));
-#else
-  const int16x8_t p = vmlal_s8(vmull_s8(vget_low_s8(w), vget_low_s8(a)), vget_high_s8(w), vget_high_s8(a));
-  return vaddlvq_s16(p);
-#endif
-}
-
-float q6_k_row(const TileQ6_K* tiles, int r, int nsb, const ActBlock* x) {
-  const uint8x16_t m4 = vdupq_n_u8(0x0F), m2 = vdupq_n_u8(0x03);
-  float acc = 0.f;
-  for (int sb = 0; sb < nsb; ++sb) {
-    const BlockQ6_K& b = tiles[sb].b[r];
-    const float d = fp16_to_fp32(b.d);
-    for (int half = 0; half < 2; ++half) {
-      for (int h16 = 0; h16 < 2; ++h16) {  // weights l = 16*h16 .. 16*h16+15 of each 32-group
-        const uint8x16_t ql0 = vld1q_u8(b.ql + 64 * half + 16 * h16);
-        const uint8x16_t ql1 = vld1q_u8(b.ql + 64 * half + 32 + 16 * h16);
-        const uint8x16_t qh = vld1q_u8(b.qh + 32 * half + 16 * h16);
-        const uint8x16_t q[4] = {
-            vorrq_u8(vandq_u8(ql0, m4), vshlq_n_u8(vandq_u8(qh, m2), 4)),
-            vorrq_u8(vandq_u8(ql1, m4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 2), m2), 4)),
-            vorrq_u8(vshrq_n_u8(ql0, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 4), m2), 4)),
-            vorrq_u8(vshrq_n_u8(ql1, 4), vshlq_n_u8(vshrq_n_u8(qh, 6), 4)),
-        };
-        for (int p = 0; p < 4; ++p) {
-          const ActBlock& a = x[sb * 8 + half * 4 + p];
-          const int sc = b.scales[8 * half + 2 * p + h16];
-          const int dot = dot16(vreinterpretq_s8_u8(q[p]), vld1q_s8(a.qs + 16 * h16));
-          acc += d * a.d * float(sc * (dot - 32 * a.sum[h16]));
-        }
+// One Q4 tile block unpacked: w[g][h][n], group g, rows 4h..4h+3, n = 0 low nibbles (columns
+// 4g..4g+3), n = 1 high nibbles (columns 16+4g..).
+struct Q4Unpacked {
+  int8x16_t w[4][2][2];
+  explicit Q4Unpacked(const uint8_t (*q)[8][4]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    for (int g = 0; g < 4; ++g)
+      for (int h = 0; h < 2; ++h) {
+        const uint8x16_t v = vld1q_u8(q[g][4 * h]);
+        w[g][h][0] = vreinterpretq_s8_u8(vandq_u8(v, m4));
+        w[g][h][1] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
       }
+  }
+  // Row dots (rows 0-3 in *r03, 4-7 in *r47) with one activation block; nibbles unsigned.
+  void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
+    RowDot s0, s1;
+    for (int g = 0; g < 4; ++g) {
+      const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
+      s0.add(w[g][0][0], alo);
+      s0.add(w[g][0][1], ahi);
+      s1.add(w[g][1][0], alo);
+      s1.add(w[g][1][1], ahi);
+    }
+    *r03 = s0.get();
+    *r47 = s1.get();
+  }
+};
+
+// y[i * ldy + r] for the 8 rows of one tile-row and NT tokens (token i's blocks at x + i * x_stride).
+template <int NT>
+void q4_0_tile(const TileQ4_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  float32x4_t acc[NT][2];
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = vdupq_n_f32(0.f);
+  for (int kb = 0; kb < nb; ++kb) {
+    const Q4Unpacked w(tiles[kb].q);
+    const float32x4_t d0 = fp16x4(tiles[kb].d), d1 = fp16x4(tiles[kb].d + 4);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& a = x[size_t(i) * x_stride + kb];
+      int32x4_t s0, s1;
+      w.dot(a, &s0, &s1);
+      const int32x4_t off = vdupq_n_s32(8 * (a.sum[0] + a.sum[1]));  // the -8 of every quant
+      acc[i][0] = vfmaq_f32(acc[i][0], vcvtq_f32_s32(vsubq_s32(s0, off)), vmulq_n_f32(d0, a.d));
+      acc[i][1] = vfmaq_f32(acc[i][1], vcvtq_f32_s32(vsubq_s32(s1, off)), vmulq_n_f32(d1, a.d));
     }
   }
-  return acc;
+  for (int i = 0; i < NT; ++i) {
+    vst1q_f32(y + size_t(i) * ldy, acc[i][0]);
+    vst1q_f32(y + size_t(i) * ldy + 4, acc[i][1]);
+  }
 }
+
+template <int NT>
+void q4_1_tile(const TileQ4_1* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  float32x4_t acc[NT][2];
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = vdupq_n_f32(0.f);
+  for (int kb = 0; kb < nb; ++kb) {
+    const Q4Unpacked w(tiles[kb].q);
+    const float32x4_t d0 = fp16x4(tiles[kb].d), d1 = fp16x4(tiles[kb].d + 4);
+    const float32x4_t m0 = fp16x4(tiles[kb].m), m1 = fp16x4(tiles[kb].m + 4);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& a = x[size_t(i) * x_stride + kb];
+      int32x4_t s0, s1;
+      w.dot(a, &s0, &s1);
+      const float sum = a.d * float(a.sum[0] + a.sum[1]);  // times m: the offset of every weight
+      acc[i][0] = vfmaq_f32(vfmaq_n_f32(acc[i][0], m0, sum), vcvtq_f32_s32(s0), vmulq_n_f32(d0, a.d));
+      acc[i][1] = vfmaq_f32(vfmaq_n_f32(acc[i][1], m1, sum), vcvtq_f32_s32(s1), vmulq_n_f32(d1, a.d));
+    }
+  }
+  for (int i = 0; i < NT; ++i) {
+    vst1q_f32(y + size_t(i) * ldy, acc[i][0]);
+    vst1q_f32(y + size_t(i) * ldy + 4, acc[i][1]);
+  }
+}
+
+template <int NT>
+void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  float32x4_t acc[NT][2];
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = vdupq_n_f32(0.f);
+  for (int kb = 0; kb < nb; ++kb) {
+    const float32x4_t d0 = fp16x4(tiles[kb].d), d1 = fp16x4(tiles[kb].d + 4);
+    for (int i = 0; i < NT; ++i) {  // 8-bit weights need no unpacking: load them per token
+      const ActBlock& a = x[size_t(i) * x_stride + kb];
+      int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+      for (int g = 0; g < 8; ++g) {
+        const int8x16_t av = dup4(a.qs + 4 * g);
+        s0 = dot4_wide(s0, vld1q_s8(tiles[kb].q[g][0]), av);
+        s1 = dot4_wide(s1, vld1q_s8(tiles[kb].q[g][4]), av);
+      }
+      acc[i][0] = vfmaq_f32(acc[i][0], vcvtq_f32_s32(s0), vmulq_n_f32(d0, a.d));
+      acc[i][1] = vfmaq_f32(acc[i][1], vcvtq_f32_s32(s1), vmulq_n_f32(d1, a.d));
+    }
+  }
+  for (int i = 0; i < NT; ++i) {
+    vst1q_f32(y + size_t(i) * ldy, acc[i][0]);
+    vst1q_f32(y + size_t(i) * ldy + 4, acc[i][1]);
+  }
+}
+
+// ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
+//
+// Per row, super-block and token: for activation block j (32 weights), two 16-byte dots against the
+// unsigned 6-bit quants, times their two 16-weight scales, converted and scaled by a_j.d into a
+// float32x4 whose lanes are summed once at the end. The -32 offset is computed once per
+// (row, super-block, token) from the 16 activation half sums, gathered once per tile and token.
+
+// q[j][h]: the 16 quants (0..63) of weights 16h..16h+15 of activation block j (j = 4*half + part).
+inline void unpack_q6(const BlockQ6_K& b, int8x16_t q[8][2]) {
+  const uint8x16_t m4 = vdupq_n_u8(0x0F), m30 = vdupq_n_u8(0x30);
+  for (int half = 0; half < 2; ++half)
+    for (int h = 0; h < 2; ++h) {
+      const uint8x16_t ql0 = vld1q_u8(b.ql + 64 * half + 16 * h), ql1 = vld1q_u8(b.ql + 64 * half + 32 + 16 * h);
+      const uint8x16_t qh = vld1q_u8(b.qh + 32 * half + 16 * h);
+      int8x16_t* o = &q[4 * half][0];  // o[2 * part + h]; bits 2p..2p+1 of qh are bits 4..5 of part p
+      o[0 + h] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(ql0, m4), vandq_u8(vshlq_n_u8(qh, 4), m30)));
+      o[2 + h] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(ql1, m4), vandq_u8(vshlq_n_u8(qh, 2), m30)));
+      o[4 + h] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(ql0, 4), vandq_u8(qh, m30)));
+      o[6 + h] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(ql1, 4), vandq_u8(vshrq_n_u8(qh, 2), m30)));
+    }
+}
+
+// What every Q6_K row needs of one token's 8 activation blocks of a super-block.
+struct Q6Act {
+  float32x4_t d32[2];  // 32 * a_j.d, j = 0..3 | 4..7
+  int16x8_t sums[2];   // a_j.sum[0], a_j.sum[1] for j = 0..3 | 4..7
+  void load(const ActBlock* a) {
+    int32_t s[8];
+    float d[8];
+    for (int j = 0; j < 8; ++j) {
+      std::memcpy(&s[j], a[j].sum, 4);
+      d[j] = 32.f * a[j].d;
+    }
+    sums[0] = vreinterpretq_s16_s32(vld1q_s32(s));
+    sums[1] = vreinterpretq_s16_s32(vld1q_s32(s + 4));
+    d32[0] = vld1q_f32(d);
+    d32[1] = vld1q_f32(d + 4);
+  }
+};
+
+// sum_j a_j.d * sum_k (q_jk - 32) * sc(j, k) * a_jk over one row's super-block, as 4 float lanes.
+inline float32x4_t q6_superblock(const int8x16_t q[8][2], const int8_t* sc, const int16x8_t sc16[2],
+                                 const ActBlock* a, const Q6Act& act) {
+  float32x4_t s = vdupq_n_f32(0.f);
+  for (int j = 0; j < 8; ++j) {
+    int32x4_t h0, h1;
+#if SYSINFER_NEON_DOTPROD
+    h0 = vdotq_s32(vdupq_n_s32(0), q[j][0], vld1q_s8(a[j].qs));
+    h1 = vdotq_s32(vdupq_n_s32(0), q[j][1], vld1q_s8(a[j].qs + 16));
+#else
+    const int8x16_t a0 = vld1q_s8(a[j].qs), a1 = vld1q_s8(a[j].qs + 16);  // 2 products: <= 16002
+    h0 = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(q[j][0]), vget_low_s8(a0)), q[j][0], a0));
+    h1 = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(q[j][1]), vget_low_s8(a1)), q[j][1], a1));
+#endif
+    const int32x4_t p = vmlaq_n_s32(vmulq_n_s32(h0, sc[2 * j]), h1, sc[2 * j + 1]);
+    s = vfmaq_n_f32(s, vcvtq_f32_s32(p), a[j].d);
+  }
+  for (int k = 0; k < 2; ++k) {  // lanes j: sc[2j] * sum_j0 + sc[2j+1] * sum_j1, times 32 * a_j.d
+    const int32x4_t c = vpaddq_s32(vmull_s16(vget_low_s16(sc16[k]), vget_low_s16(act.sums[k])),
+                                   vmull_high_s16(sc16[k], act.sums[k]));
+    s = vfmsq_f32(s, vcvtq_f32_s32(c), act.d32[k]);
+  }
+  return s;
+}
+
+template <int NT>
+void q6_k_tile(const TileQ6_K* tiles, int nsb, const ActBlock* x, int x_stride, float* y, int ldy) {
+  float32x4_t acc[ROW_TILE][NT];
+  for (int r = 0; r < ROW_TILE; ++r)
+    for (int i = 0; i < NT; ++i) acc[r][i] = vdupq_n_f32(0.f);
+  for (int sb = 0; sb < nsb; ++sb) {
+    const ActBlock* a[NT];
+    Q6Act act[NT];
+    for (int i = 0; i < NT; ++i) {
+      a[i] = x + size_t(i) * x_stride + sb * 8;
+      act[i].load(a[i]);
+    }
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ6_K& b = tiles[sb].b[r];
+      int8x16_t q[8][2];
+      unpack_q6(b, q);
+      const int8x16_t sc = vld1q_s8(b.scales);
+      const int16x8_t sc16[2] = {vmovl_s8(vget_low_s8(sc)), vmovl_high_s8(sc)};
+      const float d = fp16_scalar(b.d);
+      for (int i = 0; i < NT; ++i) acc[r][i] = vfmaq_n_f32(acc[r][i], q6_superblock(q, b.scales, sc16, a[i], act[i]), d);
+    }
+  }
+  for (int i = 0; i < NT; ++i)
+    for (int r = 0; r < ROW_TILE; ++r) y[size_t(i) * ldy + r] = vaddvq_f32(acc[r][i]);
+}
+
+// ---- float vectors and matrices ----
 
 float dot_f32(const float* a, const float* b, int n) {
   float32x4_t s0 = vdupq_n_f32(0.f), s1 = vdupq_n_f32(0.f);
@@ -204,31 +317,55 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
+// Calls f(tok, nt) for token groups of kMaxTok, then the remainder.
+template <class F>
+inline void by_token_groups(int n_tok, F f) {
+  for (int tok = 0; tok < n_tok; tok += kMaxTok) f(tok, n_tok - tok < kMaxTok ? n_tok - tok : kMaxTok);
+}
+
+// NAME_n(nt, ...): NAME<nt> for nt = 1..kMaxTok.
+#define SYSINFER_TILE_FN(NAME, TILE)                                                                        \
+  inline void NAME##_n(int nt, const TILE* t, int nb, const ActBlock* x, int xs, float* y, int ldy) {      \
+    switch (nt) {                                                                                           \
+      case 4: NAME<4>(t, nb, x, xs, y, ldy); break;                                                         \
+      case 3: NAME<3>(t, nb, x, xs, y, ldy); break;                                                         \
+      case 2: NAME<2>(t, nb, x, xs, y, ldy); break;                                                         \
+      default: NAME<1>(t, nb, x, xs, y, ldy); break;                                                        \
+    }                                                                                                       \
+  }
+SYSINFER_TILE_FN(q4_0_tile, TileQ4_0)
+SYSINFER_TILE_FN(q4_1_tile, TileQ4_1)
+SYSINFER_TILE_FN(q8_0_tile, TileQ8_0)
+SYSINFER_TILE_FN(q6_k_tile, TileQ6_K)
+#undef SYSINFER_TILE_FN
+
 void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
-  const int nb = cols / QK;
+  const int nb = cols / QK, nsb = cols / QK_K;
+  const ActBlock* xa = static_cast<const ActBlock*>(x);
   for (int t = tile0; t < tile1; ++t) {
-    for (int tok = 0; tok < n_tok; ++tok) {
-      const ActBlock* xa = static_cast<const ActBlock*>(x) + size_t(tok) * nb;
-      const float* xf = static_cast<const float*>(x) + size_t(tok) * cols;
-      float* yt = y + size_t(tok) * ldy + size_t(t) * ROW_TILE;
+    float* yt = y + size_t(t) * ROW_TILE;
+    by_token_groups(n_tok, [&](int tok, int nt) {
+      const ActBlock* xt = xa + size_t(tok) * nb;
+      float* ytt = yt + size_t(tok) * ldy;
       switch (type) {
-        case WType::Q4_0: q4_0_tile(static_cast<const TileQ4_0*>(w) + size_t(t) * nb, nb, xa, yt); break;
-        case WType::Q4_1: q4_1_tile(static_cast<const TileQ4_1*>(w) + size_t(t) * nb, nb, xa, yt); break;
-        case WType::Q8_0: q8_0_tile(static_cast<const TileQ8_0*>(w) + size_t(t) * nb, nb, xa, yt); break;
-        case WType::Q6_K:
-          for (int r = 0; r < ROW_TILE; ++r)
-            yt[r] = q6_k_row(static_cast<const TileQ6_K*>(w) + size_t(t) * (cols / QK_K), r, cols / QK_K, xa);
-          break;
+        case WType::Q4_0: q4_0_tile_n(nt, static_cast<const TileQ4_0*>(w) + size_t(t) * nb, nb, xt, nb, ytt, ldy); break;
+        case WType::Q4_1: q4_1_tile_n(nt, static_cast<const TileQ4_1*>(w) + size_t(t) * nb, nb, xt, nb, ytt, ldy); break;
+        case WType::Q8_0: q8_0_tile_n(nt, static_cast<const TileQ8_0*>(w) + size_t(t) * nb, nb, xt, nb, ytt, ldy); break;
+        case WType::Q6_K: q6_k_tile_n(nt, static_cast<const TileQ6_K*>(w) + size_t(t) * nsb, nsb, xt, nb, ytt, ldy); break;
         case WType::F32:
-          for (int r = 0; r < ROW_TILE; ++r)
-            yt[r] = dot_f32(static_cast<const float*>(w) + (size_t(t) * ROW_TILE + r) * cols, xf, cols);
-          break;
         case WType::F16:
-          for (int r = 0; r < ROW_TILE; ++r)
-            yt[r] = dot_f16_f32(static_cast<const uint16_t*>(w) + (size_t(t) * ROW_TILE + r) * cols, xf, cols);
+          for (int i = 0; i < nt; ++i) {
+            const float* xf = static_cast<const float*>(x) + size_t(tok + i) * cols;
+            for (int r = 0; r < ROW_TILE; ++r) {
+              const size_t row = size_t(t) * ROW_TILE + r;
+              ytt[size_t(i) * ldy + r] =
+                  type == WType::F32 ? dot_f32(static_cast<const float*>(w) + row * cols, xf, cols)
+                                     : dot_f16_f32(static_cast<const uint16_t*>(w) + row * cols, xf, cols);
+            }
+          }
           break;
       }
-    }
+    });
   }
 }
 

@@ -1,5 +1,6 @@
 // Every kernel table this CPU runs, held equal to the generic table on random inputs (odd sizes,
-// tile ranges not starting at 0, 1..9 tokens), plus packing round trips. Runs natively and, for the
+// tile ranges not starting at 0 or not ending at the last tile, 1..9 and 33 tokens, rows padded to
+// a multiple of 8), plus packing round trips. Runs natively and, for the
 // aarch64 build, under qemu-aarch64.
 //
 //   test_kernels                 run the checks; closing line "N passed, M failed"
@@ -83,8 +84,8 @@ const char* type_name(WType t) {
 
 bool is_quantized(WType t) { return t != WType::F32 && t != WType::F16; }
 
-// gemm of `k` vs generic on one random case.
-void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int tile0) {
+// gemm of `k` vs generic on one random case: tiles [tile0, tiles - tail) of a rows x cols matrix.
+void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int tile0, int tail = 0) {
   const auto gguf = random_gguf_matrix(type, rows, cols);
   std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
   pack_matrix(type, gguf.data(), rows, cols, packed.data());
@@ -93,15 +94,20 @@ void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int
   std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
   for (int t = 0; t < n_tok; ++t) g.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
   const void* in = is_quantized(type) ? static_cast<const void*>(xq.data()) : x.data();
-  const int prow = padded_rows(rows), tiles = prow / ROW_TILE, ldy = prow + 3;
+  const int prow = padded_rows(rows), tiles = prow / ROW_TILE - tail, ldy = prow + 3;
+  // y: n_tok rows of ldy floats; entries outside the tile range keep the -7 they start with.
   std::vector<float> y_ref(size_t(n_tok) * ldy, -7.f), y(size_t(n_tok) * ldy, -7.f);
   g.gemm(type, packed.data(), cols, tile0, tiles, in, n_tok, y_ref.data(), ldy);
   k.gemm(type, packed.data(), cols, tile0, tiles, in, n_tok, y.data(), ldy);
   double worst = 0, scale = 1e-6;
+  bool padding_zero = true;
   for (size_t i = 0; i < y.size(); ++i) {
     worst = std::max(worst, double(std::fabs(y[i] - y_ref[i])));
     scale = std::max(scale, double(std::fabs(y_ref[i])));
+    const int r = int(i % ldy);
+    if (r >= rows && r < tiles * ROW_TILE) padding_zero &= y[i] == 0.f;
   }
+  if (tiles == prow / ROW_TILE) check(padding_zero, std::string(k.name) + " gemm padding rows are 0");
   // Integer block dots are exact in both; only float accumulation order differs.
   char what[160];
   std::snprintf(what, sizeof what, "%s gemm %s rows=%d cols=%d n_tok=%d tile0=%d: max diff %.3g (scale %.3g)", k.name,
@@ -187,13 +193,15 @@ void check_packing() {
 void run_checks(const Kernels& k) {
   const WType types[] = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16, WType::F32};
   for (WType t : types) {
-    const bool k_quant = t == WType::Q6_K;
-    const int cols_list[] = {k_quant ? 256 : 32, k_quant ? 512 : 96, k_quant ? 256 : 576, k_quant ? 4096 : 4096};
+    const bool k_quant = t == WType::Q6_K;  // Q6_K rows are whole 256-weight super-blocks
+    const std::vector<int> cols_list = k_quant ? std::vector<int>{256, 512, 768, 4352}
+                                               : std::vector<int>{32, 64, 96, 576, 4128};
     for (int cols : cols_list)
-      for (int n_tok : {1, 2, 3, 4, 5, 9})
-        check_gemm(k, t, n_tok == 9 ? 16 : 13, cols, n_tok, n_tok == 5 ? 1 : 0);
+      for (int n_tok : {1, 2, 3, 4, 5, 8, 9})
+        check_gemm(k, t, n_tok >= 8 ? 16 : 13, cols, n_tok, n_tok == 5 ? 1 : 0);
+    // Many tokens (several groups of 4 and a remainder), a tile range in the middle of the matrix.
+    check_gemm(k, t, 43, k_quant ? 512 : 160, 33, 2, 1);
   }
-  check_gemm(k, WType::Q4_0, 64, 256, 33, 3);
   check_quantize(k);
   check_vector_ops(k);
 }
