@@ -244,25 +244,59 @@ void q6_k_tile(const TileQ6_K* tiles, int nsb, const ActBlock* x, int x_stride, 
 // ---- float matrices ----
 
 float dot_f32(const float* a, const float* b, int n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-  }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  float s = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  for (; i + 32 <= n; i += 32)
+    for (int u = 0; u < 4; ++u) s[u] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * u), _mm256_loadu_ps(b + i + 8 * u), s[u]);
+  for (; i + 8 <= n; i += 8) s[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s[0]);
+  float t = hsum(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])));
+  for (; i < n; ++i) t += a[i] * b[i];
+  return t;
 }
 
 float dot_f16_f32(const uint16_t* a, const float* b, int n) {
-  __m256 s = _mm256_setzero_ps();
+  __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   int i = 0;
-  for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(load_fp16x8(a + i), _mm256_loadu_ps(b + i), s);
-  float t = hsum(s);
+  for (; i + 32 <= n; i += 32)  // four FMA chains: one would wait on FMA latency, not memory
+    for (int u = 0; u < 4; ++u) s[u] = _mm256_fmadd_ps(load_fp16x8(a + i + 8 * u), _mm256_loadu_ps(b + i + 8 * u), s[u]);
+  for (; i + 8 <= n; i += 8) s[0] = _mm256_fmadd_ps(load_fp16x8(a + i), _mm256_loadu_ps(b + i), s[0]);
+  float t = hsum(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])));
   for (; i < n; ++i) t += fp16_to_fp32(a[i]) * b[i];
   return t;
+}
+
+inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_w(const uint16_t* p) { return load_fp16x8(p); }
+
+// y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT >= 2 tokens (x_i = x + i * cols): each
+// loaded weight vector serves every token; two FMA chains per token.
+template <int NT, class W>
+void float_row(const W* w, int cols, const float* x, float* y, int ldy) {
+  __m256 acc[NT][2];
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int k = 0; k < cols; k += 16) {  // cols % 32 == 0
+    const __m256 w0 = load_w(w + k), w1 = load_w(w + k + 8);
+    for (int i = 0; i < NT; ++i) {
+      acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + size_t(i) * cols + k), acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + size_t(i) * cols + k + 8), acc[i][1]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+}
+
+template <int NT>
+void float_tile(WType type, const void* w, int cols, int t, const float* x, float* y, int ldy) {
+  for (int r = 0; r < ROW_TILE; ++r) {
+    const size_t row = size_t(t) * ROW_TILE + r;
+    if (NT == 1) {
+      y[r] = type == WType::F32 ? dot_f32(static_cast<const float*>(w) + row * cols, x, cols)
+                                : dot_f16_f32(static_cast<const uint16_t*>(w) + row * cols, x, cols);
+    } else if (type == WType::F32) {
+      float_row<NT>(static_cast<const float*>(w) + row * cols, cols, x, y + r, ldy);
+    } else {
+      float_row<NT>(static_cast<const uint16_t*>(w) + row * cols, cols, x, y + r, ldy);
+    }
+  }
 }
 
 void axpy_f32(float a, const float* x, float* y, int n) {
@@ -343,13 +377,9 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
       case WType::F32:
       case WType::F16: {
         const float* xf = static_cast<const float*>(x);
-        for (int r = 0; r < ROW_TILE; ++r) {
-          const size_t row = size_t(t) * ROW_TILE + r;
-          for (int tok = 0; tok < n_tok; ++tok)
-            yt[size_t(tok) * ldy + r] =
-                type == WType::F32 ? dot_f32(static_cast<const float*>(w) + row * cols, xf + size_t(tok) * cols, cols)
-                                   : dot_f16_f32(static_cast<const uint16_t*>(w) + row * cols, xf + size_t(tok) * cols, cols);
-        }
+#define CALL(NT) float_tile<NT>(type, w, cols, t, xf + size_t(tok) * cols, yt + size_t(tok) * ldy, ldy)
+        SYSINFER_TOKEN_GROUPS(CALL);
+#undef CALL
         break;
       }
     }
