@@ -21,7 +21,7 @@ constexpr int kMaxTok = 4;  // tokens per pass over a weight tile (prefill reuse
 // Per-row dot products of 16-byte groups holding the same 4 bytes of 4 rows (rows r..r+3 of a
 // tile): add(w, a) accumulates w[4r + k] * a[4r + k]; get() gives the 4 row sums. With dotprod one
 // `sdot` per group; without, widening multiplies into int16 lanes (callers keep
-// adds * max|w * a| below 32768: 8 adds for 4-bit weights, 4 for 6-bit), then pairwise widening.
+// adds * max|w * a| below 32768: at most 8 adds of 4-bit weights), then pairwise widening.
 struct RowDot {
 #if SYSINFER_NEON_DOTPROD
   int32x4_t s = vdupq_n_s32(0);
@@ -101,16 +101,16 @@ struct Q4Unpacked {
   }
   // Row dots (rows 0-3 in *r03, 4-7 in *r47) with one activation block; nibbles unsigned.
   void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
-    RowDot s0, s1;
+    RowDot s[2][2];  // [rows 0-3 | 4-7][low | high nibbles]: four independent chains of 4
     for (int g = 0; g < 4; ++g) {
       const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
-      s0.add(w[g][0][0], alo);
-      s0.add(w[g][0][1], ahi);
-      s1.add(w[g][1][0], alo);
-      s1.add(w[g][1][1], ahi);
+      for (int h = 0; h < 2; ++h) {
+        s[h][0].add(w[g][h][0], alo);
+        s[h][1].add(w[g][h][1], ahi);
+      }
     }
-    *r03 = s0.get();
-    *r47 = s1.get();
+    *r03 = vaddq_s32(s[0][0].get(), s[0][1].get());
+    *r47 = vaddq_s32(s[1][0].get(), s[1][1].get());
   }
 };
 
