@@ -16,6 +16,7 @@ import pytest
 from model_files import smollm2_q4_0
 
 API_KEY = "test-key-123"
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def free_port() -> int:
@@ -29,7 +30,8 @@ def start_server(**env_overrides: str):
     env = {**os.environ, "SYSINFER_MODEL": smollm2_q4_0(), "SYSINFER_THREADS": "2", "SYSINFER_CTX_SIZE": "2048",
            **env_overrides}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "sysinfer.api:app", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=TESTS_DIR)  # not the repo root: `python -m` would import ./sysinfer, not the build
     base = f"http://127.0.0.1:{port}"
     saw_503 = False
     deadline = time.time() + 120
@@ -38,6 +40,9 @@ def start_server(**env_overrides: str):
         try:
             r = httpx.get(base + "/health", timeout=2)
             saw_503 |= r.status_code == 503
+            if r.json().get("status") == "error":
+                proc.kill()
+                raise RuntimeError(f"model failed to load: {r.json()['error']}")
             if r.status_code == 200:
                 return proc, base, saw_503
         except httpx.TransportError:
@@ -242,7 +247,7 @@ def test_health_is_503_while_no_model_is_ready(tmp_path):
     port = free_port()
     env = {**os.environ, "SYSINFER_MODEL": str(bad)}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "sysinfer.api:app", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TESTS_DIR)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline, r = time.time() + 60, None

@@ -6,6 +6,7 @@ killing the test run.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,9 @@ def load_in_child(path: str) -> subprocess.CompletedProcess:
         "except ModelLoadError as e:\n"
         "    print('ModelLoadError:', e); sys.exit(3)\n"
     )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # cwd: not the repo root, where `python -c` would import the source folder instead of the build
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_refused(path: str, *fragments: str) -> None:
