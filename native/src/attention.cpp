@@ -2,11 +2,40 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SYSINFER_ATTENTION_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define SYSINFER_ATTENTION_CLONES
+#endif
 
 namespace sysinfer {
 
 namespace {
+
+// e^x for x <= 0 (softmax weights), vectorisable: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
+// p a degree-6 Taylor polynomial (relative error < 2e-7); x below -87 gives 0.
+inline float exp_nonpositive(float x) {
+  x = x < -87.f ? -87.f : x;
+  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer (vectorisable)
+  const float n = (x * 1.44269504f + shifter) - shifter;
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
 // Online-softmax state of one (query token, query head): acc[hd] then running max and sum.
 struct SoftmaxState {
   float* acc;
@@ -17,11 +46,14 @@ struct SoftmaxState {
 
 size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item) {
   const int group = s.n_head / s.n_head_kv;
-  const size_t kv_block = 2 * size_t(s.block_size) * s.head_dim;          // K and V as f32
+  const size_t kv_block = 3 * size_t(s.block_size) * s.head_dim;          // K, K transposed, V as f32
   const size_t states = size_t(max_tokens_per_item) * group * (s.head_dim + 2);
   return kv_block + states + s.block_size;                                // + block scores
 }
 
+// Inline loops rather than a kernel-table call per key (a key is only 64-128 floats); on x86-64 an
+// AVX2+FMA clone of this function is chosen at load time when the CPU has them.
+SYSINFER_ATTENTION_CLONES
 void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& item, const float* q,
                         int q_stride, const int32_t* positions, const int32_t* block_table,
                         const uint16_t* k_layer, const uint16_t* v_layer, float* scratch, float* out,
@@ -30,7 +62,8 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
   const int n_tok = item.tok_end - item.tok_begin;
   float* kf = scratch;                        // [bs][hd] this block's keys as f32
   float* vf = kf + size_t(bs) * hd;           // [bs][hd] values
-  float* states = vf + size_t(bs) * hd;       // [n_tok][group][hd + 2]
+  float* kt = vf + size_t(bs) * hd;           // [hd][bs] keys transposed (prefill: shared by many queries)
+  float* states = kt + size_t(bs) * hd;       // [n_tok][group][hd + 2]
   float* scores = states + size_t(n_tok) * group * (hd + 2);  // [bs]
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
@@ -51,6 +84,12 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     const int j1 = std::min(key_end - block_start, bs);
     k.f16_to_f32(k_layer + base + size_t(j0) * hd, kf + size_t(j0) * hd, (j1 - j0) * hd);
     k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, (j1 - j0) * hd);
+    // Many queries per block (prefill): transpose K once so every score vector is a run of FMAs
+    // across keys. One or two queries (decode): a dot product per key is cheaper than the transpose.
+    const bool transposed = n_tok * group >= 8;
+    if (transposed)
+      for (int j = j0; j < j1; ++j)
+        for (int i = 0; i < hd; ++i) kt[size_t(i) * bs + j] = kf[size_t(j) * hd + i];
     for (int t = 0; t < n_tok; ++t) {
       const int row = item.tok_begin + t;
       const int pos = positions[row];
@@ -60,9 +99,26 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
         const int h = item.kv_head * group + g;
         const float* qh = q + size_t(row) * q_stride + size_t(h) * hd;
         float* st = states + (size_t(t) * group + g) * (hd + 2);
+        if (transposed) {
+          for (int j = j0; j < jt; ++j) scores[j] = 0.f;
+          for (int i = 0; i < hd; ++i) {
+            const float qi = qh[i];
+            const float* row = kt + size_t(i) * bs;
+#pragma omp simd
+            for (int j = j0; j < jt; ++j) scores[j] += qi * row[j];
+          }
+        } else {
+          for (int j = j0; j < jt; ++j) {
+            const float* key = kf + size_t(j) * hd;
+            float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+            for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
+            scores[j] = dot;
+          }
+        }
         float block_max = neg_inf;
         for (int j = j0; j < jt; ++j) {
-          float sc = k.dot_f32(qh, kf + size_t(j) * hd, hd) * s.scale;
+          float sc = scores[j] * s.scale;
           if (s.alibi_slopes) sc -= s.alibi_slopes[h] * float(pos - (block_start + j));
           scores[j] = sc;
           block_max = std::max(block_max, sc);
@@ -72,10 +128,14 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
         if (rescale != 1.f)
           for (int i = 0; i < hd; ++i) st[i] *= rescale;
         float sum = st[hd + 1] * rescale;
+#pragma omp simd
+        for (int j = j0; j < jt; ++j) scores[j] = exp_nonpositive(scores[j] - new_max);
         for (int j = j0; j < jt; ++j) {
-          const float p = std::exp(scores[j] - new_max);
+          const float p = scores[j];
           sum += p;
-          k.axpy_f32(p, vf + size_t(j) * hd, st, hd);
+          const float* v = vf + size_t(j) * hd;
+#pragma omp simd
+          for (int i = 0; i < hd; ++i) st[i] += p * v[i];
         }
         st[hd] = new_max;
         st[hd + 1] = sum;
