@@ -46,7 +46,7 @@ struct SoftmaxState {
 
 size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item) {
   const int group = s.n_head / s.n_head_kv;
-  const size_t kv_block = 3 * size_t(s.block_size) * s.head_dim;          // K, K transposed, V as f32
+  const size_t kv_block = 2 * size_t(s.block_size) * s.head_dim;          // K (transposed) and V as f32
   const size_t states = size_t(max_tokens_per_item) * group * (s.head_dim + 2);
   return kv_block + states + s.block_size;                                // + block scores
 }
@@ -60,10 +60,9 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
                         int out_stride, float* partial, int max_splits) {
   const int hd = s.head_dim, bs = s.block_size, group = s.n_head / s.n_head_kv;
   const int n_tok = item.tok_end - item.tok_begin;
-  float* kf = scratch;                        // [bs][hd] this block's keys as f32
-  float* vf = kf + size_t(bs) * hd;           // [bs][hd] values
-  float* kt = vf + size_t(bs) * hd;           // [hd][bs] keys transposed (prefill: shared by many queries)
-  float* states = kt + size_t(bs) * hd;       // [n_tok][group][hd + 2]
+  float* kt = scratch;                        // [hd][bs] this block's keys (stored transposed) as f32
+  float* vf = kt + size_t(bs) * hd;           // [bs][hd] values
+  float* states = vf + size_t(bs) * hd;       // [n_tok][group][hd + 2]
   float* scores = states + size_t(n_tok) * group * (hd + 2);  // [bs]
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
@@ -82,14 +81,8 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     const size_t base = (size_t(blk) * s.n_head_kv + item.kv_head) * head_stride;
     const int j0 = std::max(item.key_begin - block_start, 0);
     const int j1 = std::min(key_end - block_start, bs);
-    k.f16_to_f32(k_layer + base + size_t(j0) * hd, kf + size_t(j0) * hd, (j1 - j0) * hd);
+    k.f16_to_f32(k_layer + base, kt, bs * hd);  // whole block: only slots j0..j1 are read
     k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, (j1 - j0) * hd);
-    // Many queries per block (prefill): transpose K once so every score vector is a run of FMAs
-    // across keys. One or two queries (decode): a dot product per key is cheaper than the transpose.
-    const bool transposed = n_tok * group >= 8;
-    if (transposed)
-      for (int j = j0; j < j1; ++j)
-        for (int i = 0; i < hd; ++i) kt[size_t(i) * bs + j] = kf[size_t(j) * hd + i];
     for (int t = 0; t < n_tok; ++t) {
       const int row = item.tok_begin + t;
       const int pos = positions[row];
@@ -99,22 +92,14 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
         const int h = item.kv_head * group + g;
         const float* qh = q + size_t(row) * q_stride + size_t(h) * hd;
         float* st = states + (size_t(t) * group + g) * (hd + 2);
-        if (transposed) {
-          for (int j = j0; j < jt; ++j) scores[j] = 0.f;
-          for (int i = 0; i < hd; ++i) {
-            const float qi = qh[i];
-            const float* row = kt + size_t(i) * bs;
+        // scores[j] = q . k_j, one dimension at a time across the block's keys: vectorised without
+        // reordering any sum, so a token's result never depends on how the batch was split.
+        for (int j = j0; j < jt; ++j) scores[j] = 0.f;
+        for (int i = 0; i < hd; ++i) {
+          const float qi = qh[i];
+          const float* row = kt + size_t(i) * bs;
 #pragma omp simd
-            for (int j = j0; j < jt; ++j) scores[j] += qi * row[j];
-          }
-        } else {
-          for (int j = j0; j < jt; ++j) {
-            const float* key = kf + size_t(j) * hd;
-            float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-            for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
-            scores[j] = dot;
-          }
+          for (int j = j0; j < jt; ++j) scores[j] += qi * row[j];
         }
         float block_max = neg_inf;
         for (int j = j0; j < jt; ++j) {

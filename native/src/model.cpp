@@ -316,9 +316,10 @@ void Model::rope_and_store_kv(int tid, int layer, const StepBatch& b) {
     const int blk = b.block_tables[size_t(s) * b.max_blocks + pos / block_size_];
     const int slot = pos % block_size_;
     for (int h = 0; h < nkv; ++h) {
-      const size_t at = ((size_t(blk) * nkv + h) * block_size_ + slot) * hd;
-      kernels_->f32_to_f16(row + k_off + h * hd, kc + at, hd);
-      kernels_->f32_to_f16(row + v_off + h * hd, vc + at, hd);
+      const size_t head_base = (size_t(blk) * nkv + h) * block_size_ * hd;
+      kernels_->f32_to_f16(row + v_off + h * hd, vc + head_base + size_t(slot) * hd, hd);
+      const float* key = row + k_off + h * hd;
+      for (int i = 0; i < hd; ++i) kc[head_base + size_t(i) * block_size_ + slot] = fp32_to_fp16(key[i]);
     }
   }
 }

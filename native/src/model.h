@@ -126,7 +126,9 @@ class Model {
   std::vector<float> inv_freq_;     // [rope_dim / 2]
   std::vector<float> alibi_slopes_; // [n_head]
 
-  // KV cache: k_cache_[((layer * n_blocks + block) * n_kv + head) * block_size + slot][hd], fp16.
+  // KV cache, fp16: v_cache_[((layer * n_blocks + block) * n_kv + head) * block_size + slot][hd];
+  // keys transposed within each block, k_cache_[((layer * n_blocks + block) * n_kv + head) * hd + dim][slot],
+  // so attention scores run across a block's keys with no transpose at read time.
   int n_blocks_ = 0, block_size_ = 0, max_step_tokens_ = 0, max_out_rows_ = 0;
   std::shared_ptr<uint16_t> k_cache_, v_cache_;
 
