@@ -136,6 +136,26 @@ def server_main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .bench import format_table, run_bench, write_outputs
+    from .model.loader import load_model
+
+    lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+    if not lengths or min(lengths) < 2:
+        raise ValueError("--lengths must be a comma-separated list of integers >= 2")
+    model = load_model(_model_path(args.model), threads=args.threads, n_ctx=max(lengths) + 16,
+                       max_step_tokens=512)
+    with tqdm(total=len(lengths), desc="bench", unit="length", file=sys.stderr) as bar:
+        rows, bandwidth = run_bench(model, lengths, progress=lambda row: bar.update(1))
+    print(f"model {model.path}  kernels {model.kernels}  threads {model.n_threads}  "
+          f"read bandwidth {bandwidth:.1f} GB/s  weights {model.load_stats.weight_bytes / 2**20:.0f} MiB")
+    print(format_table(rows))
+    write_outputs(rows, bandwidth, model, args.json, args.plot)
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .model.synth_presets import synth_like
 
@@ -171,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (port 7860)")
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="tokens/s against input+output length (the reference table)")
+    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--lengths", default="32,64,128,256,512,1024,2048,4096", help="total lengths L (L/2 in, L/2 out)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--plot", help="write a PNG plot (matplotlib)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("synth", help="write a random-weight GGUF with a real model's exact shapes")
     p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b"])
