@@ -36,110 +36,101 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
-// Online-softmax state of one (query token, query head): acc[hd] then running max and sum.
-struct SoftmaxState {
-  float* acc;
-  float* max;
-  float* sum;
-};
 }  // namespace
 
 size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item) {
-  const int group = s.n_head / s.n_head_kv;
-  const size_t kv_block = 2 * size_t(s.block_size) * s.head_dim;          // K (transposed) and V as f32
-  const size_t states = size_t(max_tokens_per_item) * group * (s.head_dim + 2);
-  return kv_block + states + s.block_size;                                // + block scores
+  const size_t rows = size_t(max_tokens_per_item) * (s.n_head / s.n_head_kv);
+  const size_t kv_block = 2 * size_t(s.block_size) * s.head_dim;   // K (transposed) and V as f32
+  return kv_block + rows * (2 * size_t(s.head_dim) + 2 + s.block_size);
 }
 
-// Inline loops rather than a kernel-table call per key (a key is only 64-128 floats); on x86-64 an
-// AVX2+FMA clone of this function is chosen at load time when the CPU has them.
+namespace {
+
+// Folds one block's scores (p[0, nk), keys [key0, key0 + nk)) into a row's online softmax: only
+// the first n_visible keys count (causal); p becomes the weights (0 for hidden keys), acc [hd] is
+// rescaled when the running max grows.
+inline void softmax_block(float* p, int nk, int n_visible, float alibi_slope, int pos, int key0, int hd,
+                          float* acc, float* max, float* sum) {
+  if (alibi_slope != 0.f)
+    for (int j = 0; j < n_visible; ++j) p[j] -= alibi_slope * float(pos - (key0 + j));
+  float block_max = -std::numeric_limits<float>::infinity();
+  for (int j = 0; j < n_visible; ++j) block_max = std::max(block_max, p[j]);
+  const float new_max = std::max(*max, block_max);
+  const float rescale = std::exp(*max - new_max);  // 0 on the first block (max = -inf)
+  if (rescale != 1.f)
+    for (int i = 0; i < hd; ++i) acc[i] *= rescale;
+#pragma omp simd
+  for (int j = 0; j < n_visible; ++j) p[j] = exp_nonpositive(p[j] - new_max);
+  float s = *sum * rescale;
+  for (int j = 0; j < n_visible; ++j) s += p[j];  // in key order, as a single-token decode does
+  for (int j = n_visible; j < nk; ++j) p[j] = 0.f;
+  *max = new_max;
+  *sum = s;
+}
+
+}  // namespace
+
+// Every query row of the item (token t, head g of the GQA group: row t * group + g) is scored
+// against one K block at a time by the kernel table's tiled attn_scores, folded into its online
+// softmax, and the block's values accumulated by attn_accum: each K/V block is converted once and
+// serves all rows. The softmax glue is vectorised inline (an AVX2+FMA clone on x86-64).
 SYSINFER_ATTENTION_CLONES
 void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& item, const float* q,
                         int q_stride, const int32_t* positions, const int32_t* block_table,
                         const uint16_t* k_layer, const uint16_t* v_layer, float* scratch, float* out,
                         int out_stride, float* partial, int max_splits) {
   const int hd = s.head_dim, bs = s.block_size, group = s.n_head / s.n_head_kv;
-  const int n_tok = item.tok_end - item.tok_begin;
+  const int n_tok = item.tok_end - item.tok_begin, rows = n_tok * group;
   float* kt = scratch;                        // [hd][bs] this block's keys (stored transposed) as f32
   float* vf = kt + size_t(bs) * hd;           // [bs][hd] values
-  float* states = vf + size_t(bs) * hd;       // [n_tok][group][hd + 2]
-  float* scores = states + size_t(n_tok) * group * (hd + 2);  // [bs]
-  const float neg_inf = -std::numeric_limits<float>::infinity();
+  float* qs = vf + size_t(bs) * hd;           // [rows][hd] query rows, pre-multiplied by scale
+  float* acc = qs + size_t(rows) * hd;        // [rows][hd] unnormalised outputs
+  float* p = acc + size_t(rows) * hd;         // [rows][bs] scores, then softmax weights
+  float* row_max = p + size_t(rows) * bs;     // [rows]
+  float* row_sum = row_max + rows;            // [rows]
 
-  for (int i = 0; i < n_tok * group; ++i) {
-    float* st = states + size_t(i) * (hd + 2);
-    std::fill(st, st + hd, 0.f);
-    st[hd] = neg_inf;
-    st[hd + 1] = 0.f;
+  for (int r = 0; r < rows; ++r) {
+    const int t = r / group, h = item.kv_head * group + r % group;
+    const float* src = q + size_t(item.tok_begin + t) * q_stride + size_t(h) * hd;
+    for (int i = 0; i < hd; ++i) qs[size_t(r) * hd + i] = src[i] * s.scale;
+    std::fill(acc + size_t(r) * hd, acc + size_t(r + 1) * hd, 0.f);
+    row_max[r] = -std::numeric_limits<float>::infinity();
+    row_sum[r] = 0.f;
   }
   // Keys needed by the latest token of the item (tokens are in position order).
-  const int last_pos = positions[item.tok_end - 1];
-  const int key_end = std::min(item.key_end, last_pos + 1);
+  const int key_end = std::min(item.key_end, positions[item.tok_end - 1] + 1);
   const size_t head_stride = size_t(bs) * hd;
   for (int block_start = item.key_begin / bs * bs; block_start < key_end; block_start += bs) {
-    const int blk = block_table[block_start / bs];
-    const size_t base = (size_t(blk) * s.n_head_kv + item.kv_head) * head_stride;
     const int j0 = std::max(item.key_begin - block_start, 0);
     const int j1 = std::min(key_end - block_start, bs);
+    // Tokens before t_first see none of keys [block_start + j0, block_start + j1).
+    int t_first = 0;
+    while (positions[item.tok_begin + t_first] < block_start + j0) ++t_first;
+    const int r0 = t_first * group, nk = j1 - j0;
+    const size_t base = (size_t(block_table[block_start / bs]) * s.n_head_kv + item.kv_head) * head_stride;
     k.f16_to_f32(k_layer + base, kt, bs * hd);  // whole block: only slots j0..j1 are read
-    k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, (j1 - j0) * hd);
-    for (int t = 0; t < n_tok; ++t) {
-      const int row = item.tok_begin + t;
-      const int pos = positions[row];
-      const int jt = std::min(j1, pos + 1 - block_start);  // causal: keys at positions <= pos
-      if (jt <= j0) continue;
-      for (int g = 0; g < group; ++g) {
-        const int h = item.kv_head * group + g;
-        const float* qh = q + size_t(row) * q_stride + size_t(h) * hd;
-        float* st = states + (size_t(t) * group + g) * (hd + 2);
-        // scores[j] = q . k_j, one dimension at a time across the block's keys: vectorised without
-        // reordering any sum, so a token's result never depends on how the batch was split.
-        for (int j = j0; j < jt; ++j) scores[j] = 0.f;
-        for (int i = 0; i < hd; ++i) {
-          const float qi = qh[i];
-          const float* row = kt + size_t(i) * bs;
-#pragma omp simd
-          for (int j = j0; j < jt; ++j) scores[j] += qi * row[j];
-        }
-        float block_max = neg_inf;
-        for (int j = j0; j < jt; ++j) {
-          float sc = scores[j] * s.scale;
-          if (s.alibi_slopes) sc -= s.alibi_slopes[h] * float(pos - (block_start + j));
-          scores[j] = sc;
-          block_max = std::max(block_max, sc);
-        }
-        const float new_max = std::max(st[hd], block_max);
-        const float rescale = std::exp(st[hd] - new_max);  // 0 on the first block
-        if (rescale != 1.f)
-          for (int i = 0; i < hd; ++i) st[i] *= rescale;
-        float sum = st[hd + 1] * rescale;
-#pragma omp simd
-        for (int j = j0; j < jt; ++j) scores[j] = exp_nonpositive(scores[j] - new_max);
-        for (int j = j0; j < jt; ++j) {
-          const float p = scores[j];
-          sum += p;
-          const float* v = vf + size_t(j) * hd;
-#pragma omp simd
-          for (int i = 0; i < hd; ++i) st[i] += p * v[i];
-        }
-        st[hd] = new_max;
-        st[hd + 1] = sum;
-      }
+    k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, nk * hd);
+    k.attn_scores(qs + size_t(r0) * hd, hd, rows - r0, kt + j0, bs, hd, nk, p + size_t(r0) * bs, bs);
+    for (int r = r0; r < rows; ++r) {
+      const int pos = positions[item.tok_begin + r / group];
+      const float slope = s.alibi_slopes ? s.alibi_slopes[item.kv_head * group + r % group] : 0.f;
+      softmax_block(p + size_t(r) * bs, nk, std::min(nk, pos + 1 - block_start - j0), slope, pos,
+                    block_start + j0, hd, acc + size_t(r) * hd, row_max + r, row_sum + r);
     }
+    k.attn_accum(p + size_t(r0) * bs, bs, rows - r0, vf + size_t(j0) * hd, hd, nk, acc + size_t(r0) * hd, hd);
   }
-  for (int t = 0; t < n_tok; ++t) {
-    const int row = item.tok_begin + t;
-    for (int g = 0; g < group; ++g) {
-      const int h = item.kv_head * group + g;
-      const float* st = states + (size_t(t) * group + g) * (hd + 2);
-      if (item.split >= 0) {
-        float* dst = partial + ((size_t(row) * s.n_head + h) * max_splits + item.split) * (hd + 2);
-        std::copy(st, st + hd + 2, dst);
-      } else {
-        float* dst = out + size_t(row) * out_stride + size_t(h) * hd;
-        const float inv = st[hd + 1] > 0.f ? 1.f / st[hd + 1] : 0.f;
-        for (int i = 0; i < hd; ++i) dst[i] = st[i] * inv;
-      }
+  for (int r = 0; r < rows; ++r) {
+    const int row = item.tok_begin + r / group, h = item.kv_head * group + r % group;
+    const float* a = acc + size_t(r) * hd;
+    if (item.split >= 0) {
+      float* dst = partial + ((size_t(row) * s.n_head + h) * max_splits + item.split) * (hd + 2);
+      std::copy(a, a + hd, dst);
+      dst[hd] = row_max[r];
+      dst[hd + 1] = row_sum[r];
+    } else {
+      float* dst = out + size_t(row) * out_stride + size_t(h) * hd;
+      const float inv = row_sum[r] > 0.f ? 1.f / row_sum[r] : 0.f;
+      for (int i = 0; i < hd; ++i) dst[i] = a[i] * inv;
     }
   }
 }

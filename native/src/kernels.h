@@ -66,8 +66,18 @@ struct Kernels {
   void (*gemm)(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok,
                float* y, int ldy);
 
-  float (*dot_f32)(const float* a, const float* b, int n);
-  void (*axpy_f32)(float a, const float* x, float* y, int n);  // y += a * x
+  // Attention over one block of the KV cache (converted to f32), for n_rows query rows at once:
+  //   scores:  s[r * lds + j] = sum_{i < hd} q[r * ldq + i] * kt[i * ldk + j]   for j < n_keys
+  //            (kt: the block's keys transposed, [hd][ldk]);
+  //   accum:   acc[r * ldacc + i] += sum_{j < n_keys} p[r * ldp + j] * v[j * hd + i]   for i < hd
+  //            (v: [n_keys][hd]).
+  // Each output element is one chain of multiply-adds in order of i (scores) or j (accum), so a
+  // row's result does not depend on n_rows or on where the row sits in a tile. Reads and writes
+  // nothing outside those ranges.
+  void (*attn_scores)(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys,
+                      float* s, int lds);
+  void (*attn_accum)(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc,
+                     int ldacc);
   void (*f16_to_f32)(const uint16_t* src, float* dst, int n);
   void (*f32_to_f16)(const float* src, uint16_t* dst, int n);  // round to nearest even
 };

@@ -5,6 +5,7 @@
 // `maddubs` against the matching 4 activation bytes broadcast to every lane gives each lane (row)
 // its own partial dot product: no horizontal sums inside the loop. Up to 4 tokens share each
 // unpacked weight tile (prefill).
+#include <algorithm>
 #include <immintrin.h>
 
 #include <cstring>
@@ -299,11 +300,111 @@ void float_tile(WType type, const void* w, int cols, int t, const float* x, floa
   }
 }
 
-void axpy_f32(float a, const float* x, float* y, int n) {
-  const __m256 av = _mm256_set1_ps(a);
-  int i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
+// ---- attention over one KV block ----
+
+// Lanes [0, n) of an 8-float vector set (n may be <= 0 or >= 8).
+inline __m256i lane_mask(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <bool Full>
+inline __m256 load16(const float* p, __m256i m) { return Full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m); }
+
+template <bool Full>
+inline void store16(float* p, __m256i m, __m256 v) {
+  if (Full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v);
+}
+
+// R query rows x 16 keys (nk <= 16 of them real): each loaded key vector serves R rows, and each
+// score is one FMA chain over i whether its lane is masked or not.
+template <int R, bool Full>
+void scores_tile(const float* q, int ldq, const float* kt, int ldk, int hd, int nk, float* s, int lds) {
+  const __m256i m0 = lane_mask(nk), m1 = lane_mask(nk - 8);
+  __m256 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  for (int i = 0; i < hd; ++i) {
+    const float* k = kt + size_t(i) * ldk;
+    const __m256 k0 = load16<Full>(k, m0), k1 = load16<Full>(k + 8, m1);
+    for (int r = 0; r < R; ++r) {
+      const __m256 qv = _mm256_broadcast_ss(q + size_t(r) * ldq + i);
+      a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store16<Full>(s + size_t(r) * lds, m0, a0[r]);
+    store16<Full>(s + size_t(r) * lds + 8, m1, a1[r]);
+  }
+}
+
+template <int R>
+void scores_rows(const float* q, int ldq, const float* kt, int ldk, int hd, int nk, float* s, int lds) {
+  if (nk == 16) scores_tile<R, true>(q, ldq, kt, ldk, hd, nk, s, lds);
+  else scores_tile<R, false>(q, ldq, kt, ldk, hd, nk, s, lds);
+}
+
+void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
+                 int lds) {
+  for (int j = 0; j < n_keys; j += 16) {
+    const int nk = std::min(16, n_keys - j);
+    int r = 0;
+    for (; r + 4 <= n_rows; r += 4) scores_rows<4>(q + size_t(r) * ldq, ldq, kt + j, ldk, hd, nk, s + size_t(r) * lds + j, lds);
+    const float* qr = q + size_t(r) * ldq;
+    float* sr = s + size_t(r) * lds + j;
+    switch (n_rows - r) {
+      case 3: scores_rows<3>(qr, ldq, kt + j, ldk, hd, nk, sr, lds); break;
+      case 2: scores_rows<2>(qr, ldq, kt + j, ldk, hd, nk, sr, lds); break;
+      case 1: scores_rows<1>(qr, ldq, kt + j, ldk, hd, nk, sr, lds); break;
+      default: break;
+    }
+  }
+}
+
+// R rows x 16 value dimensions (nd <= 16 of them real): acc += p . v over the block's keys, each
+// output one FMA chain over j.
+template <int R, bool Full>
+void accum_tile(const float* p, int ldp, const float* v, int hd, int nk, int nd, float* acc, int ldacc) {
+  const __m256i m0 = lane_mask(nd), m1 = lane_mask(nd - 8);
+  __m256 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) {
+    a0[r] = load16<Full>(acc + size_t(r) * ldacc, m0);
+    a1[r] = load16<Full>(acc + size_t(r) * ldacc + 8, m1);
+  }
+  for (int j = 0; j < nk; ++j) {
+    const __m256 v0 = load16<Full>(v + size_t(j) * hd, m0), v1 = load16<Full>(v + size_t(j) * hd + 8, m1);
+    for (int r = 0; r < R; ++r) {
+      const __m256 pv = _mm256_broadcast_ss(p + size_t(r) * ldp + j);
+      a0[r] = _mm256_fmadd_ps(pv, v0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(pv, v1, a1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store16<Full>(acc + size_t(r) * ldacc, m0, a0[r]);
+    store16<Full>(acc + size_t(r) * ldacc + 8, m1, a1[r]);
+  }
+}
+
+template <int R>
+void accum_rows(const float* p, int ldp, const float* v, int hd, int nk, int nd, float* acc, int ldacc) {
+  if (nd == 16) accum_tile<R, true>(p, ldp, v, hd, nk, nd, acc, ldacc);
+  else accum_tile<R, false>(p, ldp, v, hd, nk, nd, acc, ldacc);
+}
+
+void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
+  for (int i = 0; i < hd; i += 16) {
+    const int nd = std::min(16, hd - i);
+    int r = 0;
+    for (; r + 4 <= n_rows; r += 4)
+      accum_rows<4>(p + size_t(r) * ldp, ldp, v + i, hd, n_keys, nd, acc + size_t(r) * ldacc + i, ldacc);
+    const float* pr = p + size_t(r) * ldp;
+    float* ar = acc + size_t(r) * ldacc + i;
+    switch (n_rows - r) {
+      case 3: accum_rows<3>(pr, ldp, v + i, hd, n_keys, nd, ar, ldacc); break;
+      case 2: accum_rows<2>(pr, ldp, v + i, hd, n_keys, nd, ar, ldacc); break;
+      case 1: accum_rows<1>(pr, ldp, v + i, hd, n_keys, nd, ar, ldacc); break;
+      default: break;
+    }
+  }
 }
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {
@@ -386,7 +487,7 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
   }
 }
 
-const Kernels kAvx2 = {"avx2", quantize_act, gemm, dot_f32, axpy_f32, f16_to_f32, f32_to_f16};
+const Kernels kAvx2 = {"avx2", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16};
 
 }  // namespace
 

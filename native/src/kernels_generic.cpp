@@ -145,14 +145,28 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
   }
 }
 
-float dot_f32(const float* a, const float* b, int n) {
-  float s = 0.f;
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
+                 int lds) {
+  for (int r = 0; r < n_rows; ++r) {
+    float* sr = s + size_t(r) * lds;
+    for (int j = 0; j < n_keys; ++j) sr[j] = 0.f;
+    for (int i = 0; i < hd; ++i) {
+      const float qi = q[size_t(r) * ldq + i];
+      const float* k = kt + size_t(i) * ldk;
+      for (int j = 0; j < n_keys; ++j) sr[j] += qi * k[j];
+    }
+  }
 }
 
-void axpy_f32(float a, const float* x, float* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
+  for (int r = 0; r < n_rows; ++r) {
+    float* ar = acc + size_t(r) * ldacc;
+    for (int j = 0; j < n_keys; ++j) {
+      const float pj = p[size_t(r) * ldp + j];
+      const float* vj = v + size_t(j) * hd;
+      for (int i = 0; i < hd; ++i) ar[i] += pj * vj[i];
+    }
+  }
 }
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {
@@ -163,7 +177,7 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-const Kernels kGeneric = {"generic", quantize_act, gemm, dot_f32, axpy_f32, f16_to_f32, f32_to_f16};
+const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16};
 
 }  // namespace
 

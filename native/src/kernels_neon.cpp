@@ -5,8 +5,8 @@
 
 namespace sysinfer {
 namespace {
-const Kernels kNeon = {"neon", neon_plain::quantize_act, neon_plain::gemm, neon_plain::dot_f32,
-                       neon_plain::axpy_f32, neon_plain::f16_to_f32, neon_plain::f32_to_f16};
+const Kernels kNeon = {"neon", neon_plain::quantize_act, neon_plain::gemm, neon_plain::attn_scores,
+                       neon_plain::attn_accum, neon_plain::f16_to_f32, neon_plain::f32_to_f16};
 }  // namespace
 const Kernels* neon_kernels() { return &kNeon; }
 }  // namespace sysinfer

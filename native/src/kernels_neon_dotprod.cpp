@@ -5,8 +5,8 @@
 
 namespace sysinfer {
 namespace {
-const Kernels kNeonDot = {"neon-dotprod", neon_dot::quantize_act, neon_dot::gemm, neon_dot::dot_f32,
-                          neon_dot::axpy_f32, neon_dot::f16_to_f32, neon_dot::f32_to_f16};
+const Kernels kNeonDot = {"neon-dotprod", neon_dot::quantize_act, neon_dot::gemm, neon_dot::attn_scores,
+                          neon_dot::attn_accum, neon_dot::f16_to_f32, neon_dot::f32_to_f16};
 }  // namespace
 const Kernels* neon_dotprod_kernels() { return &kNeonDot; }
 }  // namespace sysinfer

@@ -9,6 +9,8 @@
 // Before including, define SYSINFER_NEON_NS (the namespace) and SYSINFER_NEON_DOTPROD (0 or 1).
 #include <arm_neon.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels.h"
@@ -299,10 +301,114 @@ float dot_f16_f32(const uint16_t* a, const float* b, int n) {
   return t;
 }
 
-void axpy_f32(float a, const float* x, float* y, int n) {
-  int i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
-  for (; i < n; ++i) y[i] += a * x[i];
+// ---- attention over one KV block ----
+// Tiles of R rows x 4 * NV columns (keys for scores, value dimensions for accum), NV vectors of 4;
+// columns past the last whole vector go through scalar std::fma, the same fused chain a lane runs.
+
+template <int R, int NV>
+void scores_tile(const float* q, int ldq, const float* kt, int ldk, int hd, float* s, int lds) {
+  float32x4_t a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) a[r][v] = vdupq_n_f32(0.f);
+  for (int i = 0; i < hd; ++i) {
+    float32x4_t k[NV];
+    for (int v = 0; v < NV; ++v) k[v] = vld1q_f32(kt + size_t(i) * ldk + 4 * v);
+    for (int r = 0; r < R; ++r) {
+      const float qi = q[size_t(r) * ldq + i];
+      for (int v = 0; v < NV; ++v) a[r][v] = vfmaq_n_f32(a[r][v], k[v], qi);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) vst1q_f32(s + size_t(r) * lds + 4 * v, a[r][v]);
+}
+
+template <int R, int NV>
+void accum_tile(const float* p, int ldp, const float* v, int hd, int nk, float* acc, int ldacc) {
+  float32x4_t a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) a[r][u] = vld1q_f32(acc + size_t(r) * ldacc + 4 * u);
+  for (int j = 0; j < nk; ++j) {
+    float32x4_t vv[NV];
+    for (int u = 0; u < NV; ++u) vv[u] = vld1q_f32(v + size_t(j) * hd + 4 * u);
+    for (int r = 0; r < R; ++r) {
+      const float pj = p[size_t(r) * ldp + j];
+      for (int u = 0; u < NV; ++u) a[r][u] = vfmaq_n_f32(a[r][u], vv[u], pj);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) vst1q_f32(acc + size_t(r) * ldacc + 4 * u, a[r][u]);
+}
+
+// Calls f.run<R, NV>() for R (rows of the tile, 1..4) and NV (vectors of columns, 1..4).
+template <int R, class F>
+void with_vectors(int nv, const F& f) {
+  switch (nv) {
+    case 4: f.template run<R, 4>(); break;
+    case 3: f.template run<R, 3>(); break;
+    case 2: f.template run<R, 2>(); break;
+    case 1: f.template run<R, 1>(); break;
+    default: break;
+  }
+}
+
+struct ScoresCall {
+  const float *q, *kt;
+  int ldq, ldk, hd, lds;
+  float* s;
+  template <int R, int NV>
+  void run() const { scores_tile<R, NV>(q, ldq, kt, ldk, hd, s, lds); }
+};
+
+struct AccumCall {
+  const float *p, *v;
+  int ldp, hd, nk, ldacc;
+  float* acc;
+  template <int R, int NV>
+  void run() const { accum_tile<R, NV>(p, ldp, v, hd, nk, acc, ldacc); }
+};
+
+template <class F>
+void with_rows(int rows, int nv, const F& f) {
+  switch (rows) {
+    case 4: with_vectors<4>(nv, f); break;
+    case 3: with_vectors<3>(nv, f); break;
+    case 2: with_vectors<2>(nv, f); break;
+    case 1: with_vectors<1>(nv, f); break;
+    default: break;
+  }
+}
+
+void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
+                 int lds) {
+  const int whole = n_keys / 4 * 4;
+  for (int j = 0; j < whole; j += 16) {
+    const int nv = std::min(16, whole - j) / 4;
+    for (int r = 0; r < n_rows; r += 4)
+      with_rows(std::min(4, n_rows - r), nv,
+                ScoresCall{q + size_t(r) * ldq, kt + j, ldq, ldk, hd, lds, s + size_t(r) * lds + j});
+  }
+  for (int r = 0; r < n_rows; ++r)
+    for (int j = whole; j < n_keys; ++j) {
+      float t = 0.f;
+      for (int i = 0; i < hd; ++i) t = std::fma(q[size_t(r) * ldq + i], kt[size_t(i) * ldk + j], t);
+      s[size_t(r) * lds + j] = t;
+    }
+}
+
+void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
+  const int whole = hd / 4 * 4;
+  for (int i = 0; i < whole; i += 16) {
+    const int nv = std::min(16, whole - i) / 4;
+    for (int r = 0; r < n_rows; r += 4)
+      with_rows(std::min(4, n_rows - r), nv,
+                AccumCall{p + size_t(r) * ldp, v + i, ldp, hd, n_keys, ldacc, acc + size_t(r) * ldacc + i});
+  }
+  for (int r = 0; r < n_rows; ++r)
+    for (int i = whole; i < hd; ++i) {
+      float t = acc[size_t(r) * ldacc + i];
+      for (int j = 0; j < n_keys; ++j) t = std::fma(p[size_t(r) * ldp + j], v[size_t(j) * hd + i], t);
+      acc[size_t(r) * ldacc + i] = t;
+    }
 }
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <tuple>
 
 #include "attention.h"
 
@@ -193,6 +194,7 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
   logits_pad_.assign(size_t(max_out_rows) * padded_rows(cfg_.n_vocab), 0.f);
 
   max_splits_ = std::max(1, std::min(pool_->size(), 8));
+  attn_next_.reset(new std::atomic<int>[cfg_.n_layer]);
   attn_partial_.assign(size_t(T) * cfg_.n_head * max_splits_ * (hd + 2), 0.f);
   AttnShape shape{cfg_.n_head, cfg_.n_head_kv, hd, block_size, 0.f, nullptr};
   attn_scratch_per_thread_ = (attention_scratch_floats(shape, kAttnTokensPerItem) + 15) / 16 * 16;
@@ -248,6 +250,17 @@ void Model::plan_attention(const StepBatch& b) {
         attn_items_.push_back({s, h, c, std::min(t1, c + kAttnTokensPerItem), 0, ctx, -1});
     }
   }
+  // Threads take items dynamically, the costliest (most keys) first, so the last ones are short.
+  // (std::sort: no allocation inside a step; the order never changes a result, only who does what.)
+  auto cost = [&](const AttnItem& it) {
+    const int keys = std::min(it.key_end, b.positions[it.tok_end - 1] + 1) - it.key_begin;
+    return int64_t(it.tok_end - it.tok_begin) * keys;
+  };
+  std::sort(attn_items_.begin(), attn_items_.end(), [&](const AttnItem& x, const AttnItem& y) {
+    const int64_t cx = cost(x), cy = cost(y);
+    return cx != cy ? cx > cy : std::tie(x.seq, x.kv_head, x.tok_begin, x.split) < std::tie(y.seq, y.kv_head, y.tok_begin, y.split);
+  });
+  for (int l = 0; l < cfg_.n_layer; ++l) attn_next_[l].store(0, std::memory_order_relaxed);
 }
 
 void Model::step(const StepBatch& b, float* logits) {
@@ -332,8 +345,9 @@ void Model::attention(int tid, int layer, const StepBatch& b) {
   const uint16_t* kc = k_cache_.get() + size_t(layer) * layer_elems;
   const uint16_t* vc = v_cache_.get() + size_t(layer) * layer_elems;
   float* scratch = attn_scratch_.data() + size_t(tid) * attn_scratch_per_thread_;
-  const int nt = pool_->size();
-  for (size_t i = tid; i < attn_items_.size(); i += nt) {
+  const int n_items = int(attn_items_.size());
+  for (int i = attn_next_[layer].fetch_add(1, std::memory_order_relaxed); i < n_items;
+       i = attn_next_[layer].fetch_add(1, std::memory_order_relaxed)) {
     const AttnItem& it = attn_items_[i];
     run_attention_item(*kernels_, shape, it, qkv_.data(), layers_[layer].qkv.width, b.positions,
                        b.block_tables + size_t(it.seq) * b.max_blocks, kc, vc, scratch, attn_.data(),

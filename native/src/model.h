@@ -2,6 +2,7 @@
 // runs one whole forward pass for a batch of sequences.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -142,6 +143,7 @@ class Model {
   std::vector<float> rope_cs_;  // [T][rope_dim] cos, sin interleaved per frequency
   std::vector<float> logits_pad_;  // [max_out][padded vocab]
   std::vector<AttnItem> attn_items_;   // planned per step
+  std::unique_ptr<std::atomic<int>[]> attn_next_;  // [n_layer] next item a thread takes
   std::vector<float> attn_partial_;    // [T][n_head][max_splits][hd + 2] split-K partial results
   std::vector<float> attn_scratch_;    // [n_threads][per-thread attention scratch]
   size_t attn_scratch_per_thread_ = 0;

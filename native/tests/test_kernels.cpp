@@ -141,18 +141,63 @@ void check_quantize(const Kernels& k) {
   check(ok && s0 == a.sum[0] && s1 == a.sum[1], "generic quantize_act definition");
 }
 
+// attn_scores / attn_accum against the generic table, on ragged shapes; also checks that nothing
+// outside the named ranges is written and that a row's result is bit-identical whether it is
+// computed alone or inside a tile of rows (prefill and decode must agree).
+void check_attention_ops(const Kernels& k) {
+  const Kernels& g = generic_kernels();
+  const float sentinel = 12345.f;
+  for (int hd : {4, 17, 64, 128})
+    for (int n_keys : {1, 3, 8, 15, 16, 17, 33})
+      for (int n_rows : {1, 2, 3, 4, 5, 7, 12}) {
+        const std::string what = " hd=" + std::to_string(hd) + " keys=" + std::to_string(n_keys) +
+                                 " rows=" + std::to_string(n_rows);
+        const int ldq = hd + 3, ldk = n_keys + 5, lds = n_keys + 7, ldacc = hd + 2;
+        const auto q = random_floats(size_t(n_rows) * ldq), kt = random_floats(size_t(hd) * ldk);
+        std::vector<float> s0(size_t(n_rows) * lds, sentinel), s1 = s0;
+        g.attn_scores(q.data(), ldq, n_rows, kt.data(), ldk, hd, n_keys, s0.data(), lds);
+        k.attn_scores(q.data(), ldq, n_rows, kt.data(), ldk, hd, n_keys, s1.data(), lds);
+        bool close = true, untouched = true;
+        for (int r = 0; r < n_rows; ++r)
+          for (int j = 0; j < lds; ++j) {
+            const float a = s0[size_t(r) * lds + j], b = s1[size_t(r) * lds + j];
+            if (j >= n_keys) untouched &= a == sentinel && b == sentinel;
+            else close &= std::fabs(a - b) <= 1e-5f * std::sqrt(float(hd)) * (1 + std::fabs(a));
+          }
+        check(close, std::string(k.name) + " attn_scores" + what);
+        check(untouched, std::string(k.name) + " attn_scores writes only its range" + what);
+        std::vector<float> last(size_t(lds), sentinel);  // the last row on its own
+        k.attn_scores(q.data() + size_t(n_rows - 1) * ldq, ldq, 1, kt.data(), ldk, hd, n_keys, last.data(), lds);
+        check(std::memcmp(last.data(), s1.data() + size_t(n_rows - 1) * lds, sizeof(float) * n_keys) == 0,
+              std::string(k.name) + " attn_scores row independent of its tile" + what);
+
+        const auto p = random_floats(size_t(n_rows) * lds), v = random_floats(size_t(n_keys) * hd);
+        auto a0 = random_floats(size_t(n_rows) * ldacc);
+        for (int r = 0; r < n_rows; ++r) a0[size_t(r) * ldacc + hd] = a0[size_t(r) * ldacc + hd + 1] = sentinel;
+        auto a1 = a0;
+        const auto a_in = a0;
+        g.attn_accum(p.data(), lds, n_rows, v.data(), hd, n_keys, a0.data(), ldacc);
+        k.attn_accum(p.data(), lds, n_rows, v.data(), hd, n_keys, a1.data(), ldacc);
+        close = untouched = true;
+        for (int r = 0; r < n_rows; ++r)
+          for (int i = 0; i < ldacc; ++i) {
+            const float a = a0[size_t(r) * ldacc + i], b = a1[size_t(r) * ldacc + i];
+            if (i >= hd) untouched &= a == sentinel && b == sentinel;
+            else close &= std::fabs(a - b) <= 1e-5f * std::sqrt(float(n_keys)) * (1 + std::fabs(a));
+          }
+        check(close, std::string(k.name) + " attn_accum" + what);
+        check(untouched, std::string(k.name) + " attn_accum writes only its range" + what);
+        std::vector<float> alone(a_in.begin() + size_t(n_rows - 1) * ldacc, a_in.begin() + size_t(n_rows) * ldacc);
+        k.attn_accum(p.data() + size_t(n_rows - 1) * lds, lds, 1, v.data(), hd, n_keys, alone.data(), ldacc);
+        check(std::memcmp(alone.data(), a1.data() + size_t(n_rows - 1) * ldacc, sizeof(float) * hd) == 0,
+              std::string(k.name) + " attn_accum row independent of its tile" + what);
+      }
+}
+
 void check_vector_ops(const Kernels& k) {
   const Kernels& g = generic_kernels();
   for (int n : {1, 7, 8, 15, 16, 17, 64, 128, 1000}) {
-    const auto a = random_floats(n), b = random_floats(n);
-    const float d0 = g.dot_f32(a.data(), b.data(), n), d1 = k.dot_f32(a.data(), b.data(), n);
-    check(std::fabs(d0 - d1) <= 1e-5f * (1 + std::fabs(d0)) * std::sqrt(float(n)), std::string(k.name) + " dot_f32 n=" + std::to_string(n));
-    auto y0 = b, y1 = b;
-    g.axpy_f32(0.37f, a.data(), y0.data(), n);
-    k.axpy_f32(0.37f, a.data(), y1.data(), n);
-    float worst = 0;
-    for (int i = 0; i < n; ++i) worst = std::max(worst, std::fabs(y0[i] - y1[i]));
-    check(worst <= 1e-6f, std::string(k.name) + " axpy_f32 n=" + std::to_string(n));
+    const auto a = random_floats(n);
     std::vector<uint16_t> h0(n), h1(n);
     auto big = a;
     if (n > 3) { big[0] = 70000.f; big[1] = 1e-6f; big[2] = -3e-8f; big[3] = 0.33333334f; }
@@ -204,6 +249,7 @@ void run_checks(const Kernels& k) {
   }
   check_quantize(k);
   check_vector_ops(k);
+  check_attention_ops(k);
 }
 
 // Bytes per second of a plain streaming read over `n` bytes: the ceiling for a GEMV on this machine.
