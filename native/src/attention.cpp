@@ -36,6 +36,12 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
+// Asks for the cache lines of [p, p + bytes) ahead of use (a hint; no effect on results).
+inline void prefetch_bytes(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
 }  // namespace
 
 size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item) {
@@ -108,6 +114,11 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     while (positions[item.tok_begin + t_first] < block_start + j0) ++t_first;
     const int r0 = t_first * group, nk = j1 - j0;
     const size_t base = (size_t(block_table[block_start / bs]) * s.n_head_kv + item.kv_head) * head_stride;
+    if (block_start + bs < key_end) {  // blocks are scattered: start the next one's loads now
+      const size_t next = (size_t(block_table[block_start / bs + 1]) * s.n_head_kv + item.kv_head) * head_stride;
+      prefetch_bytes(k_layer + next, head_stride * sizeof(uint16_t));
+      prefetch_bytes(v_layer + next, head_stride * sizeof(uint16_t));
+    }
     k.f16_to_f32(k_layer + base, kt, bs * hd);  // whole block: only slots j0..j1 are read
     k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, nk * hd);
     k.attn_scores(qs + size_t(r0) * hd, hd, rows - r0, kt + j0, bs, hd, nk, p + size_t(r0) * bs, bs);

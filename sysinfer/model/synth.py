@@ -91,6 +91,26 @@ def _minimal_tokenizer(n_vocab: int) -> dict[str, Any]:
     }
 
 
+def placeholder_spm_tokenizer(n_vocab: int) -> dict[str, Any]:
+    """A SentencePiece ("llama") vocabulary of n_vocab made-up pieces, laid out as real SPM GGUF files
+    are (<unk> <s> </s>, the 256 byte tokens, then scored word pieces), so llama.cpp loads the file
+    too. For shapes whose real tokenizer no PyPI package carries (Baichuan 2)."""
+    if n_vocab < 3 + 256 + 1:
+        raise ValueError(f"an SPM placeholder vocabulary needs more than 259 tokens, not {n_vocab}")
+    n_words = n_vocab - 3 - 256
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"\u2581w{i}" for i in range(n_words)]
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(n_words)],
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * n_words,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
+    }
+
+
 def _add_metadata(w: GGUFWriter, spec: SynthSpec) -> None:
     a = spec.arch
     w.add_name(spec.name)
@@ -104,7 +124,9 @@ def _add_metadata(w: GGUFWriter, spec: SynthSpec) -> None:
     w.add_float32(f"{a}.rope.freq_base", spec.rope_base)
     w.add_uint32(f"{a}.rope.dimension_count", spec.n_embd // spec.n_head)
     w.add_uint32(f"{a}.vocab_size", spec.n_vocab)
-    meta = {**_minimal_tokenizer(spec.n_vocab), **spec.metadata}
+    # A given tokenizer replaces the minimal one whole (a stray gpt2 key would confuse readers).
+    has_tokenizer = "tokenizer.ggml.model" in spec.metadata
+    meta = spec.metadata if has_tokenizer else {**_minimal_tokenizer(spec.n_vocab), **spec.metadata}
     for key, value in meta.items():
         if isinstance(value, bool):
             w.add_bool(key, value)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType as QT
 
-from .synth import SynthSpec, write_synthetic_gguf
+from .synth import SynthSpec, placeholder_spm_tokenizer, write_synthetic_gguf
 
 PRESETS: dict[str, SynthSpec] = {
     "llama3-8b": SynthSpec(arch="llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336,
@@ -39,4 +39,6 @@ def synth_like(name: str, path: str, quant: str = "q4_0", seed: int = 0) -> str:
         from .hf_tokenizer import llama3_metadata
 
         spec.metadata = {**llama3_metadata(), **spec.metadata}
+    elif name.startswith("baichuan"):  # no package carries Baichuan's vocabulary: same layout, made-up pieces
+        spec.metadata = {**placeholder_spm_tokenizer(spec.n_vocab), **spec.metadata}
     return write_synthetic_gguf(path, spec, seed=seed)
