@@ -24,7 +24,11 @@ std::shared_ptr<T> aligned_array(size_t count) {
   // Weights and the KV cache are streamed every step: on 2 MiB pages (transparent huge pages,
   // asked for before the first touch) a pass over them costs far fewer TLB misses.
   const size_t huge = size_t(2) << 20;
-  const bool big = bytes >= huge;
+  static const bool hugepages_off = [] {
+    const char* v = std::getenv("SYSINFER_HUGEPAGES");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  const bool big = bytes >= huge && !hugepages_off;
   bytes = (bytes + 63) / 64 * 64;  // not rounded to 2 MiB: a partial last page stays small pages
   if (posix_memalign(&p, big ? huge : 64, bytes) != 0) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
@@ -47,6 +51,9 @@ int block_size_of(WType t) { return t == WType::Q6_K ? QK_K : (t == WType::F32 |
 // Tokens per attention work item for prefill, and the shortest key range worth its own split.
 constexpr int kAttnTokensPerItem = 32;
 constexpr int kMinKeysPerSplit = 256;
+// Matmul work chunks: about this many per thread, and never fewer tiles than this in one.
+constexpr int kChunksPerThread = 4;
+constexpr int kMinChunkTiles = 8;
 
 }  // namespace
 
@@ -164,6 +171,7 @@ void Model::finish_loading() {
   if (int(output_norm_.size()) != D) bad_input("output_norm: wrong size");
   if (!rope_freqs_.empty() && int(rope_freqs_.size()) != cfg_.rope_dim / 2) bad_input("rope_freqs: wrong size");
   for (size_t i = 0; i < rope_freqs_.size(); ++i) inv_freq_[i] /= rope_freqs_[i];
+  int op = 0;  // matmuls of this step in order: every thread counts them the same way
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const Layer& L = layers_[l];
     const std::string at = "layer " + std::to_string(l);
@@ -207,6 +215,7 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
 
   max_splits_ = std::max(1, std::min(pool_->size(), 8));
   attn_next_.reset(new std::atomic<int>[cfg_.n_layer]);
+  matmul_next_.reset(new std::atomic<int>[4 * cfg_.n_layer + 1]);
   attn_partial_.assign(size_t(T) * cfg_.n_head * max_splits_ * (hd + 2), 0.f);
   AttnShape shape{cfg_.n_head, cfg_.n_head_kv, hd, block_size, 0.f, nullptr};
   attn_scratch_per_thread_ = (attention_scratch_floats(shape, kAttnTokensPerItem) + 15) / 16 * 16;
@@ -278,23 +287,38 @@ void Model::plan_attention(const StepBatch& b) {
 void Model::step(const StepBatch& b, float* logits) {
   validate(b);
   plan_attention(b);
+  for (int i = 0; i < 4 * cfg_.n_layer + 1; ++i) matmul_next_[i].store(0, std::memory_order_relaxed);
   auto task = [&](int tid) { forward(tid, b, logits); };
   pool_->run(task);
 }
 
-// y[t][...] = group(x[t]) for every token; threads split the group's tiles.
-void Model::matmul(int tid, const MatrixGroup& g, const float* x, const ActBlock* xq, int n_tok, float* y) {
-  int tile0, tile1;
-  split_range(g.tiles, tid, pool_->size(), &tile0, &tile1);
-  int first = 0;
-  for (size_t i = 0; i < g.parts.size(); ++i) {
-    const Matrix& m = g.parts[i];
-    const int lo = std::max(tile0 - first, 0), hi = std::min(tile1 - first, m.tiles());
-    if (lo < hi)
-      kernels_->gemm(m.type, m.data.get(), m.cols, lo, hi, m.quantized() ? static_cast<const void*>(xq) : x,
-                     n_tok, y + g.offsets[i], g.width);
-    first += m.tiles();
-  }
+// Calls f(tile0, tile1) for chunks of tiles [0, n_tiles) of matmul number `op` of this step,
+// each chunk taken by whichever thread is free (an atomic counter per matmul, reset every step):
+// on a shared machine a core slowed by a neighbour no longer holds the other at the next barrier.
+// A chunk is a contiguous run of tiles, so each thread still streams weights sequentially; which
+// thread computes a tile never changes its result.
+template <class F>
+void Model::for_tile_chunks(int op, int n_tiles, const F& f) {
+  const int chunk = std::max(kMinChunkTiles, n_tiles / (pool_->size() * kChunksPerThread));
+  std::atomic<int>& next = matmul_next_[op];
+  for (int c = next.fetch_add(chunk, std::memory_order_relaxed); c < n_tiles;
+       c = next.fetch_add(chunk, std::memory_order_relaxed))
+    f(c, std::min(n_tiles, c + chunk));
+}
+
+// y[t][...] = group(x[t]) for every token; threads take the group's tiles in chunks.
+void Model::matmul(int op, const MatrixGroup& g, const float* x, const ActBlock* xq, int n_tok, float* y) {
+  for_tile_chunks(op, g.tiles, [&](int tile0, int tile1) {
+    int first = 0;
+    for (size_t i = 0; i < g.parts.size(); ++i) {
+      const Matrix& m = g.parts[i];
+      const int lo = std::max(tile0 - first, 0), hi = std::min(tile1 - first, m.tiles());
+      if (lo < hi)
+        kernels_->gemm(m.type, m.data.get(), m.cols, lo, hi, m.quantized() ? static_cast<const void*>(xq) : x,
+                       n_tok, y + g.offsets[i], g.width);
+      first += m.tiles();
+    }
+  });
 }
 
 // out[r] = x[r] / rms(x[r]) * w for rows split across threads; optionally quantized as well.
@@ -398,11 +422,12 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
   }
   pool_->barrier();
 
+  int op = 0;  // matmuls of this step in order: every thread counts them the same way
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const Layer& L = layers_[l];
     rms_norm_rows(tid, x_.data(), L.attn_norm.data(), T, xn_.data(), xq_.data(), L.qkv.any_quantized());
     pool_->barrier();
-    matmul(tid, L.qkv, xn_.data(), xq_.data(), T, qkv_.data());
+    matmul(op++, L.qkv, xn_.data(), xq_.data(), T, qkv_.data());
     pool_->barrier();
     rope_and_store_kv(tid, l, b);
     pool_->barrier();
@@ -416,14 +441,14 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
       for (int t = t0; t < t1; ++t)
         kernels_->quantize_act(attn_.data() + size_t(t) * A, xq_.data() + size_t(t) * (A / QK), A);
     pool_->barrier();
-    matmul(tid, L.wo, attn_.data(), xq_.data(), T, tmp_.data());
+    matmul(op++, L.wo, attn_.data(), xq_.data(), T, tmp_.data());
     pool_->barrier();
     for (int t = t0; t < t1; ++t)
       for (int i = 0; i < D; ++i) x_[size_t(t) * D + i] += tmp_[size_t(t) * L.wo.width + i];
     pool_->barrier();  // rms_norm_rows splits rows the same way, but keep the phases explicit
     rms_norm_rows(tid, x_.data(), L.ffn_norm.data(), T, xn_.data(), xq_.data(), L.gate_up.any_quantized());
     pool_->barrier();
-    matmul(tid, L.gate_up, xn_.data(), xq_.data(), T, tmp_.data());
+    matmul(op++, L.gate_up, xn_.data(), xq_.data(), T, tmp_.data());
     pool_->barrier();
     // SwiGLU: a = silu(gate) * up, the input of the down projection.
     const int up_off = L.gate_up.parts.size() == 1 ? F : L.gate_up.offsets[1];
@@ -434,7 +459,7 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
       if (L.down.any_quantized()) kernels_->quantize_act(a, xq_.data() + size_t(t) * (F / QK), F);
     }
     pool_->barrier();
-    matmul(tid, L.down, xn_.data(), xq_.data(), T, qkv_.data());  // qkv_ is free again: reuse it
+    matmul(op++, L.down, xn_.data(), xq_.data(), T, qkv_.data());  // qkv_ is free again: reuse it
     pool_->barrier();
     for (int t = t0; t < t1; ++t)
       for (int i = 0; i < D; ++i) x_[size_t(t) * D + i] += qkv_[size_t(t) * L.down.width + i];
@@ -452,13 +477,13 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
   rms_norm_rows(tid, tmp_.data(), output_norm_.data(), b.n_out, xn_.data(), xq_.data(), output_.quantized());
   pool_->barrier();
   {
-    int tile0, tile1;
-    split_range(output_.tiles(), tid, nt, &tile0, &tile1);
     const int V = padded_rows(cfg_.n_vocab);
-    if (tile0 < tile1 && b.n_out > 0)
-      kernels_->gemm(output_.type, output_.data.get(), D, tile0, tile1,
-                     output_.quantized() ? static_cast<const void*>(xq_.data()) : xn_.data(), b.n_out,
-                     logits_pad_.data(), V);
+    if (b.n_out > 0)
+      for_tile_chunks(op, output_.tiles(), [&](int tile0, int tile1) {
+        kernels_->gemm(output_.type, output_.data.get(), D, tile0, tile1,
+                       output_.quantized() ? static_cast<const void*>(xq_.data()) : xn_.data(), b.n_out,
+                       logits_pad_.data(), V);
+      });
     pool_->barrier();
     for (int o = o0; o < o1; ++o)
       std::copy(logits_pad_.data() + size_t(o) * V, logits_pad_.data() + size_t(o) * V + cfg_.n_vocab,

@@ -106,7 +106,9 @@ class Model {
   void validate(const StepBatch& b) const;
   void plan_attention(const StepBatch& b);
   void forward(int tid, const StepBatch& b, float* logits);
-  void matmul(int tid, const MatrixGroup& g, const float* x, const ActBlock* xq, int n_tok, float* y);
+  template <class F>
+  void for_tile_chunks(int op, int n_tiles, const F& f);
+  void matmul(int op, const MatrixGroup& g, const float* x, const ActBlock* xq, int n_tok, float* y);
   void rms_norm_rows(int tid, const float* x, const float* w, int n_rows, float* out, ActBlock* outq,
                      bool quantize);
   void rope_and_store_kv(int tid, int layer, const StepBatch& b);
@@ -144,6 +146,7 @@ class Model {
   std::vector<float> logits_pad_;  // [max_out][padded vocab]
   std::vector<AttnItem> attn_items_;   // planned per step
   std::unique_ptr<std::atomic<int>[]> attn_next_;  // [n_layer] next item a thread takes
+  std::unique_ptr<std::atomic<int>[]> matmul_next_;  // [4 * n_layer + 1] next tile of each matmul
   std::vector<float> attn_partial_;    // [T][n_head][max_splits][hd + 2] split-K partial results
   std::vector<float> attn_scratch_;    // [n_threads][per-thread attention scratch]
   size_t attn_scratch_per_thread_ = 0;
