@@ -228,6 +228,23 @@ def test_long_context_split_attention(load):
     assert np.abs(last - expected).max() <= 2e-2 * (1 + expected.std())
 
 
+def test_batched_long_decodes_split_like_solo(load):
+    """Several single-token decodes over long contexts in one step (each split across threads,
+    partial results kept apart per sequence) equal each sequence decoded alone."""
+    model = load(tiny_model("llama"), threads=2, n_ctx=512, kv_blocks=3 * 32)
+    rng = np.random.default_rng(11)
+    seqs = [rng.integers(3, model.n_vocab, size=n).tolist() for n in (300, 450, 260)]
+    per_seq = -(-max(len(s) for s in seqs) // model.block_size)
+    tables = np.array([np.arange(per_seq) + i * per_seq for i in range(len(seqs))], np.int32)
+    for s, t in zip(seqs, tables):
+        model.step(s[:-1], np.arange(len(s) - 1), [0, len(s) - 1], t[None, :], [len(s) - 1], [])
+    lens = [len(s) for s in seqs]
+    batched = model.step([s[-1] for s in seqs], [n - 1 for n in lens], [0, 1, 2, 3], tables, lens, [0, 1, 2]).copy()
+    for i, s in enumerate(seqs):
+        solo = model.step([s[-1]], [lens[i] - 1], [0, 1], tables[i][None, :], [lens[i]], [0])[0]
+        np.testing.assert_allclose(batched[i], solo, rtol=0, atol=1e-4)
+
+
 def test_bad_step_input_is_refused(load):
     model = load(tiny_model("llama"))
     table = np.zeros((1, 4), np.int32)

@@ -65,3 +65,28 @@ def test_reserved_tokens_only_when_allowed(pair):
     assert ours.encode("<reserved_106>", allow_special=True) == [ours.special_tokens["<reserved_106>"]]
     assert ours.special_tokens["<reserved_106>"] not in ours.encode("<reserved_106>")
     assert ours.add_bos and ours.bos_id == 1 and 2 in ours.stop_ids
+
+
+def test_placeholder_vocabulary_of_synthesized_baichuan_shapes(tmp_path):
+    """`synth --like baichuan2-*` carries a made-up SPM vocabulary laid out as real SPM files (so
+    llama.cpp loads the file for side-by-side runs): it must be a pure "llama" tokenizer (no stray
+    gpt2 keys), with byte tokens that make any text round-trip through byte fallback."""
+    from gguf import GGMLQuantizationType as QT
+
+    from sysinfer.model.synth import SynthSpec, placeholder_spm_tokenizer, write_synthetic_gguf
+
+    spec = SynthSpec(arch="baichuan", n_layer=1, n_embd=64, n_head=2, n_head_kv=2, n_ff=128, n_vocab=600,
+                     output_type=QT.Q8_0, metadata=placeholder_spm_tokenizer(600))
+    path = tmp_path / "baichuan-placeholder.gguf"
+    write_synthetic_gguf(str(path), spec)
+    meta = read_gguf_metadata(str(path))
+    assert meta["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.merges" not in meta
+    assert len(meta["tokenizer.ggml.tokens"]) == 600 and meta["tokenizer.ggml.tokens"][3 + 0x0A] == "<0x0A>"
+    assert list(meta["tokenizer.ggml.token_type"][3:259]) == [6] * 256
+    tok = Tokenizer.from_metadata(meta)
+    for text in ["hello world\n", "问题：你好？", "\t  x"]:
+        ids = tok.encode(text)
+        assert ids and all(0 <= i < 600 for i in ids)
+        assert tok.decode(ids) == text
+    with pytest.raises(ValueError, match="259"):
+        placeholder_spm_tokenizer(100)

@@ -113,9 +113,9 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     int t_first = 0;
     while (positions[item.tok_begin + t_first] < block_start + j0) ++t_first;
     const int r0 = t_first * group, nk = j1 - j0;
-    const size_t base = (size_t(block_table[block_start / bs]) * s.n_head_kv + item.kv_head) * head_stride;
-    if (block_start + bs < key_end) {  // blocks are scattered: start the next one's loads now
-      const size_t next = (size_t(block_table[block_start / bs + 1]) * s.n_head_kv + item.kv_head) * head_stride;
+    const size_t base = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs]) * head_stride;
+    if (block_start + bs < key_end) {  // blocks may be scattered: start the next one's loads now
+      const size_t next = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs + 1]) * head_stride;
       prefetch_bytes(k_layer + next, head_stride * sizeof(uint16_t));
       prefetch_bytes(v_layer + next, head_stride * sizeof(uint16_t));
     }
@@ -134,7 +134,7 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     const int row = item.tok_begin + r / group, h = item.kv_head * group + r % group;
     const float* a = acc + size_t(r) * hd;
     if (item.split >= 0) {
-      float* dst = partial + ((size_t(row) * s.n_head + h) * max_splits + item.split) * (hd + 2);
+      float* dst = partial + ((size_t(item.partial_row) * s.n_head + h) * max_splits + item.split) * (hd + 2);
       std::copy(a, a + hd, dst);
       dst[hd] = row_max[r];
       dst[hd + 1] = row_sum[r];

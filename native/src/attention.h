@@ -17,10 +17,11 @@ struct AttnItem {
   int key_begin;    // key positions [key_begin, key_end) (split-K for long decodes), clipped to
   int key_end;      // each token's own position + 1
   int split;        // index of this key range, or -1 when the item covers all keys
+  int partial_row;  // with split >= 0: which split token of the step this is (row of `partial`)
 };
 
 struct AttnShape {
-  int n_head, n_head_kv, head_dim, block_size;
+  int n_head, n_head_kv, head_dim, block_size, n_blocks;
   float scale;                 // 1 / sqrt(head_dim)
   const float* alibi_slopes;   // [n_head], or nullptr for RoPE models
 };
@@ -29,9 +30,9 @@ struct AttnShape {
 size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item);
 
 // q: [n_tok_batch][q_stride] (head h at column h * head_dim); positions: [n_tok_batch];
-// block_table: this sequence's blocks; k_layer/v_layer: the layer's cache
-// [n_blocks][n_kv][block_size][hd] fp16. Writes either out[t][h * hd + i] (split < 0) or
-// partial[(t * n_head + h) * max_splits + split][hd + 2] = (acc[hd], max, sum).
+// block_table: this sequence's blocks; k_layer/v_layer: the layer's cache, fp16, V as
+// [n_kv][n_blocks][block_size][hd] and K as [n_kv][n_blocks][hd][block_size] (see model.h). Writes either out[t][h * hd + i] (split < 0) or
+// partial[(partial_row * n_head + h) * max_splits + split][hd + 2] = (acc[hd], max, sum).
 void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& item, const float* q,
                         int q_stride, const int32_t* positions, const int32_t* block_table,
                         const uint16_t* k_layer, const uint16_t* v_layer, float* scratch, float* out,

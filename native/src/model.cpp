@@ -50,7 +50,9 @@ int block_size_of(WType t) { return t == WType::Q6_K ? QK_K : (t == WType::F32 |
 
 // Tokens per attention work item for prefill, and the shortest key range worth its own split.
 constexpr int kAttnTokensPerItem = 32;
-constexpr int kMinKeysPerSplit = 256;
+constexpr int kMinKeysPerSplit = 128;
+constexpr int kAttnItemsPerThread = 4;  // split-K aims for this many decode items per thread
+constexpr int kMaxSplitTokens = 8;      // more decode tokens than this in a step: no split needed
 // Matmul work chunks: about this many per thread, and never fewer tiles than this in one.
 constexpr int kChunksPerThread = 4;
 constexpr int kMinChunkTiles = 8;
@@ -213,16 +215,16 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
   rope_cs_.assign(size_t(T) * std::max(cfg_.rope_dim, 2), 0.f);
   logits_pad_.assign(size_t(max_out_rows) * padded_rows(cfg_.n_vocab), 0.f);
 
-  max_splits_ = std::max(1, std::min(pool_->size(), 8));
+  max_splits_ = std::max(1, std::min(kAttnItemsPerThread * pool_->size(), 32));
   attn_next_.reset(new std::atomic<int>[cfg_.n_layer]);
   matmul_next_.reset(new std::atomic<int>[4 * cfg_.n_layer + 1]);
-  attn_partial_.assign(size_t(T) * cfg_.n_head * max_splits_ * (hd + 2), 0.f);
-  AttnShape shape{cfg_.n_head, cfg_.n_head_kv, hd, block_size, 0.f, nullptr};
+  attn_partial_.assign(size_t(kMaxSplitTokens) * cfg_.n_head * max_splits_ * (hd + 2), 0.f);
+  AttnShape shape{cfg_.n_head, cfg_.n_head_kv, hd, block_size, n_blocks, 0.f, nullptr};
   attn_scratch_per_thread_ = (attention_scratch_floats(shape, kAttnTokensPerItem) + 15) / 16 * 16;
   attn_scratch_.assign(attn_scratch_per_thread_ * pool_->size(), 0.f);
   // Worst case: every token its own sequence with every split, or prefill chunks of every head.
-  attn_items_.reserve(size_t(cfg_.n_head_kv) * T * (max_splits_ + 1));
-  split_tokens_.reserve(T);
+  attn_items_.reserve(size_t(cfg_.n_head_kv) * (T + kMaxSplitTokens * max_splits_));
+  split_tokens_.reserve(kMaxSplitTokens);
 }
 
 void Model::validate(const StepBatch& b) const {
@@ -253,22 +255,28 @@ void Model::validate(const StepBatch& b) const {
 void Model::plan_attention(const StepBatch& b) {
   attn_items_.clear();
   split_tokens_.clear();
+  // Few single-token (decode) sequences give few items (one per KV head): split their keys so that
+  // every thread gets several items, as long as each split keeps kMinKeysPerSplit keys.
+  int n_single = 0;
+  for (int s = 0; s < b.n_seq; ++s) n_single += b.seq_starts[s + 1] - b.seq_starts[s] == 1;
+  const int wanted = n_single == 0 || n_single > kMaxSplitTokens ? 1
+      : (kAttnItemsPerThread * pool_->size() + cfg_.n_head_kv * n_single - 1) / (cfg_.n_head_kv * n_single);
   for (int s = 0; s < b.n_seq; ++s) {
     const int t0 = b.seq_starts[s], t1 = b.seq_starts[s + 1], ctx = b.context_lens[s];
-    // A single new token over a long context: split its keys so every thread gets work.
     int splits = 1;
-    if (t1 - t0 == 1) splits = std::max(1, std::min(max_splits_, ctx / kMinKeysPerSplit));
+    if (t1 - t0 == 1) splits = std::max(1, std::min({max_splits_, wanted, ctx / kMinKeysPerSplit}));
+    const int partial_row = splits > 1 ? int(split_tokens_.size()) : -1;
     if (splits > 1) split_tokens_.push_back({t0, splits});
     for (int h = 0; h < cfg_.n_head_kv; ++h) {
       if (splits > 1) {
         for (int p = 0; p < splits; ++p) {
           const int k0 = int(int64_t(ctx) * p / splits), k1 = int(int64_t(ctx) * (p + 1) / splits);
-          attn_items_.push_back({s, h, t0, t1, k0, k1, p});
+          attn_items_.push_back({s, h, t0, t1, k0, k1, p, partial_row});
         }
         continue;
       }
       for (int c = t0; c < t1; c += kAttnTokensPerItem)
-        attn_items_.push_back({s, h, c, std::min(t1, c + kAttnTokensPerItem), 0, ctx, -1});
+        attn_items_.push_back({s, h, c, std::min(t1, c + kAttnTokensPerItem), 0, ctx, -1, -1});
     }
   }
   // Threads take items dynamically, the costliest (most keys) first, so the last ones are short.
@@ -365,7 +373,7 @@ void Model::rope_and_store_kv(int tid, int layer, const StepBatch& b) {
     const int blk = b.block_tables[size_t(s) * b.max_blocks + pos / block_size_];
     const int slot = pos % block_size_;
     for (int h = 0; h < nkv; ++h) {
-      const size_t head_base = (size_t(blk) * nkv + h) * block_size_ * hd;
+      const size_t head_base = (size_t(h) * n_blocks_ + blk) * block_size_ * hd;
       kernels_->f32_to_f16(row + v_off + h * hd, vc + head_base + size_t(slot) * hd, hd);
       const float* key = row + k_off + h * hd;
       for (int i = 0; i < hd; ++i) kc[head_base + size_t(i) * block_size_ + slot] = fp32_to_fp16(key[i]);
@@ -375,7 +383,7 @@ void Model::rope_and_store_kv(int tid, int layer, const StepBatch& b) {
 
 void Model::attention(int tid, int layer, const StepBatch& b) {
   const int hd = cfg_.head_dim, nkv = cfg_.n_head_kv;
-  const AttnShape shape{cfg_.n_head, nkv, hd, block_size_, 1.f / std::sqrt(float(hd)),
+  const AttnShape shape{cfg_.n_head, nkv, hd, block_size_, n_blocks_, 1.f / std::sqrt(float(hd)),
                         cfg_.use_rope ? nullptr : alibi_slopes_.data()};
   const size_t layer_elems = size_t(n_blocks_) * nkv * block_size_ * hd;
   const uint16_t* kc = k_cache_.get() + size_t(layer) * layer_elems;
@@ -398,7 +406,7 @@ void Model::combine_partials(int tid) {
   split_range(n, tid, pool_->size(), &i0, &i1);
   for (int i = i0; i < i1; ++i) {
     const int t = split_tokens_[i / nh].first, splits = split_tokens_[i / nh].second, h = i % nh;
-    const float* part = attn_partial_.data() + (size_t(t) * nh + h) * max_splits_ * (hd + 2);
+    const float* part = attn_partial_.data() + (size_t(i / nh) * nh + h) * max_splits_ * (hd + 2);
     combine_attention_partials(part, splits, hd, attn_.data() + size_t(t) * nh * hd + size_t(h) * hd);
   }
 }

@@ -129,9 +129,10 @@ class Model {
   std::vector<float> inv_freq_;     // [rope_dim / 2]
   std::vector<float> alibi_slopes_; // [n_head]
 
-  // KV cache, fp16: v_cache_[((layer * n_blocks + block) * n_kv + head) * block_size + slot][hd];
-  // keys transposed within each block, k_cache_[((layer * n_blocks + block) * n_kv + head) * hd + dim][slot],
-  // so attention scores run across a block's keys with no transpose at read time.
+  // KV cache, fp16: v_cache_[((layer * n_kv + head) * n_blocks + block) * block_size + slot][hd];
+  // keys transposed within each block, k_cache_[((layer * n_kv + head) * n_blocks + block) * hd + dim][slot],
+  // so attention scores run across a block's keys with no transpose at read time. A head's blocks
+  // are adjacent, so a sequence whose blocks were handed out in order is one sequential stream.
   int n_blocks_ = 0, block_size_ = 0, max_step_tokens_ = 0, max_out_rows_ = 0;
   std::shared_ptr<uint16_t> k_cache_, v_cache_;
 
@@ -147,7 +148,7 @@ class Model {
   std::vector<AttnItem> attn_items_;   // planned per step
   std::unique_ptr<std::atomic<int>[]> attn_next_;  // [n_layer] next item a thread takes
   std::unique_ptr<std::atomic<int>[]> matmul_next_;  // [4 * n_layer + 1] next tile of each matmul
-  std::vector<float> attn_partial_;    // [T][n_head][max_splits][hd + 2] split-K partial results
+  std::vector<float> attn_partial_;    // [kMaxSplitTokens][n_head][max_splits][hd + 2] split-K partial results
   std::vector<float> attn_scratch_;    // [n_threads][per-thread attention scratch]
   size_t attn_scratch_per_thread_ = 0;
   int max_splits_ = 1;

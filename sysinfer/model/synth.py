@@ -97,8 +97,9 @@ def placeholder_spm_tokenizer(n_vocab: int) -> dict[str, Any]:
     too. For shapes whose real tokenizer no PyPI package carries (Baichuan 2)."""
     if n_vocab < 3 + 256 + 1:
         raise ValueError(f"an SPM placeholder vocabulary needs more than 259 tokens, not {n_vocab}")
-    n_words = n_vocab - 3 - 256
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"\u2581w{i}" for i in range(n_words)]
+    n_words = n_vocab - 3 - 256  # the first is the word boundary piece itself
+    tokens = (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581"]
+              + [f"\u2581w{i}" for i in range(1, n_words)])
     return {
         "tokenizer.ggml.model": "llama",
         "tokenizer.ggml.tokens": tokens,
