@@ -2,6 +2,12 @@
 
     python benchmarks/vs_llamacpp.py --llama-bench PATH/llama-bench [--rounds 3] [--threads 2]
                                      [--only smollm2,llama3-8b,baichuan2-13b] [--json FILE]
+    python benchmarks/vs_llamacpp.py --llama-bench PATH --lengths 32,128,512 --only llama3-8b
+                                     [--json FILE] [--plot FILE.png]
+
+The second form is the reference deployment's table with llama.cpp beside us: for each total
+length L, a prompt of L/2 tokens then L/2 generated ones; average tokens/s = L / total time
+(llama-bench's `-pg L/2,L/2` test; `sysinfer bench`'s run for us), alternating per L.
 
 For every case the two engines run alternately (llama.cpp, sysinfer, llama.cpp, sysinfer, ...), one
 measurement each per round, so drift on a shared machine hits both; the table gives medians and
@@ -35,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from model_files import cache_dir, smollm2_q4_0  # noqa: E402
+from sysinfer.bench import read_bandwidth_gbs, run_length  # noqa: E402
 from sysinfer.model.loader import load_model  # noqa: E402
 from sysinfer.model.synth_presets import synth_like  # noqa: E402
 
@@ -125,7 +132,8 @@ def run(args: argparse.Namespace) -> dict:
         path = MODELS[key]()
         cases = [c for c in CASES if c.model == key]
         n_ctx = max(c.context + c.tokens for c in cases) + 16
-        model = load_model(path, threads=args.threads, n_ctx=n_ctx, max_step_tokens=512)
+        # As `sysinfer serve` loads it in single-batch mode: logits for one row per step.
+        model = load_model(path, threads=args.threads, n_ctx=n_ctx, max_step_tokens=512, max_out_rows=1)
         ours(model, Case("warm-up", key, "decode", 4), 0)
         for r in range(args.rounds):
             for c in cases:
@@ -141,6 +149,76 @@ def run(args: argparse.Namespace) -> dict:
             "cases": [asdict(c) for c in CASES if c.llama]}
 
 
+def llama_bench_pg(binary: str, model: str, length: int, threads: int) -> float:
+    """llama.cpp's average tokens/s for a prompt of L/2 and L/2 generated tokens."""
+    half = length // 2
+    cmd = [binary, "-m", model, "-t", str(threads), "-p", "0", "-n", "0", "-pg", f"{half},{length - half}",
+           "-r", "1", "-o", "json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout)[0]["avg_ts"])
+
+
+def run_lengths(args: argparse.Namespace) -> dict:
+    key = args.only
+    if key not in MODELS:
+        raise SystemExit(f"--lengths needs --only with one model of {', '.join(MODELS)}")
+    path = MODELS[key]()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    model = load_model(path, threads=args.threads, n_ctx=max(lengths) + 16, max_step_tokens=512)
+    run_length(model, 16)  # warm-up
+    rows = []
+    for length in lengths:
+        theirs = llama_bench_pg(args.llama_bench, path, length, args.threads)
+        row = run_length(model, length)
+        rows.append({"length": length, "llama_avg_tok_s": theirs, "prefill_tok_s": row.prefill_tok_s,
+                     "decode_tok_s": row.decode_tok_s, "avg_tok_s": row.average_tok_s, "ttft_s": row.ttft_s,
+                     "peak_rss_mib": row.peak_rss_mib})
+        print(f"L={length}: llama.cpp {theirs:.2f}, sysinfer {row.average_tok_s:.2f} tok/s average", flush=True)
+    bandwidth = read_bandwidth_gbs(args.threads)
+    return {"model": Path(path).name, "threads": args.threads, "read_bandwidth_gbs": bandwidth,
+            "decode_roofline_tok_s": bandwidth * 1e9 / model.load_stats.weight_bytes, "rows": rows}
+
+
+def lengths_table(result: dict) -> str:
+    lines = ["| L | llama.cpp avg tok/s | sysinfer avg tok/s | ratio | sysinfer prefill tok/s | "
+             "sysinfer decode tok/s | TTFT s | peak RSS MiB |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['length']} | {r['llama_avg_tok_s']:.2f} | {r['avg_tok_s']:.2f} | "
+                     f"{r['avg_tok_s'] / r['llama_avg_tok_s']:.2f}x | {r['prefill_tok_s']:.1f} | "
+                     f"{r['decode_tok_s']:.2f} | {r['ttft_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+    first, last = result["rows"][0], result["rows"][-1]
+    lines.append("")
+    lines.append(f"Average tok/s at L={last['length']} / L={first['length']}: sysinfer "
+                 f"{last['avg_tok_s'] / first['avg_tok_s']:.2f}, llama.cpp "
+                 f"{last['llama_avg_tok_s'] / first['llama_avg_tok_s']:.2f}. Decode roofline "
+                 f"{result['decode_roofline_tok_s']:.2f} tok/s ({result['read_bandwidth_gbs']:.1f} GB/s read).")
+    return "\n".join(lines)
+
+
+def plot_lengths(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    lengths = [r["length"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lengths, [r["avg_tok_s"] for r in rows], "o-", label="sysinfer, average tok/s")
+    ax.plot(lengths, [r["llama_avg_tok_s"] for r in rows], "^-", label="llama.cpp, average tok/s")
+    ax.plot(lengths, [r["decode_tok_s"] for r in rows], "s--", label="sysinfer, decode tok/s")
+    ax.axhline(result["decode_roofline_tok_s"], color="grey", linestyle=":",
+               label=f"decode roofline ({result['read_bandwidth_gbs']:.1f} GB/s read)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("input + output tokens (L)")
+    ax.set_ylabel("tokens/s")
+    ax.set_title(f"{result['model']}, {result['threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def table(result: dict) -> str:
     lines = ["| case | llama.cpp tok/s | sysinfer tok/s | ratio | target |", "|---|---:|---:|---:|---:|"]
     for c in result["cases"]:
@@ -150,7 +228,7 @@ def table(result: dict) -> str:
               "|---|---:|---:|---:|---:|"]
     mib = lambda n: f"{n / 2**20:.0f} MiB"  # noqa: E731
     for key, m in result["memory"].items():
-        limit = m["file_bytes"] + m["kv_bytes"] + 300 * 2**20
+        limit = m["file_bytes"] + m["kv_bytes"] + 300 * 10**6
         lines.append(f"| {key} (n_ctx {m['n_ctx']}) | {mib(m['file_bytes'])} | {mib(m['kv_bytes'])} | "
                      f"{mib(m['rss_bytes'])} | {mib(limit)} |")
     return "\n".join(lines)
@@ -163,11 +241,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", help=f"comma-separated models of {', '.join(MODELS)}")
     ap.add_argument("--json", help="also write the raw runs here")
+    ap.add_argument("--lengths", help="comma-separated total lengths L: the average-tok/s table instead")
+    ap.add_argument("--plot", help="with --lengths: write a PNG of tok/s against L here")
     args = ap.parse_args()
     if not args.llama_bench or not Path(args.llama_bench).exists():
         ap.error("give --llama-bench (or LLAMA_BENCH): the path of a built llama-bench")
-    result = run(args)
-    print(table(result))
+    if args.lengths:
+        result = run_lengths(args)
+        print(lengths_table(result))
+        if args.plot:
+            plot_lengths(result, args.plot)
+    else:
+        result = run(args)
+        print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

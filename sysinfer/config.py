@@ -27,7 +27,7 @@ class ServerConfig:
     kv_blocks: int | None = None
     kv_cache_gb: float | None = None
     block_size: int = 16
-    max_step_tokens: int = 512
+    max_step_tokens: int = 256         # prefill chunk per step; sizes the step buffers (memory)
     prefix_cache: bool = True
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
