@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -343,20 +344,27 @@ void scores_rows(const float* q, int ldq, const float* kt, int ldk, int hd, int 
   else scores_tile<R, false>(q, ldq, kt, ldk, hd, nk, s, lds);
 }
 
+// Calls f(std::integral_constant<int, R>{}, first_row) over n_rows in tiles of R = 4, then one
+// tile of the 1-3 rows left.
+template <class F>
+void for_row_tiles(int n_rows, const F& f) {
+  int r = 0;
+  for (; r + 4 <= n_rows; r += 4) f(std::integral_constant<int, 4>{}, r);
+  switch (n_rows - r) {
+    case 3: f(std::integral_constant<int, 3>{}, r); break;
+    case 2: f(std::integral_constant<int, 2>{}, r); break;
+    case 1: f(std::integral_constant<int, 1>{}, r); break;
+    default: break;
+  }
+}
+
 void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
                  int lds) {
   for (int j = 0; j < n_keys; j += 16) {
     const int nk = std::min(16, n_keys - j);
-    int r = 0;
-    for (; r + 4 <= n_rows; r += 4) scores_rows<4>(q + size_t(r) * ldq, ldq, kt + j, ldk, hd, nk, s + size_t(r) * lds + j, lds);
-    const float* qr = q + size_t(r) * ldq;
-    float* sr = s + size_t(r) * lds + j;
-    switch (n_rows - r) {
-      case 3: scores_rows<3>(qr, ldq, kt + j, ldk, hd, nk, sr, lds); break;
-      case 2: scores_rows<2>(qr, ldq, kt + j, ldk, hd, nk, sr, lds); break;
-      case 1: scores_rows<1>(qr, ldq, kt + j, ldk, hd, nk, sr, lds); break;
-      default: break;
-    }
+    for_row_tiles(n_rows, [&](auto rows, int r) {
+      scores_rows<decltype(rows)::value>(q + size_t(r) * ldq, ldq, kt + j, ldk, hd, nk, s + size_t(r) * lds + j, lds);
+    });
   }
 }
 
@@ -393,17 +401,9 @@ void accum_rows(const float* p, int ldp, const float* v, int hd, int nk, int nd,
 void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
   for (int i = 0; i < hd; i += 16) {
     const int nd = std::min(16, hd - i);
-    int r = 0;
-    for (; r + 4 <= n_rows; r += 4)
-      accum_rows<4>(p + size_t(r) * ldp, ldp, v + i, hd, n_keys, nd, acc + size_t(r) * ldacc + i, ldacc);
-    const float* pr = p + size_t(r) * ldp;
-    float* ar = acc + size_t(r) * ldacc + i;
-    switch (n_rows - r) {
-      case 3: accum_rows<3>(pr, ldp, v + i, hd, n_keys, nd, ar, ldacc); break;
-      case 2: accum_rows<2>(pr, ldp, v + i, hd, n_keys, nd, ar, ldacc); break;
-      case 1: accum_rows<1>(pr, ldp, v + i, hd, n_keys, nd, ar, ldacc); break;
-      default: break;
-    }
+    for_row_tiles(n_rows, [&](auto rows, int r) {
+      accum_rows<decltype(rows)::value>(p + size_t(r) * ldp, ldp, v + i, hd, n_keys, nd, acc + size_t(r) * ldacc + i, ldacc);
+    });
   }
 }
 

@@ -173,7 +173,6 @@ void Model::finish_loading() {
   if (int(output_norm_.size()) != D) bad_input("output_norm: wrong size");
   if (!rope_freqs_.empty() && int(rope_freqs_.size()) != cfg_.rope_dim / 2) bad_input("rope_freqs: wrong size");
   for (size_t i = 0; i < rope_freqs_.size(); ++i) inv_freq_[i] /= rope_freqs_[i];
-  int op = 0;  // matmuls of this step in order: every thread counts them the same way
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const Layer& L = layers_[l];
     const std::string at = "layer " + std::to_string(l);
