@@ -1,6 +1,7 @@
 """A plain numpy forward pass over dequantized weights: the numerical oracle of the native core.
 
-Written for clarity, never for speed: float32 everywhere, the whole sequence recomputed each time.
+Written for clarity, never for speed: float32 activations (matmuls summed in float64), the whole
+sequence recomputed each time.
 Two switches make it compute what the native core computes, so the two can be compared tightly:
 `quantize_activations` rounds every matmul input through Q8_0 (blocks of 32, scale max|x|/127, round
 half away from zero), and `fp16_kv` rounds keys and values to fp16 as the KV cache stores them.
@@ -24,6 +25,7 @@ class ReferenceModel:
         self.w = {t.name: self._dequantize(t) for t in reader.tensors}
         # The native core quantizes the inputs of quantized matrices only (F32/F16 take floats).
         self.quantized = {t.name for t in reader.tensors if t.tensor_type not in (QT.F32, QT.F16)}
+        self.w64: dict[str, np.ndarray] = {}
         self.quantize_activations = quantize_activations
         self.fp16_kv = fp16_kv
         if "output.weight" not in self.w:
@@ -49,7 +51,12 @@ class ReferenceModel:
         return (q * d).astype(np.float32).reshape(x.shape)
 
     def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
-        return (self.q8(x) if name in self.quantized else x) @ self.w[name].T
+        # Summed in float64: a float32 BLAS sums in an order of its own (it differs between CPUs),
+        # and that noise flips the next layer's Q8_0 roundings, drowning the native core's error.
+        x = self.q8(x) if name in self.quantized else x
+        if name not in self.w64:
+            self.w64[name] = self.w[name].astype(np.float64)  # [rows, cols], converted once
+        return (x.astype(np.float64) @ self.w64[name].T).astype(np.float32)
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         ms = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
