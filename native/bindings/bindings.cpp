@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "bandwidth.h"
 #include "kernels.h"
 #include "model.h"
 
@@ -143,6 +144,14 @@ NB_MODULE(_native, mod) {
   mod.doc() = "sysinfer native core: packed weights, paged KV cache, one forward pass per step";
   mod.def("info", &cpu_info, "Kernel table in use and the CPU features it was chosen from.");
   mod.def("allowed_cpus", &allowed_cpus, "CPUs this process may run on.");
+  mod.def(
+      "read_bandwidth_gbs",
+      [](size_t mib, int n_threads, int repeats) {
+        nb::gil_scoped_release release;
+        return read_bandwidth_gbs(mib << 20, n_threads, repeats);
+      },
+      nb::arg("mib"), nb::arg("n_threads"), nb::arg("repeats") = 3,
+      "GB/s of reading a buffer of `mib` MiB with n_threads threads (a decode step's ceiling).");
   mod.def("gemm_check", &gemm_check, nb::arg("table"), nb::arg("type"), nb::arg("rows"), nb::arg("cols"),
           nb::arg("data"), nb::arg("x"), "y = W x through one kernel table (for tests).");
 

@@ -7,6 +7,8 @@
 //   test_kernels --expect NAME   also check that select_kernels() picks NAME on this CPU
 //   test_kernels --bench [all]   single-thread GEMV (8B FFN-sized) and 64-token GEMM speed of each
 //                                table this CPU runs, for Q4_0 (or every type)
+//   test_kernels --bench-dram    two-thread Q4_0 GEMV over 1 GB of weights (out of every cache, as
+//                                decode of a big model is) against a two-thread read of the same bytes
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,8 +16,10 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "bandwidth.h"
 #include "kernels.h"
 
 using namespace sysinfer;
@@ -113,6 +117,30 @@ void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int
   std::snprintf(what, sizeof what, "%s gemm %s rows=%d cols=%d n_tok=%d tile0=%d: max diff %.3g (scale %.3g)", k.name,
                 type_name(type), rows, cols, n_tok, tile0, worst, scale);
   check(worst <= 2e-5 * scale * std::sqrt(double(cols) / 32), what);
+}
+
+// A token's outputs from a one-token call equal, bit for bit, its outputs from a call with other
+// tokens beside it: a sequence decoded alone and in a batch sees the same logits.
+void check_decode_matches_batch(const Kernels& k, WType type, int rows, int cols) {
+  const auto gguf = random_gguf_matrix(type, rows, cols);
+  std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
+  pack_matrix(type, gguf.data(), rows, cols, packed.data());
+  const int n_tok = 3, prow = padded_rows(rows), tiles = prow / ROW_TILE;
+  const auto x = random_floats(size_t(n_tok) * cols, 41);
+  std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
+  for (int t = 0; t < n_tok; ++t) k.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+  std::vector<float> y_batch(size_t(n_tok) * prow), y_one(prow);
+  bool same = true;
+  for (int t = 0; t < n_tok; ++t) {
+    const ActBlock* xq_t = xq.data() + size_t(t) * cols / QK;
+    const float* x_t = x.data() + size_t(t) * cols;
+    const void* in_t = is_quantized(type) ? static_cast<const void*>(xq_t) : x_t;
+    const void* in_all = is_quantized(type) ? static_cast<const void*>(xq.data()) : x.data();
+    if (t == 0) k.gemm(type, packed.data(), cols, 0, tiles, in_all, n_tok, y_batch.data(), prow);
+    k.gemm(type, packed.data(), cols, 0, tiles, in_t, 1, y_one.data(), prow);
+    same &= std::memcmp(y_one.data(), y_batch.data() + size_t(t) * prow, sizeof(float) * prow) == 0;
+  }
+  check(same, std::string(k.name) + " gemm " + type_name(type) + ": one token alone == the same token in a batch");
 }
 
 void check_quantize(const Kernels& k) {
@@ -246,6 +274,10 @@ void run_checks(const Kernels& k) {
         check_gemm(k, t, n_tok >= 8 ? 16 : 13, cols, n_tok, n_tok == 5 ? 1 : 0);
     // Many tokens (several groups of 4 and a remainder), a tile range in the middle of the matrix.
     check_gemm(k, t, 43, k_quant ? 512 : 160, 33, 2, 1);
+    // One token over many tiles: decode kernels that walk several tiles side by side, plus the tiles
+    // left over, from a tile range in the middle of the matrix.
+    for (int tile0 : {0, 1}) check_gemm(k, t, 8 * 11 - 3, k_quant ? 512 : 160, 1, tile0, 1);
+    check_decode_matches_batch(k, t, 8 * 11 - 3, k_quant ? 512 : 160);
   }
   check_quantize(k);
   check_vector_ops(k);
@@ -315,11 +347,50 @@ void bench(bool all_types) {
   }
 }
 
+// Runs f(tid) on n_threads threads at once; seconds until the last one finishes.
+template <class F>
+double time_threads(int n_threads, const F& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < n_threads; ++t) threads.emplace_back(f, t);
+  for (auto& t : threads) t.join();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Decode of a big model reads every weight once per token from DRAM: GEMV over `copies` packed
+// copies of the 8B FFN matrix (1 GB, beyond any L3), each thread taking half the copies, against
+// the read probe `sysinfer bench` uses (over as many bytes). Best of 5 rounds, alternating, in GB/s.
+void bench_dram() {
+  const int rows = 14336, cols = 4096, copies = 32, n_threads = 2;
+  const auto gguf = random_gguf_matrix(WType::Q4_0, rows, cols);
+  const size_t bytes = packed_bytes(WType::Q4_0, rows, cols);
+  std::vector<uint8_t> packed(bytes * copies);  // [copies][packed matrix]
+  pack_matrix(WType::Q4_0, gguf.data(), rows, cols, packed.data());
+  for (int c = 1; c < copies; ++c) std::memcpy(packed.data() + c * bytes, packed.data(), bytes);
+  const auto x = random_floats(cols);
+  std::vector<ActBlock> xq(cols / QK);
+  generic_kernels().quantize_act(x.data(), xq.data(), cols);
+  const Kernels& k = select_kernels();
+  std::vector<std::vector<float>> y(n_threads, std::vector<float>(padded_rows(rows)));
+  const int tiles = padded_rows(rows) / ROW_TILE, per_thread = copies / n_threads;
+  double gemv = 0, read = 0;
+  for (int round = 0; round < 5; ++round) {
+    gemv = std::max(gemv, packed.size() / 1e9 / time_threads(n_threads, [&](int t) {
+      for (int c = t * per_thread; c < (t + 1) * per_thread; ++c)
+        k.gemm(WType::Q4_0, packed.data() + c * bytes, cols, 0, tiles, xq.data(), 1, y[t].data(), padded_rows(rows));
+    }));
+    read = std::max(read, read_bandwidth_gbs(packed.size(), n_threads, 1));
+  }
+  std::printf("%s Q4_0 decode GEMV over %.0f MB, %d threads: %.1f GB/s; read probe: %.1f GB/s (%.0f%%)\n", k.name,
+              packed.size() / 1e6, n_threads, gemv, read, 100 * gemv / read);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* expect = nullptr;
   for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
     if (!std::strcmp(argv[i], "--bench")) { bench(i + 1 < argc && !std::strcmp(argv[i + 1], "all")); return 0; }
     if (!std::strcmp(argv[i], "--expect") && i + 1 < argc) expect = argv[++i];
   }

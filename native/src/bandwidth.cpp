@@ -1,0 +1,55 @@
+#include "bandwidth.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "aligned_array.h"
+
+namespace sysinfer {
+
+namespace {
+
+constexpr size_t kLine = 64;
+constexpr int kStreams = 4;
+
+// Sum of one word per cache line of p[0, n), walking kStreams quarters of it side by side.
+uint64_t read_streams(const uint8_t* p, size_t n) {
+  const size_t quarter = n / kStreams / kLine * kLine;
+  uint64_t sum[kStreams] = {};
+  for (size_t off = 0; off < quarter; off += kLine)
+    for (int s = 0; s < kStreams; ++s) {
+      uint64_t v;
+      std::memcpy(&v, p + s * quarter + off, sizeof v);
+      sum[s] += v;
+    }
+  return sum[0] + sum[1] + sum[2] + sum[3];
+}
+
+}  // namespace
+
+double read_bandwidth_gbs(size_t bytes, int n_threads, int repeats) {
+  n_threads = std::max(1, n_threads);
+  const size_t share = bytes / size_t(n_threads) / kLine * kLine;
+  // [n_threads][share], zeroed (so touched) on huge pages as the weights are.
+  const std::shared_ptr<uint8_t> buf = aligned_array<uint8_t>(share * n_threads);
+  std::vector<uint64_t> sums(n_threads);
+  double best = 0;
+  for (int r = 0; r < std::max(1, repeats); ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < n_threads; ++t)
+      threads.emplace_back([&, t] { sums[t] = read_streams(buf.get() + t * share, share); });
+    for (auto& t : threads) t.join();
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(share * n_threads) / sec / 1e9);
+  }
+  volatile uint64_t sink = 0;
+  for (uint64_t s : sums) sink = sink + s;
+  return best;
+}
+
+}  // namespace sysinfer
