@@ -178,33 +178,51 @@ void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, int x_stride, f
 // sum_j a_j.d * 32 * (sc[2j] * sum_j0 + sc[2j+1] * sum_j1), with the 8 a_j.d and the 16 sums
 // gathered once per (super-block, token) and shared by the tile's 8 rows.
 
+// The four 32-weight groups (unsigned 0..63) of one half of a Q6_K block: o[part].
+inline void unpack_q6_half(const BlockQ6_K& b, int half, __m256i o[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half));
+  const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32));
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+  // bits 2p..2p+1 of qh are bits 4..5 of part p
+  o[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+  o[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+  o[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+  o[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+}
+
 // The eight 32-weight groups (unsigned 0..63) of a Q6_K block: q[4 * half + part].
 inline void unpack_q6(const BlockQ6_K& b, __m256i q[8]) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-  for (int half = 0; half < 2; ++half) {
-    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half));
-    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32));
-    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
-    __m256i* o = q + 4 * half;  // bits 2p..2p+1 of qh are bits 4..5 of part p
-    o[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-    o[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-    o[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
-    o[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-  }
+  unpack_q6_half(b, 0, q);
+  unpack_q6_half(b, 1, q + 4);
+}
+
+// The 16 int16 scales of a block; and as the two 128-bit halves each broadcast to both lanes.
+inline __m256i q6_scales16(const int8_t* scales, __m256i half16[2]) {
+  const __m256i all16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+  half16[0] = _mm256_permute4x64_epi64(all16, 0x44);
+  half16[1] = _mm256_permute4x64_epi64(all16, 0xEE);
+  return all16;
+}
+
+// Scales of group j = 4 * half + p from its half16: int16 element 2p in the low 128 bits, 2p + 1 in
+// the high (the scales of the group's two 16-weight halves).
+inline __m256i q6_group_scales(__m256i half16, int p) {
+  const char a = char(4 * p), b = char(4 * p + 2);  // bytes of int16 elements 2p and 2p + 1
+  const __m256i pick = _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
+                                        a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                        b + 1, b, b + 1);
+  return _mm256_shuffle_epi8(half16, pick);
 }
 
 // sc[j]: int16 scales of block j's two halves, sc[2j] in the low 128 bits and sc[2j+1] in the high.
 inline void q6_scales(const int8_t* scales, __m256i* all16, __m256i sc[8]) {
-  *all16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
-  const __m256i lo = _mm256_permute4x64_epi64(*all16, 0x44), hi = _mm256_permute4x64_epi64(*all16, 0xEE);
-  for (int p = 0; p < 4; ++p) {  // bytes of int16 element 2p (low lane) and 2p + 1 (high lane)
-    const char a = char(4 * p), b = char(4 * p + 2);
-    const __m256i pick = _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
-                                          a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                          b + 1, b, b + 1);
-    sc[p] = _mm256_shuffle_epi8(lo, pick);
-    sc[4 + p] = _mm256_shuffle_epi8(hi, pick);
+  __m256i half16[2];
+  *all16 = q6_scales16(scales, half16);
+  for (int p = 0; p < 4; ++p) {
+    sc[p] = q6_group_scales(half16[0], p);
+    sc[4 + p] = q6_group_scales(half16[1], p);
   }
 }
 
@@ -219,19 +237,41 @@ inline void q6_act_gather(const ActBlock* a, __m256* d32, __m256i* sums) {
 
 // acc (lanes of one row) += one unpacked Q6_K super-block (quants q, scales sc / sc16, d) times the
 // 8 activation blocks a (their d * 32 and half sums gathered in ad32 / asum).
-inline __m256 q6_k_row_block(const __m256i q[8], const __m256i sc[8], __m256i sc16, __m256 d, const ActBlock* a,
-                             __m256 ad32, __m256i asum, __m256 acc) {
-  __m256 s[4];  // four short FMA chains instead of one long one
-  for (int j = 0; j < 8; ++j) {
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[j].qs));
-    const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], av), sc[j]);  // pairs <= 16002
-    const __m256 f = _mm256_cvtepi32_ps(s32), da = _mm256_set1_ps(a[j].d);
-    s[j % 4] = j < 4 ? _mm256_mul_ps(f, da) : _mm256_fmadd_ps(f, da, s[j % 4]);
-  }
-  // The -32 offset of every quant.
+// s[j % 4] (+)= a_j.d * (group j's quants q times activation block a_j, by the group's scales sc);
+// four short FMA chains instead of one long one, started by j = 0..3.
+inline void q6_group(__m256i q, __m256i sc, const ActBlock& a, int j, __m256 s[4]) {
+  const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+  const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), sc);  // pairs <= 16002
+  const __m256 f = _mm256_cvtepi32_ps(s32), da = _mm256_set1_ps(a.d);
+  s[j % 4] = j < 4 ? _mm256_mul_ps(f, da) : _mm256_fmadd_ps(f, da, s[j % 4]);
+}
+
+// acc + d * (the groups' sums s, less the -32 offset of every quant: sc16 by the half sums asum).
+inline __m256 q6_finish(const __m256 s[4], __m256i sc16, __m256 d, __m256 ad32, __m256i asum, __m256 acc) {
   const __m256 off = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, asum)), ad32);
   const __m256 sum = _mm256_sub_ps(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])), off);
   return _mm256_fmadd_ps(sum, d, acc);
+}
+
+inline __m256 q6_k_row_block(const __m256i q[8], const __m256i sc[8], __m256i sc16, __m256 d, const ActBlock* a,
+                             __m256 ad32, __m256i asum, __m256 acc) {
+  __m256 s[4];
+  for (int j = 0; j < 8; ++j) q6_group(q[j], sc[j], a[j], j, s);
+  return q6_finish(s, sc16, d, ad32, asum, acc);
+}
+
+// q6_k_row_block straight from a packed block, each half unpacked just before use (one token: no
+// unpacked copy to share, and 16 live vectors of quants and scales would spill). Same arithmetic.
+inline __m256 q6_k_row_packed(const BlockQ6_K& b, const ActBlock* a, __m256 ad32, __m256i asum, __m256 acc) {
+  __m256i half16[2];
+  const __m256i sc16 = q6_scales16(b.scales, half16);
+  __m256 s[4];
+  for (int half = 0; half < 2; ++half) {
+    __m256i q[4];
+    unpack_q6_half(b, half, q);
+    for (int p = 0; p < 4; ++p) q6_group(q[p], q6_group_scales(half16[half], p), a[4 * half + p], 4 * half + p, s);
+  }
+  return q6_finish(s, sc16, _mm256_set1_ps(_cvtsh_ss(b.d)), ad32, asum, acc);
 }
 
 // y[i * ldy + r] for the 8 rows of one Q6_K tile-row and NT tokens.
@@ -325,13 +365,7 @@ void q6_k_gemv(const TileQ6_K* tiles, int nsb, const ActBlock* x, float* y) {
         __m256 ad32;
         __m256i asum;
         q6_act_gather(x + sb * 8, &ad32, &asum);
-        for (int r = 0; r < ROW_TILE; ++r) {
-          __m256i q[8], sc[8], sc16;
-          unpack_q6(t.b[r], q);
-          q6_scales(t.b[r].scales, &sc16, sc);
-          const __m256 d = _mm256_set1_ps(_cvtsh_ss(t.b[r].d));
-          acc.r[r] = q6_k_row_block(q, sc, sc16, d, x + sb * 8, ad32, asum, acc.r[r]);
-        }
+        for (int r = 0; r < ROW_TILE; ++r) acc.r[r] = q6_k_row_packed(t.b[r], x + sb * 8, ad32, asum, acc.r[r]);
       },
       [&](int s, const RowAccs& acc) {
         for (int r = 0; r < ROW_TILE; ++r) y[s * ROW_TILE + r] = hsum(acc.r[r]);

@@ -386,8 +386,26 @@ void Model::combine_partials(int tid) {
   }
 }
 
+// SwiGLU, a = silu(gate) * up (the input of the down projection), quantized for it where it takes
+// Q8_0 blocks. Threads split the [T][F / 32] blocks, not the tokens: a decode step's one token
+// would leave every thread but one waiting.
+void Model::swiglu(int tid, const Layer& L, int n_tok) {
+  const int F = cfg_.n_ff, blocks_per_tok = F / QK;
+  const int up_off = L.gate_up.parts.size() == 1 ? F : L.gate_up.offsets[1];
+  const bool quantize = L.down.any_quantized();
+  int b0, b1;
+  split_range(n_tok * blocks_per_tok, tid, pool_->size(), &b0, &b1);
+  for (int blk = b0; blk < b1; ++blk) {
+    const int t = blk / blocks_per_tok, i0 = (blk % blocks_per_tok) * QK;
+    const float* g = tmp_.data() + size_t(t) * L.gate_up.width;  // [gate | up] row of token t
+    float* a = xn_.data() + size_t(t) * F;
+    for (int i = i0; i < i0 + QK; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[up_off + i];
+    if (quantize) kernels_->quantize_act(a + i0, xq_.data() + size_t(t) * blocks_per_tok + i0 / QK, QK);
+  }
+}
+
 void Model::forward(int tid, const StepBatch& b, float* logits) {
-  const int D = cfg_.n_embd, F = cfg_.n_ff, T = b.n_tok, nt = pool_->size();
+  const int D = cfg_.n_embd, T = b.n_tok, nt = pool_->size();
   const int A = cfg_.n_head * cfg_.head_dim;
   int t0, t1;
   split_range(T, tid, nt, &t0, &t1);
@@ -433,14 +451,7 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
     pool_->barrier();
     matmul(op++, L.gate_up, xn_.data(), xq_.data(), T, tmp_.data());
     pool_->barrier();
-    // SwiGLU: a = silu(gate) * up, the input of the down projection.
-    const int up_off = L.gate_up.parts.size() == 1 ? F : L.gate_up.offsets[1];
-    for (int t = t0; t < t1; ++t) {
-      const float* g = tmp_.data() + size_t(t) * L.gate_up.width;
-      float* a = xn_.data() + size_t(t) * F;
-      for (int i = 0; i < F; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[up_off + i];
-      if (L.down.any_quantized()) kernels_->quantize_act(a, xq_.data() + size_t(t) * (F / QK), F);
-    }
+    swiglu(tid, L, T);
     pool_->barrier();
     matmul(op++, L.down, xn_.data(), xq_.data(), T, qkv_.data());  // qkv_ is free again: reuse it
     pool_->barrier();

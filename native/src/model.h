@@ -112,6 +112,7 @@ class Model {
   void rms_norm_rows(int tid, const float* x, const float* w, int n_rows, float* out, ActBlock* outq,
                      bool quantize);
   void rope_and_store_kv(int tid, int layer, const StepBatch& b);
+  void swiglu(int tid, const Layer& L, int n_tok);
   void attention(int tid, int layer, const StepBatch& b);
   void combine_partials(int tid);
   Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data);
