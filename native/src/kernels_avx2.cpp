@@ -316,77 +316,61 @@ inline void gemv_lockstep(const Block* tiles, int n_blocks, const Step& step, co
   for (int s = 0; s < S; ++s) store(s, acc[s]);
 }
 
-// Tiles [t, t + S) of a Q4_0 / Q4_1 / Q8_0 matrix for one token: y[s * ROW_TILE + r].
-template <int S>
-void q4_0_gemv(const TileQ4_0* tiles, int nb, const ActBlock* x, float* y) {
-  gemv_lockstep<S, TileQ4_0, __m256>(
-      tiles, nb,
-      [&](const TileQ4_0& t, int kb, __m256& acc) {
-        __m256i lo[4], hi[4];
-        unpack_q4(t.q, lo, hi);
-        acc = q4_0_block(lo, hi, load_fp16x8(t.d), x[kb], acc);
-      },
-      [&](int s, __m256 acc) { _mm256_storeu_ps(y + s * ROW_TILE, acc); });
-}
-
-template <int S>
-void q4_1_gemv(const TileQ4_1* tiles, int nb, const ActBlock* x, float* y) {
-  gemv_lockstep<S, TileQ4_1, __m256>(
-      tiles, nb,
-      [&](const TileQ4_1& t, int kb, __m256& acc) {
-        __m256i lo[4], hi[4];
-        unpack_q4(t.q, lo, hi);
-        acc = q4_1_block(lo, hi, load_fp16x8(t.d), load_fp16x8(t.m), x[kb], acc);
-      },
-      [&](int s, __m256 acc) { _mm256_storeu_ps(y + s * ROW_TILE, acc); });
-}
-
-template <int S>
-void q8_0_gemv(const TileQ8_0* tiles, int nb, const ActBlock* x, float* y) {
-  gemv_lockstep<S, TileQ8_0, __m256>(
-      tiles, nb,
-      [&](const TileQ8_0& t, int kb, __m256& acc) {
-        __m256i w[8], wabs[8];
-        load_q8(t, w, wabs);
-        acc = q8_0_block(w, wabs, load_fp16x8(t.d), x[kb], acc);
-      },
-      [&](int s, __m256 acc) { _mm256_storeu_ps(y + s * ROW_TILE, acc); });
-}
-
 struct RowAccs {  // one float accumulator per row of a Q6_K tile
   __m256 r[ROW_TILE];
 };
 
-template <int S>
-void q6_k_gemv(const TileQ6_K* tiles, int nsb, const ActBlock* x, float* y) {
-  gemv_lockstep<S, TileQ6_K, RowAccs>(
-      tiles, nsb,
-      [&](const TileQ6_K& t, int sb, RowAccs& acc) {
-        __m256 ad32;
-        __m256i asum;
-        q6_act_gather(x + sb * 8, &ad32, &asum);
-        for (int r = 0; r < ROW_TILE; ++r) acc.r[r] = q6_k_row_packed(t.b[r], x + sb * 8, ad32, asum, acc.r[r]);
-      },
-      [&](int s, const RowAccs& acc) {
-        for (int r = 0; r < ROW_TILE; ++r) y[s * ROW_TILE + r] = hsum(acc.r[r]);
-      });
-}
-
 // The tiles [*t, tile1) of a quantized matrix for one token, kGemvStreams at a time; advances *t
 // past them and leaves fewer than kGemvStreams tiles (and float matrices) to the tile kernels.
 void gemv_streams(WType type, const void* w, int cols, int* t, int tile1, const ActBlock* x, float* y) {
-  const int nb = cols / QK;
-  for (; *t + kGemvStreams <= tile1; *t += kGemvStreams) {
-    float* yt = y + size_t(*t) * ROW_TILE;
+  constexpr int S = kGemvStreams;
+  const int nb = cols / QK, nsb = cols / QK_K;
+  const auto store = [&](int s, __m256 acc) { _mm256_storeu_ps(y + size_t(*t + s) * ROW_TILE, acc); };
+  for (; *t + S <= tile1; *t += S) {
     switch (type) {
-      case WType::Q4_0: q4_0_gemv<kGemvStreams>(static_cast<const TileQ4_0*>(w) + size_t(*t) * nb, nb, x, yt); break;
-      case WType::Q4_1: q4_1_gemv<kGemvStreams>(static_cast<const TileQ4_1*>(w) + size_t(*t) * nb, nb, x, yt); break;
-      case WType::Q8_0: q8_0_gemv<kGemvStreams>(static_cast<const TileQ8_0*>(w) + size_t(*t) * nb, nb, x, yt); break;
-      case WType::Q6_K: {
-        const int nsb = cols / QK_K;
-        q6_k_gemv<kGemvStreams>(static_cast<const TileQ6_K*>(w) + size_t(*t) * nsb, nsb, x, yt);
+      case WType::Q4_0:
+        gemv_lockstep<S, TileQ4_0, __m256>(
+            static_cast<const TileQ4_0*>(w) + size_t(*t) * nb, nb,
+            [&](const TileQ4_0& b, int kb, __m256& acc) {
+              __m256i lo[4], hi[4];
+              unpack_q4(b.q, lo, hi);
+              acc = q4_0_block(lo, hi, load_fp16x8(b.d), x[kb], acc);
+            },
+            store);
         break;
-      }
+      case WType::Q4_1:
+        gemv_lockstep<S, TileQ4_1, __m256>(
+            static_cast<const TileQ4_1*>(w) + size_t(*t) * nb, nb,
+            [&](const TileQ4_1& b, int kb, __m256& acc) {
+              __m256i lo[4], hi[4];
+              unpack_q4(b.q, lo, hi);
+              acc = q4_1_block(lo, hi, load_fp16x8(b.d), load_fp16x8(b.m), x[kb], acc);
+            },
+            store);
+        break;
+      case WType::Q8_0:
+        gemv_lockstep<S, TileQ8_0, __m256>(
+            static_cast<const TileQ8_0*>(w) + size_t(*t) * nb, nb,
+            [&](const TileQ8_0& b, int kb, __m256& acc) {
+              __m256i q[8], qabs[8];
+              load_q8(b, q, qabs);
+              acc = q8_0_block(q, qabs, load_fp16x8(b.d), x[kb], acc);
+            },
+            store);
+        break;
+      case WType::Q6_K:
+        gemv_lockstep<S, TileQ6_K, RowAccs>(
+            static_cast<const TileQ6_K*>(w) + size_t(*t) * nsb, nsb,
+            [&](const TileQ6_K& b, int sb, RowAccs& acc) {
+              __m256 ad32;
+              __m256i asum;
+              q6_act_gather(x + sb * 8, &ad32, &asum);
+              for (int r = 0; r < ROW_TILE; ++r) acc.r[r] = q6_k_row_packed(b.b[r], x + sb * 8, ad32, asum, acc.r[r]);
+            },
+            [&](int s, const RowAccs& acc) {
+              for (int r = 0; r < ROW_TILE; ++r) y[size_t(*t + s) * ROW_TILE + r] = hsum(acc.r[r]);
+            });
+        break;
       case WType::F32:
       case WType::F16: return;
     }
