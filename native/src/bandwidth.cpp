@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <numeric>
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -18,7 +19,7 @@ constexpr int kStreams = 4;
 
 // Sum of one word per cache line of p[0, n), walking kStreams quarters of it side by side.
 uint64_t read_streams(const uint8_t* p, size_t n) {
-  const size_t quarter = n / kStreams / kLine * kLine;
+  const size_t quarter = n / kStreams;  // n is a multiple of kStreams * kLine
   uint64_t sum[kStreams] = {};
   for (size_t off = 0; off < quarter; off += kLine)
     for (int s = 0; s < kStreams; ++s) {
@@ -26,14 +27,15 @@ uint64_t read_streams(const uint8_t* p, size_t n) {
       std::memcpy(&v, p + s * quarter + off, sizeof v);
       sum[s] += v;
     }
-  return sum[0] + sum[1] + sum[2] + sum[3];
+  return std::accumulate(sum, sum + kStreams, uint64_t(0));
 }
 
 }  // namespace
 
 double read_bandwidth_gbs(size_t bytes, int n_threads, int repeats) {
   n_threads = std::max(1, n_threads);
-  const size_t share = bytes / size_t(n_threads) / kLine * kLine;
+  const size_t unit = kLine * kStreams;  // a share reads whole lines in every stream: all bytes counted
+  const size_t share = bytes / size_t(n_threads) / unit * unit;
   // [n_threads][share], zeroed (so touched) on huge pages as the weights are.
   const std::shared_ptr<uint8_t> buf = aligned_array<uint8_t>(share * n_threads);
   std::vector<uint64_t> sums(n_threads);

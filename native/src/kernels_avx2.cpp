@@ -235,8 +235,6 @@ inline void q6_act_gather(const ActBlock* a, __m256* d32, __m256i* sums) {
   *sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));
 }
 
-// acc (lanes of one row) += one unpacked Q6_K super-block (quants q, scales sc / sc16, d) times the
-// 8 activation blocks a (their d * 32 and half sums gathered in ad32 / asum).
 // s[j % 4] (+)= a_j.d * (group j's quants q times activation block a_j, by the group's scales sc);
 // four short FMA chains instead of one long one, started by j = 0..3.
 inline void q6_group(__m256i q, __m256i sc, const ActBlock& a, int j, __m256 s[4]) {
@@ -253,6 +251,8 @@ inline __m256 q6_finish(const __m256 s[4], __m256i sc16, __m256 d, __m256 ad32, 
   return _mm256_fmadd_ps(sum, d, acc);
 }
 
+// acc (lanes of one row) += one unpacked Q6_K super-block (quants q, scales sc / sc16, d) times the
+// 8 activation blocks a (their d * 32 and half sums gathered in ad32 / asum).
 inline __m256 q6_k_row_block(const __m256i q[8], const __m256i sc[8], __m256i sc16, __m256 d, const ActBlock* a,
                              __m256 ad32, __m256i asum, __m256 acc) {
   __m256 s[4];

@@ -395,12 +395,12 @@ void Model::swiglu(int tid, const Layer& L, int n_tok) {
   const bool quantize = L.down.any_quantized();
   int b0, b1;
   split_range(n_tok * blocks_per_tok, tid, pool_->size(), &b0, &b1);
-  for (int blk = b0; blk < b1; ++blk) {
+  for (int blk = b0; blk < b1; ++blk) {  // block blk: token t, columns [i0, i0 + QK); xq_[blk] in [T][F / QK]
     const int t = blk / blocks_per_tok, i0 = (blk % blocks_per_tok) * QK;
     const float* g = tmp_.data() + size_t(t) * L.gate_up.width;  // [gate | up] row of token t
     float* a = xn_.data() + size_t(t) * F;
     for (int i = i0; i < i0 + QK; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[up_off + i];
-    if (quantize) kernels_->quantize_act(a + i0, xq_.data() + size_t(t) * blocks_per_tok + i0 / QK, QK);
+    if (quantize) kernels_->quantize_act(a + i0, xq_.data() + blk, QK);
   }
 }
 
