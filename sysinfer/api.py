@@ -4,16 +4,20 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
+import logging
+import signal
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from .config import ServerConfig, kv_blocks_for
 from .engine.async_engine import AsyncEngine, Delta
@@ -21,7 +25,10 @@ from .engine.errors import ContextLengthError, EngineClosedError, QueueFullError
 from .engine.sampling import SamplingParams
 from .metrics import Metrics
 from .model.chat_template import ChatTemplateError
-from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, error_body, new_id, now
+from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
+
+log = logging.getLogger("sysinfer.api")
+DRAIN_SECONDS = 8.0  # on SIGTERM, how long running requests may go on before they are ended
 
 
 class ApiError(Exception):
@@ -38,6 +45,8 @@ class ServerState:
         self.model_name = config.model_name or "sysinfer"
         self.load_error: str | None = None
         self.metrics = Metrics()
+        self.draining = False            # SIGTERM received: finishing what runs, refusing new requests
+        self.prepare_limiter = anyio.CapacityLimiter(2)  # threads parsing / templating / tokenizing requests
 
     @property
     def ready(self) -> bool:
@@ -88,15 +97,16 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         async with anyio.create_task_group() as tg:
             tg.start_soon(_load_and_run, state)
+            tg.start_soon(_drain_on_signals, state)
             try:
                 yield
             finally:
                 if state.engine is not None:
-                    with anyio.move_on_after(10):
-                        await state.engine.shutdown()
+                    with anyio.move_on_after(DRAIN_SECONDS + 2):
+                        await state.engine.drain(0)
                 tg.cancel_scope.cancel()
 
-    app = FastAPI(title="sysinfer", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="sysinfer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sysinfer = state
 
     @app.exception_handler(ApiError)
@@ -104,56 +114,115 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         state.metrics.requests.labels(status=str(exc.status)).inc()
         return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):  # never a traceback to a client
-        state.metrics.requests.labels(status="500").inc()
-        print(f"sysinfer: internal error on {request.url.path}: {type(exc).__name__}: {exc}", flush=True)
-        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
-
     @app.exception_handler(404)
     async def not_found(request: Request, exc):
-        return JSONResponse(error_body(f"no route {request.url.path}", code="not_found"), status_code=404)
+        return JSONResponse(error_body(f"no route {request.url.path[:200]}", code="not_found"), status_code=404)
 
     @app.exception_handler(405)
     async def bad_method(request: Request, exc):
-        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path}"), status_code=405)
+        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path[:200]}"),
+                            status_code=405)
 
     @app.get("/health")
     async def health():
+        """Open (no key): load balancers and supervisors probe it. 200 only while requests can be served."""
         if state.load_error:
             return JSONResponse({"status": "error", "error": state.load_error}, status_code=503)
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
+        if state.engine.failure:
+            return JSONResponse({"status": "error", "error": f"engine stopped: {state.engine.failure}"},
+                                status_code=503)
+        if state.draining:
+            return JSONResponse({"status": "shutting_down"}, status_code=503)
         return {"status": "ok", "model": state.model_name}
 
     @app.get("/metrics")
     async def metrics():
+        """Open (no key), as Prometheus scrapes it: counts and gauges only, no request content."""
         if state.ready:
             state.metrics.observe_engine(state.engine.snapshot())
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    @app.get("/openapi.json", include_in_schema=False)
+    @_guarded(state)
+    async def openapi(request: Request):
+        _check_key(state, request)
+        return JSONResponse(app.openapi())
+
     @app.get("/v1/models")
+    @_guarded(state)
     async def models(request: Request):
         _check_key(state, request)
         return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(),
                                             "owned_by": "sysinfer"}]}
 
     @app.post("/v1/chat/completions")
+    @_guarded(state)
     async def chat_completions(request: Request):
         req = await _parse(state, request, ChatCompletionRequest)
-        try:
-            prompt_ids = state.tokenizer.apply_chat_template([m.as_template_message() for m in req.messages])
-        except ChatTemplateError as e:
-            raise ApiError(400, str(e), param="messages") from None
-        return await _complete(state, req, prompt_ids, chat=True)
+        messages = [m.as_template_message() for m in req.messages]
+        prompt_ids = await _in_thread(state, _chat_prompt_ids, state.tokenizer, messages)
+        return await _complete(state, request, req, prompt_ids, chat=True)
 
     @app.post("/v1/completions")
+    @_guarded(state)
     async def completions(request: Request):
         req = await _parse(state, request, CompletionRequest)
-        prompt_ids = state.tokenizer.encode(req.prompt, add_bos=state.tokenizer.add_bos)
-        return await _complete(state, req, prompt_ids, chat=False)
+        tok = state.tokenizer
+        prompt_ids = await _in_thread(state, lambda: tok.encode(req.prompt, add_bos=tok.add_bos))
+        return await _complete(state, request, req, prompt_ids, chat=False)
 
     return app
+
+
+def _guarded(state: ServerState):
+    """A route whose unexpected failures become a clean 500 (no traceback to the client, and the
+    keep-alive connection stays open: an exception that escapes to Starlette makes uvicorn drop it)."""
+    def wrap(route):
+        @functools.wraps(route)
+        async def guarded(*args, **kwargs):
+            try:
+                return await route(*args, **kwargs)
+            except ApiError:
+                raise
+            except ClientDisconnect:  # the client left while sending its body: nobody to answer
+                state.metrics.requests.labels(status="499").inc()
+                return Response(status_code=499)
+            except Exception as e:  # noqa: BLE001
+                log.error("internal error in %s: %s: %s", route.__name__, type(e).__name__, str(e)[:300])
+                raise ApiError(500, "internal server error", "server_error") from None
+        return guarded
+    return wrap
+
+
+async def _drain_on_signals(state: ServerState) -> None:
+    """On SIGTERM/SIGINT, start draining the engine at once, then let the server's own handler run.
+
+    uvicorn waits for open connections before it shuts the app down; without this, streams still
+    running at its deadline would be cut with no last chunk. With it, running requests get
+    DRAIN_SECONDS to finish and then end with finish_reason "abort" and [DONE]."""
+    import asyncio
+
+    loop, requested = asyncio.get_running_loop(), anyio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous):
+            loop.call_soon_threadsafe(requested.set)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread (an embedding app): no graceful drain
+            return
+    await requested.wait()
+    state.draining = True
+    if state.engine is not None:
+        await state.engine.drain(DRAIN_SECONDS)
 
 
 def _check_key(state: ServerState, request: Request) -> None:
@@ -180,23 +249,53 @@ async def _read_body(state: ServerState, request: Request) -> bytes:
     return bytes(body)
 
 
+async def _in_thread(state: ServerState, fn, *args):
+    """CPU work of one request (JSON, templates, tokenizing) off the event loop, so a huge body never
+    stalls the streams; its own small limiter, so it can't take the engine's thread."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=state.prepare_limiter)
+
+
 async def _parse(state: ServerState, request: Request, kind):
     _check_key(state, request)
-    if not state.ready:
-        raise ApiError(503, "the model is still loading" if not state.load_error else "the model failed to load",
-                       "server_error", code="model_not_ready", headers={"Retry-After": "5"})
+    if not state.ready or state.engine.failure:
+        raise ApiError(503, _not_ready_message(state), "server_error", code="model_not_ready",
+                       headers={"Retry-After": "5"})
+    body = await _read_body(state, request)
+    return await _in_thread(state, _validate, kind, body)
+
+
+def _not_ready_message(state: ServerState) -> str:
+    if state.load_error:
+        return "the model failed to load"
+    if state.engine is None:
+        return "the model is still loading"
+    return "the engine has stopped after an internal error"
+
+
+def _validate(kind, body: bytes):
     try:
-        data = json.loads(await _read_body(state, request))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints past Python's digit limit
+        raise ApiError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
         return kind.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        err = e.errors(include_url=False, include_input=False)[0]
+        param = ".".join(str(p) for p in err["loc"])[:200] or None
         raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param=param) from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+
+
+def _chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    try:
+        return tokenizer.apply_chat_template(messages)
+    except ChatTemplateError as e:
+        raise ApiError(400, str(e)[:500], param="messages") from None
 
 
 def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool) -> SamplingParams:
@@ -206,11 +305,12 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool)
     if req.tools:
         raise ApiError(400, "tools are not supported yet", param="tools", code="unsupported_parameter")
     asked = (getattr(req, "max_completion_tokens", None) if chat else None) or req.max_tokens
-    room = state.model.n_ctx - n_prompt
-    if asked is None:
+    if asked is None:  # the server's default, cut to what the context and the KV cache can still hold
+        room = state.engine.max_total_tokens - n_prompt
         if room < 1:
-            raise ApiError(400, f"the prompt has {n_prompt} tokens; this model's context is {state.model.n_ctx}",
-                           param="messages" if chat else "prompt", code="context_length_exceeded")
+            raise ApiError(400, f"the prompt has {n_prompt} tokens; at most {state.engine.max_total_tokens - 1} "
+                           "fit this server's context", param="messages" if chat else "prompt",
+                           code="context_length_exceeded")
         asked = min(state.config.max_tokens, room)
     try:
         return SamplingParams(
@@ -222,7 +322,7 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool)
         raise ApiError(400, str(e)) from None
 
 
-async def _complete(state: ServerState, req: CommonRequest, prompt_ids: list[int], chat: bool):
+async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool):
     params = _sampling(state, req, len(prompt_ids), chat)
     received = time.perf_counter()
     try:
@@ -234,25 +334,37 @@ async def _complete(state: ServerState, req: CommonRequest, prompt_ids: list[int
     except EngineClosedError as e:
         raise ApiError(503, str(e), "server_error", code="shutting_down") from None
     state.metrics.prompt_tokens.inc(len(prompt_ids))
-    meta = {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": state.model_name}
+    shaper = ResponseShaper(state.model_name, chat)
     deltas = _timed(state, state.engine.stream(seq), received)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         state.metrics.requests.labels(status="200").inc()
-        return StreamingResponse(_sse(deltas, meta, chat, include_usage), media_type="text/event-stream",
+        # Starlette watches for the client leaving while it streams; leaving cancels _sse, which aborts.
+        return StreamingResponse(_sse(deltas, shaper, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    text, finish, usage = "", None, None
-    async for d in deltas:
-        text += d.text
-        finish, usage = d.finish_reason or finish, d.usage or usage
+    text, finish, usage, error = "", None, None, None
+    async with anyio.create_task_group() as tg:
+        # Nobody reads a non-streaming answer whose client left: abort it (even while it waits in the queue).
+        tg.start_soon(_abort_on_disconnect, request, state.engine, seq.request_id)
+        async for d in deltas:
+            text += d.text
+            finish, usage, error = d.finish_reason or finish, d.usage or usage, d.error or error
+        tg.cancel_scope.cancel()
+    if error:
+        raise ApiError(500, error, "server_error", code="generation_failed")
+    if finish == "abort" and await request.is_disconnected():
+        state.metrics.requests.labels(status="499").inc()
+        return Response(status_code=499)
     state.metrics.requests.labels(status="200").inc()
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
-    return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
-            "usage": _usage(usage)}
+    return shaper.whole(text, finish, usage)
+
+
+async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            engine.abort(request_id)
+            return
 
 
 async def _timed(state: ServerState, deltas: AsyncIterator[Delta], received: float) -> AsyncIterator[Delta]:
@@ -269,41 +381,27 @@ async def _timed(state: ServerState, deltas: AsyncIterator[Delta], received: flo
         yield d
 
 
-def _usage(u) -> dict[str, Any]:
-    if u is None:
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
-
-
-async def _sse(deltas: AsyncIterator[Delta], meta: dict[str, Any], chat: bool, include_usage: bool) -> AsyncIterator[str]:
-    obj = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(delta_text: str | None, finish: str | None, first: bool = False) -> str:
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
-                {"content": delta_text} if delta_text else {})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        else:
-            choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
-        body = {**meta, "object": obj, "choices": [choice]}
-        if include_usage:
-            body["usage"] = None
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    if chat:
-        yield chunk(None, None, first=True)
+async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool) -> AsyncIterator[str]:
+    """The stream's events; whatever happens, it ends with a last chunk (or an error event) and [DONE]."""
+    if shaper.chat:
+        yield shaper.chunk(None, first=True, with_usage_field=include_usage)
     usage = None
-    async for d in deltas:
-        if d.finish_reason:
-            usage = d.usage
-            yield chunk(d.text, d.finish_reason)
-        elif d.text:
-            yield chunk(d.text, None)
+    try:
+        async for d in deltas:
+            if d.error:
+                yield shaper.error_event(d.error, code="generation_failed")
+                break
+            if d.finish_reason:
+                usage = d.usage
+                yield shaper.chunk(d.text, d.finish_reason, with_usage_field=include_usage)
+            elif d.text:
+                yield shaper.chunk(d.text, with_usage_field=include_usage)
+    except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
+        log.error("stream failed: %s: %s", type(e).__name__, str(e)[:300])
+        yield shaper.error_event("internal server error")
     if include_usage:
-        body = {**meta, "object": obj, "choices": [], "usage": _usage(usage)}
-        yield f"data: {json.dumps(body)}\n\n"
-    yield "data: [DONE]\n\n"
+        yield shaper.usage_chunk(usage)
+    yield shaper.DONE
 
 
 _app: FastAPI | None = None

@@ -94,7 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import create_app
+    from .api import DRAIN_SECONDS, create_app
     from .config import ServerConfig
 
     cfg = ServerConfig.from_env(
@@ -102,7 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ctx_size=args.ctx_size, max_batch=args.max_batch, max_queue=args.max_queue, kv_blocks=args.kv_blocks,
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
+                timeout_graceful_shutdown=DRAIN_SECONDS + 2)  # the engine ends its streams first
     return 0
 
 

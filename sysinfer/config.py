@@ -44,6 +44,8 @@ class ServerConfig:
             raise ValueError(f"kv_blocks must be at least 1, got {self.kv_blocks}")
         if not 0.0 <= self.temperature <= 100.0:
             raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self
 
     @classmethod

@@ -114,3 +114,23 @@ def test_raise_exception_and_bad_syntax(smollm2):
 def test_strftime_now_is_available(smollm2):
     tok = Tokenizer.from_metadata({**read_gguf_metadata(smollm2_q4_1()), "tokenizer.chat_template": "{{ strftime_now('%Y') }}"})
     assert tok.render_chat(CHAT).isdigit()
+
+
+@pytest.mark.parametrize("template, reason", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "longer than"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", "characters|longer than"),
+    ("{{ 'a' * 100000000 }}", "characters"),
+    ("{{ 'x'|center(3000000000) }}", "memory"),
+    ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "RecursionError"),
+])
+def test_hostile_templates_stop_at_a_limit(smollm2, template, reason):
+    """Time, size and memory limits: each render fails with a clear error within seconds, and the
+    next, normal render works (a killed worker is replaced)."""
+    import time
+
+    tok = Tokenizer.from_metadata({**read_gguf_metadata(smollm2_q4_1()), "tokenizer.chat_template": template})
+    start = time.monotonic()
+    with pytest.raises(ChatTemplateError, match=reason):
+        tok.render_chat(CHAT)
+    assert time.monotonic() - start < 10
+    assert smollm2.render_chat(CHAT[:2]).startswith("<|im_start|>system\nYou are helpful.")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fake_model import FakeModel, FakeTokenizer, expected_tokens
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.block_manager import BlockManager
-from sysinfer.engine.errors import ContextLengthError, QueueFullError
+from sysinfer.engine.errors import ContextLengthError, EngineClosedError, QueueFullError
 from sysinfer.engine.sampling import SamplingParams
 from sysinfer.engine.sequence import Sequence
 
@@ -169,3 +169,119 @@ def test_block_manager_check_act_pairs():
     b = Sequence("b", list(range(1, 10)), SamplingParams())
     bm.allocate(b)
     assert b.num_computed == 8 and b.cached_prompt_tokens == 8
+
+
+async def _collect(engine: AsyncEngine, prompt: list[int], params: SamplingParams):
+    tokens, last = [], None
+    async for delta in engine.generate(prompt, params):
+        tokens += delta.token_ids
+        last = delta
+    return tokens, last
+
+
+def _run_with_loop(engine: AsyncEngine, *jobs):
+    """Runs the engine loop and the given (prompt, params) requests concurrently; returns their results."""
+    results = {}
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.run)
+            async with anyio.create_task_group() as clients:
+                for i, (prompt, params) in enumerate(jobs):
+                    async def one(i=i, prompt=prompt, params=params):
+                        results[i] = await _collect(engine, prompt, params)
+                    clients.start_soon(one)
+            await engine.shutdown()
+
+    anyio.run(main)
+    return results
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=1e-308), dict(temperature=1.0, repetition_penalty=5e-324),
+                                 dict(temperature=1e-300, top_p=0.5, min_p=0.9)])
+def test_extreme_sampling_values_neither_fail_nor_stop_the_engine(bad):
+    """Issue 15, first defect: NaN probabilities ended the engine loop for every request."""
+    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=2)
+    results = _run_with_loop(engine, ([1, 2, 3], SamplingParams(max_tokens=4, **bad)),
+                             ([4, 5], SamplingParams(max_tokens=5)))
+    assert results[0][1].finish_reason == "length" and len(results[0][0]) == 4
+    assert results[1] == (expected_tokens([4, 5], 5), results[1][1]) and results[1][1].finish_reason == "length"
+    assert engine.failure is None
+    assert_idle(engine)
+
+
+def test_one_requests_failure_is_its_own(monkeypatch):
+    """A request whose sampling raises ends with an error; the others finish; the engine goes on."""
+    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=3)
+    original = engine.submit
+
+    def submit(prompt, params, request_id=None):
+        seq = original(prompt, params, request_id)
+        if prompt == [9, 9]:
+            seq.state.sampler.sample = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+        return seq
+
+    monkeypatch.setattr(engine, "submit", submit)
+    results = _run_with_loop(engine, ([1, 2], SamplingParams(max_tokens=6)), ([9, 9], SamplingParams(max_tokens=6)),
+                             ([3, 4], SamplingParams(max_tokens=6)))
+    assert results[1][1].finish_reason == "error" and "RuntimeError" in results[1][1].error
+    assert results[0][0] == expected_tokens([1, 2], 6) and results[2][0] == expected_tokens([3, 4], 6)
+    assert engine.failure is None
+    assert_idle(engine)
+
+
+def test_a_failed_native_step_fails_its_requests_only():
+    model = FakeModel()
+    engine = AsyncEngine(model, FakeTokenizer(), max_batch=1)
+    real_step, calls = model.step, []
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("native failure")
+        return real_step(*args)
+
+    model.step = step
+    results = _run_with_loop(engine, ([1, 2], SamplingParams(max_tokens=5)), ([3, 4], SamplingParams(max_tokens=3)))
+    assert results[0][1].finish_reason == "error" and "step failed" in results[0][1].error
+    assert results[1][0] == expected_tokens([3, 4], 3) and results[1][1].finish_reason == "length"
+    assert engine.failure is None
+    assert_idle(engine)
+
+
+def test_a_broken_loop_says_so_and_refuses_new_requests(monkeypatch):
+    """A failure outside any request stops the loop: every request ends with an error, `failure`
+    (what /health reports) says why, and new requests are refused instead of hanging."""
+    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=1)
+    monkeypatch.setattr(engine.scheduler, "schedule", lambda: 1 / 0)
+    results = _run_with_loop(engine, ([1, 2], SamplingParams(max_tokens=5)))
+    assert results[0][1].finish_reason == "error"
+    assert engine.failure and "ZeroDivisionError" in engine.failure
+    with pytest.raises(EngineClosedError, match="stopped"):
+        engine.submit([1], SamplingParams(max_tokens=1))
+
+
+def test_drain_lets_running_requests_finish_then_ends_the_rest():
+    """SIGTERM's path: new requests are refused at once, short ones finish, the rest end with "abort"
+    and a last delta (so their streams close properly)."""
+    engine = AsyncEngine(FakeModel(n_ctx=4096, n_kv_blocks=1100), FakeTokenizer(), max_batch=2)
+    results = {}
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.run)
+
+            async def one(i, n):
+                results[i] = await _collect(engine, [i + 1, 7], SamplingParams(max_tokens=n))
+            tg.start_soon(one, 0, 3)
+            tg.start_soon(one, 1, 4000)  # far too long to finish within the grace period
+            await anyio.sleep(0.01)
+            tg.start_soon(engine.drain, 0.3)
+            await anyio.sleep(0.01)
+            with pytest.raises(EngineClosedError, match="shutting down"):
+                engine.submit([5], SamplingParams(max_tokens=1))
+
+    anyio.run(main)
+    assert results[0][1].finish_reason == "length"
+    assert results[1][1].finish_reason == "abort" and 0 < len(results[1][0]) < 4000
+    assert_idle(engine)

@@ -9,6 +9,7 @@ free before the next step is planned.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,11 +22,12 @@ from .block_manager import BlockManager
 from .detokenizer import IncrementalDetokenizer, StopChecker
 from .errors import ContextLengthError, EngineClosedError, QueueFullError
 from .model_runner import ModelRunner
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingError, SamplingParams
 from .scheduler import ScheduledChunk, Scheduler
 from .sequence import Sequence
 
 _ids = itertools.count()
+log = logging.getLogger("sysinfer.engine")
 
 
 @dataclass
@@ -43,8 +45,9 @@ class Usage:
 class Delta:
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None  # "stop", "length" or "abort" on the last delta
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error" on the last delta
     usage: Usage | None = None        # on the last delta
+    error: str | None = None          # with finish_reason "error": what went wrong, for the client
 
 
 @dataclass
@@ -93,9 +96,18 @@ class AsyncEngine:
         self.stats = EngineStats()
         self._wake = anyio.Event()
         self._closed = False
+        self._closed_for_new = False  # draining: running requests go on, new ones are refused
         self._loop_done = anyio.Event()
+        self._step_thread = anyio.CapacityLimiter(1)  # the engine's own: request threads can't delay a step
+        self.failure: str | None = None  # set when the loop itself failed; /health reports it
 
     # ---- requests ----
+    @property
+    def max_total_tokens(self) -> int:
+        """Prompt + reply tokens one request may have: the context, and what the KV cache can hold."""
+        capacity = (self.blocks.num_blocks - self.blocks.watermark_blocks) * self.blocks.block_size
+        return min(self.model.n_ctx, capacity)
+
     def check_prompt(self, n_prompt: int, max_tokens: int) -> None:
         if n_prompt < 1:
             raise ContextLengthError("the prompt is empty")
@@ -109,8 +121,10 @@ class AsyncEngine:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
         """Queue a request (raises QueueFullError, ContextLengthError, EngineClosedError at once)."""
-        if self._closed:
-            raise EngineClosedError("the engine is shutting down")
+        if self.failure is not None:
+            raise EngineClosedError(f"the engine has stopped: {self.failure}")
+        if self._closed or self._closed_for_new:
+            raise EngineClosedError("the server is shutting down")
         if len(self.scheduler.waiting) >= self.max_queue:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are already waiting (max_queue)")
         self.check_prompt(len(prompt_ids), params.max_tokens)
@@ -159,7 +173,12 @@ class AsyncEngine:
     _stepping = False
 
     async def run(self) -> None:
-        """The engine loop; run it in a task group, stop it with shutdown()."""
+        """The engine loop; run it in a task group, stop it with shutdown().
+
+        A failure that belongs to one request (its sampling, its stop check) ends that request alone
+        and a failed native step ends the requests in that step; anything else is a bug in the loop
+        itself: every request is ended with an error, `failure` says why and the loop stops, so that
+        /health reports it and a supervisor restarts the server instead of it hanging half-alive."""
         try:
             while not self._closed:
                 if not self.scheduler.has_work():
@@ -167,6 +186,11 @@ class AsyncEngine:
                     self._wake = anyio.Event()
                     continue
                 await self._step_once()
+        except Exception as e:  # noqa: BLE001 - reported, never swallowed
+            self.failure = f"{type(e).__name__}: {e}"[:500]
+            log.exception("engine loop failed")
+            for seq in list(self.by_id.values()):
+                self._fail(seq, "the engine stopped after an internal error")
         finally:
             self._loop_done.set()
 
@@ -181,7 +205,12 @@ class AsyncEngine:
         t1 = time.perf_counter()
         self._stepping = True
         try:
-            logits = await anyio.to_thread.run_sync(self.runner.run, inputs)
+            logits = await anyio.to_thread.run_sync(self.runner.run, inputs, limiter=self._step_thread)
+        except Exception as e:  # noqa: BLE001 - the step's requests fail, the engine goes on
+            log.exception("native step failed")
+            for chunk in plan:
+                self._fail(chunk.seq, f"the model step failed: {type(e).__name__}")
+            return
         finally:
             self._stepping = False
         t2 = time.perf_counter()
@@ -209,7 +238,12 @@ class AsyncEngine:
             if seq.state.aborted:
                 self._finish(seq, "abort")
                 continue
-            self._accept_token(seq, seq.state.sampler.sample(row_logits, seq.output_ids))
+            try:
+                self._accept_token(seq, seq.state.sampler.sample(row_logits, seq.output_ids))
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                log.warning("request %s failed: %s: %s", seq.request_id, type(e).__name__, e)
+                self._fail(seq, f"generation failed: {e}" if isinstance(e, SamplingError) else
+                           f"generation failed ({type(e).__name__})")
 
     def _accept_token(self, seq: Sequence, token: int) -> None:
         st = seq.state
@@ -228,21 +262,37 @@ class AsyncEngine:
         else:
             st.send.send_nowait(Delta(text, [token]))
 
-    def _finish(self, seq: Sequence, reason: str, token_ids: list[int] | None = None, text: str = "") -> None:
+    def _finish(self, seq: Sequence, reason: str, token_ids: list[int] | None = None, text: str = "",
+                error: str | None = None) -> None:
         st = seq.state
-        if reason != "stop" or not st.stops.stopped:
-            tail, _ = st.stops.feed(st.detok.flush()) if reason != "abort" else ("", False)
-            text += tail + (st.stops.flush() if reason != "abort" else "")
+        if reason in ("stop", "length") and not st.stops.stopped:
+            tail, _ = st.stops.feed(st.detok.flush())
+            text += tail + st.stops.flush()
         self.scheduler.finish(seq, reason)
         self.by_id.pop(seq.request_id, None)
         usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens)
         try:
-            st.send.send_nowait(Delta(text, token_ids or [], reason, usage))
+            st.send.send_nowait(Delta(text, token_ids or [], reason, usage, error))
             st.send.close()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the client is gone
 
+    def _fail(self, seq: Sequence, message: str) -> None:
+        """End one request with an error; its blocks are freed, the engine goes on."""
+        if not seq.finished:
+            self._finish(seq, "error", error=message)
+
     # ---- lifecycle and numbers ----
+    async def drain(self, grace_seconds: float) -> None:
+        """Graceful stop: take no new requests, let those already here run for up to grace_seconds,
+        then end the rest with finish_reason "abort" (their streams still get a last chunk)."""
+        self._closed_for_new = True
+        self._wake.set()
+        with anyio.move_on_after(grace_seconds):
+            while self.by_id and self.failure is None:
+                await anyio.sleep(0.05)
+        await self.shutdown()
+
     async def shutdown(self) -> None:
         """Abort everything still queued or running and stop the loop."""
         self._closed = True

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+_LOGIT_LIMIT = 1e300  # penalised logits are clipped to +-this (float64), so no inf or NaN reaches softmax
+
+
+class SamplingError(RuntimeError):
+    """A token could not be sampled for this request (the request fails, the engine goes on)."""
+
 
 @dataclass
 class SamplingParams:
@@ -52,8 +58,8 @@ class SamplingParams:
             bad("presence_penalty", "in [-2, 2]")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             bad("max_tokens", "an integer >= 1")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad("seed", "an integer")
+        if self.seed is not None and (not isinstance(self.seed, int) or not -2**63 <= self.seed < 2**64):
+            bad("seed", "an integer in [-2^63, 2^64)")
         if not all(isinstance(s, str) and s for s in self.stop):
             bad("stop", "a list of non-empty strings")
 
@@ -67,7 +73,8 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, prompt_ids: list[int] | None = None):
         self.params = params
-        self.rng = np.random.default_rng(params.seed)
+        # numpy wants a non-negative seed; -1 and 2^64 - 1 name the same 64-bit seed.
+        self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
         # Repetition penalty covers the prompt too (as in HF / llama.cpp); frequency and presence
         # penalties count generated tokens only (as in OpenAI's API).
         self.prompt_ids = np.asarray(prompt_ids or [], dtype=np.int64)
@@ -87,7 +94,10 @@ class Sampler:
     def filter(self, logits: np.ndarray) -> np.ndarray:
         """Logits with everything outside top-k / top-p / min-p set to -inf (temperature applied)."""
         p = self.params
-        logits = logits / p.temperature
+        # Shift so the best logit is 0 before dividing: a tiny temperature then sends the others to
+        # -inf (greedy in the limit) instead of overflowing to inf - inf = NaN.
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            logits = (logits - logits.max()) / p.temperature
         if p.top_k and p.top_k < logits.size:
             kth = np.partition(logits, -p.top_k)[-p.top_k]
             logits = np.where(logits >= kth, logits, -np.inf)
@@ -106,8 +116,14 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, generated_ids) -> int:
         logits = np.array(logits, dtype=np.float64)  # a copy: the caller's buffer is reused
+        if not np.isfinite(logits).all():
+            raise SamplingError("the model produced non-finite logits")
         generated = np.asarray(generated_ids, dtype=np.int64)
-        logits = self.apply_penalties(logits, generated)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            logits = self.apply_penalties(logits, generated)
+        # Extreme penalties (repetition_penalty 5e-324) overflow to +-inf; keep every logit finite so
+        # the shifts below can't make NaN.
+        np.clip(logits, -_LOGIT_LIMIT, _LOGIT_LIMIT, out=logits)
         if self.params.greedy:
             return int(np.argmax(logits))
         logits = self.filter(logits)

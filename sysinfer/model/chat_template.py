@@ -14,9 +14,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import TemplateError
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from .template_worker import ChatTemplateError, render_here, render_isolated
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -38,8 +36,7 @@ BAICHUAN2_TEMPLATE = (
 BUILTIN_TEMPLATES = {"baichuan": BAICHUAN2_TEMPLATE, "llama": LLAMA3_TEMPLATE}
 
 
-class ChatTemplateError(ValueError):
-    """A template that can't be rendered (bad syntax, refused operation, raise_exception)."""
+__all__ = ["ChatTemplateError", "chat_token_ids", "render_chat", "template_source"]
 
 
 def _raise_exception(message: str):
@@ -50,8 +47,9 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-_ENV.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+def template_globals() -> dict:
+    """The functions a template may call besides jinja2's own (as Hugging Face's renderer offers)."""
+    return {"raise_exception": _raise_exception, "strftime_now": _strftime_now}
 
 
 def template_source(tok: "Tokenizer") -> str:
@@ -60,13 +58,6 @@ def template_source(tok: "Tokenizer") -> str:
     if tok.architecture in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[tok.architecture]
     raise ChatTemplateError(f"the model has no chat template and there is no built-in one for {tok.architecture!r}")
-
-
-def _compiled(source: str):
-    try:
-        return _ENV.from_string(source)
-    except TemplateError as e:
-        raise ChatTemplateError(f"chat template does not compile: {e}") from None
 
 
 def normalize_messages(messages: list[dict]) -> list[dict[str, str]]:
@@ -92,18 +83,13 @@ def normalize_messages(messages: list[dict]) -> list[dict[str, str]]:
 
 
 def _render(tok: "Tokenizer", messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
-    eos = tok.tokens[tok.eos_id] if tok.eos_id is not None else ""
-    try:
-        return _compiled(template_source(tok)).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
-        )
-    except SecurityError as e:
-        raise ChatTemplateError(f"chat template refused: {e}") from None
-    except ChatTemplateError:
-        raise
-    except Exception as e:  # any other failure inside a template is the template's fault
-        raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+    """A file's template renders in a worker process under time and memory limits (template_worker);
+    our own built-in ones are trusted and render here."""
+    context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+               "bos_token": tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
+               "eos_token": tok.tokens[tok.eos_id] if tok.eos_id is not None else ""}
+    source = template_source(tok)
+    return render_here(source, context) if source in BUILTIN_TEMPLATES.values() else render_isolated(source, context)
 
 
 def render_chat(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True) -> str:
