@@ -13,15 +13,15 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from model_files import cache_dir, smollm2_q4_0  # noqa: E402
+from sysinfer.bench import bench_engine, time_request  # noqa: E402
 from sysinfer.model.loader import load_model  # noqa: E402
+from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
 from sysinfer.model.synth_presets import synth_like  # noqa: E402
 
 
@@ -34,33 +34,12 @@ def llama3_8b_file() -> str:
     return str(path)
 
 
-def measure(model, prompt_len: int, decode_tokens: int, context: int = 0) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s) for one sequence; `context` extra tokens prefilled first."""
-    bs = model.block_size
-    total = context + prompt_len + decode_tokens
-    table = np.arange(-(-total // bs), dtype=np.int32)[None, :]
-    rng = np.random.default_rng(0)
-    pos = 0
-    while pos < context:  # fill the cache untimed
-        n = min(model.max_step_tokens, context - pos)
-        model.step(rng.integers(3, model.n_vocab, n), np.arange(pos, pos + n), [0, n], table, [pos + n], [])
-        pos += n
-    start = time.perf_counter()
-    done = 0
-    while done < prompt_len:
-        n = min(model.max_step_tokens, prompt_len - done)
-        model.step(rng.integers(3, model.n_vocab, n), np.arange(pos, pos + n), [0, n], table, [pos + n], [n - 1])
-        pos += n
-        done += n
-    prefill = prompt_len / (time.perf_counter() - start)
-    start = time.perf_counter()
-    token = 5
-    for _ in range(decode_tokens):
-        logits = model.step([token], [pos], [0, 1], table, [pos + 1], [0])
-        token = int(np.argmax(logits[0]))
-        pos += 1
-    decode = decode_tokens / (time.perf_counter() - start)
-    return prefill, decode
+def measure(engine, prompt_len: int, decode_tokens: int, context: int = 0) -> tuple[float, float]:
+    """(prefill tokens/s of a prompt_len prompt, decode tokens/s after context + prompt_len tokens),
+    one request at a time through the engine, as `sysinfer bench` times them."""
+    ttft, _ = time_request(engine, prompt_len, 1)
+    _, decode_s = time_request(engine, context + prompt_len, decode_tokens + 1)
+    return prompt_len / ttft, decode_tokens / decode_s
 
 
 def main() -> int:
@@ -80,14 +59,15 @@ def main() -> int:
         ctx = args.context + args.prompt + args.decode + 16
         model = load_model(path, threads=args.threads, n_ctx=ctx, max_step_tokens=512)
         decode_n = args.decode if model.n_params < 1e9 else max(8, args.decode // 8)
-        measure(model, 16, 4, 0)  # warm-up
-        runs = [measure(model, args.prompt, decode_n, args.context) for _ in range(args.repeats)]
+        engine = bench_engine(model, Tokenizer.from_metadata(model.metadata))
+        measure(engine, 16, 4, 0)  # warm-up
+        runs = [measure(engine, args.prompt, decode_n, args.context) for _ in range(args.repeats)]
         pre = statistics.median(r[0] for r in runs)
         dec = statistics.median(r[1] for r in runs)
         print(f"{Path(path).name}: kernels={model.kernels} threads={model.n_threads} "
               f"prefill({args.prompt})={pre:.1f} tok/s decode(ctx {args.context})={dec:.2f} tok/s "
               f"[runs: {', '.join(f'{r[1]:.2f}' for r in runs)}]", flush=True)
-        del model
+        del model, engine
     return 0
 
 

@@ -39,9 +39,10 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=7871)
     args = ap.parse_args()
 
-    hp = read_model_file(args.model).hparams
+    mf = read_model_file(args.model)
+    hp = mf.hparams
     cfg = ServerConfig(ctx_size=args.ctx_size)
-    blocks = kv_blocks_for(cfg, hp)
+    blocks = kv_blocks_for(cfg, hp, weight_bytes=mf.file_bytes)
     kv_bytes = kv_block_bytes(hp, cfg.block_size) * blocks
     file_bytes = os.path.getsize(args.model)
 

@@ -32,17 +32,16 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from model_files import cache_dir, smollm2_q4_0  # noqa: E402
-from sysinfer.bench import read_bandwidth_gbs, run_length  # noqa: E402
+from sysinfer.bench import bench_engine, read_bandwidth_gbs, run_length, time_request  # noqa: E402
 from sysinfer.model.loader import load_model  # noqa: E402
+from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
 from sysinfer.model.synth_presets import synth_like  # noqa: E402
 
 
@@ -89,33 +88,14 @@ def llama_bench(binary: str, model: str, case: Case, threads: int) -> float:
     return float(json.loads(done.stdout)[0]["avg_ts"])
 
 
-def fill_cache(model, table: np.ndarray, n: int, rng: np.random.Generator, timed_rows: bool) -> int:
-    """Prefills n random tokens from position 0 in chunks of max_step_tokens; returns n."""
-    pos = 0
-    while pos < n:
-        k = min(model.max_step_tokens, n - pos)
-        model.step(rng.integers(3, model.n_vocab, k), np.arange(pos, pos + k), [0, k], table, [pos + k],
-                   [k - 1] if timed_rows else [])
-        pos += k
-    return pos
-
-
-def ours(model, case: Case, seed: int) -> float:
-    rng = np.random.default_rng(seed)
-    total = case.context + case.tokens + 1
-    table = np.arange(-(-total // model.block_size), dtype=np.int32)[None, :]
+def ours(engine, case: Case, seed: int) -> float:
+    """Tokens/s of one case through the engine (sysinfer bench's timing): prefill = the time to the
+    first token of a case.tokens prompt; decode = case.tokens tokens after a case.context prompt."""
     if case.kind == "prefill":
-        start = time.perf_counter()
-        fill_cache(model, table, case.tokens, rng, timed_rows=True)
-        return case.tokens / (time.perf_counter() - start)
-    pos = fill_cache(model, table, case.context, rng, timed_rows=False)
-    token = int(rng.integers(3, model.n_vocab))
-    start = time.perf_counter()
-    for _ in range(case.tokens):
-        logits = model.step([token], [pos], [0, 1], table, [pos + 1], [0])
-        token = int(np.argmax(logits[0]))
-        pos += 1
-    return case.tokens / (time.perf_counter() - start)
+        ttft, _ = time_request(engine, case.tokens, 1, seed)
+        return case.tokens / ttft
+    _, decode_s = time_request(engine, max(1, case.context), case.tokens + 1, seed)
+    return case.tokens / decode_s
 
 
 def rss_bytes() -> int:
@@ -134,16 +114,17 @@ def run(args: argparse.Namespace) -> dict:
         n_ctx = max(c.context + c.tokens for c in cases) + 16
         # As `sysinfer serve` loads it in single-batch mode: logits for one row per step.
         model = load_model(path, threads=args.threads, n_ctx=n_ctx, max_step_tokens=512, max_out_rows=1)
-        ours(model, Case("warm-up", key, "decode", 4), 0)
+        engine = bench_engine(model, Tokenizer.from_metadata(model.metadata))
+        ours(engine, Case("warm-up", key, "decode", 4), 0)
         for r in range(args.rounds):
             for c in cases:
                 c.llama.append(llama_bench(args.llama_bench, path, c, args.threads))
-                c.ours.append(ours(model, c, seed=r))
+                c.ours.append(ours(engine, c, seed=r))
                 print(f"[{r + 1}/{args.rounds}] {c.name}: llama.cpp {c.llama[-1]:.2f}, sysinfer {c.ours[-1]:.2f} tok/s",
                       flush=True)
         memory[key] = {"file_bytes": model.file_bytes, "kv_bytes": model.load_stats.kv_bytes,
                        "rss_bytes": rss_bytes(), "n_ctx": n_ctx}
-        del model
+        del model, engine
         gc.collect()
     return {"threads": args.threads, "rounds": args.rounds, "memory": memory,
             "cases": [asdict(c) for c in CASES if c.llama]}
@@ -165,11 +146,12 @@ def run_lengths(args: argparse.Namespace) -> dict:
     path = MODELS[key]()
     lengths = [int(x) for x in args.lengths.split(",")]
     model = load_model(path, threads=args.threads, n_ctx=max(lengths) + 16, max_step_tokens=512)
-    run_length(model, 16)  # warm-up
+    engine = bench_engine(model, Tokenizer.from_metadata(model.metadata))
+    run_length(engine, 16)  # warm-up
     rows = []
     for length in lengths:
         theirs = llama_bench_pg(args.llama_bench, path, length, args.threads)
-        row = run_length(model, length)
+        row = run_length(engine, length)
         rows.append({"length": length, "llama_avg_tok_s": theirs, "prefill_tok_s": row.prefill_tok_s,
                      "decode_tok_s": row.decode_tok_s, "avg_tok_s": row.average_tok_s, "ttft_s": row.ttft_s,
                      "peak_rss_mib": row.peak_rss_mib})

@@ -11,7 +11,7 @@ import logging
 import signal
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import anyio
 from fastapi import FastAPI, Request
@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from .config import ServerConfig, kv_blocks_for
-from .engine.async_engine import AsyncEngine, Delta
+from .config import ServerConfig
+from .engine.async_engine import AsyncEngine
+from .engine.request_state import Delta
 from .engine.errors import ContextLengthError, EngineClosedError, QueueFullError
 from .engine.sampling import SamplingParams
 from .metrics import Metrics
@@ -55,31 +56,17 @@ class ServerState:
 
 def _load(state: ServerState) -> None:
     """Runs in a worker thread: validate and load the model, build tokenizer and engine."""
-    from tqdm import tqdm
+    from .startup import load_serving_model
 
-    from .model.default_model import default_model_path
-    from .model.gguf_loader import read_model_file
-    from .model.loader import load_model
-    from .model.tokenizer import Tokenizer
-
-    cfg = state.config
-    path = cfg.model or default_model_path()
-    hp = read_model_file(path).hparams
-    ctx = min(cfg.ctx_size, hp.n_ctx_train)
-    with tqdm(total=hp.n_layer, desc=f"loading {path.rsplit('/', 1)[-1]}", unit="layer") as bar:
-        model = load_model(path, threads=cfg.threads, n_ctx=ctx, kv_blocks=kv_blocks_for(cfg, hp),
-                           block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
-                           max_out_rows=max(cfg.max_batch, 1), progress=lambda i, n: bar.update(1))
-    state.tokenizer = Tokenizer.from_metadata(model.metadata)
-    state.model = model
-    state.model_name = cfg.model_name or path.rsplit("/", 1)[-1].removesuffix(".gguf")
+    loaded = load_serving_model(state.config)
+    state.tokenizer, state.model, state.model_name = loaded.tokenizer, loaded.model, loaded.name
 
 
 async def _load_and_run(state: ServerState) -> None:
     try:
         await anyio.to_thread.run_sync(_load, state)
     except Exception as e:  # reported by /health; the process stays up to say why
-        state.load_error = f"{type(e).__name__}: {e}"
+        state.load_error = f"{type(e).__name__}: {str(e)[:1000]}"
         print(f"sysinfer: model failed to load: {state.load_error}", flush=True)
         return
     cfg = state.config

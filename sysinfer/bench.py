@@ -1,6 +1,7 @@
 """`sysinfer bench`: the reference deployment's table, tokens/s against total length L.
 
-For each L: a prompt of L/2 tokens, then L/2 greedy tokens, single sequence through the native step.
+For each L: a prompt of L/2 tokens, then L/2 greedy tokens, one request through the engine (the same
+step() that serves requests: scheduler, model runner, sampler, detokenizer).
 Reported per L: prefill tok/s, decode tok/s, average tok/s (L / (prefill + decode time), the
 "input + output length" figure of the reference table), time to first token, peak RSS, and the
 fraction of the decode roofline reached. The roofline is read bandwidth / bytes of weights read per
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import _native
+from .engine.llm_engine import LLMEngine
+from .engine.sampling import SamplingParams
 from .model.loader import LoadedModel
 
 
@@ -40,38 +43,40 @@ def read_bandwidth_gbs(threads: int, mib: int = 1024, repeats: int = 3) -> float
     return _native.read_bandwidth_gbs(mib, threads, repeats)
 
 
-def run_length(model: LoadedModel, length: int, seed: int = 0) -> BenchRow:
-    prompt_n, gen_n = max(1, length // 2), max(1, length - length // 2)
+def bench_engine(model: LoadedModel, tokenizer) -> LLMEngine:
+    """A single-sequence engine for timing, as `sysinfer serve` runs by default, but without the prefix
+    cache (prompts of different lengths share a random start, which must be computed every time)."""
+    return LLMEngine(model, tokenizer, max_batch=1, enable_prefix_cache=False)
+
+
+def time_request(engine: LLMEngine, prompt_n: int, gen_n: int, seed: int = 0) -> tuple[float, float]:
+    """(seconds to the first token, seconds for the other gen_n - 1 tokens) of a random prompt of
+    prompt_n tokens, greedy, never stopping early."""
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, model.n_vocab, size=prompt_n)
-    table = np.arange(-(-(prompt_n + gen_n) // model.block_size), dtype=np.int32)[None, :]
+    prompt = rng.integers(3, engine.model.n_vocab, size=prompt_n).tolist()
     start = time.perf_counter()
-    pos = 0
-    logits = None
-    while pos < prompt_n:
-        n = min(model.max_step_tokens, prompt_n - pos)
-        last = pos + n == prompt_n
-        logits = model.step(tokens[pos : pos + n], np.arange(pos, pos + n), [0, n], table, [pos + n], [n - 1] if last else [])
-        pos += n
-    token = int(np.argmax(logits[0]))
-    prefill_s = time.perf_counter() - start
-    decode_start = time.perf_counter()
-    for _ in range(gen_n - 1):
-        logits = model.step([token], [pos], [0, 1], table, [pos + 1], [0])
-        token = int(np.argmax(logits[0]))
-        pos += 1
-    decode_s = time.perf_counter() - decode_start
+    first = None
+    for delta in engine.generate(prompt, SamplingParams(max_tokens=gen_n, ignore_eos=True)):
+        if first is None:
+            first = time.perf_counter()
+    return first - start, time.perf_counter() - first
+
+
+def run_length(engine: LLMEngine, length: int, seed: int = 0) -> BenchRow:
+    prompt_n, gen_n = max(1, length // 2), max(1, length - length // 2)
+    prefill_s, decode_s = time_request(engine, prompt_n, gen_n, seed)
     total = prefill_s + decode_s
     decode_rate = (gen_n - 1) / decode_s if gen_n > 1 and decode_s > 0 else float("nan")
     return BenchRow(length, prompt_n, gen_n, prompt_n / prefill_s, decode_rate, length / total, prefill_s,
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None)
 
 
-def run_bench(model: LoadedModel, lengths: list[int], progress=None) -> tuple[list[BenchRow], float]:
+def run_bench(model: LoadedModel, tokenizer, lengths: list[int], progress=None) -> tuple[list[BenchRow], float]:
+    engine = bench_engine(model, tokenizer)
     rows = []
-    run_length(model, 16)  # warm-up
+    run_length(engine, 16)  # warm-up
     for L in lengths:
-        rows.append(run_length(model, L))
+        rows.append(run_length(engine, L))
         if progress:
             progress(rows[-1])
     # The probe runs last so its buffer doesn't count in the rows' peak RSS.

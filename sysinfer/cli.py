@@ -1,11 +1,16 @@
-"""`sysinfer` command line: info, synth (and generate, serve, bench as they land)."""
+"""`sysinfer` command line: serve, generate, info, bench, synth; and `sysinfer-server`, the reference
+deployment's invocation."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .model.gguf_loader import ModelLoadError
+
+MODEL_HELP = "GGUF file (default: the bundled SmolLM2-135M-Instruct)"
+BENCH_STEP_TOKENS = 512  # prompt tokens per step in `bench` (the server's default is 256, for memory)
 
 
 def _model_path(path: str | None) -> str:
@@ -14,6 +19,15 @@ def _model_path(path: str | None) -> str:
     from .model.default_model import default_model_path
 
     return default_model_path()
+
+
+def _run(func, args: argparse.Namespace, prog: str) -> int:
+    """A command's expected failures (bad file, bad flag) as one line on stderr and exit status 2."""
+    try:
+        return func(args)
+    except (ModelLoadError, FileNotFoundError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _human_bytes(n: float) -> str:
@@ -63,31 +77,40 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .config import ServerConfig
+    from .engine.llm_engine import LLMEngine
     from .engine.sampling import SamplingParams
-    from .generation import GenerationResult, generate_stream
-    from .model.loader import load_model
-    from .model.tokenizer import Tokenizer
+    from .startup import load_serving_model
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens, stop=args.stop or [])
-    model = load_model(_model_path(args.model), threads=args.threads, n_ctx=args.ctx_size)
-    tokenizer = Tokenizer.from_metadata(model.metadata)
+    loaded = load_serving_model(ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size).validate(),
+                                progress=args.verbose)
+    tokenizer = loaded.tokenizer
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}]
         prompt_ids = tokenizer.apply_chat_template(messages)
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos)
-    result = GenerationResult()
-    for text in generate_stream(model, tokenizer, prompt_ids, params, result):
-        sys.stdout.write(text)
+    engine = LLMEngine(loaded.model, tokenizer)
+    start = time.perf_counter()
+    first = last = None
+    for delta in engine.generate(prompt_ids, params):
+        first = first or time.perf_counter()
+        sys.stdout.write(delta.text)
         sys.stdout.flush()
+        last = delta
     sys.stdout.write("\n")
-    if args.verbose:
-        decode_rate = len(result.token_ids) / result.decode_seconds if result.decode_seconds else 0.0
-        print(f"[{result.prompt_tokens} prompt tokens in {result.prefill_seconds:.2f} s; {len(result.token_ids)} "
-              f"generated at {decode_rate:.1f} tok/s; finish: {result.finish_reason}; kernels {model.kernels}]",
-              file=sys.stderr)
+    if last and last.error:
+        print(f"sysinfer: error: {last.error}", file=sys.stderr)
+        return 1
+    if args.verbose and last:
+        n = last.usage.completion_tokens
+        decode_s = time.perf_counter() - first
+        rate = (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0
+        print(f"[{len(prompt_ids)} prompt tokens in {first - start:.2f} s; {n} generated at {rate:.1f} tok/s; "
+              f"finish: {last.finish_reason}; kernels {loaded.model.kernels}]", file=sys.stderr)
     return 0
 
 
@@ -108,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("-t", "--temperature", type=float, help="default temperature (0 = greedy, the default)")
     p.add_argument("-n", "--max-tokens", type=int, help="default max tokens per reply (4096)")
     p.add_argument("--host", help="address to listen on (0.0.0.0)")
@@ -129,27 +152,25 @@ def server_main(argv: list[str] | None = None) -> int:
     """`sysinfer-server MODEL.gguf -t 0.0 -n 4096`: the reference deployment's invocation."""
     parser = argparse.ArgumentParser(prog="sysinfer-server", description="OpenAI-compatible server (port 7860)")
     add_serve_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_serve(args)
-    except (ModelLoadError, FileNotFoundError, ValueError) as e:
-        print(f"sysinfer-server: error: {e}", file=sys.stderr)
-        return 2
+    return _run(cmd_serve, parser.parse_args(argv), "sysinfer-server")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .bench import format_table, run_bench, write_outputs
-    from .model.loader import load_model
+    from .config import ServerConfig
+    from .startup import load_serving_model
 
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     if not lengths or min(lengths) < 2:
         raise ValueError("--lengths must be a comma-separated list of integers >= 2")
-    model = load_model(_model_path(args.model), threads=args.threads, n_ctx=max(lengths) + 16,
-                       max_step_tokens=512)
+    cfg = ServerConfig(model=args.model, threads=args.threads, ctx_size=max(lengths) + 16,
+                       max_step_tokens=BENCH_STEP_TOKENS).validate()
+    loaded = load_serving_model(cfg)
+    model = loaded.model
     with tqdm(total=len(lengths), desc="bench", unit="length", file=sys.stderr) as bar:
-        rows, bandwidth = run_bench(model, lengths, progress=lambda row: bar.update(1))
+        rows, bandwidth = run_bench(model, loaded.tokenizer, lengths, progress=lambda row: bar.update(1))
     print(f"model {model.path}  kernels {model.kernels}  threads {model.n_threads}  "
           f"read bandwidth {bandwidth:.1f} GB/s  weights {model.load_stats.weight_bytes / 2**20:.0f} MiB")
     print(format_table(rows))
@@ -170,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="describe a GGUF model and the kernels this CPU runs")
-    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
-    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--prompt", "-p", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system message (with --chat)")
@@ -194,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="tokens/s against input+output length (the reference table)")
-    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--lengths", default="32,64,128,256,512,1024,2048,4096", help="total lengths L (L/2 in, L/2 out)")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="write the results as JSON")
@@ -212,11 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ModelLoadError, FileNotFoundError, ValueError) as e:
-        print(f"sysinfer: error: {e}", file=sys.stderr)
-        return 2
+    return _run(args.func, args, "sysinfer")
 
 
 if __name__ == "__main__":

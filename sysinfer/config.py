@@ -11,7 +11,13 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .engine.sampling import MAX_TEMPERATURE
+
 DEFAULT_PORT = 7860  # the reference deployment's port
+DEFAULT_BLOCK_SIZE = 16  # tokens per KV block
+# Prompt tokens per step (chunked prefill). It sizes the step buffers: 256 kept the 8B server 31 MiB
+# over file + KV + 300 MB; `sysinfer bench` uses 512 (BENCH_STEP_TOKENS) for prefill figures.
+DEFAULT_MAX_STEP_TOKENS = 256
 
 
 @dataclass
@@ -26,8 +32,8 @@ class ServerConfig:
     max_queue: int = 256
     kv_blocks: int | None = None
     kv_cache_gb: float | None = None
-    block_size: int = 16
-    max_step_tokens: int = 256         # prefill chunk per step; sizes the step buffers (memory)
+    block_size: int = DEFAULT_BLOCK_SIZE
+    max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS
     prefix_cache: bool = True
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
@@ -42,8 +48,8 @@ class ServerConfig:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.kv_blocks is not None and self.kv_blocks < 1:
             raise ValueError(f"kv_blocks must be at least 1, got {self.kv_blocks}")
-        if not 0.0 <= self.temperature <= 100.0:
-            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self
@@ -95,9 +101,9 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def kv_blocks_for(cfg: ServerConfig, hp, weight_bytes: int = 0) -> int:
+def kv_blocks_for(cfg: ServerConfig, hp, weight_bytes: int) -> int:
     """--kv-blocks, else --kv-cache-gb, else enough for max_batch full contexts; never more than
-    half of the memory available after the weights."""
+    half of the memory available after the weights (weight_bytes: about the file's size)."""
     per_block = kv_block_bytes(hp, cfg.block_size)
     if cfg.kv_blocks:
         blocks = cfg.kv_blocks

@@ -8,9 +8,15 @@ import subprocess
 
 from model_files import smollm2_chat_ids, smollm2_q4_0, smollm2_q4_1
 from reference_forward import ReferenceModel
+from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import SamplingParams
-from sysinfer.generation import GenerationResult, generate_stream
 from sysinfer.model.tokenizer import Tokenizer
+
+
+def run_sync(model, tok, prompt, params):
+    """The synchronous driver (what `sysinfer generate` and `bench` run): (text, token ids, last delta)."""
+    deltas = list(LLMEngine(model, tok).generate(prompt, params))
+    return "".join(d.text for d in deltas), [t for d in deltas for t in d.token_ids], deltas[-1]
 
 
 def generate_cli(*args: str) -> subprocess.CompletedProcess:
@@ -43,22 +49,26 @@ def test_greedy_continuation_equals_reference(load):
     model = load(path)
     tok = Tokenizer.from_metadata(model.metadata)
     prompt = smollm2_chat_ids("What is the capital of France?")  # confident all the way (test_forward)
-    result = GenerationResult()
-    text = "".join(generate_stream(model, tok, prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True), result))
+    text, ids, last = run_sync(model, tok, prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
     expected = ReferenceModel(path, quantize_activations=False, fp16_kv=False).greedy(prompt, 32)
-    assert result.token_ids == expected
+    assert ids == expected
     assert text == tok.decode(expected)
-    assert result.finish_reason == "length"
+    assert last.finish_reason == "length" and last.usage.completion_tokens == 32
 
 
 def test_stop_string_ends_generation_and_is_not_sent(load):
     model = load(smollm2_q4_0())
     tok = Tokenizer.from_metadata(model.metadata)
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
-    result = GenerationResult()
-    text = "".join(generate_stream(model, tok, prompt, SamplingParams(max_tokens=32, stop=["Paris"]), result))
-    assert result.finish_reason == "stop"
+    text, _, last = run_sync(model, tok, prompt, SamplingParams(max_tokens=32, stop=["Paris"]))
+    assert last.finish_reason == "stop"
     assert "Paris" not in text and text.startswith("The capital of France is")
+
+
+def test_verbose_reports_timings():
+    out = generate_cli(smollm2_q4_0(), "--prompt", "1, 2, 3,", "-n", "8", "-v")
+    assert out.returncode == 0, out.stderr
+    assert "prompt tokens in" in out.stderr and "finish: length" in out.stderr
 
 
 def test_bad_model_path_is_a_clear_error():

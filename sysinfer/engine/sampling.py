@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]; one bound for requests, defaults and the CLI
 _LOGIT_LIMIT = 1e300  # penalised logits are clipped to +-this (float64), so no inf or NaN reaches softmax
 
 
@@ -42,8 +43,8 @@ class SamplingParams:
         def bad(name: str, rule: str):
             raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
-        if not 0.0 <= self.temperature <= 100.0:
-            bad("temperature", "between 0 and 100")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            bad("temperature", f"between 0 and {MAX_TEMPERATURE:g}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             bad("top_k", "a non-negative integer (0 = off)")
         if not 0.0 < self.top_p <= 1.0:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .request_state import RequestState
 
 _arrival = itertools.count()
 
@@ -32,7 +35,7 @@ class Sequence:
     preemptions: int = 0
     hashed: tuple[int, int | None] = (0, None)  # (blocks named in the prefix cache, last chain hash)
     arrival: int = field(default_factory=lambda: next(_arrival))
-    state: Any = None           # the engine's per-request objects (sampler, detokenizer, stream)
+    state: "RequestState | None" = None  # the engine's per-request sampler, detokenizer, stop matcher
 
     @property
     def tokens(self) -> list[int]:

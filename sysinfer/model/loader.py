@@ -12,12 +12,11 @@ from typing import Any, Callable
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from ..config import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_STEP_TOKENS
 from ..threads import resolve_threads
 from .architecture import ModelHParams
 from .gguf_loader import GGUFModelFile, ModelLoadError, TensorData, read_model_file
 
-DEFAULT_BLOCK_SIZE = 16
-DEFAULT_MAX_STEP_TOKENS = 512
 DEFAULT_MAX_OUT_ROWS = 64
 DEFAULT_CTX_CAP = 8192  # a file's trained context can be 128k: don't size the cache for it unasked
 
@@ -92,7 +91,6 @@ class LoadedModel:
         self.metadata: dict[str, Any] = mf.metadata
         self.file_bytes = mf.file_bytes
         self.n_params = mf.n_params
-        self.tensor_types = sorted({t.type.name for t in mf.tensors.values()})
         self.native = native
         self.n_vocab = mf.hparams.n_vocab
         self.n_ctx = n_ctx
@@ -126,13 +124,15 @@ class LoadedModel:
         return self._logits[: len(rows)]
 
 
-def load_model(path: str, *, threads: int | None = None, n_ctx: int | None = None, kv_blocks: int | None = None,
+def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_ctx: int | None = None, kv_blocks: int | None = None,
                block_size: int = DEFAULT_BLOCK_SIZE, max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS,
                max_out_rows: int = DEFAULT_MAX_OUT_ROWS, progress: Callable[[int, int], None] | None = None,
                cpus: list[int] | None = None) -> LoadedModel:
-    """Validate, pack the weights into the native core, release the file, allocate the KV cache."""
+    """Validate (unless given a file read_model_file already validated), pack the weights into the
+    native core, release the file, allocate the KV cache."""
     start = time.perf_counter()
-    mf = read_model_file(path)
+    mf = source if isinstance(source, GGUFModelFile) else read_model_file(source)
+    path = mf.path
     from .. import _native
 
     hp = mf.hparams

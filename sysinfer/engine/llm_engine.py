@@ -1,0 +1,194 @@
+"""The engine: one `step()` = schedule, run the native step, postprocess. Synchronous and policy-only.
+
+Every way of generating goes through it: the server's anyio loop (async_engine.py) runs the same
+three phases with the native step in a worker thread; `sysinfer generate` and `sysinfer bench` call
+`step()` directly (no event loop). Failures are contained: one request's failed sampling ends that
+request, a failed native step ends the requests in that step, and the engine goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .block_manager import BlockManager
+from .errors import ContextLengthError
+from .model_runner import ModelRunner
+from .request_state import Delta, RequestState, Usage
+from .sampling import SamplingError, SamplingParams
+from .scheduler import ScheduledChunk, Scheduler
+from .sequence import Sequence
+
+log = logging.getLogger("sysinfer.engine")
+_ids = itertools.count()
+Event = tuple[Sequence, Delta]  # a delta for one request, in the order they happened
+
+
+@dataclass
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_free: int = 0
+    kv_blocks_cached: int = 0
+    prefix_hit_tokens: int = 0
+    steps: int = 0
+    tokens_generated: int = 0
+    prompt_tokens_computed: int = 0     # tokens run as prefill (prompts, and recomputation after preemption)
+    preemptions: int = 0
+    last_step_seconds: float = 0.0
+    step_seconds_total: float = 0.0
+
+
+class LLMEngine:
+    def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
+                 enable_prefix_cache: bool = True):
+        if max_batch > model.max_out_rows:
+            raise ValueError(f"max_batch {max_batch} exceeds the model's logits rows ({model.max_out_rows})")
+        self.model, self.tokenizer = model, tokenizer
+        # The watermark keeps a little room so a newly admitted sequence isn't preempted at once;
+        # with one sequence at a time there is nobody to preempt, and the whole cache is usable.
+        watermark = 0.01 if max_batch > 1 else 0.0
+        self.blocks = BlockManager(model.n_kv_blocks, model.block_size, enable_prefix_cache, watermark)
+        self.scheduler = Scheduler(self.blocks, max_batch, min(max_step_tokens or model.max_step_tokens,
+                                                                model.max_step_tokens))
+        self.runner = ModelRunner(model)
+        self.by_id: dict[str, Sequence] = {}
+        self.stats = EngineStats()
+
+    # ---- requests ----
+    @property
+    def max_total_tokens(self) -> int:
+        """Prompt + reply tokens one request may have: the context, and what the KV cache can hold."""
+        capacity = (self.blocks.num_blocks - self.blocks.watermark_blocks) * self.blocks.block_size
+        return min(self.model.n_ctx, capacity)
+
+    def check_prompt(self, n_prompt: int, max_tokens: int) -> None:
+        if n_prompt < 1:
+            raise ContextLengthError("the prompt is empty")
+        total = n_prompt + max_tokens
+        if total > self.model.n_ctx:
+            raise ContextLengthError(
+                f"this model's context is {self.model.n_ctx} tokens; the prompt has {n_prompt} and max_tokens asks "
+                f"for {max_tokens} more ({total} in all)")
+        if total > self.max_total_tokens:
+            raise ContextLengthError(f"{total} tokens exceed the KV cache ({self.max_total_tokens} tokens)")
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
+        """Queue a request (raises ContextLengthError, or ValueError for a reused id)."""
+        self.check_prompt(len(prompt_ids), params.max_tokens)
+        request_id = request_id or f"req-{next(_ids)}"
+        if request_id in self.by_id:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        seq = Sequence(request_id, list(prompt_ids), params)
+        seq.state = RequestState(self.tokenizer, prompt_ids, params)
+        self.by_id[request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def finish(self, seq: Sequence, reason: str, token_ids: list[int] | None = None, text: str = "",
+               error: str | None = None) -> Delta:
+        """Remove a request for good (blocks freed); returns its last delta."""
+        self.scheduler.finish(seq, reason)
+        self.by_id.pop(seq.request_id, None)
+        usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens)
+        return Delta(text, token_ids or [], reason, usage, error)
+
+    # ---- the step, in three phases ----
+    def plan(self) -> list[ScheduledChunk]:
+        """Phase 1 (policy): which sequences run and how many of their tokens. Empty: nothing fits."""
+        return self.scheduler.schedule()
+
+    def execute(self, plan: list[ScheduledChunk]) -> np.ndarray:
+        """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order."""
+        start = time.perf_counter()
+        logits = self.runner.run(self.runner.build(plan))
+        self.stats.last_step_seconds = time.perf_counter() - start
+        self.stats.step_seconds_total += self.stats.last_step_seconds
+        return logits
+
+    def postprocess(self, plan: list[ScheduledChunk], logits: np.ndarray) -> list[Event]:
+        """Phase 3: account for computed tokens, sample, detokenize, check stops."""
+        self.stats.steps += 1
+        self.stats.prompt_tokens_computed += sum(c.count for c in plan if not c.is_decode)  # before tokens grow
+        self.scheduler.after_step(plan)
+        events: list[Event] = []
+        row = 0
+        for chunk in plan:
+            seq = chunk.seq
+            row_logits = None
+            if chunk.samples:
+                row_logits, row = logits[row], row + 1
+            if seq.state.aborted:
+                events.append((seq, self.finish(seq, "abort")))
+            elif row_logits is not None:
+                events.append((seq, self._next_token(seq, row_logits)))
+        return events
+
+    def fail_step(self, plan: list[ScheduledChunk], error: Exception) -> list[Event]:
+        """The native step raised: its requests end with an error (their KV content is unknown)."""
+        log.error("native step failed: %s: %s", type(error).__name__, error)
+        return [(c.seq, self.fail(c.seq, f"the model step failed: {type(error).__name__}")) for c in plan
+                if not c.seq.finished]
+
+    def fail(self, seq: Sequence, message: str) -> Delta:
+        return self.finish(seq, "error", error=message)
+
+    def step(self) -> list[Event]:
+        """schedule -> run -> postprocess, all in this thread (generate, bench)."""
+        plan = self.plan()
+        if not plan:
+            return []
+        try:
+            logits = self.execute(plan)
+        except Exception as e:  # noqa: BLE001 - the step's requests fail, the engine goes on
+            return self.fail_step(plan, e)
+        return self.postprocess(plan, logits)
+
+    def _next_token(self, seq: Sequence, logits: np.ndarray) -> Delta:
+        state = seq.state
+        try:
+            token = state.sample(logits, seq.output_ids)
+            if not state.is_stop_token(token):
+                seq.output_ids.append(token)
+                self.stats.tokens_generated += 1
+            text, reason = state.accept(token, len(seq.output_ids))
+        except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+            log.warning("request %s failed: %s: %s", seq.request_id, type(e).__name__, e)
+            reason_text = str(e) if isinstance(e, SamplingError) else type(e).__name__
+            return self.fail(seq, f"generation failed: {reason_text}")
+        if reason:
+            return self.finish(seq, reason, [token], text)
+        return Delta(text, [token])
+
+    # ---- the synchronous driver ----
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
+        """One request run to its end here (with whatever else is queued); yields its deltas."""
+        seq = self.add_request(prompt_ids, params)
+        try:
+            while not seq.finished:
+                events = self.step()
+                if not events and not self.scheduler.running:
+                    raise RuntimeError(f"request {seq.request_id} can't be scheduled")  # a bug, never a hang
+                for s, delta in events:
+                    if s is seq:
+                        yield delta
+        finally:
+            if not seq.finished:
+                self.finish(seq, "abort")
+
+    def snapshot(self) -> EngineStats:
+        s = self.stats
+        s.running, s.waiting = len(self.scheduler.running), len(self.scheduler.waiting)
+        s.kv_blocks_used, s.kv_blocks_free = self.blocks.num_used, self.blocks.num_free
+        s.kv_blocks_cached, s.prefix_hit_tokens = self.blocks.num_cached, self.blocks.prefix_hit_tokens
+        s.preemptions = self.scheduler.preemptions
+        return s
