@@ -71,7 +71,8 @@ async def _load_and_run(state: ServerState) -> None:
         return
     cfg = state.config
     state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
-                               enable_prefix_cache=cfg.prefix_cache)
+                               enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
+                               stall_timeout=cfg.stall_timeout)
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
           f"{state.model.n_kv_blocks} KV blocks) on port {cfg.port}", flush=True)
     await state.engine.run()
@@ -229,10 +230,14 @@ async def _read_body(state: ServerState, request: Request) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    with anyio.move_on_after(state.config.body_timeout) as waited:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    if waited.cancelled_caught:  # headers sent, then the body never (fully) came
+        raise ApiError(408, f"request body not received within {state.config.body_timeout:g} s",
+                       code="request_timeout", headers={"Connection": "close"})
     return bytes(body)
 
 

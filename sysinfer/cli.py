@@ -124,7 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model=args.model, model_name=args.model_name, host=args.host, port=args.port, threads=args.threads,
         ctx_size=args.ctx_size, max_batch=args.max_batch, max_queue=args.max_queue, kv_blocks=args.kv_blocks,
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
-        api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None)
+        api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
+        request_timeout=args.request_timeout, stall_timeout=args.stall_timeout)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=DRAIN_SECONDS + 2)  # the engine ends its streams first
     return 0
@@ -145,6 +146,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-cache", action="store_true", help="don't reuse cached prompt prefixes")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY")
     p.add_argument("--model-name", help="model id reported by /v1/models (default: the file name)")
+    p.add_argument("--request-timeout", type=float,
+                   help="seconds a request may take, queued and running; then it ends as at max_tokens (1800)")
+    p.add_argument("--stall-timeout", type=float,
+                   help="seconds a streaming client may leave tokens unread before it is dropped (60)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -39,6 +39,9 @@ class ServerConfig:
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout: float = 1800.0   # seconds one request may run (queued + generating); then it ends
+    body_timeout: float = 30.0        # seconds a client may take to send its request body
+    stall_timeout: float = 60.0       # seconds a streaming client may leave tokens unread before it is dropped
 
     def validate(self) -> "ServerConfig":
         for name in ("port", "ctx_size", "max_batch", "max_queue", "block_size", "max_step_tokens", "max_tokens"):
@@ -50,6 +53,9 @@ class ServerConfig:
             raise ValueError(f"kv_blocks must be at least 1, got {self.kv_blocks}")
         if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
+        for name in ("request_timeout", "body_timeout", "stall_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self

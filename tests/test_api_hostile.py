@@ -207,3 +207,19 @@ def test_sigterm_ends_running_streams_with_a_last_chunk():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_body_that_never_comes_is_dropped():
+    """Headers, then silence: the connection is answered with 408 and closed after body_timeout."""
+    proc, base, _ = start_server(SYSINFER_BODY_TIMEOUT="1")
+    try:
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"prompt\"")
+            start = time.time()
+            reply = s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408") and time.time() - start < 5, reply[:200]
+        assert httpx.get(base + "/health").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

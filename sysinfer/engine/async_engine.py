@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import AsyncIterator
 
 import anyio
@@ -24,21 +25,38 @@ from .sequence import Sequence
 log = logging.getLogger("sysinfer.engine")
 
 
+_BACKLOG = 32  # unread deltas past which a client counts as not reading
+
+
 class _Streams:
     """One request's delta channel: the engine sends, the client's handler receives."""
 
-    def __init__(self):
+    def __init__(self, deadline: float):
         self.send: MemoryObjectSendStream[Delta]
         self.receive: MemoryObjectReceiveStream[Delta]
         self.send, self.receive = anyio.create_memory_object_stream(math.inf)
+        self.deadline = deadline              # time.monotonic() past which the request is ended
+        self.backlog_since: float | None = None  # when unread deltas first passed _BACKLOG
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the reader has left more than _BACKLOG deltas unread (0 while it keeps up)."""
+        if self.send.statistics().current_buffer_used <= _BACKLOG:
+            self.backlog_since = None
+            return 0.0
+        if self.backlog_since is None:
+            self.backlog_since = now
+        return now - self.backlog_since
 
 
 class AsyncEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_queue: int = 1024,
-                 max_step_tokens: int | None = None, enable_prefix_cache: bool = True):
+                 max_step_tokens: int | None = None, enable_prefix_cache: bool = True,
+                 request_timeout: float = math.inf, stall_timeout: float = math.inf):
         self.core = LLMEngine(model, tokenizer, max_batch=max_batch, max_step_tokens=max_step_tokens,
                               enable_prefix_cache=enable_prefix_cache)
         self.max_queue = max_queue
+        self.request_timeout = request_timeout  # a request's whole life, queued and running
+        self.stall_timeout = stall_timeout      # how long a streaming client may stop reading
         self.streams: dict[str, _Streams] = {}
         self.failure: str | None = None  # set when the loop itself failed; /health reports it
         self._wake = anyio.Event()
@@ -79,7 +97,7 @@ class AsyncEngine:
         if len(self.core.scheduler.waiting) >= self.max_queue:
             raise QueueFullError(f"{len(self.core.scheduler.waiting)} requests are already waiting (max_queue)")
         seq = self.core.add_request(prompt_ids, params, request_id)
-        self.streams[seq.request_id] = _Streams()
+        self.streams[seq.request_id] = _Streams(time.monotonic() + self.request_timeout)
         self._wake.set()
         return seq
 
@@ -122,6 +140,7 @@ class AsyncEngine:
         hanging half-alive."""
         try:
             while not self._closed:
+                self._end_overdue()
                 if not self.core.has_work():
                     await self._wait_for_change()
                     continue
@@ -135,8 +154,28 @@ class AsyncEngine:
             self._loop_done.set()
 
     async def _wait_for_change(self) -> None:
-        await self._wake.wait()
+        with anyio.move_on_after(1.0):  # wake at least each second to end overdue requests
+            await self._wake.wait()
         self._wake = anyio.Event()
+
+    def _end_overdue(self) -> None:
+        """Requests past the server's time limit end as if they had reached max_tokens; streaming
+        clients that left too many tokens unread for too long are dropped (their buffers stay bounded)."""
+        now = time.monotonic()
+        for request_id, streams in list(self.streams.items()):
+            seq = self.core.by_id.get(request_id)
+            if seq is None or seq.finished or seq.state.aborted:
+                continue
+            if now > streams.deadline:
+                log.warning("request %s ended: over the %g s request time limit", request_id, self.request_timeout)
+                self._end(seq, "length")
+            elif streams.stalled_for(now) > self.stall_timeout:
+                log.warning("request %s dropped: its client read nothing for %g s", request_id, self.stall_timeout)
+                self.abort(request_id)
+
+    def _end(self, seq: Sequence, reason: str) -> None:
+        """Ends a request between steps (the loop calls this only when no step is running)."""
+        self._send(seq, self.core.finish(seq, reason, text=seq.state.final_text(reason)))
 
     async def _step_once(self) -> None:
         plan = self.core.plan()

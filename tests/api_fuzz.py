@@ -1,0 +1,107 @@
+"""Hypothesis strategies for hostile request bodies, and the check every answer must pass.
+
+Used by tests/test_api_fuzz.py (a bounded run in CI) and scripts/fuzz_http.py (long runs). Bodies mix
+plausible values with garbage in every field: wrong types, NaN/Infinity, integers past 2^63, deep
+nesting, lone surrogates, NUL characters, typed special tokens, many stop strings, logit_bias junk.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from hypothesis import strategies as st
+
+SPECIAL_TEXT = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<reserved_106>", "</s>"]
+
+texts = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from(SPECIAL_TEXT),
+    st.text(alphabet=st.sampled_from(["\x00", "\ud800", "\udfff", "é", "中", "\n", "a"]), max_size=20),
+)
+numbers = st.one_of(
+    st.integers(-2**70, 2**70), st.integers(-5, 5),
+    st.floats(allow_nan=True, allow_infinity=True), st.floats(-3, 3),
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | numbers | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _fields(hostile: bool) -> tuple[dict, st.SearchStrategy, st.SearchStrategy]:
+    """(optional common fields, messages, prompt) strategies; hostile ones put garbage in any field."""
+    def field(plausible: st.SearchStrategy) -> st.SearchStrategy:
+        return st.one_of(plausible, plausible, json_values) if hostile else plausible
+
+    common = {
+        "model": field(st.text(max_size=10)),
+        "max_tokens": field(st.integers(-1, 4)),
+        "temperature": field(st.floats(0, 2) if not hostile else st.floats(-1, 3)),
+        "top_p": field(st.floats(0.01, 1) if not hostile else st.floats(-0.5, 1.5)),
+        "top_k": field(st.integers(0, 50)),
+        "min_p": field(st.floats(0, 1)),
+        "frequency_penalty": field(st.floats(-2, 2)),
+        "presence_penalty": field(st.floats(-2, 2)),
+        "repetition_penalty": field(st.floats(0.01, 10)),
+        "seed": field(st.integers(-2**63, 2**64 - 1) if not hostile else st.integers(-2**65, 2**65)),
+        "stop": field(st.one_of(texts.filter(bool), st.lists(texts.filter(bool), max_size=16))
+                      if not hostile else st.one_of(texts, st.lists(texts, max_size=20), st.just(["x"] * 10000))),
+        "stream": field(st.booleans()),
+        "stream_options": field(st.fixed_dictionaries({"include_usage": st.booleans()})),
+        "n": field(st.just(1) if not hostile else st.integers(0, 3)),
+        "user": field(texts),
+        "response_format": field(st.just({"type": "text"})),
+    }
+    if hostile:
+        common |= {"logit_bias": json_values, "logprobs": json_values}
+    messages = field(st.lists(st.fixed_dictionaries({
+        "role": field(st.sampled_from(["system", "user", "assistant"])), "content": field(texts)}),
+        min_size=0 if hostile else 1, max_size=4))
+    prompt = field(st.one_of(texts, st.lists(texts, max_size=2)) if hostile else texts.filter(bool))
+    return common, messages, prompt
+
+
+def _bodies(key: str) -> st.SearchStrategy:
+    """Half plausible bodies (they reach the engine: sampling, stops, streaming), half hostile ones."""
+    variants = []
+    for hostile in (False, True):
+        common, messages, prompt = _fields(hostile)
+        variants.append(st.fixed_dictionaries({key: messages if key == "messages" else prompt}, optional=common))
+    return st.one_of(*variants)
+
+
+chat_bodies = _bodies("messages")
+completion_bodies = _bodies("prompt")
+
+
+def bounded(body: dict) -> dict:
+    """Keeps a run's cost bounded: a plausible max_tokens stays small (garbage values stay garbage)."""
+    if body.get("max_tokens") is None or (isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 4):
+        body = {**body, "max_tokens": 4}
+    return body
+
+
+def encode(body: dict) -> bytes:
+    """JSON as hostile clients send it: NaN/Infinity literals and lone surrogates allowed."""
+    return json.dumps(body, allow_nan=True).encode()
+
+
+def check_answer(client: httpx.Client, path: str, body: dict) -> int:
+    """Sends one body and checks the answer: a 200 whose stream ends properly, or a 4xx in OpenAI's
+    error shape with a short message; never a 5xx, a traceback or a file path. Returns the status."""
+    with client.stream("POST", path, content=encode(bounded(body)), headers={"content-type": "application/json"}) as r:
+        raw = r.read().decode("utf-8", errors="replace")
+    assert r.status_code in (200, 400, 413, 429), f"{r.status_code} for {body!r:.300}: {raw[:300]}"
+    assert "Traceback" not in raw and "site-packages" not in raw and 'File "' not in raw, raw[:500]
+    if r.status_code != 200:
+        err = json.loads(raw)["error"]
+        assert isinstance(err["message"], str) and 0 < len(err["message"]) <= 1000, err
+    elif raw.startswith("data:"):
+        events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]", events[-3:]
+        assert not any('"error"' in e[:20] for e in events), events[-3:]
+    else:
+        assert json.loads(raw)["choices"][0]["finish_reason"] in ("stop", "length")
+    return r.status_code

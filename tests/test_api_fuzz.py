@@ -1,0 +1,37 @@
+"""Schema-driven fuzzing of both completion endpoints against a real server (a bounded slice; the
+long campaign is scripts/fuzz_http.py): every answer is a 200 or a clear 4xx, the connection stays
+usable, and the server still answers a normal request and reports healthy afterwards."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from api_fuzz import chat_bodies, check_answer, completion_bodies
+from test_api import start_server
+
+CASES = 250  # per endpoint in CI; about 30 s each on 2 cores
+
+
+@pytest.fixture(scope="module")
+def client():
+    proc, base, _ = start_server(SYSINFER_MAX_BATCH="4")
+    with httpx.Client(base_url=base, timeout=60) as c:
+        yield c
+        assert c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+        assert c.get("/health").json()["status"] == "ok"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(body=chat_bodies)
+def test_chat_completions_fuzz(client, body):
+    check_answer(client, "/v1/chat/completions", body)
+
+
+@settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(body=completion_bodies)
+def test_completions_fuzz(client, body):
+    check_answer(client, "/v1/completions", body)
