@@ -35,8 +35,8 @@ def build_test_kernels(name: str, *cmake_args: str) -> Path:
     return build / "native" / "test_kernels"
 
 
-def run_and_check(cmd: list[str], expect_tables: int) -> str:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def run_and_check(cmd: list[str], expect_tables: int, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert out.stdout.strip().endswith("0 failed"), out.stdout[-2000:]
     assert f"SIMD tables tested: {expect_tables}" in out.stdout, out.stdout[-2000:]
