@@ -108,11 +108,11 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = get_int("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
     eps_key = f"{arch}.attention.layer_norm_rms_epsilon"
-    rms_eps = _finite(eps_key, _require(meta, eps_key, float), 0.0, 1.0)
+    rms_eps = _finite(eps_key, _require(meta, eps_key, float), 1e-30, 1.0)
     use_rope = not (arch == "baichuan" and n_layer == BAICHUAN_ALIBI_BLOCK_COUNT)
     rope_dim = get_int("rope.dimension_count", head_dim)
     base_key = f"{arch}.rope.freq_base"
-    rope_base = _finite(base_key, _require(meta, base_key, float), 0.0, 1e30) if base_key in meta else 10000.0
+    rope_base = _finite(base_key, _require(meta, base_key, float), 1.0, 1e30) if base_key in meta else 10000.0
     if use_rope and (rope_dim > head_dim or rope_dim % 2):
         raise ValueError(f"{arch}.rope.dimension_count ({rope_dim}) must be even and at most the head size ({head_dim})")
     return ModelHParams(

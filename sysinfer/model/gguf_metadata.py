@@ -29,10 +29,16 @@ _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 
 STRING, ARRAY = 8, 9
 SUPPORTED_VERSIONS = (2, 3)
 
+MAX_TENSORS = 1 << 16     # tensors in a file (Llama 3.1 405B has about 1,300)
+MAX_KEYS = 1 << 16        # metadata keys (real files: about 40)
 MAX_DIMS = 4              # GGML_MAX_DIMS
 MAX_TENSOR_NAME = 256     # bytes (llama.cpp allows 63)
 MAX_KEY = 1024            # bytes of a metadata key
 MAX_ARRAY_DEPTH = 3       # arrays of arrays of arrays at most (GGUF files use one level)
+MAX_STRING = 16 << 20     # bytes of a metadata string (chat templates: tens of KB)
+MAX_ARRAY_STRING = 1 << 16  # bytes of a string inside an array (tokens, merges)
+MAX_ARRAY = 1 << 22       # elements of one metadata array (vocabularies and merge lists: < 10^6)
+MAX_ARRAY_TOTAL = 1 << 23  # elements of all metadata arrays together (each costs a Python object)
 MAX_ALIGNMENT = 1 << 20
 MAX_DIM = (1 << 63) - 1   # a dimension must fit an int64 (ggml's ne)
 MAX_MESSAGE_VALUE = 200   # characters of a quoted value in an error message
@@ -72,6 +78,7 @@ Recorder = Callable[[str, int, int, str], None]
 class _Cursor:
     def __init__(self, buf, record: Recorder | None = None):
         self.buf, self.pos, self.record = buf, 0, record
+        self.array_elements = 0  # read so far, across all arrays
 
     @property
     def remaining(self) -> int:
@@ -95,6 +102,12 @@ class _Cursor:
     def count(self, label: str, min_item_bytes: int) -> int:
         """A u64 count of items of at least min_item_bytes each, checked against the bytes left."""
         n = self.scalar(10, "count", label)
+        if label.endswith("array count"):
+            # a list of n Python objects costs far more than n bytes of file: bound them absolutely
+            self.array_elements += n
+            if n > MAX_ARRAY or self.array_elements > MAX_ARRAY_TOTAL:
+                raise GGUFFormatError(f"{label} = {n} is more than this reader allows ({MAX_ARRAY} per array, "
+                                      f"{MAX_ARRAY_TOTAL} in all)")
         if n * min_item_bytes > self.remaining:
             raise GGUFFormatError(
                 f"{label} = {n} needs at least {n * min_item_bytes} bytes but only {self.remaining} remain (corrupt count)"
@@ -109,7 +122,7 @@ class _Cursor:
 
     def value(self, vtype: int, label: str, depth: int = 0) -> Any:
         if vtype == STRING:
-            return self.string(label)
+            return self.string(label, MAX_STRING)
         if vtype in _SCALARS:
             return self.scalar(vtype, "value", label)
         if vtype != ARRAY:
@@ -119,7 +132,7 @@ class _Cursor:
         etype = self.scalar(4, "type", f"{label} element type")
         if etype == STRING:
             count = self.count(f"{label} array count", 8)
-            return [self.string(f"{label} element") for _ in range(count)]
+            return [self.string(f"{label} element", MAX_ARRAY_STRING) for _ in range(count)]
         if etype in _NUMPY:
             dtype = np.dtype(_NUMPY[etype])
             count = self.count(f"{label} array count", dtype.itemsize)
@@ -143,6 +156,9 @@ def parse_header(buf, record: Recorder | None = None) -> tuple[int, dict[str, An
     # each key/value at least 8 (key length) + 4 (type) + 1 (a u8 value)
     n_tensors = cur.count("tensor count", 24)
     n_kv = cur.count("metadata key count", 13)
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KEYS:
+        raise GGUFFormatError(f"implausible counts: {n_tensors} tensors (at most {MAX_TENSORS}), "
+                              f"{n_kv} metadata keys (at most {MAX_KEYS})")
     meta: dict[str, Any] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}", MAX_KEY)

@@ -89,6 +89,8 @@ class Tokenizer(ABC):
             if self.special_tokens else None
         )
         eot_id = self._optional_id(meta, "tokenizer.ggml.eot_token_id")
+        for key in ("tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"):
+            self._optional_id(meta, key)  # unused by some kinds, but a file naming a missing token is corrupt
         self.stop_ids: set[int] = {i for i in (self.eos_id, eot_id) if i is not None}
         self.stop_ids |= {self.special_tokens[t] for t in END_OF_TURN_TEXTS if t in self.special_tokens}
 
