@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, help="mutate: stop after this long")
     p.add_argument("--smollm2-only", action="store_true", help="mutate/sweep: only the SmolLM2 header")
     p.add_argument("--tiny-only", action="store_true", help="mutate/sweep: only the tiny test models")
+    p.add_argument("--only", action="append", default=[], help="mutate/sweep: only seeds whose file name contains this")
     p.add_argument("--array-elements", type=int, default=3, help="sweep: array elements mutated per array")
     p.add_argument("--show-accepted", type=int, default=0, help="sweep: list this many mutants that still load")
     p.add_argument("--max-mb", type=int, default=2048, help="address-space limit of this process (MiB)")
@@ -359,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in seed_files():
                 smol = "SmolLM2" in path
                 if (args.smollm2_only and not smol) or (args.tiny_only and smol):
+                    continue
+                if args.only and not any(o in Path(path).name for o in args.only):
                     continue
                 seeds[Path(path).name] = header_bytes(path)
             for name, data in seeds.items():  # every seed itself must load

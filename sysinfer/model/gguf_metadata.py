@@ -55,8 +55,10 @@ def describe(value: Any, limit: int = MAX_MESSAGE_VALUE) -> str:
         kinds = sorted({type(v).__name__ for v in value[:1000]})
         return f"<array of {len(value)} {'/'.join(kinds) or 'values'}>"
     if isinstance(value, (str, bytes, bytearray)):
-        text = repr(value[:limit])
-        return text if len(value) <= limit else f"{text}... ({len(value)} {'chars' if isinstance(value, str) else 'bytes'})"
+        text = repr(value[:limit])  # escapes can make it up to 10 times longer: cut it again
+        if len(value) <= limit and len(text) <= limit + 2:
+            return text
+        return f"{text[:limit]}... ({len(value)} {'chars' if isinstance(value, str) else 'bytes'})"
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
