@@ -315,6 +315,13 @@ def test_dimension_count_changed(tmp_path):
         with pytest.raises(ModelLoadError) as info:
             read_model_file(path)
         assert len(str(info.value)) <= 1000 and "\n" not in str(info.value), (f, len(str(info.value)))
+    # with the real tensor data after the header (the parse runs into it): this one was 133 MB
+    path = tmp_path / "ndims-full.gguf"
+    shutil.copy(smollm2_path(), path)
+    with open(path, "r+b") as f:
+        f.seek(two_d[-1][1])
+        f.write(struct.pack("<I", 1))
+    refuse_under_memory_limit(str(path), "name of tensor", "at most 256")
 
 
 def test_error_messages_are_bounded():
