@@ -26,7 +26,7 @@ Modes:
 
 Every mode runs under an address-space limit (--max-mb, default 2048 MiB for the whole process) and
 a per-input time limit (--timeout, default 10 s, SIGALRM); failing inputs are written to --crash-dir
-(default ./fuzz-crashes) to be kept in tests/data/gguf_regressions/ once fixed.
+(default ./fuzz-crashes) to be kept in tests/data/gguf_regressions/ (renamed to *.bin) once fixed.
 """
 
 from __future__ import annotations
@@ -279,7 +279,8 @@ def save_failures(failures, folder: Path) -> None:
 
 
 def regression_files() -> list[Path]:
-    return sorted(p for p in REGRESSIONS.glob("*") if p.suffix == ".gguf") if REGRESSIONS.is_dir() else []
+    """The kept inputs: *.bin (the repository ignores *.gguf, which would be model files)."""
+    return sorted(REGRESSIONS.glob("*.bin")) if REGRESSIONS.is_dir() else []
 
 
 # ---- atheris ----
