@@ -324,6 +324,11 @@ def run_atheris(argv: list[str], harness_timeout: float) -> None:
         print(f"corpus: {folder}", file=sys.stderr)
     if not any(a.startswith("-max_len=") for a in argv):
         argv = argv + ["-max_len=2000000"]
+    if not any(a.startswith("-rss_limit_mb=") for a in argv):
+        # The memory bound is RLIMIT_AS (set_limits). libFuzzer's own check reads ru_maxrss, which a
+        # child inherits from its parent across fork and exec: under a big pytest process it reports
+        # the parent's peak and stops at once with a false out-of-memory.
+        argv = argv + ["-rss_limit_mb=0"]
     atheris.Setup(argv, one_input)
     atheris.Fuzz()  # does not return
 
