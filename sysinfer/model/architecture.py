@@ -7,8 +7,11 @@ output when `output.weight` is absent) and `baichuan` (Baichuan 2: RoPE for 7B; 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from .gguf_metadata import describe
 
 SUPPORTED_ARCHITECTURES = ("llama", "baichuan")
 BAICHUAN_ALIBI_BLOCK_COUNT = 40
@@ -37,20 +40,42 @@ class ModelHParams:
         return cfg
 
 
+# Upper bounds on hyperparameters read from a file (far above any real model; every value must
+# also fit the native core's int32). The tensors must then match them, within the file's bytes.
+MAX_HPARAM = {
+    "block_count": 1024,
+    "embedding_length": 1 << 17,
+    "attention.head_count": 1 << 12,
+    "attention.head_count_kv": 1 << 12,
+    "attention.key_length": 1 << 14,
+    "feed_forward_length": 1 << 20,
+    "context_length": (1 << 31) - 1,
+    "vocab_size": 1 << 24,
+    "rope.dimension_count": 1 << 14,
+}
+
+
 def _require(meta: dict[str, Any], key: str, kind: type) -> Any:
     if key not in meta:
         raise KeyError(f"missing metadata key {key!r}")
     value = meta[key]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"metadata key {key!r} must be an integer, got {value!r}")
-    if kind is float and not isinstance(value, (int, float)):
-        raise ValueError(f"metadata key {key!r} must be a number, got {value!r}")
+        raise ValueError(f"metadata key {key!r} must be an integer, got {describe(value)}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"metadata key {key!r} must be a number, got {describe(value)}")
     return value
 
 
-def _positive(key: str, value: int) -> int:
-    if value <= 0:
-        raise ValueError(f"metadata key {key!r} must be positive, got {value}")
+def _positive(key: str, value: int, limit: int) -> int:
+    if not 0 < value <= limit:
+        raise ValueError(f"metadata key {key!r} = {value} is out of range (1 to {limit})")
+    return value
+
+
+def _finite(key: str, value: float, low: float, high: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and low < value < high):
+        raise ValueError(f"metadata key {key!r} = {value!r} is out of range ({low:g} to {high:g}, exclusive)")
     return value
 
 
@@ -58,14 +83,16 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     arch = meta.get("general.architecture")
     if arch is None:
         raise KeyError("missing metadata key 'general.architecture'")
+    if not isinstance(arch, str):
+        raise ValueError(f"metadata key 'general.architecture' must be a string, got {describe(arch)}")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"architecture {arch!r} (general.architecture) is not supported; supported: {SUPPORTED_ARCHITECTURES}")
+        raise ValueError(f"architecture {describe(arch)} (general.architecture) is not supported; supported: {SUPPORTED_ARCHITECTURES}")
 
     def get_int(name: str, default: int | None = None) -> int:
         key = f"{arch}.{name}"
         if default is not None and key not in meta:
             return default
-        return _positive(key, int(_require(meta, key, int)))
+        return _positive(key, int(_require(meta, key, int)), MAX_HPARAM[name])
 
     n_layer = get_int("block_count")
     n_embd = get_int("embedding_length")
@@ -75,15 +102,17 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
         raise ValueError(f"{arch}.attention.head_count ({n_head}) is not a multiple of head_count_kv ({n_head_kv})")
     if n_embd % n_head and f"{arch}.attention.key_length" not in meta:
         raise ValueError(f"{arch}.embedding_length ({n_embd}) is not a multiple of attention.head_count ({n_head})")
-    head_dim = get_int("attention.key_length", n_embd // n_head)
+    head_dim = get_int("attention.key_length", max(1, n_embd // n_head))
     n_ff = get_int("feed_forward_length")
     n_ctx_train = get_int("context_length")
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = get_int("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
-    rms_eps = float(_require(meta, f"{arch}.attention.layer_norm_rms_epsilon", float))
+    eps_key = f"{arch}.attention.layer_norm_rms_epsilon"
+    rms_eps = _finite(eps_key, _require(meta, eps_key, float), 1e-30, 1.0)
     use_rope = not (arch == "baichuan" and n_layer == BAICHUAN_ALIBI_BLOCK_COUNT)
     rope_dim = get_int("rope.dimension_count", head_dim)
-    rope_base = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    base_key = f"{arch}.rope.freq_base"
+    rope_base = _finite(base_key, _require(meta, base_key, float), 1.0, 1e30) if base_key in meta else 10000.0
     if use_rope and (rope_dim > head_dim or rope_dim % 2):
         raise ValueError(f"{arch}.rope.dimension_count ({rope_dim}) must be even and at most the head size ({head_dim})")
     return ModelHParams(

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import tiktoken
 
-from .tokenizer import TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_list
+from .gguf_metadata import describe
+from .tokenizer import TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_list, _meta_str
 
 # Pre-tokenizer split patterns by tokenizer.ggml.pre.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -61,10 +62,10 @@ class BPETokenizer(Tokenizer):
     def __init__(self, meta: dict[str, Any]):
         super().__init__(meta)
         self.unknown_id = self._optional_id(meta, "tokenizer.ggml.unknown_token_id")
-        pre = meta.get("tokenizer.ggml.pre", "default")
+        pre = _meta_str(meta, "tokenizer.ggml.pre", "default")
         if pre not in PRE_TOKENIZER_PATTERNS:
-            raise TokenizerError(f"tokenizer.ggml.pre = {pre!r} is not supported (supported: {sorted(PRE_TOKENIZER_PATTERNS)})")
-        merges = _meta_list(meta, "tokenizer.ggml.merges") if meta.get("tokenizer.ggml.merges") else []
+            raise TokenizerError(f"tokenizer.ggml.pre = {describe(pre)} is not supported (supported: {sorted(PRE_TOKENIZER_PATTERNS)})")
+        merges = _meta_list(meta, "tokenizer.ggml.merges", str, "strings") if meta.get("tokenizer.ggml.merges") else []
         self._bytes: list[bytes] = []
         for i, (text, kind) in enumerate(zip(self.tokens, self.token_types)):
             raw = None if kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) else token_string_bytes(text)
@@ -98,7 +99,7 @@ class BPETokenizer(Tokenizer):
             left, _, right = m.partition(" ")
             a, b = token_string_bytes(left), token_string_bytes(right)
             if a is None or b is None:
-                raise TokenizerError(f"tokenizer.ggml.merges entry {m!r} is not byte-level text")
+                raise TokenizerError(f"tokenizer.ggml.merges entry {describe(m)} is not byte-level text")
             add(a + b)
         for raw in id_of:
             add(raw)

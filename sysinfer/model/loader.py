@@ -18,6 +18,7 @@ from .architecture import ModelHParams
 from .gguf_loader import GGUFModelFile, ModelLoadError, TensorData, read_model_file
 
 DEFAULT_MAX_OUT_ROWS = 64
+INT32_MAX = (1 << 31) - 1
 DEFAULT_CTX_CAP = 8192  # a file's trained context can be 128k: don't size the cache for it unasked
 
 
@@ -143,8 +144,15 @@ def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_c
     max_step_tokens = max(1, min(max_step_tokens, n_ctx))
     max_out_rows = max(1, min(max_out_rows, max_step_tokens))
     kv_blocks = kv_blocks or math.ceil(n_ctx / block_size)
+    config = hp.native_config(n_ctx)
+    for key, value in config.items():  # the native core reads C ints: a bigger value is std::bad_cast
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= INT32_MAX:
+            raise ModelLoadError(f"{path}: {key} = {value} does not fit the native core (at most {INT32_MAX})")
+    for t in mf.tensors.values():
+        if t.rows > INT32_MAX or t.cols > INT32_MAX:
+            raise ModelLoadError(f"{path}: tensor {t.name!r} of shape {list(t.shape)} is too large for the native core")
     try:
-        native = _native.Model(hp.native_config(n_ctx), n_threads, cpus if cpus is not None else allowed)
+        native = _native.Model(config, n_threads, cpus if cpus is not None else allowed)
         load_weights(native, mf, progress)
     except ValueError as e:  # shape/type problems the native side found
         raise ModelLoadError(f"{path}: {e}") from None

@@ -12,7 +12,8 @@ from typing import Any
 import sentencepiece as spm
 
 from .tokenizer import (TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN,
-                        TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError)
+                        TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_bool, _meta_list)
+from .gguf_metadata import describe
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 SPACE = "\u2581"  # "▁": SentencePiece's visible space
@@ -35,7 +36,7 @@ def build_model_proto(tokens: list[str], scores: list[float], types: list[int]) 
     has_unknown = False
     for piece, score, kind in zip(tokens, scores, types):
         if kind not in kinds:
-            raise TokenizerError(f"tokenizer.ggml.token_type {kind} of piece {piece!r} is not a SentencePiece type")
+            raise TokenizerError(f"tokenizer.ggml.token_type {describe(kind)} of piece {describe(piece)} is not a SentencePiece type")
         has_unknown |= kind == TOKEN_TYPE_UNKNOWN
         model.pieces.add(piece=piece, score=float(score), type=kinds[kind])
     if not has_unknown:
@@ -56,12 +57,20 @@ class SPMTokenizer(Tokenizer):
 
     def __init__(self, meta: dict[str, Any]):
         super().__init__(meta)
-        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(self.tokens)
+        if "tokenizer.ggml.scores" in meta:
+            scores = _meta_list(meta, "tokenizer.ggml.scores", (int, float), "numbers")
+        else:
+            scores = [0.0] * len(self.tokens)
         if len(scores) != len(self.tokens):
-            raise TokenizerError("tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length")
-        self.add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+            raise TokenizerError(f"tokenizer.ggml.scores ({len(scores)}) and tokenizer.ggml.tokens ({len(self.tokens)}) differ in length")
+        self.add_space_prefix = _meta_bool(meta, "tokenizer.ggml.add_space_prefix", True)
         self._sp = spm.SentencePieceProcessor()
-        self._sp.LoadFromSerializedProto(build_model_proto(self.tokens, scores, self.token_types))
+        try:
+            self._sp.LoadFromSerializedProto(build_model_proto(self.tokens, scores, self.token_types))
+        except (RuntimeError, ValueError, OverflowError) as e:  # sentencepiece refuses the pieces
+            if isinstance(e, TokenizerError):
+                raise
+            raise TokenizerError(f"SentencePiece refused the vocabulary in tokenizer.ggml.tokens: {describe(str(e))}") from None
         self._bytes = [self._piece_bytes(p, k) for p, k in zip(self.tokens, self.token_types)]
 
     @staticmethod

@@ -14,20 +14,49 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any
 
+from .gguf_loader import ModelLoadError
+from .gguf_metadata import describe
+
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 1, 2, 3, 4
 TOKEN_TYPE_UNUSED, TOKEN_TYPE_BYTE = 5, 6
 # Tokens a chat model ends its turn with, besides the file's eos.
 END_OF_TURN_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>", "<|end|>", "</s>")
 
 
-class TokenizerError(ValueError):
-    """Metadata that can't make a tokenizer; the message names the key."""
+class TokenizerError(ModelLoadError, ValueError):
+    """Metadata that can't make a tokenizer; the message names the key. A ModelLoadError (the file
+    can't be served) and, as before, a ValueError."""
 
 
-def _meta_list(meta: dict[str, Any], key: str) -> list:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_list(meta: dict[str, Any], key: str, elem: Any = None, elem_name: str = "") -> list:
+    """The non-empty array under key, every element of type elem (when given)."""
     value = meta.get(key)
     if not isinstance(value, list) or not value:
-        raise TokenizerError(f"tokenizer metadata {key!r} is missing or empty")
+        raise TokenizerError(f"tokenizer metadata {key!r} is missing or empty (got {describe(value)})")
+    if elem is not None:
+        check = _is_int if elem is int else (lambda v: isinstance(v, elem) and not isinstance(v, bool))
+        for i, v in enumerate(value):
+            if not check(v):
+                raise TokenizerError(f"tokenizer metadata {key!r} must be an array of {elem_name}, "
+                                     f"element {i} is {describe(v)}")
+    return value
+
+
+def _meta_str(meta: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    value = meta.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise TokenizerError(f"tokenizer metadata {key!r} must be a string, got {describe(value)}")
+    return value
+
+
+def _meta_bool(meta: dict[str, Any], key: str, default: bool) -> bool:
+    value = meta.get(key, default)
+    if not isinstance(value, bool):
+        raise TokenizerError(f"tokenizer metadata {key!r} must be a boolean, got {describe(value)}")
     return value
 
 
@@ -35,17 +64,21 @@ class Tokenizer(ABC):
     """Common interface; build one with Tokenizer.from_metadata(meta)."""
 
     def __init__(self, meta: dict[str, Any]):
-        self.tokens: list[str] = _meta_list(meta, "tokenizer.ggml.tokens")
-        types = meta.get("tokenizer.ggml.token_type") or [TOKEN_TYPE_NORMAL] * len(self.tokens)
+        self.tokens: list[str] = _meta_list(meta, "tokenizer.ggml.tokens", str, "strings")
+        if "tokenizer.ggml.token_type" in meta:
+            types = _meta_list(meta, "tokenizer.ggml.token_type", int, "integers")
+        else:
+            types = [TOKEN_TYPE_NORMAL] * len(self.tokens)
         if len(types) != len(self.tokens):
-            raise TokenizerError("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length")
+            raise TokenizerError(f"tokenizer.ggml.token_type ({len(types)}) and tokenizer.ggml.tokens "
+                                 f"({len(self.tokens)}) differ in length")
         self.token_types: list[int] = list(types)
         self.vocab_size = len(self.tokens)
         self.bos_id: int | None = self._optional_id(meta, "tokenizer.ggml.bos_token_id")
         self.eos_id: int | None = self._optional_id(meta, "tokenizer.ggml.eos_token_id")
-        self.add_bos: bool = bool(meta.get("tokenizer.ggml.add_bos_token", self.default_add_bos))
-        self.chat_template: str | None = meta.get("tokenizer.chat_template")
-        self.architecture: str = meta.get("general.architecture", "")
+        self.add_bos: bool = _meta_bool(meta, "tokenizer.ggml.add_bos_token", self.default_add_bos)
+        self.chat_template: str | None = _meta_str(meta, "tokenizer.chat_template")
+        self.architecture: str = _meta_str(meta, "general.architecture", "") or ""
         # text -> id of tokens that may be written by a template (control and user-defined)
         self.special_tokens: dict[str, int] = {
             text: i for i, (text, kind) in enumerate(zip(self.tokens, self.token_types))
@@ -56,6 +89,8 @@ class Tokenizer(ABC):
             if self.special_tokens else None
         )
         eot_id = self._optional_id(meta, "tokenizer.ggml.eot_token_id")
+        for key in ("tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"):
+            self._optional_id(meta, key)  # unused by some kinds, but a file naming a missing token is corrupt
         self.stop_ids: set[int] = {i for i in (self.eos_id, eot_id) if i is not None}
         self.stop_ids |= {self.special_tokens[t] for t in END_OF_TURN_TEXTS if t in self.special_tokens}
 
@@ -65,13 +100,15 @@ class Tokenizer(ABC):
         value = meta.get(key)
         if value is None:
             return None
-        if not isinstance(value, int) or not 0 <= value < len(self.tokens):
-            raise TokenizerError(f"{key} = {value!r} is not a token id of this vocabulary")
+        if not _is_int(value) or not 0 <= value < len(self.tokens):
+            raise TokenizerError(f"{key} = {describe(value)} is not a token id of this vocabulary")
         return value
 
     @staticmethod
     def from_metadata(meta: dict[str, Any]) -> "Tokenizer":
         kind = meta.get("tokenizer.ggml.model")
+        if not isinstance(kind, str):
+            raise TokenizerError(f"tokenizer.ggml.model must be a string ('gpt2' or 'llama'), got {describe(kind)}")
         if kind == "gpt2":
             from .bpe_tokenizer import BPETokenizer
 
@@ -80,7 +117,7 @@ class Tokenizer(ABC):
             from .spm_tokenizer import SPMTokenizer
 
             return SPMTokenizer(meta)
-        raise TokenizerError(f"tokenizer.ggml.model = {kind!r} is not supported (supported: 'gpt2', 'llama')")
+        raise TokenizerError(f"tokenizer.ggml.model = {describe(kind)} is not supported (supported: 'gpt2', 'llama')")
 
     # ---- the kind-specific part ----
     @abstractmethod
