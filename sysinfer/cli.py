@@ -38,6 +38,12 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _shown(value, limit: int = 120) -> str:
+    """A string from the file, cut for the terminal (a file may carry megabytes in general.name)."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import native_info
     from .model.gguf_loader import read_model_file
@@ -52,7 +58,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [
         ("file", path),
         ("size", _human_bytes(mf.file_bytes)),
-        ("name", mf.metadata.get("general.name", "?")),
+        ("name", _shown(mf.metadata.get("general.name", "?"))),
         ("architecture", hp.arch + ("" if hp.use_rope else " (ALiBi)")),
         ("parameters", f"{mf.n_params / 1e6:.1f} M"),
         ("layers", hp.n_layer),
@@ -64,8 +70,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("position encoding", f"RoPE base {hp.rope_base:g}, {hp.rope_dim} dims" if hp.use_rope else "ALiBi"),
         ("output", "tied to token_embd" if "output.weight" not in mf.tensors else mf.tensors["output.weight"].type.name),
         ("tensor types", ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))),
-        ("tokenizer", mf.metadata.get("tokenizer.ggml.model", "none")
-         + (f" (pre: {mf.metadata['tokenizer.ggml.pre']})" if "tokenizer.ggml.pre" in mf.metadata else "")),
+        ("tokenizer", _shown(mf.metadata.get("tokenizer.ggml.model", "none"))
+         + (f" (pre: {_shown(mf.metadata['tokenizer.ggml.pre'])})" if "tokenizer.ggml.pre" in mf.metadata else "")),
         ("chat template", "yes" if "tokenizer.chat_template" in mf.metadata else "none (built-in used)"),
         ("kernels", f"{native['kernels']} (compiled: {', '.join(native['compiled'])})"),
         ("cpu features", ", ".join(k for k in ("avx2", "fma", "f16c", "neon", "dotprod") if native[k]) or "none"),

@@ -16,6 +16,7 @@ def load():
         kwargs.setdefault("threads", 2)
         kwargs.setdefault("n_ctx", 1024)
         kwargs.setdefault("kv_blocks", 64)
+        kwargs.setdefault("max_step_tokens", 512)  # the tests prefill up to 512 tokens in one step
         key = (path, tuple(sorted(kwargs.items())))
         if key not in cache:
             cache[key] = load_model(path, **kwargs)
