@@ -28,7 +28,7 @@ def runtime_library(name: str) -> str:
 
 def test_kernels_under_asan_ubsan():
     binary = build_test_kernels("asan", f"-DCMAKE_CXX_FLAGS={SANITIZE}",
-                                f"-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined")
+                                "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined")
     expected = _native.info()["kernels"]
     run_and_check([str(binary), "--expect", expected], expect_tables=0 if expected == "generic" else 1,
                   env={**os.environ, **SAN_ENV, "ASAN_OPTIONS": "abort_on_error=1:detect_leaks=1"})
