@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from model_files import cache_dir, smollm2_q4_0  # noqa: E402
 from sysinfer.bench import bench_engine, time_request  # noqa: E402
-from sysinfer.model.loader import load_model  # noqa: E402
+from sysinfer.model.native_model import load_model  # noqa: E402
 from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
 from sysinfer.model.synth_presets import synth_like  # noqa: E402
 

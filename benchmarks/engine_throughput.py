@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from model_files import smollm2_q4_0  # noqa: E402
 from sysinfer.engine.async_engine import AsyncEngine  # noqa: E402
 from sysinfer.engine.sampling import SamplingParams  # noqa: E402
-from sysinfer.model.loader import load_model  # noqa: E402
+from sysinfer.model.native_model import load_model  # noqa: E402
 from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name a primary color.", "What is 2+2?", "Say hello in French.",

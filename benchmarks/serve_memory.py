@@ -20,7 +20,7 @@ import time
 import httpx
 
 from sysinfer.config import ServerConfig, kv_block_bytes, kv_blocks_for
-from sysinfer.model.gguf_loader import read_model_file
+from sysinfer.model.model_file import read_model_file
 
 
 def proc_status_bytes(pid: int, key: str) -> int:

@@ -84,11 +84,11 @@ class Harness:
         os.unlink(name)
         self.path = f"/proc/self/fd/{self.fd}"
         self.timeout = timeout
-        from sysinfer.model import gguf_loader
+        from sysinfer.model import model_file
         from sysinfer.model.tokenizer import Tokenizer
 
-        self.ModelLoadError, self.read_model_file, self.Tokenizer = gguf_loader.ModelLoadError, gguf_loader.read_model_file, Tokenizer
-        self.max_message = getattr(gguf_loader, "MAX_MESSAGE", 1000)  # (older versions: replaying against them)
+        self.ModelLoadError, self.read_model_file, self.Tokenizer = model_file.ModelLoadError, model_file.read_model_file, Tokenizer
+        self.max_message = getattr(model_file, "MAX_MESSAGE", 1000)  # (older versions: replaying against them)
         signal.signal(signal.SIGALRM, _alarm)
 
     def close(self) -> None:
@@ -142,7 +142,7 @@ def seed_files() -> list[str]:
 
 def header_bytes(path: str) -> bytes:
     """The file's bytes up to its data section (the header, padded to the alignment)."""
-    from sysinfer.model.gguf_metadata import read_header
+    from sysinfer.model.gguf_header import read_header
 
     data_start = read_header(path)[3]
     with open(path, "rb") as f:
@@ -151,7 +151,7 @@ def header_bytes(path: str) -> bytes:
 
 def layout(data: bytes) -> list[tuple[str, int, int, str]]:
     """(kind, offset, size, label) of every fixed-size field of a valid header."""
-    from sysinfer.model.gguf_metadata import parse_header
+    from sysinfer.model.gguf_header import parse_header
 
     fields: list[tuple[str, int, int, str]] = []
     parse_header(data, lambda kind, off, size, label: fields.append((kind, off, size, label)))
@@ -295,8 +295,8 @@ def run_atheris(argv: list[str], harness_timeout: float) -> None:
     with atheris.instrument_imports(include=["sysinfer"]):
         import sysinfer.model.architecture  # noqa: F401
         import sysinfer.model.bpe_tokenizer  # noqa: F401
-        import sysinfer.model.gguf_loader  # noqa: F401
-        import sysinfer.model.gguf_metadata  # noqa: F401
+        import sysinfer.model.model_file  # noqa: F401
+        import sysinfer.model.gguf_header  # noqa: F401
         import sysinfer.model.spm_tokenizer  # noqa: F401
         import sysinfer.model.tokenizer  # noqa: F401
     harness = Harness(harness_timeout)

@@ -21,7 +21,7 @@ import numpy as np
 from . import _native
 from .engine.llm_engine import LLMEngine
 from .engine.sampling import SamplingParams
-from .model.loader import LoadedModel
+from .model.native_model import LoadedModel
 
 
 @dataclass

@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from .model.gguf_loader import ModelLoadError
+from .model.model_file import ModelLoadError
 
 MODEL_HELP = "GGUF file (default: the bundled SmolLM2-135M-Instruct)"
 BENCH_STEP_TOKENS = 512  # prompt tokens per step in `bench` (the server's default is 256, for memory)
@@ -46,7 +46,7 @@ def _shown(value, limit: int = 120) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import native_info
-    from .model.gguf_loader import read_model_file
+    from .model.model_file import read_model_file
 
     path = _model_path(args.model)
     mf = read_model_file(path)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from .config import ServerConfig, kv_blocks_for
 from .model.default_model import default_model_path
-from .model.gguf_loader import read_model_file
-from .model.loader import LoadedModel, load_model
+from .model.model_file import read_model_file
+from .model.native_model import LoadedModel, load_model
 from .model.tokenizer import Tokenizer
 
 

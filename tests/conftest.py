@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def load():
     """load(path, **kwargs) -> LoadedModel, cached per (path, kwargs) for the session."""
-    from sysinfer.model.loader import load_model
+    from sysinfer.model.native_model import load_model
 
     cache = {}
 

@@ -113,9 +113,9 @@ def smollm2_hf_tokenizer():
     with SmolLM2's pre-tokenizer (each digit alone, then GPT-2's byte-level split): the oracle."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    from sysinfer.model.gguf_metadata import read_gguf_metadata
+    from sysinfer.model.gguf_header import read_gguf_header
 
-    meta = read_gguf_metadata(smollm2_q4_1())
+    meta = read_gguf_header(smollm2_q4_1())
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]

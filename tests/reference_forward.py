@@ -15,13 +15,13 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from sysinfer.model.architecture import hparams_from_metadata
-from sysinfer.model.gguf_metadata import read_gguf_metadata
+from sysinfer.model.gguf_header import read_gguf_header
 
 
 class ReferenceModel:
     def __init__(self, path: str, quantize_activations: bool = True, fp16_kv: bool = True):
         reader = GGUFReader(path, "r")
-        self.hp = hparams_from_metadata(read_gguf_metadata(path))
+        self.hp = hparams_from_metadata(read_gguf_header(path))
         self.w = {t.name: self._dequantize(t) for t in reader.tensors}
         # The native core quantizes the inputs of quantized matrices only (F32/F16 take floats).
         self.quantized = {t.name for t in reader.tensors if t.tensor_type not in (QT.F32, QT.F16)}

@@ -7,7 +7,7 @@ import pytest
 
 from model_files import llama3_vocab_model, smollm2_q4_1, spm_trained_model
 from sysinfer.model.chat_template import ChatTemplateError, render_chat
-from sysinfer.model.gguf_metadata import read_gguf_metadata
+from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.tokenizer import Tokenizer
 
 CHAT = [
@@ -20,17 +20,17 @@ CHAT = [
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return Tokenizer.from_metadata(read_gguf_metadata(smollm2_q4_1()))
+    return Tokenizer.from_metadata(read_gguf_header(smollm2_q4_1()))
 
 
 @pytest.fixture(scope="module")
 def llama3():
-    return Tokenizer.from_metadata(read_gguf_metadata(llama3_vocab_model()))
+    return Tokenizer.from_metadata(read_gguf_header(llama3_vocab_model()))
 
 
 @pytest.fixture(scope="module")
 def baichuan():
-    meta = read_gguf_metadata(spm_trained_model()[1])
+    meta = read_gguf_header(spm_trained_model()[1])
     assert "tokenizer.chat_template" not in meta  # old Baichuan 2 files have none: the built-in one is used
     return Tokenizer.from_metadata(meta)
 
@@ -96,13 +96,13 @@ def test_content_parts_are_joined(smollm2):
     "{{ cycler.__init__.__globals__ }}",
 ])
 def test_malicious_templates_are_refused(smollm2, template):
-    tok = Tokenizer.from_metadata({**read_gguf_metadata(smollm2_q4_1()), "tokenizer.chat_template": template})
+    tok = Tokenizer.from_metadata({**read_gguf_header(smollm2_q4_1()), "tokenizer.chat_template": template})
     with pytest.raises(ChatTemplateError):
         tok.render_chat([{"role": "user", "content": "hi"}])
 
 
 def test_raise_exception_and_bad_syntax(smollm2):
-    meta = read_gguf_metadata(smollm2_q4_1())
+    meta = read_gguf_header(smollm2_q4_1())
     tok = Tokenizer.from_metadata({**meta, "tokenizer.chat_template": "{{ raise_exception('roles must alternate') }}"})
     with pytest.raises(ChatTemplateError, match="roles must alternate"):
         tok.render_chat(CHAT)
@@ -112,7 +112,7 @@ def test_raise_exception_and_bad_syntax(smollm2):
 
 
 def test_strftime_now_is_available(smollm2):
-    tok = Tokenizer.from_metadata({**read_gguf_metadata(smollm2_q4_1()), "tokenizer.chat_template": "{{ strftime_now('%Y') }}"})
+    tok = Tokenizer.from_metadata({**read_gguf_header(smollm2_q4_1()), "tokenizer.chat_template": "{{ strftime_now('%Y') }}"})
     assert tok.render_chat(CHAT).isdigit()
 
 
@@ -128,7 +128,7 @@ def test_hostile_templates_stop_at_a_limit(smollm2, template, reason):
     next, normal render works (a killed worker is replaced)."""
     import time
 
-    tok = Tokenizer.from_metadata({**read_gguf_metadata(smollm2_q4_1()), "tokenizer.chat_template": template})
+    tok = Tokenizer.from_metadata({**read_gguf_header(smollm2_q4_1()), "tokenizer.chat_template": template})
     start = time.monotonic()
     with pytest.raises(ChatTemplateError, match=reason):
         tok.render_chat(CHAT)

@@ -8,7 +8,7 @@ import subprocess
 
 from model_files import smollm2_q4_1, tiny_model
 from sysinfer import native_info
-from sysinfer.model.gguf_loader import read_model_file
+from sysinfer.model.model_file import read_model_file
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

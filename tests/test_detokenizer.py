@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from model_files import llama3_vocab_model, smollm2_q4_1, spm_trained_model
 from sysinfer.engine.detokenizer import IncrementalDetokenizer, StopChecker
-from sysinfer.model.gguf_metadata import read_gguf_metadata
+from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.tokenizer import Tokenizer
 from text_corpus import CHINESE, corpus
 
@@ -18,7 +18,7 @@ TEXTS = CHINESE + [s for s in corpus(60, seed=4) if s] + ["中文😀" * 5, "�
 @pytest.fixture(scope="module", params=["llama3", "smollm2", "spm"])
 def tok(request):
     path = {"llama3": llama3_vocab_model, "smollm2": smollm2_q4_1, "spm": lambda: spm_trained_model()[1]}[request.param]()
-    return Tokenizer.from_metadata(read_gguf_metadata(path))
+    return Tokenizer.from_metadata(read_gguf_header(path))
 
 
 def stream(tok, prompt_ids, ids):

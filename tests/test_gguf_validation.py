@@ -18,15 +18,15 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from model_files import TINY_SPECS, tiny_model
-from sysinfer.model.gguf_loader import ModelLoadError, read_model_file
+from sysinfer.model.model_file import ModelLoadError, read_model_file
 from sysinfer.model.synth import SynthSpec, write_synthetic_gguf
 
 
 def load_in_child(path: str) -> subprocess.CompletedProcess:
     code = (
         "import sys\n"
-        "from sysinfer.model.loader import load_model\n"
-        "from sysinfer.model.gguf_loader import ModelLoadError\n"
+        "from sysinfer.model.native_model import load_model\n"
+        "from sysinfer.model.model_file import ModelLoadError\n"
         "try:\n"
         f"    load_model({path!r}, threads=1, n_ctx=64)\n"
         "except ModelLoadError as e:\n"
@@ -221,7 +221,7 @@ def smollm2_path() -> str:
 
 class Header:
     def __init__(self, path: str):
-        from sysinfer.model.gguf_metadata import parse_header, read_header
+        from sysinfer.model.gguf_header import parse_header, read_header
 
         self.data_start = read_header(path)[3]
         self.data_bytes = os.path.getsize(path) - self.data_start
@@ -327,7 +327,7 @@ def test_dimension_count_changed(tmp_path):
 def test_error_messages_are_bounded():
     long = "x" * 10_000_000
     assert len(str(ModelLoadError(f"{long}\n{long}"))) <= 1000
-    from sysinfer.model.gguf_metadata import describe
+    from sysinfer.model.gguf_header import describe
 
     assert len(describe(long)) < 260 and len(describe(list(range(10**6)))) < 100 and len(describe(b"\xff" * 10**6)) < 260
 
@@ -345,11 +345,11 @@ def test_tokenizer_model_as_integer(tmp_path):
     h = smollm2_header()
     path = h.write(tmp_path / "tokint.gguf", h.retyped("tokenizer.ggml.model", 4, struct.pack("<I", 7)))
     refuse_under_memory_limit(path, "tokenizer.ggml.model", "string")
-    from sysinfer.model.gguf_metadata import read_gguf_metadata
+    from sysinfer.model.gguf_header import read_gguf_header
     from sysinfer.model.tokenizer import Tokenizer
 
     with pytest.raises(ModelLoadError, match="tokenizer.ggml.model"):
-        Tokenizer.from_metadata(read_gguf_metadata(path))
+        Tokenizer.from_metadata(read_gguf_header(path))
 
 
 def test_vocab_and_dimension_wrap(tmp_path):
@@ -409,10 +409,10 @@ def test_metadata_key_of_wrong_type(tmp_path, key):
 def test_tokenizer_metadata_types():
     """Tokenizer.from_metadata on its own (the API builds it from a model's metadata) checks types
     too, and its errors are ModelLoadErrors (and ValueErrors, as before)."""
-    from sysinfer.model.gguf_metadata import read_gguf_metadata
+    from sysinfer.model.gguf_header import read_gguf_header
     from sysinfer.model.tokenizer import Tokenizer, TokenizerError
 
-    good = read_gguf_metadata(tiny_model("llama"))
+    good = read_gguf_header(tiny_model("llama"))
     Tokenizer.from_metadata(good)
     bad_values = {
         "tokenizer.ggml.model": [7, None, ["gpt2"], "x" * 10**6],

@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
 from model_files import llama3_vocab_model, smollm2_hf_tokenizer, smollm2_q4_1
-from sysinfer.model.gguf_metadata import read_gguf_metadata
+from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.hf_tokenizer import llama3_tokenizer_json
 from sysinfer.model.tokenizer import Tokenizer
 from text_corpus import CHINESE, corpus
@@ -16,12 +16,12 @@ STRINGS = corpus()
 
 @pytest.fixture(scope="module")
 def llama3():
-    return Tokenizer.from_metadata(read_gguf_metadata(llama3_vocab_model())), HFTokenizer.from_file(llama3_tokenizer_json())
+    return Tokenizer.from_metadata(read_gguf_header(llama3_vocab_model())), HFTokenizer.from_file(llama3_tokenizer_json())
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return Tokenizer.from_metadata(read_gguf_metadata(smollm2_q4_1())), smollm2_hf_tokenizer()
+    return Tokenizer.from_metadata(read_gguf_header(smollm2_q4_1())), smollm2_hf_tokenizer()
 
 
 def test_corpus_is_big_enough():
@@ -73,7 +73,7 @@ def test_smollm2_specials_and_stops(smollm2):
 
 
 def test_unsupported_pre_tokenizer_names_the_key():
-    meta = read_gguf_metadata(smollm2_q4_1())
+    meta = read_gguf_header(smollm2_q4_1())
     meta["tokenizer.ggml.pre"] = "no-such-pre"
     with pytest.raises(ValueError, match="tokenizer.ggml.pre"):
         Tokenizer.from_metadata(meta)

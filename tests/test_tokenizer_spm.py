@@ -6,7 +6,7 @@ import pytest
 import sentencepiece as spm
 
 from model_files import spm_trained_model
-from sysinfer.model.gguf_metadata import read_gguf_metadata
+from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.tokenizer import Tokenizer
 from text_corpus import CHINESE, corpus
 
@@ -16,7 +16,7 @@ STRINGS = [s for s in corpus(n_random=300, seed=1) if s.strip()] + CHINESE
 @pytest.fixture(scope="module")
 def pair():
     model_file, gguf_path = spm_trained_model()
-    return Tokenizer.from_metadata(read_gguf_metadata(gguf_path)), spm.SentencePieceProcessor(model_file=model_file)
+    return Tokenizer.from_metadata(read_gguf_header(gguf_path)), spm.SentencePieceProcessor(model_file=model_file)
 
 
 def test_ids_equal_sentencepiece(pair):
@@ -79,7 +79,7 @@ def test_placeholder_vocabulary_of_synthesized_baichuan_shapes(tmp_path):
                      output_type=QT.Q8_0, metadata=placeholder_spm_tokenizer(600))
     path = tmp_path / "baichuan-placeholder.gguf"
     write_synthetic_gguf(str(path), spec)
-    meta = read_gguf_metadata(str(path))
+    meta = read_gguf_header(str(path))
     assert meta["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.merges" not in meta
     assert len(meta["tokenizer.ggml.tokens"]) == 600 and meta["tokenizer.ggml.tokens"][3 + 0x0A] == "<0x0A>"
     assert list(meta["tokenizer.ggml.token_type"][3:259]) == [6] * 256

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .gguf_metadata import describe
+from .gguf_header import describe
 
 SUPPORTED_ARCHITECTURES = ("llama", "baichuan")
 BAICHUAN_ALIBI_BLOCK_COUNT = 40

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tiktoken
 
-from .gguf_metadata import describe
+from .gguf_header import describe
 from .tokenizer import TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_list, _meta_str
 
 # Pre-tokenizer split patterns by tokenizer.ggml.pre.

@@ -13,7 +13,7 @@ import sentencepiece as spm
 
 from .tokenizer import (TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN,
                         TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_bool, _meta_list)
-from .gguf_metadata import describe
+from .gguf_header import describe
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 SPACE = "\u2581"  # "▁": SentencePiece's visible space

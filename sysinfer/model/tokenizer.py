@@ -14,8 +14,8 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .gguf_loader import ModelLoadError
-from .gguf_metadata import describe
+from .model_file import ModelLoadError
+from .gguf_header import describe
 
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 1, 2, 3, 4
 TOKEN_TYPE_UNUSED, TOKEN_TYPE_BYTE = 5, 6

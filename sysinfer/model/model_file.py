@@ -17,9 +17,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .architecture import ModelHParams, expected_tensor_shapes, hparams_from_metadata
-from .gguf_metadata import SUPPORTED_VERSIONS, GGUFFormatError, TensorEntry, describe, read_header
+from .gguf_header import GGUFFormatError, NotGGUFError, TensorEntry, describe, read_header
 
-GGUF_MAGIC = b"GGUF"
 SUPPORTED_TYPES = {
     GGMLQuantizationType.F32,
     GGMLQuantizationType.F16,
@@ -77,8 +76,9 @@ class GGUFModelFile:
         return sum(math.prod(t.shape) for t in self.tensors.values())
 
 
-def check_header(path: str) -> int:
-    """Magic and version, read directly so a wrong file gets a precise message. Returns file size."""
+def check_file(path: str) -> int:
+    """The path names a readable, non-empty regular file (magic and version are the header
+    parser's job). Returns the file size."""
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -87,25 +87,20 @@ def check_header(path: str) -> int:
         raise ModelLoadError(f"{path}: not a regular file")
     try:
         size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
+        with open(path, "rb"):
+            pass
     except OSError as e:
         raise ModelLoadError(f"{path}: can't read the file ({e.strerror or e})") from None
     if size == 0:
         raise ModelLoadError(f"{path}: the file is empty (0 bytes), not a GGUF model")
-    if head[:4] != GGUF_MAGIC[: len(head)] or len(head) < 4:
-        raise ModelLoadError(f"{path}: not a GGUF file: magic is {describe(head[:4])}, expected {GGUF_MAGIC!r}")
-    if len(head) < 8:
-        raise ModelLoadError(f"{path}: file is {size} bytes, too short to be GGUF (truncated?)")
-    (version,) = struct.unpack("<I", head[4:8])
-    if version not in SUPPORTED_VERSIONS:
-        raise ModelLoadError(f"{path}: GGUF version {version} is not supported (expected one of {SUPPORTED_VERSIONS})")
     return size
 
 
 def read_directory(path: str) -> tuple[dict[str, Any], list[TensorEntry], int]:
     try:
         _, metadata, entries, data_start = read_header(path)
+    except NotGGUFError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
     except (GGUFFormatError, UnicodeDecodeError, OverflowError, MemoryError, RecursionError, struct.error) as e:
         raise ModelLoadError(f"{path}: corrupt or truncated GGUF file ({describe(str(e), 400)[1:-1]})") from None
     except OSError as e:
@@ -245,7 +240,7 @@ def read_model_file(path: str) -> GGUFModelFile:
     """Open, parse and validate a GGUF model. Tensor data stays in the mmap until loaded.
     Anything wrong with the file raises ModelLoadError with a one-line message."""
     path = os.fspath(path)
-    size = check_header(path)
+    size = check_file(path)
     metadata, entries, data_start = read_directory(path)
     try:
         check_metadata_types(metadata)

@@ -44,8 +44,15 @@ MAX_DIM = (1 << 63) - 1   # a dimension must fit an int64 (ggml's ne)
 MAX_MESSAGE_VALUE = 200   # characters of a quoted value in an error message
 
 
+GGUF_MAGIC = b"GGUF"
+
+
 class GGUFFormatError(ValueError):
     """The header is not valid GGUF (truncated, corrupt, or an unknown value type)."""
+
+
+class NotGGUFError(GGUFFormatError):
+    """Not GGUF at all (wrong magic) or a GGUF version we don't read."""
 
 
 def describe(value: Any, limit: int = MAX_MESSAGE_VALUE) -> str:
@@ -149,11 +156,13 @@ class _Cursor:
 def parse_header(buf, record: Recorder | None = None) -> tuple[int, dict[str, Any], list[TensorEntry], int]:
     """(version, metadata, tensor directory, absolute offset of the data section) of GGUF bytes."""
     cur = _Cursor(buf, record)
-    if bytes(cur.take(4, "magic")) != b"GGUF":
-        raise GGUFFormatError("not a GGUF file (bad magic)")
+    magic = bytes(buf[:4])
+    if magic != GGUF_MAGIC:
+        raise NotGGUFError(f"not a GGUF file: magic is {describe(magic)}, expected {GGUF_MAGIC!r}")
+    cur.take(4, "magic")
     version = cur.scalar(4, "version", "version")
     if version not in SUPPORTED_VERSIONS:
-        raise GGUFFormatError(f"GGUF version {version} is not supported (expected one of {SUPPORTED_VERSIONS})")
+        raise NotGGUFError(f"GGUF version {version} is not supported (expected one of {SUPPORTED_VERSIONS})")
     # each tensor entry takes at least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset) bytes;
     # each key/value at least 8 (key length) + 4 (type) + 1 (a u8 value)
     n_tensors = cur.count("tensor count", 24)
@@ -196,6 +205,6 @@ def read_header(path: str, record: Recorder | None = None) -> tuple[int, dict[st
             return parse_header(buf, record)
 
 
-def read_gguf_metadata(path: str) -> dict[str, Any]:
+def read_gguf_header(path: str) -> dict[str, Any]:
     """Every key of the GGUF file at `path` (tensor data is not read)."""
     return read_header(path)[1]

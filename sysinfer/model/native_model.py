@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType
 from ..config import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_STEP_TOKENS
 from ..threads import resolve_threads
 from .architecture import ModelHParams
-from .gguf_loader import GGUFModelFile, ModelLoadError, TensorData, read_model_file
+from .model_file import GGUFModelFile, ModelLoadError, TensorData, read_model_file
 
 DEFAULT_MAX_OUT_ROWS = 64
 INT32_MAX = (1 << 31) - 1
