@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from model_files import cache_dir, smollm2_q4_0  # noqa: E402
 from sysinfer.bench import bench_engine, time_request  # noqa: E402

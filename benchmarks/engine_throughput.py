@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from model_files import smollm2_q4_0  # noqa: E402
 from sysinfer.engine.async_engine import AsyncEngine  # noqa: E402

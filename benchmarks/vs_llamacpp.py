@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from model_files import cache_dir, smollm2_q4_0  # noqa: E402
 from sysinfer.bench import bench_engine, read_bandwidth_gbs, run_length, time_request  # noqa: E402

@@ -130,7 +130,7 @@ class Harness:
 
 def seed_files() -> list[str]:
     """The real SmolLM2 file (when its package is installed) and the tiny test models."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     from model_files import TINY_SPECS, spm_trained_model, tiny_model
 
     files = [tiny_model(k) for k in TINY_SPECS] + [spm_trained_model()[1]]

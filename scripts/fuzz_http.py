@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from hypothesis import HealthCheck, given, seed, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from api_fuzz import chat_bodies, check_answer, completion_bodies  # noqa: E402
 from test_api import start_server  # noqa: E402

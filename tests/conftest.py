@@ -1,8 +1,20 @@
-"""Shared fixtures: model files come from tests/model_files.py (generated into a cache dir)."""
+"""Shared fixtures. The tests are grouped by what they need:
+- unit/: pure Python (engine on a fake model, sampling, tokenizers, templates, GGUF parsing and fuzzing);
+- native/: the native core (kernels natively and under qemu, forward passes against the numpy
+  reference, the real engine, sanitizer builds);
+- e2e/: real servers and the CLI (API with the openai client, hostile input, fuzzing, disconnects,
+  locust, README examples).
+Helpers live in support/ (model files generated into a cache dir, the fake model, the numpy
+reference, servers, kernel builds), which is put on sys.path here."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "fuzz_gguf.py"
 REGRESSIONS = ROOT / "tests" / "data" / "gguf_regressions"
 MAX_MB = 1024  # address space of each fuzzing child (it idles at about 200 MiB)

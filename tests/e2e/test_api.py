@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,43 +12,9 @@ import httpx
 import openai
 import pytest
 
-from model_files import smollm2_q4_0
+from servers import SUPPORT_DIR, free_port, start_server
 
 API_KEY = "test-key-123"
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(**env_overrides: str):
-    port = free_port()
-    env = {**os.environ, "SYSINFER_MODEL": smollm2_q4_0(), "SYSINFER_THREADS": "2", "SYSINFER_CTX_SIZE": "2048",
-           **env_overrides}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "sysinfer.api:app", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=TESTS_DIR)  # not the repo root: `python -m` would import ./sysinfer, not the build
-    base = f"http://127.0.0.1:{port}"
-    saw_503 = False
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            r = httpx.get(base + "/health", timeout=2)
-            saw_503 |= r.status_code == 503
-            if r.json().get("status") == "error":
-                proc.kill()
-                raise RuntimeError(f"model failed to load: {r.json()['error']}")
-            if r.status_code == 200:
-                return proc, base, saw_503
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +212,7 @@ def test_health_is_503_while_no_model_is_ready(tmp_path):
     port = free_port()
     env = {**os.environ, "SYSINFER_MODEL": str(bad)}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "sysinfer.api:app", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TESTS_DIR)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=SUPPORT_DIR)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline, r = time.time() + 60, None

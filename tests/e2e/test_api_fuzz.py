@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from api_fuzz import chat_bodies, check_answer, completion_bodies
-from test_api import start_server
+from servers import start_server
 
 CASES = 250  # per endpoint in CI; about 30 s each on 2 cores
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from test_api import free_port
+from servers import free_port
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def test_readme_examples_against_sysinfer_serve(tmp_path):

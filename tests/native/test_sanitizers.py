@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_native_kernels import BUILD_ROOT, REPO, build_test_kernels, run_and_check
+from kernel_builds import BUILD_ROOT, REPO, build_test_kernels, run_and_check
 from sysinfer import _native
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
@@ -58,7 +58,7 @@ def test_forward_passes_under_asan_ubsan(sanitized_site, tmp_path):
     # Every forward-pass test whose time goes to the native core (the greedy comparisons spend
     # minutes in the numpy reference and add nothing under the sanitizers).
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x",
-                          str(REPO / "tests" / "test_forward.py"), "-k", "not greedy"],
+                          str(REPO / "tests" / "native" / "test_forward.py"), "-k", "not greedy"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "passed" in out.stdout and "ERROR: AddressSanitizer" not in out.stderr and "runtime error" not in out.stderr

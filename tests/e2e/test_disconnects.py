@@ -5,7 +5,7 @@ it gets alone."""
 from __future__ import annotations
 
 from disconnects import run_disconnects
-from test_api import start_server
+from servers import start_server
 
 
 def test_random_disconnects_leak_nothing():

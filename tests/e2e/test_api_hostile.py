@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from test_api import start_server
+from servers import start_server
 from sysinfer.config import ServerConfig
 
 CHAT = "/v1/chat/completions"

@@ -9,9 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from test_api import start_server
+from servers import start_server
 
-LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtest" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
 
 
 def test_locust_smoke(tmp_path):
