@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from disconnects import run_disconnects  # noqa: E402
-from test_api import start_server  # noqa: E402
+from servers import start_server  # noqa: E402
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, seed, settings
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from api_fuzz import chat_bodies, check_answer, completion_bodies  # noqa: E402
-from test_api import start_server  # noqa: E402
+from servers import start_server  # noqa: E402
 
 
 def campaign(client: httpx.Client, path: str, bodies, args, tally: collections.Counter) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from disconnects import wait_idle  # noqa: E402
-from test_api import start_server  # noqa: E402
+from servers import start_server  # noqa: E402
 
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtest" / "locustfile.py"
 
