@@ -10,6 +10,7 @@ from .config import ServerConfig, kv_blocks_for
 from .model.default_model import default_model_path
 from .model.model_file import read_model_file
 from .model.native_model import LoadedModel, load_model
+from .model.template_worker import warm_up
 from .model.tokenizer import Tokenizer
 
 
@@ -35,4 +36,6 @@ def load_serving_model(cfg: ServerConfig, progress: bool = True) -> ServingModel
                            block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
                            max_out_rows=max(cfg.max_batch, 1), progress=lambda i, n: bar.update(1))
     tokenizer = Tokenizer.from_metadata(model.metadata)
+    if tokenizer.chat_template:
+        warm_up()  # the file's template renders in a worker process: start it before the first request
     return ServingModel(model, tokenizer, cfg.model_name or file_name.removesuffix(".gguf"))

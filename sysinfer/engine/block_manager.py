@@ -95,6 +95,15 @@ class BlockManager:
         while len(seq.block_table) < self.blocks_for(len(seq) + n_new - 1):
             seq.block_table.append(self._take_block())
 
+    def trim(self, seq: Sequence) -> None:
+        """Gives back blocks past those seq's tokens need (slots taken for rejected draft tokens)."""
+        keep = self.blocks_for(len(seq))
+        while len(seq.block_table) > keep:
+            b = seq.block_table.pop()
+            self.ref_count[b] -= 1
+            assert self.ref_count[b] == 0 and self.block_hash[b] is None, f"block {b} trimmed while shared or named"
+            self.free_blocks.append(b)
+
     def free(self, seq: Sequence) -> None:
         for b in reversed(seq.block_table):  # reversed: a sequence's tail is evicted first (LRU)
             self.ref_count[b] -= 1

@@ -19,6 +19,7 @@ import numpy as np
 from .block_manager import BlockManager
 from .errors import ContextLengthError
 from .model_runner import ModelRunner
+from .prompt_lookup import K_MAX
 from .request_state import Delta, RequestState, Usage
 from .sampling import SamplingError, SamplingParams
 from .scheduler import ScheduledChunk, Scheduler
@@ -43,11 +44,13 @@ class EngineStats:
     preemptions: int = 0
     last_step_seconds: float = 0.0
     step_seconds_total: float = 0.0
+    draft_tokens: int = 0               # speculative tokens verified
+    accepted_draft_tokens: int = 0      # of them, accepted
 
 
 class LLMEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
-                 enable_prefix_cache: bool = True):
+                 enable_prefix_cache: bool = True, speculative: bool = False):
         if max_batch > model.max_out_rows:
             raise ValueError(f"max_batch {max_batch} exceeds the model's logits rows ({model.max_out_rows})")
         self.model, self.tokenizer = model, tokenizer
@@ -58,6 +61,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.blocks, max_batch, min(max_step_tokens or model.max_step_tokens,
                                                                 model.max_step_tokens))
         self.runner = ModelRunner(model)
+        # Drafted tokens per sequence and step: the logits rows (1 + k per sequence) must fit the model's.
+        self.draft_limit = min(K_MAX, model.max_out_rows // max_batch - 1) if speculative else 0
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
 
@@ -86,7 +91,7 @@ class LLMEngine:
         if request_id in self.by_id:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, list(prompt_ids), params)
-        seq.state = RequestState(self.tokenizer, prompt_ids, params)
+        seq.state = RequestState(self.tokenizer, prompt_ids, params, speculative=self.draft_limit > 0)
         self.by_id[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -105,7 +110,17 @@ class LLMEngine:
     # ---- the step, in three phases ----
     def plan(self) -> list[ScheduledChunk]:
         """Phase 1 (policy): which sequences run and how many of their tokens. Empty: nothing fits."""
+        if self.draft_limit:
+            self._draft()
         return self.scheduler.schedule()
+
+    def _draft(self) -> None:
+        """Speculative tokens for each decoding sequence, never past its max_tokens or the context."""
+        for seq in self.scheduler.running:
+            if seq.num_pending != 1:
+                continue
+            room = min(seq.params.max_tokens - len(seq.output_ids), self.model.n_ctx - len(seq)) - 1
+            seq.draft_ids = seq.state.draft(min(self.draft_limit, room))
 
     def execute(self, plan: list[ScheduledChunk]) -> np.ndarray:
         """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order."""
@@ -124,13 +139,13 @@ class LLMEngine:
         row = 0
         for chunk in plan:
             seq = chunk.seq
-            row_logits = None
-            if chunk.samples:
-                row_logits, row = logits[row], row + 1
+            rows = None
+            if chunk.samples:  # one row, or with drafts one per drafted token plus the one after
+                rows, row = logits[row : row + 1 + chunk.n_draft], row + 1 + chunk.n_draft
             if seq.state.aborted:
                 events.append((seq, self.finish(seq, "abort")))
-            elif row_logits is not None:
-                events.append((seq, self._next_token(seq, row_logits)))
+            elif rows is not None:
+                events.append((seq, self._next_tokens(seq, rows, chunk.seq.draft_ids[: chunk.n_draft])))
         return events
 
     def fail_step(self, plan: list[ScheduledChunk], error: Exception) -> list[Event]:
@@ -153,21 +168,40 @@ class LLMEngine:
             return self.fail_step(plan, e)
         return self.postprocess(plan, logits)
 
-    def _next_token(self, seq: Sequence, logits: np.ndarray) -> Delta:
+    def _next_tokens(self, seq: Sequence, rows: np.ndarray, drafts: list[int]) -> Delta:
+        """Samples the next token from rows[0]; with drafts, verifies them in order (row i checks
+        drafts[i]) and keeps each accepted one, then the token that replaces the first rejected draft
+        or follows the last accepted one. Stops at the request's end."""
         state = seq.state
+        tokens, texts, reason, accepted = [], [], None, 0
         try:
-            token = state.sample(logits, seq.output_ids)
-            if not state.is_stop_token(token):
-                seq.output_ids.append(token)
-                self.stats.tokens_generated += 1
-            text, reason = state.accept(token, len(seq.output_ids))
+            for i in range(len(rows)):
+                if i < len(drafts):
+                    token, ok = state.verify(rows[i], seq.output_ids, drafts[i])
+                else:
+                    token, ok = state.sample(rows[i], seq.output_ids), False
+                if not state.is_stop_token(token):
+                    seq.output_ids.append(token)
+                    self.stats.tokens_generated += 1
+                text, reason = state.accept(token, len(seq.output_ids))
+                tokens.append(token)
+                texts.append(text)
+                if reason or not ok:
+                    break
+                accepted += 1
         except Exception as e:  # noqa: BLE001 - this request fails, the others go on
             log.warning("request %s failed: %s: %s", seq.request_id, type(e).__name__, e)
             reason_text = str(e) if isinstance(e, SamplingError) else type(e).__name__
             return self.fail(seq, f"generation failed: {reason_text}")
+        if drafts:
+            self.stats.draft_tokens += len(drafts)
+            self.stats.accepted_draft_tokens += accepted
+            state.lookup.feedback(len(drafts), accepted)
+            if not reason:
+                self.scheduler.accept_drafts(seq, accepted)
         if reason:
-            return self.finish(seq, reason, [token], text)
-        return Delta(text, [token])
+            return self.finish(seq, reason, tokens, "".join(texts))
+        return Delta("".join(texts), tokens)
 
     # ---- the synchronous driver ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:

@@ -36,12 +36,14 @@ class ModelRunner:
         logits_rows = []
         for i, c in enumerate(plan):
             a, b = seq_starts[i], seq_starts[i + 1]
-            token_ids[a:b] = c.seq.tokens[c.start : c.start + c.count]
+            own = c.count - c.n_draft
+            token_ids[a : a + own] = c.seq.tokens[c.start : c.start + own]
+            token_ids[a + own : b] = c.seq.draft_ids[: c.n_draft]
             positions[a:b] = np.arange(c.start, c.start + c.count, dtype=np.int32)
             block_tables[i, : len(c.seq.block_table)] = c.seq.block_table
             context_lens[i] = c.start + c.count
-            if c.samples:
-                logits_rows.append(b - 1)
+            if c.samples:  # the last token's logits, and with drafts each drafted token's too
+                logits_rows.extend(range(b - 1 - c.n_draft, b))
         return StepInputs(token_ids, positions, seq_starts, block_tables, context_lens,
                           np.asarray(logits_rows, dtype=np.int32))
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .detokenizer import IncrementalDetokenizer, StopChecker
+from .prompt_lookup import PromptLookup
 from .sampling import Sampler, SamplingParams
 
 
@@ -36,10 +37,12 @@ class Delta:
 
 
 class RequestState:
-    """Per-request sampler + detokenizer + stop matcher; the engine keeps one beside each Sequence."""
+    """Per-request sampler + detokenizer + stop matcher (+ the drafter, when the engine speculates);
+    the engine keeps one beside each Sequence."""
 
-    def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, speculative: bool = False):
         self.params = params
+        self.lookup = PromptLookup(prompt_ids) if speculative else None
         self.sampler = Sampler(params, prompt_ids)
         self.detok = IncrementalDetokenizer(tokenizer, prompt_ids)
         self.stops = StopChecker(params.stop)
@@ -49,11 +52,20 @@ class RequestState:
     def sample(self, logits: np.ndarray, output_ids: list[int]) -> int:
         return self.sampler.sample(logits, output_ids)
 
+    def verify(self, logits: np.ndarray, output_ids: list[int], draft: int) -> tuple[int, bool]:
+        return self.sampler.verify(logits, output_ids, draft)
+
+    def draft(self, limit: int) -> list[int]:
+        """Tokens to verify in the next step (none without speculation or without a match)."""
+        return self.lookup.propose(limit) if self.lookup is not None else []
+
     def accept(self, token: int, n_output: int) -> tuple[str, str | None]:
         """Text to send for a sampled token, and the finish reason if the request ends here.
         `n_output` counts the tokens generated including this one (unless it is a stop token)."""
         if token in self.stop_ids:
             return self.final_text("stop"), "stop"
+        if self.lookup is not None:
+            self.lookup.extend([token])
         text, stopped = self.stops.feed(self.detok.add(token))
         if stopped:
             return text, "stop"

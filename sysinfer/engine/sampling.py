@@ -115,8 +115,9 @@ class Sampler:
             logits = np.where(mask, logits, -np.inf)
         return logits
 
-    def sample(self, logits: np.ndarray, generated_ids) -> int:
-        logits = np.array(logits, dtype=np.float64)  # a copy: the caller's buffer is reused
+    def _penalised(self, logits: np.ndarray, generated_ids) -> np.ndarray:
+        """A float64 copy of the logits (the caller's buffer is reused) with the penalties applied."""
+        logits = np.array(logits, dtype=np.float64)
         if not np.isfinite(logits).all():
             raise SamplingError("the model produced non-finite logits")
         generated = np.asarray(generated_ids, dtype=np.int64)
@@ -125,9 +126,41 @@ class Sampler:
         # Extreme penalties (repetition_penalty 5e-324) overflow to +-inf; keep every logit finite so
         # the shifts below can't make NaN.
         np.clip(logits, -_LOGIT_LIMIT, _LOGIT_LIMIT, out=logits)
-        if self.params.greedy:
-            return int(np.argmax(logits))
-        logits = self.filter(logits)
+        return logits
+
+    def probabilities(self, logits: np.ndarray, generated_ids) -> np.ndarray:
+        """The distribution a non-greedy request samples from (penalties, temperature, filters)."""
+        logits = self.filter(self._penalised(logits, generated_ids))
         probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        return probs / probs.sum()
+
+    @property
+    def _plain_greedy(self) -> bool:
+        p = self.params
+        return p.greedy and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
+
+    def sample(self, logits: np.ndarray, generated_ids) -> int:
+        if self._plain_greedy:  # no copy: argmax finds a NaN or +inf first, and we refuse it
+            token = int(np.argmax(logits))
+            if not np.isfinite(logits[token]):
+                raise SamplingError("the model produced non-finite logits")
+            return token
+        if self.params.greedy:
+            return int(np.argmax(self._penalised(logits, generated_ids)))
+        probs = self.probabilities(logits, generated_ids)
         return int(self.rng.choice(probs.size, p=probs))
+
+    def verify(self, logits: np.ndarray, generated_ids, draft: int) -> tuple[int, bool]:
+        """Speculative sampling against a drafted token (a draft distribution with all its mass on
+        `draft`): returns (token, draft accepted). Greedy: accepted iff it is the argmax. Otherwise
+        accepted with probability p(draft); on rejection the token is drawn from p with the draft
+        removed, renormalised, so tokens follow p exactly (the standard acceptance rule)."""
+        if self.params.greedy:
+            token = self.sample(logits, generated_ids)
+            return token, token == draft
+        probs = self.probabilities(logits, generated_ids)
+        if self.rng.random() < probs[draft]:
+            return draft, True
+        probs[draft] = 0.0
+        probs /= probs.sum()  # p(draft) < 1 here, so some mass is left
+        return int(self.rng.choice(probs.size, p=probs)), False

@@ -20,18 +20,21 @@ from .sequence import Sequence, Status
 @dataclass
 class ScheduledChunk:
     seq: Sequence
-    start: int   # first token (position) to compute
-    count: int   # tokens to compute
+    start: int        # first token (position) to compute
+    count: int        # tokens to compute, drafted ones included
+    n_draft: int = 0  # of them, speculative tokens after the sequence's last one (not yet its own)
 
     @property
     def samples(self) -> bool:
-        """True when this chunk reaches the end of the sequence: its last logits give a new token."""
-        return self.start + self.count == len(self.seq)
+        """True when this chunk reaches the end of the sequence: its last logits give a new token
+        (with drafts: the last 1 + n_draft rows verify them and give the token after)."""
+        return self.start + self.count - self.n_draft == len(self.seq)
 
     @property
     def is_decode(self) -> bool:
-        """One generated token fed back (not prompt, not recomputation)."""
-        return self.count == 1 and self.start == len(self.seq) - 1 and self.start >= len(self.seq.prompt_ids)
+        """One generated token fed back (not prompt, not recomputation), drafts aside."""
+        return (self.count - self.n_draft == 1 and self.start == len(self.seq) - 1
+                and self.start >= len(self.seq.prompt_ids))
 
 
 class Scheduler:
@@ -61,11 +64,13 @@ class Scheduler:
             if seq not in self.running:  # preempted below to make room for an older one
                 continue
             count = min(seq.num_pending, budget)
-            if not self._make_room(seq, count):
+            n_draft = len(seq.draft_ids) if count == seq.num_pending == 1 else 0
+            n_draft = min(n_draft, budget - count)
+            if not self._make_room(seq, count + n_draft):
                 continue  # seq itself was preempted
-            self.blocks.append_slots(seq, count)
-            plan.append(ScheduledChunk(seq, seq.num_computed, count))
-            budget -= count
+            self.blocks.append_slots(seq, count + n_draft)
+            plan.append(ScheduledChunk(seq, seq.num_computed, count + n_draft, n_draft))
+            budget -= count + n_draft
         while self.waiting and budget > 0 and len(self.running) < self.max_batch:
             seq = self.waiting[0]
             if not self.blocks.can_allocate(seq):
@@ -90,6 +95,7 @@ class Scheduler:
         return True
 
     def preempt(self, seq: Sequence) -> None:
+        seq.draft_ids = []
         self.blocks.free(seq)
         self.running.remove(seq)
         seq.status = Status.WAITING
@@ -109,7 +115,16 @@ class Scheduler:
         seq.finish_reason = reason
 
     def after_step(self, plan: list[ScheduledChunk]) -> None:
-        """Account for computed tokens (call before appending sampled tokens)."""
+        """Account for computed tokens (call before appending sampled tokens). Drafted tokens don't
+        count until they are accepted (accept_drafts): the prefix cache never names them."""
         for chunk in plan:
-            chunk.seq.num_computed = chunk.start + chunk.count
+            chunk.seq.num_computed = chunk.start + chunk.count - chunk.n_draft
             self.blocks.register_computed(chunk.seq)
+
+    def accept_drafts(self, seq: Sequence, n_accepted: int) -> None:
+        """After verification: the KV of the accepted drafts is valid (they are now the sequence's
+        own tokens); the rejected ones' slots are given back."""
+        seq.num_computed += n_accepted
+        seq.draft_ids = []
+        self.blocks.register_computed(seq)
+        self.blocks.trim(seq)

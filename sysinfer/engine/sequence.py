@@ -28,6 +28,7 @@ class Sequence:
     params: SamplingParams
     output_ids: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)  # KV block ids, in position order
+    draft_ids: list[int] = field(default_factory=list)    # speculative tokens to verify in the next step
     num_computed: int = 0       # leading tokens whose K/V are in the cache
     cached_prompt_tokens: int = 0  # of the prompt, found in the prefix cache at admission
     status: Status = Status.WAITING

@@ -3,7 +3,9 @@
 The jinja2 sandbox refuses attribute escapes, but it can't stop a template that loops for hours
 (`{% for i in range(100000) %}{% for j in range(100000) %}`) or builds gigabytes (`{{ 'a' * 10**9 }}`,
 `{{ x|center(10**9) }}`), and a render holding the GIL would freeze every stream. So each render runs
-in a small pool of worker processes (started once through a fork server, so a new one costs a fork):
+in a small pool of worker processes (`python -m sysinfer.model.template_worker`, started once and
+replaced when killed; a plain child process: no fork of the threaded server, no re-import of the
+embedding program's main module as multiprocessing's start methods would do):
 - time: the caller waits at most `RENDER_SECONDS`; a worker past it is killed and replaced;
 - memory: each worker's address space is capped (RLIMIT_AS), so a huge allocation is a MemoryError
   inside the worker, never pressure on the server;
@@ -13,13 +15,16 @@ Every failure comes back as ChatTemplateError with a one-line reason; the server
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import subprocess
+import sys
 import threading
+from multiprocessing.connection import Connection
 from functools import lru_cache
 from typing import Any
 
-RENDER_SECONDS = 2.0              # one render's wall-clock limit
+RENDER_SECONDS = 2.0              # one render's wall-clock limit (the worker's start-up not counted)
+START_SECONDS = 60.0              # a new worker's start-up (imports), on a machine that may be busy
 MAX_RENDER_CHARS = 16 * 2**20     # the rendered prompt's size limit (well past any context we serve)
 WORKER_ADDRESS_SPACE = 2 * 2**30  # RLIMIT_AS of a worker process: python + jinja2 + the render
 MAX_WORKERS = 2                   # renders that run at once; more callers wait for a free worker
@@ -79,10 +84,12 @@ def _short(e: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _worker_main(conn) -> None:
+def _worker_main(conn: Connection) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_ADDRESS_SPACE, WORKER_ADDRESS_SPACE))
+    _environment()  # imports done before the first job's clock starts
+    conn.send(("ready", None))
     while True:
         try:
             source, context = conn.recv()
@@ -100,11 +107,19 @@ def _worker_main(conn) -> None:
 # ---- in the server ----
 
 class _Worker:
-    def __init__(self, ctx):
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="sysinfer-template")
-        self.process.start()
-        child.close()
+    def __init__(self):
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, close_fds=True)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.conn = _Duplex(Connection(from_child_r, writable=False), Connection(to_child_w, readable=False))
+        # Wait for the worker's imports here, so a render's time limit measures the render alone.
+        if not self.conn.poll(START_SECONDS) or self.conn.recv()[0] != "ready":
+            self.kill()
+            raise ChatTemplateError("the chat template worker did not start")
 
     def render(self, source: str, context: dict[str, Any], seconds: float) -> str:
         """Raises ChatTemplateError; a worker that timed out or died is no longer usable (alive False)."""
@@ -118,7 +133,7 @@ class _Worker:
             raise ChatTemplateError(f"chat template took longer than {seconds:g} s to render")
         try:
             status, value = self.conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError):
             self.kill()
             raise ChatTemplateError("chat template render crashed its worker") from None
         if status != "ok":
@@ -127,21 +142,38 @@ class _Worker:
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(5)
+        self.process.wait(5)
         self.conn.close()
+
+
+class _Duplex:
+    """Two one-way connections (pipes) used as one."""
+
+    def __init__(self, receive: Connection, send: Connection):
+        self._receive, self._send = receive, send
+
+    def send(self, obj) -> None:
+        self._send.send(obj)
+
+    def recv(self):
+        return self._receive.recv()
+
+    def poll(self, seconds: float) -> bool:
+        return self._receive.poll(seconds)
+
+    def close(self) -> None:
+        self._receive.close()
+        self._send.close()
 
 
 class RenderPool:
     """Up to MAX_WORKERS worker processes, made when first needed and replaced when killed."""
 
     def __init__(self, max_workers: int = MAX_WORKERS):
-        # A fork server, not fork: the server process runs native threads, and forking it is unsafe.
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload([__name__])
         self._idle: list[_Worker] = []
         self._slots = threading.BoundedSemaphore(max_workers)
         self._lock = threading.Lock()
@@ -151,13 +183,19 @@ class RenderPool:
             with self._lock:
                 worker = self._idle.pop() if self._idle else None
             if worker is None or not worker.alive:
-                worker = _Worker(self._ctx)
+                worker = _Worker()
             try:
                 return worker.render(source, context, seconds)
             finally:
                 if worker.alive:
                     with self._lock:
                         self._idle.append(worker)
+
+    def warm(self) -> None:
+        """Starts one worker now (at server start-up), so the first request doesn't wait for it."""
+        with self._lock:
+            if not self._idle:
+                self._idle.append(_Worker())
 
     def close(self) -> None:
         with self._lock:
@@ -171,10 +209,26 @@ _pool_lock = threading.Lock()
 _pool_pid = 0
 
 
-def render_isolated(source: str, context: dict[str, Any]) -> str:
-    """Renders `source` with `context` in a worker process under the limits above."""
+def _the_pool() -> RenderPool:
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():
             _pool, _pool_pid = RenderPool(), os.getpid()
-    return _pool.render(source, context)
+        return _pool
+
+
+def render_isolated(source: str, context: dict[str, Any]) -> str:
+    """Renders `source` with `context` in a worker process under the limits above."""
+    return _the_pool().render(source, context)
+
+
+def warm_up() -> None:
+    """Starts a render worker ahead of the first request (the server calls this at start-up)."""
+    _the_pool().warm()
+
+
+if __name__ == "__main__":  # a worker: `python -m sysinfer.model.template_worker READ_FD WRITE_FD`
+    from sysinfer.model import template_worker as this  # the package's copy, whose classes callers catch
+
+    this._worker_main(this._Duplex(Connection(int(sys.argv[1]), writable=False),
+                                   Connection(int(sys.argv[2]), readable=False)))

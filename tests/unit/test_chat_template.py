@@ -119,7 +119,7 @@ def test_strftime_now_is_available(smollm2):
 @pytest.mark.parametrize("template, reason", [
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "longer than"),
     ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", "characters|longer than"),
-    ("{{ 'a' * 100000000 }}", "characters"),
+    ("{{ 'a' * 100000000 }}", "characters|longer than"),  # which limit comes first depends on the load
     ("{{ 'x'|center(3000000000) }}", "memory"),
     ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "RecursionError"),
 ])

@@ -312,3 +312,54 @@ def test_requests_past_the_time_limit_end_and_nonreading_clients_are_dropped():
     finished, reason, n_out = results["silent"]
     assert finished and reason == "abort" and n_out < 4000
     assert_idle(engine)
+
+
+def _repetitive_prompt(rng: random.Random) -> list[int]:
+    """Prompts that repeat phrases, so prompt lookup drafts often, right and wrong."""
+    phrase = [rng.randint(1, 49) for _ in range(rng.randint(2, 6))]
+    return (phrase * rng.randint(2, 5) + [rng.randint(1, 49) for _ in range(rng.randint(0, 4))])[:30]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_reqs=st.integers(1, 6), max_batch=st.integers(1, 4), n_blocks=st.integers(20, 60),
+       step_tokens=st.integers(8, 40), seed=st.integers(0, 10_000))
+def test_speculation_changes_nothing_but_speed(n_reqs, max_batch, n_blocks, step_tokens, seed):
+    """With prompt-lookup drafts verified in the step, every output equals the model's own greedy
+    continuation (the fake model reads each drafted position back through the block table, so a
+    wrong rollback changes the output), the block invariants hold after every delta, and at idle
+    every block is free, exactly as without speculation."""
+    rng = random.Random(seed)
+    requests = [(_repetitive_prompt(rng), rng.randint(1, 24)) for _ in range(n_reqs)]
+    model = FakeModel(n_kv_blocks=n_blocks, block_size=4, max_step_tokens=64, max_out_rows=64)
+    engine = AsyncEngine(model, FakeTokenizer(), max_batch=max_batch, max_step_tokens=step_tokens, speculative=True)
+    requests = [(p, n) for p, n in requests if len(p) + n <= (n_blocks - engine.blocks.watermark_blocks) * 4]
+    results = anyio.run(run_requests, engine, requests)
+    for i, (prompt, n) in enumerate(requests):
+        assert results[i] == (expected_tokens(prompt, n), "length"), i
+    assert_idle(engine)
+
+
+class _PeriodicModel(FakeModel):
+    """Continues any context with period 3 (reading it back through the block tables): prompt
+    lookup predicts it perfectly, so whole drafts are accepted."""
+
+    @staticmethod
+    def next_token(context: list[int], n_vocab: int) -> int:
+        return context[-3]
+
+
+def test_accepted_drafts_give_the_same_tokens_in_fewer_steps():
+    prompt, n = [5, 6, 7, 5, 6, 7, 5], 40
+    tokens = list(prompt)
+    while len(tokens) < len(prompt) + n:
+        tokens.append(tokens[-3])
+    want = tokens[len(prompt):]  # the period-3 continuation
+    outputs = {}
+    for speculative in (False, True):
+        model = _PeriodicModel(n_kv_blocks=64, block_size=4, max_out_rows=16)
+        engine = AsyncEngine(model, FakeTokenizer(), max_batch=1, speculative=speculative)
+        results = anyio.run(run_requests, engine, [(prompt, n)])
+        outputs[speculative] = (results[0], engine.stats.steps, engine.stats.accepted_draft_tokens)
+        assert_idle(engine)
+    assert outputs[False][0] == outputs[True][0] == (want, "length")
+    assert outputs[True][2] > 20 and outputs[True][1] < outputs[False][1] / 3, outputs
