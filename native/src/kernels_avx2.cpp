@@ -1,5 +1,6 @@
 // AVX2 + FMA + F16C kernel table (this file is compiled with -mavx2 -mfma -mf16c; the table is
-// chosen at run time only on CPUs that have all three). Twin of kernels_generic.cpp.
+// chosen at run time only on CPUs that have all three). Twin of kernels_generic.cpp; the loops over
+// tiles, tokens and blocks are kernels_simd.h's, this file is the arithmetic.
 //
 // Quantized GEMM: one 32-byte load of an interleaved tile holds the same 4 bytes of all 8 rows, so
 // `maddubs` against the matching 4 activation bytes broadcast to every lane gives each lane (row)
@@ -9,16 +10,13 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <type_traits>
 
 #include "kernels.h"
+#include "kernels_simd.h"
 
 namespace sysinfer {
 
 namespace {
-
-constexpr int kMaxTok = 4;       // tokens per pass over a weight tile
-constexpr int kGemvStreams = 4;  // tiles a one-token GEMV walks side by side (see gemv_lockstep)
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -103,18 +101,23 @@ inline __m256 q4_0_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, co
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
 }
 
-template <int NT>
-void q4_0_tile(const TileQ4_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[NT];
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
-  for (int kb = 0; kb < nb; ++kb) {
+// The 8 row sums of one tile for one token.
+struct TileAcc {
+  __m256 v = _mm256_setzero_ps();
+  void store(float* y) const { _mm256_storeu_ps(y, v); }
+};
+
+struct GemmQ4_0 {  // see kernels_simd.h for what a weight type supplies
+  using Tile = TileQ4_0;
+  using Acc = TileAcc;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i lo[4], hi[4];
-    unpack_q4(tiles[kb].q, lo, hi);
-    const __m256 dw = load_fp16x8(tiles[kb].d);
-    for (int i = 0; i < NT; ++i) acc[i] = q4_0_block(lo, hi, dw, x[size_t(i) * x_stride + kb], acc[i]);
+    unpack_q4(b.q, lo, hi);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = q4_0_block(lo, hi, dw, a[i * a_stride], acc[i].v);
   }
-  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
-}
+};
 
 // acc (8 rows) += one unpacked Q4_1 tile block (scales dw, minimums mw) times activation block a.
 inline __m256 q4_1_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, __m256 mw, const ActBlock& a,
@@ -124,18 +127,17 @@ inline __m256 q4_1_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, __
   return _mm256_fmadd_ps(mw, _mm256_set1_ps(a.d * float(a.sum[0] + a.sum[1])), acc);
 }
 
-template <int NT>
-void q4_1_tile(const TileQ4_1* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[NT];
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
-  for (int kb = 0; kb < nb; ++kb) {
+struct GemmQ4_1 {
+  using Tile = TileQ4_1;
+  using Acc = TileAcc;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i lo[4], hi[4];
-    unpack_q4(tiles[kb].q, lo, hi);
-    const __m256 dw = load_fp16x8(tiles[kb].d), mw = load_fp16x8(tiles[kb].m);
-    for (int i = 0; i < NT; ++i) acc[i] = q4_1_block(lo, hi, dw, mw, x[size_t(i) * x_stride + kb], acc[i]);
+    unpack_q4(b.q, lo, hi);
+    const __m256 dw = load_fp16x8(b.d), mw = load_fp16x8(b.m);
+    for (int i = 0; i < NT; ++i) acc[i].v = q4_1_block(lo, hi, dw, mw, a[i * a_stride], acc[i].v);
   }
-  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
-}
+};
 
 // ---- Q8_0: signed weights, so maddubs takes |w| and the activation carries w's sign ----
 
@@ -156,18 +158,17 @@ inline __m256 q8_0_block(const __m256i w[8], const __m256i wabs[8], __m256 dw, c
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
 }
 
-template <int NT>
-void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[NT];
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
-  for (int kb = 0; kb < nb; ++kb) {
+struct GemmQ8_0 {
+  using Tile = TileQ8_0;
+  using Acc = TileAcc;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i w[8], wabs[8];
-    load_q8(tiles[kb], w, wabs);
-    const __m256 dw = load_fp16x8(tiles[kb].d);
-    for (int i = 0; i < NT; ++i) acc[i] = q8_0_block(w, wabs, dw, x[size_t(i) * x_stride + kb], acc[i]);
+    load_q8(b, w, wabs);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = q8_0_block(w, wabs, dw, a[i * a_stride], acc[i].v);
   }
-  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
-}
+};
 
 // ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
 //
@@ -274,108 +275,36 @@ inline __m256 q6_k_row_packed(const BlockQ6_K& b, const ActBlock* a, __m256 ad32
   return q6_finish(s, sc16, _mm256_set1_ps(_cvtsh_ss(b.d)), ad32, asum, acc);
 }
 
-// y[i * ldy + r] for the 8 rows of one Q6_K tile-row and NT tokens.
-template <int NT>
-void q6_k_tile(const TileQ6_K* tiles, int nsb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[ROW_TILE][NT];
-  for (int r = 0; r < ROW_TILE; ++r)
-    for (int i = 0; i < NT; ++i) acc[r][i] = _mm256_setzero_ps();
-  for (int sb = 0; sb < nsb; ++sb) {
-    __m256 ad32[NT];
-    __m256i asum[NT];
-    for (int i = 0; i < NT; ++i) q6_act_gather(x + size_t(i) * x_stride + sb * 8, &ad32[i], &asum[i]);
-    for (int r = 0; r < ROW_TILE; ++r) {
-      const BlockQ6_K& b = tiles[sb].b[r];
-      __m256i q[8], sc[8], sc16;
-      unpack_q6(b, q);
-      q6_scales(b.scales, &sc16, sc);
-      const __m256 d = _mm256_set1_ps(_cvtsh_ss(b.d));
-      for (int i = 0; i < NT; ++i)
-        acc[r][i] = q6_k_row_block(q, sc, sc16, d, x + size_t(i) * x_stride + sb * 8, ad32[i], asum[i], acc[r][i]);
-    }
+struct RowAccs {  // one float accumulator per row of a Q6_K tile, its lanes summed at the end
+  __m256 r[ROW_TILE] = {};
+  void store(float* y) const {
+    for (int i = 0; i < ROW_TILE; ++i) y[i] = hsum(r[i]);
   }
-  for (int i = 0; i < NT; ++i)
-    for (int r = 0; r < ROW_TILE; ++r) y[size_t(i) * ldy + r] = hsum(acc[r][i]);
-}
-
-// ---- decode: one token, several tiles side by side ----
-//
-// A one-token GEMV of a big model streams its weights from DRAM. Walking kGemvStreams consecutive
-// tiles side by side (block kb of each in turn) keeps that many sequential streams in flight, and the
-// hardware prefetcher keeps more reads outstanding for them than for one stream (Q4_0 over 1 GB, 2
-// threads, `test_kernels --bench-dram`: 17.4 GB/s one tile at a time, 24.6 GB/s four side by side,
-// plain read 30.5). Each tile's arithmetic is exactly its tile kernel's for one token, so a sequence
-// decoded alone gets the same logits as in a batch.
-
-// step(tile block, kb, acc) for kb = 0..n_blocks-1 of S consecutive tiles; store(s, acc) at the end.
-template <int S, class Block, class Acc, class Step, class Store>
-inline void gemv_lockstep(const Block* tiles, int n_blocks, const Step& step, const Store& store) {
-  Acc acc[S] = {};
-  for (int kb = 0; kb < n_blocks; ++kb)
-    for (int s = 0; s < S; ++s) step(tiles[size_t(s) * n_blocks + kb], kb, acc[s]);
-  for (int s = 0; s < S; ++s) store(s, acc[s]);
-}
-
-struct RowAccs {  // one float accumulator per row of a Q6_K tile
-  __m256 r[ROW_TILE];
 };
 
-// The tiles [*t, tile1) of a quantized matrix for one token, kGemvStreams at a time; advances *t
-// past them and leaves fewer than kGemvStreams tiles (and float matrices) to the tile kernels.
-void gemv_streams(WType type, const void* w, int cols, int* t, int tile1, const ActBlock* x, float* y) {
-  constexpr int S = kGemvStreams;
-  const int nb = cols / QK, nsb = cols / QK_K;
-  const auto store = [&](int s, __m256 acc) { _mm256_storeu_ps(y + size_t(*t + s) * ROW_TILE, acc); };
-  for (; *t + S <= tile1; *t += S) {
-    switch (type) {
-      case WType::Q4_0:
-        gemv_lockstep<S, TileQ4_0, __m256>(
-            static_cast<const TileQ4_0*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ4_0& b, int kb, __m256& acc) {
-              __m256i lo[4], hi[4];
-              unpack_q4(b.q, lo, hi);
-              acc = q4_0_block(lo, hi, load_fp16x8(b.d), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q4_1:
-        gemv_lockstep<S, TileQ4_1, __m256>(
-            static_cast<const TileQ4_1*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ4_1& b, int kb, __m256& acc) {
-              __m256i lo[4], hi[4];
-              unpack_q4(b.q, lo, hi);
-              acc = q4_1_block(lo, hi, load_fp16x8(b.d), load_fp16x8(b.m), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q8_0:
-        gemv_lockstep<S, TileQ8_0, __m256>(
-            static_cast<const TileQ8_0*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ8_0& b, int kb, __m256& acc) {
-              __m256i q[8], qabs[8];
-              load_q8(b, q, qabs);
-              acc = q8_0_block(q, qabs, load_fp16x8(b.d), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q6_K:
-        gemv_lockstep<S, TileQ6_K, RowAccs>(
-            static_cast<const TileQ6_K*>(w) + size_t(*t) * nsb, nsb,
-            [&](const TileQ6_K& b, int sb, RowAccs& acc) {
-              __m256 ad32;
-              __m256i asum;
-              q6_act_gather(x + sb * 8, &ad32, &asum);
-              for (int r = 0; r < ROW_TILE; ++r) acc.r[r] = q6_k_row_packed(b.b[r], x + sb * 8, ad32, asum, acc.r[r]);
-            },
-            [&](int s, const RowAccs& acc) {
-              for (int r = 0; r < ROW_TILE; ++r) y[size_t(*t + s) * ROW_TILE + r] = hsum(acc.r[r]);
-            });
-        break;
-      case WType::F32:
-      case WType::F16: return;
+struct GemmQ6_K {
+  using Tile = TileQ6_K;
+  using Acc = RowAccs;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256 ad32[NT];
+    __m256i asum[NT];
+    for (int i = 0; i < NT; ++i) q6_act_gather(a + i * a_stride, &ad32[i], &asum[i]);
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ6_K& b = t.b[r];
+      if constexpr (NT == 1) {
+        acc[0].r[r] = q6_k_row_packed(b, a, ad32[0], asum[0], acc[0].r[r]);
+      } else {  // each row unpacked once for the NT tokens
+        __m256i q[8], sc[8], sc16;
+        unpack_q6(b, q);
+        q6_scales(b.scales, &sc16, sc);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(b.d));
+        for (int i = 0; i < NT; ++i)
+          acc[i].r[r] = q6_k_row_block(q, sc, sc16, d, a + i * a_stride, ad32[i], asum[i], acc[i].r[r]);
+      }
     }
   }
-}
+};
 
 // ---- float matrices ----
 
@@ -397,18 +326,6 @@ void float_row(const W* w, int cols, const float* x, float* y, int ldy) {
     }
   }
   for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
-}
-
-template <int NT>
-void float_tile(WType type, const void* w, int cols, int t, const float* x, float* y, int ldy) {
-  for (int r = 0; r < ROW_TILE; ++r) {
-    const size_t row = size_t(t) * ROW_TILE + r;
-    if (type == WType::F32) {
-      float_row<NT>(static_cast<const float*>(w) + row * cols, cols, x, y + r, ldy);
-    } else {
-      float_row<NT>(static_cast<const uint16_t*>(w) + row * cols, cols, x, y + r, ldy);
-    }
-  }
 }
 
 // ---- attention over one KV block ----
@@ -454,25 +371,11 @@ void scores_rows(const float* q, int ldq, const float* kt, int ldk, int hd, int 
   else scores_tile<R, false>(q, ldq, kt, ldk, hd, nk, s, lds);
 }
 
-// Calls f(std::integral_constant<int, R>{}, first_row) over n_rows in tiles of R = 4, then one
-// tile of the 1-3 rows left.
-template <class F>
-void for_row_tiles(int n_rows, const F& f) {
-  int r = 0;
-  for (; r + 4 <= n_rows; r += 4) f(std::integral_constant<int, 4>{}, r);
-  switch (n_rows - r) {
-    case 3: f(std::integral_constant<int, 3>{}, r); break;
-    case 2: f(std::integral_constant<int, 2>{}, r); break;
-    case 1: f(std::integral_constant<int, 1>{}, r); break;
-    default: break;
-  }
-}
-
 void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
                  int lds) {
   for (int j = 0; j < n_keys; j += 16) {
     const int nk = std::min(16, n_keys - j);
-    for_row_tiles(n_rows, [&](auto rows, int r) {
+    simd::for_groups<4>(n_rows, [&](auto rows, int r) {
       scores_rows<decltype(rows)::value>(q + size_t(r) * ldq, ldq, kt + j, ldk, hd, nk, s + size_t(r) * lds + j, lds);
     });
   }
@@ -511,7 +414,7 @@ void accum_rows(const float* p, int ldp, const float* v, int hd, int nk, int nd,
 void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
   for (int i = 0; i < hd; i += 16) {
     const int nd = std::min(16, hd - i);
-    for_row_tiles(n_rows, [&](auto rows, int r) {
+    simd::for_groups<4>(n_rows, [&](auto rows, int r) {
       accum_rows<decltype(rows)::value>(p + size_t(r) * ldp, ldp, v + i, hd, n_keys, nd, acc + size_t(r) * ldacc + i, ldacc);
     });
   }
@@ -531,75 +434,19 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-// ---- dispatch ----
-
-// Calls tile_fn<NT>(tok0) for token groups of kMaxTok, then the remainder.
-template <class F4, class F3, class F2, class F1>
-inline void by_token_groups(int n_tok, F4 f4, F3 f3, F2 f2, F1 f1) {
-  int tok = 0;
-  for (; tok + 4 <= n_tok; tok += 4) f4(tok);
-  switch (n_tok - tok) {
-    case 3: f3(tok); break;
-    case 2: f2(tok); break;
-    case 1: f1(tok); break;
-    default: break;
+// The table's arithmetic for kernels_simd.h's skeleton.
+struct Avx2 {
+  using Q4_0 = GemmQ4_0;
+  using Q4_1 = GemmQ4_1;
+  using Q8_0 = GemmQ8_0;
+  using Q6_K = GemmQ6_K;
+  template <int NT, class W>
+  static void float_row(const W* w, int cols, const float* x, float* y, int ldy) {
+    sysinfer::float_row<NT>(w, cols, x, y, ldy);
   }
-}
+};
 
-#define SYSINFER_TOKEN_GROUPS(CALL) \
-  by_token_groups(n_tok, [&](int tok) { CALL(4); }, [&](int tok) { CALL(3); }, [&](int tok) { CALL(2); }, \
-                  [&](int tok) { CALL(1); })
-
-void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
-  const int nb = cols / QK;
-  const ActBlock* xa = static_cast<const ActBlock*>(x);
-  int t = tile0;
-  if (n_tok == 1) gemv_streams(type, w, cols, &t, tile1, xa, y);
-  for (; t < tile1; ++t) {
-    float* yt = y + size_t(t) * ROW_TILE;
-    switch (type) {
-      case WType::Q4_0: {
-        const TileQ4_0* tiles = static_cast<const TileQ4_0*>(w) + size_t(t) * nb;
-#define CALL(NT) q4_0_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::Q4_1: {
-        const TileQ4_1* tiles = static_cast<const TileQ4_1*>(w) + size_t(t) * nb;
-#define CALL(NT) q4_1_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::Q8_0: {
-        const TileQ8_0* tiles = static_cast<const TileQ8_0*>(w) + size_t(t) * nb;
-#define CALL(NT) q8_0_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::Q6_K: {
-        const int nsb = cols / QK_K;
-        const TileQ6_K* tiles = static_cast<const TileQ6_K*>(w) + size_t(t) * nsb;
-#define CALL(NT) q6_k_tile<NT>(tiles, nsb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::F32:
-      case WType::F16: {
-        const float* xf = static_cast<const float*>(x);
-#define CALL(NT) float_tile<NT>(type, w, cols, t, xf + size_t(tok) * cols, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-    }
-  }
-}
-
-const Kernels kAvx2 = {"avx2", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16};
+constexpr Kernels kAvx2 = simd::table<Avx2>("avx2", quantize_act, attn_scores, attn_accum, f16_to_f32, f32_to_f16);
 
 }  // namespace
 
