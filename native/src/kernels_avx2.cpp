@@ -25,6 +25,11 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+struct F32x8 {  // for simd::RowSums
+  using V = __m256;
+  static float sum(__m256 v) { return hsum(v); }
+};
+
 inline int hsum_i32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -107,9 +112,7 @@ struct TileAcc {
   void store(float* y) const { _mm256_storeu_ps(y, v); }
 };
 
-struct GemmQ4_0 {  // see kernels_simd.h for what a weight type supplies
-  using Tile = TileQ4_0;
-  using Acc = TileAcc;
+struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i lo[4], hi[4];
@@ -127,9 +130,7 @@ inline __m256 q4_1_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, __
   return _mm256_fmadd_ps(mw, _mm256_set1_ps(a.d * float(a.sum[0] + a.sum[1])), acc);
 }
 
-struct GemmQ4_1 {
-  using Tile = TileQ4_1;
-  using Acc = TileAcc;
+struct GemmQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i lo[4], hi[4];
@@ -158,9 +159,7 @@ inline __m256 q8_0_block(const __m256i w[8], const __m256i wabs[8], __m256 dw, c
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
 }
 
-struct GemmQ8_0 {
-  using Tile = TileQ8_0;
-  using Acc = TileAcc;
+struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i w[8], wabs[8];
@@ -275,16 +274,7 @@ inline __m256 q6_k_row_packed(const BlockQ6_K& b, const ActBlock* a, __m256 ad32
   return q6_finish(s, sc16, _mm256_set1_ps(_cvtsh_ss(b.d)), ad32, asum, acc);
 }
 
-struct RowAccs {  // one float accumulator per row of a Q6_K tile, its lanes summed at the end
-  __m256 r[ROW_TILE] = {};
-  void store(float* y) const {
-    for (int i = 0; i < ROW_TILE; ++i) y[i] = hsum(r[i]);
-  }
-};
-
-struct GemmQ6_K {
-  using Tile = TileQ6_K;
-  using Acc = RowAccs;
+struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x8>> {
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256 ad32[NT];
@@ -311,22 +301,24 @@ struct GemmQ6_K {
 inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load_w(const uint16_t* p) { return load_fp16x8(p); }
 
-// y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens (x_i = x + i * cols): each loaded
-// weight vector serves every token; two FMA chains per token, whatever NT is, so a token's result
-// doesn't depend on the tokens beside it.
-template <int NT, class W>
-void float_row(const W* w, int cols, const float* x, float* y, int ldy) {
-  __m256 acc[NT][2];
-  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-  for (int k = 0; k < cols; k += 16) {  // cols % 32 == 0
-    const __m256 w0 = load_w(w + k), w1 = load_w(w + k + 8);
-    for (int i = 0; i < NT; ++i) {
-      acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + size_t(i) * cols + k), acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + size_t(i) * cols + k + 8), acc[i][1]);
+struct GemmFloat {
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens (x_i = x + i * cols): each loaded
+  // weight vector serves every token; two FMA chains per token, whatever NT is, so a token's result
+  // doesn't depend on the tokens beside it.
+  template <int NT, class W>
+  static void row(const W* w, int cols, const float* x, float* y, int ldy) {
+    __m256 acc[NT][2];
+    for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < cols; k += 16) {  // cols % 32 == 0
+      const __m256 w0 = load_w(w + k), w1 = load_w(w + k + 8);
+      for (int i = 0; i < NT; ++i) {
+        acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + size_t(i) * cols + k), acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + size_t(i) * cols + k + 8), acc[i][1]);
+      }
     }
+    for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
   }
-  for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
-}
+};
 
 // ---- attention over one KV block ----
 
@@ -343,82 +335,48 @@ inline void store16(float* p, __m256i m, __m256 v) {
   if (Full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v);
 }
 
-// R query rows x 16 keys (nk <= 16 of them real): each loaded key vector serves R rows, and each
-// score is one FMA chain over i whether its lane is masked or not.
-template <int R, bool Full>
-void scores_tile(const float* q, int ldq, const float* kt, int ldk, int hd, int nk, float* s, int lds) {
-  const __m256i m0 = lane_mask(nk), m1 = lane_mask(nk - 8);
-  __m256 a0[R], a1[R];
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
-  for (int i = 0; i < hd; ++i) {
-    const float* k = kt + size_t(i) * ldk;
-    const __m256 k0 = load16<Full>(k, m0), k1 = load16<Full>(k + 8, m1);
+// R rows x 16 columns (nc <= 16 of them real): each loaded vector of b serves R rows, and each output
+// is one FMA chain over k whether its lane is masked or not.
+template <int R, bool Full, bool Accumulate>
+void fma_tile(const float* a, int lda, const float* b, int ldb, int n_inner, int nc, float* c, int ldc) {
+  const __m256i m0 = lane_mask(nc), m1 = lane_mask(nc - 8);
+  __m256 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    c0[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc, m0) : _mm256_setzero_ps();
+    c1[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc + 8, m1) : _mm256_setzero_ps();
+  }
+  for (int k = 0; k < n_inner; ++k) {
+    const float* bk = b + size_t(k) * ldb;
+    const __m256 b0 = load16<Full>(bk, m0), b1 = load16<Full>(bk + 8, m1);
     for (int r = 0; r < R; ++r) {
-      const __m256 qv = _mm256_broadcast_ss(q + size_t(r) * ldq + i);
-      a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
+      const __m256 ak = _mm256_broadcast_ss(a + size_t(r) * lda + k);
+      c0[r] = _mm256_fmadd_ps(ak, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(ak, b1, c1[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    store16<Full>(s + size_t(r) * lds, m0, a0[r]);
-    store16<Full>(s + size_t(r) * lds + 8, m1, a1[r]);
+    store16<Full>(c + size_t(r) * ldc, m0, c0[r]);
+    store16<Full>(c + size_t(r) * ldc + 8, m1, c1[r]);
   }
 }
 
-template <int R>
-void scores_rows(const float* q, int ldq, const float* kt, int ldk, int hd, int nk, float* s, int lds) {
-  if (nk == 16) scores_tile<R, true>(q, ldq, kt, ldk, hd, nk, s, lds);
-  else scores_tile<R, false>(q, ldq, kt, ldk, hd, nk, s, lds);
-}
-
-void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
-                 int lds) {
-  for (int j = 0; j < n_keys; j += 16) {
-    const int nk = std::min(16, n_keys - j);
-    simd::for_groups<4>(n_rows, [&](auto rows, int r) {
-      scores_rows<decltype(rows)::value>(q + size_t(r) * ldq, ldq, kt + j, ldk, hd, nk, s + size_t(r) * lds + j, lds);
-    });
-  }
-}
-
-// R rows x 16 value dimensions (nd <= 16 of them real): acc += p . v over the block's keys, each
-// output one FMA chain over j.
-template <int R, bool Full>
-void accum_tile(const float* p, int ldp, const float* v, int hd, int nk, int nd, float* acc, int ldacc) {
-  const __m256i m0 = lane_mask(nd), m1 = lane_mask(nd - 8);
-  __m256 a0[R], a1[R];
-  for (int r = 0; r < R; ++r) {
-    a0[r] = load16<Full>(acc + size_t(r) * ldacc, m0);
-    a1[r] = load16<Full>(acc + size_t(r) * ldacc + 8, m1);
-  }
-  for (int j = 0; j < nk; ++j) {
-    const __m256 v0 = load16<Full>(v + size_t(j) * hd, m0), v1 = load16<Full>(v + size_t(j) * hd + 8, m1);
-    for (int r = 0; r < R; ++r) {
-      const __m256 pv = _mm256_broadcast_ss(p + size_t(r) * ldp + j);
-      a0[r] = _mm256_fmadd_ps(pv, v0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(pv, v1, a1[r]);
+struct Attention {  // see kernels_simd.h
+  // Tiles of 16 columns by 4 rows, then the 1-3 rows left.
+  template <bool Accumulate>
+  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
+                       float* c, int ldc) {
+    for (int j = 0; j < n_cols; j += 16) {
+      const int nc = std::min(16, n_cols - j);
+      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
+        constexpr int R = decltype(rows)::value;
+        const float* ar = a + size_t(r) * lda;
+        float* cr = c + size_t(r) * ldc + j;
+        if (nc == 16) fma_tile<R, true, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
+        else fma_tile<R, false, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
+      });
     }
   }
-  for (int r = 0; r < R; ++r) {
-    store16<Full>(acc + size_t(r) * ldacc, m0, a0[r]);
-    store16<Full>(acc + size_t(r) * ldacc + 8, m1, a1[r]);
-  }
-}
-
-template <int R>
-void accum_rows(const float* p, int ldp, const float* v, int hd, int nk, int nd, float* acc, int ldacc) {
-  if (nd == 16) accum_tile<R, true>(p, ldp, v, hd, nk, nd, acc, ldacc);
-  else accum_tile<R, false>(p, ldp, v, hd, nk, nd, acc, ldacc);
-}
-
-void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
-  for (int i = 0; i < hd; i += 16) {
-    const int nd = std::min(16, hd - i);
-    simd::for_groups<4>(n_rows, [&](auto rows, int r) {
-      accum_rows<decltype(rows)::value>(p + size_t(r) * ldp, ldp, v + i, hd, n_keys, nd, acc + size_t(r) * ldacc + i, ldacc);
-    });
-  }
-}
+};
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {
   int i = 0;
@@ -434,19 +392,8 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-// The table's arithmetic for kernels_simd.h's skeleton.
-struct Avx2 {
-  using Q4_0 = GemmQ4_0;
-  using Q4_1 = GemmQ4_1;
-  using Q8_0 = GemmQ8_0;
-  using Q6_K = GemmQ6_K;
-  template <int NT, class W>
-  static void float_row(const W* w, int cols, const float* x, float* y, int ldy) {
-    sysinfer::float_row<NT>(w, cols, x, y, ldy);
-  }
-};
-
-constexpr Kernels kAvx2 = simd::table<Avx2>("avx2", quantize_act, attn_scores, attn_accum, f16_to_f32, f32_to_f16);
+constexpr Kernels kAvx2 =
+    simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention>("avx2", quantize_act, f16_to_f32, f32_to_f16);
 
 }  // namespace
 

@@ -156,9 +156,7 @@ inline void q8_0_block(const TileQ8_0& t, const ActBlock& a, TileAcc& acc) {
   acc.r47 = vfmaq_f32(acc.r47, vcvtq_f32_s32(s1), vmulq_n_f32(fp16x4(t.d + 4), a.d));
 }
 
-struct GemmQ4_0 {  // see kernels_simd.h for what a weight type supplies
-  using Tile = TileQ4_0;
-  using Acc = TileAcc;
+struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     const Q4Unpacked w(b.q);
@@ -167,9 +165,7 @@ struct GemmQ4_0 {  // see kernels_simd.h for what a weight type supplies
   }
 };
 
-struct GemmQ4_1 {
-  using Tile = TileQ4_1;
-  using Acc = TileAcc;
+struct GemmQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     const Q4Unpacked w(b.q);
@@ -178,9 +174,7 @@ struct GemmQ4_1 {
   }
 };
 
-struct GemmQ8_0 {
-  using Tile = TileQ8_0;
-  using Acc = TileAcc;
+struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     for (int i = 0; i < NT; ++i) q8_0_block(b, a[i * a_stride], acc[i]);
@@ -270,16 +264,12 @@ struct Q6Unpacked {
   }
 };
 
-struct RowAccs {  // one 4-lane accumulator per row of a Q6_K tile, its lanes summed at the end
-  float32x4_t r[ROW_TILE] = {};
-  void store(float* y) const {
-    for (int i = 0; i < ROW_TILE; ++i) y[i] = vaddvq_f32(r[i]);
-  }
+struct F32x4 {  // for simd::RowSums
+  using V = float32x4_t;
+  static float sum(float32x4_t v) { return vaddvq_f32(v); }
 };
 
-struct GemmQ6_K {
-  using Tile = TileQ6_K;
-  using Acc = RowAccs;
+struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x4>> {
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
     Q6Act act[NT];
@@ -315,82 +305,52 @@ inline float row_dot(const uint16_t* a, const float* b, int n) {
   return t;
 }
 
-// ---- attention over one KV block ----
-// Tiles of R rows x 4 * NV columns (keys for scores, value dimensions for accum), NV vectors of 4;
-// columns past the last whole vector go through scalar std::fma, the same fused chain a lane runs.
+// ---- attention over one KV block (c (+)= a . b, see kernels_simd.h) ----
+//
+// Tiles of R rows x 4 * NV columns, NV vectors of 4; columns past the last whole vector go through
+// scalar std::fma, the same fused chain a lane runs.
 
-template <int R, int NV>
-void scores_tile(const float* q, int ldq, const float* kt, int ldk, int hd, float* s, int lds) {
-  float32x4_t a[R][NV];
+template <int R, int NV, bool Accumulate>
+void fma_tile(const float* a, int lda, const float* b, int ldb, int n_inner, float* c, int ldc) {
+  float32x4_t acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) a[r][v] = vdupq_n_f32(0.f);
-  for (int i = 0; i < hd; ++i) {
-    float32x4_t k[NV];
-    for (int v = 0; v < NV; ++v) k[v] = vld1q_f32(kt + size_t(i) * ldk + 4 * v);
+    for (int u = 0; u < NV; ++u) acc[r][u] = Accumulate ? vld1q_f32(c + size_t(r) * ldc + 4 * u) : vdupq_n_f32(0.f);
+  for (int k = 0; k < n_inner; ++k) {
+    float32x4_t bk[NV];
+    for (int u = 0; u < NV; ++u) bk[u] = vld1q_f32(b + size_t(k) * ldb + 4 * u);
     for (int r = 0; r < R; ++r) {
-      const float qi = q[size_t(r) * ldq + i];
-      for (int v = 0; v < NV; ++v) a[r][v] = vfmaq_n_f32(a[r][v], k[v], qi);
+      const float ak = a[size_t(r) * lda + k];
+      for (int u = 0; u < NV; ++u) acc[r][u] = vfmaq_n_f32(acc[r][u], bk[u], ak);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) vst1q_f32(s + size_t(r) * lds + 4 * v, a[r][v]);
+    for (int u = 0; u < NV; ++u) vst1q_f32(c + size_t(r) * ldc + 4 * u, acc[r][u]);
 }
 
-template <int R, int NV>
-void accum_tile(const float* p, int ldp, const float* v, int hd, int nk, float* acc, int ldacc) {
-  float32x4_t a[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u) a[r][u] = vld1q_f32(acc + size_t(r) * ldacc + 4 * u);
-  for (int j = 0; j < nk; ++j) {
-    float32x4_t vv[NV];
-    for (int u = 0; u < NV; ++u) vv[u] = vld1q_f32(v + size_t(j) * hd + 4 * u);
-    for (int r = 0; r < R; ++r) {
-      const float pj = p[size_t(r) * ldp + j];
-      for (int u = 0; u < NV; ++u) a[r][u] = vfmaq_n_f32(a[r][u], vv[u], pj);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u) vst1q_f32(acc + size_t(r) * ldacc + 4 * u, a[r][u]);
-}
-
-void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
-                 int lds) {
-  const int whole = n_keys / 4 * 4;
-  for (int j = 0; j < whole; j += 16) {
-    const int nv = std::min(16, whole - j) / 4;
-    simd::for_groups<4>(n_rows, [&](auto rows, int r) {  // tiles of 4 rows, then the 1-3 left
-      simd::with_count<4>(nv, [&](auto vectors) {
-        scores_tile<decltype(rows)::value, decltype(vectors)::value>(q + size_t(r) * ldq, ldq, kt + j, ldk, hd,
-                                                                     s + size_t(r) * lds + j, lds);
+struct Attention {  // see kernels_simd.h
+  // Tiles of up to 16 columns by 4 rows, then the 1-3 rows left; then the 1-3 columns past the last
+  // whole vector.
+  template <bool Accumulate>
+  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
+                       float* c, int ldc) {
+    const int whole = n_cols / 4 * 4;
+    for (int j = 0; j < whole; j += 16) {
+      const int nv = std::min(16, whole - j) / 4;
+      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
+        simd::with_count<4>(nv, [&](auto vectors) {
+          fma_tile<decltype(rows)::value, decltype(vectors)::value, Accumulate>(a + size_t(r) * lda, lda, b + j, ldb,
+                                                                                n_inner, c + size_t(r) * ldc + j, ldc);
+        });
       });
-    });
-  }
-  for (int r = 0; r < n_rows; ++r)
-    for (int j = whole; j < n_keys; ++j) {
-      float t = 0.f;
-      for (int i = 0; i < hd; ++i) t = std::fma(q[size_t(r) * ldq + i], kt[size_t(i) * ldk + j], t);
-      s[size_t(r) * lds + j] = t;
     }
-}
-
-void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
-  const int whole = hd / 4 * 4;
-  for (int i = 0; i < whole; i += 16) {
-    const int nv = std::min(16, whole - i) / 4;
-    simd::for_groups<4>(n_rows, [&](auto rows, int r) {
-      simd::with_count<4>(nv, [&](auto vectors) {
-        accum_tile<decltype(rows)::value, decltype(vectors)::value>(p + size_t(r) * ldp, ldp, v + i, hd, n_keys,
-                                                                    acc + size_t(r) * ldacc + i, ldacc);
-      });
-    });
+    for (int r = 0; r < n_rows; ++r)
+      for (int j = whole; j < n_cols; ++j) {
+        float t = Accumulate ? c[size_t(r) * ldc + j] : 0.f;
+        for (int k = 0; k < n_inner; ++k) t = std::fma(a[size_t(r) * lda + k], b[size_t(k) * ldb + j], t);
+        c[size_t(r) * ldc + j] = t;
+      }
   }
-  for (int r = 0; r < n_rows; ++r)
-    for (int i = whole; i < hd; ++i) {
-      float t = acc[size_t(r) * ldacc + i];
-      for (int j = 0; j < n_keys; ++j) t = std::fma(p[size_t(r) * ldp + j], v[size_t(j) * hd + i], t);
-      acc[size_t(r) * ldacc + i] = t;
-    }
-}
+};
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {
   int i = 0;
@@ -404,21 +364,17 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-// The table's arithmetic for kernels_simd.h's skeleton.
-struct Neon {
-  using Q4_0 = GemmQ4_0;
-  using Q4_1 = GemmQ4_1;
-  using Q8_0 = GemmQ8_0;
-  using Q6_K = GemmQ6_K;
-  // One dot product per token: NEON has registers enough to keep a row in flight for only one.
+struct GemmFloat {
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens, one token after another.
   template <int NT, class W>
-  static void float_row(const W* w, int cols, const float* x, float* y, int ldy) {
+  static void row(const W* w, int cols, const float* x, float* y, int ldy) {
     for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = row_dot(w, x + size_t(i) * cols, cols);
   }
 };
 
 constexpr Kernels neon_table(const char* name) {
-  return simd::table<Neon>(name, quantize_act, attn_scores, attn_accum, f16_to_f32, f32_to_f16);
+  return simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention>(name, quantize_act, f16_to_f32,
+                                                                                  f32_to_f16);
 }
 
 }  // namespace

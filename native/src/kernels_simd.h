@@ -1,23 +1,30 @@
 // The skeleton every SIMD kernel table shares: how a matmul walks tiles, tokens and blocks, how a
 // one-token GEMV walks several tiles side by side, and how a run-time count picks a template
-// instance. A table (kernels_avx2.cpp, kernels_neon_impl.h) supplies only its arithmetic, as a
-// struct T:
+// instance. A table (kernels_avx2.cpp, kernels_neon_impl.h) supplies only its arithmetic:
 //
-//   T::Q4_0, T::Q4_1, T::Q8_0, T::Q6_K   one weight type each:
-//       using Tile = TileQ4_0 ...;       the packed tile block (8 rows x one block column)
-//       using Acc = ...;                 one token's 8 row sums so far; Acc{} is all zeros;
+//   one struct per quantized weight type (Q4_0, Q4_1, Q8_0, Q6_K), derived from WeightType<Tile, Acc>:
+//       Tile = TileQ4_0 ...;             the packed tile block (8 rows x one block column)
+//       Acc;                             one token's 8 row sums so far; Acc{} is all zeros;
 //                                        acc.store(y) writes them to y[0..8)
+//     with
 //       template <int NT> static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc);
 //                                        acc[i] += b times token i's activation blocks at
 //                                        a + i * a_stride (act_blocks<Tile> of them); token i's result
 //                                        must not depend on NT (a sequence decoded alone gets the
 //                                        logits it gets in a batch)
-//   template <int NT, class W> static void float_row(const W* w, int cols, const float* x, float* y, int ldy);
-//       y[i * ldy] = dot(w, x + i * cols) for i < NT, one F32 (W = float) or F16 (W = uint16_t) row;
-//       again token i's result must not depend on NT
+//   one struct for F32 / F16 rows, with
+//       template <int NT, class W> static void row(const W* w, int cols, const float* x, float* y, int ldy);
+//                                        y[i * ldy] = dot(w, x + i * cols) for i < NT, one F32 (W = float)
+//                                        or F16 (W = uint16_t) row; token i's result must not depend on NT
+//   one struct for attention (see attn_scores below), with
+//       template <bool Accumulate> static void fma_rows(const float* a, int lda, int n_rows, const float* b,
+//                                                       int ldb, int n_inner, int n_cols, float* c, int ldc);
+//                                        c[r * ldc + j] (+)= sum_k a[r * lda + k] * b[k * ldb + j] for
+//                                        r < n_rows, j < n_cols (+= when Accumulate), each output one
+//                                        chain of fused multiply-adds in order of k, whatever n_rows is
+//   quantize_act, f16_to_f32, f32_to_f16 as kernels.h defines them,
 //
-// and table<T>(name, ...) makes its Kernels from T and its other routines (quantize_act, attention,
-// fp16 conversions). Which table runs is chosen once, at run time, from the CPU's
+// and table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention>(name, quantize_act, ...) makes its Kernels. Which table runs is chosen once, at run time, from the CPU's
 // features (select_kernels); every ISA-specific line is in a file compiled with its ISA's flags.
 // That is the only way ISA code is chosen: no target_clones, no per-function target attributes.
 //
@@ -42,6 +49,23 @@ constexpr int kGemvStreams = 4;  // tiles a one-token GEMV walks side by side (s
 // Activation blocks one tile block spans: 1, or 8 for Q6_K's 256-weight super-blocks.
 template <class Tile> constexpr int act_blocks = 1;
 template <> constexpr int act_blocks<TileQ6_K> = QK_K / QK;
+
+template <class TileT, class AccT>
+struct WeightType {
+  using Tile = TileT;
+  using Acc = AccT;
+};
+
+// An Acc for rows that are not interleaved (Q6_K): one float vector per row (F::V), its lanes summed
+// (F::sum) at the end. (F, not the vector type itself: a vector type as a template argument loses
+// its attributes.)
+template <class F>
+struct RowSums {
+  typename F::V r[ROW_TILE] = {};
+  void store(float* y) const {
+    for (int i = 0; i < ROW_TILE; ++i) y[i] = F::sum(r[i]);
+  }
+};
 
 // ---- run-time count -> template argument ----
 
@@ -121,7 +145,7 @@ void gemm_quantized(const void* w, int n_blocks, int tile0, int tile1, const Act
 }
 
 // Kernels::gemm for F32 / F16 rows (row-major, no tiles): each tile-row for kTokTile tokens at a time.
-template <class T>
+template <class Float>
 void gemm_float(WType type, const void* w, int cols, int tile0, int tile1, const float* x, int n_tok, float* y,
                 int ldy) {
   for (int t = tile0; t < tile1; ++t)
@@ -131,24 +155,40 @@ void gemm_float(WType type, const void* w, int cols, int tile0, int tile1, const
         const size_t row = size_t(t) * ROW_TILE + r;
         float* yr = y + size_t(tok) * ldy + row;
         const float* xt = x + size_t(tok) * cols;
-        if (type == WType::F32) T::template float_row<NT>(static_cast<const float*>(w) + row * cols, cols, xt, yr, ldy);
-        else T::template float_row<NT>(static_cast<const uint16_t*>(w) + row * cols, cols, xt, yr, ldy);
+        if (type == WType::F32) Float::template row<NT>(static_cast<const float*>(w) + row * cols, cols, xt, yr, ldy);
+        else Float::template row<NT>(static_cast<const uint16_t*>(w) + row * cols, cols, xt, yr, ldy);
       }
     });
 }
 
-template <class T>
+template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float>
 void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
   const int nb = cols / QK;
   const ActBlock* xa = static_cast<const ActBlock*>(x);
   switch (type) {
-    case WType::Q4_0: return gemm_quantized<typename T::Q4_0>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
-    case WType::Q4_1: return gemm_quantized<typename T::Q4_1>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
-    case WType::Q8_0: return gemm_quantized<typename T::Q8_0>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
-    case WType::Q6_K: return gemm_quantized<typename T::Q6_K>(w, cols / QK_K, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::Q4_0: return gemm_quantized<Q4_0>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::Q4_1: return gemm_quantized<Q4_1>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::Q8_0: return gemm_quantized<Q8_0>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::Q6_K: return gemm_quantized<Q6_K>(w, cols / QK_K, tile0, tile1, xa, nb, n_tok, y, ldy);
     case WType::F32:
-    case WType::F16: return gemm_float<T>(type, w, cols, tile0, tile1, static_cast<const float*>(x), n_tok, y, ldy);
+    case WType::F16: return gemm_float<Float>(type, w, cols, tile0, tile1, static_cast<const float*>(x), n_tok, y, ldy);
   }
+}
+
+// ---- attention over one KV block ----
+//
+// attn_scores and attn_accum are both c[r][j] (+)= sum_k a[r * lda + k] * b[k * ldb + j]: scores with
+// a = q, b = the keys transposed, k over hd; accum with a = p, b = v, k over the keys.
+
+template <class Attention>
+void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
+                 int lds) {
+  Attention::template fma_rows<false>(q, ldq, n_rows, kt, ldk, hd, n_keys, s, lds);
+}
+
+template <class Attention>
+void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
+  Attention::template fma_rows<true>(p, ldp, n_rows, v, hd, n_keys, hd, acc, ldacc);
 }
 
 }  // namespace simd
@@ -185,12 +225,13 @@ void softmax_exp(float* p, int n, float max) {
 
 namespace simd {
 
-// A table's Kernels: its gemm made from T by the skeleton, its other routines as given.
-template <class T>
+// A table's Kernels: gemm and attention made by the skeleton from the table's arithmetic, its other
+// routines as given, softmax_exp compiled in its file.
+template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class Attention>
 constexpr Kernels table(const char* name, decltype(Kernels::quantize_act) quantize_act,
-                        decltype(Kernels::attn_scores) attn_scores, decltype(Kernels::attn_accum) attn_accum,
                         decltype(Kernels::f16_to_f32) f16_to_f32, decltype(Kernels::f32_to_f16) f32_to_f16) {
-  return {name, quantize_act, gemm<T>, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax_exp};
+  return {name,       quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float>, attn_scores<Attention>, attn_accum<Attention>,
+          f16_to_f32, f32_to_f16,   softmax_exp};
 }
 
 }  // namespace simd
