@@ -392,8 +392,8 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-constexpr Kernels kAvx2 =
-    simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention>("avx2", quantize_act, f16_to_f32, f32_to_f16);
+constexpr Kernels kAvx2 = simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention>(
+    "avx2", quantize_act, f16_to_f32, f32_to_f16);
 
 }  // namespace
 

@@ -305,6 +305,14 @@ inline float row_dot(const uint16_t* a, const float* b, int n) {
   return t;
 }
 
+struct GemmFloat {
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens, one token after another.
+  template <int NT, class W>
+  static void row(const W* w, int cols, const float* x, float* y, int ldy) {
+    for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = row_dot(w, x + size_t(i) * cols, cols);
+  }
+};
+
 // ---- attention over one KV block (c (+)= a . b, see kernels_simd.h) ----
 //
 // Tiles of R rows x 4 * NV columns, NV vectors of 4; columns past the last whole vector go through
@@ -363,14 +371,6 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i + 4 <= n; i += 4) vst1_u16(dst + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(src + i))));
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
-
-struct GemmFloat {
-  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens, one token after another.
-  template <int NT, class W>
-  static void row(const W* w, int cols, const float* x, float* y, int ldy) {
-    for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = row_dot(w, x + size_t(i) * cols, cols);
-  }
-};
 
 constexpr Kernels neon_table(const char* name) {
   return simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention>(name, quantize_act, f16_to_f32,

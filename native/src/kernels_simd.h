@@ -24,9 +24,13 @@
 //                                        chain of fused multiply-adds in order of k, whatever n_rows is
 //   quantize_act, f16_to_f32, f32_to_f16 as kernels.h defines them,
 //
-// and table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention>(name, quantize_act, ...) makes its Kernels. Which table runs is chosen once, at run time, from the CPU's
-// features (select_kernels); every ISA-specific line is in a file compiled with its ISA's flags.
-// That is the only way ISA code is chosen: no target_clones, no per-function target attributes.
+// and simd::table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention>(name, quantize_act, ...) makes its
+// Kernels. A new table (AVX-512, SVE) writes those structs and functions, nothing else.
+//
+// Which table runs is chosen once, at run time, from the CPU's features (select_kernels); every
+// ISA-specific line is in a file compiled with its ISA's flags. That is the only way ISA code is
+// chosen: no target_clones, no per-function target attributes. softmax_exp (below) is one source
+// that every table, the generic one included, compiles with its own flags.
 //
 // Everything here has internal linkage (unnamed namespace): each table's file compiles its own copy
 // with its own ISA flags, and the linker must never keep one file's copy of an inline function (say,
@@ -41,6 +45,37 @@
 
 namespace sysinfer {
 namespace {
+
+// ---- softmax weights: the same source in every table, compiled with each table's flags ----
+
+// e^x for x <= 0 (softmax weights), vectorisable: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
+// p a degree-6 Taylor polynomial (relative error < 2e-7 before float rounding; test_kernels holds
+// every table within 3e-7 of e^x); x is clamped at -87 (e^-87 ~ 1.6e-38).
+inline float exp_nonpositive(float x) {
+  x = x < -87.f ? -87.f : x;
+  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer (vectorisable)
+  const float n = (x * 1.44269504f + shifter) - shifter;
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+// Kernels::softmax_exp (files are compiled with -fopenmp-simd: the loop is vectorised at each table's
+// width, without the OpenMP runtime).
+void softmax_exp(float* p, int n, float max) {
+#pragma omp simd
+  for (int j = 0; j < n; ++j) p[j] = exp_nonpositive(p[j] - max);
+}
+
 namespace simd {
 
 constexpr int kTokTile = 4;      // tokens per pass over a weight tile: prefill reuses each unpacked block
@@ -191,47 +226,13 @@ void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int
   Attention::template fma_rows<true>(p, ldp, n_rows, v, hd, n_keys, hd, acc, ldacc);
 }
 
-}  // namespace simd
-
-// ---- softmax weights: the same source in every table, compiled with each table's flags ----
-
-// e^x for x <= 0 (softmax weights), vectorisable: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
-// p a degree-6 Taylor polynomial (relative error < 2e-7 before float rounding; test_kernels holds
-// every table within 3e-7 of e^x); x is clamped at -87 (e^-87 ~ 1.6e-38).
-inline float exp_nonpositive(float x) {
-  x = x < -87.f ? -87.f : x;
-  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer (vectorisable)
-  const float n = (x * 1.44269504f + shifter) - shifter;
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-  float p = 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-
-// Kernels::softmax_exp (files are compiled with -fopenmp-simd: the loop is vectorised at each table's
-// width, without the OpenMP runtime).
-void softmax_exp(float* p, int n, float max) {
-#pragma omp simd
-  for (int j = 0; j < n; ++j) p[j] = exp_nonpositive(p[j] - max);
-}
-
-namespace simd {
-
 // A table's Kernels: gemm and attention made by the skeleton from the table's arithmetic, its other
 // routines as given, softmax_exp compiled in its file.
 template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class Attention>
 constexpr Kernels table(const char* name, decltype(Kernels::quantize_act) quantize_act,
                         decltype(Kernels::f16_to_f32) f16_to_f32, decltype(Kernels::f32_to_f16) f32_to_f16) {
-  return {name,       quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float>, attn_scores<Attention>, attn_accum<Attention>,
-          f16_to_f32, f32_to_f16,   softmax_exp};
+  return {name, quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float>,
+          attn_scores<Attention>, attn_accum<Attention>, f16_to_f32, f32_to_f16, softmax_exp};
 }
 
 }  // namespace simd
