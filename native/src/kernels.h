@@ -83,7 +83,8 @@ struct Kernels {
   void (*f32_to_f16)(const float* src, uint16_t* dst, int n);  // round to nearest even
 
   // Softmax weights: p[j] = e^(p[j] - max) for j < n, every p[j] <= max; relative error < 3e-7
-  // against e^x (a polynomial, not std::exp: the same source in every table, vectorised at its width).
+  // against e^x (a polynomial, not std::exp: one source, vectorised at each table's width) and the
+  // same bits in every table.
   void (*softmax_exp)(float* p, int n, float max);
 };
 

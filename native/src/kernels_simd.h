@@ -47,11 +47,26 @@ namespace sysinfer {
 namespace {
 
 // ---- softmax weights: the same source in every table, compiled with each table's flags ----
+//
+// Compiled without floating-point contraction (every a * b + c rounds twice, as written), so the
+// weights are the same bits in every table: the choice of table moves no softmax weight, and they are
+// the bits attention.cpp computed before this entry existed (its haswell target_clones copy ran only
+// on CPUs that __builtin_cpu_is("haswell"), so everywhere else the code without FMA ran). With FMA
+// contraction 10% of e^x values moved by an ulp, and that alone moved SmolLM2's greedy text off the
+// numpy reference at a 0.2-logit margin (tests/test_forward.py).
+#if defined(__clang__)
+#define SYSINFER_AS_WRITTEN _Pragma("STDC FP_CONTRACT OFF")
+#else
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define SYSINFER_AS_WRITTEN
+#endif
 
 // e^x for x <= 0 (softmax weights), vectorisable: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
 // p a degree-6 Taylor polynomial (relative error < 2e-7 before float rounding; test_kernels holds
 // every table within 3e-7 of e^x); x is clamped at -87 (e^-87 ~ 1.6e-38).
 inline float exp_nonpositive(float x) {
+  SYSINFER_AS_WRITTEN
   x = x < -87.f ? -87.f : x;
   const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer (vectorisable)
   const float n = (x * 1.44269504f + shifter) - shifter;
@@ -69,12 +84,19 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
-// Kernels::softmax_exp (files are compiled with -fopenmp-simd: the loop is vectorised at each table's
-// width, without the OpenMP runtime).
+// Kernels::softmax_exp. The loop is vectorised at each table's width: files are compiled with
+// -fopenmp-simd (`omp simd` without the OpenMP runtime) and -fno-trapping-math (without it GCC 12
+// keeps the clamp above as a branch and vectorises nothing: "control flow in loop").
 void softmax_exp(float* p, int n, float max) {
+  SYSINFER_AS_WRITTEN
 #pragma omp simd
   for (int j = 0; j < n; ++j) p[j] = exp_nonpositive(p[j] - max);
 }
+
+#if !defined(__clang__)
+#pragma GCC pop_options
+#endif
+#undef SYSINFER_AS_WRITTEN
 
 namespace simd {
 
