@@ -3,38 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SYSINFER_ATTENTION_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define SYSINFER_ATTENTION_CLONES
-#endif
 
 namespace sysinfer {
 
 namespace {
-
-// e^x for x <= 0 (softmax weights), vectorisable: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
-// p a degree-6 Taylor polynomial (relative error < 2e-7); x below -87 gives 0.
-inline float exp_nonpositive(float x) {
-  x = x < -87.f ? -87.f : x;
-  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer (vectorisable)
-  const float n = (x * 1.44269504f + shifter) - shifter;
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-  float p = 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
 
 // Asks for the cache lines of [p, p + bytes) ahead of use (a hint; no effect on results).
 inline void prefetch_bytes(const void* p, size_t bytes) {
@@ -55,8 +28,8 @@ namespace {
 // Folds one block's scores (p[0, nk), keys [key0, key0 + nk)) into a row's online softmax: only
 // the first n_visible keys count (causal); p becomes the weights (0 for hidden keys), acc [hd] is
 // rescaled when the running max grows.
-inline void softmax_block(float* p, int nk, int n_visible, float alibi_slope, int pos, int key0, int hd,
-                          float* acc, float* max, float* sum) {
+inline void softmax_block(const Kernels& k, float* p, int nk, int n_visible, float alibi_slope, int pos, int key0,
+                          int hd, float* acc, float* max, float* sum) {
   if (alibi_slope != 0.f)
     for (int j = 0; j < n_visible; ++j) p[j] -= alibi_slope * float(pos - (key0 + j));
   float block_max = -std::numeric_limits<float>::infinity();
@@ -65,8 +38,7 @@ inline void softmax_block(float* p, int nk, int n_visible, float alibi_slope, in
   const float rescale = std::exp(*max - new_max);  // 0 on the first block (max = -inf)
   if (rescale != 1.f)
     for (int i = 0; i < hd; ++i) acc[i] *= rescale;
-#pragma omp simd
-  for (int j = 0; j < n_visible; ++j) p[j] = exp_nonpositive(p[j] - new_max);
+  k.softmax_exp(p, n_visible, new_max);
   float s = *sum * rescale;
   for (int j = 0; j < n_visible; ++j) s += p[j];  // in key order, as a single-token decode does
   for (int j = n_visible; j < nk; ++j) p[j] = 0.f;
@@ -78,9 +50,8 @@ inline void softmax_block(float* p, int nk, int n_visible, float alibi_slope, in
 
 // Every query row of the item (token t, head g of the GQA group: row t * group + g) is scored
 // against one K block at a time by the kernel table's tiled attn_scores, folded into its online
-// softmax, and the block's values accumulated by attn_accum: each K/V block is converted once and
-// serves all rows. The softmax glue is vectorised inline (an AVX2+FMA clone on x86-64).
-SYSINFER_ATTENTION_CLONES
+// softmax (its exponentials by the table's softmax_exp), and the block's values accumulated by
+// attn_accum: each K/V block is converted once and serves all rows.
 void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& item, const float* q,
                         int q_stride, const int32_t* positions, const int32_t* block_table,
                         const uint16_t* k_layer, const uint16_t* v_layer, float* scratch, float* out,
@@ -125,7 +96,7 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     for (int r = r0; r < rows; ++r) {
       const int pos = positions[item.tok_begin + r / group];
       const float slope = s.alibi_slopes ? s.alibi_slopes[item.kv_head * group + r % group] : 0.f;
-      softmax_block(p + size_t(r) * bs, nk, std::min(nk, pos + 1 - block_start - j0), slope, pos,
+      softmax_block(k, p + size_t(r) * bs, nk, std::min(nk, pos + 1 - block_start - j0), slope, pos,
                     block_start + j0, hd, acc + size_t(r) * hd, row_max + r, row_sum + r);
     }
     k.attn_accum(p + size_t(r0) * bs, bs, rows - r0, vf + size_t(j0) * hd, hd, nk, acc + size_t(r0) * hd, hd);

@@ -1,7 +1,8 @@
 // The kernel contract: every arithmetic routine the model needs, as a table of function
 // pointers. One table per instruction set (generic, avx2, neon, neon-dotprod); the model picks one
-// at start-up from the CPU's features. Every SIMD table has the generic table as its twin, and
-// native/tests/test_kernels.cpp holds them equal.
+// at start-up from the CPU's features (the only place ISA-specific code is chosen). Every SIMD table
+// has the generic table as its twin, and native/tests/test_kernels.cpp holds them equal; the SIMD
+// tables share their loops (kernels_simd.h) and differ only in arithmetic.
 #pragma once
 
 #include <cstddef>
@@ -80,6 +81,11 @@ struct Kernels {
                      int ldacc);
   void (*f16_to_f32)(const uint16_t* src, float* dst, int n);
   void (*f32_to_f16)(const float* src, uint16_t* dst, int n);  // round to nearest even
+
+  // Softmax weights: p[j] = e^(p[j] - max) for j < n, every p[j] <= max; relative error < 3e-7
+  // against e^x (a polynomial, not std::exp: one source, vectorised at each table's width) and the
+  // same bits in every table.
+  void (*softmax_exp)(float* p, int n, float max);
 };
 
 // Kernel tables. The SIMD getters return nullptr when that table is not compiled in.

@@ -1,5 +1,6 @@
 // AVX2 + FMA + F16C kernel table (this file is compiled with -mavx2 -mfma -mf16c; the table is
-// chosen at run time only on CPUs that have all three). Twin of kernels_generic.cpp.
+// chosen at run time only on CPUs that have all three). Twin of kernels_generic.cpp; the loops over
+// tiles, tokens and blocks are kernels_simd.h's, this file is the arithmetic.
 //
 // Quantized GEMM: one 32-byte load of an interleaved tile holds the same 4 bytes of all 8 rows, so
 // `maddubs` against the matching 4 activation bytes broadcast to every lane gives each lane (row)
@@ -9,16 +10,13 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <type_traits>
 
 #include "kernels.h"
+#include "kernels_simd.h"
 
 namespace sysinfer {
 
 namespace {
-
-constexpr int kMaxTok = 4;       // tokens per pass over a weight tile
-constexpr int kGemvStreams = 4;  // tiles a one-token GEMV walks side by side (see gemv_lockstep)
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -26,6 +24,11 @@ inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+
+struct F32x8 {  // for simd::RowSums
+  using V = __m256;
+  static float sum(__m256 v) { return hsum(v); }
+};
 
 inline int hsum_i32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -103,18 +106,21 @@ inline __m256 q4_0_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, co
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
 }
 
-template <int NT>
-void q4_0_tile(const TileQ4_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[NT];
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
-  for (int kb = 0; kb < nb; ++kb) {
+// The 8 row sums of one tile for one token.
+struct TileAcc {
+  __m256 v = _mm256_setzero_ps();
+  void store(float* y) const { _mm256_storeu_ps(y, v); }
+};
+
+struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i lo[4], hi[4];
-    unpack_q4(tiles[kb].q, lo, hi);
-    const __m256 dw = load_fp16x8(tiles[kb].d);
-    for (int i = 0; i < NT; ++i) acc[i] = q4_0_block(lo, hi, dw, x[size_t(i) * x_stride + kb], acc[i]);
+    unpack_q4(b.q, lo, hi);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = q4_0_block(lo, hi, dw, a[i * a_stride], acc[i].v);
   }
-  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
-}
+};
 
 // acc (8 rows) += one unpacked Q4_1 tile block (scales dw, minimums mw) times activation block a.
 inline __m256 q4_1_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, __m256 mw, const ActBlock& a,
@@ -124,18 +130,15 @@ inline __m256 q4_1_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, __
   return _mm256_fmadd_ps(mw, _mm256_set1_ps(a.d * float(a.sum[0] + a.sum[1])), acc);
 }
 
-template <int NT>
-void q4_1_tile(const TileQ4_1* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[NT];
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
-  for (int kb = 0; kb < nb; ++kb) {
+struct GemmQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i lo[4], hi[4];
-    unpack_q4(tiles[kb].q, lo, hi);
-    const __m256 dw = load_fp16x8(tiles[kb].d), mw = load_fp16x8(tiles[kb].m);
-    for (int i = 0; i < NT; ++i) acc[i] = q4_1_block(lo, hi, dw, mw, x[size_t(i) * x_stride + kb], acc[i]);
+    unpack_q4(b.q, lo, hi);
+    const __m256 dw = load_fp16x8(b.d), mw = load_fp16x8(b.m);
+    for (int i = 0; i < NT; ++i) acc[i].v = q4_1_block(lo, hi, dw, mw, a[i * a_stride], acc[i].v);
   }
-  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
-}
+};
 
 // ---- Q8_0: signed weights, so maddubs takes |w| and the activation carries w's sign ----
 
@@ -156,18 +159,15 @@ inline __m256 q8_0_block(const __m256i w[8], const __m256i wabs[8], __m256 dw, c
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
 }
 
-template <int NT>
-void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[NT];
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
-  for (int kb = 0; kb < nb; ++kb) {
+struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256i w[8], wabs[8];
-    load_q8(tiles[kb], w, wabs);
-    const __m256 dw = load_fp16x8(tiles[kb].d);
-    for (int i = 0; i < NT; ++i) acc[i] = q8_0_block(w, wabs, dw, x[size_t(i) * x_stride + kb], acc[i]);
+    load_q8(b, w, wabs);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = q8_0_block(w, wabs, dw, a[i * a_stride], acc[i].v);
   }
-  for (int i = 0; i < NT; ++i) _mm256_storeu_ps(y + size_t(i) * ldy, acc[i]);
-}
+};
 
 // ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
 //
@@ -274,142 +274,51 @@ inline __m256 q6_k_row_packed(const BlockQ6_K& b, const ActBlock* a, __m256 ad32
   return q6_finish(s, sc16, _mm256_set1_ps(_cvtsh_ss(b.d)), ad32, asum, acc);
 }
 
-// y[i * ldy + r] for the 8 rows of one Q6_K tile-row and NT tokens.
-template <int NT>
-void q6_k_tile(const TileQ6_K* tiles, int nsb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  __m256 acc[ROW_TILE][NT];
-  for (int r = 0; r < ROW_TILE; ++r)
-    for (int i = 0; i < NT; ++i) acc[r][i] = _mm256_setzero_ps();
-  for (int sb = 0; sb < nsb; ++sb) {
+struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x8>> {
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256 ad32[NT];
     __m256i asum[NT];
-    for (int i = 0; i < NT; ++i) q6_act_gather(x + size_t(i) * x_stride + sb * 8, &ad32[i], &asum[i]);
+    for (int i = 0; i < NT; ++i) q6_act_gather(a + i * a_stride, &ad32[i], &asum[i]);
     for (int r = 0; r < ROW_TILE; ++r) {
-      const BlockQ6_K& b = tiles[sb].b[r];
-      __m256i q[8], sc[8], sc16;
-      unpack_q6(b, q);
-      q6_scales(b.scales, &sc16, sc);
-      const __m256 d = _mm256_set1_ps(_cvtsh_ss(b.d));
-      for (int i = 0; i < NT; ++i)
-        acc[r][i] = q6_k_row_block(q, sc, sc16, d, x + size_t(i) * x_stride + sb * 8, ad32[i], asum[i], acc[r][i]);
+      const BlockQ6_K& b = t.b[r];
+      if constexpr (NT == 1) {
+        acc[0].r[r] = q6_k_row_packed(b, a, ad32[0], asum[0], acc[0].r[r]);
+      } else {  // each row unpacked once for the NT tokens
+        __m256i q[8], sc[8], sc16;
+        unpack_q6(b, q);
+        q6_scales(b.scales, &sc16, sc);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(b.d));
+        for (int i = 0; i < NT; ++i)
+          acc[i].r[r] = q6_k_row_block(q, sc, sc16, d, a + i * a_stride, ad32[i], asum[i], acc[i].r[r]);
+      }
     }
   }
-  for (int i = 0; i < NT; ++i)
-    for (int r = 0; r < ROW_TILE; ++r) y[size_t(i) * ldy + r] = hsum(acc[r][i]);
-}
-
-// ---- decode: one token, several tiles side by side ----
-//
-// A one-token GEMV of a big model streams its weights from DRAM. Walking kGemvStreams consecutive
-// tiles side by side (block kb of each in turn) keeps that many sequential streams in flight, and the
-// hardware prefetcher keeps more reads outstanding for them than for one stream (Q4_0 over 1 GB, 2
-// threads, `test_kernels --bench-dram`: 17.4 GB/s one tile at a time, 24.6 GB/s four side by side,
-// plain read 30.5). Each tile's arithmetic is exactly its tile kernel's for one token, so a sequence
-// decoded alone gets the same logits as in a batch.
-
-// step(tile block, kb, acc) for kb = 0..n_blocks-1 of S consecutive tiles; store(s, acc) at the end.
-template <int S, class Block, class Acc, class Step, class Store>
-inline void gemv_lockstep(const Block* tiles, int n_blocks, const Step& step, const Store& store) {
-  Acc acc[S] = {};
-  for (int kb = 0; kb < n_blocks; ++kb)
-    for (int s = 0; s < S; ++s) step(tiles[size_t(s) * n_blocks + kb], kb, acc[s]);
-  for (int s = 0; s < S; ++s) store(s, acc[s]);
-}
-
-struct RowAccs {  // one float accumulator per row of a Q6_K tile
-  __m256 r[ROW_TILE];
 };
-
-// The tiles [*t, tile1) of a quantized matrix for one token, kGemvStreams at a time; advances *t
-// past them and leaves fewer than kGemvStreams tiles (and float matrices) to the tile kernels.
-void gemv_streams(WType type, const void* w, int cols, int* t, int tile1, const ActBlock* x, float* y) {
-  constexpr int S = kGemvStreams;
-  const int nb = cols / QK, nsb = cols / QK_K;
-  const auto store = [&](int s, __m256 acc) { _mm256_storeu_ps(y + size_t(*t + s) * ROW_TILE, acc); };
-  for (; *t + S <= tile1; *t += S) {
-    switch (type) {
-      case WType::Q4_0:
-        gemv_lockstep<S, TileQ4_0, __m256>(
-            static_cast<const TileQ4_0*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ4_0& b, int kb, __m256& acc) {
-              __m256i lo[4], hi[4];
-              unpack_q4(b.q, lo, hi);
-              acc = q4_0_block(lo, hi, load_fp16x8(b.d), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q4_1:
-        gemv_lockstep<S, TileQ4_1, __m256>(
-            static_cast<const TileQ4_1*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ4_1& b, int kb, __m256& acc) {
-              __m256i lo[4], hi[4];
-              unpack_q4(b.q, lo, hi);
-              acc = q4_1_block(lo, hi, load_fp16x8(b.d), load_fp16x8(b.m), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q8_0:
-        gemv_lockstep<S, TileQ8_0, __m256>(
-            static_cast<const TileQ8_0*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ8_0& b, int kb, __m256& acc) {
-              __m256i q[8], qabs[8];
-              load_q8(b, q, qabs);
-              acc = q8_0_block(q, qabs, load_fp16x8(b.d), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q6_K:
-        gemv_lockstep<S, TileQ6_K, RowAccs>(
-            static_cast<const TileQ6_K*>(w) + size_t(*t) * nsb, nsb,
-            [&](const TileQ6_K& b, int sb, RowAccs& acc) {
-              __m256 ad32;
-              __m256i asum;
-              q6_act_gather(x + sb * 8, &ad32, &asum);
-              for (int r = 0; r < ROW_TILE; ++r) acc.r[r] = q6_k_row_packed(b.b[r], x + sb * 8, ad32, asum, acc.r[r]);
-            },
-            [&](int s, const RowAccs& acc) {
-              for (int r = 0; r < ROW_TILE; ++r) y[size_t(*t + s) * ROW_TILE + r] = hsum(acc.r[r]);
-            });
-        break;
-      case WType::F32:
-      case WType::F16: return;
-    }
-  }
-}
 
 // ---- float matrices ----
 
 inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load_w(const uint16_t* p) { return load_fp16x8(p); }
 
-// y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens (x_i = x + i * cols): each loaded
-// weight vector serves every token; two FMA chains per token, whatever NT is, so a token's result
-// doesn't depend on the tokens beside it.
-template <int NT, class W>
-void float_row(const W* w, int cols, const float* x, float* y, int ldy) {
-  __m256 acc[NT][2];
-  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-  for (int k = 0; k < cols; k += 16) {  // cols % 32 == 0
-    const __m256 w0 = load_w(w + k), w1 = load_w(w + k + 8);
-    for (int i = 0; i < NT; ++i) {
-      acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + size_t(i) * cols + k), acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + size_t(i) * cols + k + 8), acc[i][1]);
+struct GemmFloat {
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens (x_i = x + i * cols): each loaded
+  // weight vector serves every token; two FMA chains per token, whatever NT is, so a token's result
+  // doesn't depend on the tokens beside it.
+  template <int NT, class W>
+  static void row(const W* w, int cols, const float* x, float* y, int ldy) {
+    __m256 acc[NT][2];
+    for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < cols; k += 16) {  // cols % 32 == 0
+      const __m256 w0 = load_w(w + k), w1 = load_w(w + k + 8);
+      for (int i = 0; i < NT; ++i) {
+        acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + size_t(i) * cols + k), acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + size_t(i) * cols + k + 8), acc[i][1]);
+      }
     }
+    for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
   }
-  for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
-}
-
-template <int NT>
-void float_tile(WType type, const void* w, int cols, int t, const float* x, float* y, int ldy) {
-  for (int r = 0; r < ROW_TILE; ++r) {
-    const size_t row = size_t(t) * ROW_TILE + r;
-    if (type == WType::F32) {
-      float_row<NT>(static_cast<const float*>(w) + row * cols, cols, x, y + r, ldy);
-    } else {
-      float_row<NT>(static_cast<const uint16_t*>(w) + row * cols, cols, x, y + r, ldy);
-    }
-  }
-}
+};
 
 // ---- attention over one KV block ----
 
@@ -426,96 +335,48 @@ inline void store16(float* p, __m256i m, __m256 v) {
   if (Full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v);
 }
 
-// R query rows x 16 keys (nk <= 16 of them real): each loaded key vector serves R rows, and each
-// score is one FMA chain over i whether its lane is masked or not.
-template <int R, bool Full>
-void scores_tile(const float* q, int ldq, const float* kt, int ldk, int hd, int nk, float* s, int lds) {
-  const __m256i m0 = lane_mask(nk), m1 = lane_mask(nk - 8);
-  __m256 a0[R], a1[R];
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
-  for (int i = 0; i < hd; ++i) {
-    const float* k = kt + size_t(i) * ldk;
-    const __m256 k0 = load16<Full>(k, m0), k1 = load16<Full>(k + 8, m1);
+// R rows x 16 columns (nc <= 16 of them real): each loaded vector of b serves R rows, and each output
+// is one FMA chain over k whether its lane is masked or not.
+template <int R, bool Full, bool Accumulate>
+void fma_tile(const float* a, int lda, const float* b, int ldb, int n_inner, int nc, float* c, int ldc) {
+  const __m256i m0 = lane_mask(nc), m1 = lane_mask(nc - 8);
+  __m256 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    c0[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc, m0) : _mm256_setzero_ps();
+    c1[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc + 8, m1) : _mm256_setzero_ps();
+  }
+  for (int k = 0; k < n_inner; ++k) {
+    const float* bk = b + size_t(k) * ldb;
+    const __m256 b0 = load16<Full>(bk, m0), b1 = load16<Full>(bk + 8, m1);
     for (int r = 0; r < R; ++r) {
-      const __m256 qv = _mm256_broadcast_ss(q + size_t(r) * ldq + i);
-      a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
+      const __m256 ak = _mm256_broadcast_ss(a + size_t(r) * lda + k);
+      c0[r] = _mm256_fmadd_ps(ak, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(ak, b1, c1[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    store16<Full>(s + size_t(r) * lds, m0, a0[r]);
-    store16<Full>(s + size_t(r) * lds + 8, m1, a1[r]);
+    store16<Full>(c + size_t(r) * ldc, m0, c0[r]);
+    store16<Full>(c + size_t(r) * ldc + 8, m1, c1[r]);
   }
 }
 
-template <int R>
-void scores_rows(const float* q, int ldq, const float* kt, int ldk, int hd, int nk, float* s, int lds) {
-  if (nk == 16) scores_tile<R, true>(q, ldq, kt, ldk, hd, nk, s, lds);
-  else scores_tile<R, false>(q, ldq, kt, ldk, hd, nk, s, lds);
-}
-
-// Calls f(std::integral_constant<int, R>{}, first_row) over n_rows in tiles of R = 4, then one
-// tile of the 1-3 rows left.
-template <class F>
-void for_row_tiles(int n_rows, const F& f) {
-  int r = 0;
-  for (; r + 4 <= n_rows; r += 4) f(std::integral_constant<int, 4>{}, r);
-  switch (n_rows - r) {
-    case 3: f(std::integral_constant<int, 3>{}, r); break;
-    case 2: f(std::integral_constant<int, 2>{}, r); break;
-    case 1: f(std::integral_constant<int, 1>{}, r); break;
-    default: break;
-  }
-}
-
-void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
-                 int lds) {
-  for (int j = 0; j < n_keys; j += 16) {
-    const int nk = std::min(16, n_keys - j);
-    for_row_tiles(n_rows, [&](auto rows, int r) {
-      scores_rows<decltype(rows)::value>(q + size_t(r) * ldq, ldq, kt + j, ldk, hd, nk, s + size_t(r) * lds + j, lds);
-    });
-  }
-}
-
-// R rows x 16 value dimensions (nd <= 16 of them real): acc += p . v over the block's keys, each
-// output one FMA chain over j.
-template <int R, bool Full>
-void accum_tile(const float* p, int ldp, const float* v, int hd, int nk, int nd, float* acc, int ldacc) {
-  const __m256i m0 = lane_mask(nd), m1 = lane_mask(nd - 8);
-  __m256 a0[R], a1[R];
-  for (int r = 0; r < R; ++r) {
-    a0[r] = load16<Full>(acc + size_t(r) * ldacc, m0);
-    a1[r] = load16<Full>(acc + size_t(r) * ldacc + 8, m1);
-  }
-  for (int j = 0; j < nk; ++j) {
-    const __m256 v0 = load16<Full>(v + size_t(j) * hd, m0), v1 = load16<Full>(v + size_t(j) * hd + 8, m1);
-    for (int r = 0; r < R; ++r) {
-      const __m256 pv = _mm256_broadcast_ss(p + size_t(r) * ldp + j);
-      a0[r] = _mm256_fmadd_ps(pv, v0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(pv, v1, a1[r]);
+struct Attention {  // see kernels_simd.h
+  // Tiles of 16 columns by 4 rows, then the 1-3 rows left.
+  template <bool Accumulate>
+  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
+                       float* c, int ldc) {
+    for (int j = 0; j < n_cols; j += 16) {
+      const int nc = std::min(16, n_cols - j);
+      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
+        constexpr int R = decltype(rows)::value;
+        const float* ar = a + size_t(r) * lda;
+        float* cr = c + size_t(r) * ldc + j;
+        if (nc == 16) fma_tile<R, true, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
+        else fma_tile<R, false, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
+      });
     }
   }
-  for (int r = 0; r < R; ++r) {
-    store16<Full>(acc + size_t(r) * ldacc, m0, a0[r]);
-    store16<Full>(acc + size_t(r) * ldacc + 8, m1, a1[r]);
-  }
-}
-
-template <int R>
-void accum_rows(const float* p, int ldp, const float* v, int hd, int nk, int nd, float* acc, int ldacc) {
-  if (nd == 16) accum_tile<R, true>(p, ldp, v, hd, nk, nd, acc, ldacc);
-  else accum_tile<R, false>(p, ldp, v, hd, nk, nd, acc, ldacc);
-}
-
-void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
-  for (int i = 0; i < hd; i += 16) {
-    const int nd = std::min(16, hd - i);
-    for_row_tiles(n_rows, [&](auto rows, int r) {
-      accum_rows<decltype(rows)::value>(p + size_t(r) * ldp, ldp, v + i, hd, n_keys, nd, acc + size_t(r) * ldacc + i, ldacc);
-    });
-  }
-}
+};
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {
   int i = 0;
@@ -531,75 +392,8 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-// ---- dispatch ----
-
-// Calls tile_fn<NT>(tok0) for token groups of kMaxTok, then the remainder.
-template <class F4, class F3, class F2, class F1>
-inline void by_token_groups(int n_tok, F4 f4, F3 f3, F2 f2, F1 f1) {
-  int tok = 0;
-  for (; tok + 4 <= n_tok; tok += 4) f4(tok);
-  switch (n_tok - tok) {
-    case 3: f3(tok); break;
-    case 2: f2(tok); break;
-    case 1: f1(tok); break;
-    default: break;
-  }
-}
-
-#define SYSINFER_TOKEN_GROUPS(CALL) \
-  by_token_groups(n_tok, [&](int tok) { CALL(4); }, [&](int tok) { CALL(3); }, [&](int tok) { CALL(2); }, \
-                  [&](int tok) { CALL(1); })
-
-void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
-  const int nb = cols / QK;
-  const ActBlock* xa = static_cast<const ActBlock*>(x);
-  int t = tile0;
-  if (n_tok == 1) gemv_streams(type, w, cols, &t, tile1, xa, y);
-  for (; t < tile1; ++t) {
-    float* yt = y + size_t(t) * ROW_TILE;
-    switch (type) {
-      case WType::Q4_0: {
-        const TileQ4_0* tiles = static_cast<const TileQ4_0*>(w) + size_t(t) * nb;
-#define CALL(NT) q4_0_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::Q4_1: {
-        const TileQ4_1* tiles = static_cast<const TileQ4_1*>(w) + size_t(t) * nb;
-#define CALL(NT) q4_1_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::Q8_0: {
-        const TileQ8_0* tiles = static_cast<const TileQ8_0*>(w) + size_t(t) * nb;
-#define CALL(NT) q8_0_tile<NT>(tiles, nb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::Q6_K: {
-        const int nsb = cols / QK_K;
-        const TileQ6_K* tiles = static_cast<const TileQ6_K*>(w) + size_t(t) * nsb;
-#define CALL(NT) q6_k_tile<NT>(tiles, nsb, xa + size_t(tok) * nb, nb, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-      case WType::F32:
-      case WType::F16: {
-        const float* xf = static_cast<const float*>(x);
-#define CALL(NT) float_tile<NT>(type, w, cols, t, xf + size_t(tok) * cols, yt + size_t(tok) * ldy, ldy)
-        SYSINFER_TOKEN_GROUPS(CALL);
-#undef CALL
-        break;
-      }
-    }
-  }
-}
-
-const Kernels kAvx2 = {"avx2", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16};
+constexpr Kernels kAvx2 = simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention>(
+    "avx2", quantize_act, f16_to_f32, f32_to_f16);
 
 }  // namespace
 

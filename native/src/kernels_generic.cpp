@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "kernels_simd.h"  // softmax_exp: the same source in every table
 
 namespace sysinfer {
 
@@ -177,7 +178,7 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16};
+const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax_exp};
 
 }  // namespace
 

@@ -1,12 +1,13 @@
 // NEON kernel table, included twice: by kernels_neon.cpp (armv8-a: widening multiplies) and by
 // kernels_neon_dotprod.cpp (armv8.2-a+dotprod: `sdot`, as on Kunpeng 920). Twin of
-// kernels_generic.cpp.
+// kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
+// arithmetic.
 //
 // A 16-byte load of an interleaved tile group holds the same 4 bytes of 4 rows, so a 4-way dot
 // product against the matching 4 activation bytes (duplicated to every lane) gives each lane its own
 // row's partial sum: `sdot` does exactly that in one instruction.
 //
-// Before including, define SYSINFER_NEON_NS (the namespace) and SYSINFER_NEON_DOTPROD (0 or 1).
+// Before including, define SYSINFER_NEON_DOTPROD (0 or 1); then neon_table(name) is the table.
 #include <arm_neon.h>
 
 #include <algorithm>
@@ -14,12 +15,10 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "kernels_simd.h"
 
 namespace sysinfer {
-namespace SYSINFER_NEON_NS {
-
-constexpr int kMaxTok = 4;       // tokens per pass over a weight tile (prefill reuses each unpacked tile)
-constexpr int kGemvStreams = 4;  // tiles a one-token GEMV walks side by side (see gemv_lockstep)
+namespace {  // internal linkage: each including file has its own copy, built with its own flags
 
 // Per-row dot products of 16-byte groups holding the same 4 bytes of 4 rows (rows r..r+3 of a
 // tile): add(w, a) accumulates w[4r + k] * a[4r + k]; get() gives the 4 row sums. With dotprod one
@@ -157,37 +156,30 @@ inline void q8_0_block(const TileQ8_0& t, const ActBlock& a, TileAcc& acc) {
   acc.r47 = vfmaq_f32(acc.r47, vcvtq_f32_s32(s1), vmulq_n_f32(fp16x4(t.d + 4), a.d));
 }
 
-// y[i * ldy + r] for the 8 rows of one tile-row and NT tokens (token i's blocks at x + i * x_stride).
-template <int NT>
-void q4_0_tile(const TileQ4_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  TileAcc acc[NT];
-  for (int kb = 0; kb < nb; ++kb) {
-    const Q4Unpacked w(tiles[kb].q);
-    const float32x4_t d0 = fp16x4(tiles[kb].d), d1 = fp16x4(tiles[kb].d + 4);
-    for (int i = 0; i < NT; ++i) q4_0_block(w, d0, d1, x[size_t(i) * x_stride + kb], acc[i]);
+struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    const Q4Unpacked w(b.q);
+    const float32x4_t d0 = fp16x4(b.d), d1 = fp16x4(b.d + 4);
+    for (int i = 0; i < NT; ++i) q4_0_block(w, d0, d1, a[i * a_stride], acc[i]);
   }
-  for (int i = 0; i < NT; ++i) acc[i].store(y + size_t(i) * ldy);
-}
+};
 
-template <int NT>
-void q4_1_tile(const TileQ4_1* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  TileAcc acc[NT];
-  for (int kb = 0; kb < nb; ++kb) {
-    const Q4Unpacked w(tiles[kb].q);
-    const float32x4_t d0 = fp16x4(tiles[kb].d), d1 = fp16x4(tiles[kb].d + 4);
-    const float32x4_t m0 = fp16x4(tiles[kb].m), m1 = fp16x4(tiles[kb].m + 4);
-    for (int i = 0; i < NT; ++i) q4_1_block(w, d0, d1, m0, m1, x[size_t(i) * x_stride + kb], acc[i]);
+struct GemmQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    const Q4Unpacked w(b.q);
+    const float32x4_t d0 = fp16x4(b.d), d1 = fp16x4(b.d + 4), m0 = fp16x4(b.m), m1 = fp16x4(b.m + 4);
+    for (int i = 0; i < NT; ++i) q4_1_block(w, d0, d1, m0, m1, a[i * a_stride], acc[i]);
   }
-  for (int i = 0; i < NT; ++i) acc[i].store(y + size_t(i) * ldy);
-}
+};
 
-template <int NT>
-void q8_0_tile(const TileQ8_0* tiles, int nb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  TileAcc acc[NT];
-  for (int kb = 0; kb < nb; ++kb)
-    for (int i = 0; i < NT; ++i) q8_0_block(tiles[kb], x[size_t(i) * x_stride + kb], acc[i]);
-  for (int i = 0; i < NT; ++i) acc[i].store(y + size_t(i) * ldy);
-}
+struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    for (int i = 0; i < NT; ++i) q8_0_block(b, a[i * a_stride], acc[i]);
+  }
+};
 
 // ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
 //
@@ -272,102 +264,26 @@ struct Q6Unpacked {
   }
 };
 
-template <int NT>
-void q6_k_tile(const TileQ6_K* tiles, int nsb, const ActBlock* x, int x_stride, float* y, int ldy) {
-  float32x4_t acc[ROW_TILE][NT];
-  for (int r = 0; r < ROW_TILE; ++r)
-    for (int i = 0; i < NT; ++i) acc[r][i] = vdupq_n_f32(0.f);
-  for (int sb = 0; sb < nsb; ++sb) {
-    const ActBlock* a[NT];
+struct F32x4 {  // for simd::RowSums
+  using V = float32x4_t;
+  static float sum(float32x4_t v) { return vaddvq_f32(v); }
+};
+
+struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x4>> {
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
     Q6Act act[NT];
-    for (int i = 0; i < NT; ++i) {
-      a[i] = x + size_t(i) * x_stride + sb * 8;
-      act[i].load(a[i]);
-    }
+    for (int i = 0; i < NT; ++i) act[i].load(a + i * a_stride);
     for (int r = 0; r < ROW_TILE; ++r) {
-      const Q6Unpacked w(tiles[sb].b[r]);
-      for (int i = 0; i < NT; ++i) acc[r][i] = w.fma(a[i], act[i], acc[r][i]);
+      const Q6Unpacked w(t.b[r]);  // each row unpacked once for the NT tokens
+      for (int i = 0; i < NT; ++i) acc[i].r[r] = w.fma(a + i * a_stride, act[i], acc[i].r[r]);
     }
-  }
-  for (int i = 0; i < NT; ++i)
-    for (int r = 0; r < ROW_TILE; ++r) y[size_t(i) * ldy + r] = vaddvq_f32(acc[r][i]);
-}
-
-// ---- decode: one token, several tiles side by side ----
-//
-// A one-token GEMV of a big model streams its weights from DRAM. Walking kGemvStreams consecutive
-// tiles side by side (block kb of each in turn) keeps that many sequential streams in flight, and the
-// hardware prefetcher keeps more reads outstanding for them than for one stream (measured on x86:
-// Q4_0 over 1 GB, 2 threads, 17.4 -> 24.6 GB/s; not yet measured on a Kunpeng). Each tile's
-// arithmetic is exactly its tile kernel's for one token, so a sequence decoded alone gets the same
-// logits as in a batch.
-
-// step(tile block, kb, acc) for kb = 0..n_blocks-1 of S consecutive tiles; store(s, acc) at the end.
-template <int S, class Block, class Acc, class Step, class Store>
-inline void gemv_lockstep(const Block* tiles, int n_blocks, const Step& step, const Store& store) {
-  Acc acc[S];
-  for (int kb = 0; kb < n_blocks; ++kb)
-    for (int s = 0; s < S; ++s) step(tiles[size_t(s) * n_blocks + kb], kb, acc[s]);
-  for (int s = 0; s < S; ++s) store(s, acc[s]);
-}
-
-struct RowAccs {  // one 4-lane accumulator per row of a Q6_K tile
-  float32x4_t r[ROW_TILE];
-  RowAccs() {
-    for (auto& v : r) v = vdupq_n_f32(0.f);
   }
 };
 
-// The tiles [*t, tile1) of a quantized matrix for one token, kGemvStreams at a time; advances *t
-// past them and leaves fewer than kGemvStreams tiles (and float matrices) to the tile kernels.
-void gemv_streams(WType type, const void* w, int cols, int* t, int tile1, const ActBlock* x, float* y) {
-  constexpr int S = kGemvStreams;
-  const int nb = cols / QK, nsb = cols / QK_K;
-  const auto store = [&](int s, const TileAcc& acc) { acc.store(y + size_t(*t + s) * ROW_TILE); };
-  for (; *t + S <= tile1; *t += S) {
-    switch (type) {
-      case WType::Q4_0:
-        gemv_lockstep<S, TileQ4_0, TileAcc>(
-            static_cast<const TileQ4_0*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ4_0& b, int kb, TileAcc& acc) {
-              q4_0_block(Q4Unpacked(b.q), fp16x4(b.d), fp16x4(b.d + 4), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q4_1:
-        gemv_lockstep<S, TileQ4_1, TileAcc>(
-            static_cast<const TileQ4_1*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ4_1& b, int kb, TileAcc& acc) {
-              q4_1_block(Q4Unpacked(b.q), fp16x4(b.d), fp16x4(b.d + 4), fp16x4(b.m), fp16x4(b.m + 4), x[kb], acc);
-            },
-            store);
-        break;
-      case WType::Q8_0:
-        gemv_lockstep<S, TileQ8_0, TileAcc>(
-            static_cast<const TileQ8_0*>(w) + size_t(*t) * nb, nb,
-            [&](const TileQ8_0& b, int kb, TileAcc& acc) { q8_0_block(b, x[kb], acc); }, store);
-        break;
-      case WType::Q6_K:
-        gemv_lockstep<S, TileQ6_K, RowAccs>(
-            static_cast<const TileQ6_K*>(w) + size_t(*t) * nsb, nsb,
-            [&](const TileQ6_K& b, int sb, RowAccs& acc) {
-              Q6Act act;
-              act.load(x + sb * 8);
-              for (int r = 0; r < ROW_TILE; ++r) acc.r[r] = Q6Unpacked(b.b[r]).fma(x + sb * 8, act, acc.r[r]);
-            },
-            [&](int s, const RowAccs& acc) {
-              for (int r = 0; r < ROW_TILE; ++r) y[size_t(*t + s) * ROW_TILE + r] = vaddvq_f32(acc.r[r]);
-            });
-        break;
-      case WType::F32:
-      case WType::F16: return;
-    }
-  }
-}
-
 // ---- float vectors and matrices ----
 
-float dot_f32(const float* a, const float* b, int n) {
+inline float row_dot(const float* a, const float* b, int n) {
   float32x4_t s0 = vdupq_n_f32(0.f), s1 = vdupq_n_f32(0.f);
   int i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -380,7 +296,7 @@ float dot_f32(const float* a, const float* b, int n) {
   return s;
 }
 
-float dot_f16_f32(const uint16_t* a, const float* b, int n) {
+inline float row_dot(const uint16_t* a, const float* b, int n) {
   float32x4_t s = vdupq_n_f32(0.f);
   int i = 0;
   for (; i + 4 <= n; i += 4) s = vfmaq_f32(s, fp16x4(a + i), vld1q_f32(b + i));
@@ -389,115 +305,60 @@ float dot_f16_f32(const uint16_t* a, const float* b, int n) {
   return t;
 }
 
-// ---- attention over one KV block ----
-// Tiles of R rows x 4 * NV columns (keys for scores, value dimensions for accum), NV vectors of 4;
-// columns past the last whole vector go through scalar std::fma, the same fused chain a lane runs.
-
-template <int R, int NV>
-void scores_tile(const float* q, int ldq, const float* kt, int ldk, int hd, float* s, int lds) {
-  float32x4_t a[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) a[r][v] = vdupq_n_f32(0.f);
-  for (int i = 0; i < hd; ++i) {
-    float32x4_t k[NV];
-    for (int v = 0; v < NV; ++v) k[v] = vld1q_f32(kt + size_t(i) * ldk + 4 * v);
-    for (int r = 0; r < R; ++r) {
-      const float qi = q[size_t(r) * ldq + i];
-      for (int v = 0; v < NV; ++v) a[r][v] = vfmaq_n_f32(a[r][v], k[v], qi);
-    }
+struct GemmFloat {
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens, one token after another.
+  template <int NT, class W>
+  static void row(const W* w, int cols, const float* x, float* y, int ldy) {
+    for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = row_dot(w, x + size_t(i) * cols, cols);
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) vst1q_f32(s + size_t(r) * lds + 4 * v, a[r][v]);
-}
-
-template <int R, int NV>
-void accum_tile(const float* p, int ldp, const float* v, int hd, int nk, float* acc, int ldacc) {
-  float32x4_t a[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u) a[r][u] = vld1q_f32(acc + size_t(r) * ldacc + 4 * u);
-  for (int j = 0; j < nk; ++j) {
-    float32x4_t vv[NV];
-    for (int u = 0; u < NV; ++u) vv[u] = vld1q_f32(v + size_t(j) * hd + 4 * u);
-    for (int r = 0; r < R; ++r) {
-      const float pj = p[size_t(r) * ldp + j];
-      for (int u = 0; u < NV; ++u) a[r][u] = vfmaq_n_f32(a[r][u], vv[u], pj);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u) vst1q_f32(acc + size_t(r) * ldacc + 4 * u, a[r][u]);
-}
-
-// Calls f.run<R, NV>() for R (rows of the tile, 1..4) and NV (vectors of columns, 1..4).
-template <int R, class F>
-void with_vectors(int nv, const F& f) {
-  switch (nv) {
-    case 4: f.template run<R, 4>(); break;
-    case 3: f.template run<R, 3>(); break;
-    case 2: f.template run<R, 2>(); break;
-    case 1: f.template run<R, 1>(); break;
-    default: break;
-  }
-}
-
-struct ScoresCall {
-  const float *q, *kt;
-  int ldq, ldk, hd, lds;
-  float* s;
-  template <int R, int NV>
-  void run() const { scores_tile<R, NV>(q, ldq, kt, ldk, hd, s, lds); }
 };
 
-struct AccumCall {
-  const float *p, *v;
-  int ldp, hd, nk, ldacc;
-  float* acc;
-  template <int R, int NV>
-  void run() const { accum_tile<R, NV>(p, ldp, v, hd, nk, acc, ldacc); }
+// ---- attention over one KV block (c (+)= a . b, see kernels_simd.h) ----
+//
+// Tiles of R rows x 4 * NV columns, NV vectors of 4; columns past the last whole vector go through
+// scalar std::fma, the same fused chain a lane runs.
+
+template <int R, int NV, bool Accumulate>
+void fma_tile(const float* a, int lda, const float* b, int ldb, int n_inner, float* c, int ldc) {
+  float32x4_t acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) acc[r][u] = Accumulate ? vld1q_f32(c + size_t(r) * ldc + 4 * u) : vdupq_n_f32(0.f);
+  for (int k = 0; k < n_inner; ++k) {
+    float32x4_t bk[NV];
+    for (int u = 0; u < NV; ++u) bk[u] = vld1q_f32(b + size_t(k) * ldb + 4 * u);
+    for (int r = 0; r < R; ++r) {
+      const float ak = a[size_t(r) * lda + k];
+      for (int u = 0; u < NV; ++u) acc[r][u] = vfmaq_n_f32(acc[r][u], bk[u], ak);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) vst1q_f32(c + size_t(r) * ldc + 4 * u, acc[r][u]);
+}
+
+struct Attention {  // see kernels_simd.h
+  // Tiles of up to 16 columns by 4 rows, then the 1-3 rows left; then the 1-3 columns past the last
+  // whole vector.
+  template <bool Accumulate>
+  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
+                       float* c, int ldc) {
+    const int whole = n_cols / 4 * 4;
+    for (int j = 0; j < whole; j += 16) {
+      const int nv = std::min(16, whole - j) / 4;
+      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
+        simd::with_count<4>(nv, [&](auto vectors) {
+          fma_tile<decltype(rows)::value, decltype(vectors)::value, Accumulate>(a + size_t(r) * lda, lda, b + j, ldb,
+                                                                                n_inner, c + size_t(r) * ldc + j, ldc);
+        });
+      });
+    }
+    for (int r = 0; r < n_rows; ++r)
+      for (int j = whole; j < n_cols; ++j) {
+        float t = Accumulate ? c[size_t(r) * ldc + j] : 0.f;
+        for (int k = 0; k < n_inner; ++k) t = std::fma(a[size_t(r) * lda + k], b[size_t(k) * ldb + j], t);
+        c[size_t(r) * ldc + j] = t;
+      }
+  }
 };
-
-template <class F>
-void with_rows(int rows, int nv, const F& f) {
-  switch (rows) {
-    case 4: with_vectors<4>(nv, f); break;
-    case 3: with_vectors<3>(nv, f); break;
-    case 2: with_vectors<2>(nv, f); break;
-    case 1: with_vectors<1>(nv, f); break;
-    default: break;
-  }
-}
-
-void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
-                 int lds) {
-  const int whole = n_keys / 4 * 4;
-  for (int j = 0; j < whole; j += 16) {
-    const int nv = std::min(16, whole - j) / 4;
-    for (int r = 0; r < n_rows; r += 4)
-      with_rows(std::min(4, n_rows - r), nv,
-                ScoresCall{q + size_t(r) * ldq, kt + j, ldq, ldk, hd, lds, s + size_t(r) * lds + j});
-  }
-  for (int r = 0; r < n_rows; ++r)
-    for (int j = whole; j < n_keys; ++j) {
-      float t = 0.f;
-      for (int i = 0; i < hd; ++i) t = std::fma(q[size_t(r) * ldq + i], kt[size_t(i) * ldk + j], t);
-      s[size_t(r) * lds + j] = t;
-    }
-}
-
-void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
-  const int whole = hd / 4 * 4;
-  for (int i = 0; i < whole; i += 16) {
-    const int nv = std::min(16, whole - i) / 4;
-    for (int r = 0; r < n_rows; r += 4)
-      with_rows(std::min(4, n_rows - r), nv,
-                AccumCall{p + size_t(r) * ldp, v + i, ldp, hd, n_keys, ldacc, acc + size_t(r) * ldacc + i});
-  }
-  for (int r = 0; r < n_rows; ++r)
-    for (int i = whole; i < hd; ++i) {
-      float t = acc[size_t(r) * ldacc + i];
-      for (int j = 0; j < n_keys; ++j) t = std::fma(p[size_t(r) * ldp + j], v[size_t(j) * hd + i], t);
-      acc[size_t(r) * ldacc + i] = t;
-    }
-}
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {
   int i = 0;
@@ -511,59 +372,10 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-// Calls f(tok, nt) for token groups of kMaxTok, then the remainder.
-template <class F>
-inline void by_token_groups(int n_tok, F f) {
-  for (int tok = 0; tok < n_tok; tok += kMaxTok) f(tok, n_tok - tok < kMaxTok ? n_tok - tok : kMaxTok);
+constexpr Kernels neon_table(const char* name) {
+  return simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention>(name, quantize_act, f16_to_f32,
+                                                                                  f32_to_f16);
 }
 
-// NAME_n(nt, ...): NAME<nt> for nt = 1..kMaxTok.
-#define SYSINFER_TILE_FN(NAME, TILE)                                                                        \
-  inline void NAME##_n(int nt, const TILE* t, int nb, const ActBlock* x, int xs, float* y, int ldy) {      \
-    switch (nt) {                                                                                           \
-      case 4: NAME<4>(t, nb, x, xs, y, ldy); break;                                                         \
-      case 3: NAME<3>(t, nb, x, xs, y, ldy); break;                                                         \
-      case 2: NAME<2>(t, nb, x, xs, y, ldy); break;                                                         \
-      default: NAME<1>(t, nb, x, xs, y, ldy); break;                                                        \
-    }                                                                                                       \
-  }
-SYSINFER_TILE_FN(q4_0_tile, TileQ4_0)
-SYSINFER_TILE_FN(q4_1_tile, TileQ4_1)
-SYSINFER_TILE_FN(q8_0_tile, TileQ8_0)
-SYSINFER_TILE_FN(q6_k_tile, TileQ6_K)
-#undef SYSINFER_TILE_FN
-
-void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
-  const int nb = cols / QK, nsb = cols / QK_K;
-  const ActBlock* xa = static_cast<const ActBlock*>(x);
-  int t = tile0;
-  if (n_tok == 1) gemv_streams(type, w, cols, &t, tile1, xa, y);
-  for (; t < tile1; ++t) {
-    float* yt = y + size_t(t) * ROW_TILE;
-    by_token_groups(n_tok, [&](int tok, int nt) {
-      const ActBlock* xt = xa + size_t(tok) * nb;
-      float* ytt = yt + size_t(tok) * ldy;
-      switch (type) {
-        case WType::Q4_0: q4_0_tile_n(nt, static_cast<const TileQ4_0*>(w) + size_t(t) * nb, nb, xt, nb, ytt, ldy); break;
-        case WType::Q4_1: q4_1_tile_n(nt, static_cast<const TileQ4_1*>(w) + size_t(t) * nb, nb, xt, nb, ytt, ldy); break;
-        case WType::Q8_0: q8_0_tile_n(nt, static_cast<const TileQ8_0*>(w) + size_t(t) * nb, nb, xt, nb, ytt, ldy); break;
-        case WType::Q6_K: q6_k_tile_n(nt, static_cast<const TileQ6_K*>(w) + size_t(t) * nsb, nsb, xt, nb, ytt, ldy); break;
-        case WType::F32:
-        case WType::F16:
-          for (int i = 0; i < nt; ++i) {
-            const float* xf = static_cast<const float*>(x) + size_t(tok + i) * cols;
-            for (int r = 0; r < ROW_TILE; ++r) {
-              const size_t row = size_t(t) * ROW_TILE + r;
-              ytt[size_t(i) * ldy + r] =
-                  type == WType::F32 ? dot_f32(static_cast<const float*>(w) + row * cols, xf, cols)
-                                     : dot_f16_f32(static_cast<const uint16_t*>(w) + row * cols, xf, cols);
-            }
-          }
-          break;
-      }
-    });
-  }
-}
-
-}  // namespace SYSINFER_NEON_NS
+}  // namespace
 }  // namespace sysinfer

@@ -1,0 +1,262 @@
+// The skeleton every SIMD kernel table shares: how a matmul walks tiles, tokens and blocks, how a
+// one-token GEMV walks several tiles side by side, and how a run-time count picks a template
+// instance. A table (kernels_avx2.cpp, kernels_neon_impl.h) supplies only its arithmetic:
+//
+//   one struct per quantized weight type (Q4_0, Q4_1, Q8_0, Q6_K), derived from WeightType<Tile, Acc>:
+//       Tile = TileQ4_0 ...;             the packed tile block (8 rows x one block column)
+//       Acc;                             one token's 8 row sums so far; Acc{} is all zeros;
+//                                        acc.store(y) writes them to y[0..8)
+//     with
+//       template <int NT> static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc);
+//                                        acc[i] += b times token i's activation blocks at
+//                                        a + i * a_stride (act_blocks<Tile> of them); token i's result
+//                                        must not depend on NT (a sequence decoded alone gets the
+//                                        logits it gets in a batch)
+//   one struct for F32 / F16 rows, with
+//       template <int NT, class W> static void row(const W* w, int cols, const float* x, float* y, int ldy);
+//                                        y[i * ldy] = dot(w, x + i * cols) for i < NT, one F32 (W = float)
+//                                        or F16 (W = uint16_t) row; token i's result must not depend on NT
+//   one struct for attention (see attn_scores below), with
+//       template <bool Accumulate> static void fma_rows(const float* a, int lda, int n_rows, const float* b,
+//                                                       int ldb, int n_inner, int n_cols, float* c, int ldc);
+//                                        c[r * ldc + j] (+)= sum_k a[r * lda + k] * b[k * ldb + j] for
+//                                        r < n_rows, j < n_cols (+= when Accumulate), each output one
+//                                        chain of fused multiply-adds in order of k, whatever n_rows is
+//   quantize_act, f16_to_f32, f32_to_f16 as kernels.h defines them,
+//
+// and simd::table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention>(name, quantize_act, ...) makes its
+// Kernels. A new table (AVX-512, SVE) writes those structs and functions, nothing else.
+//
+// Which table runs is chosen once, at run time, from the CPU's features (select_kernels); every
+// ISA-specific line is in a file compiled with its ISA's flags. That is the only way ISA code is
+// chosen: no target_clones, no per-function target attributes. softmax_exp (below) is one source
+// that every table, the generic one included, compiles with its own flags.
+//
+// Everything here has internal linkage (unnamed namespace): each table's file compiles its own copy
+// with its own ISA flags, and the linker must never keep one file's copy of an inline function (say,
+// built with -mavx2) for a file built without.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "kernels.h"
+
+namespace sysinfer {
+namespace {
+
+// ---- softmax weights: the same source in every table, compiled with each table's flags ----
+//
+// Compiled without floating-point contraction (every a * b + c rounds twice, as written), so the
+// weights are the same bits in every table: the choice of table moves no softmax weight, and they are
+// the bits attention.cpp computed before this entry existed (its haswell target_clones copy ran only
+// on CPUs that __builtin_cpu_is("haswell"), so everywhere else the code without FMA ran). With FMA
+// contraction 10% of e^x values moved by an ulp, and that alone moved SmolLM2's greedy text off the
+// numpy reference at a 0.2-logit margin (tests/test_forward.py).
+#if defined(__clang__)
+#define SYSINFER_AS_WRITTEN _Pragma("STDC FP_CONTRACT OFF")
+#else
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define SYSINFER_AS_WRITTEN
+#endif
+
+// e^x for x <= 0 (softmax weights), vectorisable: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
+// p a degree-6 Taylor polynomial (relative error < 2e-7 before float rounding; test_kernels holds
+// every table within 3e-7 of e^x); x is clamped at -87 (e^-87 ~ 1.6e-38).
+inline float exp_nonpositive(float x) {
+  SYSINFER_AS_WRITTEN
+  x = x < -87.f ? -87.f : x;
+  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer (vectorisable)
+  const float n = (x * 1.44269504f + shifter) - shifter;
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+// Kernels::softmax_exp. The loop is vectorised at each table's width: files are compiled with
+// -fopenmp-simd (`omp simd` without the OpenMP runtime) and -fno-trapping-math (without it GCC 12
+// keeps the clamp above as a branch and vectorises nothing: "control flow in loop").
+void softmax_exp(float* p, int n, float max) {
+  SYSINFER_AS_WRITTEN
+#pragma omp simd
+  for (int j = 0; j < n; ++j) p[j] = exp_nonpositive(p[j] - max);
+}
+
+#if !defined(__clang__)
+#pragma GCC pop_options
+#endif
+#undef SYSINFER_AS_WRITTEN
+
+namespace simd {
+
+constexpr int kTokTile = 4;      // tokens per pass over a weight tile: prefill reuses each unpacked block
+constexpr int kGemvStreams = 4;  // tiles a one-token GEMV walks side by side (see gemv)
+
+// Activation blocks one tile block spans: 1, or 8 for Q6_K's 256-weight super-blocks.
+template <class Tile> constexpr int act_blocks = 1;
+template <> constexpr int act_blocks<TileQ6_K> = QK_K / QK;
+
+template <class TileT, class AccT>
+struct WeightType {
+  using Tile = TileT;
+  using Acc = AccT;
+};
+
+// An Acc for rows that are not interleaved (Q6_K): one float vector per row (F::V), its lanes summed
+// (F::sum) at the end. (F, not the vector type itself: a vector type as a template argument loses
+// its attributes.)
+template <class F>
+struct RowSums {
+  typename F::V r[ROW_TILE] = {};
+  void store(float* y) const {
+    for (int i = 0; i < ROW_TILE; ++i) y[i] = F::sum(r[i]);
+  }
+};
+
+// ---- run-time count -> template argument ----
+
+// f(std::integral_constant<int, n>{}) for a run-time n in 1..Max (nothing for other n).
+template <int Max, class F>
+inline void with_count(int n, const F& f) {
+  if constexpr (Max >= 1) {
+    if (n == Max) f(std::integral_constant<int, Max>{});
+    else with_count<Max - 1>(n, f);
+  }
+}
+
+// f(std::integral_constant<int, G>{}, first) over [0, n): groups of G = Max, then one group of the
+// 1..Max-1 left.
+template <int Max, class F>
+inline void for_groups(int n, const F& f) {
+  int i = 0;
+  for (; i + Max <= n; i += Max) f(std::integral_constant<int, Max>{}, i);
+  if (i < n) with_count<Max - 1>(n - i, [&](auto g) { f(g, i); });
+}
+
+// ---- quantized matmul ----
+
+// y[i * ldy + r] for the 8 rows of one tile-row and NT tokens (token i's blocks at x + i * x_stride).
+template <class Op, int NT>
+inline void tile_tokens(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride,
+                        float* y, int ldy) {
+  typename Op::Acc acc[NT]{};
+  for (int kb = 0; kb < n_blocks; ++kb)
+    Op::template block<NT>(tiles[kb], x + size_t(kb) * act_blocks<typename Op::Tile>, x_stride, acc);
+  for (int i = 0; i < NT; ++i) acc[i].store(y + size_t(i) * ldy);
+}
+
+// Decode: one token, several tiles side by side.
+//
+// A one-token GEMV of a big model streams its weights from DRAM. Walking kGemvStreams consecutive
+// tiles side by side (block kb of each in turn) keeps that many sequential streams in flight, and the
+// hardware prefetcher keeps more reads outstanding for them than for one stream (measured on x86:
+// Q4_0 over 1 GB, 2 threads, `test_kernels --bench-dram`: 17.4 GB/s one tile at a time, 24.6 GB/s
+// four side by side, plain read 30.5; not yet measured on a Kunpeng). Each tile's arithmetic is
+// exactly tile_tokens' for one token (Op::block<1>), so a sequence decoded alone gets the same logits
+// as in a batch.
+
+// S consecutive tiles (tile s at tiles + s * n_blocks) for one token, block kb of each in turn.
+template <class Op, int S>
+inline void gemv_lockstep(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, float* y) {
+  typename Op::Acc acc[S]{};
+  for (int kb = 0; kb < n_blocks; ++kb)
+    for (int s = 0; s < S; ++s)
+      Op::template block<1>(tiles[size_t(s) * n_blocks + kb], x + size_t(kb) * act_blocks<typename Op::Tile>, 0,
+                            &acc[s]);
+  for (int s = 0; s < S; ++s) acc[s].store(y + size_t(s) * ROW_TILE);
+}
+
+// y[r] for every row r of tiles [tile0, tile1) and one token x: kGemvStreams tiles at a time, then
+// the tiles left one by one.
+template <class Op>
+void gemv(const typename Op::Tile* tiles, int n_blocks, int tile0, int tile1, const ActBlock* x, float* y) {
+  int t = tile0;
+  for (; t + kGemvStreams <= tile1; t += kGemvStreams)
+    gemv_lockstep<Op, kGemvStreams>(tiles + size_t(t) * n_blocks, n_blocks, x, y + size_t(t) * ROW_TILE);
+  for (; t < tile1; ++t) gemv_lockstep<Op, 1>(tiles + size_t(t) * n_blocks, n_blocks, x, y + size_t(t) * ROW_TILE);
+}
+
+// Kernels::gemm for one quantized type: gemv for one token, else each tile-row for kTokTile tokens at
+// a time (x: n_tok rows of x_stride ActBlocks).
+template <class Op>
+void gemm_quantized(const void* w, int n_blocks, int tile0, int tile1, const ActBlock* x, size_t x_stride,
+                    int n_tok, float* y, int ldy) {
+  const auto* tiles = static_cast<const typename Op::Tile*>(w);
+  if (n_tok == 1) return gemv<Op>(tiles, n_blocks, tile0, tile1, x, y);
+  for (int t = tile0; t < tile1; ++t)
+    for_groups<kTokTile>(n_tok, [&](auto nt, int tok) {
+      tile_tokens<Op, decltype(nt)::value>(tiles + size_t(t) * n_blocks, n_blocks, x + tok * x_stride, x_stride,
+                                           y + size_t(tok) * ldy + size_t(t) * ROW_TILE, ldy);
+    });
+}
+
+// Kernels::gemm for F32 / F16 rows (row-major, no tiles): each tile-row for kTokTile tokens at a time.
+template <class Float>
+void gemm_float(WType type, const void* w, int cols, int tile0, int tile1, const float* x, int n_tok, float* y,
+                int ldy) {
+  for (int t = tile0; t < tile1; ++t)
+    for_groups<kTokTile>(n_tok, [&](auto nt, int tok) {
+      constexpr int NT = decltype(nt)::value;
+      for (int r = 0; r < ROW_TILE; ++r) {
+        const size_t row = size_t(t) * ROW_TILE + r;
+        float* yr = y + size_t(tok) * ldy + row;
+        const float* xt = x + size_t(tok) * cols;
+        if (type == WType::F32) Float::template row<NT>(static_cast<const float*>(w) + row * cols, cols, xt, yr, ldy);
+        else Float::template row<NT>(static_cast<const uint16_t*>(w) + row * cols, cols, xt, yr, ldy);
+      }
+    });
+}
+
+template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float>
+void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
+  const int nb = cols / QK;
+  const ActBlock* xa = static_cast<const ActBlock*>(x);
+  switch (type) {
+    case WType::Q4_0: return gemm_quantized<Q4_0>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::Q4_1: return gemm_quantized<Q4_1>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::Q8_0: return gemm_quantized<Q8_0>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::Q6_K: return gemm_quantized<Q6_K>(w, cols / QK_K, tile0, tile1, xa, nb, n_tok, y, ldy);
+    case WType::F32:
+    case WType::F16: return gemm_float<Float>(type, w, cols, tile0, tile1, static_cast<const float*>(x), n_tok, y, ldy);
+  }
+}
+
+// ---- attention over one KV block ----
+//
+// attn_scores and attn_accum are both c[r][j] (+)= sum_k a[r * lda + k] * b[k * ldb + j]: scores with
+// a = q, b = the keys transposed, k over hd; accum with a = p, b = v, k over the keys.
+
+template <class Attention>
+void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
+                 int lds) {
+  Attention::template fma_rows<false>(q, ldq, n_rows, kt, ldk, hd, n_keys, s, lds);
+}
+
+template <class Attention>
+void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
+  Attention::template fma_rows<true>(p, ldp, n_rows, v, hd, n_keys, hd, acc, ldacc);
+}
+
+// A table's Kernels: gemm and attention made by the skeleton from the table's arithmetic, its other
+// routines as given, softmax_exp compiled in its file.
+template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class Attention>
+constexpr Kernels table(const char* name, decltype(Kernels::quantize_act) quantize_act,
+                        decltype(Kernels::f16_to_f32) f16_to_f32, decltype(Kernels::f32_to_f16) f32_to_f16) {
+  return {name, quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float>,
+          attn_scores<Attention>, attn_accum<Attention>, f16_to_f32, f32_to_f16, softmax_exp};
+}
+
+}  // namespace simd
+}  // namespace
+}  // namespace sysinfer
