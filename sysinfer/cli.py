@@ -90,8 +90,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens, stop=args.stop or [])
-    loaded = load_serving_model(ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size).validate(),
-                                progress=args.verbose)
+    loaded = load_serving_model(ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size,
+                                             speculative=args.speculative).validate(), progress=args.verbose)
     tokenizer = loaded.tokenizer
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -99,7 +99,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids = tokenizer.apply_chat_template(messages)
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos)
-    engine = LLMEngine(loaded.model, tokenizer)
+    engine = LLMEngine(loaded.model, tokenizer, speculative=args.speculative)
     start = time.perf_counter()
     first = last = None
     for delta in engine.generate(prompt_ids, params):
@@ -115,8 +115,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         n = last.usage.completion_tokens
         decode_s = time.perf_counter() - first
         rate = (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0
+        drafts = (f"; drafts accepted {engine.stats.accepted_draft_tokens}/{engine.stats.draft_tokens}"
+                  if args.speculative else "")
         print(f"[{len(prompt_ids)} prompt tokens in {first - start:.2f} s; {n} generated at {rate:.1f} tok/s; "
-              f"finish: {last.finish_reason}; kernels {loaded.model.kernels}]", file=sys.stderr)
+              f"finish: {last.finish_reason}; kernels {loaded.model.kernels}{drafts}]", file=sys.stderr)
     return 0
 
 
@@ -131,7 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ctx_size=args.ctx_size, max_batch=args.max_batch, max_queue=args.max_queue, kv_blocks=args.kv_blocks,
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
-        request_timeout=args.request_timeout, stall_timeout=args.stall_timeout)
+        request_timeout=args.request_timeout, stall_timeout=args.stall_timeout,
+        speculative=True if args.speculative else None)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=DRAIN_SECONDS + 2)  # the engine ends its streams first
     return 0
@@ -152,6 +155,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-cache", action="store_true", help="don't reuse cached prompt prefixes")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY")
     p.add_argument("--model-name", help="model id reported by /v1/models (default: the file name)")
+    p.add_argument("--speculative", action="store_true",
+                   help="speculative decoding by prompt lookup (faster when answers quote the prompt)")
     p.add_argument("--request-timeout", type=float,
                    help="seconds a request may take, queued and running; then it ends as at max_tokens (1800)")
     p.add_argument("--stall-timeout", type=float,
@@ -218,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--threads", type=int)
     p.add_argument("--ctx-size", type=int, default=4096)
+    p.add_argument("--speculative", action="store_true", help="speculative decoding by prompt lookup")
     p.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
     p.set_defaults(func=cmd_generate)
 

@@ -35,6 +35,7 @@ class ServerConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS
     prefix_cache: bool = True
+    speculative: bool = False          # prompt-lookup speculative decoding (see docs/architecture.md)
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None

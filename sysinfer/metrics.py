@@ -26,6 +26,9 @@ class Metrics:
                                  registry=r)
         self.preemptions = Gauge("sysinfer_preemptions", "Sequences preempted for lack of KV blocks", registry=r)
         self.step_seconds = Gauge("sysinfer_last_step_seconds", "Duration of the last native step", registry=r)
+        self.draft_tokens = Gauge("sysinfer_draft_tokens", "Speculative tokens verified", registry=r)
+        self.accepted_draft_tokens = Gauge("sysinfer_accepted_draft_tokens", "Speculative tokens accepted",
+                                           registry=r)
 
     def observe_engine(self, s) -> None:
         self.running.set(s.running)
@@ -36,6 +39,8 @@ class Metrics:
         self.prefix_hits.set(s.prefix_hit_tokens)
         self.preemptions.set(s.preemptions)
         self.step_seconds.set(s.last_step_seconds)
+        self.draft_tokens.set(s.draft_tokens)
+        self.accepted_draft_tokens.set(s.accepted_draft_tokens)
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from .config import ServerConfig, kv_blocks_for
+from .engine.prompt_lookup import K_MAX
 from .model.default_model import default_model_path
 from .model.model_file import read_model_file
 from .model.native_model import LoadedModel, load_model
@@ -34,7 +35,8 @@ def load_serving_model(cfg: ServerConfig, progress: bool = True) -> ServingModel
         model = load_model(mf, threads=cfg.threads, n_ctx=min(cfg.ctx_size, hp.n_ctx_train),
                            kv_blocks=kv_blocks_for(cfg, hp, weight_bytes=mf.file_bytes),
                            block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
-                           max_out_rows=max(cfg.max_batch, 1), progress=lambda i, n: bar.update(1))
+                           max_out_rows=max(cfg.max_batch, 1) * (1 + (K_MAX if cfg.speculative else 0)),
+                           progress=lambda i, n: bar.update(1))
     tokenizer = Tokenizer.from_metadata(model.metadata)
     if tokenizer.chat_template:
         warm_up()  # the file's template renders in a worker process: start it before the first request

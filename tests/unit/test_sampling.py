@@ -85,3 +85,19 @@ def test_sampler_does_not_modify_callers_logits():
 def test_invalid_parameters_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value})
+
+
+@pytest.mark.parametrize("draft", [0, 3, 7])
+def test_speculative_acceptance_keeps_the_target_distribution(draft):
+    """Sampler.verify with a drafted token: the tokens it returns follow the target distribution
+    exactly (chi-square test over 20,000 draws), whether the draft is likely or not."""
+    logits = np.log(np.array([0.30, 0.05, 0.10, 0.20, 0.02, 0.08, 0.15, 0.10], dtype=np.float32))
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=123))
+    target = sampler.probabilities(logits, [])
+    draws = np.array([sampler.verify(logits, [], draft)[0] for _ in range(20_000)])
+    counts = np.bincount(draws, minlength=logits.size)
+    expected = target * draws.size
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 24.32, chi2  # the 0.999 quantile of chi-square with 7 degrees of freedom
+    accepted = np.mean(draws == draft)
+    assert abs(accepted - target[draft]) < 0.02  # the draft comes back exactly as often as p(draft)
