@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from disconnects import wait_idle  # noqa: E402
@@ -45,10 +47,12 @@ def main() -> int:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-queue", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=64, help="LOCUST_MAX_TOKENS (LongOutput asks 4x)")
+    ap.add_argument("--kv-blocks", type=int, help="a small KV cache, so sequences are preempted under load")
     ap.add_argument("--model")
     args = ap.parse_args()
     env = {"SYSINFER_MAX_BATCH": str(args.max_batch), "SYSINFER_MAX_QUEUE": str(args.max_queue),
-           "SYSINFER_CTX_SIZE": "4096"} | ({"SYSINFER_MODEL": args.model} if args.model else {})
+           "SYSINFER_CTX_SIZE": "4096"} | ({"SYSINFER_MODEL": args.model} if args.model else {}) \
+        | ({"SYSINFER_KV_BLOCKS": str(args.kv_blocks)} if args.kv_blocks else {})
     proc, base, _ = start_server(**env)
     out_dir = Path(tempfile.mkdtemp(prefix="soak-"))
     try:
@@ -62,6 +66,9 @@ def main() -> int:
         locust.wait(timeout=args.minutes * 60 + 120)
         rss_end = rss_mib(proc.pid)
         idle = wait_idle(base, 60)
+        metrics = httpx.get(base + "/metrics", timeout=10).text
+        preemptions = next(float(line.split()[1]) for line in metrics.splitlines()
+                           if line.startswith("sysinfer_preemptions "))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -70,7 +77,7 @@ def main() -> int:
     print(f"users {args.users}, {args.minutes:g} min, --max-batch {args.max_batch}, --max-queue {args.max_queue}")
     print(f"requests {rows['chat stream']['Request Count']}, failed {agg['Failure Count']}")
     print(f"RSS after warm-up {rss_warm:.0f} MiB, at the end {rss_end:.0f} MiB ({rss_end / rss_warm - 1:+.1%})")
-    print(f"at idle afterwards: {idle}")
+    print(f"at idle afterwards: {idle}; preemptions during the run: {preemptions:.0f}")
     print(f"TTFT p50 {ttft['50%']} ms, p99 {ttft['99%']} ms; ITL p50 {itl['50%']} ms, p99 {itl['99%']} ms")
     ok = int(agg["Failure Count"]) == 0 and abs(rss_end / rss_warm - 1) <= 0.05 and not any(idle.values())
     print("PASS" if ok else "FAIL")
