@@ -123,7 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import DRAIN_SECONDS, create_app
+    from .api import create_app
     from .config import ServerConfig
 
     cfg = ServerConfig.from_env(
@@ -131,9 +131,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ctx_size=args.ctx_size, max_batch=args.max_batch, max_queue=args.max_queue, kv_blocks=args.kv_blocks,
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
-        request_timeout=args.request_timeout, stall_timeout=args.stall_timeout)
+        request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
-                timeout_graceful_shutdown=DRAIN_SECONDS + 2)  # the engine ends its streams first
+                timeout_graceful_shutdown=cfg.drain_seconds + 2)  # the engine ends its streams first
     return 0
 
 
@@ -156,6 +156,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a request may take, queued and running; then it ends as at max_tokens (1800)")
     p.add_argument("--stall-timeout", type=float,
                    help="seconds a streaming client may leave tokens unread before it is dropped (60)")
+    p.add_argument("--drain-seconds", type=float,
+                   help="on SIGTERM, seconds running requests may go on before they are ended (8)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
