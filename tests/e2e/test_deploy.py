@@ -76,3 +76,61 @@ def test_sigterm_drains_four_streams_within_the_grace_period():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_container_build_and_runtime_scripts(tmp_path):
+    """The image's two stages as CI can run them here (no Docker engine): docker/build-wheel.sh makes
+    the wheels, docker/install-runtime.sh installs them into a fresh environment with no index; then
+    the reference invocation, unchanged, serves from it on every interface (SYSINFER_HOST=0.0.0.0, as
+    the image sets), with the reference's thread variables, and the image's health check says so."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from model_files import smollm2_q4_0
+    from servers import free_port
+
+    repo = Path(__file__).resolve().parents[2]
+    wheels, prefix = tmp_path / "wheels", tmp_path / "opt-sysinfer"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SYSINFER_", "PYTHON"))}
+    subprocess.run(["bash", str(repo / "docker/build-wheel.sh"), str(repo), str(wheels),
+                    "--no-build-isolation"], check=True, timeout=900,
+                   env=clean)
+    subprocess.run(["bash", str(repo / "docker/install-runtime.sh"), str(wheels), str(prefix)], check=True,
+                   timeout=600, env=clean)
+    app = tmp_path / "app"
+    app.mkdir()
+    os.symlink(smollm2_q4_0(), app / "MODEL.gguf")
+    port = free_port()
+    env = dict(clean)
+    env.update(PATH=f"{prefix}/bin:{env['PATH']}", SYSINFER_HOST="0.0.0.0", SYSINFER_PORT=str(port),
+               OMP_NUM_THREADS="2", GOMP_CPU_AFFINITY="0-1", SYSINFER_CTX_SIZE="2048")
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen(["sysinfer-bind", "--exec", "--", "sysinfer-server", str(app / "MODEL.gguf"),
+                             "-t", "0.0", "-n", "4096"], env=env, cwd=app, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            health = subprocess.run([str(prefix / "bin/sysinfer-healthcheck")], env=env, capture_output=True,
+                                    text=True)
+            if health.returncode == 0:
+                break
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        base = f"http://127.0.0.1:{port}"
+        r = httpx.post(base + "/v1/chat/completions", timeout=60,
+                       json={"model": "any", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+        text = (tmp_path / "server.log").read_text()
+        assert "OMP_NUM_THREADS=2 GOMP_CPU_AFFINITY=0-1" in text  # the given ones win over the computed
+        assert "0.0.0.0" in text
+        imported = subprocess.run([str(prefix / "bin/python"), "-c", "import sysinfer; print(sysinfer.__file__)"],
+                                  capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout
+        assert imported.startswith(str(prefix)), imported
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()

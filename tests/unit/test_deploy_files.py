@@ -179,3 +179,30 @@ def test_scale_out_example_fits_together(rendered):
     assert hpa["spec"]["scaleTargetRef"]["name"] == deploy["metadata"]["name"]
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "sysinfer_num_requests_waiting"
     assert deploy["spec"]["replicas"] == hpa["spec"]["minReplicas"]
+
+
+# ---------------------------------------------------------------- Docker
+
+DOCKER = REPO / "docker"
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = need("hadolint")
+    proc = subprocess.run([hadolint, "--no-color", "--config", str(DOCKER / "hadolint.yaml"), str(DOCKER / "Dockerfile")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_shape():
+    """Multi-stage on openEuler 24.03 LTS, no compiler in the runtime stage, non-root, health check,
+    the reference invocation as the command, the build steps in the scripts CI runs."""
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "ARG BASE=openeuler/openeuler:24.03-lts" in text
+    build, runtime = text.split("FROM ${BASE} AS runtime")
+    assert "FROM ${BASE} AS build" in build and "gcc-c++" in build
+    assert "gcc" not in runtime and "devel" not in runtime
+    assert "docker/build-wheel.sh" in build and "install-runtime.sh" in runtime
+    assert "\nUSER 10001:10001\n" in runtime
+    assert 'HEALTHCHECK' in runtime and "sysinfer-healthcheck" in runtime
+    assert 'CMD ["sysinfer-server", "/app/MODEL.gguf", "-t", "0.0", "-n", "4096"]' in runtime
+    assert "SYSINFER_HOST=0.0.0.0" in runtime and "EXPOSE 7860" in runtime
