@@ -24,7 +24,7 @@ DEFAULT_MAX_STEP_TOKENS = 256
 class ServerConfig:
     model: str | None = None          # GGUF path; None = the bundled SmolLM2-135M-Instruct
     model_name: str | None = None     # the id /v1/models reports (default: the file's name)
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"           # loopback, as llama.cpp and Ollama; containers and units pass 0.0.0.0
     port: int = DEFAULT_PORT
     threads: int | None = None
     ctx_size: int = 4096
