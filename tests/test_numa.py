@@ -1,0 +1,151 @@
+"""NUMA: topology from (made-up) sysfs trees, the tensor-parallel plan, and the forced split of the
+native step (SYSINFER_NUMA_NODES) against one node."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from sysinfer.topology import detect_topology, format_cpu_list, plan_shares, read_os_nodes
+
+
+def make_sysfs(tmp_path, nodes: dict[int, tuple[str, int]]):
+    """nodes: id -> (cpulist text, MemTotal in kB)."""
+    root = tmp_path / "node"
+    for i, (cpulist, kb) in nodes.items():
+        d = root / f"node{i}"
+        d.mkdir(parents=True)
+        (d / "cpulist").write_text(cpulist + "\n")
+        (d / "meminfo").write_text(f"Node {i} MemTotal:       {kb} kB\nNode {i} MemFree:        {kb // 2} kB\n")
+    return root
+
+
+def topo(root, allowed, env=None, **kw):
+    return detect_topology(env=env or {}, sysfs_root=root, allowed=allowed, **kw)
+
+
+# ---- topology ----
+
+def test_one_node(tmp_path):
+    root = make_sysfs(tmp_path, {0: ("0-3", 1 << 20)})
+    t = topo(root, [0, 1, 2, 3])
+    assert t.mode == "off" and len(t.nodes) == 1 and t.nodes[0].cpus == (0, 1, 2, 3)
+    t = topo(root, [0, 1, 2, 3], numa="tp")
+    assert t.mode == "tp" and t.nodes[0].mem_node == 0
+
+
+def test_reference_server_four_nodes(tmp_path):
+    """The reference deployment: 4 nodes of 24 CPUs, OMP_NUM_THREADS=88 GOMP_CPU_AFFINITY=0-21,24-45,...:
+    4 nodes x 22 threads, tp by default."""
+    root = make_sysfs(tmp_path, {i: (f"{24 * i}-{24 * i + 23}", 64 << 20) for i in range(4)})
+    env = {"OMP_NUM_THREADS": "88", "GOMP_CPU_AFFINITY": "0-21,24-45,48-69,72-93"}
+    t = topo(root, list(range(96)), env)
+    assert t.mode == "tp" and [n.n_threads for n in t.nodes] == [22] * 4
+    assert [n.mem_node for n in t.nodes] == [0, 1, 2, 3]
+    assert t.nodes[2].cpus[0] == 48 and format_cpu_list(t.nodes[3].cpus) == "72-93"
+    assert topo(root, list(range(96)), env, numa="off").nodes[0].n_threads == 88
+
+
+def test_two_nodes_with_holes_and_interleaved_numbering(tmp_path):
+    root = make_sysfs(tmp_path, {0: ("0,2,4,6", 1 << 20), 1: ("1,3,5,9-10", 1 << 20)})
+    t = topo(root, [0, 1, 2, 3, 4, 9, 10])
+    assert [n.cpus for n in t.nodes] == [(0, 2, 4), (1, 3, 9, 10)]
+
+
+def test_threads_limit_picks_cpus_in_order(tmp_path):
+    root = make_sysfs(tmp_path, {0: ("0-3", 1 << 20), 1: ("4-7", 1 << 20)})
+    t = topo(root, list(range(8)), {"OMP_NUM_THREADS": "3"})
+    assert t.mode == "off" and t.nodes[0].cpus == (0, 1, 2)  # three threads all on node 0
+    t = topo(root, list(range(8)), {"GOMP_CPU_AFFINITY": "0,4,1,5"})
+    assert [n.cpus for n in t.nodes] == [(0, 1), (4, 5)]
+
+
+def test_node_without_memory_is_not_bound(tmp_path, caplog):
+    root = make_sysfs(tmp_path, {0: ("0-1", 1 << 20), 1: ("2-3", 0)})
+    with caplog.at_level(logging.WARNING):
+        t = topo(root, [0, 1, 2, 3])
+    assert [n.mem_node for n in t.nodes] == [0, None]
+    assert "no memory" in caplog.text and t.notes
+
+
+def test_affinity_naming_missing_cpus(tmp_path, caplog):
+    root = make_sysfs(tmp_path, {0: ("0-3", 1 << 20)})
+    with caplog.at_level(logging.WARNING):
+        t = topo(root, [0, 1, 2, 3], {"GOMP_CPU_AFFINITY": "2-3,200-201"})
+    assert t.nodes[0].cpus == (2, 3) and "200" in caplog.text
+    with caplog.at_level(logging.WARNING):
+        t = topo(root, [0, 1, 2, 3], {"GOMP_CPU_AFFINITY": "500"})
+    assert t.nodes[0].cpus == (0, 1, 2, 3) and "names no CPU" in caplog.text
+
+
+def test_no_sysfs_is_one_unbound_node(tmp_path):
+    t = topo(tmp_path / "missing", [0, 1], numa="tp")
+    assert len(t.nodes) == 1 and t.nodes[0].mem_node is None and "no NUMA information" in t.source
+
+
+def test_forced_split(tmp_path):
+    root = make_sysfs(tmp_path, {0: ("0-1", 1 << 20)})
+    t = topo(root, [0, 1], {"SYSINFER_NUMA_NODES": "2"})
+    assert t.mode == "tp" and [n.cpus for n in t.nodes] == [(0,), (1,)] and [n.mem_node for n in t.nodes] == [0, 0]
+    t = topo(root, [0, 1], {"SYSINFER_NUMA_NODES": "3"}, threads=6)  # threads beyond CPUs wrap around
+    assert [n.cpus for n in t.nodes] == [(0, 1), (0, 1), (0, 1)]
+    assert topo(root, [0, 1], {"SYSINFER_NUMA_NODES": "2"}, numa="off").nodes[0].cpus == (0, 1)
+
+
+def test_forced_split_with_too_few_cpus_is_an_error(tmp_path):
+    root = make_sysfs(tmp_path, {0: ("0-1", 1 << 20)})
+    with pytest.raises(ValueError, match="only 2 compute thread"):
+        topo(root, [0, 1], {"SYSINFER_NUMA_NODES": "3"})
+    with pytest.raises(ValueError, match="SYSINFER_NUMA_NODES"):
+        topo(root, [0, 1], {"SYSINFER_NUMA_NODES": "two"})
+    with pytest.raises(ValueError, match="SYSINFER_NUMA"):
+        topo(root, [0, 1], {"SYSINFER_NUMA": "sideways"})
+
+
+def test_read_os_nodes_of_this_machine():
+    nodes = read_os_nodes()
+    assert all(n.cpus for n in nodes[:1])
+
+
+# ---- the plan ----
+
+class HP:
+    def __init__(self, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_embd=4096, n_layer=2):
+        self.n_head, self.n_head_kv, self.head_dim, self.n_ff, self.n_vocab = n_head, n_head_kv, head_dim, n_ff, n_vocab
+        self.n_embd, self.n_layer = n_embd, n_layer
+
+
+def check_cover(shares, hp):
+    assert shares[0].kv0 == 0 and shares[-1].kv1 == hp.n_head_kv
+    assert shares[0].ff0 == 0 and shares[-1].ff1 == hp.n_ff
+    assert shares[0].vocab0 == 0 and shares[-1].vocab1 == hp.n_vocab
+    for a, b in zip(shares, shares[1:]):
+        assert (a.kv1, a.ff1, a.vocab1) == (b.kv0, b.ff0, b.vocab0)
+        assert a.ff1 % 32 == 0 and a.vocab1 % 8 == 0
+
+
+def test_plan_llama3_8b_on_three_nodes():
+    hp = HP(32, 8, 128, 14336, 128256)
+    shares = plan_shares(hp, {}, 3)
+    check_cover(shares, hp)
+    assert [s.kv1 - s.kv0 for s in shares] == [2, 3, 3]
+    assert [s.head1 - s.head0 for s in shares] == [8, 12, 12]
+
+
+def test_plan_baichuan2_13b_on_three_and_four_nodes():
+    hp = HP(40, 40, 128, 13696, 125696, n_embd=5120)
+    for n in (3, 4):
+        shares = plan_shares(hp, {}, n)
+        check_cover(shares, hp)
+        assert sum(s.head1 - s.head0 for s in shares) == 40
+    assert [s.head1 - s.head0 for s in plan_shares(hp, {}, 3)] == [13, 13, 14]
+
+
+def test_plan_small_heads_cut_on_whole_blocks():
+    hp = HP(4, 4, 16, 192, 256, n_embd=64)  # two 16-wide heads per Q8_0 block
+    shares = plan_shares(hp, {}, 3)
+    check_cover(shares, hp)
+    assert all(((s.head1 - s.head0) * 16) % 32 == 0 for s in shares)
+    assert sum(s.kv1 == s.kv0 for s in shares) == 1  # one node holds no attention
