@@ -39,6 +39,7 @@ class ServerConfig:
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
+    numa: str | None = None           # auto | tp | off (sysinfer/topology.py); None = auto
 
     def validate(self) -> "ServerConfig":
         for name in ("port", "ctx_size", "max_batch", "max_queue", "block_size", "max_step_tokens", "max_tokens"):
@@ -50,6 +51,8 @@ class ServerConfig:
             raise ValueError(f"kv_blocks must be at least 1, got {self.kv_blocks}")
         if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
+        if self.numa is not None and self.numa not in ("auto", "tp", "off"):
+            raise ValueError(f"numa must be auto, tp or off, got {self.numa!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self

@@ -33,6 +33,7 @@ def load_serving_model(cfg: ServerConfig, progress: bool = True) -> ServingModel
         model = load_model(mf, threads=cfg.threads, n_ctx=min(cfg.ctx_size, hp.n_ctx_train),
                            kv_blocks=kv_blocks_for(cfg, hp, weight_bytes=mf.file_bytes),
                            block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
-                           max_out_rows=max(cfg.max_batch, 1), progress=lambda i, n: bar.update(1))
+                           max_out_rows=max(cfg.max_batch, 1), progress=lambda i, n: bar.update(1),
+                           numa=cfg.numa)
     tokenizer = Tokenizer.from_metadata(model.metadata)
     return ServingModel(model, tokenizer, cfg.model_name or file_name.removesuffix(".gguf"))

@@ -285,3 +285,10 @@ def test_more_nodes_than_kv_heads_is_a_logged_fallback(caplog):
     assert "hold no attention heads" in caplog.text
     assert sum(r["heads"][1] == r["heads"][0] for r in m.node_report()) == 1
 
+
+def test_numa_setting_is_validated():
+    from sysinfer.config import ServerConfig
+
+    assert ServerConfig.from_env({"SYSINFER_NUMA": "tp"}).numa == "tp"
+    with pytest.raises(ValueError, match="numa"):
+        ServerConfig(numa="sideways").validate()
