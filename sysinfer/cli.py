@@ -75,11 +75,25 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("chat template", "yes" if "tokenizer.chat_template" in mf.metadata else "none (built-in used)"),
         ("kernels", f"{native['kernels']} (compiled: {', '.join(native['compiled'])})"),
         ("cpu features", ", ".join(k for k in ("avx2", "fma", "f16c", "neon", "dotprod") if native[k]) or "none"),
-    ]
+    ] + _numa_rows(mf, args.threads, args.numa)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _numa_rows(mf, threads: int | None, numa: str | None) -> list[tuple[str, str]]:
+    """The topology the threads form and what each node would hold (sysinfer.topology)."""
+    from .config import DEFAULT_BLOCK_SIZE
+    from .topology import describe_plan, detect_topology, plan_shares
+
+    topo = detect_topology(threads, numa)
+    shares = plan_shares(mf.hparams, {n: int(t.type) for n, t in mf.tensors.items()}, len(topo.nodes),
+                         DEFAULT_BLOCK_SIZE)
+    lines = topo.describe()
+    rows = [("numa", lines[0])] + [(f"numa {line.split(':', 1)[0]}", line.split(":", 1)[1].strip()) for line in lines[1:]]
+    plan = describe_plan(mf.hparams, shares)
+    return rows + [(f"plan {line.split(':', 1)[0]}", line.split(":", 1)[1].strip()) for line in plan]
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -91,7 +105,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens, stop=args.stop or [])
     loaded = load_serving_model(ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size,
-                                             speculative=args.speculative).validate(), progress=args.verbose)
+                                             speculative=args.speculative, numa=args.numa).validate(),
+                                progress=args.verbose)
     tokenizer = loaded.tokenizer
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -134,7 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
         request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
-        speculative=True if args.speculative else None)
+        speculative=True if args.speculative else None, numa=args.numa)
     _warn_if_exposed(cfg)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=cfg.drain_seconds + 2)  # the engine ends its streams first
@@ -157,6 +172,12 @@ def _warn_if_exposed(cfg) -> None:
               file=sys.stderr, flush=True)
 
 
+def add_numa_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--numa", choices=["auto", "tp", "off"],
+                   help="NUMA: tp = each node holds a slice of every layer (default when the threads span "
+                        "several nodes), off = one node; env SYSINFER_NUMA")
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("-t", "--temperature", type=float, help="default temperature (0 = greedy, the default)")
@@ -171,6 +192,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gb", type=float, help="KV cache size in GiB")
     p.add_argument("--no-prefix-cache", action="store_true", help="don't reuse cached prompt prefixes")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY")
+    add_numa_argument(p)
     p.add_argument("--model-name", help="model id reported by /v1/models (default: the file name)")
     p.add_argument("--speculative", action="store_true",
                    help="speculative decoding by prompt lookup (faster when answers quote the prompt)")
@@ -201,12 +223,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not lengths or min(lengths) < 2:
         raise ValueError("--lengths must be a comma-separated list of integers >= 2")
     cfg = ServerConfig(model=args.model, threads=args.threads, ctx_size=max(lengths) + 16,
-                       max_step_tokens=BENCH_STEP_TOKENS).validate()
+                       max_step_tokens=BENCH_STEP_TOKENS, numa=args.numa).validate()
     loaded = load_serving_model(cfg)
     model = loaded.model
     with tqdm(total=len(lengths), desc="bench", unit="length", file=sys.stderr) as bar:
         rows, bandwidth = run_bench(model, loaded.tokenizer, lengths, progress=lambda row: bar.update(1))
-    print(f"model {model.path}  kernels {model.kernels}  threads {model.n_threads}  "
+    print(f"model {model.path}  kernels {model.kernels}  threads {model.n_threads}  nodes {model.n_nodes}  "
           f"read bandwidth {bandwidth:.1f} GB/s  weights {model.load_stats.weight_bytes / 2**20:.0f} MiB")
     print(format_table(rows))
     write_outputs(rows, bandwidth, model, args.json, args.plot)
@@ -227,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a GGUF model and the kernels this CPU runs")
     p.add_argument("model", nargs="?", help=MODEL_HELP)
+    p.add_argument("--threads", type=int)
+    add_numa_argument(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
@@ -243,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--ctx-size", type=int, default=4096)
     p.add_argument("--speculative", action="store_true", help="speculative decoding by prompt lookup")
+    add_numa_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
     p.set_defaults(func=cmd_generate)
 
@@ -255,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", default="32,64,128,256,512,1024,2048,4096", help="total lengths L (L/2 in, L/2 out)")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="write the results as JSON")
+    add_numa_argument(p)
     p.add_argument("--plot", help="write a PNG plot (matplotlib)")
     p.set_defaults(func=cmd_bench)
 

@@ -44,6 +44,7 @@ class ServerConfig:
     body_timeout: float = 30.0        # seconds a client may take to send its request body
     stall_timeout: float = 60.0       # seconds a streaming client may leave tokens unread before it is dropped
     drain_seconds: float = 8.0        # on SIGTERM, seconds running requests may go on before they are ended
+    numa: str | None = None           # auto | tp | off (sysinfer/topology.py); None = auto
 
     def validate(self) -> "ServerConfig":
         for name in ("port", "ctx_size", "max_batch", "max_queue", "block_size", "max_step_tokens", "max_tokens"):
@@ -60,6 +61,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if not 0 <= self.drain_seconds <= 3600:
             raise ValueError(f"drain_seconds must be between 0 and 3600, got {self.drain_seconds}")
+        if self.numa is not None and self.numa not in ("auto", "tp", "off"):
+            raise ValueError(f"numa must be auto, tp or off, got {self.numa!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self

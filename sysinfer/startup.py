@@ -36,7 +36,7 @@ def load_serving_model(cfg: ServerConfig, progress: bool = True) -> ServingModel
                            kv_blocks=kv_blocks_for(cfg, hp, weight_bytes=mf.file_bytes),
                            block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
                            max_out_rows=max(cfg.max_batch, 1) * (1 + (K_MAX if cfg.speculative else 0)),
-                           progress=lambda i, n: bar.update(1))
+                           progress=lambda i, n: bar.update(1), numa=cfg.numa)
     tokenizer = Tokenizer.from_metadata(model.metadata)
     if tokenizer.chat_template:
         warm_up()  # the file's template renders in a worker process: start it before the first request

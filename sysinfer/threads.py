@@ -7,7 +7,10 @@ chooses the CPUs; threads are pinned to them in order.
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger("sysinfer.threads")
 
 
 def parse_cpu_list(spec: str) -> list[int]:
@@ -35,10 +38,12 @@ def allowed_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def resolve_threads(threads: int | None = None, env: dict[str, str] | None = None) -> tuple[int, list[int]]:
-    """(thread count, CPUs to pin to in order; empty list = don't pin)."""
+def resolve_threads(threads: int | None = None, env: dict[str, str] | None = None,
+                    allowed: list[int] | None = None) -> tuple[int, list[int]]:
+    """(thread count, CPUs to pin to in order; empty list = don't pin). `allowed` overrides the
+    process's affinity mask (tests)."""
     env = os.environ if env is None else env
-    allowed = allowed_cpus()
+    allowed = allowed_cpus() if allowed is None else sorted(allowed)
     cpus = allowed
     affinity = env.get("GOMP_CPU_AFFINITY", "").strip()
     if affinity:
@@ -46,7 +51,16 @@ def resolve_threads(threads: int | None = None, env: dict[str, str] | None = Non
             wanted = parse_cpu_list(affinity)
         except ValueError as e:
             raise ValueError(f"GOMP_CPU_AFFINITY={affinity!r}: {e}") from None
-        cpus = [c for c in wanted if c in set(allowed)] or allowed
+        usable = set(allowed)
+        cpus = [c for c in wanted if c in usable]
+        dropped = sorted(set(wanted) - usable)
+        if not cpus:
+            log.warning("GOMP_CPU_AFFINITY=%s names no CPU this process may use: using CPUs %s instead",
+                        affinity, ",".join(map(str, allowed)))
+            cpus = allowed
+        elif dropped:
+            log.warning("GOMP_CPU_AFFINITY=%s: CPUs %s are absent or not allowed here and are skipped",
+                        affinity, ",".join(map(str, dropped)))
     if threads is None and env.get("OMP_NUM_THREADS", "").strip():
         try:
             threads = int(env["OMP_NUM_THREADS"].split(",")[0])

@@ -5,6 +5,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <tuple>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "bandwidth.h"
 #include "kernels.h"
 #include "model.h"
+#include "numa.h"
 
 namespace nb = nanobind;
 using namespace sysinfer;
@@ -90,6 +92,59 @@ void step(Model& m, I32 token_ids, I32 positions, I32 seq_starts, I32x2 block_ta
   m.step(b, logits.data());
 }
 
+// Node plan from Python: [{"threads": n, "cpus": [...], "mem_node": k, "kv_heads": [a, b], "ff": [a, b],
+// "vocab": [a, b]}, ...] (sysinfer/topology.py makes it).
+std::vector<NodeSpec> nodes_from_list(const nb::list& nodes) {
+  std::vector<NodeSpec> out;
+  for (nb::handle h : nodes) {
+    nb::dict d = nb::cast<nb::dict>(h);
+    NodeSpec n;
+    n.cpus = get(d, "cpus", std::vector<int>{});
+    n.n_threads = get(d, "threads", int(n.cpus.size()));
+    n.mem_node = get(d, "mem_node", -1);
+    auto range = [&](const char* key) {
+      std::vector<int> r = get(d, key, std::vector<int>{});
+      if (r.size() != 2) throw std::invalid_argument(std::string("node plan: ") + key + " must be [begin, end]");
+      return std::make_pair(r[0], r[1]);
+    };
+    std::tie(n.share.kv0, n.share.kv1) = range("kv_heads");
+    std::tie(n.share.ff0, n.share.ff1) = range("ff");
+    std::tie(n.share.vocab0, n.share.vocab1) = range("vocab");
+    out.push_back(n);
+  }
+  return out;
+}
+
+const char* bind_name(BindStatus s) {
+  return s == BindStatus::kBound ? "bound" : s == BindStatus::kFailed ? "failed" : "not bound";
+}
+
+// What each node holds and where its memory is: for `sysinfer info`, logs and the NUMA tests.
+nb::list node_report(const Model& m) {
+  nb::list out;
+  for (const Node& n : m.nodes()) {
+    nb::dict d;
+    d["threads"] = n.n_threads;
+    d["cpus"] = n.spec.cpus;
+    d["mem_node"] = n.spec.mem_node;
+    d["binding"] = std::string(bind_name(n.bind));
+    d["kv_heads"] = std::vector<int>{n.kv0, n.kv0 + n.nkv};
+    d["heads"] = std::vector<int>{n.head0, n.head0 + n.nh};
+    d["ff"] = std::vector<int>{n.ff0, n.ff0 + n.nf};
+    d["vocab"] = std::vector<int>{n.vocab0, n.vocab0 + n.nvocab};
+    d["weight_bytes"] = n.weight_bytes;
+    d["kv_bytes"] = n.kv_bytes;
+    // OS node of the first page of its first weight slice and of its KV arena (move_pages(2)).
+    const void* w = n.layers.empty() ? nullptr
+                    : !n.layers[0].gate_up.parts.empty() ? static_cast<const void*>(n.layers[0].gate_up.parts[0].data.get())
+                    : !n.layers[0].qkv.parts.empty() ? static_cast<const void*>(n.layers[0].qkv.parts[0].data.get()) : nullptr;
+    d["weights_on"] = w ? node_of_address(w) : -1;
+    d["kv_on"] = n.k_cache && n.kv_bytes ? node_of_address(n.k_cache.get()) : -1;
+    out.append(d);
+  }
+  return out;
+}
+
 const Kernels* kernels_by_name(const std::string& name) {
   if (name == "generic") return &generic_kernels();
   for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()})
@@ -161,6 +216,9 @@ NB_MODULE(_native, mod) {
              new (self) Model(config_from_dict(cfg), n_threads, cpus);
            },
            nb::arg("config"), nb::arg("n_threads"), nb::arg("cpus"))
+      .def("__init__",
+           [](Model* self, nb::dict cfg, nb::list nodes) { new (self) Model(config_from_dict(cfg), nodes_from_list(nodes)); },
+           nb::arg("config"), nb::arg("nodes"), "Tensor parallel across the given nodes (see nodes_from_list).")
       .def("add_matrix", &add_matrix, nb::arg("name"), nb::arg("type"), nb::arg("rows"), nb::arg("cols"),
            nb::arg("data"))
       .def("set_vector",
@@ -175,6 +233,8 @@ NB_MODULE(_native, mod) {
       .def_prop_ro("kernels", [](Model& m) { return std::string(m.kernels().name); })
       .def_prop_ro("n_threads", [](Model& m) { return m.pool().size(); })
       .def_prop_ro("pinned_cpus", [](Model& m) { return m.pool().pinned_cpus(); })
+      .def_prop_ro("n_nodes", [](Model& m) { return int(m.nodes().size()); })
+      .def("node_report", &node_report, "Per node: threads, CPUs, shares, bytes, binding, pages' OS node.")
       .def_prop_ro("weight_bytes", &Model::weight_bytes)
       .def_prop_ro("kv_bytes", &Model::kv_bytes)
       .def_prop_ro("n_blocks", &Model::n_blocks)

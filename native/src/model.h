@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "numa.h"
 #include "threadpool.h"
 
 namespace sysinfer {
@@ -51,12 +52,32 @@ struct MatrixGroup {
   bool any_float() const;
 };
 
-struct Layer {
+// Tensor parallel across NUMA nodes: what each node holds of every layer. KV heads [kv0, kv1) with
+// their query heads, FFN columns [ff0, ff1) (gate/up rows and the matching down columns), output rows
+// [vocab0, vocab1). Shares cut [0, n) in order; a share may be empty. One node holding everything is
+// the single-node model.
+struct NodeShare {
+  int kv0 = 0, kv1 = 0, ff0 = 0, ff1 = 0, vocab0 = 0, vocab1 = 0;
+};
+
+struct NodeSpec {
+  int n_threads = 1;
+  std::vector<int> cpus;  // one per thread, or empty: not pinned
+  int mem_node = -1;      // OS node its weights, KV arena and scratch are bound to; -1: not bound
+  NodeShare share;
+};
+
+struct Layer {                               // what every node shares
   std::vector<float> attn_norm, ffn_norm;  // [D]
-  MatrixGroup qkv;       // outputs q [n_head*hd], k [n_kv*hd], v [n_kv*hd] side by side
-  MatrixGroup wo;        // [D] <- [n_head*hd]
-  MatrixGroup gate_up;   // outputs gate [F], up [F] side by side
-  MatrixGroup down;      // [D] <- [F]
+  int rows_seen[4] = {0, 0, 0, 0};         // rows given so far of qkv, wo, gate_up, down (loading)
+};
+
+struct NodeLayer {                           // one node's slice of a layer
+  MatrixGroup qkv;       // outputs q [nh*hd] at q_off, k [nkv*hd] at k_off, v [nkv*hd] at v_off
+  MatrixGroup wo;        // [D] <- [nh*hd]: this node's columns; its output is a partial sum
+  MatrixGroup gate_up;   // outputs gate [nf] at 0, up [nf] at up_off
+  MatrixGroup down;      // [D] <- [nf]: this node's columns; a partial sum
+  int q_off = -1, k_off = -1, v_off = -1, up_off = -1;
 };
 
 // Inputs of one step; all arrays are owned by the caller (see Model::step).
@@ -72,9 +93,45 @@ struct StepBatch {
 
 struct AttnItem;  // one unit of attention work (attention.h)
 
+// Everything one NUMA node owns: its weight slices, its KV arena (only its KV heads; block id b
+// names the same token slots in every node's arena), its step scratch and work counters. All big
+// buffers are bound to mem_node.
+struct Node {
+  NodeSpec spec;
+  int head0 = 0, nh = 0, kv0 = 0, nkv = 0, ff0 = 0, nf = 0, vocab0 = 0, nvocab = 0;
+  int thread0 = 0, n_threads = 1;          // its threads in the pool
+  BindStatus bind = BindStatus::kNotAsked; // worst outcome over its allocations
+  size_t weight_bytes = 0, kv_bytes = 0;
+  std::vector<NodeLayer> layers;
+  Matrix output;                           // vocab rows [vocab0, vocab0 + nvocab)
+
+  // KV cache, fp16, this node's heads only: v[((layer * nkv + head) * n_blocks + block) * block_size + slot][hd];
+  // keys transposed within each block, k[((layer * nkv + head) * n_blocks + block) * hd + dim][slot],
+  // so attention scores run across a block's keys with no transpose at read time. A head's blocks
+  // are adjacent, so a sequence whose blocks were handed out in order is one sequential stream.
+  std::shared_ptr<uint16_t> k_cache, v_cache;
+
+  // Step scratch, for T = max_step_tokens rows:
+  std::shared_ptr<float> qkv;       // [T][qkv width]
+  std::shared_ptr<float> attn;      // [T][nh * hd] attention output of this node's heads
+  std::shared_ptr<ActBlock> xq;     // [T][max(nh * hd, nf) / 32] quantized input of wo, then down
+  std::shared_ptr<float> gate_up;   // [T][gate_up width]
+  std::shared_ptr<float> act;       // [T][nf] silu(gate) * up
+  std::shared_ptr<float> part;      // [T][D] this node's partial sum of wo, then of down
+  std::vector<AttnItem> attn_items;                 // planned per step
+  std::unique_ptr<std::atomic<int>[]> attn_next;    // [n_layer] next item a thread of the node takes
+  std::unique_ptr<std::atomic<int>[]> matmul_next;  // [4 * n_layer + 1] next tile of each matmul
+  std::vector<float> attn_partial;  // [kMaxSplitTokens][nh][max_splits][hd + 2] split-K partial results
+  std::vector<float> attn_scratch;  // [n_threads][per-thread attention scratch]
+  size_t attn_scratch_per_thread = 0;
+  int max_splits = 1;
+  std::vector<std::pair<int, int>> split_tokens;  // (token row, splits) of split-K attention
+};
+
 class Model {
  public:
-  Model(const ModelConfig& cfg, int n_threads, const std::vector<int>& cpus);
+  Model(const ModelConfig& cfg, int n_threads, const std::vector<int>& cpus);  // one node
+  Model(const ModelConfig& cfg, const std::vector<NodeSpec>& nodes);
   ~Model();
 
   // Loading: names are "token_embd", "output", "output_norm", "rope_freqs",
@@ -98,31 +155,36 @@ class Model {
   ThreadPool& pool() { return *pool_; }
   size_t weight_bytes() const { return weight_bytes_; }
   size_t kv_bytes() const { return kv_bytes_; }
+  const std::vector<Node>& nodes() const { return nodes_; }
+  const Matrix& token_embd() const { return token_embd_; }
   int n_blocks() const { return n_blocks_; }
   int block_size() const { return block_size_; }
   int max_step_tokens() const { return max_step_tokens_; }
 
  private:
   void validate(const StepBatch& b) const;
-  void plan_attention(const StepBatch& b);
+  void plan_attention(Node& n, const StepBatch& b);
   void forward(int tid, const StepBatch& b, float* logits);
   template <class F>
-  void for_tile_chunks(int op, int n_tiles, const F& f);
-  void matmul(int op, const MatrixGroup& g, const float* x, const ActBlock* xq, int n_tok, float* y);
+  void for_tile_chunks(Node& n, int op, int n_tiles, const F& f);
+  void matmul(Node& n, int op, const MatrixGroup& g, const float* x, const ActBlock* xq, int n_tok, float* y, int ldy);
+  void reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn, bool quantize, int n_tok);
   void rms_norm_rows(int tid, const float* x, const float* w, int n_rows, float* out, ActBlock* outq,
                      bool quantize);
-  void rope_and_store_kv(int tid, int layer, const StepBatch& b);
-  void swiglu(int tid, const Layer& L, int n_tok);
-  void attention(int tid, int layer, const StepBatch& b);
-  void combine_partials(int tid);
-  Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data);
+  void rope_and_store_kv(Node& n, int rank, int layer, const StepBatch& b);
+  void swiglu(Node& n, int rank, const NodeLayer& L, int n_tok);
+  void attention(Node& n, int rank, int layer, const StepBatch& b);
+  void combine_partials(Node& n, int rank);
+  Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner);
+  void add_layer_matrix(int layer, int group, WType type, int rows, int cols, const uint8_t* data);
 
   ModelConfig cfg_;
   const Kernels* kernels_;
   std::unique_ptr<ThreadPool> pool_;
+  std::vector<Node> nodes_;
   size_t weight_bytes_ = 0, kv_bytes_ = 0;
 
-  Matrix token_embd_, output_;
+  Matrix token_embd_, output_;  // output_: the whole output matrix until finish_loading slices it
   bool has_output_ = false;
   std::vector<float> output_norm_;  // [D]
   std::vector<float> rope_freqs_;   // [rope_dim / 2] divisors of each frequency (Llama 3.1), or empty
@@ -130,30 +192,16 @@ class Model {
   std::vector<float> inv_freq_;     // [rope_dim / 2]
   std::vector<float> alibi_slopes_; // [n_head]
 
-  // KV cache, fp16: v_cache_[((layer * n_kv + head) * n_blocks + block) * block_size + slot][hd];
-  // keys transposed within each block, k_cache_[((layer * n_kv + head) * n_blocks + block) * hd + dim][slot],
-  // so attention scores run across a block's keys with no transpose at read time. A head's blocks
-  // are adjacent, so a sequence whose blocks were handed out in order is one sequential stream.
   int n_blocks_ = 0, block_size_ = 0, max_step_tokens_ = 0, max_out_rows_ = 0;
-  std::shared_ptr<uint16_t> k_cache_, v_cache_;
+  bool cache_ready_ = false;
 
-  // Step scratch, sized by init_cache for max_step_tokens rows (T):
-  std::vector<float> x_;        // [T][D] residual stream
-  std::vector<float> xn_;       // [T][max(D, F)] normed / activated input of a matmul
-  std::vector<ActBlock> xq_;    // [T][max(D, F, n_head*hd) / 32] quantized matmul input
-  std::vector<float> qkv_;      // [T][max(qkv width, D)]
-  std::vector<float> attn_;     // [T][n_head * hd]
-  std::vector<float> tmp_;      // [T][max(D, gate_up width)] matmul output
-  std::vector<float> rope_cs_;  // [T][rope_dim] cos, sin interleaved per frequency
+  // Shared step scratch (every node reads it), for T = max_step_tokens rows:
+  std::vector<float> x_;           // [T][D] residual stream
+  std::vector<float> xn_;          // [T][D] normed input of qkv / gate_up / output
+  std::vector<ActBlock> xq_;       // [T][D / 32] the same, quantized
+  std::vector<float> out_rows_;    // [max_out][D] rows whose logits are wanted
+  std::vector<float> rope_cs_;     // [T][rope_dim] cos, sin interleaved per frequency
   std::vector<float> logits_pad_;  // [max_out][padded vocab]
-  std::vector<AttnItem> attn_items_;   // planned per step
-  std::unique_ptr<std::atomic<int>[]> attn_next_;  // [n_layer] next item a thread takes
-  std::unique_ptr<std::atomic<int>[]> matmul_next_;  // [4 * n_layer + 1] next tile of each matmul
-  std::vector<float> attn_partial_;    // [kMaxSplitTokens][n_head][max_splits][hd + 2] split-K partial results
-  std::vector<float> attn_scratch_;    // [n_threads][per-thread attention scratch]
-  size_t attn_scratch_per_thread_ = 0;
-  int max_splits_ = 1;
-  std::vector<std::pair<int, int>> split_tokens_;  // (token row, splits) of split-K attention
 };
 
 }  // namespace sysinfer

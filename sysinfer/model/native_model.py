@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import mmap
 import time
@@ -13,9 +14,11 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..config import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_STEP_TOKENS
-from ..threads import resolve_threads
+from ..topology import Node, Topology, detect_topology, plan_notes, plan_shares
 from .architecture import ModelHParams
 from .model_file import GGUFModelFile, ModelLoadError, TensorData, read_model_file
+
+log = logging.getLogger("sysinfer.loader")
 
 DEFAULT_MAX_OUT_ROWS = 64
 INT32_MAX = (1 << 31) - 1
@@ -86,7 +89,7 @@ class LoadedModel:
     """A model in the native core with its paged KV cache; `step` runs one forward pass."""
 
     def __init__(self, mf: GGUFModelFile, native, n_ctx: int, n_kv_blocks: int, block_size: int,
-                 max_step_tokens: int, max_out_rows: int, load_stats: LoadStats):
+                 max_step_tokens: int, max_out_rows: int, load_stats: LoadStats, topology: Topology | None = None):
         self.path = mf.path
         self.hparams: ModelHParams = mf.hparams
         self.metadata: dict[str, Any] = mf.metadata
@@ -100,6 +103,7 @@ class LoadedModel:
         self.max_step_tokens = max_step_tokens
         self.max_out_rows = max_out_rows
         self.load_stats = load_stats
+        self.topology = topology
         self._logits = np.zeros((max_out_rows, self.n_vocab), dtype=np.float32)  # [max_out_rows, n_vocab]
 
     @property
@@ -109,6 +113,14 @@ class LoadedModel:
     @property
     def n_threads(self) -> int:
         return self.native.n_threads
+
+    @property
+    def n_nodes(self) -> int:
+        return self.native.n_nodes
+
+    def node_report(self) -> list[dict]:
+        """Per node: threads, CPUs, its heads / FFN columns / vocabulary rows, bytes, memory binding."""
+        return self.native.node_report()
 
     def step(self, token_ids, positions, seq_starts, block_tables, context_lens, logits_rows) -> np.ndarray:
         """One forward pass for a batch; returns logits [len(logits_rows), n_vocab], a view that the
@@ -128,9 +140,10 @@ class LoadedModel:
 def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_ctx: int | None = None, kv_blocks: int | None = None,
                block_size: int = DEFAULT_BLOCK_SIZE, max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS,
                max_out_rows: int = DEFAULT_MAX_OUT_ROWS, progress: Callable[[int, int], None] | None = None,
-               cpus: list[int] | None = None) -> LoadedModel:
+               cpus: list[int] | None = None, numa: str | None = None) -> LoadedModel:
     """Validate (unless given a file read_model_file already validated), pack the weights into the
-    native core, release the file, allocate the KV cache."""
+    native core (each NUMA node's share into its own memory: sysinfer.topology), release the file,
+    allocate the KV cache. numa: "auto" | "tp" | "off" (default: SYSINFER_NUMA, else auto)."""
     start = time.perf_counter()
     mf = source if isinstance(source, GGUFModelFile) else read_model_file(source)
     path = mf.path
@@ -140,10 +153,18 @@ def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_c
     n_ctx = n_ctx or min(hp.n_ctx_train, DEFAULT_CTX_CAP)
     if n_ctx < 1:
         raise ValueError(f"context size must be positive, got {n_ctx}")
-    n_threads, allowed = resolve_threads(threads)
+    topology = detect_topology(threads, "off" if cpus is not None else numa)
     max_step_tokens = max(1, min(max_step_tokens, n_ctx))
     max_out_rows = max(1, min(max_out_rows, max_step_tokens))
     kv_blocks = kv_blocks or math.ceil(n_ctx / block_size)
+    if cpus:  # an explicit pinning: one node on these CPUs
+        topology.nodes = [Node(0, tuple(cpus[i % len(cpus)] for i in range(topology.n_threads)), None, ())]
+    types = {name: int(t.type) for name, t in mf.tensors.items()}
+    shares = plan_shares(hp, types, len(topology.nodes), block_size)
+    for note in plan_notes(hp, shares):
+        log.warning("%s", note)
+    nodes = [dict(threads=n.n_threads, cpus=list(n.cpus), mem_node=-1 if n.mem_node is None else n.mem_node, **s.native())
+             for n, s in zip(topology.nodes, shares)]
     config = hp.native_config(n_ctx)
     for key, value in config.items():  # the native core reads C ints: a bigger value is std::bad_cast
         if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= INT32_MAX:
@@ -152,13 +173,17 @@ def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_c
         if t.rows > INT32_MAX or t.cols > INT32_MAX:
             raise ModelLoadError(f"{path}: tensor {t.name!r} of shape {list(t.shape)} is too large for the native core")
     try:
-        native = _native.Model(config, n_threads, cpus if cpus is not None else allowed)
+        native = _native.Model(config, nodes)
         load_weights(native, mf, progress)
     except ValueError as e:  # shape/type problems the native side found
         raise ModelLoadError(f"{path}: {e}") from None
     native.init_cache(kv_blocks, block_size, max_step_tokens, max_out_rows)
+    failed = [i for i, r in enumerate(native.node_report()) if r["binding"] == "failed"]
+    if failed:
+        log.warning("binding memory to its NUMA node failed for node(s) %s (a kernel without NUMA support?): "
+                    "the kernel placed those pages", ", ".join(map(str, failed)))
     stats = LoadStats(time.perf_counter() - start, native.weight_bytes, native.kv_bytes)
-    model = LoadedModel(mf, native, n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows, stats)
+    model = LoadedModel(mf, native, n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows, stats, topology)
     mf.tensors.clear()  # drop the mmap views: the packed copy is all we keep
     del mf
     gc.collect()
