@@ -13,7 +13,7 @@ import statistics
 import sys
 
 from sysinfer.bench import bench_engine, run_length
-from sysinfer.model.loader import load_model
+from sysinfer.model.native_model import load_model
 from sysinfer.model.tokenizer import Tokenizer
 
 

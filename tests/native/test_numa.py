@@ -166,7 +166,7 @@ def numa_model(kind: str, nodes: int, **kwargs):
     if key not in _models:
         import os
 
-        from sysinfer.model.loader import load_model
+        from sysinfer.model.native_model import load_model
 
         old = os.environ.pop("SYSINFER_NUMA_NODES", None)
         if nodes > 1:
