@@ -15,6 +15,6 @@ install -m 0755 "$here/../runtime/sysinfer-bind" "$prefix/bin/sysinfer-bind"
 install -m 0755 "$here/healthcheck.py" "$prefix/bin/sysinfer-healthcheck"
 # Both scripts run with the environment's Python (no /usr/bin/env lookup at run time).
 sed -i "1s|.*|#!$prefix/bin/python|" "$prefix/bin/sysinfer-bind" "$prefix/bin/sysinfer-healthcheck"
-"$prefix/bin/python" -c "import sysinfer, sysinfer._native; print('sysinfer', sysinfer.__version__, 'native core ok')"
+"$prefix/bin/python" -I -c "import sysinfer, sysinfer._native; print('sysinfer', sysinfer.__version__, 'native core ok')"
 "$prefix/bin/sysinfer-server" --help >/dev/null
 "$prefix/bin/sysinfer-bind" >/dev/null
