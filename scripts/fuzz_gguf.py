@@ -13,7 +13,7 @@ exception, an input over the time bound, MemoryError under the address-space lim
 
 Modes:
   atheris (coverage-guided, libFuzzer; x86-64 wheels from PyPI; the corpus defaults to ./fuzz-corpus,
-  seeded with the headers and the regression files; FUZZ_SEEDS=tiny picks only the tiny models' headers,
+  seeded with the headers and the regression inputs; FUZZ_SEEDS=tiny picks only the tiny models' headers,
   FUZZ_MAX_MB / FUZZ_TIMEOUT set the limits below):
       scripts/fuzz_gguf.py atheris [-max_total_time=600] [-runs=N] [-timeout=10] [corpus dir...]
   structure-aware random mutations (no atheris needed; what CI runs, deterministic per --seed):
@@ -21,12 +21,15 @@ Modes:
   targeted field sweep (every count, length, type, n_dims, dim and offset of a header set to
   0, 1, 2^31, 2^32-1, 2^58+49152, 2^63, 2^64-1):
       scripts/fuzz_gguf.py sweep [--smollm2]
-  replay files (regressions):
-      scripts/fuzz_gguf.py replay tests/data/gguf_regressions/*
+  replay inputs (with no files: the regression inputs of tests/data/gguf_regressions.json):
+      scripts/fuzz_gguf.py replay [FILE ...]
 
 Every mode runs under an address-space limit (--max-mb, default 2048 MiB for the whole process) and
 a per-input time limit (--timeout, default 10 s, SIGALRM); failing inputs are written to --crash-dir
-(default ./fuzz-crashes) to be kept in tests/data/gguf_regressions/ (renamed to *.bin) once fixed.
+(default ./fuzz-crashes). Once one is fixed, keep it as a recipe in tests/data/gguf_regressions.json:
+its byte edits of the tiny llama model's header, each anchored to a header field (no binary files in
+the repository; `regression_inputs` rebuilds the inputs and checks each edit still finds the bytes
+it replaces).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REGRESSIONS = ROOT / "tests" / "data" / "gguf_regressions"
+REGRESSIONS = ROOT / "tests" / "data" / "gguf_regressions.json"
 PAD_TO = 128 << 20        # inputs are extended (sparsely) to this many bytes
 INTERESTING = (0, 1, 1 << 31, (1 << 32) - 1, (1 << 58) + 49152, 1 << 63, (1 << 64) - 1)
 FIELD_KINDS = ("count", "length", "type", "ndims", "dim", "offset", "version")
@@ -278,9 +281,33 @@ def save_failures(failures, folder: Path) -> None:
         print(f"  saved {folder / f'crash-{digest}.gguf'} ({len(data)} bytes)")
 
 
-def regression_files() -> list[Path]:
-    """The kept inputs: *.bin (the repository ignores *.gguf, which would be model files)."""
-    return sorted(REGRESSIONS.glob("*.bin")) if REGRESSIONS.is_dir() else []
+def regression_inputs() -> dict[str, bytes]:
+    """The kept failing inputs, rebuilt from their recipes: edits of the tiny llama model's header, each
+    {field, kind, nth: which occurrence of that field, at: offset from the field's start, old: the
+    bytes it replaces (hex, checked), new: the bytes put there (hex)}."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from model_files import tiny_model
+
+    base = header_bytes(tiny_model("llama"))
+    fields = layout(base)
+    inputs = {}
+    for recipe in json.loads(REGRESSIONS.read_text()):
+        data = base
+        spans = []
+        for e in recipe["edits"]:
+            matches = [f for f in fields if f[3] == e["field"] and f[0] == e["kind"]]
+            start = matches[e["nth"]][1] + e["at"]
+            old = bytes.fromhex(e["old"])
+            if base[start : start + len(old)] != old:
+                raise SystemExit(f"regression {recipe['name']}: the tiny model's header changed under the edit at "
+                                 f"{e['field']!r}; rebuild the recipe")
+            spans.append((start, len(old), bytes.fromhex(e["new"])))
+        for start, n_old, new in sorted(spans, reverse=True):  # from the end: earlier offsets stay valid
+            data = data[:start] + new + data[start + n_old :]
+        inputs[recipe["name"]] = data
+    return inputs
 
 
 # ---- atheris ----
@@ -318,8 +345,8 @@ def run_atheris(argv: list[str], harness_timeout: float) -> None:
             if only and only not in Path(path).name:
                 continue
             (folder / (Path(path).stem + ".header")).write_bytes(header_bytes(path))
-        for path in regression_files():
-            (folder / path.name).write_bytes(path.read_bytes())
+        for name, data in regression_inputs().items():
+            (folder / f"{name}.regression").write_bytes(data)
         argv = argv + [str(folder)]
         print(f"corpus: {folder}", file=sys.stderr)
     if not any(a.startswith("-max_len=") for a in argv):
@@ -362,15 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     failures: list = []
     try:
         if args.mode == "replay":
-            files = [Path(f) for f in args.files] or regression_files()
-            for f in files:
+            inputs = {Path(f).name: Path(f).read_bytes() for f in args.files} or regression_inputs()
+            for name, data in inputs.items():
                 try:
-                    outcome = harness.run(f.read_bytes())
-                    print(f"{f.name}: {outcome[:160]}")
+                    outcome = harness.run(data)
+                    print(f"{name}: {outcome[:160]}")
                 except Failure as e:
-                    failures.append((f.name, f.read_bytes(), str(e)))
-                    print(f"FAIL {f.name}: {e}")
-            runs = len(files)
+                    failures.append((name, data, str(e)))
+                    print(f"FAIL {name}: {e}")
+            runs = len(inputs)
         else:
             seeds = {}
             for path in seed_files():
