@@ -338,15 +338,22 @@ double time_gemm(const Kernels& k, WType type, const std::vector<uint8_t>& packe
   return best;
 }
 
+// The compiled tables this CPU runs, generic first.
+std::vector<const Kernels*> runnable_tables() {
+  const Kernels* all[8];
+  const int n = compiled_tables(all, 8);
+  const CpuFeatures f = detect_cpu_features();
+  std::vector<const Kernels*> out;
+  for (int i = 0; i < n; ++i)
+    if (cpu_runs(*all[i], f)) out.push_back(all[i]);
+  return out;
+}
+
 // Single thread. Decode: GEMV (1 token) on Llama-3-8B's FFN shape (14336 x 4096, 33 MB as Q4_0:
 // larger than the caches), in GB/s of packed weights. Prefill: 64 tokens on 4096 x 4096, in
 // GOPS (2 * rows * cols * tokens per second).
 void bench(bool all_types) {
-  std::vector<const Kernels*> tables = {&generic_kernels()};
-  const CpuFeatures f = detect_cpu_features();
-  if (avx2_kernels() && f.avx2 && f.fma && f.f16c) tables.push_back(avx2_kernels());
-  if (neon_kernels() && f.neon) tables.push_back(neon_kernels());
-  if (neon_dotprod_kernels() && f.neon && f.dotprod) tables.push_back(neon_dotprod_kernels());
+  const std::vector<const Kernels*> tables = runnable_tables();
   std::vector<WType> types = {WType::Q4_0};
   if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16};
   for (WType type : types) {
@@ -419,18 +426,18 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--expect") && i + 1 < argc) expect = argv[++i];
   }
   const CpuFeatures f = detect_cpu_features();
-  std::printf("cpu: avx2=%d fma=%d f16c=%d neon=%d dotprod=%d; selected table: %s\n", f.avx2, f.fma, f.f16c, f.neon,
-              f.dotprod, select_kernels().name);
+  std::printf("cpu: avx2=%d fma=%d f16c=%d avx512=%d neon=%d dotprod=%d; selected table: %s\n", f.avx2, f.fma, f.f16c,
+              f.avx512, f.neon, f.dotprod, select_kernels().name);
   if (expect) check(std::strcmp(select_kernels().name, expect) == 0, std::string("selected table is ") + expect);
   check_packing();
   check_quantize(generic_kernels());
   check_softmax_exp(generic_kernels());
   int tested = 0;
-  for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()}) {
-    if (!k) continue;
-    const bool runs = (k == avx2_kernels() && f.avx2 && f.fma && f.f16c) || (k == neon_kernels() && f.neon) ||
-                      (k == neon_dotprod_kernels() && f.neon && f.dotprod);
-    if (!runs) { std::printf("skip %s: not supported by this CPU\n", k->name); continue; }
+  const Kernels* all[8];
+  const int n_compiled = compiled_tables(all, 8);
+  for (int i = 1; i < n_compiled; ++i) {  // all[0] is generic
+    const Kernels* k = all[i];
+    if (!cpu_runs(*k, f)) { std::printf("skip %s: not supported by this CPU\n", k->name); continue; }
     std::printf("checking %s against generic\n", k->name);
     run_checks(*k);
     ++tested;
