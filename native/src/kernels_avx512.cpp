@@ -1,7 +1,7 @@
 // AVX-512 kernel table (F, BW, VL and VNNI; this file is compiled with those flags plus AVX2/FMA/F16C,
 // and the table is chosen at run time only on CPUs, and under OSes, that have them all). Twin of
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
-// arithmetic of Q4_0, Q4_1 and Q8_0. What it does not redo (Q6_K, float rows, attention, activation
+// arithmetic of Q4_0, Q4_1, Q8_0 and attention. What it does not redo (Q6_K, float rows, activation
 // quantization, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
 // these flags.
 //
@@ -214,7 +214,53 @@ struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   }
 };
 
-constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention>(
+// ---- attention over one KV block (c (+)= a . b, see kernels_simd.h) ----
+//
+// Tiles of R rows x NV vectors of 16 columns (the last one masked to the columns left): each loaded
+// vector of b serves R rows, and each output is one FMA chain over k, as in the AVX2 table (so the
+// two tables give the same bits here).
+
+template <int R, int NV, bool Accumulate>
+void fma_tile16(const float* a, int lda, const float* b, int ldb, int n_inner, int nc, float* c, int ldc) {
+  __mmask16 m[NV];
+  for (int u = 0; u < NV; ++u) {
+    const int left = nc - 16 * u;
+    m[u] = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+  }
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u)
+      acc[r][u] = Accumulate ? _mm512_maskz_loadu_ps(m[u], c + size_t(r) * ldc + 16 * u) : _mm512_setzero_ps();
+  for (int k = 0; k < n_inner; ++k) {
+    __m512 bk[NV];
+    for (int u = 0; u < NV; ++u) bk[u] = _mm512_maskz_loadu_ps(m[u], b + size_t(k) * ldb + 16 * u);
+    for (int r = 0; r < R; ++r) {
+      const __m512 ak = _mm512_set1_ps(a[size_t(r) * lda + k]);
+      for (int u = 0; u < NV; ++u) acc[r][u] = _mm512_fmadd_ps(ak, bk[u], acc[r][u]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) _mm512_mask_storeu_ps(c + size_t(r) * ldc + 16 * u, m[u], acc[r][u]);
+}
+
+struct Attention512 {  // see kernels_simd.h
+  // Column strips of up to 64 (4 vectors), rows 4 at a time, then the 1-3 rows left.
+  template <bool Accumulate>
+  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
+                       float* c, int ldc) {
+    for (int j = 0; j < n_cols; j += 64) {
+      const int nc = std::min(64, n_cols - j);
+      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
+        simd::with_count<4>((nc + 15) / 16, [&](auto vectors) {
+          fma_tile16<decltype(rows)::value, decltype(vectors)::value, Accumulate>(
+              a + size_t(r) * lda, lda, b + j, ldb, n_inner, nc, c + size_t(r) * ldc + j, ldc);
+        });
+      });
+    }
+  }
+};
+
+constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512>(
     "avx512", quantize_act, f16_to_f32, f32_to_f16);
 
 }  // namespace

@@ -7,6 +7,7 @@
 //   test_kernels --expect NAME   also check that select_kernels() picks NAME on this CPU
 //   test_kernels --bench [all]   single-thread GEMV (8B FFN-sized) and 64-token GEMM speed of each
 //                                table this CPU runs, for Q4_0 (or every type)
+//   test_kernels --bench-peak    (x86 with AVX-512 VNNI) one core's clock and vpdpbusd throughput: its int8 peak
 //   test_kernels --bench-dram    two-thread Q4_0 GEMV over 1 GB of weights (out of every cache, as
 //                                decode of a big model is) against a two-thread read of the same bytes
 #include <algorithm>
@@ -416,12 +417,60 @@ void bench_dram() {
               packed.size() / 1e6, n_threads, gemv, read, 100 * gemv / read);
 }
 
+#if defined(__x86_64__)
+// 12 independent vpdpbusd chains (zmm or ymm) per iteration, or 8 dependent scalar adds (one per
+// cycle: the clock). Inline assembly, so this file needs no AVX-512 flags; run only where CPUID says.
+#define SYSINFER_DP12(w)                                                                                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "0\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "1\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "2\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "3\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "4\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "5\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "6\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "7\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "8\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "9\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "10\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "11\n\t"
+template <int Kind>  // 0: clock (scalar adds), 1: vpdpbusd zmm, 2: vpdpbusd ymm
+double per_second(long n) {
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t x = 0;
+  for (long i = 0; i < n; ++i) {
+    if constexpr (Kind == 0)
+      __asm__ volatile("add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\t"
+                       "add $1,%0\n\tadd $1,%0" : "+r"(x));
+    else if constexpr (Kind == 1)
+      __asm__ volatile(SYSINFER_DP12("zmm") ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                       "xmm8", "xmm9", "xmm10", "xmm11");
+    else
+      __asm__ volatile(SYSINFER_DP12("ymm") ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                       "xmm8", "xmm9", "xmm10", "xmm11");
+  }
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return (Kind == 0 ? 8.0 : 12.0) * n / sec;
+}
+#undef SYSINFER_DP12
+
+// The int8 peak of one core: vpdpbusd throughput per cycle x clock; each zmm vpdpbusd is 64
+// multiply-adds (128 int8 ops). Best of 7 rounds (a shared machine only ever slows a round down).
+void bench_peak() {
+  if (!detect_cpu_features().avx512) { std::printf("no AVX-512 VNNI on this CPU\n"); return; }
+  double clock = 0, zmm = 0, ymm = 0;
+  for (int r = 0; r < 7; ++r) {
+    clock = std::max(clock, per_second<0>(100000000));
+    zmm = std::max(zmm, per_second<1>(20000000));
+    ymm = std::max(ymm, per_second<2>(20000000));
+  }
+  std::printf("clock %.2f GHz (dependent adds); vpdpbusd zmm %.2f/cycle, ymm %.2f/cycle; int8 peak %.0f GOPS per "
+              "core (zmm: 128 ops each)\n", clock / 1e9, zmm / clock, ymm / clock, zmm * 128 / 1e9);
+}
+#else
+void bench_peak() { std::printf("--bench-peak is for x86-64\n"); }
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* expect = nullptr;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
+    if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
     if (!std::strcmp(argv[i], "--bench")) { bench(i + 1 < argc && !std::strcmp(argv[i + 1], "all")); return 0; }
     if (!std::strcmp(argv[i], "--expect") && i + 1 < argc) expect = argv[++i];
   }
