@@ -146,9 +146,10 @@ nb::list node_report(const Model& m) {
 }
 
 const Kernels* kernels_by_name(const std::string& name) {
-  if (name == "generic") return &generic_kernels();
-  for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()})
-    if (k && name == k->name) return k;
+  const Kernels* all[8];
+  const int n = compiled_tables(all, 8);
+  for (int i = 0; i < n; ++i)
+    if (name == all[i]->name) return all[i];
   throw std::invalid_argument("no kernel table named " + name + " in this build");
 }
 
@@ -180,12 +181,17 @@ nb::dict cpu_info() {
   nb::dict d;
   const CpuFeatures f = detect_cpu_features();
   d["kernels"] = select_kernels().name;
-  nb::list available;
-  available.append("generic");
-  for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()})
-    if (k) available.append(k->name);
-  d["compiled"] = available;
+  nb::list compiled, runnable;
+  const Kernels* all[8];
+  const int n = compiled_tables(all, 8);
+  for (int i = 0; i < n; ++i) {
+    compiled.append(all[i]->name);
+    if (cpu_runs(*all[i], f)) runnable.append(all[i]->name);
+  }
+  d["compiled"] = compiled;
+  d["runnable"] = runnable;  // the compiled tables this CPU runs
   d["avx2"] = f.avx2;
+  d["avx512"] = f.avx512;
   d["fma"] = f.fma;
   d["f16c"] = f.f16c;
   d["neon"] = f.neon;

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 
 #include "kernels.h"
 
@@ -22,6 +23,9 @@ namespace sysinfer {
 #if !defined(SYSINFER_HAVE_AVX2)
 const Kernels* avx2_kernels() { return nullptr; }
 #endif
+#if !defined(SYSINFER_HAVE_AVX512)
+const Kernels* avx512_kernels() { return nullptr; }
+#endif
 #if !defined(SYSINFER_HAVE_NEON)
 const Kernels* neon_kernels() { return nullptr; }
 const Kernels* neon_dotprod_kernels() { return nullptr; }
@@ -41,7 +45,18 @@ CpuFeatures detect_cpu_features() {
       __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
       ymm_enabled = (lo & 0x6) == 0x6;  // the OS saves XMM and YMM state
     }
-    if (ymm_enabled && __get_cpuid_count(7, 0, &a, &b, &c, &d)) f.avx2 = b & (1u << 5);
+    bool zmm_enabled = false;  // the OS also saves the opmask registers and all 32 zmm (XCR0 bits 5-7)
+    if (osxsave && avx) {
+      unsigned lo, hi;
+      __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+      zmm_enabled = (lo & 0xE6) == 0xE6;
+    }
+    if (ymm_enabled && __get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+      f.avx2 = b & (1u << 5);
+      const bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
+      const bool vnni = c & (1u << 11);
+      f.avx512 = zmm_enabled && avx512f && avx512bw && avx512vl && vnni && f.avx2 && f.fma && f.f16c;
+    }
     if (!ymm_enabled) f.fma = f.f16c = false;
   }
 #elif defined(__aarch64__) && defined(__linux__)
@@ -54,19 +69,34 @@ CpuFeatures detect_cpu_features() {
   return f;
 }
 
+int compiled_tables(const Kernels* out[], int max) {
+  int n = 0;
+  for (const Kernels* k : {&generic_kernels(), avx2_kernels(), avx512_kernels(), neon_kernels(), neon_dotprod_kernels()})
+    if (k && n < max) out[n++] = k;
+  return n;
+}
+
+bool cpu_runs(const Kernels& k, const CpuFeatures& f) {
+  if (&k == avx2_kernels()) return f.avx2 && f.fma && f.f16c;
+  if (&k == avx512_kernels()) return f.avx512;
+  if (&k == neon_kernels()) return f.neon;
+  if (&k == neon_dotprod_kernels()) return f.neon && f.dotprod;
+  return &k == &generic_kernels();
+}
+
 namespace {
+// Best first: the first compiled table this CPU runs.
 const Kernels* best_table(const CpuFeatures& f) {
-  if (f.avx2 && f.fma && f.f16c && avx2_kernels()) return avx2_kernels();
-  if (f.neon && f.dotprod && neon_dotprod_kernels()) return neon_dotprod_kernels();
-  if (f.neon && neon_kernels()) return neon_kernels();
+  for (const Kernels* k : {avx512_kernels(), avx2_kernels(), neon_dotprod_kernels(), neon_kernels()})
+    if (k && cpu_runs(*k, f)) return k;
   return &generic_kernels();
 }
 
 const Kernels* table_by_name(const char* name, const CpuFeatures& f) {
-  if (!std::strcmp(name, "generic")) return &generic_kernels();
-  if (!std::strcmp(name, "avx2") && f.avx2 && f.fma && f.f16c) return avx2_kernels();
-  if (!std::strcmp(name, "neon") && f.neon) return neon_kernels();
-  if (!std::strcmp(name, "neon-dotprod") && f.neon && f.dotprod) return neon_dotprod_kernels();
+  const Kernels* all[8];
+  const int n = compiled_tables(all, 8);
+  for (int i = 0; i < n; ++i)
+    if (!std::strcmp(name, all[i]->name) && cpu_runs(*all[i], f)) return all[i];
   return nullptr;
 }
 

@@ -1,5 +1,5 @@
 // The kernel contract: every arithmetic routine the model needs, as a table of function
-// pointers. One table per instruction set (generic, avx2, neon, neon-dotprod); the model picks one
+// pointers. One table per instruction set (generic, avx2, avx512, neon, neon-dotprod); the model picks one
 // at start-up from the CPU's features (the only place ISA-specific code is chosen). Every SIMD table
 // has the generic table as its twin, and native/tests/test_kernels.cpp holds them equal; the SIMD
 // tables share their loops (kernels_simd.h) and differ only in arithmetic.
@@ -54,7 +54,7 @@ struct ActBlock {
 static_assert(sizeof(ActBlock) == 40, "ActBlock layout");
 
 struct Kernels {
-  const char* name;  // "generic", "avx2", "neon", "neon-dotprod"
+  const char* name;  // "generic", "avx2", "avx512", "neon", "neon-dotprod"
 
   // x[n] -> out[n / 32]; n % 32 == 0. d = max|x| / 127 and, in float32, s = x * (1 / d),
   // qs = trunc(s + copysign(0.5, s)) (round half away from zero; d = 0 gives qs = 0).
@@ -91,16 +91,24 @@ struct Kernels {
 // Kernel tables. The SIMD getters return nullptr when that table is not compiled in.
 const Kernels& generic_kernels();
 const Kernels* avx2_kernels();
+const Kernels* avx512_kernels();  // AVX-512 F/BW/VL + VNNI
 const Kernels* neon_kernels();
 const Kernels* neon_dotprod_kernels();
 
 // What this CPU can run (checked at run time, not compile time).
-struct CpuFeatures { bool avx2 = false, fma = false, f16c = false, neon = false, dotprod = false; };
+// avx512: F, BW, VL and VNNI all present, and the OS saves the opmask and 512-bit register state.
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false, avx512 = false, neon = false, dotprod = false;
+};
 CpuFeatures detect_cpu_features();
 
-// The best table this CPU runs; SYSINFER_KERNELS=generic|avx2|neon|neon-dotprod forces one (an
+// The best table this CPU runs; SYSINFER_KERNELS=generic|avx2|avx512|neon|neon-dotprod forces one (an
 // unavailable name falls back to the best, with a warning on stderr).
 const Kernels& select_kernels();
+// Whether this CPU runs table k (one of the getters' tables).
+bool cpu_runs(const Kernels& k, const CpuFeatures& f);
+// The compiled tables (generic first, then the getters' non-null ones, best last per ISA).
+int compiled_tables(const Kernels* out[], int max);
 
 // ---- Packing and dequantization (layout only: shared by every kernel table) ----
 size_t gguf_row_bytes(WType type, int cols);              // bytes of one GGUF row

@@ -5,14 +5,16 @@
 //
 //   test_kernels                 run the checks; closing line "N passed, M failed"
 //   test_kernels --expect NAME   also check that select_kernels() picks NAME on this CPU
-//   test_kernels --bench [all]   single-thread GEMV (8B FFN-sized) and 64-token GEMM speed of each
-//                                table this CPU runs, for Q4_0 (or every type)
+//   test_kernels --bench [all] [N]  single-thread GEMV (8B FFN-sized) and N-token (64) GEMM speed of
+//                                each table this CPU runs, for Q4_0 (or every type)
+//   test_kernels --bench-peak    (x86 with AVX-512 VNNI) one core's clock and vpdpbusd throughput: its int8 peak
 //   test_kernels --bench-dram    two-thread Q4_0 GEMV over 1 GB of weights (out of every cache, as
 //                                decode of a big model is) against a two-thread read of the same bytes
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -338,19 +340,26 @@ double time_gemm(const Kernels& k, WType type, const std::vector<uint8_t>& packe
   return best;
 }
 
+// The compiled tables this CPU runs, generic first.
+std::vector<const Kernels*> runnable_tables() {
+  const Kernels* all[8];
+  const int n = compiled_tables(all, 8);
+  const CpuFeatures f = detect_cpu_features();
+  std::vector<const Kernels*> out;
+  for (int i = 0; i < n; ++i)
+    if (cpu_runs(*all[i], f)) out.push_back(all[i]);
+  return out;
+}
+
 // Single thread. Decode: GEMV (1 token) on Llama-3-8B's FFN shape (14336 x 4096, 33 MB as Q4_0:
 // larger than the caches), in GB/s of packed weights. Prefill: 64 tokens on 4096 x 4096, in
 // GOPS (2 * rows * cols * tokens per second).
-void bench(bool all_types) {
-  std::vector<const Kernels*> tables = {&generic_kernels()};
-  const CpuFeatures f = detect_cpu_features();
-  if (avx2_kernels() && f.avx2 && f.fma && f.f16c) tables.push_back(avx2_kernels());
-  if (neon_kernels() && f.neon) tables.push_back(neon_kernels());
-  if (neon_dotprod_kernels() && f.neon && f.dotprod) tables.push_back(neon_dotprod_kernels());
+void bench(bool all_types, int ntok) {
+  const std::vector<const Kernels*> tables = runnable_tables();
   std::vector<WType> types = {WType::Q4_0};
   if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16};
   for (WType type : types) {
-    const int rows = 14336, cols = 4096, prows = 4096, ntok = 64;
+    const int rows = 14336, cols = 4096, prows = 4096;
     const auto gguf = random_gguf_matrix(type, rows, cols);
     std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
     pack_matrix(type, gguf.data(), rows, cols, packed.data());
@@ -363,6 +372,10 @@ void bench(bool all_types) {
     for (const Kernels* k : tables) {
       const bool slow = !std::strcmp(k->name, "generic");
       const double dec = time_gemm(*k, type, packed, rows, cols, in, 1, slow ? 2 : 10);
+      if (slow && ntok > 64) {  // seconds per call: not worth the wait
+        std::printf("  %-13s (not timed for N > 64)\n", k->name);
+        continue;
+      }
       const double pre = time_gemm(*k, type, packed, prows, cols, in, ntok, slow ? 1 : 3);
       std::printf("  %-13s decode %dx%d: %7.2f ms, %5.1f GB/s | prefill %d tok %dx%d: %7.1f ms, %6.1f GOPS\n",
                   k->name, rows, cols, dec * 1e3, packed.size() / dec / 1e9, ntok, prows, cols, pre * 1e3,
@@ -409,28 +422,81 @@ void bench_dram() {
               packed.size() / 1e6, n_threads, gemv, read, 100 * gemv / read);
 }
 
+#if defined(__x86_64__)
+// 12 independent vpdpbusd chains (zmm or ymm) per iteration, or 8 dependent scalar adds (one per
+// cycle: the clock). Inline assembly, so this file needs no AVX-512 flags; run only where CPUID says.
+#define SYSINFER_DP12(w)                                                                                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "0\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "1\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "2\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "3\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "4\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "5\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "6\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "7\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "8\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "9\n\t"                       \
+  "vpdpbusd %%" w "14,%%" w "15,%%" w "10\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "11\n\t"
+template <int Kind>  // 0: clock (scalar adds), 1: vpdpbusd zmm, 2: vpdpbusd ymm
+double per_second(long n) {
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t x = 0;
+  for (long i = 0; i < n; ++i) {
+    if constexpr (Kind == 0)
+      __asm__ volatile("add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\t"
+                       "add $1,%0\n\tadd $1,%0" : "+r"(x));
+    else if constexpr (Kind == 1)
+      __asm__ volatile(SYSINFER_DP12("zmm") ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                       "xmm8", "xmm9", "xmm10", "xmm11");
+    else
+      __asm__ volatile(SYSINFER_DP12("ymm") ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                       "xmm8", "xmm9", "xmm10", "xmm11");
+  }
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return (Kind == 0 ? 8.0 : 12.0) * n / sec;
+}
+#undef SYSINFER_DP12
+
+// The int8 peak of one core: vpdpbusd throughput per cycle x clock; each zmm vpdpbusd is 64
+// multiply-adds (128 int8 ops). Best of 7 rounds (a shared machine only ever slows a round down).
+void bench_peak() {
+  if (!detect_cpu_features().avx512) { std::printf("no AVX-512 VNNI on this CPU\n"); return; }
+  double clock = 0, zmm = 0, ymm = 0;
+  for (int r = 0; r < 7; ++r) {
+    clock = std::max(clock, per_second<0>(100000000));
+    zmm = std::max(zmm, per_second<1>(20000000));
+    ymm = std::max(ymm, per_second<2>(20000000));
+  }
+  std::printf("clock %.2f GHz (dependent adds); vpdpbusd zmm %.2f/cycle, ymm %.2f/cycle; int8 peak %.0f GOPS per "
+              "core (zmm: 128 ops each)\n", clock / 1e9, zmm / clock, ymm / clock, zmm * 128 / 1e9);
+}
+#else
+void bench_peak() { std::printf("--bench-peak is for x86-64\n"); }
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* expect = nullptr;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
-    if (!std::strcmp(argv[i], "--bench")) { bench(i + 1 < argc && !std::strcmp(argv[i + 1], "all")); return 0; }
+    if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
+    if (!std::strcmp(argv[i], "--bench")) {
+      const bool all = i + 1 < argc && !std::strcmp(argv[i + 1], "all");
+      const int at = i + 1 + all;  // an optional token count for the prefill figure (64 by default)
+      bench(all, at < argc ? std::max(2, std::atoi(argv[at])) : 64);
+      return 0;
+    }
     if (!std::strcmp(argv[i], "--expect") && i + 1 < argc) expect = argv[++i];
   }
   const CpuFeatures f = detect_cpu_features();
-  std::printf("cpu: avx2=%d fma=%d f16c=%d neon=%d dotprod=%d; selected table: %s\n", f.avx2, f.fma, f.f16c, f.neon,
-              f.dotprod, select_kernels().name);
+  std::printf("cpu: avx2=%d fma=%d f16c=%d avx512=%d neon=%d dotprod=%d; selected table: %s\n", f.avx2, f.fma, f.f16c,
+              f.avx512, f.neon, f.dotprod, select_kernels().name);
   if (expect) check(std::strcmp(select_kernels().name, expect) == 0, std::string("selected table is ") + expect);
   check_packing();
   check_quantize(generic_kernels());
   check_softmax_exp(generic_kernels());
   int tested = 0;
-  for (const Kernels* k : {avx2_kernels(), neon_kernels(), neon_dotprod_kernels()}) {
-    if (!k) continue;
-    const bool runs = (k == avx2_kernels() && f.avx2 && f.fma && f.f16c) || (k == neon_kernels() && f.neon) ||
-                      (k == neon_dotprod_kernels() && f.neon && f.dotprod);
-    if (!runs) { std::printf("skip %s: not supported by this CPU\n", k->name); continue; }
+  const Kernels* all[8];
+  const int n_compiled = compiled_tables(all, 8);
+  for (int i = 1; i < n_compiled; ++i) {  // all[0] is generic
+    const Kernels* k = all[i];
+    if (!cpu_runs(*k, f)) { std::printf("skip %s: not supported by this CPU\n", k->name); continue; }
     std::printf("checking %s against generic\n", k->name);
     run_checks(*k);
     ++tested;

@@ -3,7 +3,11 @@ and the packed formats against the `gguf` package's definition of each quantizat
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,10 +20,47 @@ from sysinfer import _native
 from kernel_builds import CROSS_TOOLS, REPO, build_test_kernels, run_and_check
 from sysinfer.model.synth import random_matrix_bytes
 
-def test_host_simd_tables_equal_generic():
-    binary = build_test_kernels("host")
-    expected = _native.info()["kernels"]
-    run_and_check([str(binary), "--expect", expected], expect_tables=0 if expected == "generic" else 1)
+@pytest.fixture(scope="module")
+def host_binary():
+    return build_test_kernels("host")
+
+
+def test_host_simd_tables_equal_generic(host_binary):
+    """Every SIMD table this CPU runs (avx2, and avx512 where the CPU has AVX-512 VNNI) against generic."""
+    info = _native.info()
+    out = run_and_check([str(host_binary), "--expect", info["kernels"]], expect_tables=len(info["runnable"]) - 1)
+    for table in set(info["compiled"]) - set(info["runnable"]):
+        assert f"skip {table}: not supported by this CPU" in out
+
+
+X86_ONLY = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 host build")
+
+
+@X86_ONLY
+def test_avx2_only_cpu_gets_avx2_under_qemu(host_binary):
+    """A Haswell (AVX2, FMA, F16C; no AVX-512) is given the avx2 table; avx512 is skipped, with its reason."""
+    if "avx512" not in _native.info()["compiled"]:
+        pytest.skip("this compiler built no avx512 table")
+    out = run_and_check(["qemu-x86_64", "-cpu", "Haswell", str(host_binary), "--expect", "avx2"], 1)
+    assert "skip avx512: not supported by this CPU" in out
+
+
+@X86_ONLY
+def test_cpu_without_avx2_gets_generic_under_qemu(host_binary):
+    out = run_and_check(["qemu-x86_64", "-cpu", "Nehalem", str(host_binary), "--expect", "generic"], 0)
+    assert "skip avx2: not supported by this CPU" in out
+
+
+@pytest.mark.parametrize("forced", ["generic", "avx2", "avx512"])
+def test_sysinfer_kernels_forces_a_table(forced):
+    """SYSINFER_KERNELS names the table (when this CPU runs it), as `sysinfer info` reports it."""
+    if forced not in _native.info()["runnable"]:
+        pytest.skip(f"this CPU does not run {forced}")
+    env = {**os.environ, "SYSINFER_KERNELS": forced}
+    code = "from sysinfer import _native; print(_native.info()['kernels'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == forced
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +112,7 @@ def test_every_table_matches_gguf_dequantize(qtype, rows, blocks, n_tok, seed):
     x[:, rng.integers(0, cols)] *= 30  # an outlier channel, as real activations have
     xin = x if qtype in (QT.F32, QT.F16) else q8_round_trip(x)
     expected = xin.astype(np.float64) @ w.T.astype(np.float64)
-    for table in _native.info()["compiled"]:
-        if table not in ("generic", _native.info()["kernels"]):
-            continue  # a table this CPU can't run
+    for table in _native.info()["runnable"]:  # every table this CPU runs, generic included
         y = _native.gemm_check(table, int(qtype), rows, cols, data, x)
         tol = 1e-4 * (np.abs(xin) @ np.abs(w).T) + 1e-5
         assert np.all(np.abs(y - expected) <= tol), (table, float(np.abs(y - expected).max()))

@@ -1,0 +1,401 @@
+// AVX2 + FMA + F16C arithmetic (for files compiled with at least -mavx2 -mfma -mf16c), included by
+// kernels_avx2.cpp, whose table is all of it, and by kernels_avx512.cpp, which takes what it does not
+// redo at 512 bits (Q6_K, float rows, activation quantization, fp16 conversion). Twin of
+// kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
+// arithmetic. Everything is in an unnamed namespace: each including file has its own copy, built with
+// its own flags.
+//
+// Quantized GEMM: one 32-byte load of an interleaved tile holds the same 4 bytes of all 8 rows, so
+// `maddubs` against the matching 4 activation bytes broadcast to every lane gives each lane (row)
+// its own partial dot product: no horizontal sums inside the loop. Up to 4 tokens share each
+// unpacked weight tile (prefill).
+#pragma once
+
+#include <algorithm>
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels.h"
+#include "kernels_simd.h"
+
+namespace sysinfer {
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+struct F32x8 {  // for simd::RowSums
+  using V = __m256;
+  static float sum(__m256 v) { return hsum(v); }
+};
+
+inline int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline __m256 load_fp16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes to every 32-bit lane
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// ---- activations ----
+
+void quantize_act(const float* x, ActBlock* out, int n) {
+  const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f);
+  for (int b = 0; b < n / QK; ++b) {
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + b * QK + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127.f;
+    const __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) {  // trunc(x / d + copysign(0.5, x)): round half away from zero
+      const __m256 s = _mm256_mul_ps(v[i], inv);
+      q[i] = _mm256_cvttps_epi32(_mm256_add_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign), half)));
+    }
+    ActBlock& o = out[b];
+    o.d = d;
+    o.sum[0] = int16_t(hsum_i32(_mm256_add_epi32(q[0], q[1])));
+    o.sum[1] = int16_t(hsum_i32(_mm256_add_epi32(q[2], q[3])));
+    // int32 x 32 -> int8 x 32; packs interleave 128-bit lanes, the permute restores the order.
+    const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    const __m256i ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.qs), ordered);
+  }
+}
+
+// ---- Q4_0 / Q4_1: 8 rows x 32 columns per tile block ----
+
+// Per-row int32 dot products of one Q4 tile block with one activation block (weights unsigned).
+inline __m256i q4_tile_dot(const __m256i lo[4], const __m256i hi[4], const ActBlock& a) {
+  __m256i s16 = _mm256_maddubs_epi16(lo[0], bcast4(a.qs + 0));  // |each| <= 2*15*127: 8 fit int16
+  s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[0], bcast4(a.qs + 16)));
+  for (int g = 1; g < 4; ++g) {
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[g], bcast4(a.qs + 4 * g)));
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[g], bcast4(a.qs + 16 + 4 * g)));
+  }
+  return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+}
+
+inline void unpack_q4(const uint8_t (*q)[8][4], __m256i lo[4], __m256i hi[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int g = 0; g < 4; ++g) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[g]));
+    lo[g] = _mm256_and_si256(v, m4);
+    hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+  }
+}
+
+// acc (8 rows) += one unpacked Q4_0 tile block (scales dw) times activation block a.
+inline __m256 q4_0_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, const ActBlock& a, __m256 acc) {
+  const __m256i dot = _mm256_sub_epi32(q4_tile_dot(lo, hi, a), _mm256_set1_epi32(8 * (a.sum[0] + a.sum[1])));
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
+}
+
+// The 8 row sums of one tile for one token.
+struct TileAcc {
+  __m256 v = _mm256_setzero_ps();
+  void store(float* y) const { _mm256_storeu_ps(y, v); }
+};
+
+struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256i lo[4], hi[4];
+    unpack_q4(b.q, lo, hi);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = q4_0_block(lo, hi, dw, a[i * a_stride], acc[i].v);
+  }
+};
+
+// acc (8 rows) += one unpacked Q4_1 tile block (scales dw, minimums mw) times activation block a.
+inline __m256 q4_1_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, __m256 mw, const ActBlock& a,
+                         __m256 acc) {
+  const __m256 dot = _mm256_cvtepi32_ps(q4_tile_dot(lo, hi, a));
+  acc = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
+  return _mm256_fmadd_ps(mw, _mm256_set1_ps(a.d * float(a.sum[0] + a.sum[1])), acc);
+}
+
+struct GemmQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256i lo[4], hi[4];
+    unpack_q4(b.q, lo, hi);
+    const __m256 dw = load_fp16x8(b.d), mw = load_fp16x8(b.m);
+    for (int i = 0; i < NT; ++i) acc[i].v = q4_1_block(lo, hi, dw, mw, a[i * a_stride], acc[i].v);
+  }
+};
+
+// ---- Q8_0: signed weights, so maddubs takes |w| and the activation carries w's sign ----
+
+inline void load_q8(const TileQ8_0& t, __m256i w[8], __m256i wabs[8]) {
+  for (int g = 0; g < 8; ++g) {
+    w[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[g]));
+    wabs[g] = _mm256_sign_epi8(w[g], w[g]);
+  }
+}
+
+// acc (8 rows) += one loaded Q8_0 tile block (w, |w|, scales dw) times activation block a.
+inline __m256 q8_0_block(const __m256i w[8], const __m256i wabs[8], __m256 dw, const ActBlock& a, __m256 acc) {
+  __m256i s32 = _mm256_setzero_si256();
+  for (int g = 0; g < 8; ++g) {  // pairs reach 2*127*127: widen each to int32 at once
+    const __m256i s16 = _mm256_maddubs_epi16(wabs[g], _mm256_sign_epi8(bcast4(a.qs + 4 * g), w[g]));
+    s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+  }
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
+}
+
+struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256i w[8], wabs[8];
+    load_q8(b, w, wabs);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = q8_0_block(w, wabs, dw, a[i * a_stride], acc[i].v);
+  }
+};
+
+// ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
+//
+// Per row, super-block and token: activation block j (32 weights, j = 0..7) meets the unsigned 6-bit
+// quants q_j; maddubs gives 16 pair sums, madd with the two 16-weight scales of block j gives 8 int32
+// (lanes 0-3: first 16 weights, 4-7: second 16), converted and scaled by a_j.d into a float
+// accumulator whose lanes are summed once at the end. The -32 offset is one madd per super-block:
+// sum_j a_j.d * 32 * (sc[2j] * sum_j0 + sc[2j+1] * sum_j1), with the 8 a_j.d and the 16 sums
+// gathered once per (super-block, token) and shared by the tile's 8 rows.
+
+// The four 32-weight groups (unsigned 0..63) of one half of a Q6_K block: o[part].
+inline void unpack_q6_half(const BlockQ6_K& b, int half, __m256i o[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half));
+  const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32));
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+  // bits 2p..2p+1 of qh are bits 4..5 of part p
+  o[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+  o[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+  o[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+  o[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+}
+
+// The eight 32-weight groups (unsigned 0..63) of a Q6_K block: q[4 * half + part].
+inline void unpack_q6(const BlockQ6_K& b, __m256i q[8]) {
+  unpack_q6_half(b, 0, q);
+  unpack_q6_half(b, 1, q + 4);
+}
+
+// The 16 int16 scales of a block; and as the two 128-bit halves each broadcast to both lanes.
+inline __m256i q6_scales16(const int8_t* scales, __m256i half16[2]) {
+  const __m256i all16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+  half16[0] = _mm256_permute4x64_epi64(all16, 0x44);
+  half16[1] = _mm256_permute4x64_epi64(all16, 0xEE);
+  return all16;
+}
+
+// Scales of group j = 4 * half + p from its half16: int16 element 2p in the low 128 bits, 2p + 1 in
+// the high (the scales of the group's two 16-weight halves).
+inline __m256i q6_group_scales(__m256i half16, int p) {
+  const char a = char(4 * p), b = char(4 * p + 2);  // bytes of int16 elements 2p and 2p + 1
+  const __m256i pick = _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
+                                        a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                        b + 1, b, b + 1);
+  return _mm256_shuffle_epi8(half16, pick);
+}
+
+// sc[j]: int16 scales of block j's two halves, sc[2j] in the low 128 bits and sc[2j+1] in the high.
+inline void q6_scales(const int8_t* scales, __m256i* all16, __m256i sc[8]) {
+  __m256i half16[2];
+  *all16 = q6_scales16(scales, half16);
+  for (int p = 0; p < 4; ++p) {
+    sc[p] = q6_group_scales(half16[0], p);
+    sc[4 + p] = q6_group_scales(half16[1], p);
+  }
+}
+
+// 8 activation blocks' d (times 32) and their 16 half sums, as vectors.
+inline void q6_act_gather(const ActBlock* a, __m256* d32, __m256i* sums) {
+  *d32 = _mm256_mul_ps(_mm256_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d, a[4].d, a[5].d, a[6].d, a[7].d),
+                       _mm256_set1_ps(32.f));
+  int32_t s[8];
+  for (int j = 0; j < 8; ++j) std::memcpy(&s[j], a[j].sum, 4);
+  *sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));
+}
+
+// s[j % 4] (+)= a_j.d * (group j's quants q times activation block a_j, by the group's scales sc);
+// four short FMA chains instead of one long one, started by j = 0..3.
+inline void q6_group(__m256i q, __m256i sc, const ActBlock& a, int j, __m256 s[4]) {
+  const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+  const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), sc);  // pairs <= 16002
+  const __m256 f = _mm256_cvtepi32_ps(s32), da = _mm256_set1_ps(a.d);
+  s[j % 4] = j < 4 ? _mm256_mul_ps(f, da) : _mm256_fmadd_ps(f, da, s[j % 4]);
+}
+
+// acc + d * (the groups' sums s, less the -32 offset of every quant: sc16 by the half sums asum).
+inline __m256 q6_finish(const __m256 s[4], __m256i sc16, __m256 d, __m256 ad32, __m256i asum, __m256 acc) {
+  const __m256 off = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, asum)), ad32);
+  const __m256 sum = _mm256_sub_ps(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])), off);
+  return _mm256_fmadd_ps(sum, d, acc);
+}
+
+// acc (lanes of one row) += one unpacked Q6_K super-block (quants q, scales sc / sc16, d) times the
+// 8 activation blocks a (their d * 32 and half sums gathered in ad32 / asum).
+inline __m256 q6_k_row_block(const __m256i q[8], const __m256i sc[8], __m256i sc16, __m256 d, const ActBlock* a,
+                             __m256 ad32, __m256i asum, __m256 acc) {
+  __m256 s[4];
+  for (int j = 0; j < 8; ++j) q6_group(q[j], sc[j], a[j], j, s);
+  return q6_finish(s, sc16, d, ad32, asum, acc);
+}
+
+// q6_k_row_block straight from a packed block, each half unpacked just before use (one token: no
+// unpacked copy to share, and 16 live vectors of quants and scales would spill). Same arithmetic.
+inline __m256 q6_k_row_packed(const BlockQ6_K& b, const ActBlock* a, __m256 ad32, __m256i asum, __m256 acc) {
+  __m256i half16[2];
+  const __m256i sc16 = q6_scales16(b.scales, half16);
+  __m256 s[4];
+  for (int half = 0; half < 2; ++half) {
+    __m256i q[4];
+    unpack_q6_half(b, half, q);
+    for (int p = 0; p < 4; ++p) q6_group(q[p], q6_group_scales(half16[half], p), a[4 * half + p], 4 * half + p, s);
+  }
+  return q6_finish(s, sc16, _mm256_set1_ps(_cvtsh_ss(b.d)), ad32, asum, acc);
+}
+
+struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x8>> {
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256 ad32[NT];
+    __m256i asum[NT];
+    for (int i = 0; i < NT; ++i) q6_act_gather(a + i * a_stride, &ad32[i], &asum[i]);
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ6_K& b = t.b[r];
+      if constexpr (NT == 1) {
+        acc[0].r[r] = q6_k_row_packed(b, a, ad32[0], asum[0], acc[0].r[r]);
+      } else {  // each row unpacked once for the NT tokens
+        __m256i q[8], sc[8], sc16;
+        unpack_q6(b, q);
+        q6_scales(b.scales, &sc16, sc);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(b.d));
+        for (int i = 0; i < NT; ++i)
+          acc[i].r[r] = q6_k_row_block(q, sc, sc16, d, a + i * a_stride, ad32[i], asum[i], acc[i].r[r]);
+      }
+    }
+  }
+};
+
+// ---- float matrices ----
+
+inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_w(const uint16_t* p) { return load_fp16x8(p); }
+
+struct GemmFloat {
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens (x_i = x + i * cols): each loaded
+  // weight vector serves every token; two FMA chains per token, whatever NT is, so a token's result
+  // doesn't depend on the tokens beside it.
+  template <int NT, class W>
+  static void row(const W* w, int cols, const float* x, float* y, int ldy) {
+    __m256 acc[NT][2];
+    for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < cols; k += 16) {  // cols % 32 == 0
+      const __m256 w0 = load_w(w + k), w1 = load_w(w + k + 8);
+      for (int i = 0; i < NT; ++i) {
+        acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + size_t(i) * cols + k), acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + size_t(i) * cols + k + 8), acc[i][1]);
+      }
+    }
+    for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+  }
+};
+
+// ---- attention over one KV block ----
+
+// Lanes [0, n) of an 8-float vector set (n may be <= 0 or >= 8).
+inline __m256i lane_mask(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <bool Full>
+inline __m256 load16(const float* p, __m256i m) { return Full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m); }
+
+template <bool Full>
+inline void store16(float* p, __m256i m, __m256 v) {
+  if (Full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v);
+}
+
+// R rows x 16 columns (nc <= 16 of them real): each loaded vector of b serves R rows, and each output
+// is one FMA chain over k whether its lane is masked or not.
+template <int R, bool Full, bool Accumulate>
+void fma_tile(const float* a, int lda, const float* b, int ldb, int n_inner, int nc, float* c, int ldc) {
+  const __m256i m0 = lane_mask(nc), m1 = lane_mask(nc - 8);
+  __m256 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    c0[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc, m0) : _mm256_setzero_ps();
+    c1[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc + 8, m1) : _mm256_setzero_ps();
+  }
+  for (int k = 0; k < n_inner; ++k) {
+    const float* bk = b + size_t(k) * ldb;
+    const __m256 b0 = load16<Full>(bk, m0), b1 = load16<Full>(bk + 8, m1);
+    for (int r = 0; r < R; ++r) {
+      const __m256 ak = _mm256_broadcast_ss(a + size_t(r) * lda + k);
+      c0[r] = _mm256_fmadd_ps(ak, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(ak, b1, c1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store16<Full>(c + size_t(r) * ldc, m0, c0[r]);
+    store16<Full>(c + size_t(r) * ldc + 8, m1, c1[r]);
+  }
+}
+
+struct Attention {  // see kernels_simd.h
+  // Tiles of 16 columns by 4 rows, then the 1-3 rows left.
+  template <bool Accumulate>
+  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
+                       float* c, int ldc) {
+    for (int j = 0; j < n_cols; j += 16) {
+      const int nc = std::min(16, n_cols - j);
+      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
+        constexpr int R = decltype(rows)::value;
+        const float* ar = a + size_t(r) * lda;
+        float* cr = c + size_t(r) * ldc + j;
+        if (nc == 16) fma_tile<R, true, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
+        else fma_tile<R, false, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
+      });
+    }
+  }
+};
+
+void f16_to_f32(const uint16_t* src, float* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_fp16x8(src + i));
+  for (; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+
+void f32_to_f16(const float* src, uint16_t* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+
+}  // namespace
+}  // namespace sysinfer

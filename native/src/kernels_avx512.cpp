@@ -1,0 +1,270 @@
+// AVX-512 kernel table (F, BW, VL and VNNI; this file is compiled with those flags plus AVX2/FMA/F16C,
+// and the table is chosen at run time only on CPUs, and under OSes, that have them all). Twin of
+// kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
+// arithmetic of Q4_0, Q4_1, Q8_0 and attention. What it does not redo (Q6_K, float rows, activation
+// quantization, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
+// these flags.
+//
+// Quantized GEMM with VNNI: `vpdpbusd` multiplies 4 unsigned weight bytes by 4 signed activation
+// bytes and adds the 4 products to an int32 lane, one instruction where AVX2 needs maddubs + madd
+// (and no int16 saturation to keep clear of). An interleaved tile group (kernels.h) holds the same 4
+// bytes of 8 rows in 32 bytes, so a 512-bit register holds that group of two consecutive tiles: 16
+// rows, each lane its own row's partial dot product, against 4 activation bytes broadcast straight
+// from memory ({1to16}). Prefill (Op::pair_block) runs 8 tokens over each unpacked pair of tile
+// blocks; a tile left over, and decode's lockstep tiles when odd, take the same arithmetic at 256
+// bits (AVX-512VL), lane for lane, so a row's result never depends on which path it took.
+//
+// Signed weights meet unsigned-times-signed by an offset: Q4 nibbles are 0..15 (the -8 of Q4_0 is
+// -8 * sum(a)); Q8_0 weights are made unsigned by w ^ 0x80 = w + 128 (minus 128 * sum(a)). Either
+// offset is one `vpdpwssd` of the activation block's two int16 half sums (ActBlock::sum) by the
+// constant, which starts the row's int32 chain.
+#include "kernels_avx2_impl.h"
+
+// GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized (its undefined-vector idiom `__m512 __Y = __Y`).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace sysinfer {
+namespace {
+
+// The vector operations the Q4 / Q8 arithmetic needs, for one tile's 8 rows (Rows8: 256-bit lanes)
+// or two consecutive tiles' 16 rows (Rows16: 512-bit lanes, tile 0 in the low half).
+struct Rows8 {
+  using I = __m256i;
+  using F = __m256;
+  // Group bytes of one tile: 32 bytes at q0 (q1 is the second tile's, unused here).
+  static I group(const void* q0, const void*) { return _mm256_loadu_si256(static_cast<const __m256i*>(q0)); }
+  static F scales(const uint16_t* d0, const uint16_t*) { return load_fp16x8(d0); }
+  static I bcast4(const void* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+  }
+  static I dpbusd(I acc, I u8, I s8) { return _mm256_dpbusd_epi32(acc, u8, s8); }
+  static I dpwssd(I acc, I a, I b) { return _mm256_dpwssd_epi32(acc, a, b); }
+  static I set1_8(char v) { return _mm256_set1_epi8(v); }
+  static I set1_16(short v) { return _mm256_set1_epi16(v); }
+  static I zero() { return _mm256_setzero_si256(); }
+  static I add(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I and_(I a, I b) { return _mm256_and_si256(a, b); }
+  static I xor_(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I srl4(I a) { return _mm256_srli_epi16(a, 4); }
+  static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
+struct Rows16 {
+  using I = __m512i;
+  using F = __m512;
+  // Group bytes of two tiles: 32 at q0 (rows 0-7), 32 at q1 (rows 8-15).
+  static I group(const void* q0, const void* q1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(static_cast<const __m256i*>(q0))),
+                              _mm256_loadu_si256(static_cast<const __m256i*>(q1)), 1);
+  }
+  static F scales(const uint16_t* d0, const uint16_t* d1) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d0));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d1));
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+  }
+  static I bcast4(const void* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  }
+  static I dpbusd(I acc, I u8, I s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
+  static I dpwssd(I acc, I a, I b) { return _mm512_dpwssd_epi32(acc, a, b); }
+  static I set1_8(char v) { return _mm512_set1_epi8(v); }
+  static I set1_16(short v) { return _mm512_set1_epi16(v); }
+  static I zero() { return _mm512_setzero_si512(); }
+  static I add(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I and_(I a, I b) { return _mm512_and_si512(a, b); }
+  static I xor_(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I srl4(I a) { return _mm512_srli_epi16(a, 4); }
+  static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+};
+
+// Row sums of two consecutive tiles for one token (simd Pair).
+struct PairAcc {
+  __m512 v = _mm512_setzero_ps();
+  void store(float* y) const { _mm512_storeu_ps(y, v); }
+};
+
+// int32 per lane: offset * (a.sum[0] + a.sum[1]) (an int16 pair times (offset, offset)), the start of
+// a row's dot-product chain.
+template <class R>
+inline typename R::I sum_offset(const ActBlock& a, typename R::I offset16) {
+  return R::dpwssd(R::zero(), offset16, R::bcast4(a.sum));
+}
+
+// ---- Q4_0 / Q4_1 ----
+
+// One Q4 tile block (or pair) unpacked: lo[g] = columns 4g..4g+3, hi[g] = 16+4g..16+4g+3 (0..15).
+template <class R>
+struct Q4Nibbles {
+  typename R::I lo[4], hi[4];
+  Q4Nibbles(const uint8_t (*q0)[8][4], const uint8_t (*q1)[8][4]) {
+    const typename R::I m4 = R::set1_8(0x0F);
+    for (int g = 0; g < 4; ++g) {
+      const typename R::I v = R::group(q0[g], q1 ? q1[g] : nullptr);
+      lo[g] = R::and_(v, m4);
+      hi[g] = R::and_(R::srl4(v), m4);
+    }
+  }
+  // start + per-row sum of nibble * activation over the block (two chains: low and high nibbles).
+  typename R::I dot(const ActBlock& a, typename R::I start) const {
+    typename R::I s0 = start, s1 = R::zero();
+    for (int g = 0; g < 4; ++g) {
+      s0 = R::dpbusd(s0, lo[g], R::bcast4(a.qs + 4 * g));
+      s1 = R::dpbusd(s1, hi[g], R::bcast4(a.qs + 16 + 4 * g));
+    }
+    return R::add(s0, s1);
+  }
+};
+
+// acc[i] += the Q4_0 block (tiles b0, b1: b1 null for one tile) times token i's activation block.
+template <class R, int NT, class Acc>
+inline void q4_0_blocks(const TileQ4_0& b0, const TileQ4_0* b1, const ActBlock* a, size_t a_stride, Acc* acc) {
+  const Q4Nibbles<R> w(b0.q, b1 ? b1->q : nullptr);
+  const typename R::F dw = R::scales(b0.d, b1 ? b1->d : nullptr);
+  const typename R::I m8 = R::set1_16(-8);
+  for (int i = 0; i < NT; ++i) {
+    const ActBlock& ai = a[i * a_stride];
+    const typename R::I dot = w.dot(ai, sum_offset<R>(ai, m8));
+    acc[i].v = R::fmadd(R::cvt(dot), R::mul(dw, R::set1(ai.d)), acc[i].v);
+  }
+}
+
+struct VnniQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
+  using Pair = PairAcc;
+  static constexpr int kTokTile = 8;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    q4_0_blocks<Rows8, NT>(b, nullptr, a, a_stride, acc);
+  }
+  template <int NT>
+  static void pair_block(const Tile& b0, const Tile& b1, const ActBlock* a, size_t a_stride, Pair* acc) {
+    q4_0_blocks<Rows16, NT>(b0, &b1, a, a_stride, acc);
+  }
+};
+
+// acc[i] += the Q4_1 block (x = d q + m) times token i's activation block.
+template <class R, int NT, class Acc>
+inline void q4_1_blocks(const TileQ4_1& b0, const TileQ4_1* b1, const ActBlock* a, size_t a_stride, Acc* acc) {
+  const Q4Nibbles<R> w(b0.q, b1 ? b1->q : nullptr);
+  const typename R::F dw = R::scales(b0.d, b1 ? b1->d : nullptr), mw = R::scales(b0.m, b1 ? b1->m : nullptr);
+  for (int i = 0; i < NT; ++i) {
+    const ActBlock& ai = a[i * a_stride];
+    const typename R::F dot = R::cvt(w.dot(ai, R::zero()));
+    acc[i].v = R::fmadd(dot, R::mul(dw, R::set1(ai.d)), acc[i].v);
+    acc[i].v = R::fmadd(mw, R::set1(ai.d * float(ai.sum[0] + ai.sum[1])), acc[i].v);
+  }
+}
+
+struct VnniQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
+  using Pair = PairAcc;
+  static constexpr int kTokTile = 8;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    q4_1_blocks<Rows8, NT>(b, nullptr, a, a_stride, acc);
+  }
+  template <int NT>
+  static void pair_block(const Tile& b0, const Tile& b1, const ActBlock* a, size_t a_stride, Pair* acc) {
+    q4_1_blocks<Rows16, NT>(b0, &b1, a, a_stride, acc);
+  }
+};
+
+// ---- Q8_0 ----
+
+// acc[i] += the Q8_0 block times token i's activation block: weights w + 128 (unsigned), less
+// 128 * sum(a); two chains over the 8 groups.
+template <class R, int NT, class Acc>
+inline void q8_0_blocks(const TileQ8_0& b0, const TileQ8_0* b1, const ActBlock* a, size_t a_stride, Acc* acc) {
+  typename R::I u[8];
+  const typename R::I flip = R::set1_8(char(0x80));
+  for (int g = 0; g < 8; ++g) u[g] = R::xor_(R::group(b0.q[g], b1 ? b1->q[g] : nullptr), flip);
+  const typename R::F dw = R::scales(b0.d, b1 ? b1->d : nullptr);
+  const typename R::I m128 = R::set1_16(-128);
+  for (int i = 0; i < NT; ++i) {
+    const ActBlock& ai = a[i * a_stride];
+    typename R::I s0 = sum_offset<R>(ai, m128), s1 = R::zero();
+    for (int g = 0; g < 8; g += 2) {
+      s0 = R::dpbusd(s0, u[g], R::bcast4(ai.qs + 4 * g));
+      s1 = R::dpbusd(s1, u[g + 1], R::bcast4(ai.qs + 4 * g + 4));
+    }
+    acc[i].v = R::fmadd(R::cvt(R::add(s0, s1)), R::mul(dw, R::set1(ai.d)), acc[i].v);
+  }
+}
+
+struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
+  using Pair = PairAcc;
+  static constexpr int kTokTile = 8;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    q8_0_blocks<Rows8, NT>(b, nullptr, a, a_stride, acc);
+  }
+  template <int NT>
+  static void pair_block(const Tile& b0, const Tile& b1, const ActBlock* a, size_t a_stride, Pair* acc) {
+    q8_0_blocks<Rows16, NT>(b0, &b1, a, a_stride, acc);
+  }
+};
+
+// ---- attention over one KV block (c (+)= a . b, see kernels_simd.h) ----
+//
+// Tiles of R rows x NV vectors of 16 columns (the last one masked to the columns left): each loaded
+// vector of b serves R rows, and each output is one FMA chain over k, as in the AVX2 table (so the
+// two tables give the same bits here).
+
+template <int R, int NV, bool Accumulate>
+void fma_tile16(const float* a, int lda, const float* b, int ldb, int n_inner, int nc, float* c, int ldc) {
+  __mmask16 m[NV];
+  for (int u = 0; u < NV; ++u) {
+    const int left = nc - 16 * u;
+    m[u] = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+  }
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u)
+      acc[r][u] = Accumulate ? _mm512_maskz_loadu_ps(m[u], c + size_t(r) * ldc + 16 * u) : _mm512_setzero_ps();
+  for (int k = 0; k < n_inner; ++k) {
+    __m512 bk[NV];
+    for (int u = 0; u < NV; ++u) bk[u] = _mm512_maskz_loadu_ps(m[u], b + size_t(k) * ldb + 16 * u);
+    for (int r = 0; r < R; ++r) {
+      const __m512 ak = _mm512_set1_ps(a[size_t(r) * lda + k]);
+      for (int u = 0; u < NV; ++u) acc[r][u] = _mm512_fmadd_ps(ak, bk[u], acc[r][u]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) _mm512_mask_storeu_ps(c + size_t(r) * ldc + 16 * u, m[u], acc[r][u]);
+}
+
+struct Attention512 {  // see kernels_simd.h
+  // Column strips of up to 64 (4 vectors), rows 4 at a time, then the 1-3 rows left.
+  template <bool Accumulate>
+  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
+                       float* c, int ldc) {
+    for (int j = 0; j < n_cols; j += 64) {
+      const int nc = std::min(64, n_cols - j);
+      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
+        simd::with_count<4>((nc + 15) / 16, [&](auto vectors) {
+          fma_tile16<decltype(rows)::value, decltype(vectors)::value, Accumulate>(
+              a + size_t(r) * lda, lda, b + j, ldb, n_inner, nc, c + size_t(r) * ldc + j, ldc);
+        });
+      });
+    }
+  }
+};
+
+constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512>(
+    "avx512", quantize_act, f16_to_f32, f32_to_f16);
+
+}  // namespace
+
+const Kernels* avx512_kernels() { return &kAvx512; }
+
+}  // namespace sysinfer
