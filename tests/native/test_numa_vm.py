@@ -85,6 +85,24 @@ def test_inside_tp_over_real_nodes(kind):
             assert set(p["kv"]) == {mem_nodes[i]}, (i, p)
 
 
+def test_inside_replicate_over_real_nodes():
+    """--numa replicate: a whole copy per real node; every page of each copy on its own node."""
+    _require_two_nodes()
+    from test_forward import native_greedy, prompt_tokens
+
+    one, two = _load("llama", "off"), _load("llama", "replicate")
+    assert len(two.replicas) == 2
+    assert len({r.topology.nodes[0].mem_node for r in two.replicas}) == 2
+    prompt = prompt_tokens(one.n_vocab)
+    want = native_greedy(one, prompt, 16)
+    for replica in two.replicas:
+        mem = replica.topology.nodes[0].mem_node
+        assert replica.node_report()[0]["binding"] == "bound"
+        pages = replica.native.page_report()[0]
+        assert set(pages["weights"]) == {mem} and set(pages["kv"]) == {mem}, (mem, pages)
+        assert native_greedy(replica, prompt, 16) == want
+
+
 def _cpus_of(os_node: int) -> set[int]:
     return {c for n in read_os_nodes() if n.id == os_node for c in n.cpus}
 
@@ -144,5 +162,5 @@ def test_two_node_kernel():
     print(f"NUMA guest: {elapsed:.0f} s, exit {done.returncode}\n{out[-2000:]}")
     assert done.returncode == 0, out[-4000:]
     passed = re.search(r"(\d+) passed", out)
-    assert passed and int(passed.group(1)) == 1 + len(VM_KINDS), out[-4000:]
+    assert passed and int(passed.group(1)) == 2 + len(VM_KINDS), out[-4000:]
     assert not re.search(r"\d+ (failed|skipped|error)", out), out[-4000:]
