@@ -471,3 +471,56 @@ def test_kv_cache_sized_per_replica(monkeypatch):
     one, two = kv_blocks_for(cfg, hp, 4 * 2**30), kv_blocks_for(cfg, hp, 4 * 2**30, copies=2)
     assert one == int(6 * 2**30 * 0.5 // per_block)  # half of what the one copy leaves
     assert two == int(2 * 2**30 * 0.5 // (2 * per_block))  # two copies of weights and of the cache
+
+
+# ---- bad configurations: a clear error or a logged fallback, never a crash ----
+
+def test_fewer_cpus_than_nodes(tmp_path, caplog):
+    """Four OS nodes but CPUs on two of them (taskset, cgroups) or one thread: the nodes the threads
+    are on, nothing else; forcing more nodes than threads is an error naming the fix."""
+    root = make_sysfs(tmp_path, {i: (f"{4 * i}-{4 * i + 3}", 1 << 20) for i in range(4)} | {4: ("", 1 << 20)})
+    t = topo(root, [0, 1, 8, 9])
+    assert t.mode == "tp" and [n.mem_node for n in t.nodes] == [0, 2]
+    assert topo(root, [0, 1, 8, 9], threads=1, numa="tp").nodes[0].cpus == (0,)
+    with caplog.at_level(logging.WARNING):
+        t = topo(root, [0, 1], numa="replicate")
+    assert t.mode == "replicate" and len(t.nodes) == 1 and "one lane" in caplog.text
+    for mode in ("tp", "replicate"):
+        with pytest.raises(ValueError, match="every node needs at least one"):
+            topo(root, [0, 1], {"SYSINFER_NUMA_NODES": "4"}, numa=mode)
+
+
+def _load_on_made_up_sysfs(monkeypatch, root, numa="tp"):
+    import functools
+
+    from sysinfer.model import native_model
+
+    monkeypatch.setattr(native_model, "detect_topology",
+                        functools.partial(detect_topology, sysfs_root=root, allowed=[0, 1], env={}))
+    return native_model.load_model(tiny_model("llama"), threads=2, numa=numa, n_ctx=256, kv_blocks=16)
+
+
+def test_node_without_memory_loads_and_runs(tmp_path, monkeypatch, caplog):
+    """Node 1 has CPUs but no memory (made-up sysfs): its share is placed by the kernel, logged."""
+    root = make_sysfs(tmp_path, {0: ("0", 1 << 20), 1: ("1", 0)})
+    with caplog.at_level(logging.WARNING):
+        m = _load_on_made_up_sysfs(monkeypatch, root)
+    assert "OS node 1 has no memory" in caplog.text
+    assert [r["binding"] for r in m.node_report()] == ["bound", "not bound"]
+    prompt = prompt_tokens(m.n_vocab)
+    assert native_greedy(m, prompt, 8) == native_greedy(numa_model("llama", 1), prompt, 8)
+
+
+def test_node_the_kernel_lacks_is_a_logged_fallback(tmp_path, monkeypatch, caplog):
+    """sysfs names a node 7 the running kernel doesn't have (here: one node): mbind fails, the kernel
+    places the pages, the load says so, and the model runs."""
+    root = make_sysfs(tmp_path, {0: ("0", 1 << 20), 7: ("1", 1 << 20)})
+    if any(n.id == 7 for n in read_os_nodes()):
+        pytest.skip("this kernel has a node 7")
+    with caplog.at_level(logging.WARNING):
+        m = _load_on_made_up_sysfs(monkeypatch, root, numa="replicate")
+    assert "binding memory to its NUMA node failed for node(s) 0 (OS node 7)" in caplog.text
+    assert [r["binding"] for r in m.node_report()] == ["bound", "failed"]
+    prompt = prompt_tokens(m.n_vocab)
+    want = native_greedy(numa_model("llama", 1), prompt, 8)
+    assert all(native_greedy(r, prompt, 8) == want for r in m.replicas)
