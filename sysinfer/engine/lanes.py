@@ -52,8 +52,15 @@ class _LanesView:
     def running(self) -> list[Sequence]:
         return [s for p in self._parts for s in p.running]
 
-    def __getattr__(self, name: str):  # num_used, num_free, num_blocks, ...: summed
-        return sum(getattr(p, name) for p in self._parts)
+    _SUMMED = frozenset({"num_used", "num_free", "num_cached", "num_blocks", "watermark_blocks",
+                         "prefix_hit_tokens", "preemptions"})
+
+    def __getattr__(self, name: str):
+        """Counts add up over lanes; anything else (a block size, a method) has no one meaning here:
+        ask a lane (Lanes.lanes[i])."""
+        if name in self._SUMMED:
+            return sum(getattr(p, name) for p in self._parts)
+        raise AttributeError(f"{name!r} is per lane: use Lanes.lanes[i]")
 
 
 def make_core(model, tokenizer, **kwargs) -> "LLMEngine | Lanes":
@@ -167,7 +174,3 @@ class Lanes:
             values = [getattr(p, f.name) for p in parts]
             setattr(out, f.name, max(values) if f.name in _MAX_FIELDS else sum(values))
         return out
-
-    def close(self) -> None:
-        if self._pool:
-            self._pool.shutdown(wait=False)
