@@ -17,6 +17,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -152,15 +153,18 @@ def test_two_node_kernel():
         tiny_model(kind)  # generated here: the guest's filesystem is read-only
     cmd, env = vm_command(["-q", "-k", "inside", "-rs", str(Path(__file__).resolve())])
     start = time.monotonic()
+    # Its own process group: on a timeout qemu goes too, not just the vng wrapper.
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=VM_TIMEOUT)
+        out, _ = proc.communicate(timeout=VM_TIMEOUT)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         pytest.fail(f"the NUMA guest did not finish in {VM_TIMEOUT} s")
-    out = done.stdout + done.stderr
     elapsed = time.monotonic() - start
-    print(f"NUMA guest: {elapsed:.0f} s, exit {done.returncode}\n{out[-2000:]}")
-    assert done.returncode == 0, out[-4000:]
+    print(f"NUMA guest: {elapsed:.0f} s, exit {proc.returncode}\n{out[-2000:]}")
+    assert proc.returncode == 0, out[-4000:]
     passed = re.search(r"(\d+) passed", out)
     assert passed and int(passed.group(1)) == 2 + len(VM_KINDS), out[-4000:]
     assert not re.search(r"\d+ (failed|skipped|error)", out), out[-4000:]
