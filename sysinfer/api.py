@@ -125,13 +125,15 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         if state.draining:
             return JSONResponse({"status": "shutting_down"}, status_code=503,
                                 headers={"Retry-After": RETRY_AFTER_SECONDS})
-        return {"status": "ok", "model": state.model_name}
+        lanes = len(getattr(state.engine.core, "lanes", ())) or 1  # --numa replicate: one per node
+        return {"status": "ok", "model": state.model_name} | ({"lanes": lanes} if lanes > 1 else {})
 
     @app.get("/metrics")
     async def metrics():
         """Open (no key), as Prometheus scrapes it: counts and gauges only, no request content."""
         if state.ready:
             state.metrics.observe_engine(state.engine.snapshot())
+            state.metrics.observe_lanes(state.engine.lane_snapshots())
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/openapi.json", include_in_schema=False)

@@ -88,11 +88,15 @@ def _numa_rows(mf, threads: int | None, numa: str | None) -> list[tuple[str, str
     from .topology import describe_plan, detect_topology, plan_shares
 
     topo = detect_topology(threads, numa)
-    shares = plan_shares(mf.hparams, {n: int(t.type) for n, t in mf.tensors.items()}, len(topo.nodes),
-                         DEFAULT_BLOCK_SIZE)
+    replicas = topo.mode == "replicate"  # every node holds the whole model: the one-node plan, per lane
+    shares = plan_shares(mf.hparams, {n: int(t.type) for n, t in mf.tensors.items()},
+                         1 if replicas else len(topo.nodes), DEFAULT_BLOCK_SIZE)
     lines = topo.describe()
     rows = [("numa", lines[0])] + [(f"numa {line.split(':', 1)[0]}", line.split(":", 1)[1].strip()) for line in lines[1:]]
     plan = describe_plan(mf.hparams, shares)
+    if replicas:
+        whole = plan[0].split(":", 1)[1].strip()
+        plan = [f"lane {n.index}: a whole copy on its node: {whole}" for n in topo.nodes] + plan[1:]
     return rows + [(f"plan {line.split(':', 1)[0]}", line.split(":", 1)[1].strip()) for line in plan]
 
 
@@ -173,9 +177,10 @@ def _warn_if_exposed(cfg) -> None:
 
 
 def add_numa_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--numa", choices=["auto", "tp", "off"],
+    p.add_argument("--numa", choices=["auto", "tp", "replicate", "off"],
                    help="NUMA: tp = each node holds a slice of every layer (default when the threads span "
-                        "several nodes), off = one node; env SYSINFER_NUMA")
+                        "several nodes), replicate = a whole copy per node, each serving its own sequences "
+                        "(throughput at many concurrent requests), off = one node; env SYSINFER_NUMA")
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:

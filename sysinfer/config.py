@@ -44,7 +44,7 @@ class ServerConfig:
     body_timeout: float = 30.0        # seconds a client may take to send its request body
     stall_timeout: float = 60.0       # seconds a streaming client may leave tokens unread before it is dropped
     drain_seconds: float = 8.0        # on SIGTERM, seconds running requests may go on before they are ended
-    numa: str | None = None           # auto | tp | off (sysinfer/topology.py); None = auto
+    numa: str | None = None           # auto | tp | replicate | off (sysinfer/topology.py); None = auto
 
     def validate(self) -> "ServerConfig":
         for name in ("port", "ctx_size", "max_batch", "max_queue", "block_size", "max_step_tokens", "max_tokens"):
@@ -61,8 +61,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if not 0 <= self.drain_seconds <= 3600:
             raise ValueError(f"drain_seconds must be between 0 and 3600, got {self.drain_seconds}")
-        if self.numa is not None and self.numa not in ("auto", "tp", "off"):
-            raise ValueError(f"numa must be auto, tp or off, got {self.numa!r}")
+        if self.numa is not None and self.numa not in ("auto", "tp", "replicate", "off"):
+            raise ValueError(f"numa must be auto, tp, replicate or off, got {self.numa!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self
@@ -114,9 +114,11 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def kv_blocks_for(cfg: ServerConfig, hp, weight_bytes: int) -> int:
+def kv_blocks_for(cfg: ServerConfig, hp, weight_bytes: int, copies: int = 1) -> int:
     """--kv-blocks, else --kv-cache-gb, else enough for max_batch full contexts; never more than
-    half of the memory available after the weights (weight_bytes: about the file's size)."""
+    half of the memory available after the weights (weight_bytes: about the file's size). copies:
+    how many copies of the weights and of this KV cache the process holds (--numa replicate: one
+    per node); the result is per copy."""
     per_block = kv_block_bytes(hp, cfg.block_size)
     if cfg.kv_blocks:
         blocks = cfg.kv_blocks
@@ -126,7 +128,7 @@ def kv_blocks_for(cfg: ServerConfig, hp, weight_bytes: int) -> int:
         blocks = math.ceil(cfg.ctx_size / cfg.block_size) * cfg.max_batch + 1
     available = available_memory_bytes()
     if available is not None:
-        cap = max(1, int((available - weight_bytes) * 0.5 // per_block))
+        cap = max(1, int((available - copies * weight_bytes) * 0.5 // (copies * per_block)))
         if blocks > cap and not cfg.kv_blocks:
             blocks = cap
     return max(blocks, math.ceil(min(cfg.ctx_size, 256) / cfg.block_size))

@@ -30,6 +30,7 @@ class Metrics:
         self.accepted_draft_tokens = Gauge("sysinfer_accepted_draft_tokens", "Speculative tokens accepted",
                                            registry=r)
         self._add_router_gauges(r)
+        self._add_lane_gauges(r)
 
     def _add_router_gauges(self, r: CollectorRegistry) -> None:
         """The three gauges of the Gateway API Inference Extension's model-server protocol, with the
@@ -41,6 +42,29 @@ class Metrics:
                                           "Requests in the running batch (prefilling or decoding)", registry=r)
         self.kv_cache_usage_perc = Gauge("sysinfer_kv_cache_usage_perc",
                                          "Fraction of KV cache blocks in use, 0 to 1 (1 = full)", registry=r)
+
+    def _add_lane_gauges(self, r: CollectorRegistry) -> None:
+        """Per lane (--numa replicate: one per NUMA node, each with its own KV cache; otherwise one
+        lane, the engine). The unlabelled gauges above are the sums over lanes."""
+        self.lane_running = Gauge("sysinfer_lane_running_sequences", "Sequences in a lane's running batch",
+                                  ["lane"], registry=r)
+        self.lane_waiting = Gauge("sysinfer_lane_waiting_sequences", "Sequences waiting in a lane", ["lane"],
+                                  registry=r)
+        self.lane_kv_used = Gauge("sysinfer_lane_kv_blocks_used", "KV cache blocks in use in a lane", ["lane"],
+                                  registry=r)
+        self.lane_kv_free = Gauge("sysinfer_lane_kv_blocks_free", "KV cache blocks free in a lane", ["lane"],
+                                  registry=r)
+        self.lane_tokens = Gauge("sysinfer_lane_generated_tokens", "Tokens a lane has generated", ["lane"],
+                                 registry=r)
+
+    def observe_lanes(self, lanes) -> None:
+        for i, s in enumerate(lanes):
+            lane = str(i)
+            self.lane_running.labels(lane=lane).set(s.running)
+            self.lane_waiting.labels(lane=lane).set(s.waiting)
+            self.lane_kv_used.labels(lane=lane).set(s.kv_blocks_used)
+            self.lane_kv_free.labels(lane=lane).set(s.kv_blocks_free)
+            self.lane_tokens.labels(lane=lane).set(s.tokens_generated)
 
     def _observe_router_gauges(self, s) -> None:
         total = s.kv_blocks_used + s.kv_blocks_free

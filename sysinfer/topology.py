@@ -8,7 +8,9 @@ virtual nodes instead (in thread order), so the multi-node code runs on a one-no
 virtual node's memory goes to the OS node of its first CPU.
 
 Modes (--numa / SYSINFER_NUMA): "auto" (tp when the threads span more than one node, else off), "tp"
-(tensor parallel across nodes), "off" (one node, no memory binding: the behaviour before NUMA support).
+(tensor parallel across nodes), "replicate" (a whole copy of the weights per node, each node its own
+lane of sequences: sysinfer/engine/lanes.py), "off" (one node, no memory binding: the behaviour
+before NUMA support).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .threads import parse_cpu_list, resolve_threads
 log = logging.getLogger("sysinfer.topology")
 
 SYSFS_NODES = "/sys/devices/system/node"
-NUMA_MODES = ("auto", "tp", "off")
+NUMA_MODES = ("auto", "tp", "replicate", "off")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Node:
 
 @dataclass
 class Topology:
-    mode: str                  # "tp" or "off" once resolved
+    mode: str                  # "tp", "replicate" or "off" once resolved
     nodes: list[Node]
     source: str                # where the nodes came from, for `sysinfer info`
     os_nodes: list[OsNode] = field(default_factory=list)
@@ -157,7 +159,8 @@ def detect_topology(threads: int | None = None, numa: str | None = None, env: di
                 part = thread_cpus[n_threads * i // n: n_threads * (i + 1) // n]
                 owners = tuple(sorted({node_of[c] for c in part if c in node_of}))
                 nodes.append(Node(i, tuple(part), mem_node_for(node_of.get(part[0])), owners))
-            return Topology("tp", nodes, f"forced split SYSINFER_NUMA_NODES={n} of the usable CPUs",
+            return Topology("replicate" if mode == "replicate" else "tp", nodes,
+                            f"forced split SYSINFER_NUMA_NODES={n} of the usable CPUs",
                             os_nodes, notes)
 
     if not os_nodes:
@@ -182,7 +185,9 @@ def detect_topology(threads: int | None = None, numa: str | None = None, env: di
                         os_nodes, notes)
     nodes = [Node(i, tuple(c), mem_node_for(k), (k,) if k is not None else ())
              for i, (k, c) in enumerate(groups.items())]
-    return Topology("tp", nodes, source, os_nodes, notes)
+    if mode == "replicate" and len(nodes) == 1:
+        _note(notes, "--numa replicate but the compute threads are on one node: one lane, one copy")
+    return Topology(mode, nodes, source, os_nodes, notes)
 
 
 # ---- The tensor-parallel plan ----

@@ -1,6 +1,7 @@
 // Python bindings of the native core: sysinfer._native.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -145,6 +146,39 @@ nb::list node_report(const Model& m) {
   return out;
 }
 
+// Where every page of each node's memory is (move_pages(2) over all of it), for the NUMA tests:
+// per node {"weights": {os_node: pages}, "kv": {os_node: pages}}; os_node -1 = unknown. Weights are
+// the node's own slices (every layer's Q/K/V, output projection, gate/up and down, and its vocabulary
+// rows when they are its own copy); kv is both its arenas.
+nb::list page_report(const Model& m) {
+  auto add = [](std::map<int, size_t>& into, const void* p, size_t bytes) {
+    for (const auto& [node, pages] : page_nodes(p, bytes)) into[node] += pages;
+  };
+  auto add_matrix = [&](std::map<int, size_t>& into, const Matrix& x) {
+    if (x.data) add(into, x.data.get(), packed_bytes(x.type, x.rows, x.cols));
+  };
+  nb::list out;
+  for (const Node& n : m.nodes()) {
+    std::map<int, size_t> weights, kv;
+    {
+      nb::gil_scoped_release release;
+      for (const NodeLayer& L : n.layers)
+        for (const MatrixGroup* g : {&L.qkv, &L.wo, &L.gate_up, &L.down})
+          for (const Matrix& x : g->parts) add_matrix(weights, x);
+      if (n.output.data != m.token_embd().data) add_matrix(weights, n.output);  // not the shared embeddings
+      if (n.kv_bytes) {
+        add(kv, n.k_cache.get(), n.kv_bytes / 2);
+        add(kv, n.v_cache.get(), n.kv_bytes / 2);
+      }
+    }
+    nb::dict d;
+    d["weights"] = weights;
+    d["kv"] = kv;
+    out.append(d);
+  }
+  return out;
+}
+
 const Kernels* kernels_by_name(const std::string& name) {
   const Kernels* all[8];
   const int n = compiled_tables(all, 8);
@@ -241,6 +275,7 @@ NB_MODULE(_native, mod) {
       .def_prop_ro("pinned_cpus", [](Model& m) { return m.pool().pinned_cpus(); })
       .def_prop_ro("n_nodes", [](Model& m) { return int(m.nodes().size()); })
       .def("node_report", &node_report, "Per node: threads, CPUs, shares, bytes, binding, pages' OS node.")
+      .def("page_report", &page_report, "Per node: OS node -> pages of its weight slices and KV arenas (move_pages).")
       .def_prop_ro("weight_bytes", &Model::weight_bytes)
       .def_prop_ro("kv_bytes", &Model::kv_bytes)
       .def_prop_ro("n_blocks", &Model::n_blocks)

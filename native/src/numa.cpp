@@ -72,6 +72,28 @@ int node_of_address(const void* p) {
   return -1;
 }
 
+std::map<int, size_t> page_nodes(const void* p, size_t bytes) {
+  std::map<int, size_t> out;
+  if (!p || bytes == 0) return out;
+  const size_t page = size_t(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) / page * page;
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + bytes - 1) / page * page;
+  const size_t n_pages = (last - first) / page + 1;
+  constexpr size_t kBatch = 1024;  // pages per move_pages call
+  std::vector<void*> pages(kBatch);  // [kBatch] addresses of one batch
+  std::vector<int> status(kBatch);   // [kBatch] node of each, or -errno
+  for (size_t done = 0; done < n_pages; done += kBatch) {
+    const size_t n = std::min(kBatch, n_pages - done);
+    for (size_t i = 0; i < n; ++i) pages[i] = reinterpret_cast<void*>(first + (done + i) * page);
+    bool ok = false;
+#ifdef SYS_move_pages
+    ok = syscall(SYS_move_pages, 0, static_cast<unsigned long>(n), pages.data(), nullptr, status.data(), 0) == 0;
+#endif
+    for (size_t i = 0; i < n; ++i) out[ok && status[i] >= 0 ? status[i] : -1] += 1;
+  }
+  return out;
+}
+
 #else  // not Linux: no binding
 
 std::shared_ptr<uint8_t> node_alloc(size_t bytes, int node, BindStatus* status) {
@@ -84,6 +106,12 @@ std::shared_ptr<uint8_t> node_alloc(size_t bytes, int node, BindStatus* status) 
 }
 
 int node_of_address(const void*) { return -1; }
+
+std::map<int, size_t> page_nodes(const void* p, size_t bytes) {
+  std::map<int, size_t> out;
+  if (p && bytes) out[-1] = (bytes + 4095) / 4096;
+  return out;
+}
 
 #endif
 

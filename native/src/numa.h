@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 
 namespace sysinfer {
@@ -30,5 +31,10 @@ std::shared_ptr<T> node_array(size_t count, int node, BindStatus* status = nullp
 
 // The OS node holding the page of address p (move_pages(2) query), or -1 when unknown.
 int node_of_address(const void* p);
+
+// How many pages of [p, p + bytes) each OS node holds (move_pages(2) query of every page), for
+// the NUMA tests and reports: node -> pages; key -1 counts pages whose node the kernel didn't give
+// (not resident, or no NUMA support). Pages are the base page size (a huge page counts as many).
+std::map<int, size_t> page_nodes(const void* p, size_t bytes);
 
 }  // namespace sysinfer

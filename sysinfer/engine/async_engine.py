@@ -17,7 +17,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import EngineClosedError, QueueFullError
-from .llm_engine import EngineStats, Event, LLMEngine
+from .lanes import make_core
+from .llm_engine import EngineStats, Event
 from .request_state import Delta
 from .sampling import SamplingParams
 from .sequence import Sequence
@@ -52,7 +53,7 @@ class AsyncEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_queue: int = 1024,
                  max_step_tokens: int | None = None, enable_prefix_cache: bool = True,
                  request_timeout: float = math.inf, stall_timeout: float = math.inf, speculative: bool = False):
-        self.core = LLMEngine(model, tokenizer, max_batch=max_batch, max_step_tokens=max_step_tokens,
+        self.core = make_core(model, tokenizer, max_batch=max_batch, max_step_tokens=max_step_tokens,
                               enable_prefix_cache=enable_prefix_cache, speculative=speculative)
         self.max_queue = max_queue
         self.request_timeout = request_timeout  # a request's whole life, queued and running
@@ -233,3 +234,8 @@ class AsyncEngine:
 
     def snapshot(self) -> EngineStats:
         return self.core.snapshot()
+
+    def lane_snapshots(self) -> list[EngineStats]:
+        """Per lane (--numa replicate: one per node; else the one engine)."""
+        lanes = getattr(self.core, "lane_snapshots", None)
+        return lanes() if lanes else [self.core.snapshot()]

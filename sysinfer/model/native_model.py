@@ -7,7 +7,7 @@ import logging
 import math
 import mmap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -140,15 +140,14 @@ class LoadedModel:
 def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_ctx: int | None = None, kv_blocks: int | None = None,
                block_size: int = DEFAULT_BLOCK_SIZE, max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS,
                max_out_rows: int = DEFAULT_MAX_OUT_ROWS, progress: Callable[[int, int], None] | None = None,
-               cpus: list[int] | None = None, numa: str | None = None) -> LoadedModel:
+               cpus: list[int] | None = None, numa: str | None = None) -> "LoadedModel | ReplicatedModel":
     """Validate (unless given a file read_model_file already validated), pack the weights into the
     native core (each NUMA node's share into its own memory: sysinfer.topology), release the file,
-    allocate the KV cache. numa: "auto" | "tp" | "off" (default: SYSINFER_NUMA, else auto)."""
+    allocate the KV cache. numa: "auto" | "tp" | "replicate" | "off" (default: SYSINFER_NUMA, else
+    auto). With "replicate", one whole copy per node: a ReplicatedModel of one LoadedModel per node,
+    each with kv_blocks blocks of its own (sysinfer/engine/lanes.py runs them)."""
     start = time.perf_counter()
     mf = source if isinstance(source, GGUFModelFile) else read_model_file(source)
-    path = mf.path
-    from .. import _native
-
     hp = mf.hparams
     n_ctx = n_ctx or min(hp.n_ctx_train, DEFAULT_CTX_CAP)
     if n_ctx < 1:
@@ -159,35 +158,81 @@ def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_c
     kv_blocks = kv_blocks or math.ceil(n_ctx / block_size)
     if cpus:  # an explicit pinning: one node on these CPUs
         topology.nodes = [Node(0, tuple(cpus[i % len(cpus)] for i in range(topology.n_threads)), None, ())]
+    _check_native_limits(mf, hp.native_config(n_ctx))
+    sizes = (n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows)
+    if topology.mode == "replicate":
+        lanes = [Topology("replicate", [replace(node, index=0)], f"replica {i} of {len(topology.nodes)}; {topology.source}",
+                          topology.os_nodes, topology.notes) for i, node in enumerate(topology.nodes)]
+        models = [_pack(mf, lane, sizes, progress, start) for lane in lanes]
+        model: LoadedModel | ReplicatedModel = ReplicatedModel(models, topology)
+    else:
+        model = _pack(mf, topology, sizes, progress, start)
+    mf.tensors.clear()  # drop the mmap views: the packed copies are all we keep
+    del mf
+    gc.collect()
+    return model
+
+
+def _check_native_limits(mf: GGUFModelFile, config: dict) -> None:
+    for key, value in config.items():  # the native core reads C ints: a bigger value is std::bad_cast
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= INT32_MAX:
+            raise ModelLoadError(f"{mf.path}: {key} = {value} does not fit the native core (at most {INT32_MAX})")
+    for t in mf.tensors.values():
+        if t.rows > INT32_MAX or t.cols > INT32_MAX:
+            raise ModelLoadError(f"{mf.path}: tensor {t.name!r} of shape {list(t.shape)} is too large for the native core")
+
+
+def _pack(mf: GGUFModelFile, topology: Topology, sizes: tuple[int, int, int, int, int],
+          progress: Callable[[int, int], None] | None, start: float) -> LoadedModel:
+    """One native model over the topology's nodes (tensor parallel when several), weights packed and
+    KV cache allocated. The file stays mapped (a replica after this one packs from it again)."""
+    from .. import _native
+
+    hp = mf.hparams
+    n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows = sizes
     types = {name: int(t.type) for name, t in mf.tensors.items()}
     shares = plan_shares(hp, types, len(topology.nodes), block_size)
     for note in plan_notes(hp, shares):
         log.warning("%s", note)
     nodes = [dict(threads=n.n_threads, cpus=list(n.cpus), mem_node=-1 if n.mem_node is None else n.mem_node, **s.native())
              for n, s in zip(topology.nodes, shares)]
-    config = hp.native_config(n_ctx)
-    for key, value in config.items():  # the native core reads C ints: a bigger value is std::bad_cast
-        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= INT32_MAX:
-            raise ModelLoadError(f"{path}: {key} = {value} does not fit the native core (at most {INT32_MAX})")
-    for t in mf.tensors.values():
-        if t.rows > INT32_MAX or t.cols > INT32_MAX:
-            raise ModelLoadError(f"{path}: tensor {t.name!r} of shape {list(t.shape)} is too large for the native core")
     try:
-        native = _native.Model(config, nodes)
+        native = _native.Model(hp.native_config(n_ctx), nodes)
         load_weights(native, mf, progress)
     except ValueError as e:  # shape/type problems the native side found
-        raise ModelLoadError(f"{path}: {e}") from None
+        raise ModelLoadError(f"{mf.path}: {e}") from None
     native.init_cache(kv_blocks, block_size, max_step_tokens, max_out_rows)
-    failed = [i for i, r in enumerate(native.node_report()) if r["binding"] == "failed"]
+    failed = [f"{i} (OS node {r['mem_node']})" for i, r in enumerate(native.node_report()) if r["binding"] == "failed"]
     if failed:
-        log.warning("binding memory to its NUMA node failed for node(s) %s (a kernel without NUMA support?): "
-                    "the kernel placed those pages", ", ".join(map(str, failed)))
+        log.warning("binding memory to its NUMA node failed for node(s) %s (a kernel without NUMA support, or "
+                    "without that node?): the kernel placed those pages", ", ".join(failed))
     stats = LoadStats(time.perf_counter() - start, native.weight_bytes, native.kv_bytes)
-    model = LoadedModel(mf, native, n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows, stats, topology)
-    mf.tensors.clear()  # drop the mmap views: the packed copy is all we keep
-    del mf
-    gc.collect()
-    return model
+    return LoadedModel(mf, native, n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows, stats, topology)
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "GGMLQuantizationType"]
+class ReplicatedModel:
+    """--numa replicate: one whole LoadedModel per node (its weights, KV arena and threads on that
+    node). Reads as its first replica (shapes, metadata, step) for code that runs one sequence at a
+    time (`sysinfer generate`, `bench`: one lane); the server runs every replica as a lane
+    (sysinfer/engine/lanes.py)."""
+
+    def __init__(self, replicas: list[LoadedModel], topology: Topology):
+        self.replicas = replicas
+        self.topology = topology
+        self.load_stats = LoadStats(max(r.load_stats.seconds for r in replicas),  # packed one after another
+                                    sum(r.load_stats.weight_bytes for r in replicas),
+                                    sum(r.load_stats.kv_bytes for r in replicas))
+
+    def __getattr__(self, name: str):
+        return getattr(self.replicas[0], name)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.replicas)
+
+    def node_report(self) -> list[dict]:
+        """Every replica's node, in lane order, each with its lane index."""
+        return [dict(r.node_report()[0], lane=i) for i, r in enumerate(self.replicas)]
+
+
+__all__ = ["LoadedModel", "ModelLoadError", "ReplicatedModel", "load_model", "GGMLQuantizationType"]

@@ -292,3 +292,236 @@ def test_numa_setting_is_validated():
     assert ServerConfig.from_env({"SYSINFER_NUMA": "tp"}).numa == "tp"
     with pytest.raises(ValueError, match="numa"):
         ServerConfig(numa="sideways").validate()
+
+
+# ---- --numa replicate: a whole copy per node, one lane each (forced split on any machine) ----
+
+import anyio  # noqa: E402
+
+from sysinfer.engine.async_engine import AsyncEngine  # noqa: E402
+from sysinfer.engine.errors import EngineClosedError  # noqa: E402
+from sysinfer.engine.lanes import Lanes  # noqa: E402
+from sysinfer.engine.sampling import SamplingParams  # noqa: E402
+from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
+from test_engine_real import QUESTIONS, alone, chat_ids, serve  # noqa: E402
+
+_replicated: dict = {}
+
+
+def replicated_smollm2():
+    """SmolLM2 Q4_0 as two replicas (SYSINFER_NUMA_NODES=2, --numa replicate), and one node."""
+    if not _replicated:
+        import os
+
+        from model_files import smollm2_q4_0
+
+        from sysinfer.model.native_model import load_model
+
+        old = os.environ.get("SYSINFER_NUMA_NODES")
+        os.environ["SYSINFER_NUMA_NODES"] = "2"
+        try:
+            _replicated["two"] = load_model(smollm2_q4_0(), threads=2, numa="replicate", n_ctx=1024, kv_blocks=64)
+        finally:
+            os.environ.pop("SYSINFER_NUMA_NODES", None)
+            if old is not None:
+                os.environ["SYSINFER_NUMA_NODES"] = old
+        _replicated["one"] = load_model(smollm2_q4_0(), threads=2, numa="off", n_ctx=1024, kv_blocks=64)
+        _replicated["tok"] = Tokenizer.from_metadata(_replicated["one"].metadata)
+    return _replicated["two"], _replicated["one"], _replicated["tok"]
+
+
+def test_replicate_loads_one_whole_copy_per_node():
+    two, one, _ = replicated_smollm2()
+    assert len(two.replicas) == 2 and two.n_nodes == 2 and two.topology.mode == "replicate"
+    report = two.node_report()
+    assert [r["lane"] for r in report] == [0, 1] and [r["cpus"] for r in report] == [[0], [1]]
+    for r in report:  # each replica holds everything: the one-node shares and bytes
+        assert r["heads"] == [0, one.hparams.n_head] and r["ff"] == [0, one.hparams.n_ff]
+        assert r["binding"] in ("bound", "failed") and r["kv_bytes"] == one.native.kv_bytes
+    assert two.load_stats.weight_bytes == 2 * one.load_stats.weight_bytes
+    for replica in two.replicas:
+        assert replica.n_nodes == 1 and replica.native.n_threads == 1
+        pages = replica.native.page_report()[0]
+        mem = replica.topology.nodes[0].mem_node
+        if mem is not None and report[0]["binding"] == "bound":
+            assert set(pages["weights"]) == {mem} and set(pages["kv"]) == {mem}
+
+
+def test_replicate_lanes_equal_one_node_and_spread():
+    """Six requests over two lanes: greedy tokens equal each alone on one node, three per lane, every
+    lane's KV blocks free at the end; both lanes step in the same engine step."""
+    two, one, tok = replicated_smollm2()
+    prompts = [chat_ids(tok, q) for q in QUESTIONS[:6]]
+    engine = AsyncEngine(two, tok, max_batch=4)
+    assert isinstance(engine.core, Lanes) and len(engine.core.lanes) == 2
+    seen: list[int] = []
+    add = engine.core.add_request
+
+    def record(*args, **kwargs):
+        seq = add(*args, **kwargs)
+        seen.append(engine.core._lane_of[seq.request_id])
+        return seq
+
+    engine.core.add_request = record
+    out = anyio.run(serve, engine, prompts)
+    assert [out[i] for i in range(6)] == alone(one, tok, prompts)
+    assert sorted(seen) == [0, 0, 0, 1, 1, 1]
+    lanes = engine.lane_snapshots()
+    assert [s.tokens_generated for s in lanes] == [48, 48]  # 3 requests x 16 tokens each
+    assert all(lane.blocks.num_used == 0 for lane in engine.core.lanes) and engine.blocks.num_used == 0
+    total = engine.snapshot()
+    assert total.tokens_generated == 96 and total.steps == max(s.steps for s in lanes) < 6 * 16
+    assert not engine.core._lane_of and not engine.by_id
+
+
+def test_replicate_abort_and_drain_across_lanes():
+    two, _, tok = replicated_smollm2()
+    prompts = [chat_ids(tok, q) for q in QUESTIONS[:4]]
+    engine = AsyncEngine(two, tok, max_batch=2)
+    out = anyio.run(serve, engine, prompts, 64, 3)  # every client leaves after 3 tokens
+    assert all(len(v) >= 3 for v in out.values())
+    assert all(lane.blocks.num_used == 0 for lane in engine.core.lanes) and not engine.by_id
+
+    engine = AsyncEngine(two, tok, max_batch=2)
+    finishes: list[str] = []
+
+    async def main():
+        async def one(p):
+            async for d in engine.generate(p, SamplingParams(max_tokens=500, ignore_eos=True)):
+                if d.finish_reason:
+                    finishes.append(d.finish_reason)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.run)
+            for p in prompts:
+                tg.start_soon(one, p)
+            while engine.stats.tokens_generated < 4:
+                await anyio.sleep(0.01)
+            assert {engine.core._lane_of[r] for r in engine.by_id} == {0, 1}
+            await engine.drain(0)
+            with pytest.raises(EngineClosedError):
+                engine.submit(prompts[0], SamplingParams(max_tokens=4))
+
+    anyio.run(main)
+    assert finishes == ["abort"] * 4
+    assert all(lane.blocks.num_used == 0 for lane in engine.core.lanes) and not engine.by_id
+
+
+def test_replicate_failed_lane_step_ends_only_its_requests():
+    two, _, tok = replicated_smollm2()
+    engine = AsyncEngine(two, tok, max_batch=2)
+    core = engine.core
+    broken = core.lanes[1]
+    real = broken.execute
+
+    def fail(plan):
+        raise RuntimeError("lane 1 broke")
+
+    broken.execute = fail
+    try:
+        prompts = [chat_ids(tok, q) for q in QUESTIONS[:2]]
+        seqs = [core.add_request(p, SamplingParams(max_tokens=4, ignore_eos=True)) for p in prompts]
+        events = []
+        while core.has_work():
+            events += core.step()
+    finally:
+        broken.execute = real
+    ends = {seq.request_id: d.finish_reason for seq, d in events if d.finish_reason}
+    # The first request went to lane 0 (least loaded, lowest index), the second to lane 1.
+    assert ends == {seqs[0].request_id: "length", seqs[1].request_id: "error"}, ends
+    assert not core._lane_of and not core.by_id
+    assert all(x.blocks.num_used == 0 for x in core.lanes)
+
+
+def test_lane_metrics():
+    from sysinfer.metrics import Metrics
+
+    two, _, tok = replicated_smollm2()
+    engine = AsyncEngine(two, tok, max_batch=2)
+    engine.core.add_request(chat_ids(tok, QUESTIONS[0]), SamplingParams(max_tokens=4))
+    metrics = Metrics()
+    metrics.observe_engine(engine.snapshot())
+    metrics.observe_lanes(engine.lane_snapshots())
+    text = metrics.render()
+    assert 'sysinfer_lane_waiting_sequences{lane="0"} 1.0' in text
+    assert 'sysinfer_lane_waiting_sequences{lane="1"} 0.0' in text
+    assert "sysinfer_waiting_sequences 1.0" in text
+
+
+def test_info_plan_for_replicate(monkeypatch):
+    from model_files import tiny_model
+
+    from sysinfer.cli import _numa_rows
+    from sysinfer.model.model_file import read_model_file
+
+    monkeypatch.setenv("SYSINFER_NUMA_NODES", "2")
+    rows = dict(_numa_rows(read_model_file(tiny_model("llama")), 2, "replicate"))
+    assert rows["numa"].startswith("mode replicate, 2 node(s)")
+    assert rows["plan lane 0"] == rows["plan lane 1"] and "a whole copy" in rows["plan lane 1"]
+
+
+def test_kv_cache_sized_per_replica(monkeypatch):
+    from sysinfer import config
+    from sysinfer.config import ServerConfig, kv_block_bytes, kv_blocks_for
+
+    hp = HP(32, 8, 128, 14336, 128256)
+    hp.n_layer = 32
+    per_block = kv_block_bytes(hp, 16)
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 10 * 2**30)
+    cfg = ServerConfig(ctx_size=4096, max_batch=64)
+    one, two = kv_blocks_for(cfg, hp, 4 * 2**30), kv_blocks_for(cfg, hp, 4 * 2**30, copies=2)
+    assert one == int(6 * 2**30 * 0.5 // per_block)  # half of what the one copy leaves
+    assert two == int(2 * 2**30 * 0.5 // (2 * per_block))  # two copies of weights and of the cache
+
+
+# ---- bad configurations: a clear error or a logged fallback, never a crash ----
+
+def test_fewer_cpus_than_nodes(tmp_path, caplog):
+    """Four OS nodes but CPUs on two of them (taskset, cgroups) or one thread: the nodes the threads
+    are on, nothing else; forcing more nodes than threads is an error naming the fix."""
+    root = make_sysfs(tmp_path, {i: (f"{4 * i}-{4 * i + 3}", 1 << 20) for i in range(4)} | {4: ("", 1 << 20)})
+    t = topo(root, [0, 1, 8, 9])
+    assert t.mode == "tp" and [n.mem_node for n in t.nodes] == [0, 2]
+    assert topo(root, [0, 1, 8, 9], threads=1, numa="tp").nodes[0].cpus == (0,)
+    with caplog.at_level(logging.WARNING):
+        t = topo(root, [0, 1], numa="replicate")
+    assert t.mode == "replicate" and len(t.nodes) == 1 and "one lane" in caplog.text
+    for mode in ("tp", "replicate"):
+        with pytest.raises(ValueError, match="every node needs at least one"):
+            topo(root, [0, 1], {"SYSINFER_NUMA_NODES": "4"}, numa=mode)
+
+
+def _load_on_made_up_sysfs(monkeypatch, root, numa="tp"):
+    import functools
+
+    from sysinfer.model import native_model
+
+    monkeypatch.setattr(native_model, "detect_topology",
+                        functools.partial(detect_topology, sysfs_root=root, allowed=[0, 1], env={}))
+    return native_model.load_model(tiny_model("llama"), threads=2, numa=numa, n_ctx=256, kv_blocks=16)
+
+
+def test_node_without_memory_loads_and_runs(tmp_path, monkeypatch, caplog):
+    """Node 1 has CPUs but no memory (made-up sysfs): its share is placed by the kernel, logged."""
+    root = make_sysfs(tmp_path, {0: ("0", 1 << 20), 1: ("1", 0)})
+    with caplog.at_level(logging.WARNING):
+        m = _load_on_made_up_sysfs(monkeypatch, root)
+    assert "OS node 1 has no memory" in caplog.text
+    assert [r["binding"] for r in m.node_report()] == ["bound", "not bound"]
+    prompt = prompt_tokens(m.n_vocab)
+    assert native_greedy(m, prompt, 8) == native_greedy(numa_model("llama", 1), prompt, 8)
+
+
+def test_node_the_kernel_lacks_is_a_logged_fallback(tmp_path, monkeypatch, caplog):
+    """sysfs names a node 7 the running kernel doesn't have (here: one node): mbind fails, the kernel
+    places the pages, the load says so, and the model runs."""
+    root = make_sysfs(tmp_path, {0: ("0", 1 << 20), 7: ("1", 1 << 20)})
+    if any(n.id == 7 for n in read_os_nodes()):
+        pytest.skip("this kernel has a node 7")
+    with caplog.at_level(logging.WARNING):
+        m = _load_on_made_up_sysfs(monkeypatch, root, numa="replicate")
+    assert "binding memory to its NUMA node failed for node(s) 0 (OS node 7)" in caplog.text
+    assert [r["binding"] for r in m.node_report()] == ["bound", "failed"]
+    prompt = prompt_tokens(m.n_vocab)
+    want = native_greedy(numa_model("llama", 1), prompt, 8)
+    assert all(native_greedy(r, prompt, 8) == want for r in m.replicas)
