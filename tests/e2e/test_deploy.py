@@ -121,6 +121,8 @@ def test_container_build_and_runtime_scripts(tmp_path):
         r = httpx.post(base + "/v1/chat/completions", timeout=60,
                        json={"model": "any", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+        page = httpx.get(base + "/", timeout=10)  # the chat page is in the wheel
+        assert page.status_code == 200 and "<title>sysinfer chat</title>" in page.text
         text = (tmp_path / "server.log").read_text()
         assert "OMP_NUM_THREADS=2 GOMP_CPU_AFFINITY=0-1" in text  # the given ones win over the computed
         assert "listening on 0.0.0.0 without an API key" in text  # the warning

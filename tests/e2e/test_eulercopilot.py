@@ -1,0 +1,150 @@
+"""EulerCopilot against a real server, configured with the `models.answer` values of the deployment
+guide (read from docs/deployment.md, and the Chinese guide must give the same ones).
+
+What EulerCopilot sends, as read in openEuler's euler-copilot-framework (0.9.5 and its current master):
+- the answer model: `AsyncOpenAI(base_url=..., api_key=key)`; `chat.completions.create(model=name,
+  messages=[system "You are a helpful assistant." unless one is given, ..., user], max_tokens=maxTokens,
+  temperature=0.7, stream=True)`; it reads `chunk.choices[0]` of every chunk and takes a
+  `reasoning_content` attribute on the delta as the start of a reasoning model's thinking. The newer
+  provider adds `stream_options={"include_usage": True}` (and skips chunks without choices), goes
+  through its own `httpx.AsyncClient(verify=False)`, and has a non-streaming form.
+- the chart gives the framework the endpoint as the client's base_url (some versions append /v1
+  first) and the RAG service the endpoint + "/v1".
+- the function-call model with backend "vllm": the same client, non-streaming, with
+  `extra_body={"guided_json": schema}`.
+This test writes those requests itself (with the real `openai` client) rather than installing
+EulerCopilot, which needs MongoDB, MinIO, Redis and an authentication service."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from servers import start_server
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}  # EulerCopilot's default system message
+
+
+def helm_values(doc: str) -> dict:
+    """The indented YAML block that starts with `models:` in a deployment guide."""
+    text = (DOCS / doc).read_text(encoding="utf-8")
+    block = re.search(r"^    models:\n(?:^    .*\n|^\n)+", text, re.M).group(0)
+    return yaml.safe_load("\n".join(line[4:] for line in block.splitlines()))["models"]["answer"]
+
+
+@pytest.fixture(scope="module")
+def answer():
+    values = helm_values("deployment.md")
+    assert values == helm_values("deployment.zh.md")  # both languages give the same values
+    assert set(values) == {"endpoint", "key", "name", "ctxLength", "maxTokens"}
+    assert not values["endpoint"].rstrip("/").endswith("/v1")  # the chart's RAG service appends /v1 itself
+    assert values["key"] and values["maxTokens"] < values["ctxLength"]
+    return values
+
+
+@pytest.fixture(scope="module")
+def server(answer):
+    proc, base, _ = start_server(SYSINFER_API_KEY=answer["key"], SYSINFER_MODEL_NAME=answer["name"],
+                                 SYSINFER_CTX_SIZE=str(answer["ctxLength"]))
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+async def stream_answer(base_url: str, values: dict, question: str, max_tokens: int | None = None,
+                        **extra) -> tuple[str, list]:
+    """One answer as EulerCopilot's answer client asks for it (max_tokens: maxTokens unless a test cuts
+    it, as SmolLM2 at temperature 0.7 sometimes runs on to the limit); returns the text and the chunks."""
+    async with httpx.AsyncClient(verify=False) as http:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=values["key"], http_client=http, max_retries=0)
+        stream = await client.chat.completions.create(
+            model=values["name"], messages=[SYSTEM, {"role": "user", "content": question}],
+            max_tokens=max_tokens or values["maxTokens"], temperature=0.7, stream=True, **extra)
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks
+
+
+@pytest.mark.parametrize("suffix", ["/v1", ""], ids=["endpoint+/v1", "endpoint-as-given"])
+def test_answer_client_streams_plain_content(server, answer, suffix):
+    """The 0.9.5 reader: choices[0] in every chunk, no reasoning_content on any delta (it would take
+    the reply for a reasoning model's thinking), the text in content. Both base URLs the chart builds."""
+    text, chunks = asyncio.run(stream_answer(server + suffix, answer, "What is 2 + 2? Answer with one number."))
+    assert text.strip()
+    assert all(len(c.choices) == 1 for c in chunks)
+    assert not any(hasattr(c.choices[0].delta, "reasoning_content") for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert {c.model for c in chunks} == {answer["name"]}
+
+
+def test_answer_client_with_usage_and_without_streaming(server, answer):
+    """The newer provider: the usage chunk last (its token accounting), and the non-streaming form."""
+    text, chunks = asyncio.run(stream_answer(server + "/v1", answer, "Say hello.", max_tokens=64,
+                                             stream_options={"include_usage": True}))
+    assert text.strip()
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens > 5 and chunks[-1].usage.completion_tokens >= 1
+
+    async def whole():
+        async with httpx.AsyncClient(verify=False) as http:
+            client = openai.AsyncOpenAI(base_url=server + "/v1", api_key=answer["key"], http_client=http, max_retries=0)
+            return await client.chat.completions.create(
+                model=answer["name"], messages=[SYSTEM, {"role": "user", "content": "Say hello."}],
+                max_tokens=64, temperature=0.7, stream=False)
+
+    r = asyncio.run(whole())
+    assert r.choices[0].message.content.strip() and r.usage.completion_tokens >= 1
+    assert not hasattr(r.choices[0].message, "reasoning_content")
+
+
+def test_prompt_too_long_for_max_tokens_is_a_clear_400(server, answer):
+    """ctxLength - maxTokens is the room for EulerCopilot's prompt: beyond it, the error it shows."""
+    long_question = "word " * (answer["ctxLength"] - answer["maxTokens"] + 50)
+
+    with pytest.raises(openai.BadRequestError) as info:
+        asyncio.run(stream_answer(server + "/v1", answer, long_question))
+    assert info.value.body["code"] == "context_length_exceeded"
+
+
+def test_wrong_or_missing_key(server, answer):
+    bad = dict(answer, key="not-the-key")
+    with pytest.raises(openai.AuthenticationError):
+        asyncio.run(stream_answer(server + "/v1", bad, "Hello", max_tokens=8))
+    # an empty key: the openai client itself refuses (hence "any non-empty string" in the guide)
+    env_free = subprocess.run([sys.executable, "-c", "import openai; openai.AsyncOpenAI(base_url='http://x/v1')"],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert env_free.returncode != 0 and "api_key" in env_free.stderr
+
+
+def test_function_call_backend_vllm_is_answered(server, answer):
+    """models.functionCall with backend "vllm": guided_json in the body is ignored (no structured output
+    yet), the request is answered, and EulerCopilot extracts JSON from the text."""
+    client = openai.OpenAI(base_url=server + "/v1", api_key=answer["key"], max_retries=0)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    r = client.chat.completions.create(
+        model=answer["name"], messages=[SYSTEM, {"role": "user", "content": 'Reply with JSON: {"answer": "yes"}'}],
+        max_tokens=32, temperature=0.7, extra_body={"guided_json": schema})
+    assert r.choices[0].message.content is not None
+
+
+def test_the_guides_check_script(server, answer, tmp_path):
+    """The guide's Python check, run as written (port, key; max_tokens cut to keep CI short)."""
+    script = re.search(r"```python\n(.*?)```", (DOCS / "deployment.md").read_text(encoding="utf-8"), re.S).group(1)
+    assert script == re.search(r"```python\n(.*?)```", (DOCS / "deployment.zh.md").read_text(encoding="utf-8"),
+                               re.S).group(1)
+    assert 'base_url="http://127.0.0.1:7860/v1"' in script and 'api_key="KEY"' in script
+    assert f'max_tokens={answer["maxTokens"]}' in script
+    script = (script.replace("http://127.0.0.1:7860", server).replace('"KEY"', repr(answer["key"]))
+              .replace(f'max_tokens={answer["maxTokens"]}', "max_tokens=48"))
+    (tmp_path / "check.py").write_text(script, encoding="utf-8")
+    out = subprocess.run([sys.executable, str(tmp_path / "check.py")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-3000:]
