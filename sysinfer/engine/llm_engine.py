@@ -46,6 +46,7 @@ class EngineStats:
     step_seconds_total: float = 0.0
     draft_tokens: int = 0               # speculative tokens verified
     accepted_draft_tokens: int = 0      # of them, accepted
+    draft_steps: int = 0                # sequence-steps that verified drafts
 
 
 class LLMEngine:
@@ -199,6 +200,7 @@ class LLMEngine:
             seq.drafted += len(drafts)
             seq.draft_accepted += confirmed
             self.stats.draft_tokens += len(drafts)
+            self.stats.draft_steps += 1
             self.stats.accepted_draft_tokens += confirmed
             state.lookup.feedback(len(drafts), accepted)
             # Even when the request ends here: the accepted drafts' KV is computed, and their full
