@@ -74,7 +74,7 @@ async def _load_and_run(state: ServerState) -> None:
     cfg = state.config
     state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
-                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculative)
+                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation)
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
           f"{state.model.n_kv_blocks} KV blocks) on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}",
           flush=True)

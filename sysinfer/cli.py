@@ -118,7 +118,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids = tokenizer.apply_chat_template(messages)
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos)
-    engine = LLMEngine(loaded.model, tokenizer, speculative=args.speculative)
+    cfg_speculation = ServerConfig(speculative=args.speculative).validate().speculation  # max_batch 1 here
+    engine = LLMEngine(loaded.model, tokenizer, speculative=cfg_speculation)
     start = time.perf_counter()
     first = last = None
     for delta in engine.generate(prompt_ids, params):
@@ -135,7 +136,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         decode_s = time.perf_counter() - first
         rate = (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0
         drafts = (f"; drafts accepted {engine.stats.accepted_draft_tokens}/{engine.stats.draft_tokens}"
-                  if args.speculative else "")
+                  if cfg_speculation else "")
         print(f"[{len(prompt_ids)} prompt tokens in {first - start:.2f} s; {n} generated at {rate:.1f} tok/s; "
               f"finish: {last.finish_reason}; kernels {loaded.model.kernels}{drafts}]", file=sys.stderr)
     return 0
@@ -153,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
         request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
-        speculative=True if args.speculative else None, numa=args.numa)
+        speculative=args.speculative, numa=args.numa)
     _warn_if_exposed(cfg)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=cfg.drain_seconds + 2)  # the engine ends its streams first
@@ -183,6 +184,18 @@ def add_numa_argument(p: argparse.ArgumentParser) -> None:
                         "(throughput at many concurrent requests), off = one node; env SYSINFER_NUMA")
 
 
+def add_speculative_argument(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--speculative (on even when batching) and --no-speculative (off); neither: auto, on when max_batch
+    is 1. Plain flags, no optional value: `serve --speculative MODEL.gguf` must keep meaning the model."""
+    p.set_defaults(speculative=default)
+    p.add_argument("--speculative", dest="speculative", action="store_const", const="on",
+                   help="speculative decoding by prompt lookup even with --max-batch > 1 (default: on when "
+                        "--max-batch is 1; faster when answers quote the prompt, greedy output unchanged; "
+                        "env SYSINFER_SPECULATIVE=on|off|auto)")
+    p.add_argument("--no-speculative", dest="speculative", action="store_const", const="off",
+                   help="no speculative decoding (= --speculative off)")
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("-t", "--temperature", type=float, help="default temperature (0 = greedy, the default)")
@@ -199,8 +212,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="require Authorization: Bearer KEY")
     add_numa_argument(p)
     p.add_argument("--model-name", help="model id reported by /v1/models (default: the file name)")
-    p.add_argument("--speculative", action="store_true",
-                   help="speculative decoding by prompt lookup (faster when answers quote the prompt)")
+    add_speculative_argument(p)
     p.add_argument("--request-timeout", type=float,
                    help="seconds a request may take, queued and running; then it ends as at max_tokens (1800)")
     p.add_argument("--stall-timeout", type=float,
@@ -271,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--threads", type=int)
     p.add_argument("--ctx-size", type=int, default=4096)
-    p.add_argument("--speculative", action="store_true", help="speculative decoding by prompt lookup")
+    add_speculative_argument(p, default="auto")
     add_numa_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
     p.set_defaults(func=cmd_generate)

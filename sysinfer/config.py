@@ -35,7 +35,7 @@ class ServerConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS
     prefix_cache: bool = True
-    speculative: bool = False          # prompt-lookup speculative decoding (see docs/architecture.md)
+    speculative: str = "auto"         # prompt-lookup speculative decoding: on | off | auto (on when max_batch is 1)
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None
@@ -61,11 +61,18 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if not 0 <= self.drain_seconds <= 3600:
             raise ValueError(f"drain_seconds must be between 0 and 3600, got {self.drain_seconds}")
+        self.speculative = _speculative_mode(self.speculative)
         if self.numa is not None and self.numa not in ("auto", "tp", "replicate", "off"):
             raise ValueError(f"numa must be auto, tp, replicate or off, got {self.numa!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self
+
+    @property
+    def speculation(self) -> bool:
+        """Whether the engine drafts and verifies: auto means on at max_batch 1, where a step is bound
+        by reading the weights and verifying drafts costs about one decode step."""
+        return self.speculative == "on" or (self.speculative == "auto" and self.max_batch == 1)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "ServerConfig":
@@ -78,6 +85,18 @@ class ServerConfig:
             values[f.name] = _parse(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values).validate()
+
+
+def _speculative_mode(value: Any) -> str:
+    """on | off | auto; true/false (and their spellings) mean on/off."""
+    text = str(value).lower()
+    if text in ("on", "off", "auto"):
+        return text
+    if text in ("1", "true", "yes"):
+        return "on"
+    if text in ("0", "false", "no"):
+        return "off"
+    raise ValueError(f"speculative must be on, off or auto, got {value!r}")
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:

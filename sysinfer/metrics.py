@@ -26,9 +26,13 @@ class Metrics:
                                  registry=r)
         self.preemptions = Gauge("sysinfer_preemptions", "Sequences preempted for lack of KV blocks", registry=r)
         self.step_seconds = Gauge("sysinfer_last_step_seconds", "Duration of the last native step", registry=r)
-        self.draft_tokens = Gauge("sysinfer_draft_tokens", "Speculative tokens verified", registry=r)
-        self.accepted_draft_tokens = Gauge("sysinfer_accepted_draft_tokens", "Speculative tokens accepted",
-                                           registry=r)
+        # Speculative decoding (counters: sysinfer_draft_tokens_total, ..._accepted_..., ..._rejected_...)
+        self.draft_tokens = Counter("sysinfer_draft_tokens", "Speculative tokens drafted and verified", registry=r)
+        self.accepted_draft_tokens = Counter("sysinfer_accepted_draft_tokens",
+                                             "Speculative tokens the model confirmed", registry=r)
+        self.rejected_draft_tokens = Counter("sysinfer_rejected_draft_tokens",
+                                             "Speculative tokens the model rejected", registry=r)
+        self._drafts_seen = (0, 0)  # the engine's totals at the last observation
         self._add_router_gauges(r)
         self._add_lane_gauges(r)
 
@@ -81,8 +85,12 @@ class Metrics:
         self.prefix_hits.set(s.prefix_hit_tokens)
         self.preemptions.set(s.preemptions)
         self.step_seconds.set(s.last_step_seconds)
-        self.draft_tokens.set(s.draft_tokens)
-        self.accepted_draft_tokens.set(s.accepted_draft_tokens)
+        drafted, accepted = s.draft_tokens - self._drafts_seen[0], s.accepted_draft_tokens - self._drafts_seen[1]
+        if drafted > 0:  # the engine's totals only grow; a counter takes what was added since
+            self.draft_tokens.inc(drafted)
+            self.accepted_draft_tokens.inc(accepted)
+            self.rejected_draft_tokens.inc(drafted - accepted)
+        self._drafts_seen = (s.draft_tokens, s.accepted_draft_tokens)
         self._observe_router_gauges(s)
 
     def render(self) -> str:

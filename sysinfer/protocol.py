@@ -108,7 +108,10 @@ def usage_body(u) -> dict[str, Any]:
     if u is None:
         return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+            "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+            # OpenAI's fields for predicted outputs, which is what speculative drafts are
+            "completion_tokens_details": {"accepted_prediction_tokens": u.accepted_prediction_tokens,
+                                          "rejected_prediction_tokens": u.rejected_prediction_tokens}}
 
 
 class ResponseShaper:

@@ -38,7 +38,7 @@ def load_serving_model(cfg: ServerConfig, progress: bool = True) -> ServingModel
         model = load_model(mf, threads=cfg.threads, n_ctx=min(cfg.ctx_size, hp.n_ctx_train),
                            kv_blocks=kv_blocks_for(cfg, hp, weight_bytes=mf.file_bytes, copies=copies),
                            block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
-                           max_out_rows=max(cfg.max_batch, 1) * (1 + (K_MAX if cfg.speculative else 0)),
+                           max_out_rows=max(cfg.max_batch, 1) * (1 + (K_MAX if cfg.speculation else 0)),
                            progress=lambda i, n: bar.update(1), numa=cfg.numa)
     tokenizer = Tokenizer.from_metadata(model.metadata)
     if tokenizer.chat_template:

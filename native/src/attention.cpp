@@ -20,7 +20,8 @@ inline void prefetch_bytes(const void* p, size_t bytes) {
 size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item) {
   const size_t rows = size_t(max_tokens_per_item) * (s.n_head / s.n_head_kv);
   const size_t kv_block = 2 * size_t(s.block_size) * s.head_dim;   // K (transposed) and V as f32
-  return kv_block + rows * (2 * size_t(s.head_dim) + 2 + s.block_size);
+  // per row: q, the chunk's accumulator, scores, the chunk's max and sum, the merged acc, max, sum
+  return kv_block + rows * (4 * size_t(s.head_dim) + 4 + s.block_size);
 }
 
 namespace {
@@ -46,92 +47,126 @@ inline void softmax_block(const Kernels& k, float* p, int nk, int n_visible, flo
   *sum = s;
 }
 
+// Folds one chunk's online-softmax state (acc[hd], max, sum) into a row's running state (in chunk
+// order). The one place chunks are merged, for every path (noinline: one machine code for all
+// callers, so no caller's contraction or vectorisation can differ). The first non-empty chunk is
+// copied exactly, so a row with one chunk gets the plain online softmax's bits.
+__attribute__((noinline)) void merge_partial(float* run_acc, float* run_max, float* run_sum, const float* acc,
+                                             float max, float sum, int hd) {
+  if (sum == 0.f) return;  // the row sees no key of this chunk
+  if (*run_sum == 0.f) {
+    std::copy(acc, acc + hd, run_acc);
+    *run_max = max;
+    *run_sum = sum;
+    return;
+  }
+  const float new_max = std::max(*run_max, max);
+  const float w_run = std::exp(*run_max - new_max), w = std::exp(max - new_max);
+  for (int i = 0; i < hd; ++i) run_acc[i] = run_acc[i] * w_run + acc[i] * w;
+  *run_sum = *run_sum * w_run + sum * w;
+  *run_max = new_max;
+}
+
+__attribute__((noinline)) void normalise(const float* acc, float sum, int hd, float* out) {
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int i = 0; i < hd; ++i) out[i] = acc[i] * inv;
+}
+
 }  // namespace
 
 // Every query row of the item (token t, head g of the GQA group: row t * group + g) is scored
-// against one K block at a time by the kernel table's tiled attn_scores, folded into its online
-// softmax (its exponentials by the table's softmax_exp), and the block's values accumulated by
-// attn_accum: each K/V block is converted once and serves all rows.
+// against one K block at a time by the kernel table's tiled attn_scores, folded into its chunk's
+// online softmax (its exponentials by the table's softmax_exp), and the block's values accumulated by
+// attn_accum: each K/V block is converted once and serves all rows. At each chunk's end the chunk's
+// state is either written out as a partial (split items) or merged into the row's running state.
 void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& item, const float* q,
                         int q_stride, const int32_t* positions, const int32_t* block_table,
                         const uint16_t* k_layer, const uint16_t* v_layer, float* scratch, float* out,
-                        int out_stride, float* partial, int max_splits) {
+                        int out_stride, float* partial, int max_chunks) {
   const int hd = s.head_dim, bs = s.block_size, group = s.n_head / s.n_head_kv;
   const int n_tok = item.tok_end - item.tok_begin, rows = n_tok * group;
   float* kt = scratch;                        // [hd][bs] this block's keys (stored transposed) as f32
   float* vf = kt + size_t(bs) * hd;           // [bs][hd] values
   float* qs = vf + size_t(bs) * hd;           // [rows][hd] query rows, pre-multiplied by scale
-  float* acc = qs + size_t(rows) * hd;        // [rows][hd] unnormalised outputs
+  float* acc = qs + size_t(rows) * hd;        // [rows][hd] this chunk's unnormalised outputs
   float* p = acc + size_t(rows) * hd;         // [rows][bs] scores, then softmax weights
-  float* row_max = p + size_t(rows) * bs;     // [rows]
-  float* row_sum = row_max + rows;            // [rows]
+  float* row_max = p + size_t(rows) * bs;     // [rows] this chunk's running max
+  float* row_sum = row_max + rows;            // [rows] this chunk's running sum
+  float* run_acc = row_sum + rows;            // [rows][hd] chunks merged so far
+  float* run_max = run_acc + size_t(rows) * hd;  // [rows]
+  float* run_sum = run_max + rows;            // [rows]
 
   for (int r = 0; r < rows; ++r) {
     const int t = r / group, h = item.kv_head * group + r % group;
     const float* src = q + size_t(item.tok_begin + t) * q_stride + size_t(h) * hd;
     for (int i = 0; i < hd; ++i) qs[size_t(r) * hd + i] = src[i] * s.scale;
-    std::fill(acc + size_t(r) * hd, acc + size_t(r + 1) * hd, 0.f);
-    row_max[r] = -std::numeric_limits<float>::infinity();
-    row_sum[r] = 0.f;
+    std::fill(run_acc + size_t(r) * hd, run_acc + size_t(r + 1) * hd, 0.f);
+    run_max[r] = -std::numeric_limits<float>::infinity();
+    run_sum[r] = 0.f;
   }
   // Keys needed by the latest token of the item (tokens are in position order).
   const int key_end = std::min(item.key_end, positions[item.tok_end - 1] + 1);
   const size_t head_stride = size_t(bs) * hd;
-  for (int block_start = item.key_begin / bs * bs; block_start < key_end; block_start += bs) {
-    const int j0 = std::max(item.key_begin - block_start, 0);
-    const int j1 = std::min(key_end - block_start, bs);
-    // Tokens before t_first see none of keys [block_start + j0, block_start + j1).
-    int t_first = 0;
-    while (positions[item.tok_begin + t_first] < block_start + j0) ++t_first;
-    const int r0 = t_first * group, nk = j1 - j0;
-    const size_t base = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs]) * head_stride;
-    if (block_start + bs < key_end) {  // blocks may be scattered: start the next one's loads now
-      const size_t next = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs + 1]) * head_stride;
-      prefetch_bytes(k_layer + next, head_stride * sizeof(uint16_t));
-      prefetch_bytes(v_layer + next, head_stride * sizeof(uint16_t));
+  for (int c0 = item.key_begin, c1; c0 < key_end; c0 = c1) {
+    c1 = std::min(key_end, (c0 / s.key_chunk + 1) * s.key_chunk);
+    std::fill(acc, acc + size_t(rows) * hd, 0.f);
+    std::fill(row_max, row_max + rows, -std::numeric_limits<float>::infinity());
+    std::fill(row_sum, row_sum + rows, 0.f);
+    for (int block_start = c0 / bs * bs; block_start < c1; block_start += bs) {
+      const int j0 = std::max(c0 - block_start, 0);
+      const int j1 = std::min(c1 - block_start, bs);
+      // Tokens before t_first see none of keys [block_start + j0, block_start + j1).
+      int t_first = 0;
+      while (t_first < n_tok && positions[item.tok_begin + t_first] < block_start + j0) ++t_first;
+      if (t_first == n_tok) continue;
+      const int r0 = t_first * group, nk = j1 - j0;
+      const size_t base = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs]) * head_stride;
+      if (block_start + bs < key_end) {  // blocks may be scattered: start the next one's loads now
+        const size_t next = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs + 1]) * head_stride;
+        prefetch_bytes(k_layer + next, head_stride * sizeof(uint16_t));
+        prefetch_bytes(v_layer + next, head_stride * sizeof(uint16_t));
+      }
+      k.f16_to_f32(k_layer + base, kt, bs * hd);  // whole block: only slots j0..j1 are read
+      k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, nk * hd);
+      k.attn_scores(qs + size_t(r0) * hd, hd, rows - r0, kt + j0, bs, hd, nk, p + size_t(r0) * bs, bs);
+      for (int r = r0; r < rows; ++r) {
+        const int pos = positions[item.tok_begin + r / group];
+        const float slope = s.alibi_slopes ? s.alibi_slopes[item.kv_head * group + r % group] : 0.f;
+        softmax_block(k, p + size_t(r) * bs, nk, std::min(nk, pos + 1 - block_start - j0), slope, pos,
+                      block_start + j0, hd, acc + size_t(r) * hd, row_max + r, row_sum + r);
+      }
+      k.attn_accum(p + size_t(r0) * bs, bs, rows - r0, vf + size_t(j0) * hd, hd, nk, acc + size_t(r0) * hd, hd);
     }
-    k.f16_to_f32(k_layer + base, kt, bs * hd);  // whole block: only slots j0..j1 are read
-    k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, nk * hd);
-    k.attn_scores(qs + size_t(r0) * hd, hd, rows - r0, kt + j0, bs, hd, nk, p + size_t(r0) * bs, bs);
-    for (int r = r0; r < rows; ++r) {
-      const int pos = positions[item.tok_begin + r / group];
-      const float slope = s.alibi_slopes ? s.alibi_slopes[item.kv_head * group + r % group] : 0.f;
-      softmax_block(k, p + size_t(r) * bs, nk, std::min(nk, pos + 1 - block_start - j0), slope, pos,
-                    block_start + j0, hd, acc + size_t(r) * hd, row_max + r, row_sum + r);
+    for (int r = 0; r < rows; ++r) {
+      const float* a = acc + size_t(r) * hd;
+      if (item.split >= 0) {  // this chunk's state, for combine_attention_partials
+        const int h = item.kv_head * group + r % group, chunk = c0 / s.key_chunk;
+        float* dst = partial + ((size_t(item.partial_row + r / group) * s.n_head + h) * max_chunks + chunk) * (hd + 2);
+        std::copy(a, a + hd, dst);
+        dst[hd] = row_max[r];
+        dst[hd + 1] = row_sum[r];
+      } else {
+        merge_partial(run_acc + size_t(r) * hd, run_max + r, run_sum + r, a, row_max[r], row_sum[r], hd);
+      }
     }
-    k.attn_accum(p + size_t(r0) * bs, bs, rows - r0, vf + size_t(j0) * hd, hd, nk, acc + size_t(r0) * hd, hd);
   }
+  if (item.split >= 0) return;
   for (int r = 0; r < rows; ++r) {
     const int row = item.tok_begin + r / group, h = item.kv_head * group + r % group;
-    const float* a = acc + size_t(r) * hd;
-    if (item.split >= 0) {
-      float* dst = partial + ((size_t(item.partial_row) * s.n_head + h) * max_splits + item.split) * (hd + 2);
-      std::copy(a, a + hd, dst);
-      dst[hd] = row_max[r];
-      dst[hd + 1] = row_sum[r];
-    } else {
-      float* dst = out + size_t(row) * out_stride + size_t(h) * hd;
-      const float inv = row_sum[r] > 0.f ? 1.f / row_sum[r] : 0.f;
-      for (int i = 0; i < hd; ++i) dst[i] = a[i] * inv;
-    }
+    normalise(run_acc + size_t(r) * hd, run_sum[r], hd, out + size_t(row) * out_stride + size_t(h) * hd);
   }
 }
 
-void combine_attention_partials(const float* partial, int n_splits, int head_dim, float* out) {
+void combine_attention_partials(const float* partial, int n_chunks, int head_dim, float* out) {
   const int stride = head_dim + 2;
-  float max = -std::numeric_limits<float>::infinity();
-  for (int p = 0; p < n_splits; ++p) max = std::max(max, partial[p * stride + head_dim]);
-  std::fill(out, out + head_dim, 0.f);
-  float sum = 0.f;
-  for (int p = 0; p < n_splits; ++p) {
-    const float* st = partial + p * stride;
-    if (st[head_dim + 1] == 0.f) continue;  // an empty key range
-    const float w = std::exp(st[head_dim] - max);
-    sum += w * st[head_dim + 1];
-    for (int i = 0; i < head_dim; ++i) out[i] += w * st[i];
+  float* acc = out;  // merged in place: out [head_dim] holds the running accumulator
+  float max = -std::numeric_limits<float>::infinity(), sum = 0.f;
+  std::fill(acc, acc + head_dim, 0.f);
+  for (int c = 0; c < n_chunks; ++c) {
+    const float* st = partial + size_t(c) * stride;
+    merge_partial(acc, &max, &sum, st, st[head_dim], st[head_dim + 1], head_dim);
   }
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
-  for (int i = 0; i < head_dim; ++i) out[i] *= inv;
+  normalise(acc, sum, head_dim, out);
 }
 
 }  // namespace sysinfer

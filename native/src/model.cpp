@@ -25,11 +25,16 @@ inline void split_range(int n, int tid, int nt, int* begin, int* end) {
 
 int block_size_of(WType t) { return t == WType::Q6_K ? QK_K : (t == WType::F32 || t == WType::F16) ? 1 : QK; }
 
-// Tokens per attention work item for prefill, and the shortest key range worth its own split.
+// Tokens per attention work item for prefill. Attention's softmax chunks (attention.h) hold at least
+// kMinKeysPerChunk keys, more when the context would need more than kMaxKeyChunks of them (this bounds
+// the split-K partials); the chunk size is fixed for a model, so it never depends on a step's shape.
 constexpr int kAttnTokensPerItem = 32;
-constexpr int kMinKeysPerSplit = 128;
-constexpr int kAttnItemsPerThread = 4;  // split-K aims for this many decode items per thread
-constexpr int kMaxSplitTokens = 8;      // more decode tokens than this in a step: no split needed
+constexpr int kMinKeysPerChunk = 256;
+constexpr int kMaxKeyChunks = 64;
+constexpr int kAttnItemsPerThread = 4;  // split-K aims for this many items per thread
+// Split-K is for sequences of at most this many tokens in a step (decode, and verify steps of 1 + k
+// drafted tokens), and for at most this many such tokens in all; longer ones have items enough.
+constexpr int kMaxSplitTokens = 16;
 // Matmul work chunks: about this many per thread, and never fewer tiles than this in one.
 constexpr int kChunksPerThread = 4;
 constexpr int kMinChunkTiles = 8;
@@ -357,6 +362,11 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
   max_step_tokens_ = T;
   max_out_rows_ = max_out_rows;
   kv_bytes_ = 0;
+  // Softmax chunk: a whole number of blocks, at least kMinKeysPerChunk keys, at most kMaxKeyChunks of
+  // them in the longest context.
+  const int min_chunk = std::max(kMinKeysPerChunk, (cfg_.n_ctx + kMaxKeyChunks - 1) / kMaxKeyChunks);
+  key_chunk_ = (min_chunk + block_size - 1) / block_size * block_size;
+  const int max_chunks = (cfg_.n_ctx + key_chunk_ - 1) / key_chunk_;
   for (Node& n : nodes_) {
     const int mem = n.spec.mem_node;
     BindStatus st = BindStatus::kNotAsked;
@@ -378,17 +388,17 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
     n.gate_up = node_array<float>(size_t(T) * std::max(gu_w, 1), mem, &st); note();
     n.act = node_array<float>(size_t(T) * std::max(n.nf, 1), mem, &st); note();
     n.part = node_array<float>(size_t(T) * D, mem, &st); note();
-    n.max_splits = std::max(1, std::min(kAttnItemsPerThread * n.n_threads, 32));
+    n.max_chunks = max_chunks;
     n.attn_next.reset(new std::atomic<int>[cfg_.n_layer]);
     n.matmul_next.reset(new std::atomic<int>[4 * cfg_.n_layer + 1]);
-    n.attn_partial.assign(size_t(kMaxSplitTokens) * std::max(n.nh, 1) * n.max_splits * (hd + 2), 0.f);
+    n.attn_partial.assign(size_t(kMaxSplitTokens) * std::max(n.nh, 1) * n.max_chunks * (hd + 2), 0.f);
     if (n.nkv > 0) {
-      AttnShape shape{n.nh, n.nkv, hd, block_size, n_blocks, 0.f, nullptr};
+      AttnShape shape{n.nh, n.nkv, hd, block_size, n_blocks, 0.f, nullptr, key_chunk_};
       n.attn_scratch_per_thread = (attention_scratch_floats(shape, kAttnTokensPerItem) + 15) / 16 * 16;
     }
     n.attn_scratch.assign(n.attn_scratch_per_thread * n.n_threads, 0.f);
     // Worst case: every token its own sequence with every split, or prefill chunks of every head.
-    n.attn_items.reserve(size_t(n.nkv) * (T + kMaxSplitTokens * n.max_splits));
+    n.attn_items.reserve(size_t(n.nkv) * (T + kMaxSplitTokens * n.max_chunks));
     n.split_tokens.reserve(kMaxSplitTokens);
   }
   x_.assign(size_t(T) * D, 0.f);
@@ -430,29 +440,36 @@ void Model::plan_attention(Node& n, const StepBatch& b) {
   n.split_tokens.clear();
   for (int l = 0; l < cfg_.n_layer; ++l) n.attn_next[l].store(0, std::memory_order_relaxed);
   if (n.nkv == 0) return;
-  // Few single-token (decode) sequences give few items (one per KV head): split their keys so that
-  // every thread of the node gets several items, as long as each split keeps kMinKeysPerSplit keys.
-  int n_single = 0;
-  for (int s = 0; s < b.n_seq; ++s) n_single += b.seq_starts[s + 1] - b.seq_starts[s] == 1;
-  const int wanted = n_single == 0 || n_single > kMaxSplitTokens ? 1
-      : (kAttnItemsPerThread * n.n_threads + n.nkv * n_single - 1) / (n.nkv * n_single);
+  // Short sequences (decode, verify) give few items (one per KV head): split their keys, at chunk
+  // boundaries, so that every thread of the node gets several items. Which sequences split and into
+  // how many items only decides who computes which chunk: results are the same (attention.h).
+  auto splittable = [&](int s, int* budget) {
+    const int len = b.seq_starts[s + 1] - b.seq_starts[s];
+    if (len > *budget) return false;
+    *budget -= len;
+    return true;
+  };
+  int n_short = 0, budget = kMaxSplitTokens;
+  for (int s = 0; s < b.n_seq; ++s) n_short += splittable(s, &budget);
+  const int wanted = n_short == 0 ? 1 : (kAttnItemsPerThread * n.n_threads + n.nkv * n_short - 1) / (n.nkv * n_short);
+  budget = kMaxSplitTokens;
   for (int s = 0; s < b.n_seq; ++s) {
     const int t0 = b.seq_starts[s], t1 = b.seq_starts[s + 1], ctx = b.context_lens[s];
-    int splits = 1;
-    if (t1 - t0 == 1) splits = std::max(1, std::min({n.max_splits, wanted, ctx / kMinKeysPerSplit}));
-    const int partial_row = splits > 1 ? int(n.split_tokens.size()) : -1;
-    if (splits > 1) n.split_tokens.push_back({t0, splits});
-    for (int h = 0; h < n.nkv; ++h) {  // the node's own KV heads, numbered from 0
-      if (splits > 1) {
+    const int n_chunks = (ctx + key_chunk_ - 1) / key_chunk_;
+    const int splits = splittable(s, &budget) ? std::min(n_chunks, wanted) : 1;
+    if (splits > 1) {
+      const int partial_row = int(n.split_tokens.size());
+      for (int t = t0; t < t1; ++t) n.split_tokens.push_back({t, n_chunks});
+      for (int h = 0; h < n.nkv; ++h)  // the node's own KV heads, numbered from 0
         for (int p = 0; p < splits; ++p) {
-          const int k0 = int(int64_t(ctx) * p / splits), k1 = int(int64_t(ctx) * (p + 1) / splits);
-          n.attn_items.push_back({s, h, t0, t1, k0, k1, p, partial_row});
+          const int c0 = n_chunks * p / splits, c1 = n_chunks * (p + 1) / splits;
+          n.attn_items.push_back({s, h, t0, t1, c0 * key_chunk_, std::min(ctx, c1 * key_chunk_), p, partial_row});
         }
-        continue;
-      }
+      continue;
+    }
+    for (int h = 0; h < n.nkv; ++h)
       for (int c = t0; c < t1; c += kAttnTokensPerItem)
         n.attn_items.push_back({s, h, c, std::min(t1, c + kAttnTokensPerItem), 0, ctx, -1, -1});
-    }
   }
   // Threads take items dynamically, the costliest (most keys) first, so the last ones are short.
   // (std::sort: no allocation inside a step; the order never changes a result, only who does what.)
@@ -590,7 +607,7 @@ void Model::attention(Node& n, int rank, int layer, const StepBatch& b) {
   const int hd = cfg_.head_dim, nkv = n.nkv;
   const NodeLayer& L = n.layers[layer];
   const AttnShape shape{n.nh, nkv, hd, block_size_, n_blocks_, 1.f / std::sqrt(float(hd)),
-                        cfg_.use_rope ? nullptr : alibi_slopes_.data() + n.head0};
+                        cfg_.use_rope ? nullptr : alibi_slopes_.data() + n.head0, key_chunk_};
   const size_t layer_elems = size_t(n_blocks_) * nkv * block_size_ * hd;
   const uint16_t* kc = n.k_cache.get() + size_t(layer) * layer_elems;
   const uint16_t* vc = n.v_cache.get() + size_t(layer) * layer_elems;
@@ -601,7 +618,7 @@ void Model::attention(Node& n, int rank, int layer, const StepBatch& b) {
     const AttnItem& it = n.attn_items[i];
     run_attention_item(*kernels_, shape, it, n.qkv.get() + L.q_off, L.qkv.width, b.positions,
                        b.block_tables + size_t(it.seq) * b.max_blocks, kc, vc, scratch, n.attn.get(),
-                       n.nh * hd, n.attn_partial.data(), n.max_splits);
+                       n.nh * hd, n.attn_partial.data(), n.max_chunks);
   }
 }
 
@@ -611,9 +628,9 @@ void Model::combine_partials(Node& n, int rank) {
   int i0, i1;
   split_range(count, rank, n.n_threads, &i0, &i1);
   for (int i = i0; i < i1; ++i) {
-    const int t = n.split_tokens[i / nh].first, splits = n.split_tokens[i / nh].second, h = i % nh;
-    const float* part = n.attn_partial.data() + (size_t(i / nh) * nh + h) * n.max_splits * (hd + 2);
-    combine_attention_partials(part, splits, hd, n.attn.get() + size_t(t) * nh * hd + size_t(h) * hd);
+    const int t = n.split_tokens[i / nh].first, chunks = n.split_tokens[i / nh].second, h = i % nh;
+    const float* part = n.attn_partial.data() + (size_t(i / nh) * nh + h) * n.max_chunks * (hd + 2);
+    combine_attention_partials(part, chunks, hd, n.attn.get() + size_t(t) * nh * hd + size_t(h) * hd);
   }
 }
 

@@ -121,11 +121,11 @@ struct Node {
   std::vector<AttnItem> attn_items;                 // planned per step
   std::unique_ptr<std::atomic<int>[]> attn_next;    // [n_layer] next item a thread of the node takes
   std::unique_ptr<std::atomic<int>[]> matmul_next;  // [4 * n_layer + 1] next tile of each matmul
-  std::vector<float> attn_partial;  // [kMaxSplitTokens][nh][max_splits][hd + 2] split-K partial results
+  std::vector<float> attn_partial;  // [kMaxSplitTokens][nh][max_chunks][hd + 2] split-K chunk results
   std::vector<float> attn_scratch;  // [n_threads][per-thread attention scratch]
   size_t attn_scratch_per_thread = 0;
-  int max_splits = 1;
-  std::vector<std::pair<int, int>> split_tokens;  // (token row, splits) of split-K attention
+  int max_chunks = 1;               // softmax chunks of the longest context
+  std::vector<std::pair<int, int>> split_tokens;  // (token row, chunks) of split-K attention, in partial-row order
 };
 
 class Model {
@@ -193,6 +193,7 @@ class Model {
   std::vector<float> alibi_slopes_; // [n_head]
 
   int n_blocks_ = 0, block_size_ = 0, max_step_tokens_ = 0, max_out_rows_ = 0;
+  int key_chunk_ = 1;  // keys per attention softmax chunk (attention.h), fixed at init_cache
   bool cache_ready_ = false;
 
   // Shared step scratch (every node reads it), for T = max_step_tokens rows:

@@ -46,6 +46,7 @@ class EngineStats:
     step_seconds_total: float = 0.0
     draft_tokens: int = 0               # speculative tokens verified
     accepted_draft_tokens: int = 0      # of them, accepted
+    draft_steps: int = 0                # sequence-steps that verified drafts
 
 
 class LLMEngine:
@@ -104,7 +105,8 @@ class LLMEngine:
         """Remove a request for good (blocks freed); returns its last delta."""
         self.scheduler.finish(seq, reason)
         self.by_id.pop(seq.request_id, None)
-        usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens)
+        usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens,
+                      seq.draft_accepted, seq.drafted - seq.draft_accepted)
         return Delta(text, token_ids or [], reason, usage, error)
 
     # ---- the step, in three phases ----
@@ -173,11 +175,12 @@ class LLMEngine:
         drafts[i]) and keeps each accepted one, then the token that replaces the first rejected draft
         or follows the last accepted one. Stops at the request's end."""
         state = seq.state
-        tokens, texts, reason, accepted = [], [], None, 0
+        tokens, texts, reason, accepted, confirmed = [], [], None, 0, 0
         try:
             for i in range(len(rows)):
                 if i < len(drafts):
                     token, ok = state.verify(rows[i], seq.output_ids, drafts[i])
+                    confirmed += ok  # the model agrees, whether or not the request goes on after it
                 else:
                     token, ok = state.sample(rows[i], seq.output_ids), False
                 if not state.is_stop_token(token):
@@ -194,11 +197,15 @@ class LLMEngine:
             reason_text = str(e) if isinstance(e, SamplingError) else type(e).__name__
             return self.fail(seq, f"generation failed: {reason_text}")
         if drafts:
+            seq.drafted += len(drafts)
+            seq.draft_accepted += confirmed
             self.stats.draft_tokens += len(drafts)
-            self.stats.accepted_draft_tokens += accepted
+            self.stats.draft_steps += 1
+            self.stats.accepted_draft_tokens += confirmed
             state.lookup.feedback(len(drafts), accepted)
-            if not reason:
-                self.scheduler.accept_drafts(seq, accepted)
+            # Even when the request ends here: the accepted drafts' KV is computed, and their full
+            # blocks are named in the prefix cache exactly as plain decoding would have named them.
+            self.scheduler.accept_drafts(seq, accepted)
         if reason:
             return self.finish(seq, reason, tokens, "".join(texts))
         return Delta("".join(texts), tokens)

@@ -8,11 +8,14 @@ quote their prompt (retrieved documents, code being edited, names, paths) match 
 The index maps each n-gram (n = 2..3) to the position just after its most recent occurrence, updated
 in O(1) per token, so a lookup costs the same at any context length and a miss costs nothing more.
 
-Off by default (`--speculative` turns it on): greedy output is token for token the same as without
-speculation on short contexts (tests/native/test_speculative.py), but on prompts of 700-1,200 tokens
-it was not: a verify step computes 1 + k rows where a decode step computes one, the native attention
-then sums some rows in another order (suspected: the split over keys that long decodes use), and a
-near-tie can go the other way. Equal summation order in the native attention comes first.
+On by default when max_batch is 1 (config.py `speculative`). Greedy output is token for token the
+same as without speculation (tests/native/test_speculative.py) because the native step computes
+every row in one order whatever the step's shape (native/src/attention.h; held bit for bit by
+tests/native/test_row_independence.py).
+
+Cost control: k grows while whole drafts are accepted and shrinks to what was accepted; after drafts
+that were wholly rejected, lookups pause for 0, 1, 3, 7 ... (at most PAUSE_MAX) steps, so a reply
+that owes nothing to its prompt pays at most a dictionary lookup per step and a rare 2-row step.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 N_MAX, N_MIN = 3, 2  # longest n-gram tried first: a 3-token match predicts better than a 2-token one
 K_MAX = 8            # drafted tokens per step at most
 K_START = 4
+PAUSE_MAX = 15       # steps without drafting after many wholly rejected drafts in a row
 
 
 class PromptLookup:
@@ -27,6 +31,8 @@ class PromptLookup:
         self.tokens: list[int] = []
         self.index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(N_MIN, N_MAX + 1)}
         self.k = K_START  # adapts to how many drafts the model has been accepting
+        self.misses = 0   # wholly rejected drafts in a row
+        self.pause = 0    # lookups still to skip
         self.extend(tokens)
 
     def extend(self, tokens: list[int]) -> None:
@@ -42,6 +48,9 @@ class PromptLookup:
     def propose(self, limit: int) -> list[int]:
         """Up to min(k, limit) tokens that followed the latest earlier occurrence of the tail."""
         k = min(self.k, limit)
+        if self.pause > 0:
+            self.pause -= 1
+            return []
         if k < 1:
             return []
         for n in range(N_MAX, N_MIN - 1, -1):
@@ -53,7 +62,10 @@ class PromptLookup:
         return []
 
     def feedback(self, drafted: int, accepted: int) -> None:
-        """Grow k while whole drafts are accepted; shrink it to what was accepted after a rejection."""
+        """Grow k while whole drafts are accepted; shrink it to what was accepted after a rejection;
+        pause drafting for longer and longer after wholly rejected drafts in a row."""
         if drafted == 0:
             return
         self.k = min(K_MAX, self.k + 2) if accepted == drafted else max(1, accepted + 1)
+        self.misses = self.misses + 1 if accepted == 0 else 0
+        self.pause = min(PAUSE_MAX, 2 ** (self.misses - 1) - 1) if self.misses else 0

@@ -21,6 +21,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    accepted_prediction_tokens: int = 0  # speculative drafts the model confirmed
+    rejected_prediction_tokens: int = 0  # speculative drafts it did not (computed, not part of the output)
 
     @property
     def total_tokens(self) -> int:

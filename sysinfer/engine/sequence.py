@@ -34,6 +34,8 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     preemptions: int = 0
+    drafted: int = 0            # speculative tokens verified for this request
+    draft_accepted: int = 0     # of them, confirmed by the model
     hashed: tuple[int, int | None] = (0, None)  # (blocks named in the prefix cache, last chain hash)
     arrival: int = field(default_factory=lambda: next(_arrival))
     state: "RequestState | None" = None  # the engine's per-request sampler, detokenizer, stop matcher

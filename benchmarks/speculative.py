@@ -1,0 +1,108 @@
+"""Single-stream decode speed with and without prompt-lookup speculation (a benchmark, not a test).
+
+    python benchmarks/speculative.py [--rounds 3] [--max-tokens 200] [--threads 2] [--json F]
+
+SmolLM2-135M-Instruct Q4_0, greedy, one request at a time through the engine (as the server runs it
+at max_batch 1). Sets (tests/support/spec_prompts.py): extractive (a question about a ~1,000-token
+document, quote-and-summarise it, edit a given code file), open chat, Chinese, and a prompt with
+nothing to quote. Each round runs every prompt without and with speculation, the order alternating
+round by round; the figures are medians over rounds. Decode tok/s counts the tokens after the first
+over the time after the first (the prompt's prefill is the same either way). Every pair of outputs
+must be token for token identical; the script fails otherwise.
+
+Per set: tok/s off and on, their ratio, acceptance (accepted / drafted), mean accepted length
+(accepted drafts per step that verified drafts) and tokens per decode step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+
+from model_files import smollm2_q4_0  # noqa: E402
+from spec_prompts import CHINESE, EXTRACTIVE, NO_MATCH, OPEN_CHAT  # noqa: E402
+from sysinfer.engine.llm_engine import LLMEngine  # noqa: E402
+from sysinfer.engine.prompt_lookup import K_MAX  # noqa: E402
+from sysinfer.engine.sampling import SamplingParams  # noqa: E402
+from sysinfer.model.native_model import load_model  # noqa: E402
+from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
+
+SETS = {"extractive": EXTRACTIVE, "open chat": OPEN_CHAT, "chinese": CHINESE, "no match": NO_MATCH}
+
+
+def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool) -> dict:
+    """One request on a fresh engine (no prefix cache carried over): its tokens, decode time, drafts."""
+    engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False)
+    tokens, first, last = [], None, None
+    for delta in engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0)):
+        now = time.perf_counter()
+        first = first or now
+        last = now
+        tokens += delta.token_ids
+    s = engine.stats
+    return {"tokens": tokens, "decode_tokens": len(tokens) - 1, "decode_s": last - first,
+            "drafted": s.draft_tokens, "accepted": s.accepted_draft_tokens, "draft_steps": s.draft_steps,
+            "decode_steps": s.steps - 1}  # the first step prefilled (the prompts fit one step)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of: {', '.join(SETS)}")
+    ap.add_argument("--prompts", type=int, default=0, help="at most this many prompts per set (0: all)")
+    ap.add_argument("--json", help="write the per-round figures here")
+    args = ap.parse_args()
+    model = load_model(smollm2_q4_0(), threads=args.threads, n_ctx=2048, kv_blocks=160, max_step_tokens=1536,
+                       max_out_rows=1 + K_MAX)
+    tok = Tokenizer.from_metadata(model.metadata)
+    print(f"SmolLM2-135M-Instruct Q4_0, kernels {model.kernels}, {model.n_threads} threads, "
+          f"{args.max_tokens} tokens per reply, {args.rounds} rounds", flush=True)
+    run_one(model, tok, tok.encode("Hello"), 4, False)  # warm-up
+    report = {}
+    for set_name in args.sets.split(","):
+        prompts = SETS[set_name][: args.prompts or None]
+        rounds = []  # per round: {mode: totals over the set's prompts}
+        for r in range(args.rounds):
+            totals = {}
+            order = (False, True) if r % 2 == 0 else (True, False)
+            for name, text in prompts:
+                ids = tok.apply_chat_template([{"role": "user", "content": text}])
+                runs = {spec: run_one(model, tok, ids, args.max_tokens, spec) for spec in order}
+                if runs[True]["tokens"] != runs[False]["tokens"]:
+                    print(f"FAIL: {name}: speculation changed the greedy output", file=sys.stderr)
+                    return 1
+                for spec, run in runs.items():
+                    t = totals.setdefault(spec, dict.fromkeys(("decode_tokens", "decode_s", "drafted", "accepted",
+                                                               "draft_steps", "decode_steps"), 0))
+                    for key in t:
+                        t[key] += run[key]
+            rounds.append(totals)
+            off, on = (totals[s]["decode_tokens"] / totals[s]["decode_s"] for s in (False, True))
+            print(f"  {set_name} round {r + 1}: off {off:.1f} tok/s, on {on:.1f} tok/s", flush=True)
+        rate = {s: statistics.median(t[s]["decode_tokens"] / t[s]["decode_s"] for t in rounds) for s in (False, True)}
+        on = rounds[0][True]  # drafting is deterministic (greedy): every round drafts the same
+        figures = {"tok_s_off": rate[False], "tok_s_on": rate[True], "speedup": rate[True] / rate[False],
+                   "drafted": on["drafted"], "accepted": on["accepted"],
+                   "acceptance": on["accepted"] / on["drafted"] if on["drafted"] else 0.0,
+                   "mean_accepted_length": on["accepted"] / on["draft_steps"] if on["draft_steps"] else 0.0,
+                   "tokens_per_step": on["decode_tokens"] / on["decode_steps"] if on["decode_steps"] else 1.0,
+                   "rounds": [{str(s): t[s] for s in t} for t in rounds]}
+        report[set_name] = figures
+        print(f"{set_name}: off {rate[False]:.1f} tok/s, on {rate[True]:.1f} tok/s, x{figures['speedup']:.2f}; "
+              f"accepted {on['accepted']}/{on['drafted']} ({figures['acceptance']:.0%}), mean accepted length "
+              f"{figures['mean_accepted_length']:.2f}, {figures['tokens_per_step']:.2f} tokens per step", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
