@@ -97,11 +97,15 @@ class Sampler:
         p = self.params
         # Shift so the best logit is 0 before dividing: a tiny temperature then sends the others to
         # -inf (greedy in the limit) instead of overflowing to inf - inf = NaN.
+        # top-k is decided on the logits as given: after the shift, values that differ by less than
+        # the best logit's rounding step (0 and 1e-37 next to 1) would tie and both be kept.
+        in_top_k = None
+        if p.top_k and p.top_k < logits.size:
+            in_top_k = logits >= np.partition(logits, -p.top_k)[-p.top_k]
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             logits = (logits - logits.max()) / p.temperature
-        if p.top_k and p.top_k < logits.size:
-            kth = np.partition(logits, -p.top_k)[-p.top_k]
-            logits = np.where(logits >= kth, logits, -np.inf)
+        if in_top_k is not None:
+            logits = np.where(in_top_k, logits, -np.inf)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         if p.min_p > 0.0:
