@@ -36,6 +36,7 @@ class Sequence:
     preemptions: int = 0
     hashed: tuple[int, int | None] = (0, None)  # (blocks named in the prefix cache, last chain hash)
     arrival: int = field(default_factory=lambda: next(_arrival))
+    choice: int = 0                # which of its request's n choices this sequence is
     state: "RequestState | None" = None  # the engine's per-request sampler, detokenizer, stop matcher
 
     @property
