@@ -4,7 +4,8 @@ Chat (`logprobs: true`, `top_logprobs: k`): `{"content": [{"token", "logprob", "
 "top_logprobs": [{"token", "logprob", "bytes"}] * k}], "refusal": null}`, one entry per generated
 token; `bytes` are the token's exact UTF-8 bytes (a character split over tokens has its bytes spread
 over them, and `token` shows U+FFFD for the incomplete part), so joining every entry's bytes gives
-the reply.
+the reply (a reply cut by max_tokens inside a character leaves that incomplete character out of its
+text, never sending it broken; its bytes are still in the last entries).
 
 Completions (the legacy integer `logprobs: k`): `{"tokens", "token_logprobs", "top_logprobs",
 "text_offset"}`, parallel lists; each `top_logprobs` item maps token text to logprob for the k most

@@ -126,7 +126,7 @@ def raw_post(server, body, headers=None, path="/v1/chat/completions"):
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
     ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 3}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 17}, "n"),
 ])
 def test_bad_requests_are_400_with_openai_error_body(server, body, fragment):
     r = raw_post(server, body)
