@@ -3,9 +3,12 @@ on SmolLM2 (issue 13, part B)."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import subprocess
 import uuid
+from pathlib import Path
 
 import httpx
 import openai
@@ -230,3 +233,20 @@ def test_the_openai_client_sees_code_and_param(client):
     with pytest.raises(openai.BadRequestError) as info:
         chat(client, "hi", n=99)
     assert info.value.code == "invalid_value" and info.value.param == "n"
+
+
+def test_readme_api_examples(server, client):
+    """The README's API examples (logprobs, n, logit_bias) run as written, with our port and key."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    api = readme[readme.index("## API"):readme.index("## Load tests")]
+    calls = re.findall(r"^      (client\..*)$", api, re.M)
+    msgs = [{"role": "user", "content": "Say hi."}]
+    chat_lp, legacy_lp, n3 = [eval(call.replace("create(", "create(max_tokens=4, ", 1),  # noqa: S307
+                                   {"client": client, "msgs": msgs}) for call in calls]
+    assert len(chat_lp.choices[0].logprobs.content[0].top_logprobs) == 5
+    assert len(legacy_lp.choices[0].logprobs.tokens) == 4
+    assert [c.index for c in n3.choices] == [0, 1, 2]
+    curl = re.search(r"^      (curl .*?)\n\n", api, re.S | re.M).group(1).replace("\\\n", " ")
+    curl = curl.replace("http://127.0.0.1:7860", server) + f" -H 'Authorization: Bearer {KEY}'"
+    out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["choices"][0]["text"] == " banana" * 8, out.stdout
