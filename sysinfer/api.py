@@ -377,7 +377,8 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
         state.metrics.requests.labels(status="200").inc()
         formatters = [LogprobFormatter(state.tokenizer, chat) for _ in params] if logprobs else None
         # Starlette watches for the client leaving while it streams; leaving cancels _sse, which aborts.
-        return StreamingResponse(_sse(deltas, shaper, include_usage, len(params), formatters),
+        stop = functools.partial(state.engine.abort_request, seq.request_id)
+        return StreamingResponse(_sse(deltas, shaper, include_usage, len(params), formatters, stop),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     collected = ChoiceCollector(len(params), state.tokenizer, chat, logprobs)
@@ -387,6 +388,7 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
         async for d in deltas:
             collected.add(d)
             if d.error:  # one failed choice fails the answer: stop the others now
+                state.engine.abort_request(seq.request_id)
                 break
         tg.cancel_scope.cancel()
     if collected.error:
@@ -421,10 +423,10 @@ async def _timed(state: ServerState, deltas: AsyncIterator[Delta], received: flo
 
 
 async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool, n: int = 1,
-               formatters: list[LogprobFormatter] | None = None) -> AsyncIterator[str]:
+               formatters: list[LogprobFormatter] | None = None, stop=None) -> AsyncIterator[str]:
     """The stream's events; whatever happens, it ends with a last chunk of each choice (or an error
     event) and [DONE]. The n choices' chunks interleave, each naming its index. formatters: one per
-    choice when the request asked for logprobs."""
+    choice when the request asked for logprobs; stop(): ends the request's other choices after an error."""
     if shaper.chat:
         for index in range(n):
             yield shaper.chunk(None, first=True, with_usage_field=include_usage, index=index)
@@ -432,6 +434,8 @@ async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usa
     try:
         async for d in deltas:
             if d.error:
+                if stop is not None:
+                    stop()
                 yield shaper.error_event(d.error, code="generation_failed")
                 break
             logprobs = formatters[d.choice].format(d.logprobs) if formatters and d.logprobs else None

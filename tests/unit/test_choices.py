@@ -10,7 +10,7 @@ from fake_model import FakeModel, FakeTokenizer, expected_tokens
 from sysinfer.choices import ChoiceCollector, choice_params
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.errors import QueueFullError
-from sysinfer.engine.sampling import SamplingParams
+from sysinfer.engine.sampling import Sampler, SamplingParams
 from test_engine import assert_idle
 
 PROMPT = list(range(1, 23))  # 22 tokens: five full blocks of 4, and 2 tokens in a sixth
@@ -116,3 +116,36 @@ def test_collector_sums_usage_and_keeps_choices_apart():
     choices, usage = collected.choices(), collected.total.usage()
     assert [c.index for c in choices] == [0, 1] and choices[0].text == choices[1].text != ""
     assert usage.prompt_tokens == 22 and usage.completion_tokens == 10 and usage.cached_tokens == 0
+
+
+def test_one_failed_choice_and_abort_request_end_them_all(monkeypatch):
+    """What the server does when a choice fails: abort_request ends the others (queued or running)."""
+    original = Sampler.sample
+
+    def sample(self, logits, generated):
+        if self.params.seed == 11:  # choice 1 of a request seeded 10
+            raise RuntimeError("boom")
+        return original(self, logits, generated)
+
+    monkeypatch.setattr(Sampler, "sample", sample)
+    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=2)
+    got = []
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.run)
+            choices = choice_params(SamplingParams(max_tokens=30, temperature=1.0, seed=10), 4)
+            seq = engine.submit(PROMPT, choices[0], more_choices=choices[1:])
+            async for d in engine.stream(seq):
+                got.append(d)
+                if d.error:
+                    engine.abort_request(seq.request_id)
+            await engine.shutdown()
+
+    anyio.run(main)
+    finals = {d.choice: d.finish_reason for d in got if d.finish_reason}
+    assert finals[1] == "error" and set(finals) == {0, 1, 2, 3}
+    assert all(finals[c] == "abort" for c in (2, 3))  # queued behind the batch of two: never ran to the end
+    assert sum(len(d.token_ids) for d in got if d.choice in (2, 3)) < 60
+    assert_idle(engine)
+    assert not engine.requests
