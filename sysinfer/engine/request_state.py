@@ -66,7 +66,9 @@ class RequestState:
         return token, accepted
 
     def _note_logprob(self, logits: np.ndarray, token: int) -> None:
-        """logits: [n_vocab], the row the token was sampled from (see logprobs.py for which distribution)."""
+        """logits: [n_vocab], the row the token was sampled from (see logprobs.py for which distribution).
+        A grammar mask (structured output) belongs in this row before it comes here, as vLLM applies its
+        bitmask before its raw logprobs: the logprobs are then of the distribution actually sampled from."""
         if self.logprobs is not None and token not in self.stop_ids:  # a stop token is not part of the reply
             self.logprobs.append(token_logprob(logits, token, self.params.logprobs))
 

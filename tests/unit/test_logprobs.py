@@ -175,3 +175,20 @@ def test_a_token_with_no_probability_is_floored_not_infinite(smollm2):
     row[5] = -np.inf
     body = LogprobFormatter(smollm2, chat=True).format([token_logprob(row, 5, 0)])
     assert body["content"][0]["logprob"] == -9999.0
+
+
+def test_speculation_gives_the_same_logprobs():
+    """Drafted tokens verified in one step get their logprobs from their own rows."""
+    from test_engine import _PeriodicModel
+
+    prompt = [5, 6, 7, 5, 6, 7, 5]
+    runs = {}
+    for speculative in (False, True):
+        engine = LLMEngine(_PeriodicModel(n_kv_blocks=64, block_size=4, max_out_rows=16), FakeTokenizer(),
+                           speculative=speculative)
+        deltas = list(engine.generate(prompt, SamplingParams(max_tokens=30, logprobs=2)))
+        runs[speculative] = ([t for d in deltas for t in d.token_ids], [e for d in deltas for e in d.logprobs],
+                             engine.stats.accepted_draft_tokens)
+    assert runs[True][2] > 10  # drafts were accepted
+    assert runs[True][0] == runs[False][0] and runs[True][1] == runs[False][1]
+    assert [e.token_id for e in runs[True][1]] == runs[True][0]
