@@ -36,6 +36,8 @@ class LogprobFormatter:
         return self._chat(entries) if self.chat else self._legacy(entries)
 
     def _text(self, token_id: int) -> tuple[str, bytes]:
+        if token_id >= self.tokenizer.vocab_size:  # a padded logits row with no token behind it
+            return "", b""
         raw = self.tokenizer.token_bytes(token_id)
         return raw.decode("utf-8", errors="replace"), raw
 

@@ -192,3 +192,13 @@ def test_speculation_gives_the_same_logprobs():
     assert runs[True][2] > 10  # drafts were accepted
     assert runs[True][0] == runs[False][0] and runs[True][1] == runs[False][1]
     assert [e.token_id for e in runs[True][1]] == runs[True][0]
+
+
+def test_padded_logits_rows_beyond_the_vocabulary_format_as_empty(smollm2):
+    row = np.zeros(smollm2.vocab_size + 8, dtype=np.float32)  # some files pad the output matrix
+    row[-1] = 5.0
+    entry = token_logprob(row, smollm2.vocab_size + 7, 2)
+    chat = LogprobFormatter(smollm2, chat=True).format([entry])["content"][0]
+    assert chat["token"] == "" and chat["bytes"] == [] and chat["top_logprobs"][0]["token"] == ""
+    legacy = LogprobFormatter(smollm2, chat=False).format([entry])
+    assert legacy["tokens"] == [""] and legacy["text_offset"] == [0]
