@@ -23,7 +23,9 @@ from .config import ServerConfig
 from .engine.async_engine import AsyncEngine
 from .engine.request_state import Delta
 from .engine.errors import ContextLengthError, EngineClosedError, QueueFullError
+from .choices import ChoiceCollector, UsageTotal, choice_params
 from .engine.sampling import SamplingParams
+from .logprob_format import LogprobFormatter
 from .metrics import Metrics
 from .model.chat_template import ChatTemplateError
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
@@ -111,8 +113,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     @app.exception_handler(405)
     async def bad_method(request: Request, exc):
-        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path[:200]}"),
-                            status_code=405)
+        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path[:200]}",
+                                       code="method_not_allowed"), status_code=405)
 
     app.get("/", include_in_schema=False)(chat_page)  # open (no key): the page asks for the key its calls need
 
@@ -189,7 +191,7 @@ def _guarded(state: ServerState):
                 return Response(status_code=499)
             except Exception as e:  # noqa: BLE001
                 log.error("internal error in %s: %s: %s", route.__name__, type(e).__name__, str(e)[:300])
-                raise ApiError(500, "internal server error", "server_error") from None
+                raise ApiError(500, "internal server error", "server_error", code="internal_error") from None
         return guarded
     return wrap
 
@@ -300,26 +302,36 @@ def _validate(kind, body: bytes):
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints past Python's digit limit
-        raise ApiError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
+        raise ApiError(400, f"request body is not valid JSON: {str(e)[:200]}", code="invalid_json") from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     try:
         return kind.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False, include_input=False)[0]
         param = ".".join(str(p) for p in err["loc"])[:200] or None
-        raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param=param) from None
+        raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param=param,
+                       code=_error_code(err["type"])) from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
+
+
+def _error_code(pydantic_type: str) -> str:
+    """OpenAI's codes for a refused field: missing, of the wrong JSON type, or a value out of range."""
+    if pydantic_type == "missing":
+        return "missing_required_parameter"
+    if pydantic_type.endswith(("_type", "_parsing")) or pydantic_type in ("model_attributes_type", "is_instance_of"):
+        return "invalid_type"
+    return "invalid_value"  # bounds, lengths, literals (a role we don't know), our own validators
 
 
 def _chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     try:
         return tokenizer.apply_chat_template(messages)
     except ChatTemplateError as e:
-        raise ApiError(400, str(e)[:500], param="messages") from None
+        raise ApiError(400, str(e)[:500], param="messages", code="invalid_value") from None
 
 
 def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool) -> SamplingParams:
@@ -336,21 +348,27 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool)
                            "fit this server's context", param="messages" if chat else "prompt",
                            code="context_length_exceeded")
         asked = min(state.config.max_tokens, room)
+    vocab = state.tokenizer.vocab_size
+    for token in req.logit_bias or {}:
+        if token >= vocab:
+            raise ApiError(400, f"logit_bias: token id {token} is not in this model's vocabulary (0..{vocab - 1})",
+                           param="logit_bias", code="invalid_value")
     try:
         return SamplingParams(
             temperature=state.config.temperature if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
-            repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [])
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
+            repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [],
+            logprobs=req.top_logprobs_asked(), logit_bias=req.logit_bias or {})
+    except ValueError as e:  # "<field> must be ...": the field is the first word
+        raise ApiError(400, str(e), param=str(e).split(" ", 1)[0], code="invalid_value") from None
 
 
 async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool):
-    params = _sampling(state, req, len(prompt_ids), chat)
+    params = choice_params(_sampling(state, req, len(prompt_ids), chat), req.n)
     received = time.perf_counter()
     try:
-        seq = state.engine.submit(prompt_ids, params)
+        seq = state.engine.submit(prompt_ids, params[0], more_choices=params[1:])
     except ContextLengthError as e:
         raise ApiError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
     except QueueFullError as e:
@@ -361,34 +379,40 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
     state.metrics.prompt_tokens.inc(len(prompt_ids))
     shaper = ResponseShaper(state.model_name, chat)
     deltas = _timed(state, state.engine.stream(seq), received)
+    logprobs = params[0].logprobs is not None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         state.metrics.requests.labels(status="200").inc()
+        formatters = [LogprobFormatter(state.tokenizer, chat) for _ in params] if logprobs else None
         # Starlette watches for the client leaving while it streams; leaving cancels _sse, which aborts.
-        return StreamingResponse(_sse(deltas, shaper, include_usage), media_type="text/event-stream",
+        stop = functools.partial(state.engine.abort_request, seq.request_id)
+        return StreamingResponse(_sse(deltas, shaper, include_usage, len(params), formatters, stop),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    text, finish, usage, error = "", None, None, None
+    collected = ChoiceCollector(len(params), state.tokenizer, chat, logprobs)
     async with anyio.create_task_group() as tg:
         # Nobody reads a non-streaming answer whose client left: abort it (even while it waits in the queue).
         tg.start_soon(_abort_on_disconnect, request, state.engine, seq.request_id)
         async for d in deltas:
-            text += d.text
-            finish, usage, error = d.finish_reason or finish, d.usage or usage, d.error or error
+            collected.add(d)
+            if d.error:  # one failed choice fails the answer: stop the others now
+                state.engine.abort_request(seq.request_id)
+                break
         tg.cancel_scope.cancel()
-    if error:
-        raise ApiError(500, error, "server_error", code="generation_failed")
-    if finish == "abort" and await request.is_disconnected():
+    if collected.error:
+        raise ApiError(500, collected.error, "server_error", code="generation_failed")
+    if "abort" in collected.finish_reasons and await request.is_disconnected():
         state.metrics.requests.labels(status="499").inc()
         return Response(status_code=499)
     state.metrics.requests.labels(status="200").inc()
-    return shaper.whole(text, finish, usage)
+    return shaper.whole(collected.choices(), collected.total.usage())
 
 
 async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            engine.abort(request_id)
+            engine.abort_request(request_id)
             return
 
 
@@ -406,26 +430,34 @@ async def _timed(state: ServerState, deltas: AsyncIterator[Delta], received: flo
         yield d
 
 
-async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool) -> AsyncIterator[str]:
-    """The stream's events; whatever happens, it ends with a last chunk (or an error event) and [DONE]."""
+async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool, n: int = 1,
+               formatters: list[LogprobFormatter] | None = None, stop=None) -> AsyncIterator[str]:
+    """The stream's events; whatever happens, it ends with a last chunk of each choice (or an error
+    event) and [DONE]. The n choices' chunks interleave, each naming its index. formatters: one per
+    choice when the request asked for logprobs; stop(): ends the request's other choices after an error."""
     if shaper.chat:
-        yield shaper.chunk(None, first=True, with_usage_field=include_usage)
-    usage = None
+        for index in range(n):
+            yield shaper.chunk(None, first=True, with_usage_field=include_usage, index=index)
+    total = UsageTotal()
     try:
         async for d in deltas:
             if d.error:
+                if stop is not None:
+                    stop()
                 yield shaper.error_event(d.error, code="generation_failed")
                 break
+            logprobs = formatters[d.choice].format(d.logprobs) if formatters and d.logprobs else None
             if d.finish_reason:
-                usage = d.usage
-                yield shaper.chunk(d.text, d.finish_reason, with_usage_field=include_usage)
-            elif d.text:
-                yield shaper.chunk(d.text, with_usage_field=include_usage)
+                total.add(d)
+                yield shaper.chunk(d.text, d.finish_reason, with_usage_field=include_usage, index=d.choice,
+                                   logprobs=logprobs)
+            elif d.text or logprobs:
+                yield shaper.chunk(d.text, with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
     except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
         log.error("stream failed: %s: %s", type(e).__name__, str(e)[:300])
         yield shaper.error_event("internal server error")
     if include_usage:
-        yield shaper.usage_chunk(usage)
+        yield shaper.usage_chunk(total.usage())
     yield shaper.DONE
 
 

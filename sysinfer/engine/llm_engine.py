@@ -101,13 +101,13 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def finish(self, seq: Sequence, reason: str, token_ids: list[int] | None = None, text: str = "",
-               error: str | None = None) -> Delta:
+               error: str | None = None, logprobs=None) -> Delta:
         """Remove a request for good (blocks freed); returns its last delta."""
         self.scheduler.finish(seq, reason)
         self.by_id.pop(seq.request_id, None)
         usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens,
                       seq.draft_accepted, seq.drafted - seq.draft_accepted)
-        return Delta(text, token_ids or [], reason, usage, error)
+        return Delta(text, token_ids or [], reason, usage, error, logprobs)
 
     # ---- the step, in three phases ----
     def plan(self) -> list[ScheduledChunk]:
@@ -206,9 +206,10 @@ class LLMEngine:
             # Even when the request ends here: the accepted drafts' KV is computed, and their full
             # blocks are named in the prefix cache exactly as plain decoding would have named them.
             self.scheduler.accept_drafts(seq, accepted)
+        logprobs = state.take_logprobs()
         if reason:
-            return self.finish(seq, reason, tokens, "".join(texts))
-        return Delta("".join(texts), tokens)
+            return self.finish(seq, reason, tokens, "".join(texts), logprobs=logprobs)
+        return Delta("".join(texts), tokens, logprobs=logprobs)
 
     # ---- the synchronous driver ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:

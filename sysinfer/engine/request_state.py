@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .detokenizer import IncrementalDetokenizer, StopChecker
+from .logprobs import TokenLogprob, token_logprob
 from .prompt_lookup import PromptLookup
 from .sampling import Sampler, SamplingParams
 
@@ -36,6 +37,8 @@ class Delta:
     finish_reason: str | None = None  # "stop", "length", "abort" or "error" on the last delta
     usage: Usage | None = None        # on the last delta
     error: str | None = None          # with finish_reason "error": what went wrong, for the client
+    logprobs: list[TokenLogprob] | None = None  # when asked: one per token of token_ids that is not a stop token
+    choice: int = 0                   # the choice (of a request's n) this delta belongs to
 
 
 class RequestState:
@@ -50,12 +53,33 @@ class RequestState:
         self.stops = StopChecker(params.stop)
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(tokenizer.stop_ids))
         self.aborted = False  # the client left; the engine ends the request at the next chance
+        # Log probabilities of the tokens sampled since the last take_logprobs(); None when not asked,
+        # so a request without logprobs pays one comparison per token.
+        self.logprobs: list[TokenLogprob] | None = None if params.logprobs is None else []
 
     def sample(self, logits: np.ndarray, output_ids: list[int]) -> int:
-        return self.sampler.sample(logits, output_ids)
+        token = self.sampler.sample(logits, output_ids)
+        self._note_logprob(logits, token)
+        return token
 
     def verify(self, logits: np.ndarray, output_ids: list[int], draft: int) -> tuple[int, bool]:
-        return self.sampler.verify(logits, output_ids, draft)
+        token, accepted = self.sampler.verify(logits, output_ids, draft)
+        self._note_logprob(logits, token)
+        return token, accepted
+
+    def _note_logprob(self, logits: np.ndarray, token: int) -> None:
+        """logits: [n_vocab], the row the token was sampled from (see logprobs.py for which distribution).
+        A grammar mask (structured output) belongs in this row before it comes here, as vLLM applies its
+        bitmask before its raw logprobs: the logprobs are then of the distribution actually sampled from."""
+        if self.logprobs is not None and token not in self.stop_ids:  # a stop token is not part of the reply
+            self.logprobs.append(token_logprob(logits, token, self.params.logprobs))
+
+    def take_logprobs(self) -> list[TokenLogprob] | None:
+        """The entries noted since the last call (None when the request did not ask for logprobs)."""
+        if self.logprobs is None:
+            return None
+        taken, self.logprobs = self.logprobs, []
+        return taken
 
     def draft(self, limit: int) -> list[int]:
         """Tokens to verify in the next step (none without speculation or without a match)."""
