@@ -187,8 +187,11 @@ def test_a_typed_message_streams_a_reply_with_the_settings_sent(browser, server)
     reply = wait_reply_done(browser, 1)
     assert reply["state"] == "done" and reply["text"].strip(), reply
     lengths = browser.execute_script("return window.__lengths")
-    growing = sorted(set(n for n in lengths if 0 < n < len(reply["text"])))
-    assert len(growing) >= 2, lengths  # the text appeared piece by piece before the whole reply
+    # the text was on the page in part before the whole reply was: at least one shorter, non-empty
+    # length was seen. (How many depends on how the browser batches its updates and on how many
+    # tokens each step yields with speculation on, so one is all that can be asked.)
+    partial = [n for n in lengths if 0 < n < len(reply["text"])]
+    assert partial, lengths
     assert re.match(r"\d+ tokens", reply["meta"]), reply["meta"]
     sent = browser.execute_script("return window.__sent")[0]
     assert sent["stream"] is True and sent["temperature"] == 0 and sent["max_tokens"] == 64

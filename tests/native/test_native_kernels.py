@@ -52,13 +52,16 @@ def test_cpu_without_avx2_gets_generic_under_qemu(host_binary):
 
 
 @pytest.mark.parametrize("forced", ["generic", "avx2", "avx512"])
-def test_sysinfer_kernels_forces_a_table(forced):
+def test_sysinfer_kernels_forces_a_table(forced, tmp_path):
     """SYSINFER_KERNELS names the table (when this CPU runs it), as `sysinfer info` reports it."""
     if forced not in _native.info()["runnable"]:
         pytest.skip(f"this CPU does not run {forced}")
     env = {**os.environ, "SYSINFER_KERNELS": forced}
     code = "from sysinfer import _native; print(_native.info()['kernels'])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    # Run from an empty folder: `python -c` puts its working directory first on sys.path, and from the
+    # repository root (as CI runs) that is the source folder ./sysinfer, which has no compiled core.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == forced
 
