@@ -27,6 +27,8 @@ from .engine.sampling import SamplingParams
 from .metrics import Metrics
 from .model.chat_template import ChatTemplateError
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
+from .structured import tools as tool_calls
+from .structured.constraints import ConstraintError, compile_constraint, from_request
 
 log = logging.getLogger("sysinfer.api")
 DRAIN_SECONDS = 8.0  # default of --drain-seconds / SYSINFER_DRAIN_SECONDS (ServerConfig.drain_seconds)
@@ -151,17 +153,23 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @_guarded(state)
     async def chat_completions(request: Request):
         req = await _parse(state, request, ChatCompletionRequest)
-        messages = [m.as_template_message() for m in req.messages]
-        prompt_ids = await _in_thread(state, _chat_prompt_ids, state.tokenizer, messages)
-        return await _complete(state, request, req, prompt_ids, chat=True)
+        prompt_ids, grammar, tools = await _in_thread(state, _prepare_chat, state.tokenizer, req)
+        return await _complete(state, request, req, prompt_ids, chat=True, grammar=grammar, tools=tools)
 
     @app.post("/v1/completions")
     @_guarded(state)
     async def completions(request: Request):
         req = await _parse(state, request, CompletionRequest)
         tok = state.tokenizer
-        prompt_ids = await _in_thread(state, lambda: tok.encode(req.prompt, add_bos=tok.add_bos))
-        return await _complete(state, request, req, prompt_ids, chat=False)
+
+        def prepare():
+            if req.tools is not None or req.tool_choice is not None:
+                raise ApiError(400, "tools are supported on /v1/chat/completions only", param="tools",
+                               code="unsupported_parameter")
+            return tok.encode(req.prompt, add_bos=tok.add_bos), _output_grammar(tok, req)
+
+        prompt_ids, grammar = await _in_thread(state, prepare)
+        return await _complete(state, request, req, prompt_ids, chat=False, grammar=grammar)
 
     return app
 
@@ -307,19 +315,63 @@ def _validate(kind, body: bytes):
         raise ApiError(400, "request body is nested too deeply") from None
 
 
-def _chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+def _chat_prompt_ids(tokenizer, messages: list[dict], tools: list | None = None) -> list[int]:
     try:
-        return tokenizer.apply_chat_template(messages)
+        return tokenizer.apply_chat_template(messages, tools=tools)
     except ChatTemplateError as e:
         raise ApiError(400, str(e)[:500], param="messages") from None
 
 
-def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool) -> SamplingParams:
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise ApiError(400, "response_format json_object/json_schema is not supported yet", param="response_format",
-                       code="unsupported_parameter")
-    if req.tools:
-        raise ApiError(400, "tools are not supported yet", param="tools", code="unsupported_parameter")
+def _constraint_error(e: ConstraintError) -> ApiError:
+    return ApiError(400, str(e), param=e.param, code=e.code)
+
+
+def _output_grammar(tokenizer, req: CommonRequest):
+    """The compiled matcher of the request's response_format / guided_* constraint (None: free text)."""
+    try:
+        constraint = from_request(req.response_format, req.guided_json, req.guided_regex, req.guided_choice,
+                                  req.guided_grammar)
+        return compile_constraint(tokenizer, constraint) if constraint is not None else None
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+
+
+def _prepare_chat(tokenizer, req: ChatCompletionRequest):
+    """(prompt ids, compiled grammar or None, (tool syntax, tool plan) or None) of a chat request.
+    Tools pick the call syntax from the model's template (templates that render `tools` get
+    Llama 3.1-style JSON calls, the others our generic <tool_call> format) and constrain the reply."""
+    from .model.chat_template import renders_tools
+
+    try:
+        plan = tool_calls.plan_from_request(req.tools, req.tool_choice, req.parallel_tool_calls)
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+    grammar = _output_grammar(tokenizer, req)
+    if plan is not None and grammar is not None:
+        raise ApiError(400, "tools and an output constraint (response_format / guided_*) can't be combined unless "
+                       'tool_choice is "none"', param="tool_choice", code="invalid_constraint")
+    messages = [m.as_template_message() for m in req.messages]
+    has_tool_turns = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    syntax = None
+    if plan is not None or has_tool_turns:
+        try:
+            syntax = tool_calls.LLAMA3_JSON if renders_tools(tokenizer) else tool_calls.HERMES
+        except ChatTemplateError:
+            syntax = tool_calls.HERMES
+        messages, template_tools = tool_calls.prepare_messages(syntax, messages, plan)
+    else:
+        template_tools = None
+    prompt_ids = _chat_prompt_ids(tokenizer, messages, template_tools)
+    if plan is None:
+        return prompt_ids, grammar, None
+    try:
+        grammar = compile_constraint(tokenizer, tool_calls.tool_grammar(syntax, plan))
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+    return prompt_ids, grammar, (syntax, plan)
+
+
+def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool, grammar=None) -> SamplingParams:
     asked = (getattr(req, "max_completion_tokens", None) if chat else None) or req.max_tokens
     if asked is None:  # the server's default, cut to what the context and the KV cache can still hold
         room = state.engine.max_total_tokens - n_prompt
@@ -333,13 +385,16 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool)
             temperature=state.config.temperature if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
-            repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [])
+            repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [],
+            grammar=grammar)
     except ValueError as e:
         raise ApiError(400, str(e)) from None
 
 
-async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool):
-    params = _sampling(state, req, len(prompt_ids), chat)
+async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool,
+                    grammar=None, tools=None):
+    """`grammar`: the compiled output constraint; `tools`: (syntax, plan) when the reply may call tools."""
+    params = _sampling(state, req, len(prompt_ids), chat, grammar)
     received = time.perf_counter()
     try:
         seq = state.engine.submit(prompt_ids, params)
@@ -357,7 +412,8 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         state.metrics.requests.labels(status="200").inc()
         # Starlette watches for the client leaving while it streams; leaving cancels _sse, which aborts.
-        return StreamingResponse(_sse(deltas, shaper, include_usage), media_type="text/event-stream",
+        parser = tool_calls.ToolCallParser(*tools) if tools else None
+        return StreamingResponse(_sse(deltas, shaper, include_usage, parser), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     text, finish, usage, error = "", None, None, None
     async with anyio.create_task_group() as tg:
@@ -373,7 +429,15 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
         state.metrics.requests.labels(status="499").inc()
         return Response(status_code=499)
     state.metrics.requests.labels(status="200").inc()
+    if tools:
+        text, calls = tool_calls.whole_calls(tool_calls.ToolCallParser(*tools), text)
+        return shaper.whole(text, _tool_finish(finish, bool(calls)), usage, calls)
     return shaper.whole(text, finish, usage)
+
+
+def _tool_finish(finish: str | None, called: bool) -> str | None:
+    """A reply that ended by itself after calling tools finishes with "tool_calls", as OpenAI's do."""
+    return "tool_calls" if called and finish == "stop" else finish
 
 
 async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
@@ -398,8 +462,10 @@ async def _timed(state: ServerState, deltas: AsyncIterator[Delta], received: flo
         yield d
 
 
-async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool) -> AsyncIterator[str]:
-    """The stream's events; whatever happens, it ends with a last chunk (or an error event) and [DONE]."""
+async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool,
+               tools: "tool_calls.ToolCallParser | None" = None) -> AsyncIterator[str]:
+    """The stream's events; whatever happens, it ends with a last chunk (or an error event) and [DONE].
+    With tools, the text goes through the call parser: content deltas, then tool-call deltas."""
     if shaper.chat:
         yield shaper.chunk(None, first=True, with_usage_field=include_usage)
     usage = None
@@ -408,6 +474,17 @@ async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usa
             if d.error:
                 yield shaper.error_event(d.error, code="generation_failed")
                 break
+            if tools is not None:
+                content, calls = tools.feed(d.text, final=bool(d.finish_reason))
+                if content:
+                    yield shaper.chunk(content, with_usage_field=include_usage)
+                if calls:
+                    yield shaper.tool_chunk(calls, with_usage_field=include_usage)
+                if d.finish_reason:
+                    usage = d.usage
+                    yield shaper.chunk(None, _tool_finish(d.finish_reason, tools.called),
+                                       with_usage_field=include_usage)
+                continue
             if d.finish_reason:
                 usage = d.usage
                 yield shaper.chunk(d.text, d.finish_reason, with_usage_field=include_usage)

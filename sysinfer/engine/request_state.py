@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..structured.grammar_state import GrammarState
 from .detokenizer import IncrementalDetokenizer, StopChecker
 from .prompt_lookup import PromptLookup
 from .sampling import Sampler, SamplingParams
@@ -37,12 +38,15 @@ class Delta:
 
 
 class RequestState:
-    """Per-request sampler + detokenizer + stop matcher (+ the drafter, when the engine speculates);
-    the engine keeps one beside each Sequence."""
+    """Per-request sampler + detokenizer + stop matcher (+ the drafter, when the engine speculates;
+    + the grammar, when the output is constrained); the engine keeps one beside each Sequence.
+    A constrained request never drafts: a drafted token the grammar forbids would need the mask of
+    every draft position, so speculation is simply off for it."""
 
     def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, speculative: bool = False):
         self.params = params
-        self.lookup = PromptLookup(prompt_ids) if speculative else None
+        self.grammar = GrammarState(params.grammar, tokenizer.vocab_size) if params.grammar is not None else None
+        self.lookup = PromptLookup(prompt_ids) if speculative and self.grammar is None else None
         self.sampler = Sampler(params, prompt_ids)
         self.detok = IncrementalDetokenizer(tokenizer, prompt_ids)
         self.stops = StopChecker(params.stop)
@@ -50,7 +54,8 @@ class RequestState:
         self.aborted = False  # the client left; the engine ends the request at the next chance
 
     def sample(self, logits: np.ndarray, output_ids: list[int]) -> int:
-        return self.sampler.sample(logits, output_ids)
+        allowed = self.grammar.allowed() if self.grammar is not None else None
+        return self.sampler.sample(logits, output_ids, allowed)
 
     def verify(self, logits: np.ndarray, output_ids: list[int], draft: int) -> tuple[int, bool]:
         return self.sampler.verify(logits, output_ids, draft)
@@ -61,7 +66,10 @@ class RequestState:
 
     def accept(self, token: int, n_output: int) -> tuple[str, str | None]:
         """Text to send for a sampled token, and the finish reason if the request ends here.
-        `n_output` counts the tokens generated including this one (unless it is a stop token)."""
+        `n_output` counts the tokens generated including this one (unless it is a stop token).
+        A grammar that can't be extended after this token ends the reply ("stop")."""
+        if self.grammar is not None:
+            self.grammar.consume(token)
         if token in self.stop_ids:
             return self.final_text("stop"), "stop"
         if self.lookup is not None:
@@ -69,6 +77,8 @@ class RequestState:
         text, stopped = self.stops.feed(self.detok.add(token))
         if stopped:
             return text, "stop"
+        if self.grammar is not None and self.grammar.done:
+            return text + self.final_text("stop"), "stop"
         if n_output >= self.params.max_tokens:
             return text + self.final_text("length"), "length"
         return text, None
