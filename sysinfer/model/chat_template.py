@@ -130,11 +130,17 @@ def _map_strings(value, fn):
 
 
 def _pick_marker(messages: list[dict], tools: list | None = None) -> str:
-    used = json.dumps([messages, tools], ensure_ascii=False)
+    """A private-use character found nowhere in the input, neither as itself nor as the JSON escape
+    (`\\ue000`) that a template's `tojson` writes for it."""
+    used = json.dumps([messages, tools], ensure_ascii=False).lower()
     for code in range(0xE000, 0xF8FF):
-        if chr(code) not in used:
+        if chr(code) not in used and _escaped(chr(code)) not in used:
             return chr(code)
     raise ChatTemplateError("messages use every private-use character")  # not reachable in practice
+
+
+def _escaped(marker: str) -> str:
+    return "\\u%04x" % ord(marker)
 
 
 def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True,
@@ -157,6 +163,6 @@ def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt
         if i % 2 == 1:
             ids.append(tok.special_tokens[part])
         elif part:
-            ids.extend(tok._encode_plain(part.replace(marker, ""), first))
+            ids.extend(tok._encode_plain(part.replace(marker, "").replace(_escaped(marker), ""), first))
         first = False
     return ids
