@@ -150,7 +150,10 @@ class Sampler:
         """The next token; `allowed` ([n_vocab] bool, a grammar's mask) limits it to those tokens."""
         if allowed is not None and not allowed.any():
             raise SamplingError("the output grammar allows no token here")
-        if self._plain_greedy and allowed is None:  # no copy: argmax finds a NaN or +inf first, and we refuse it
+        if self._plain_greedy:  # argmax finds a NaN or +inf first, and we refuse it
+            if allowed is not None:  # the argmax over the allowed tokens (float32, no float64 copy)
+                n = min(allowed.size, logits.size)
+                logits = np.where(allowed[:n], logits[:n], np.float32(-np.inf))
             token = int(np.argmax(logits))
             if not np.isfinite(logits[token]):
                 raise SamplingError("the model produced non-finite logits")
