@@ -1,8 +1,9 @@
 """What a JSON-schema constraint costs per generated token (a benchmark, not a test).
 
-    python benchmarks/grammar_overhead.py [--tokens 96] [--repeats 5] [--batch 1]
+    python benchmarks/grammar_overhead.py [--tokens 96] [--repeats 5] [--batch 1] [--model FILE.gguf]
 
-SmolLM2-135M Q4_0 (the test cache's copy), greedy, the same prompt three ways, alternating, repeated:
+SmolLM2-135M Q4_0 (the test cache's copy; or --model, e.g. the Llama-3-8B-shaped random file that
+benchmarks/decode_speed.py --llama3-8b writes, with the real 128k Llama 3 vocabulary), greedy, the same prompt three ways, alternating, repeated:
   free         no constraint;
   overlapped   a JSON schema, each mask computed in the mask thread while the native step runs (as served);
   sequential   the same schema, each mask computed after the step, before sampling (the mask thread off).
@@ -53,8 +54,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None)
     args = ap.parse_args()
-    model = load_model(smollm2_q4_0(), threads=args.threads, n_ctx=1024, kv_blocks=256, max_step_tokens=512,
+    model = load_model(args.model or smollm2_q4_0(), threads=args.threads, n_ctx=1024, kv_blocks=256, max_step_tokens=512,
                        max_out_rows=args.batch)
     tok = Tokenizer.from_metadata(model.metadata)
     grammar_tokenizer(tok)  # the vocabulary trie, built once per server
@@ -81,7 +83,8 @@ def main() -> None:
         masks.append(time.perf_counter() - start)
         state.consume(t)
     free = statistics.median(times["free"])
-    print(f"SmolLM2-135M Q4_0, batch {args.batch}, {args.tokens} tokens, {args.threads} threads, "
+    name = Path(args.model).name if args.model else "SmolLM2-135M Q4_0"
+    print(f"{name} (vocabulary {tok.vocab_size}), batch {args.batch}, {args.tokens} tokens, {args.threads} threads, "
           f"medians of {args.repeats}")
     for way, ts in times.items():
         ms = statistics.median(ts) * 1000

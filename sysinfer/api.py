@@ -340,8 +340,6 @@ def _prepare_chat(tokenizer, req: ChatCompletionRequest):
     """(prompt ids, compiled grammar or None, (tool syntax, tool plan) or None) of a chat request.
     Tools pick the call syntax from the model's template (templates that render `tools` get
     Llama 3.1-style JSON calls, the others our generic <tool_call> format) and constrain the reply."""
-    from .model.chat_template import renders_tools
-
     try:
         plan = tool_calls.plan_from_request(req.tools, req.tool_choice, req.parallel_tool_calls)
     except ConstraintError as e:
@@ -354,10 +352,7 @@ def _prepare_chat(tokenizer, req: ChatCompletionRequest):
     has_tool_turns = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
     syntax = None
     if plan is not None or has_tool_turns:
-        try:
-            syntax = tool_calls.LLAMA3_JSON if renders_tools(tokenizer) else tool_calls.HERMES
-        except ChatTemplateError:
-            syntax = tool_calls.HERMES
+        syntax = tool_calls.choose_syntax(tokenizer)
         messages, template_tools = tool_calls.prepare_messages(syntax, messages, plan)
     else:
         template_tools = None

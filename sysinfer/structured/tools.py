@@ -122,7 +122,22 @@ class ToolSyntax:
 
 
 HERMES = ToolSyntax("hermes", "arguments", "<tool_call>\n", "\n</tool_call>", "\n", False)
+HERMES_TEMPLATE = ToolSyntax("hermes", "arguments", "<tool_call>\n", "\n</tool_call>", "\n", True)
 LLAMA3_JSON = ToolSyntax("llama3_json", "parameters", "", "", "\n", True)
+
+
+def choose_syntax(tokenizer) -> ToolSyntax:
+    """The model's call syntax: a template that renders `tools` and speaks of <tool_call> (Qwen 2.5,
+    Hermes) keeps its own tool section and our <tool_call> calls; one that renders tools otherwise
+    (Llama 3.1 / 3.2) gets Llama 3.1 JSON calls; any other the generic format."""
+    from ..model.chat_template import ChatTemplateError, renders_tools, template_source
+
+    try:
+        if not renders_tools(tokenizer):
+            return HERMES
+        return HERMES_TEMPLATE if "<tool_call>" in template_source(tokenizer) else LLAMA3_JSON
+    except ChatTemplateError:
+        return HERMES
 
 
 def call_schema(syntax: ToolSyntax, functions: tuple[Function, ...]) -> dict[str, Any]:

@@ -210,3 +210,20 @@ def test_plan_and_history():
     assert messages[3]["content"] == "<tool_response>\n3\n</tool_response>"
     messages, template_tools = T.prepare_messages(T.LLAMA3_JSON, history, plan)
     assert messages == history and [t["function"]["name"] for t in template_tools] == ["add", "now"]
+
+
+def test_call_syntax_follows_the_template():
+    from sysinfer.model.chat_template import BUILTIN_TEMPLATES
+
+    class Tok:
+        architecture, bos_id, eos_id, special_tokens = "llama", None, None, {}
+        tokens: list = []
+
+        def __init__(self, template):
+            self.chat_template = template
+
+    llama31 = "{% for t in tools or [] %}{{ t | tojson }}{% endfor %}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    qwen = llama31 + "{% if tools %}<tool_call>{% endif %}"
+    assert T.choose_syntax(Tok(None)) is T.HERMES and BUILTIN_TEMPLATES["llama"]  # built-in: no tools
+    assert T.choose_syntax(Tok(llama31)) is T.LLAMA3_JSON
+    assert T.choose_syntax(Tok(qwen)) is T.HERMES_TEMPLATE
