@@ -286,3 +286,18 @@ def test_tool_result_round_trip(client):
     r = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER], max_tokens=40, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert r.choices[0].message.content or r.choices[0].message.tool_calls
+
+
+def test_eulercopilot_probe_order(client):
+    """EulerCopilot's function-call backend tries tools, then json_schema, json_object, guided_json:
+    the first already succeeds, and so does each of the others."""
+    r = chat(client, QUESTION, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+             temperature=0)
+    check_calls(r.choices[0].message.tool_calls)
+    schema = WEATHER["function"]["parameters"]
+    for kw in ({"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}},
+               {"response_format": {"type": "json_object"}, "max_tokens": 30}, {"extra_body": {"guided_json": schema}}):
+        r = chat(client, QUESTION, temperature=0, **kw)
+        assert r.choices[0].message.content.startswith("{")
+        if r.choices[0].finish_reason == "stop" and "json_object" not in json.dumps(kw):
+            jsonschema.validate(json.loads(r.choices[0].message.content), schema)
