@@ -29,6 +29,8 @@ from .logprob_format import LogprobFormatter
 from .metrics import Metrics
 from .model.chat_template import ChatTemplateError
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
+from .structured import tools as tool_calls
+from .structured.constraints import ConstraintError, compile_constraint, from_request
 from .web import chat_page, page_url
 
 log = logging.getLogger("sysinfer.api")
@@ -161,17 +163,23 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @_guarded(state)
     async def chat_completions(request: Request):
         req = await _parse(state, request, ChatCompletionRequest)
-        messages = [m.as_template_message() for m in req.messages]
-        prompt_ids = await _in_thread(state, _chat_prompt_ids, state.tokenizer, messages)
-        return await _complete(state, request, req, prompt_ids, chat=True)
+        prompt_ids, grammar, tools = await _in_thread(state, _prepare_chat, state.tokenizer, req)
+        return await _complete(state, request, req, prompt_ids, chat=True, grammar=grammar, tools=tools)
 
     @app.post("/v1/completions")
     @_guarded(state)
     async def completions(request: Request):
         req = await _parse(state, request, CompletionRequest)
         tok = state.tokenizer
-        prompt_ids = await _in_thread(state, lambda: tok.encode(req.prompt, add_bos=tok.add_bos))
-        return await _complete(state, request, req, prompt_ids, chat=False)
+
+        def prepare():
+            if req.tools is not None or req.tool_choice is not None:
+                raise ApiError(400, "tools are supported on /v1/chat/completions only", param="tools",
+                               code="unsupported_parameter")
+            return tok.encode(req.prompt, add_bos=tok.add_bos), _output_grammar(tok, req)
+
+        prompt_ids, grammar = await _in_thread(state, prepare)
+        return await _complete(state, request, req, prompt_ids, chat=False, grammar=grammar)
 
     return app
 
@@ -327,19 +335,58 @@ def _error_code(pydantic_type: str) -> str:
     return "invalid_value"  # bounds, lengths, literals (a role we don't know), our own validators
 
 
-def _chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+def _chat_prompt_ids(tokenizer, messages: list[dict], tools: list | None = None) -> list[int]:
     try:
-        return tokenizer.apply_chat_template(messages)
+        return tokenizer.apply_chat_template(messages, tools=tools)
     except ChatTemplateError as e:
         raise ApiError(400, str(e)[:500], param="messages", code="invalid_value") from None
 
 
-def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool) -> SamplingParams:
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise ApiError(400, "response_format json_object/json_schema is not supported yet", param="response_format",
-                       code="unsupported_parameter")
-    if req.tools:
-        raise ApiError(400, "tools are not supported yet", param="tools", code="unsupported_parameter")
+def _constraint_error(e: ConstraintError) -> ApiError:
+    return ApiError(400, str(e), param=e.param, code=e.code)
+
+
+def _output_grammar(tokenizer, req: CommonRequest):
+    """The compiled matcher of the request's response_format / guided_* constraint (None: free text)."""
+    try:
+        constraint = from_request(req.response_format, req.guided_json, req.guided_regex, req.guided_choice,
+                                  req.guided_grammar)
+        return compile_constraint(tokenizer, constraint) if constraint is not None else None
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+
+
+def _prepare_chat(tokenizer, req: ChatCompletionRequest):
+    """(prompt ids, compiled grammar or None, (tool syntax, tool plan) or None) of a chat request.
+    Tools pick the call syntax from the model's template (templates that render `tools` get
+    Llama 3.1-style JSON calls, the others our generic <tool_call> format) and constrain the reply."""
+    try:
+        plan = tool_calls.plan_from_request(req.tools, req.tool_choice, req.parallel_tool_calls)
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+    grammar = _output_grammar(tokenizer, req)
+    if plan is not None and grammar is not None:
+        raise ApiError(400, "tools and an output constraint (response_format / guided_*) can't be combined unless "
+                       'tool_choice is "none"', param="tool_choice", code="invalid_constraint")
+    messages = [m.as_template_message() for m in req.messages]
+    has_tool_turns = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    syntax = None
+    if plan is not None or has_tool_turns:
+        syntax = tool_calls.choose_syntax(tokenizer)
+        messages, template_tools = tool_calls.prepare_messages(syntax, messages, plan)
+    else:
+        template_tools = None
+    prompt_ids = _chat_prompt_ids(tokenizer, messages, template_tools)
+    if plan is None:
+        return prompt_ids, grammar, None
+    try:
+        grammar = compile_constraint(tokenizer, tool_calls.tool_grammar(syntax, plan))
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+    return prompt_ids, grammar, (syntax, plan)
+
+
+def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool, grammar=None) -> SamplingParams:
     asked = (getattr(req, "max_completion_tokens", None) if chat else None) or req.max_tokens
     if asked is None:  # the server's default, cut to what the context and the KV cache can still hold
         room = state.engine.max_total_tokens - n_prompt
@@ -359,13 +406,15 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool)
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
             repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [],
-            logprobs=req.top_logprobs_asked(), logit_bias=req.logit_bias or {})
+            logprobs=req.top_logprobs_asked(), logit_bias=req.logit_bias or {}, grammar=grammar)
     except ValueError as e:  # "<field> must be ...": the field is the first word
         raise ApiError(400, str(e), param=str(e).split(" ", 1)[0], code="invalid_value") from None
 
 
-async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool):
-    params = choice_params(_sampling(state, req, len(prompt_ids), chat), req.n)
+async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool,
+                    grammar=None, tools=None):
+    """`grammar`: the compiled output constraint; `tools`: (syntax, plan) when the reply may call tools."""
+    params = choice_params(_sampling(state, req, len(prompt_ids), chat, grammar), req.n)
     received = time.perf_counter()
     try:
         seq = state.engine.submit(prompt_ids, params[0], more_choices=params[1:])
@@ -386,7 +435,8 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
         formatters = [LogprobFormatter(state.tokenizer, chat) for _ in params] if logprobs else None
         # Starlette watches for the client leaving while it streams; leaving cancels _sse, which aborts.
         stop = functools.partial(state.engine.abort_request, seq.request_id)
-        return StreamingResponse(_sse(deltas, shaper, include_usage, len(params), formatters, stop),
+        parsers = [tool_calls.ToolCallParser(*tools) for _ in params] if tools else None
+        return StreamingResponse(_sse(deltas, shaper, include_usage, len(params), formatters, stop, parsers),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     collected = ChoiceCollector(len(params), state.tokenizer, chat, logprobs)
@@ -405,7 +455,17 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
         state.metrics.requests.labels(status="499").inc()
         return Response(status_code=499)
     state.metrics.requests.labels(status="200").inc()
-    return shaper.whole(collected.choices(), collected.total.usage())
+    choices = collected.choices()
+    if tools:
+        for c in choices:
+            c.text, calls = tool_calls.whole_calls(tool_calls.ToolCallParser(*tools), c.text)
+            c.tool_calls, c.finish_reason = calls or None, _tool_finish(c.finish_reason, bool(calls))
+    return shaper.whole(choices, collected.total.usage())
+
+
+def _tool_finish(finish: str | None, called: bool) -> str | None:
+    """A reply that ended by itself after calling tools finishes with "tool_calls", as OpenAI's do."""
+    return "tool_calls" if called and finish == "stop" else finish
 
 
 async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
@@ -430,11 +490,29 @@ async def _timed(state: ServerState, deltas: AsyncIterator[Delta], received: flo
         yield d
 
 
+def _tool_events(shaper: ResponseShaper, parser, d: Delta, logprobs, include_usage: bool):
+    """The chunks of one delta of a reply that may call tools: its content (what the parser is sure
+    is not a call), then tool-call deltas, then the finish. The delta's logprobs ride on the first
+    chunk sent for it (an empty one when the parser holds all of its text back for now)."""
+    content, calls = parser.feed(d.text, final=bool(d.finish_reason))
+    if content:
+        yield shaper.chunk(content, with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
+        logprobs = None
+    if calls:
+        yield shaper.tool_chunk(calls, with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
+        logprobs = None
+    if d.finish_reason or logprobs:
+        yield shaper.chunk(None, _tool_finish(d.finish_reason, parser.called) if d.finish_reason else None,
+                           with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
+
+
 async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool, n: int = 1,
-               formatters: list[LogprobFormatter] | None = None, stop=None) -> AsyncIterator[str]:
+               formatters: list[LogprobFormatter] | None = None, stop=None,
+               tools: "list[tool_calls.ToolCallParser] | None" = None) -> AsyncIterator[str]:
     """The stream's events; whatever happens, it ends with a last chunk of each choice (or an error
     event) and [DONE]. The n choices' chunks interleave, each naming its index. formatters: one per
-    choice when the request asked for logprobs; stop(): ends the request's other choices after an error."""
+    choice when the request asked for logprobs; stop(): ends the request's other choices after an error;
+    tools: one call parser per choice when the reply may call tools (content deltas, then tool-call deltas)."""
     if shaper.chat:
         for index in range(n):
             yield shaper.chunk(None, first=True, with_usage_field=include_usage, index=index)
@@ -447,6 +525,11 @@ async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usa
                 yield shaper.error_event(d.error, code="generation_failed")
                 break
             logprobs = formatters[d.choice].format(d.logprobs) if formatters and d.logprobs else None
+            if tools is not None:
+                for event in _tool_events(shaper, tools[d.choice], d, logprobs, include_usage):
+                    yield event
+                total.add(d)
+                continue
             if d.finish_reason:
                 total.add(d)
                 yield shaper.chunk(d.text, d.finish_reason, with_usage_field=include_usage, index=d.choice,

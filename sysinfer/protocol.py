@@ -25,16 +25,47 @@ class TextPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(max_length=64)
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(default="", max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Union[str, list[TextPart], None] = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None           # a tool turn: the call it answers
+    name: str | None = None
 
     def as_template_message(self) -> dict[str, Any]:
         role = "system" if self.role == "developer" else self.role
         if isinstance(self.content, list):
-            return {"role": role, "content": [p.model_dump() for p in self.content]}
-        return {"role": role, "content": self.content or ""}
+            msg: dict[str, Any] = {"role": role, "content": [p.model_dump() for p in self.content]}
+        else:
+            msg = {"role": role, "content": self.content or ""}
+        if self.tool_calls:  # arguments as objects, as chat templates (and our generic format) write them
+            msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        if self.role == "tool":
+            msg.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v is not None})
+        return msg
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class StreamOptions(BaseModel):
@@ -60,8 +91,15 @@ class CommonRequest(BaseModel):
     user: str | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     logit_bias: dict[str, float] | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
+    # Structured output and tools (structured/): checked there, each refusal naming its field.
+    response_format: Any = None
+    guided_json: Any = None      # vLLM's, also sent inside extra_body (which lands at the top level)
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -161,6 +199,7 @@ class ChoiceResult:
     text: str = ""
     finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None  # already in the endpoint's shape (logprob_format.py)
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI-shaped calls parsed from the text (chat)
 
 
 class ResponseShaper:
@@ -171,12 +210,15 @@ class ResponseShaper:
         self.meta = {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": model_name}
 
     def whole(self, choices: list[ChoiceResult], usage) -> dict[str, Any]:
-        """The body of a non-streaming response."""
+        """The body of a non-streaming response (a chat reply that called tools has `tool_calls`,
+        and its content is null when the model wrote no text besides the calls)."""
         bodies = []
         for c in choices:
             body: dict[str, Any] = {"index": c.index, "finish_reason": c.finish_reason, "logprobs": c.logprobs}
             if self.chat:
                 body["message"] = {"role": "assistant", "content": c.text}
+                if c.tool_calls:
+                    body["message"] = {"role": "assistant", "content": c.text or None, "tool_calls": c.tool_calls}
             else:
                 body["text"] = c.text
             bodies.append(body)
@@ -201,6 +243,24 @@ class ResponseShaper:
                 "choices": [choice]}
         if with_usage_field:
             body["usage"] = None  # as OpenAI sends when include_usage is on: usage comes in the last chunk
+        return self._event(body)
+
+    def tool_chunk(self, deltas, with_usage_field: bool = False, index: int = 0,
+                   logprobs: dict[str, Any] | None = None) -> str:
+        """Tool-call deltas as OpenAI streams them: a call's first delta has its index, id, type and
+        name (arguments ""), the next ones only index and the next fragment of the arguments."""
+        calls = []
+        for d in deltas:
+            if d.id is not None:
+                calls.append({"index": d.index, "id": d.id, "type": "function",
+                              "function": {"name": d.name, "arguments": d.arguments}})
+            else:
+                calls.append({"index": d.index, "function": {"arguments": d.arguments}})
+        body = {**self.meta, "object": "chat.completion.chunk",
+                "choices": [{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None,
+                             "logprobs": logprobs}]}
+        if with_usage_field:
+            body["usage"] = None
         return self._event(body)
 
     def usage_chunk(self, usage) -> str:

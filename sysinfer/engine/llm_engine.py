@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -66,6 +67,7 @@ class LLMEngine:
         self.draft_limit = min(K_MAX, model.max_out_rows // max_batch - 1) if speculative else 0
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
+        self._mask_thread: ThreadPoolExecutor | None = None  # grammar masks, beside the native step
 
     # ---- requests ----
     @property
@@ -125,12 +127,28 @@ class LLMEngine:
             seq.draft_ids = seq.state.draft(min(self.draft_limit, room))
 
     def execute(self, plan: list[ScheduledChunk]) -> np.ndarray:
-        """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order."""
+        """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order.
+        The grammar masks of the constrained rows are computed meanwhile, in the mask thread."""
         start = time.perf_counter()
-        logits = self.runner.run(self.runner.build(plan))
+        masks = self._masks_ahead(plan)
+        try:
+            logits = self.runner.run(self.runner.build(plan))
+        finally:
+            if masks is not None:
+                masks.result()
         self.stats.last_step_seconds = time.perf_counter() - start
         self.stats.step_seconds_total += self.stats.last_step_seconds
         return logits
+
+    def _masks_ahead(self, plan: list[ScheduledChunk]) -> Future | None:
+        """Starts the next-token masks of the plan's constrained rows in the mask thread, so they are
+        ready when sampling starts (llguidance computes without the GIL, beside the native step)."""
+        grammars = [c.seq.state.grammar for c in plan if c.samples and c.seq.state.grammar is not None]
+        if not grammars:
+            return None
+        if self._mask_thread is None:
+            self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sysinfer-mask")
+        return self._mask_thread.submit(_compute_masks, grammars)
 
     def postprocess(self, plan: list[ScheduledChunk], logits: np.ndarray) -> list[Event]:
         """Phase 3: account for computed tokens, sample, detokenize, check stops."""
@@ -234,3 +252,13 @@ class LLMEngine:
         s.kv_blocks_cached, s.prefix_hit_tokens = self.blocks.num_cached, self.blocks.prefix_hit_tokens
         s.preemptions = self.scheduler.preemptions
         return s
+
+
+def _compute_masks(grammars: list) -> None:
+    """The mask thread's job. A grammar that fails here fails again when its row samples, where the
+    error ends that request alone."""
+    for grammar in grammars:
+        try:
+            grammar.compute_mask()
+        except Exception:  # noqa: BLE001 - reported by the sampling that follows
+            pass

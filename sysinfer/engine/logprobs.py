@@ -38,5 +38,6 @@ def token_logprob(row: np.ndarray, token_id: int, k: int) -> TokenLogprob:
         k = min(k, row.size)
         best = np.argpartition(row, row.size - k)[row.size - k:]  # [k] ids, unordered
         best = best[np.lexsort((best, -row[best]))]               # most likely first, ties by id
-        top = tuple((int(i), float(row[i]) - log_total) for i in best)
+        # a token a grammar masked (-inf) has no logprob to give (and -inf is not JSON): left out
+        top = tuple((int(i), float(row[i]) - log_total) for i in best if np.isfinite(row[i]))
     return TokenLogprob(int(token_id), float(row[token_id]) - log_total, top)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..structured.grammar_state import GrammarState
 from .detokenizer import IncrementalDetokenizer, StopChecker
 from .logprobs import TokenLogprob, token_logprob
 from .prompt_lookup import PromptLookup
@@ -42,12 +43,15 @@ class Delta:
 
 
 class RequestState:
-    """Per-request sampler + detokenizer + stop matcher (+ the drafter, when the engine speculates);
-    the engine keeps one beside each Sequence."""
+    """Per-request sampler + detokenizer + stop matcher (+ the drafter, when the engine speculates;
+    + the grammar, when the output is constrained); the engine keeps one beside each Sequence.
+    A constrained request never drafts: a drafted token the grammar forbids would need the mask of
+    every draft position, so speculation is simply off for it."""
 
     def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, speculative: bool = False):
         self.params = params
-        self.lookup = PromptLookup(prompt_ids) if speculative else None
+        self.grammar = GrammarState(params.grammar, tokenizer.vocab_size) if params.grammar is not None else None
+        self.lookup = PromptLookup(prompt_ids) if speculative and self.grammar is None else None
         self.sampler = Sampler(params, prompt_ids)
         self.detok = IncrementalDetokenizer(tokenizer, prompt_ids)
         self.stops = StopChecker(params.stop)
@@ -58,7 +62,11 @@ class RequestState:
         self.logprobs: list[TokenLogprob] | None = None if params.logprobs is None else []
 
     def sample(self, logits: np.ndarray, output_ids: list[int]) -> int:
-        token = self.sampler.sample(logits, output_ids)
+        allowed = self.grammar.allowed() if self.grammar is not None else None  # [n_vocab] bool or None
+        token = self.sampler.sample(logits, output_ids, allowed)
+        if self.logprobs is not None and allowed is not None:  # logprobs of the masked distribution
+            n = min(allowed.size, logits.size)
+            logits = np.where(allowed[:n], logits[:n], np.float32(-np.inf))
         self._note_logprob(logits, token)
         return token
 
@@ -87,7 +95,10 @@ class RequestState:
 
     def accept(self, token: int, n_output: int) -> tuple[str, str | None]:
         """Text to send for a sampled token, and the finish reason if the request ends here.
-        `n_output` counts the tokens generated including this one (unless it is a stop token)."""
+        `n_output` counts the tokens generated including this one (unless it is a stop token).
+        A grammar that can't be extended after this token ends the reply ("stop")."""
+        if self.grammar is not None:
+            self.grammar.consume(token)
         if token in self.stop_ids:
             return self.final_text("stop"), "stop"
         if self.lookup is not None:
@@ -95,6 +106,8 @@ class RequestState:
         text, stopped = self.stops.feed(self.detok.add(token))
         if stopped:
             return text, "stop"
+        if self.grammar is not None and self.grammar.done:
+            return text + self.final_text("stop"), "stop"
         if n_output >= self.params.max_tokens:
             return text + self.final_text("length"), "length"
         return text, None

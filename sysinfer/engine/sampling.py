@@ -3,11 +3,14 @@
 Order of operations, as in common servers: `logit_bias` added to the raw logits, then the penalties
 (repetition, then frequency and presence), temperature, then the top-k / top-p / min-p filters, then a draw from the request's own
 random generator (seeded when `seed` is given, so a request is reproducible). Temperature 0 is greedy.
+A grammar's mask (`allowed`) comes first of all: disallowed tokens are -inf before penalties and
+temperature, so greedy is the argmax over the allowed tokens and sampling never draws a forbidden one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +57,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob and the k most likely
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    grammar: Any = None  # a compiled llguidance matcher (structured/constraints.py): the output follows it
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -149,8 +153,9 @@ class Sampler:
             logits = np.where(mask, logits, -np.inf)
         return logits
 
-    def _penalised(self, logits: np.ndarray, generated_ids) -> np.ndarray:
-        """A float64 copy of the logits (the caller's buffer is reused) with the penalties applied."""
+    def _penalised(self, logits: np.ndarray, generated_ids, allowed: np.ndarray | None = None) -> np.ndarray:
+        """A float64 copy of the logits (the caller's buffer is reused) with the penalties applied and
+        the tokens outside `allowed` (a grammar's mask) at -inf."""
         logits = np.array(logits, dtype=np.float64)
         if not np.isfinite(logits).all():
             raise SamplingError("the model produced non-finite logits")
@@ -160,11 +165,13 @@ class Sampler:
         # Extreme penalties (repetition_penalty 5e-324) overflow to +-inf; keep every logit finite so
         # the shifts below can't make NaN.
         np.clip(logits, -_LOGIT_LIMIT, _LOGIT_LIMIT, out=logits)
+        if allowed is not None:
+            _mask(logits, allowed)
         return logits
 
-    def probabilities(self, logits: np.ndarray, generated_ids) -> np.ndarray:
-        """The distribution a non-greedy request samples from (penalties, temperature, filters)."""
-        logits = self.filter(self._penalised(logits, generated_ids))
+    def probabilities(self, logits: np.ndarray, generated_ids, allowed: np.ndarray | None = None) -> np.ndarray:
+        """The distribution a non-greedy request samples from (grammar mask, penalties, temperature, filters)."""
+        logits = self.filter(self._penalised(logits, generated_ids, allowed))
         probs = np.exp(logits - logits.max())
         return probs / probs.sum()
 
@@ -174,15 +181,21 @@ class Sampler:
         return (p.greedy and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
                 and not p.logit_bias)
 
-    def sample(self, logits: np.ndarray, generated_ids) -> int:
-        if self._plain_greedy:  # no copy: argmax finds a NaN or +inf first, and we refuse it
+    def sample(self, logits: np.ndarray, generated_ids, allowed: np.ndarray | None = None) -> int:
+        """The next token; `allowed` ([n_vocab] bool, a grammar's mask) limits it to those tokens."""
+        if allowed is not None and not allowed.any():
+            raise SamplingError("the output grammar allows no token here")
+        if self._plain_greedy:  # argmax finds a NaN or +inf first, and we refuse it
+            if allowed is not None:  # the argmax over the allowed tokens (float32, no float64 copy)
+                n = min(allowed.size, logits.size)
+                logits = np.where(allowed[:n], logits[:n], np.float32(-np.inf))
             token = int(np.argmax(logits))
             if not np.isfinite(logits[token]):
                 raise SamplingError("the model produced non-finite logits")
             return token
         if self.params.greedy:
-            return int(np.argmax(self._penalised(logits, generated_ids)))
-        probs = self.probabilities(logits, generated_ids)
+            return int(np.argmax(self._penalised(logits, generated_ids, allowed)))
+        probs = self.probabilities(logits, generated_ids, allowed)
         return int(self.rng.choice(probs.size, p=probs))
 
     def verify(self, logits: np.ndarray, generated_ids, draft: int) -> tuple[int, bool]:
@@ -199,3 +212,11 @@ class Sampler:
         probs[draft] = 0.0
         probs /= probs.sum()  # p(draft) < 1 here, so some mass is left
         return int(self.rng.choice(probs.size, p=probs)), False
+
+
+def _mask(logits: np.ndarray, allowed: np.ndarray) -> None:
+    """Tokens outside `allowed` to -inf, in place; logits past the mask's end (a vocabulary padded
+    beyond the tokenizer's) are never allowed."""
+    n = min(allowed.size, logits.size)
+    logits[:n][~allowed[:n]] = -np.inf
+    logits[n:] = -np.inf

@@ -122,10 +122,10 @@ def test_one_failed_choice_and_abort_request_end_them_all(monkeypatch):
     """What the server does when a choice fails: abort_request ends the others (queued or running)."""
     original = Sampler.sample
 
-    def sample(self, logits, generated):
+    def sample(self, logits, generated, allowed=None):
         if self.params.seed == 11:  # choice 1 of a request seeded 10
             raise RuntimeError("boom")
-        return original(self, logits, generated)
+        return original(self, logits, generated, allowed)
 
     monkeypatch.setattr(Sampler, "sample", sample)
     engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=2)
