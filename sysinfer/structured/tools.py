@@ -140,9 +140,41 @@ def choose_syntax(tokenizer) -> ToolSyntax:
         return HERMES
 
 
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_ONES = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames")
+
+
+def closed_objects(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object that lists its `properties` and
+    says nothing about other keys. A function takes the arguments it names: without this a small
+    model, free to add keys (JSON Schema's default), tends to invent argument after argument until
+    max_tokens, and the call never parses (seen with LangChain's schemas, which leave it out).
+    A schema that allows other keys on purpose says so and is kept as it is. Depth is bounded by
+    the caller's check (MAX_SCHEMA_DEPTH)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed_objects(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(sub) for sub in out[key]]
+    for key in _SCHEMA_ONES:
+        if key in out:
+            out[key] = [closed_objects(s) for s in out[key]] if isinstance(out[key], list) else closed_objects(out[key])
+    is_object = out.get("type", "object") == "object" or (isinstance(out.get("type"), list) and "object" in out["type"])
+    if (is_object and isinstance(out.get("properties"), dict) and "additionalProperties" not in out
+            and "patternProperties" not in out and "unevaluatedProperties" not in out):
+        out["additionalProperties"] = False
+    return out
+
+
 def call_schema(syntax: ToolSyntax, functions: tuple[Function, ...]) -> dict[str, Any]:
-    """JSON schema of one call: the function's name, then its arguments under its parameters schema."""
-    calls = [{"type": "object", "properties": {"name": {"const": f.name}, syntax.args_key: f.parameters},
+    """JSON schema of one call: the function's name, then its arguments under its parameters schema
+    (objects closed to keys they don't name: closed_objects)."""
+    calls = [{"type": "object", "properties": {"name": {"const": f.name}, syntax.args_key: closed_objects(f.parameters)},
               "required": ["name", syntax.args_key], "additionalProperties": False} for f in functions]
     schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
     return {"x-guidance": dict(JSON_OPTIONS), **schema}

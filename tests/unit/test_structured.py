@@ -227,3 +227,26 @@ def test_call_syntax_follows_the_template():
     assert T.choose_syntax(Tok(None)) is T.HERMES and BUILTIN_TEMPLATES["llama"]  # built-in: no tools
     assert T.choose_syntax(Tok(llama31)) is T.LLAMA3_JSON
     assert T.choose_syntax(Tok(qwen)) is T.HERMES_TEMPLATE
+
+
+def test_tool_parameters_are_closed_to_keys_they_do_not_name():
+    from sysinfer.structured.tools import closed_objects
+    langchain_style = {"type": "object", "properties": {
+        "city": {"type": "string"},
+        "where": {"type": "object", "properties": {"lat": {"type": "number"}}},
+        "tags": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
+        "either": {"anyOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}, {"type": "null"}]},
+        "properties": {"type": "object", "properties": {"x": {"type": "string"}}},  # a key named "properties"
+        "free": {"type": "object", "additionalProperties": {"type": "string"}},     # open on purpose: kept
+    }, "$defs": {"D": {"type": "object", "properties": {"d": {"type": "string"}}}}}
+    closed = closed_objects(langchain_style)
+    p = closed["properties"]
+    assert closed["additionalProperties"] is False
+    assert p["where"]["additionalProperties"] is False
+    assert p["tags"]["items"]["additionalProperties"] is False
+    assert p["either"]["anyOf"][0]["additionalProperties"] is False and p["either"]["anyOf"][1] == {"type": "null"}
+    assert p["properties"]["additionalProperties"] is False and set(p) == set(langchain_style["properties"])
+    assert p["free"] == {"type": "object", "additionalProperties": {"type": "string"}}
+    assert closed["$defs"]["D"]["additionalProperties"] is False
+    assert "additionalProperties" not in langchain_style  # the caller's schema is not changed
+    assert closed_objects({"type": "string"}) == {"type": "string"}
