@@ -51,6 +51,7 @@ class ServerState:
         self.model = self.tokenizer = self.engine = None
         self.model_name = config.model_name or "sysinfer"
         self.load_error: str | None = None
+        self.address_known = True        # config's host/port are where uvicorn listens (see create_app)
         self.metrics = Metrics()
         self.draining = False            # SIGTERM received: finishing what runs, refusing new requests
         self.prepare_limiter = anyio.CapacityLimiter(2)  # threads parsing / templating / tokenizing requests
@@ -79,14 +80,20 @@ async def _load_and_run(state: ServerState) -> None:
     state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
                                stall_timeout=cfg.stall_timeout, speculative=cfg.speculation)
+    # The address is known only when sysinfer's CLI started uvicorn with this config; `uvicorn
+    # sysinfer.api:app --port N` binds where its own flags say (its "Uvicorn running on" line).
+    where = (f"on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}" if state.address_known
+             else "; chat page: / on the address uvicorn listens on")
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
-          f"{state.model.n_kv_blocks} KV blocks) on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}",
-          flush=True)
+          f"{state.model.n_kv_blocks} KV blocks) {where}", flush=True)
     await state.engine.run()
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
+    """`config`: given by the CLI, which binds uvicorn to its host and port; None: from SYSINFER_*
+    (the module-level `app`, whose address is whatever uvicorn's own flags say)."""
     state = ServerState(config or ServerConfig.from_env())
+    state.address_known = config is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -34,6 +34,7 @@ class UsageTotal:
 
     def __init__(self):
         self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        self.accepted_prediction_tokens = self.rejected_prediction_tokens = 0  # speculative drafts, summed
         self.seen = False
 
     def add(self, delta: Delta) -> None:
@@ -43,10 +44,15 @@ class UsageTotal:
         if delta.choice == 0 or not self.seen:
             self.prompt_tokens, self.cached_tokens = u.prompt_tokens, u.cached_tokens
         self.completion_tokens += u.completion_tokens
+        self.accepted_prediction_tokens += u.accepted_prediction_tokens
+        self.rejected_prediction_tokens += u.rejected_prediction_tokens
         self.seen = True
 
     def usage(self) -> Usage | None:
-        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens) if self.seen else None
+        if not self.seen:
+            return None
+        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
+                     self.accepted_prediction_tokens, self.rejected_prediction_tokens)
 
 
 class ChoiceCollector:

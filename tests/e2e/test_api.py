@@ -18,11 +18,26 @@ API_KEY = "test-key-123"
 
 
 @pytest.fixture(scope="module")
-def server():
+def server_proc():
     proc, base, _ = start_server(SYSINFER_API_KEY=API_KEY, SYSINFER_MAX_BATCH="8", SYSINFER_MODEL_NAME="smollm2-test")
-    yield base
+    yield proc, base
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(server_proc):
+    return server_proc[1]
+
+
+def test_startup_line_names_no_port_it_does_not_know(server_proc):
+    """`uvicorn sysinfer.api:app --port N` (as start_server runs it): SYSINFER_PORT's default is not
+    where it listens, so the start-up line must not name it."""
+    proc, base = server_proc
+    log = open(proc.log_path, encoding="utf-8").read()
+    line = next(l for l in log.splitlines() if l.startswith("sysinfer: serving"))
+    assert "7860" not in line and "chat page: / on the address uvicorn listens on" in line, line
+    assert f"Uvicorn running on {base}" in log
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,9 @@ def test_guide_request_py_streams_on_default_servers(name, tmp_path):
         assert all(line.startswith("ChoiceDelta(") for line in lines)
         assert sum("content='" in line for line in lines[1:]) >= 32  # text is flowing
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
+        # the CLI started uvicorn itself: its start-up line names the real address
+        log = open(proc.log_path, encoding="utf-8").read()
+        assert f"on port {port}; chat page: http://127.0.0.1:{port}/" in log, log[-2000:]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -149,3 +149,14 @@ def test_one_failed_choice_and_abort_request_end_them_all(monkeypatch):
     assert sum(len(d.token_ids) for d in got if d.choice in (2, 3)) < 60
     assert_idle(engine)
     assert not engine.requests
+
+
+def test_usage_total_counts_the_prompt_once_and_sums_completions_and_drafts():
+    from sysinfer.choices import UsageTotal
+    from sysinfer.engine.request_state import Delta, Usage
+    total = UsageTotal()
+    assert total.usage() is None
+    total.add(Delta("", [], None))  # a delta without usage changes nothing
+    total.add(Delta("", [], "stop", Usage(100, 7, 64, 3, 1), choice=1))
+    total.add(Delta("", [], "length", Usage(100, 9, 96, 5, 2), choice=0))
+    assert total.usage() == Usage(100, 16, 96, 8, 3)  # choice 0's prompt and cache figures; the rest summed
