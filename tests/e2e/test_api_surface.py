@@ -3,6 +3,7 @@ on SmolLM2 (issue 13, part B)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -235,18 +236,71 @@ def test_the_openai_client_sees_code_and_param(client):
     assert info.value.code == "invalid_value" and info.value.param == "n"
 
 
-def test_readme_api_examples(server, client):
-    """The README's API examples (logprobs, n, logit_bias) run as written, with our port and key."""
+def readme_api_examples() -> list[str]:
+    """The README API section's examples: each block of lines indented by six spaces, dedented."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     api = readme[readme.index("## API"):readme.index("## Load tests")]
-    calls = re.findall(r"^      (client\..*)$", api, re.M)
-    msgs = [{"role": "user", "content": "Say hi."}]
-    chat_lp, legacy_lp, n3 = [eval(call.replace("create(", "create(max_tokens=4, ", 1),  # noqa: S307
-                                   {"client": client, "msgs": msgs}) for call in calls]
-    assert len(chat_lp.choices[0].logprobs.content[0].top_logprobs) == 5
-    assert len(legacy_lp.choices[0].logprobs.tokens) == 4
-    assert [c.index for c in n3.choices] == [0, 1, 2]
-    curl = re.search(r"^      (curl .*?)\n\n", api, re.S | re.M).group(1).replace("\\\n", " ")
-    curl = curl.replace("http://127.0.0.1:7860", server) + f" -H 'Authorization: Bearer {KEY}'"
-    out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and json.loads(out.stdout)["choices"][0]["text"] == " banana" * 8, out.stdout
+    blocks, current = [], []
+    for line in api.splitlines() + [""]:
+        if line.startswith("      "):
+            current.append(line[6:])
+        elif current:
+            # a block of one-line calls (chat and legacy logprobs side by side) is one example per line
+            blocks += current if all(l.startswith("client.") for l in current) else ["\n".join(current)]
+            current = []
+    return blocks
+
+
+def run_python_example(code: str, client, max_tokens: int):
+    """Runs an example as written (with max_tokens added to keep it short); returns the value of its
+    last line when that is an expression."""
+    tree = ast.parse(code.replace("create(", f"create(max_tokens={max_tokens}, "))
+    scope = {"client": client, "msgs": [{"role": "user", "content": "Say hi."}]}
+    last = tree.body.pop() if isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, "<README>", "exec"), scope)  # noqa: S102 - our own README
+    return eval(compile(ast.Expression(last.value), "<README>", "eval"), scope) if last else None  # noqa: S307
+
+
+def run_curl_example(command: str, server: str) -> dict:
+    command = command.replace("\\\n", " ").replace("http://127.0.0.1:7860", server)
+    out = subprocess.run(["bash", "-c", command + f" -H 'Authorization: Bearer {KEY}'"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_readme_api_examples(server, client):
+    """Every example in the README's API section runs as written (our port and key) and does what
+    the text next to it says."""
+    checked = set()
+    for code in readme_api_examples():
+        if code.startswith("curl"):
+            body = run_curl_example(code, server)
+            if "guided_choice" in code:
+                assert body["choices"][0]["message"]["content"] in ("yes", "no"), body
+                checked.add("guided_choice")
+            elif "logit_bias" in code:
+                assert body["choices"][0]["text"] == " banana" * 8, body
+                checked.add("logit_bias")
+            continue
+        if "tools" in code:
+            arguments = run_python_example(code, client, 60)
+            assert isinstance(json.loads(arguments)["city"], str), arguments
+            checked.add("tools")
+        elif "response_format" in code:
+            r = run_python_example(code, client, 60)
+            assert r.choices[0].finish_reason == "stop" and isinstance(json.loads(r.choices[0].message.content)["name"], str)
+            checked.add("response_format")
+        elif "top_logprobs=5" in code:
+            assert len(run_python_example(code, client, 4).choices[0].logprobs.content[0].top_logprobs) == 5
+            checked.add("top_logprobs")
+        elif "logprobs=3" in code:
+            assert len(run_python_example(code, client, 4).choices[0].logprobs.tokens) == 4
+            checked.add("legacy logprobs")
+        elif "n=3" in code:
+            assert [c.index for c in run_python_example(code, client, 4).choices] == [0, 1, 2]
+            checked.add("n")
+        else:
+            pytest.fail(f"a README API example this test does not check: {code}")
+    assert checked == {"guided_choice", "logit_bias", "tools", "response_format", "top_logprobs",
+                       "legacy logprobs", "n"}
