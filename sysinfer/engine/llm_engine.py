@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from .block_manager import BlockManager
+from .draft_model import DraftModel
 from .errors import ContextLengthError
 from .model_runner import ModelRunner
 from .prompt_lookup import K_MAX
@@ -51,7 +52,7 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
-                 enable_prefix_cache: bool = True, speculative: bool = False):
+                 enable_prefix_cache: bool = True, speculative: bool = False, draft_model=None):
         if max_batch > model.max_out_rows:
             raise ValueError(f"max_batch {max_batch} exceeds the model's logits rows ({model.max_out_rows})")
         self.model, self.tokenizer = model, tokenizer
@@ -64,6 +65,10 @@ class LLMEngine:
         self.runner = ModelRunner(model)
         # Drafted tokens per sequence and step: the logits rows (1 + k per sequence) must fit the model's.
         self.draft_limit = min(K_MAX, model.max_out_rows // max_batch - 1) if speculative else 0
+        if draft_model is not None and not self.draft_limit:
+            raise ValueError("a draft model needs speculative decoding on (and logits rows for its drafts)")
+        # Drafts from a small model of the same vocabulary (draft_model.py), else from prompt lookup.
+        self.drafter = DraftModel(draft_model, max_batch) if draft_model is not None else None
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
 
@@ -92,7 +97,8 @@ class LLMEngine:
         if request_id in self.by_id:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, list(prompt_ids), params)
-        seq.state = RequestState(self.tokenizer, prompt_ids, params, speculative=self.draft_limit > 0)
+        seq.state = RequestState(self.tokenizer, prompt_ids, params,
+                                 speculative=self.draft_limit > 0 and self.drafter is None)
         self.by_id[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -104,6 +110,8 @@ class LLMEngine:
                error: str | None = None) -> Delta:
         """Remove a request for good (blocks freed); returns its last delta."""
         self.scheduler.finish(seq, reason)
+        if self.drafter is not None:
+            self.drafter.release(seq)
         self.by_id.pop(seq.request_id, None)
         usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens,
                       seq.draft_accepted, seq.drafted - seq.draft_accepted)
@@ -122,11 +130,15 @@ class LLMEngine:
             if seq.num_pending != 1:
                 continue
             room = min(seq.params.max_tokens - len(seq.output_ids), self.model.n_ctx - len(seq)) - 1
-            seq.draft_ids = seq.state.draft(min(self.draft_limit, room))
+            limit = min(self.draft_limit, room)
+            # A draft model's tokens come in execute(), off the event loop: here only their count.
+            seq.draft_ids = self.drafter.reserve(seq, limit) if self.drafter else seq.state.draft(limit)
 
     def execute(self, plan: list[ScheduledChunk]) -> np.ndarray:
         """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order."""
         start = time.perf_counter()
+        if self.drafter is not None:
+            self.drafter.propose(plan)
         logits = self.runner.run(self.runner.build(plan))
         self.stats.last_step_seconds = time.perf_counter() - start
         self.stats.step_seconds_total += self.stats.last_step_seconds
@@ -176,10 +188,12 @@ class LLMEngine:
         or follows the last accepted one. Stops at the request's end."""
         state = seq.state
         tokens, texts, reason, accepted, confirmed = [], [], None, 0, 0
+        draft_probs = self.drafter.draft_probs(seq) if self.drafter is not None and drafts else []
         try:
             for i in range(len(rows)):
                 if i < len(drafts):
-                    token, ok = state.verify(rows[i], seq.output_ids, drafts[i])
+                    q = draft_probs[i] if i < len(draft_probs) else None  # None: a deterministic draft
+                    token, ok = state.verify(rows[i], seq.output_ids, drafts[i], q)
                     confirmed += ok  # the model agrees, whether or not the request goes on after it
                 else:
                     token, ok = state.sample(rows[i], seq.output_ids), False
@@ -202,7 +216,10 @@ class LLMEngine:
             self.stats.draft_tokens += len(drafts)
             self.stats.draft_steps += 1
             self.stats.accepted_draft_tokens += confirmed
-            state.lookup.feedback(len(drafts), accepted)
+            if self.drafter is not None:
+                self.drafter.after_verify(seq, len(drafts), accepted)
+            else:
+                state.lookup.feedback(len(drafts), accepted)
             # Even when the request ends here: the accepted drafts' KV is computed, and their full
             # blocks are named in the prefix cache exactly as plain decoding would have named them.
             self.scheduler.accept_drafts(seq, accepted)

@@ -54,8 +54,9 @@ class RequestState:
     def sample(self, logits: np.ndarray, output_ids: list[int]) -> int:
         return self.sampler.sample(logits, output_ids)
 
-    def verify(self, logits: np.ndarray, output_ids: list[int], draft: int) -> tuple[int, bool]:
-        return self.sampler.verify(logits, output_ids, draft)
+    def verify(self, logits: np.ndarray, output_ids: list[int], draft: int,
+               draft_probs: np.ndarray | None = None) -> tuple[int, bool]:
+        return self.sampler.verify(logits, output_ids, draft, draft_probs)
 
     def draft(self, limit: int) -> list[int]:
         """Tokens to verify in the next step (none without speculation or without a match)."""
