@@ -44,7 +44,7 @@ class ApiError(Exception):
 class ServerState:
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.model = self.tokenizer = self.engine = None
+        self.model = self.tokenizer = self.engine = self.draft = None
         self.model_name = config.model_name or "sysinfer"
         self.load_error: str | None = None
         self.metrics = Metrics()
@@ -62,6 +62,11 @@ def _load(state: ServerState) -> None:
 
     loaded = load_serving_model(state.config)
     state.tokenizer, state.model, state.model_name = loaded.tokenizer, loaded.model, loaded.name
+    state.draft = loaded.draft
+
+
+def _draft_note(draft) -> str:
+    return f"; drafts from {draft.path.rsplit('/', 1)[-1]}, {draft.n_kv_blocks} KV blocks" if draft else ""
 
 
 async def _load_and_run(state: ServerState) -> None:
@@ -74,9 +79,10 @@ async def _load_and_run(state: ServerState) -> None:
     cfg = state.config
     state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
-                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation)
+                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation, draft_model=state.draft)
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
-          f"{state.model.n_kv_blocks} KV blocks) on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}",
+          f"{state.model.n_kv_blocks} KV blocks{_draft_note(state.draft)}) on port {cfg.port}; "
+          f"chat page: {page_url(cfg.host, cfg.port)}",
           flush=True)
     await state.engine.run()
 
