@@ -48,6 +48,9 @@ class EngineStats:
     draft_tokens: int = 0               # speculative tokens verified
     accepted_draft_tokens: int = 0      # of them, accepted
     draft_steps: int = 0                # sequence-steps that verified drafts
+    draft_kv_blocks_used: int = 0       # the draft model's cache (--draft-model)
+    draft_kv_blocks_free: int = 0
+    draft_model_seconds: float = 0.0    # in the draft model's steps (part of step_seconds_total)
 
 
 class LLMEngine:
@@ -249,4 +252,7 @@ class LLMEngine:
         s.kv_blocks_used, s.kv_blocks_free = self.blocks.num_used, self.blocks.num_free
         s.kv_blocks_cached, s.prefix_hit_tokens = self.blocks.num_cached, self.blocks.prefix_hit_tokens
         s.preemptions = self.scheduler.preemptions
+        if self.drafter is not None:
+            s.draft_kv_blocks_used, s.draft_kv_blocks_free = self.drafter.blocks.num_used, self.drafter.blocks.num_free
+            s.draft_model_seconds = self.drafter.stats.seconds
         return s
