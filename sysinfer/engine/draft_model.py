@@ -49,6 +49,8 @@ class DraftTrack:
     k: int = K_START        # tokens to draft next (adapts to acceptance)
     base: int = 0           # len(sequence) when the current drafts were proposed
     n_draft: int = 0        # drafts proposed in the current step
+    pending: int = 0        # drafts reserved for the model in this step (0: none, or prompt lookup's)
+    from_lookup: bool = False  # this step's drafts came from prompt lookup (lookup_first)
     probs: list[np.ndarray | None] = field(default_factory=list)  # q of each draft (None: greedy)
 
     def __len__(self) -> int:
@@ -59,13 +61,16 @@ class DraftTrack:
 class DraftStats:
     calls: int = 0          # native draft steps
     seconds: float = 0.0    # spent in them, sampling included
+    lookup_steps: int = 0   # sequence-steps drafted by prompt lookup instead (lookup_first)
 
 
 class DraftModel:
-    def __init__(self, model, max_batch: int):
+    def __init__(self, model, max_batch: int, lookup_first: bool = False):
         if model.max_out_rows < max_batch:
             raise ValueError(f"the draft model needs {max_batch} logits rows per step, has {model.max_out_rows}")
         self.model = model
+        # Prompt lookup first, the model when nothing matches (benchmarks/speculative.py measures both)
+        self.lookup_first = lookup_first
         self.blocks = BlockManager(model.n_kv_blocks, model.block_size, enable_prefix_cache=False, watermark=0.0)
         self.tracks: dict[str, DraftTrack] = {}
         self.stats = DraftStats()
@@ -84,6 +89,13 @@ class DraftModel:
         """Placeholders for the tokens seq will draft in this step (filled by `propose`), with the
         draft cache's blocks for them; [] when limit < 1 or the draft cache is full."""
         track = self.tracks.setdefault(seq.request_id, DraftTrack())
+        track.pending, track.from_lookup = 0, False
+        if self.lookup_first and limit >= 1:
+            found = seq.state.draft(limit)
+            if found:
+                track.from_lookup = True  # verified as deterministic drafts; the model catches up later
+                self.stats.lookup_steps += 1
+                return found
         k = min(track.k, limit)
         if k < 1:
             return []
@@ -92,12 +104,14 @@ class DraftModel:
             track.length = track.num_computed
             return []
         self.blocks.append_slots(track, 1)
+        track.pending = k
         return [0] * k
 
     # ---- execute (step thread) ----
     def propose(self, plan: list[ScheduledChunk]) -> None:
         """Fills each drafting chunk's seq.draft_ids[:n_draft] with the draft model's tokens."""
-        jobs = [(c.seq, self.tracks[c.seq.request_id], c.n_draft) for c in plan if c.n_draft]
+        jobs = [(c.seq, self.tracks[c.seq.request_id], c.n_draft) for c in plan
+                if c.n_draft and self.tracks[c.seq.request_id].pending]
         if not jobs:
             return
         start = time.perf_counter()
@@ -173,7 +187,7 @@ class DraftModel:
     def draft_probs(self, seq: Sequence) -> list[np.ndarray | None]:
         """q of each of seq's drafts in this step (None where the draft was an argmax)."""
         track = self.tracks.get(seq.request_id)
-        return track.probs if track is not None else []
+        return track.probs if track is not None and track.pending else []
 
     def after_verify(self, seq: Sequence, drafted: int, accepted: int) -> None:
         """Keep the draft's K/V through the last accepted draft it computed (drafts 1..k-1 were run,
@@ -181,6 +195,11 @@ class DraftModel:
         track = self.tracks.get(seq.request_id)
         if track is None:
             return
+        if track.from_lookup:
+            seq.state.lookup.feedback(drafted, accepted)
+            track.from_lookup = False
+            return
+        track.pending = 0
         track.num_computed = min(track.num_computed, track.base + accepted)
         track.length = track.num_computed
         self.blocks.trim(track)

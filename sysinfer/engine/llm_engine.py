@@ -55,7 +55,8 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
-                 enable_prefix_cache: bool = True, speculative: bool = False, draft_model=None):
+                 enable_prefix_cache: bool = True, speculative: bool = False, draft_model=None,
+                 lookup_first: bool = False):
         if max_batch > model.max_out_rows:
             raise ValueError(f"max_batch {max_batch} exceeds the model's logits rows ({model.max_out_rows})")
         self.model, self.tokenizer = model, tokenizer
@@ -71,7 +72,7 @@ class LLMEngine:
         if draft_model is not None and not self.draft_limit:
             raise ValueError("a draft model needs speculative decoding on (and logits rows for its drafts)")
         # Drafts from a small model of the same vocabulary (draft_model.py), else from prompt lookup.
-        self.drafter = DraftModel(draft_model, max_batch) if draft_model is not None else None
+        self.drafter = DraftModel(draft_model, max_batch, lookup_first) if draft_model is not None else None
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
 
@@ -101,7 +102,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, list(prompt_ids), params)
         seq.state = RequestState(self.tokenizer, prompt_ids, params,
-                                 speculative=self.draft_limit > 0 and self.drafter is None)
+                                 speculative=self.draft_limit > 0 and (self.drafter is None or self.drafter.lookup_first))
         self.by_id[request_id] = seq
         self.scheduler.add(seq)
         return seq

@@ -31,10 +31,11 @@ class _WrongSometimes(FakeModel):
         return right if h % 3 else 1 + (right % (n_vocab - 1))
 
 
-def _engine(max_batch=1, draft_cls=FakeModel, draft_blocks=64, draft_step_tokens=64, **kw):
+def _engine(max_batch=1, draft_cls=FakeModel, draft_blocks=64, draft_step_tokens=64, lookup_first=False, **kw):
     model = FakeModel(n_kv_blocks=kw.pop("n_blocks", 64), block_size=4, max_out_rows=64)
     draft = draft_cls(n_kv_blocks=draft_blocks, block_size=4, max_step_tokens=draft_step_tokens, max_out_rows=8)
-    engine = LLMEngine(model, FakeTokenizer(), max_batch=max_batch, speculative=True, draft_model=draft, **kw)
+    engine = LLMEngine(model, FakeTokenizer(), max_batch=max_batch, speculative=True, draft_model=draft,
+                       lookup_first=lookup_first, **kw)
     return engine, draft
 
 
@@ -59,16 +60,40 @@ def test_a_perfect_draft_is_always_accepted_and_costs_target_steps():
     _assert_all_free(engine)
 
 
-def test_a_wrong_draft_changes_nothing_but_speed():
-    engine, _ = _engine(draft_cls=_WrongSometimes)
+@pytest.mark.parametrize("lookup_first", [False, True])
+def test_a_wrong_draft_changes_nothing_but_speed(lookup_first):
+    engine, _ = _engine(draft_cls=_WrongSometimes, lookup_first=lookup_first)
     rng = random.Random(1)
     for _ in range(8):
-        prompt = [rng.randint(1, 49) for _ in range(rng.randint(1, 20))]
+        prompt = [rng.randint(1, 49) for _ in range(rng.randint(1, 20))] * rng.randint(1, 3)  # lookup matches too
         n = rng.randint(1, 30)
         assert _run(engine, prompt, n) == expected_tokens(prompt, n)
         _assert_all_free(engine)
     s = engine.stats
     assert 0 < s.accepted_draft_tokens < s.draft_tokens, s
+
+
+class _Periodic(FakeModel):
+    """Continues any context with period 3: prompt lookup predicts it once a period has been seen."""
+
+    @staticmethod
+    def next_token(context, n_vocab):
+        return context[-3]
+
+
+def test_lookup_first_drafts_by_lookup_when_it_matches_and_by_the_model_otherwise():
+    model = _Periodic(n_kv_blocks=64, block_size=4, max_out_rows=16)
+    draft = FakeModel(n_kv_blocks=64, block_size=4, max_out_rows=1)  # wrong nearly always
+    engine = LLMEngine(model, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=True)
+    prompt = [5, 6, 7]  # no n-gram repeats yet: the model drafts first
+    tokens = list(prompt)
+    while len(tokens) < 3 + 40:
+        tokens.append(tokens[-3])
+    assert _run(engine, prompt, 40) == tokens[3:]
+    d = engine.drafter.stats
+    assert d.calls > 0 and d.lookup_steps > 3, d
+    assert engine.stats.accepted_draft_tokens > 25  # lookup's drafts of the period, all accepted
+    _assert_all_free(engine)
 
 
 def test_the_draft_catches_up_on_a_long_prompt_in_several_calls():
@@ -105,18 +130,20 @@ def test_abort_mid_request_frees_both_caches():
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n_reqs=st.integers(1, 5), max_batch=st.integers(1, 4), n_blocks=st.integers(24, 60),
-       draft_blocks=st.integers(4, 60), step_tokens=st.integers(8, 40), seed=st.integers(0, 10_000))
+       draft_blocks=st.integers(4, 60), step_tokens=st.integers(8, 40), lookup_first=st.booleans(),
+       seed=st.integers(0, 10_000))
 def test_batched_with_aborts_every_output_is_the_models_and_every_block_returns(
-        n_reqs, max_batch, n_blocks, draft_blocks, step_tokens, seed):
+        n_reqs, max_batch, n_blocks, draft_blocks, step_tokens, lookup_first, seed):
     """Under continuous batching (each sequence its own k and draft track, preemption when the
     target's blocks run out, a small draft cache), clients that leave mid-stream: outputs equal the
     target's greedy continuation and both caches are free at idle."""
     rng = random.Random(seed)
-    requests = [([rng.randint(1, 49) for _ in range(rng.randint(1, 25))], rng.randint(1, 24)) for _ in range(n_reqs)]
+    requests = [([rng.randint(1, 49) for _ in range(rng.randint(1, 12))] * rng.randint(1, 2), rng.randint(1, 24))
+                for _ in range(n_reqs)]
     model = FakeModel(n_kv_blocks=n_blocks, block_size=4, max_step_tokens=64, max_out_rows=64)
     draft = _WrongSometimes(n_kv_blocks=draft_blocks, block_size=4, max_step_tokens=16, max_out_rows=8)
     engine = AsyncEngine(model, FakeTokenizer(), max_batch=max_batch, max_step_tokens=step_tokens, speculative=True,
-                         draft_model=draft)
+                         draft_model=draft, lookup_first=lookup_first)
     requests = [(p, n) for p, n in requests if len(p) + n <= (n_blocks - engine.blocks.watermark_blocks) * 4]
     aborts = {i: rng.randint(1, 5) for i in range(len(requests)) if rng.random() < 0.3}
     results = anyio.run(run_requests, engine, requests, aborts)
