@@ -32,6 +32,7 @@ import numpy as np
 
 from .block_manager import BlockManager
 from .prompt_lookup import K_MAX, K_START
+from .sampling import SamplingError
 from .scheduler import ScheduledChunk
 from .sequence import Sequence
 
@@ -176,12 +177,17 @@ class DraftModel:
         (kept for verification). Penalties see the output so far and the drafts before this one."""
         sampler = seq.state.sampler
         generated = seq.output_ids + seq.draft_ids[:i]
-        if sampler.params.greedy:
-            track.probs.append(None)
-            return sampler.sample(row, generated)
-        q = sampler.probabilities(row, generated)
+        try:
+            if sampler.params.greedy:
+                track.probs.append(None)
+                return sampler.sample(row, generated)
+            q = sampler.probabilities(row, generated)
+            token = int(sampler.rng.choice(q.size, p=q))
+        except SamplingError:  # a broken draft (non-finite logits) must not fail the request:
+            track.probs[i:] = [None]  # a fixed guess is a valid one-hot draft, verified as any other
+            return 0
         track.probs.append(q)
-        return int(sampler.rng.choice(q.size, p=q))
+        return token
 
     # ---- postprocess (event loop) ----
     def draft_probs(self, seq: Sequence) -> list[np.ndarray | None]:

@@ -113,6 +113,25 @@ def test_a_full_draft_cache_only_stops_drafting():
     _assert_all_free(engine)
 
 
+class _BrokenDraft(FakeModel):
+    def step(self, *args):
+        out = super().step(*args)
+        out[:, 3] = np.nan
+        return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_draft_with_non_finite_logits_fails_no_request(temperature):
+    engine, _ = _engine(draft_cls=_BrokenDraft)
+    prompt = [4, 8, 15, 16, 23, 42]
+    out = [t for d in engine.generate(prompt, SamplingParams(max_tokens=20, temperature=temperature, seed=1))
+           for t in d.token_ids]
+    assert len(out) == 20 and engine.stats.draft_tokens > 0
+    if temperature == 0.0:
+        assert out == expected_tokens(prompt, 20)
+    _assert_all_free(engine)
+
+
 def test_draft_model_needs_speculation():
     with pytest.raises(ValueError, match="speculative"):
         LLMEngine(FakeModel(), FakeTokenizer(), speculative=False, draft_model=FakeModel())
