@@ -1,11 +1,13 @@
 """Single-stream decode speed with and without speculation (a benchmark, not a test).
 
     python benchmarks/speculative.py [--rounds 3] [--max-tokens 200] [--threads 2] [--json F]
-                                     [--draft-model FILE.gguf | --draft-model smollm2]
+                                     [--draft-model FILE.gguf | --draft-model smollm2] [--model-only]
 
-Without --draft-model, "on" drafts by prompt lookup; with it, "on" drafts with that model (same
-vocabulary as SmolLM2; `smollm2` = SmolLM2 Q4_0 itself, the sanity check: every draft is accepted,
-and since the draft costs as much as the target the speed-up is below 1).
+Without --draft-model, "on" drafts by prompt lookup; with it, "on" drafts as the server does with
+--draft-model: prompt lookup first, that model where lookup finds nothing (--model-only: the model
+every step). The model needs SmolLM2's vocabulary; `smollm2` = SmolLM2 Q4_0 itself, the sanity check:
+the model's drafts are all accepted, and since it costs as much as the target the speed-up of
+--model-only is below 1.
 
 SmolLM2-135M-Instruct Q4_0, greedy, one request at a time through the engine (as the server runs it
 at max_batch 1). Sets (tests/support/spec_prompts.py): extractive (a question about a ~1,000-token
@@ -44,7 +46,7 @@ SETS = {"extractive": EXTRACTIVE, "open chat": OPEN_CHAT, "chinese": CHINESE, "n
 
 
 def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool, draft=None,
-            lookup_first: bool = False) -> dict:
+            lookup_first: bool = True) -> dict:
     """One request on a fresh engine (no prefix cache carried over): its tokens, decode time, drafts."""
     engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False,
                        draft_model=draft if speculative else None, lookup_first=lookup_first)
@@ -72,8 +74,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=0, help="at most this many prompts per set (0: all)")
     ap.add_argument("--json", help="write the per-round figures here")
     ap.add_argument("--draft-model", help="draft with this GGUF instead of prompt lookup (smollm2: SmolLM2 Q4_0)")
-    ap.add_argument("--lookup-first", action="store_true",
-                    help="with --draft-model: prompt lookup's drafts where it finds a match, the model's elsewhere")
+    ap.add_argument("--model-only", action="store_true",
+                    help="with --draft-model: the model drafts every step (default: prompt lookup first, the "
+                         "model where it finds nothing, as the server does)")
     args = ap.parse_args()
     model = load_model(smollm2_q4_0(), threads=args.threads, n_ctx=2048, kv_blocks=160, max_step_tokens=1536,
                        max_out_rows=1 + K_MAX)
@@ -85,7 +88,8 @@ def main() -> int:
         draft = load_model(path, threads=args.threads, n_ctx=2048, kv_blocks=160, max_step_tokens=1536, max_out_rows=1)
     print(f"SmolLM2-135M-Instruct Q4_0, kernels {model.kernels}, {model.n_threads} threads, "
           f"{args.max_tokens} tokens per reply, {args.rounds} rounds, drafts from "
-          f"{Path(draft.path).name if draft else 'prompt lookup'}{' after prompt lookup' if args.lookup_first else ''}",
+          f"{Path(draft.path).name if draft else 'prompt lookup'}"
+          f"{' after prompt lookup' if draft and not args.model_only else ''}",
           flush=True)
     run_one(model, tok, tok.encode("Hello"), 4, False)  # warm-up
     if draft:
@@ -99,7 +103,8 @@ def main() -> int:
             order = (False, True) if r % 2 == 0 else (True, False)
             for name, text in prompts:
                 ids = tok.apply_chat_template([{"role": "user", "content": text}])
-                runs = {spec: run_one(model, tok, ids, args.max_tokens, spec, draft, args.lookup_first) for spec in order}
+                runs = {spec: run_one(model, tok, ids, args.max_tokens, spec, draft, not args.model_only)
+                        for spec in order}
                 if runs[True]["tokens"] != runs[False]["tokens"]:
                     print(f"FAIL: {name}: speculation changed the greedy output", file=sys.stderr)
                     return 1
@@ -126,7 +131,7 @@ def main() -> int:
               f"accepted {on['accepted']}/{on['drafted']} ({figures['acceptance']:.0%}), mean accepted length "
               f"{figures['mean_accepted_length']:.2f}, {figures['tokens_per_step']:.2f} tokens per step"
               + (f", {figures['draft_time_share']:.0%} of decode time in the draft model" if draft else "")
-              + (f", {on['lookup_steps']}/{on['draft_steps']} drafting steps by lookup" if args.lookup_first else ""),
+              + (f", {on['lookup_steps']}/{on['draft_steps']} drafting steps by lookup" if draft else ""),
               flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -79,7 +79,8 @@ async def _load_and_run(state: ServerState) -> None:
     cfg = state.config
     state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
-                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation, draft_model=state.draft)
+                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation, draft_model=state.draft,
+                               lookup_first=cfg.draft_lookup)
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
           f"{state.model.n_kv_blocks} KV blocks{_draft_note(state.draft)}) on port {cfg.port}; "
           f"chat page: {page_url(cfg.host, cfg.port)}",

@@ -36,7 +36,8 @@ class ServerConfig:
     max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS
     prefix_cache: bool = True
     speculative: str = "auto"         # prompt-lookup speculative decoding: on | off | auto (on when max_batch is 1)
-    draft_model: str | None = None    # GGUF of a small model with the same vocabulary: drafts instead of prompt lookup
+    draft_model: str | None = None    # GGUF of a small model with the same vocabulary: drafts where prompt lookup finds none
+    draft_lookup: bool = True         # with draft_model: prompt lookup first (False: the model drafts every time)
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None

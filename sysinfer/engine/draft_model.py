@@ -15,7 +15,10 @@ Per engine step and sequence:
 3. postprocess (`after_verify`): the draft's K/V is kept up to the last accepted draft it computed;
    the rest of its blocks go back (the draft's own rollback).
 
-The draft model replaces prompt lookup when given (see docs/benchmarks.md for why). Its calls are
+By default prompt lookup still drafts first and the model drafts only where lookup finds nothing
+(`lookup_first`): lookup's drafts cost nothing, so where the reply quotes its prompt the model's k
+calls are saved (measured in docs/benchmarks.md); `--no-draft-lookup` drafts with the model only.
+The model's calls are
 extra native calls (k per step: unavoidable, each depends on the previous token), each on the
 draft's own pinned thread pool with the GIL released, over step arrays allocated here once. The
 draft's pool is separate from the target's: they never run at the same time (the target's step
@@ -66,11 +69,11 @@ class DraftStats:
 
 
 class DraftModel:
-    def __init__(self, model, max_batch: int, lookup_first: bool = False):
+    def __init__(self, model, max_batch: int, lookup_first: bool = True):
         if model.max_out_rows < max_batch:
             raise ValueError(f"the draft model needs {max_batch} logits rows per step, has {model.max_out_rows}")
         self.model = model
-        # Prompt lookup first, the model when nothing matches (benchmarks/speculative.py measures both)
+        # Prompt lookup first, the model where nothing matches (the default: docs/benchmarks.md)
         self.lookup_first = lookup_first
         self.blocks = BlockManager(model.n_kv_blocks, model.block_size, enable_prefix_cache=False, watermark=0.0)
         self.tracks: dict[str, DraftTrack] = {}

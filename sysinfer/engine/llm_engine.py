@@ -56,7 +56,7 @@ class EngineStats:
 class LLMEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
                  enable_prefix_cache: bool = True, speculative: bool = False, draft_model=None,
-                 lookup_first: bool = False):
+                 lookup_first: bool = True):
         if max_batch > model.max_out_rows:
             raise ValueError(f"max_batch {max_batch} exceeds the model's logits rows ({model.max_out_rows})")
         self.model, self.tokenizer = model, tokenizer

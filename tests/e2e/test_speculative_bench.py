@@ -26,7 +26,8 @@ def test_speculative_benchmark_slice_with_a_draft_model(tmp_path):
     """SmolLM2 drafting for itself: outputs identical (the script checks) and every draft accepted."""
     out = tmp_path / "spec.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--max-tokens", "16", "--sets", "open chat",
-                        "--prompts", "1", "--draft-model", "smollm2", "--json", str(out)], capture_output=True,
+                        "--prompts", "1", "--draft-model", "smollm2", "--model-only", "--json", str(out)],
+                       capture_output=True,
                        text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     figures = json.loads(out.read_text())["open chat"]

@@ -31,9 +31,11 @@ def _free(engine: LLMEngine) -> tuple[int, int]:
     return engine.blocks.num_free, engine.drafter.blocks.num_free if engine.drafter else -1
 
 
-def _alone(target, tok, prompts, draft=None, params=None):
-    """Each prompt in turn; the outputs and both block managers' free counts after each request."""
-    engine = LLMEngine(target, tok, speculative=draft is not None, draft_model=draft, enable_prefix_cache=False)
+def _alone(target, tok, prompts, draft=None, params=None, lookup_first=False):
+    """Each prompt in turn; the outputs and both block managers' free counts after each request
+    (lookup_first=False by default: the draft model drafts every step)."""
+    engine = LLMEngine(target, tok, speculative=draft is not None, draft_model=draft, enable_prefix_cache=False,
+                       lookup_first=lookup_first)
     start = _free(engine)
     outputs = []
     for prompt in prompts:
@@ -43,8 +45,9 @@ def _alone(target, tok, prompts, draft=None, params=None):
     return outputs, engine
 
 
-def _batched(target, tok, prompts, draft):
-    engine = LLMEngine(target, tok, max_batch=BATCH, speculative=True, draft_model=draft, enable_prefix_cache=False)
+def _batched(target, tok, prompts, draft, lookup_first=False):
+    engine = LLMEngine(target, tok, max_batch=BATCH, speculative=True, draft_model=draft, enable_prefix_cache=False,
+                       lookup_first=lookup_first)
     seqs = [engine.add_request(p, SamplingParams(max_tokens=MAX_TOKENS)) for p in prompts]
     while engine.has_work():
         engine.step()
@@ -85,6 +88,16 @@ def test_smollm2_drafting_for_itself_changes_nothing_and_is_always_right(smollm2
     assert engine.drafter.stats.calls > s.steps
 
 
+def test_smollm2_lookup_first_then_the_draft_model_changes_nothing(smollm2):
+    """The server's default with --draft-model: prompt lookup's drafts where it matches, the model's
+    elsewhere; lookup's drafts may be rejected, the output may not change."""
+    target, draft, tok, prompts, plain = smollm2
+    outputs, engine = _alone(target, tok, prompts, draft, lookup_first=True)
+    assert outputs == plain
+    d = engine.drafter.stats
+    assert d.lookup_steps > 5 and d.calls > 0 and engine.stats.accepted_draft_tokens > 50, d
+
+
 def test_smollm2_batched_with_draft_model_equals_alone(smollm2):
     target, draft, tok, prompts, plain = smollm2
     outputs, engine = _batched(target, tok, prompts, draft)
@@ -94,7 +107,7 @@ def test_smollm2_batched_with_draft_model_equals_alone(smollm2):
 
 def test_smollm2_abort_mid_request_frees_both(smollm2):
     target, draft, tok, prompts, _ = smollm2
-    engine = LLMEngine(target, tok, speculative=True, draft_model=draft)
+    engine = LLMEngine(target, tok, speculative=True, draft_model=draft, lookup_first=False)
     gen = engine.generate(prompts[0], SamplingParams(max_tokens=200))
     for _, _delta in zip(range(4), gen):
         pass
@@ -129,6 +142,8 @@ def test_tiny_pair_greedy_identical_alone_and_batched(tiny_pair):
     assert outputs == plain
     assert engine.stats.draft_tokens > 20  # random weights: drafts are mostly wrong, yet verified right
     batched, _ = _batched(target, tok, prompts, draft)
+    _same(plain, batched)
+    batched, _ = _batched(target, tok, prompts, draft, lookup_first=True)
     _same(plain, batched)
 
 
