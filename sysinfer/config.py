@@ -142,15 +142,16 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def draft_kv_blocks(cfg: ServerConfig, hp, n_ctx: int, weight_bytes: int, extra_tokens: int) -> int:
-    """The draft model's KV cache: max_batch full contexts of n_ctx tokens (plus extra_tokens drafted
-    past the end), never more than half of the memory left after what is already spoken for
-    (weight_bytes: both files and the target's KV cache)."""
+def draft_kv_blocks(cfg: ServerConfig, hp, n_ctx: int, extra_tokens: int, spoken_for: int) -> int:
+    """The draft model's KV cache (hp: the draft's): max_batch full contexts of n_ctx tokens (plus
+    extra_tokens drafted past the end), never more than half of the memory available now, before
+    loading, less what is spoken for (both files and the target's KV cache). Not --kv-blocks or
+    --kv-cache-gb: those size the target's cache."""
     per_block = kv_block_bytes(hp, cfg.block_size)
     blocks = math.ceil((n_ctx + extra_tokens) / cfg.block_size) * cfg.max_batch
     available = available_memory_bytes()
     if available is not None:
-        blocks = min(blocks, max(1, int((available - weight_bytes) * 0.5 // per_block)))
+        blocks = min(blocks, max(1, int((available - spoken_for) * 0.5 // per_block)))
     return blocks
 
 

@@ -37,14 +37,18 @@ def load_serving_model(cfg: ServerConfig, progress: bool = True) -> ServingModel
     file_name = path.rsplit("/", 1)[-1]
     topology = detect_topology(cfg.threads, cfg.numa)
     copies = len(topology.nodes) if topology.mode == "replicate" else 1  # one KV cache per replica
+    n_ctx = min(cfg.ctx_size, hp.n_ctx_train)
+    kv_blocks = kv_blocks_for(cfg, hp, weight_bytes=weight_bytes, copies=copies)
+    # Sized before anything is loaded, so the memory still available is what both will share.
+    draft_blocks = draft_kv_blocks(cfg, draft_mf.hparams, n_ctx, K_MAX, spoken_for=weight_bytes
+                                   + kv_blocks * kv_block_bytes(hp, cfg.block_size)) if draft_mf else 0
     with tqdm(total=hp.n_layer, desc=f"loading {file_name}", unit="layer", file=sys.stderr,
               disable=not progress) as bar:
-        model = load_model(mf, threads=cfg.threads, n_ctx=min(cfg.ctx_size, hp.n_ctx_train),
-                           kv_blocks=kv_blocks_for(cfg, hp, weight_bytes=weight_bytes, copies=copies),
+        model = load_model(mf, threads=cfg.threads, n_ctx=n_ctx, kv_blocks=kv_blocks,
                            block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
                            max_out_rows=max(cfg.max_batch, 1) * (1 + (K_MAX if cfg.speculation else 0)),
                            progress=lambda i, n: bar.update(1), numa=cfg.numa)
-    draft = _load_draft(cfg, draft_mf, model, weight_bytes, progress) if draft_mf else None
+    draft = _load_draft(cfg, draft_mf, model, draft_blocks, progress) if draft_mf else None
     tokenizer = Tokenizer.from_metadata(model.metadata)
     if tokenizer.chat_template:
         warm_up()  # the file's template renders in a worker process: start it before the first request
@@ -62,19 +66,17 @@ def _read_draft(path: str, target):
     return draft
 
 
-def _load_draft(cfg: ServerConfig, mf, target: LoadedModel, weight_bytes: int, progress: bool) -> LoadedModel:
+def _load_draft(cfg: ServerConfig, mf, target: LoadedModel, kv_blocks: int, progress: bool) -> LoadedModel:
     """The draft model beside the target: the same context, threads and CPUs (its own pool: the two
-    never run at once), a KV cache of its own for max_batch full contexts within the memory budget
-    (what the target's cache took counts as used), logits rows for one draft per sequence."""
+    never run at once), its own KV cache of kv_blocks (config.draft_kv_blocks), logits rows for one
+    draft per sequence."""
     from tqdm import tqdm
 
     hp = mf.hparams
-    used = weight_bytes + target.n_kv_blocks * kv_block_bytes(target.hparams, cfg.block_size)
     with tqdm(total=hp.n_layer, desc=f"loading draft {mf.path.rsplit('/', 1)[-1]}", unit="layer", file=sys.stderr,
               disable=not progress) as bar:
         try:
-            return load_model(mf, threads=cfg.threads, n_ctx=target.n_ctx,
-                              kv_blocks=draft_kv_blocks(cfg, hp, target.n_ctx, used, K_MAX),
+            return load_model(mf, threads=cfg.threads, n_ctx=target.n_ctx, kv_blocks=kv_blocks,
                               block_size=cfg.block_size, max_step_tokens=cfg.max_step_tokens,
                               max_out_rows=max(cfg.max_batch, 1), progress=lambda i, n: bar.update(1), numa=cfg.numa)
         except (ModelLoadError, ValueError) as e:

@@ -176,3 +176,18 @@ def test_batched_with_aborts_every_output_is_the_models_and_every_block_returns(
     assert_idle(engine)
     d = engine.core.drafter
     assert d.blocks.num_free == d.blocks.num_blocks and not d.tracks
+
+
+def test_the_draft_kv_cache_is_sized_for_full_contexts_within_the_memory_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    from sysinfer import config
+
+    hp = SimpleNamespace(n_layer=2, n_head_kv=2, head_dim=64)
+    cfg = config.ServerConfig(max_batch=2, ctx_size=4096).validate()
+    per_block = config.kv_block_bytes(hp, cfg.block_size)
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: None)
+    assert config.draft_kv_blocks(cfg, hp, 4096, 8, spoken_for=0) == 2 * 257  # two contexts of 4,096 + 8 tokens
+    # 200 blocks' worth of memory left after what the target spoke for: half of it
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 5 * 2**30 + 200 * per_block)
+    assert config.draft_kv_blocks(cfg, hp, 4096, 8, spoken_for=5 * 2**30) == 100
