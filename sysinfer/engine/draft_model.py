@@ -92,6 +92,10 @@ class DraftModel:
     def reserve(self, seq: Sequence, limit: int) -> list[int]:
         """Placeholders for the tokens seq will draft in this step (filled by `propose`), with the
         draft cache's blocks for them; [] when limit < 1 or the draft cache is full."""
+        if getattr(seq.state, "grammar", None) is not None:
+            # A constrained request (structured output, issue 13's grammar branch) never drafts: a
+            # draft would need the grammar's mask at every drafted position.
+            return []
         track = self.tracks.setdefault(seq.request_id, DraftTrack())
         track.pending, track.from_lookup = 0, False
         if self.lookup_first and limit >= 1:

@@ -132,6 +132,19 @@ def test_a_draft_with_non_finite_logits_fails_no_request(temperature):
     _assert_all_free(engine)
 
 
+def test_a_constrained_request_never_drafts():
+    """Issue 13's grammar branch gives a constrained request's state a grammar; such a request
+    decodes one token at a time (its mask is only known one position ahead)."""
+    engine, draft = _engine()
+    seq = engine.add_request([1, 2, 3, 4], SamplingParams(max_tokens=12))
+    seq.state.grammar = object()  # what the grammar branch sets for a constrained request
+    while engine.has_work():
+        engine.step()
+    assert seq.output_ids == expected_tokens([1, 2, 3, 4], 12)
+    assert engine.stats.draft_tokens == 0 and not draft.steps
+    _assert_all_free(engine)
+
+
 def test_draft_model_needs_speculation():
     with pytest.raises(ValueError, match="speculative"):
         LLMEngine(FakeModel(), FakeTokenizer(), speculative=False, draft_model=FakeModel())
