@@ -23,10 +23,14 @@ from .config import ServerConfig
 from .engine.async_engine import AsyncEngine
 from .engine.request_state import Delta
 from .engine.errors import ContextLengthError, EngineClosedError, QueueFullError
+from .choices import ChoiceCollector, UsageTotal, choice_params
 from .engine.sampling import SamplingParams
+from .logprob_format import LogprobFormatter
 from .metrics import Metrics
 from .model.chat_template import ChatTemplateError
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
+from .structured import tools as tool_calls
+from .structured.constraints import ConstraintError, compile_constraint, from_request
 from .web import chat_page, page_url
 
 log = logging.getLogger("sysinfer.api")
@@ -47,6 +51,7 @@ class ServerState:
         self.model = self.tokenizer = self.engine = self.draft = None
         self.model_name = config.model_name or "sysinfer"
         self.load_error: str | None = None
+        self.address_known = True        # config's host/port are where uvicorn listens (see create_app)
         self.metrics = Metrics()
         self.draining = False            # SIGTERM received: finishing what runs, refusing new requests
         self.prepare_limiter = anyio.CapacityLimiter(2)  # threads parsing / templating / tokenizing requests
@@ -81,15 +86,20 @@ async def _load_and_run(state: ServerState) -> None:
                                enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
                                stall_timeout=cfg.stall_timeout, speculative=cfg.speculation, draft_model=state.draft,
                                lookup_first=cfg.draft_lookup)
+    # The address is known only when sysinfer's CLI started uvicorn with this config; `uvicorn
+    # sysinfer.api:app --port N` binds where its own flags say (its "Uvicorn running on" line).
+    where = (f"on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}" if state.address_known
+             else "; chat page: / on the address uvicorn listens on")
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
-          f"{state.model.n_kv_blocks} KV blocks{_draft_note(state.draft)}) on port {cfg.port}; "
-          f"chat page: {page_url(cfg.host, cfg.port)}",
-          flush=True)
+          f"{state.model.n_kv_blocks} KV blocks{_draft_note(state.draft)}) {where}", flush=True)
     await state.engine.run()
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
+    """`config`: given by the CLI, which binds uvicorn to its host and port; None: from SYSINFER_*
+    (the module-level `app`, whose address is whatever uvicorn's own flags say)."""
     state = ServerState(config or ServerConfig.from_env())
+    state.address_known = config is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -118,8 +128,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     @app.exception_handler(405)
     async def bad_method(request: Request, exc):
-        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path[:200]}"),
-                            status_code=405)
+        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path[:200]}",
+                                       code="method_not_allowed"), status_code=405)
 
     app.get("/", include_in_schema=False)(chat_page)  # open (no key): the page asks for the key its calls need
 
@@ -166,17 +176,23 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @_guarded(state)
     async def chat_completions(request: Request):
         req = await _parse(state, request, ChatCompletionRequest)
-        messages = [m.as_template_message() for m in req.messages]
-        prompt_ids = await _in_thread(state, _chat_prompt_ids, state.tokenizer, messages)
-        return await _complete(state, request, req, prompt_ids, chat=True)
+        prompt_ids, grammar, tools = await _in_thread(state, _prepare_chat, state.tokenizer, req)
+        return await _complete(state, request, req, prompt_ids, chat=True, grammar=grammar, tools=tools)
 
     @app.post("/v1/completions")
     @_guarded(state)
     async def completions(request: Request):
         req = await _parse(state, request, CompletionRequest)
         tok = state.tokenizer
-        prompt_ids = await _in_thread(state, lambda: tok.encode(req.prompt, add_bos=tok.add_bos))
-        return await _complete(state, request, req, prompt_ids, chat=False)
+
+        def prepare():
+            if req.tools is not None or req.tool_choice is not None:
+                raise ApiError(400, "tools are supported on /v1/chat/completions only", param="tools",
+                               code="unsupported_parameter")
+            return tok.encode(req.prompt, add_bos=tok.add_bos), _output_grammar(tok, req)
+
+        prompt_ids, grammar = await _in_thread(state, prepare)
+        return await _complete(state, request, req, prompt_ids, chat=False, grammar=grammar)
 
     return app
 
@@ -196,7 +212,7 @@ def _guarded(state: ServerState):
                 return Response(status_code=499)
             except Exception as e:  # noqa: BLE001
                 log.error("internal error in %s: %s: %s", route.__name__, type(e).__name__, str(e)[:300])
-                raise ApiError(500, "internal server error", "server_error") from None
+                raise ApiError(500, "internal server error", "server_error", code="internal_error") from None
         return guarded
     return wrap
 
@@ -307,34 +323,83 @@ def _validate(kind, body: bytes):
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints past Python's digit limit
-        raise ApiError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
+        raise ApiError(400, f"request body is not valid JSON: {str(e)[:200]}", code="invalid_json") from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     try:
         return kind.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False, include_input=False)[0]
         param = ".".join(str(p) for p in err["loc"])[:200] or None
-        raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param=param) from None
+        raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param=param,
+                       code=_error_code(err["type"])) from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
 
 
-def _chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+def _error_code(pydantic_type: str) -> str:
+    """OpenAI's codes for a refused field: missing, of the wrong JSON type, or a value out of range."""
+    if pydantic_type == "missing":
+        return "missing_required_parameter"
+    if pydantic_type.endswith(("_type", "_parsing")) or pydantic_type in ("model_attributes_type", "is_instance_of"):
+        return "invalid_type"
+    return "invalid_value"  # bounds, lengths, literals (a role we don't know), our own validators
+
+
+def _chat_prompt_ids(tokenizer, messages: list[dict], tools: list | None = None) -> list[int]:
     try:
-        return tokenizer.apply_chat_template(messages)
+        return tokenizer.apply_chat_template(messages, tools=tools)
     except ChatTemplateError as e:
-        raise ApiError(400, str(e)[:500], param="messages") from None
+        raise ApiError(400, str(e)[:500], param="messages", code="invalid_value") from None
 
 
-def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool) -> SamplingParams:
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise ApiError(400, "response_format json_object/json_schema is not supported yet", param="response_format",
-                       code="unsupported_parameter")
-    if req.tools:
-        raise ApiError(400, "tools are not supported yet", param="tools", code="unsupported_parameter")
+def _constraint_error(e: ConstraintError) -> ApiError:
+    return ApiError(400, str(e), param=e.param, code=e.code)
+
+
+def _output_grammar(tokenizer, req: CommonRequest):
+    """The compiled matcher of the request's response_format / guided_* constraint (None: free text)."""
+    try:
+        constraint = from_request(req.response_format, req.guided_json, req.guided_regex, req.guided_choice,
+                                  req.guided_grammar)
+        return compile_constraint(tokenizer, constraint) if constraint is not None else None
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+
+
+def _prepare_chat(tokenizer, req: ChatCompletionRequest):
+    """(prompt ids, compiled grammar or None, (tool syntax, tool plan) or None) of a chat request.
+    Tools pick the call syntax from the model's template (templates that render `tools` get
+    Llama 3.1-style JSON calls, the others our generic <tool_call> format) and constrain the reply."""
+    try:
+        plan = tool_calls.plan_from_request(req.tools, req.tool_choice, req.parallel_tool_calls)
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+    grammar = _output_grammar(tokenizer, req)
+    if plan is not None and grammar is not None:
+        raise ApiError(400, "tools and an output constraint (response_format / guided_*) can't be combined unless "
+                       'tool_choice is "none"', param="tool_choice", code="invalid_constraint")
+    messages = [m.as_template_message() for m in req.messages]
+    has_tool_turns = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    syntax = None
+    if plan is not None or has_tool_turns:
+        syntax = tool_calls.choose_syntax(tokenizer)
+        messages, template_tools = tool_calls.prepare_messages(syntax, messages, plan)
+    else:
+        template_tools = None
+    prompt_ids = _chat_prompt_ids(tokenizer, messages, template_tools)
+    if plan is None:
+        return prompt_ids, grammar, None
+    try:
+        grammar = compile_constraint(tokenizer, tool_calls.tool_grammar(syntax, plan))
+    except ConstraintError as e:
+        raise _constraint_error(e) from None
+    return prompt_ids, grammar, (syntax, plan)
+
+
+def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool, grammar=None) -> SamplingParams:
     asked = (getattr(req, "max_completion_tokens", None) if chat else None) or req.max_tokens
     if asked is None:  # the server's default, cut to what the context and the KV cache can still hold
         room = state.engine.max_total_tokens - n_prompt
@@ -343,21 +408,29 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool)
                            "fit this server's context", param="messages" if chat else "prompt",
                            code="context_length_exceeded")
         asked = min(state.config.max_tokens, room)
+    vocab = state.tokenizer.vocab_size
+    for token in req.logit_bias or {}:
+        if token >= vocab:
+            raise ApiError(400, f"logit_bias: token id {token} is not in this model's vocabulary (0..{vocab - 1})",
+                           param="logit_bias", code="invalid_value")
     try:
         return SamplingParams(
             temperature=state.config.temperature if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
-            repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [])
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
+            repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [],
+            logprobs=req.top_logprobs_asked(), logit_bias=req.logit_bias or {}, grammar=grammar)
+    except ValueError as e:  # "<field> must be ...": the field is the first word
+        raise ApiError(400, str(e), param=str(e).split(" ", 1)[0], code="invalid_value") from None
 
 
-async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool):
-    params = _sampling(state, req, len(prompt_ids), chat)
+async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool,
+                    grammar=None, tools=None):
+    """`grammar`: the compiled output constraint; `tools`: (syntax, plan) when the reply may call tools."""
+    params = choice_params(_sampling(state, req, len(prompt_ids), chat, grammar), req.n)
     received = time.perf_counter()
     try:
-        seq = state.engine.submit(prompt_ids, params)
+        seq = state.engine.submit(prompt_ids, params[0], more_choices=params[1:])
     except ContextLengthError as e:
         raise ApiError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
     except QueueFullError as e:
@@ -368,34 +441,51 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
     state.metrics.prompt_tokens.inc(len(prompt_ids))
     shaper = ResponseShaper(state.model_name, chat)
     deltas = _timed(state, state.engine.stream(seq), received)
+    logprobs = params[0].logprobs is not None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         state.metrics.requests.labels(status="200").inc()
+        formatters = [LogprobFormatter(state.tokenizer, chat) for _ in params] if logprobs else None
         # Starlette watches for the client leaving while it streams; leaving cancels _sse, which aborts.
-        return StreamingResponse(_sse(deltas, shaper, include_usage), media_type="text/event-stream",
+        stop = functools.partial(state.engine.abort_request, seq.request_id)
+        parsers = [tool_calls.ToolCallParser(*tools) for _ in params] if tools else None
+        return StreamingResponse(_sse(deltas, shaper, include_usage, len(params), formatters, stop, parsers),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    text, finish, usage, error = "", None, None, None
+    collected = ChoiceCollector(len(params), state.tokenizer, chat, logprobs)
     async with anyio.create_task_group() as tg:
         # Nobody reads a non-streaming answer whose client left: abort it (even while it waits in the queue).
         tg.start_soon(_abort_on_disconnect, request, state.engine, seq.request_id)
         async for d in deltas:
-            text += d.text
-            finish, usage, error = d.finish_reason or finish, d.usage or usage, d.error or error
+            collected.add(d)
+            if d.error:  # one failed choice fails the answer: stop the others now
+                state.engine.abort_request(seq.request_id)
+                break
         tg.cancel_scope.cancel()
-    if error:
-        raise ApiError(500, error, "server_error", code="generation_failed")
-    if finish == "abort" and await request.is_disconnected():
+    if collected.error:
+        raise ApiError(500, collected.error, "server_error", code="generation_failed")
+    if "abort" in collected.finish_reasons and await request.is_disconnected():
         state.metrics.requests.labels(status="499").inc()
         return Response(status_code=499)
     state.metrics.requests.labels(status="200").inc()
-    return shaper.whole(text, finish, usage)
+    choices = collected.choices()
+    if tools:
+        for c in choices:
+            c.text, calls = tool_calls.whole_calls(tool_calls.ToolCallParser(*tools), c.text)
+            c.tool_calls, c.finish_reason = calls or None, _tool_finish(c.finish_reason, bool(calls))
+    return shaper.whole(choices, collected.total.usage())
+
+
+def _tool_finish(finish: str | None, called: bool) -> str | None:
+    """A reply that ended by itself after calling tools finishes with "tool_calls", as OpenAI's do."""
+    return "tool_calls" if called and finish == "stop" else finish
 
 
 async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            engine.abort(request_id)
+            engine.abort_request(request_id)
             return
 
 
@@ -413,26 +503,57 @@ async def _timed(state: ServerState, deltas: AsyncIterator[Delta], received: flo
         yield d
 
 
-async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool) -> AsyncIterator[str]:
-    """The stream's events; whatever happens, it ends with a last chunk (or an error event) and [DONE]."""
+def _tool_events(shaper: ResponseShaper, parser, d: Delta, logprobs, include_usage: bool):
+    """The chunks of one delta of a reply that may call tools: its content (what the parser is sure
+    is not a call), then tool-call deltas, then the finish. The delta's logprobs ride on the first
+    chunk sent for it (an empty one when the parser holds all of its text back for now)."""
+    content, calls = parser.feed(d.text, final=bool(d.finish_reason))
+    if content:
+        yield shaper.chunk(content, with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
+        logprobs = None
+    if calls:
+        yield shaper.tool_chunk(calls, with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
+        logprobs = None
+    if d.finish_reason or logprobs:
+        yield shaper.chunk(None, _tool_finish(d.finish_reason, parser.called) if d.finish_reason else None,
+                           with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
+
+
+async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool, n: int = 1,
+               formatters: list[LogprobFormatter] | None = None, stop=None,
+               tools: "list[tool_calls.ToolCallParser] | None" = None) -> AsyncIterator[str]:
+    """The stream's events; whatever happens, it ends with a last chunk of each choice (or an error
+    event) and [DONE]. The n choices' chunks interleave, each naming its index. formatters: one per
+    choice when the request asked for logprobs; stop(): ends the request's other choices after an error;
+    tools: one call parser per choice when the reply may call tools (content deltas, then tool-call deltas)."""
     if shaper.chat:
-        yield shaper.chunk(None, first=True, with_usage_field=include_usage)
-    usage = None
+        for index in range(n):
+            yield shaper.chunk(None, first=True, with_usage_field=include_usage, index=index)
+    total = UsageTotal()
     try:
         async for d in deltas:
             if d.error:
+                if stop is not None:
+                    stop()
                 yield shaper.error_event(d.error, code="generation_failed")
                 break
+            logprobs = formatters[d.choice].format(d.logprobs) if formatters and d.logprobs else None
+            if tools is not None:
+                for event in _tool_events(shaper, tools[d.choice], d, logprobs, include_usage):
+                    yield event
+                total.add(d)
+                continue
             if d.finish_reason:
-                usage = d.usage
-                yield shaper.chunk(d.text, d.finish_reason, with_usage_field=include_usage)
-            elif d.text:
-                yield shaper.chunk(d.text, with_usage_field=include_usage)
+                total.add(d)
+                yield shaper.chunk(d.text, d.finish_reason, with_usage_field=include_usage, index=d.choice,
+                                   logprobs=logprobs)
+            elif d.text or logprobs:
+                yield shaper.chunk(d.text, with_usage_field=include_usage, index=d.choice, logprobs=logprobs)
     except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
         log.error("stream failed: %s: %s", type(e).__name__, str(e)[:300])
         yield shaper.error_event("internal server error")
     if include_usage:
-        yield shaper.usage_chunk(usage)
+        yield shaper.usage_chunk(total.usage())
     yield shaper.DONE
 
 

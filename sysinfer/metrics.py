@@ -24,6 +24,9 @@ class Metrics:
         self.kv_cached = Gauge("sysinfer_kv_blocks_cached", "Free KV blocks still holding a cached prefix", registry=r)
         self.prefix_hits = Gauge("sysinfer_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
                                  registry=r)
+        self.prompt_tokens_computed = Gauge("sysinfer_prompt_tokens_computed",
+                                            "Prompt tokens run through the model (not found in the prefix cache)",
+                                            registry=r)
         self.preemptions = Gauge("sysinfer_preemptions", "Sequences preempted for lack of KV blocks", registry=r)
         self.step_seconds = Gauge("sysinfer_last_step_seconds", "Duration of the last native step", registry=r)
         # Speculative decoding (counters: sysinfer_draft_tokens_total, ..._accepted_..., ..._rejected_...)
@@ -89,6 +92,7 @@ class Metrics:
         self.kv_free.set(s.kv_blocks_free)
         self.kv_cached.set(s.kv_blocks_cached)
         self.prefix_hits.set(s.prefix_hit_tokens)
+        self.prompt_tokens_computed.set(s.prompt_tokens_computed)
         self.preemptions.set(s.preemptions)
         self.step_seconds.set(s.last_step_seconds)
         drafted, accepted = s.draft_tokens - self._drafts_seen[0], s.accepted_draft_tokens - self._drafts_seen[1]

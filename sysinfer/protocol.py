@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .engine.sampling import MAX_TEMPERATURE
+from .engine.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_TEMPERATURE
+
+MAX_CHOICES = 16  # `n`: each choice is a whole sequence on the CPU, so a bound well under OpenAI's 128
 
 
 class TextPart(BaseModel):
@@ -22,16 +25,47 @@ class TextPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(max_length=64)
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(default="", max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Union[str, list[TextPart], None] = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None           # a tool turn: the call it answers
+    name: str | None = None
 
     def as_template_message(self) -> dict[str, Any]:
         role = "system" if self.role == "developer" else self.role
         if isinstance(self.content, list):
-            return {"role": role, "content": [p.model_dump() for p in self.content]}
-        return {"role": role, "content": self.content or ""}
+            msg: dict[str, Any] = {"role": role, "content": [p.model_dump() for p in self.content]}
+        else:
+            msg = {"role": role, "content": self.content or ""}
+        if self.tool_calls:  # arguments as objects, as chat templates (and our generic format) write them
+            msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        if self.role == "tool":
+            msg.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v is not None})
+        return msg
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class StreamOptions(BaseModel):
@@ -55,9 +89,17 @@ class CommonRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    n: int = Field(default=1, ge=1, le=1)
-    response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    logit_bias: dict[str, float] | None = None
+    # Structured output and tools (structured/): checked there, each refusal naming its field.
+    response_format: Any = None
+    guided_json: Any = None      # vLLM's, also sent inside extra_body (which lands at the top level)
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -69,14 +111,50 @@ class CommonRequest(BaseModel):
             raise ValueError("stop must be up to 16 non-empty strings")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, v):
+        """OpenAI's form: token ids as strings -> a bias in [-100, 100]. The ids are checked against the
+        vocabulary by the server, which knows it."""
+        if v is None:
+            return {}
+        out: dict[int, float] = {}
+        for key, bias in v.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 9):
+                raise ValueError(f"keys must be token ids (non-negative integers as strings), got {key[:40]!r}")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(f"values must be in [{-MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {bias!r} for {key}")
+            out[int(key)] = bias
+        return out
+
+    def top_logprobs_asked(self) -> int | None:
+        """None: no logprobs; k: the sampled token's logprob and the k most likely at each position."""
+        raise NotImplementedError
+
 
 class ChatCompletionRequest(CommonRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v, info: ValidationInfo):
+        if v and not info.data.get("logprobs"):  # as OpenAI: top_logprobs means nothing alone
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return v
+
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(CommonRequest):
     prompt: Union[str, list[str]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # the legacy integer (OpenAI allows 5)
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -114,6 +192,16 @@ def usage_body(u) -> dict[str, Any]:
                                           "rejected_prediction_tokens": u.rejected_prediction_tokens}}
 
 
+@dataclass
+class ChoiceResult:
+    """One choice of a non-streaming answer, as the server collected it."""
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None  # already in the endpoint's shape (logprob_format.py)
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI-shaped calls parsed from the text (chat)
+
+
 class ResponseShaper:
     """One response's bodies: `meta` (id, created, model) is shared by every chunk of a stream."""
 
@@ -121,14 +209,20 @@ class ResponseShaper:
         self.chat = chat
         self.meta = {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": model_name}
 
-    def whole(self, text: str, finish_reason: str | None, usage) -> dict[str, Any]:
-        """The body of a non-streaming response."""
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {**self.meta, "object": "chat.completion" if self.chat else "text_completion", "choices": [choice],
+    def whole(self, choices: list[ChoiceResult], usage) -> dict[str, Any]:
+        """The body of a non-streaming response (a chat reply that called tools has `tool_calls`,
+        and its content is null when the model wrote no text besides the calls)."""
+        bodies = []
+        for c in choices:
+            body: dict[str, Any] = {"index": c.index, "finish_reason": c.finish_reason, "logprobs": c.logprobs}
+            if self.chat:
+                body["message"] = {"role": "assistant", "content": c.text}
+                if c.tool_calls:
+                    body["message"] = {"role": "assistant", "content": c.text or None, "tool_calls": c.tool_calls}
+            else:
+                body["text"] = c.text
+            bodies.append(body)
+        return {**self.meta, "object": "chat.completion" if self.chat else "text_completion", "choices": bodies,
                 "usage": usage_body(usage)}
 
     # ---- server-sent events ----
@@ -136,25 +230,44 @@ class ResponseShaper:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     def chunk(self, text: str | None, finish_reason: str | None = None, *, first: bool = False,
-              with_usage_field: bool = False) -> str:
-        """One streamed chunk; a chat stream's first chunk carries the role and no text."""
+              with_usage_field: bool = False, index: int = 0, logprobs: dict[str, Any] | None = None) -> str:
+        """One streamed chunk of choice `index`; a chat stream's first chunk of each choice carries the
+        role and no text."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
                 {"content": text} if text else {})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": logprobs}
         body = {**self.meta, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "choices": [choice]}
         if with_usage_field:
             body["usage"] = None  # as OpenAI sends when include_usage is on: usage comes in the last chunk
         return self._event(body)
 
+    def tool_chunk(self, deltas, with_usage_field: bool = False, index: int = 0,
+                   logprobs: dict[str, Any] | None = None) -> str:
+        """Tool-call deltas as OpenAI streams them: a call's first delta has its index, id, type and
+        name (arguments ""), the next ones only index and the next fragment of the arguments."""
+        calls = []
+        for d in deltas:
+            if d.id is not None:
+                calls.append({"index": d.index, "id": d.id, "type": "function",
+                              "function": {"name": d.name, "arguments": d.arguments}})
+            else:
+                calls.append({"index": d.index, "function": {"arguments": d.arguments}})
+        body = {**self.meta, "object": "chat.completion.chunk",
+                "choices": [{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None,
+                             "logprobs": logprobs}]}
+        if with_usage_field:
+            body["usage"] = None
+        return self._event(body)
+
     def usage_chunk(self, usage) -> str:
         return self._event({**self.meta, "object": "chat.completion.chunk" if self.chat else "text_completion",
                             "choices": [], "usage": usage_body(usage)})
 
-    def error_event(self, message: str, type_: str = "server_error", code: str | None = None) -> str:
+    def error_event(self, message: str, type_: str = "server_error", code: str | None = "internal_error") -> str:
         """An error after the stream began (the status line is already sent): the `openai` client
         raises it as an APIError."""
         return self._event(error_body(message, type_, code=code))

@@ -30,14 +30,19 @@ _BACKLOG = 32  # unread deltas past which a client counts as not reading
 
 
 class _Streams:
-    """One request's delta channel: the engine sends, the client's handler receives."""
+    """One request's delta channel: the engine sends, the client's handler receives. A request with
+    n choices has n sequences sharing one channel (each delta says its choice); it closes after the
+    last of them finishes."""
 
-    def __init__(self, deadline: float):
+    def __init__(self, deadline: float, n_choices: int = 1):
         self.send: MemoryObjectSendStream[Delta]
         self.receive: MemoryObjectReceiveStream[Delta]
         self.send, self.receive = anyio.create_memory_object_stream(math.inf)
         self.deadline = deadline              # time.monotonic() past which the request is ended
         self.backlog_since: float | None = None  # when unread deltas first passed _BACKLOG
+        self.members: list[Sequence] = []     # the request's sequences submitted so far, choice order
+        self.followers: list[SamplingParams] = []  # choices 1..n-1, submitted after choice 0's prefill
+        self.unfinished = n_choices           # choices that have not sent their last delta yet
 
     def stalled_for(self, now: float) -> float:
         """Seconds the reader has left more than _BACKLOG deltas unread (0 while it keeps up)."""
@@ -60,7 +65,8 @@ class AsyncEngine:
         self.max_queue = max_queue
         self.request_timeout = request_timeout  # a request's whole life, queued and running
         self.stall_timeout = stall_timeout      # how long a streaming client may stop reading
-        self.streams: dict[str, _Streams] = {}
+        self.streams: dict[str, _Streams] = {}  # by request id of every sequence not yet finished
+        self.requests: dict[str, _Streams] = {}  # by choice 0's request id, until every choice finished
         self.failure: str | None = None  # set when the loop itself failed; /health reports it
         self._wake = anyio.Event()
         self._closed = False            # the loop stops
@@ -91,37 +97,86 @@ class AsyncEngine:
         return self.core.stats
 
     # ---- requests ----
-    def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
-        """Queue a request (raises QueueFullError, ContextLengthError, EngineClosedError at once)."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+               more_choices: list[SamplingParams] | None = None) -> Sequence:
+        """Queue a request (raises QueueFullError, ContextLengthError, EngineClosedError at once).
+
+        more_choices: the parameters of choices 1..n-1 of a request with n choices (OpenAI's `n`). They
+        share this request's stream and are queued when choice 0 sends its first delta, that is once
+        its prompt is computed and named in the prefix cache: they reuse its blocks instead of
+        computing the prompt again (all but the last partial block, whose slots each sequence writes)."""
+        more_choices = more_choices or []
         if self.failure is not None:
             raise EngineClosedError(f"the engine has stopped: {self.failure}")
         if self._closed or self._closed_for_new:
             raise EngineClosedError("the server is shutting down")
-        if len(self.core.scheduler.waiting) >= self.max_queue:
-            raise QueueFullError(f"{len(self.core.scheduler.waiting)} requests are already waiting (max_queue)")
+        waiting = len(self.core.scheduler.waiting)
+        if waiting + len(more_choices) >= self.max_queue:  # room for every choice now: none is refused later
+            raise QueueFullError(f"{waiting} requests are already waiting (max_queue)")
+        for p in more_choices:  # same prompt and length as choice 0; checked before anything is queued
+            self.core.check_prompt(len(prompt_ids), p.max_tokens)
         seq = self.core.add_request(prompt_ids, params, request_id)
-        self.streams[seq.request_id] = _Streams(time.monotonic() + self.request_timeout)
+        streams = _Streams(time.monotonic() + self.request_timeout, 1 + len(more_choices))
+        streams.members.append(seq)
+        streams.followers = list(more_choices)
+        self.streams[seq.request_id] = self.requests[seq.request_id] = streams
         self._wake.set()
         return seq
 
-    async def stream(self, seq: Sequence) -> AsyncIterator[Delta]:
-        """Deltas of a submitted request; leaving early (client gone) aborts it."""
+    def _submit_followers(self, leader: Sequence, streams: _Streams) -> None:
+        """Choice 0 has computed its prompt: queue choices 1..n-1 on the same stream."""
+        if self._closed or self._closed_for_new or self.failure is not None:
+            self._drop_followers(streams)  # draining: they end before they start
+            return
+        followers, streams.followers = streams.followers, []
+        for choice, params in enumerate(followers, start=1):
+            seq = self.core.add_request(leader.prompt_ids, params)
+            seq.choice = choice
+            streams.members.append(seq)
+            self.streams[seq.request_id] = streams
+        self._wake.set()
+
+    def _drop_followers(self, streams: _Streams) -> None:
+        """Choices not queued yet end with "abort" (the stream still closes when all choices ended)."""
+        first = len(streams.members)
+        for choice in range(first, first + len(streams.followers)):
+            streams.unfinished -= 1
+            self._put(streams, Delta("", [], "abort", choice=choice))
+        streams.followers = []
+
+    def stream(self, seq: Sequence) -> AsyncIterator[Delta]:
+        """Deltas of a submitted request (of all its choices, each delta saying which); leaving early
+        (client gone) aborts every choice still running. Call it right after submit(): the channel is
+        looked up now, so a request that ends before the caller starts reading still delivers."""
+        return self._deltas(self.streams[seq.request_id])
+
+    async def _deltas(self, streams: _Streams) -> AsyncIterator[Delta]:
         try:
-            receive = self.streams[seq.request_id].receive
-            async with receive:
-                async for delta in receive:
+            async with streams.receive:
+                async for delta in streams.receive:
                     yield delta
-                    if delta.finish_reason:
-                        return
         finally:
-            if not seq.finished:
-                self.abort(seq.request_id)
+            self._abort_all(streams)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[Delta]:
         seq = self.submit(prompt_ids, params, request_id)
         async for delta in self.stream(seq):
             yield delta
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop every choice of the request whose choice 0 has this id."""
+        streams = self.requests.get(request_id)
+        if streams is None:
+            self.abort(request_id)
+        else:
+            self._abort_all(streams)
+
+    def _abort_all(self, streams: _Streams) -> None:
+        self._drop_followers(streams)
+        for member in streams.members:
+            if not member.finished:
+                self.abort(member.request_id)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its blocks are freed now if no step is using them, else right after."""
@@ -204,14 +259,25 @@ class AsyncEngine:
         streams = self.streams.get(seq.request_id)
         if streams is None:
             return
-        try:
-            streams.send.send_nowait(delta)
-            if delta.finish_reason:
-                streams.send.close()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the client is gone
+        delta.choice = seq.choice
         if delta.finish_reason:
             del self.streams[seq.request_id]
+            streams.unfinished -= 1
+        self._put(streams, delta)
+        if streams.followers and seq is streams.members[0]:  # choice 0's first delta: its prompt is computed
+            if delta.finish_reason in ("abort", "error"):
+                self._drop_followers(streams)
+            else:
+                self._submit_followers(seq, streams)
+
+    def _put(self, streams: _Streams, delta: Delta) -> None:
+        try:
+            streams.send.send_nowait(delta)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the client is gone
+        if streams.unfinished == 0:
+            streams.send.close()
+            self.requests.pop(streams.members[0].request_id, None)
 
     # ---- lifecycle and numbers ----
     async def drain(self, grace_seconds: float) -> None:

@@ -93,7 +93,7 @@ class DraftModel:
         """Placeholders for the tokens seq will draft in this step (filled by `propose`), with the
         draft cache's blocks for them; [] when limit < 1 or the draft cache is full."""
         if getattr(seq.state, "grammar", None) is not None:
-            # A constrained request (structured output, issue 13's grammar branch) never drafts: a
+            # A constrained request (structured output: a state with a grammar) never drafts: a
             # draft would need the grammar's mask at every drafted position.
             return []
         track = self.tracks.setdefault(seq.request_id, DraftTrack())

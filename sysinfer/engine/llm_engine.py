@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -75,6 +76,7 @@ class LLMEngine:
         self.drafter = DraftModel(draft_model, max_batch, lookup_first) if draft_model is not None else None
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
+        self._mask_thread: ThreadPoolExecutor | None = None  # grammar masks, beside the native step
 
     # ---- requests ----
     @property
@@ -111,7 +113,7 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def finish(self, seq: Sequence, reason: str, token_ids: list[int] | None = None, text: str = "",
-               error: str | None = None) -> Delta:
+               error: str | None = None, logprobs=None) -> Delta:
         """Remove a request for good (blocks freed); returns its last delta."""
         self.scheduler.finish(seq, reason)
         if self.drafter is not None:
@@ -119,7 +121,7 @@ class LLMEngine:
         self.by_id.pop(seq.request_id, None)
         usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens,
                       seq.draft_accepted, seq.drafted - seq.draft_accepted)
-        return Delta(text, token_ids or [], reason, usage, error)
+        return Delta(text, token_ids or [], reason, usage, error, logprobs)
 
     # ---- the step, in three phases ----
     def plan(self) -> list[ScheduledChunk]:
@@ -139,14 +141,30 @@ class LLMEngine:
             seq.draft_ids = self.drafter.reserve(seq, limit) if self.drafter else seq.state.draft(limit)
 
     def execute(self, plan: list[ScheduledChunk]) -> np.ndarray:
-        """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order."""
+        """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order.
+        The grammar masks of the constrained rows are computed meanwhile, in the mask thread."""
         start = time.perf_counter()
-        if self.drafter is not None:
-            self.drafter.propose(plan)
-        logits = self.runner.run(self.runner.build(plan))
+        masks = self._masks_ahead(plan)
+        try:
+            if self.drafter is not None:  # the draft model's calls, before the target's one
+                self.drafter.propose(plan)
+            logits = self.runner.run(self.runner.build(plan))
+        finally:
+            if masks is not None:
+                masks.result()
         self.stats.last_step_seconds = time.perf_counter() - start
         self.stats.step_seconds_total += self.stats.last_step_seconds
         return logits
+
+    def _masks_ahead(self, plan: list[ScheduledChunk]) -> Future | None:
+        """Starts the next-token masks of the plan's constrained rows in the mask thread, so they are
+        ready when sampling starts (llguidance computes without the GIL, beside the native step)."""
+        grammars = [c.seq.state.grammar for c in plan if c.samples and c.seq.state.grammar is not None]
+        if not grammars:
+            return None
+        if self._mask_thread is None:
+            self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sysinfer-mask")
+        return self._mask_thread.submit(_compute_masks, grammars)
 
     def postprocess(self, plan: list[ScheduledChunk], logits: np.ndarray) -> list[Event]:
         """Phase 3: account for computed tokens, sample, detokenize, check stops."""
@@ -227,9 +245,10 @@ class LLMEngine:
             # Even when the request ends here: the accepted drafts' KV is computed, and their full
             # blocks are named in the prefix cache exactly as plain decoding would have named them.
             self.scheduler.accept_drafts(seq, accepted)
+        logprobs = state.take_logprobs()
         if reason:
-            return self.finish(seq, reason, tokens, "".join(texts))
-        return Delta("".join(texts), tokens)
+            return self.finish(seq, reason, tokens, "".join(texts), logprobs=logprobs)
+        return Delta("".join(texts), tokens, logprobs=logprobs)
 
     # ---- the synchronous driver ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
@@ -257,3 +276,13 @@ class LLMEngine:
             s.draft_kv_blocks_used, s.draft_kv_blocks_free = self.drafter.blocks.num_used, self.drafter.blocks.num_free
             s.draft_model_seconds = self.drafter.stats.seconds
         return s
+
+
+def _compute_masks(grammars: list) -> None:
+    """The mask thread's job. A grammar that fails here fails again when its row samples, where the
+    error ends that request alone."""
+    for grammar in grammars:
+        try:
+            grammar.compute_mask()
+        except Exception:  # noqa: BLE001 - reported by the sampling that follows
+            pass

@@ -38,6 +38,7 @@ class Sequence:
     draft_accepted: int = 0     # of them, confirmed by the model
     hashed: tuple[int, int | None] = (0, None)  # (blocks named in the prefix cache, last chain hash)
     arrival: int = field(default_factory=lambda: next(_arrival))
+    choice: int = 0                # which of its request's n choices this sequence is
     state: "RequestState | None" = None  # the engine's per-request sampler, detokenizer, stop matcher
 
     @property

@@ -10,6 +10,7 @@ template wrote, the markers are removed, and the rest is encoded with specials d
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -60,8 +61,12 @@ def template_source(tok: "Tokenizer") -> str:
     raise ChatTemplateError(f"the model has no chat template and there is no built-in one for {tok.architecture!r}")
 
 
-def normalize_messages(messages: list[dict]) -> list[dict[str, str]]:
-    """Plain {role, content} dicts of strings (content parts of type text are joined)."""
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # kept for templates that render tool turns
+
+
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """Plain {role, content} dicts of strings (content parts of type text are joined), with an
+    assistant turn's `tool_calls` and a tool turn's `tool_call_id` / `name` kept when present."""
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
@@ -78,41 +83,79 @@ def normalize_messages(messages: list[dict]) -> list[dict[str, str]]:
             content = ""
         if not isinstance(content, str):
             raise ChatTemplateError(f"messages[{i}].content must be a string or a list of text parts")
-        out.append({"role": m["role"], "content": content})
+        out.append({"role": m["role"], "content": content, **{k: m[k] for k in _TOOL_KEYS if m.get(k) is not None}})
     return out
 
 
-def _render(tok: "Tokenizer", messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+def _render(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool, tools: list | None = None) -> str:
     """A file's template renders in a worker process under time and memory limits (template_worker);
     our own built-in ones are trusted and render here."""
-    context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+    context = {"messages": messages, "add_generation_prompt": add_generation_prompt, "tools": tools,
                "bos_token": tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
                "eos_token": tok.tokens[tok.eos_id] if tok.eos_id is not None else ""}
     source = template_source(tok)
     return render_here(source, context) if source in BUILTIN_TEMPLATES.values() else render_isolated(source, context)
 
 
-def render_chat(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True) -> str:
-    return _render(tok, normalize_messages(messages), add_generation_prompt)
+def render_chat(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True,
+                tools: list | None = None) -> str:
+    return _render(tok, normalize_messages(messages), add_generation_prompt, tools)
 
 
-def _pick_marker(messages: list[dict[str, str]]) -> str:
-    used = "".join(m["role"] + m["content"] for m in messages)
+def renders_tools(tok: "Tokenizer") -> bool:
+    """Whether the model's template writes the `tools` it is given (Llama 3.1 does; SmolLM2 and
+    Baichuan 2 don't): a probe function's name must appear in the rendered prompt. Asked once."""
+    known = getattr(tok, "_renders_tools", None)
+    if known is None:
+        probe = "sysinfer_probe_function"
+        tools = [{"type": "function", "function": {"name": probe, "description": "probe",
+                                                   "parameters": {"type": "object", "properties": {}}}}]
+        try:
+            known = probe in render_chat(tok, [{"role": "user", "content": "hi"}], True, tools)
+        except ChatTemplateError:
+            known = False
+        tok._renders_tools = known
+    return known
+
+
+def _map_strings(value, fn):
+    """value with fn applied to every string inside it (dicts, lists), keys included."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {_map_strings(k, fn): _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
+def _pick_marker(messages: list[dict], tools: list | None = None) -> str:
+    """A private-use character found nowhere in the input, neither as itself nor as the JSON escape
+    (`\\ue000`) that a template's `tojson` writes for it."""
+    used = json.dumps([messages, tools], ensure_ascii=False).lower()
     for code in range(0xE000, 0xF8FF):
-        if chr(code) not in used:
+        if chr(code) not in used and _escaped(chr(code)) not in used:
             return chr(code)
     raise ChatTemplateError("messages use every private-use character")  # not reachable in practice
 
 
-def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+def _escaped(marker: str) -> str:
+    return "\\u%04x" % ord(marker)
+
+
+def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True,
+                   tools: list | None = None) -> list[int]:
+    """`tools` (OpenAI function definitions) go to the template, for templates that render them."""
     messages = normalize_messages(messages)
     specials = sorted(tok.special_tokens, key=len, reverse=True)
-    marker = _pick_marker(messages)
+    marker = _pick_marker(messages, tools)
     if specials:
         pattern = re.compile("|".join(re.escape(s) for s in specials))
         broken = lambda text: pattern.sub(lambda m: m.group(0)[0] + marker + m.group(0)[1:], text)  # noqa: E731
-        messages = [{"role": m["role"], "content": broken(m["content"])} for m in messages]
-    rendered = _render(tok, messages, add_generation_prompt)
+        # every string the client wrote: contents, tool calls' arguments, tool definitions
+        messages = [{k: (v if k == "role" else _map_strings(v, broken)) for k, v in m.items()} for m in messages]
+        tools = _map_strings(tools, broken) if tools else tools
+    rendered = _render(tok, messages, add_generation_prompt, tools)
     ids: list[int] = []
     first = True
     parts = re.split("(" + "|".join(re.escape(s) for s in specials) + ")", rendered) if specials else [rendered]
@@ -120,6 +163,6 @@ def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt
         if i % 2 == 1:
             ids.append(tok.special_tokens[part])
         elif part:
-            ids.extend(tok._encode_plain(part.replace(marker, ""), first))
+            ids.extend(tok._encode_plain(part.replace(marker, "").replace(_escaped(marker), ""), first))
         first = False
     return ids

@@ -162,7 +162,8 @@ class Tokenizer(ABC):
 
         return render_chat(self, messages, add_generation_prompt)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list | None = None) -> list[int]:
         from .chat_template import chat_token_ids
 
-        return chat_token_ids(self, messages, add_generation_prompt)
+        return chat_token_ids(self, messages, add_generation_prompt, tools)

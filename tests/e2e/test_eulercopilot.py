@@ -11,13 +11,14 @@ What EulerCopilot sends, as read in openEuler's euler-copilot-framework (0.9.5 a
 - the chart gives the framework the endpoint as the client's base_url (some versions append /v1
   first) and the RAG service the endpoint + "/v1".
 - the function-call model with backend "vllm": the same client, non-streaming, with
-  `extra_body={"guided_json": schema}`.
+  `extra_body={"guided_json": schema}` (enforced: tests/e2e/test_structured_api.py has the rest).
 This test writes those requests itself (with the real `openai` client) rather than installing
 EulerCopilot, which needs MongoDB, MinIO, Redis and an authentication service."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -125,15 +126,17 @@ def test_wrong_or_missing_key(server, answer):
     assert env_free.returncode != 0 and "api_key" in env_free.stderr
 
 
-def test_function_call_backend_vllm_is_answered(server, answer):
-    """models.functionCall with backend "vllm": guided_json in the body is ignored (no structured output
-    yet), the request is answered, and EulerCopilot extracts JSON from the text."""
+def test_function_call_backend_vllm_gets_json_that_fits_the_schema(server, answer):
+    """models.functionCall with backend "vllm": guided_json in extra_body is enforced by the grammar,
+    so the reply parses as JSON and fits the schema (EulerCopilot has nothing to extract or repair)."""
     client = openai.OpenAI(base_url=server + "/v1", api_key=answer["key"], max_retries=0)
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+              "required": ["answer"], "additionalProperties": False}
     r = client.chat.completions.create(
-        model=answer["name"], messages=[SYSTEM, {"role": "user", "content": 'Reply with JSON: {"answer": "yes"}'}],
+        model=answer["name"], messages=[SYSTEM, {"role": "user", "content": "Is the sky blue? Answer in JSON."}],
         max_tokens=32, temperature=0.7, extra_body={"guided_json": schema})
-    assert r.choices[0].message.content is not None
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+    assert json.loads(r.choices[0].message.content) in ({"answer": "yes"}, {"answer": "no"})
 
 
 def test_the_guides_check_script(server, answer, tmp_path):

@@ -50,12 +50,13 @@ def _fields(hostile: bool) -> tuple[dict, st.SearchStrategy, st.SearchStrategy]:
                       if not hostile else st.one_of(texts, st.lists(texts, max_size=20), st.just(["x"] * 10000))),
         "stream": field(st.booleans()),
         "stream_options": field(st.fixed_dictionaries({"include_usage": st.booleans()})),
-        "n": field(st.just(1) if not hostile else st.integers(0, 3)),
+        "n": field(st.integers(1, 2) if not hostile else st.integers(0, 3)),
+        "logit_bias": field(st.dictionaries(st.integers(0, 49151).map(str), st.floats(-100, 100), max_size=3)),
         "user": field(texts),
         "response_format": field(st.just({"type": "text"})),
     }
     if hostile:
-        common |= {"logit_bias": json_values, "logprobs": json_values}
+        common |= {"logit_bias": json_values, "logprobs": json_values, "top_logprobs": json_values}
     messages = field(st.lists(st.fixed_dictionaries({
         "role": field(st.sampled_from(["system", "user", "assistant"])), "content": field(texts)}),
         min_size=0 if hostile else 1, max_size=4))
@@ -68,6 +69,9 @@ def _bodies(key: str) -> st.SearchStrategy:
     variants = []
     for hostile in (False, True):
         common, messages, prompt = _fields(hostile)
+        if not hostile:  # the endpoints' own logprobs fields (a bool and a count, or the legacy count)
+            common |= ({"logprobs": st.booleans(), "top_logprobs": st.integers(0, 5)} if key == "messages"
+                       else {"logprobs": st.integers(0, 5)})
         variants.append(st.fixed_dictionaries({key: messages if key == "messages" else prompt}, optional=common))
     return st.one_of(*variants)
 
@@ -98,10 +102,11 @@ def check_answer(client: httpx.Client, path: str, body: dict) -> int:
     if r.status_code != 200:
         err = json.loads(raw)["error"]
         assert isinstance(err["message"], str) and 0 < len(err["message"]) <= 1000, err
+        assert isinstance(err["code"], str) and err["code"], err  # every refusal names its reason
     elif raw.startswith("data:"):
         events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]", events[-3:]
         assert not any('"error"' in e[:20] for e in events), events[-3:]
     else:
-        assert json.loads(raw)["choices"][0]["finish_reason"] in ("stop", "length")
+        assert all(c["finish_reason"] in ("stop", "length") for c in json.loads(raw)["choices"])
     return r.status_code

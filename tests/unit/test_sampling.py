@@ -103,3 +103,22 @@ def test_speculative_acceptance_keeps_the_target_distribution(draft):
     assert chi2 < 24.32, chi2  # the 0.999 quantile of chi-square with 7 degrees of freedom
     accepted = np.mean(draws == draft)
     assert abs(accepted - target[draft]) < 0.02  # the draft comes back exactly as often as p(draft)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10**6), size=st.sampled_from([5, 300, 3000]), top_p=st.floats(0.01, 0.999),
+       ties=st.booleans())
+def test_nucleus_prefix_equals_the_full_stable_sort(seed, size, top_p, ties):
+    """most_likely_first() keeps exactly the tokens a full stable argsort keeps (ties included)."""
+    from sysinfer.engine.sampling import most_likely_first
+
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(-3, 3, size).astype(np.float64) if ties else rng.standard_normal(size) * 4
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    full = np.argsort(-probs, kind="stable")
+    full_keep = full[np.cumsum(probs[full]) - probs[full] < top_p]
+    fast = most_likely_first(probs, top_p)
+    fast_keep = fast[np.cumsum(probs[fast]) - probs[fast] < top_p]
+    assert list(fast) == list(full[: len(fast)])
+    assert list(fast_keep) == list(full_keep)

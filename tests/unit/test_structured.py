@@ -1,0 +1,252 @@
+"""Structured output and tools on the fake model: grammars hold whatever the model prefers, the mask is
+computed during the step, constrained requests never draft, refusals name what they refuse, and the
+tool-call parser gives the same calls streamed (any chunking) as whole."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import jsonschema
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fake_model import FakeModel
+from sysinfer.engine.llm_engine import LLMEngine
+from sysinfer.engine.sampling import Sampler, SamplingError, SamplingParams
+from sysinfer.structured import tools as T
+from sysinfer.structured.constraints import ConstraintError, compile_constraint, from_request
+
+# id 0 is the end of text; the others one character each: enough for JSON, numbers and words
+CHARS = '{}[]":, .-0123456789abcdefghijklmnopqrstuvw\n<>/_'
+N_VOCAB = 1 + len(CHARS)
+
+
+class ByteTokenizer:
+    """A one-character-per-token vocabulary with raw bytes, as our real tokenizers expose it."""
+    vocab_size, eos_id, bos_id, stop_ids = N_VOCAB, 0, None, {0}
+
+    def is_special(self, i: int) -> bool:
+        return i == 0
+
+    def token_bytes(self, i: int) -> bytes:
+        return b"</s>" if i == 0 else CHARS[i - 1].encode()
+
+    def encode(self, text: str, **_) -> list[int]:
+        return [CHARS.index(c) + 1 for c in text if c in CHARS]
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        return "".join(CHARS[i - 1] for i in ids if i != 0)
+
+
+TOK = ByteTokenizer()
+
+
+def engine(**kw) -> LLMEngine:
+    return LLMEngine(FakeModel(n_vocab=N_VOCAB, **kw), TOK, **kw and {})
+
+
+def run(constraint, prompt=(5, 6, 7), **params) -> tuple[str, str]:
+    eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK)
+    params.setdefault("max_tokens", 200)
+    deltas = list(eng.generate(list(prompt), SamplingParams(grammar=compile_constraint(TOK, constraint), **params)))
+    return "".join(d.text for d in deltas), deltas[-1].finish_reason
+
+
+SCHEMA = {"type": "object", "properties": {
+    "kind": {"enum": ["cat", "dog"]},
+    "n": {"type": "integer", "minimum": 0, "maximum": 99},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 2}},
+    "required": ["kind", "n", "tags"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_json_schema_holds_whatever_the_model_prefers(seed):
+    c = from_request(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}})
+    text, reason = run(c, prompt=(seed + 1, 3), temperature=1.0, seed=seed)
+    assert reason == "stop"
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_greedy_choice_regex_and_length():
+    text, reason = run(from_request(guided_choice=["cat", "dog", "cow"]))
+    assert text in ("cat", "dog", "cow") and reason == "stop"
+    text, reason = run(from_request(guided_regex=r"[0-9]{3}-[a-c]{2}"), temperature=0.8, seed=1)
+    assert re.fullmatch(r"[0-9]{3}-[a-c]{2}", text) and reason == "stop"
+    text, reason = run(from_request(guided_json=SCHEMA), max_tokens=3)
+    assert reason == "length" and len(text) == 3
+
+
+def test_mask_is_ready_when_the_step_returns_and_constrained_requests_never_draft():
+    eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True)
+    grammar = compile_constraint(TOK, from_request(guided_json=SCHEMA))
+    seq = eng.add_request([1, 2, 3, 1, 2, 3, 1, 2], SamplingParams(max_tokens=50, grammar=grammar))
+    assert seq.state.lookup is None
+    for _ in range(5):
+        plan = eng.plan()
+        assert all(not c.seq.draft_ids for c in plan)
+        logits = eng.execute(plan)
+        assert seq.state.grammar._fresh  # computed in the mask thread during the step
+        eng.postprocess(plan, logits)
+        assert not seq.state.grammar._fresh  # the sampled token moved the grammar on
+
+
+def test_sampler_mask():
+    logits = np.array([5.0, 4.0, 3.0, 2.0], dtype=np.float32)
+    allowed = np.array([False, False, True, True])
+    assert Sampler(SamplingParams()).sample(logits, [], allowed) == 2
+    s = Sampler(SamplingParams(temperature=1.5, top_k=3, seed=1))
+    assert {s.sample(logits, [], allowed) for _ in range(200)} == {2, 3}
+    with pytest.raises(SamplingError, match="allows no token"):
+        Sampler(SamplingParams()).sample(logits, [], np.zeros(4, dtype=bool))
+
+
+# ---- refusals ----
+
+@pytest.mark.parametrize("schema, named", [
+    ({"not": {}}, "not"), ({"type": "string", "format": "ssn"}, "ssn"),
+    ({"type": "object", "dependentRequired": {"a": ["b"]}}, "dependentRequired"),
+    ({"type": "string", "pattern": "a(?!b)"}, "look-around"),
+])
+def test_unsupported_features_are_named(schema, named):
+    with pytest.raises(ConstraintError, match=re.escape(named)) as info:
+        compile_constraint(TOK, from_request(guided_json=schema))
+    assert info.value.param == "guided_json"
+
+
+def test_hostile_inputs_are_refused_quickly():
+    deep: dict = {"type": "integer"}
+    for _ in range(100):
+        deep = {"type": "array", "items": deep}
+    start = time.perf_counter()
+    for kw in ({"guided_json": deep}, {"guided_json": {"enum": list(range(40000))}},
+               {"guided_regex": "a" * 5000}, {"guided_choice": ["x"] * 300}, {"guided_grammar": "s" * 70000}):
+        with pytest.raises(ConstraintError):
+            from_request(**kw)
+    # within the size limits, a regex whose DFA has 2^20 states: llguidance builds states lazily, under
+    # its per-token fuel, so compiling and following it stays cheap
+    text, _ = run(from_request(guided_regex="(a|b)*a(a|b){20}"), max_tokens=60, temperature=1.0, seed=2)
+    assert re.fullmatch("[ab]*", text)
+    assert time.perf_counter() - start < 5
+    with pytest.raises(ConstraintError, match="one output constraint"):
+        from_request(guided_regex="a", guided_json={})
+
+
+# ---- tools ----
+
+FNS = [{"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"],
+    "additionalProperties": False}}},
+       {"type": "function", "function": {"name": "now"}}]
+
+
+@pytest.mark.parametrize("syntax", [T.HERMES, T.LLAMA3_JSON], ids=lambda s: s.name)
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "add"}}])
+def test_forced_tool_calls_parse_and_validate(syntax, choice):
+    plan = T.plan_from_request(FNS, choice, False)
+    text, reason = run(T.tool_grammar(syntax, plan), temperature=1.0, seed=4)
+    assert reason == "stop"
+    content, calls = T.whole_calls(T.ToolCallParser(syntax, plan), text)
+    assert not content and len(calls) == 1
+    name = calls[0]["function"]["name"]
+    assert name == "add" or (name == "now" and choice == "required")
+    args = json.loads(calls[0]["function"]["arguments"])
+    jsonschema.validate(args, FNS[0]["function"]["parameters"] if name == "add" else {"type": "object", "maxProperties": 0})
+
+
+OUTPUTS = [
+    (T.HERMES, 'Let me see.<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": {"x": "}"}}}\n</tool_call>\n'
+               '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'),
+    (T.HERMES, "No call <tool here, just text."),
+    (T.LLAMA3_JSON, '{"name": "add", "parameters": {"a": 1, "b": "\\"}"}}\n{"name": "now", "parameters": {}}'),
+    (T.LLAMA3_JSON, "Plain {text} answer."),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=st.sampled_from(OUTPUTS), cuts=st.lists(st.integers(1, 200), max_size=12))
+def test_streamed_calls_equal_whole_calls_for_any_chunking(case, cuts):
+    syntax, text = case
+    plan = T.plan_from_request(FNS, "auto", True)
+    content_whole, calls_whole = T.whole_calls(T.ToolCallParser(syntax, plan), text)
+    parser, content, calls = T.ToolCallParser(syntax, plan), "", {}
+    points = sorted({c for c in cuts if c < len(text)}) + [len(text)]
+    start = 0
+    for end in points:
+        got, deltas = parser.feed(text[start:end], final=end == len(text))
+        content += got
+        for d in deltas:
+            if d.id is not None:
+                assert d.index == len(calls) and d.name
+                calls[d.index] = {"name": d.name, "arguments": ""}
+            calls[d.index]["arguments"] += d.arguments
+        start = end
+    assert content == content_whole
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == \
+        [(c["function"]["name"], c["function"]["arguments"]) for c in calls_whole]
+    if "name" in text:
+        assert calls and all(json.loads(c["arguments"]) is not None for c in calls.values())
+    else:
+        assert content == text and not calls
+
+
+def test_plan_and_history():
+    assert T.plan_from_request(FNS, "none", None) is None
+    assert T.plan_from_request(None, None, None) is None
+    for bad in ([], [{"type": "function", "function": {"name": "a b"}}], FNS + FNS[:1]):
+        with pytest.raises(ConstraintError):
+            T.plan_from_request(bad, None, None)
+    plan = T.plan_from_request(FNS, "auto", True)
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+2?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "3"}]
+    messages, template_tools = T.prepare_messages(T.HERMES, history, plan)
+    assert template_tools is None and [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[0]["content"].startswith("Be brief.") and '"name": "add"' in messages[0]["content"]
+    assert messages[2]["content"] == '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+    assert messages[3]["content"] == "<tool_response>\n3\n</tool_response>"
+    messages, template_tools = T.prepare_messages(T.LLAMA3_JSON, history, plan)
+    assert messages == history and [t["function"]["name"] for t in template_tools] == ["add", "now"]
+
+
+def test_call_syntax_follows_the_template():
+    from sysinfer.model.chat_template import BUILTIN_TEMPLATES
+
+    class Tok:
+        architecture, bos_id, eos_id, special_tokens = "llama", None, None, {}
+        tokens: list = []
+
+        def __init__(self, template):
+            self.chat_template = template
+
+    llama31 = "{% for t in tools or [] %}{{ t | tojson }}{% endfor %}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    qwen = llama31 + "{% if tools %}<tool_call>{% endif %}"
+    assert T.choose_syntax(Tok(None)) is T.HERMES and BUILTIN_TEMPLATES["llama"]  # built-in: no tools
+    assert T.choose_syntax(Tok(llama31)) is T.LLAMA3_JSON
+    assert T.choose_syntax(Tok(qwen)) is T.HERMES_TEMPLATE
+
+
+def test_tool_parameters_are_closed_to_keys_they_do_not_name():
+    from sysinfer.structured.tools import closed_objects
+    langchain_style = {"type": "object", "properties": {
+        "city": {"type": "string"},
+        "where": {"type": "object", "properties": {"lat": {"type": "number"}}},
+        "tags": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
+        "either": {"anyOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}, {"type": "null"}]},
+        "properties": {"type": "object", "properties": {"x": {"type": "string"}}},  # a key named "properties"
+        "free": {"type": "object", "additionalProperties": {"type": "string"}},     # open on purpose: kept
+    }, "$defs": {"D": {"type": "object", "properties": {"d": {"type": "string"}}}}}
+    closed = closed_objects(langchain_style)
+    p = closed["properties"]
+    assert closed["additionalProperties"] is False
+    assert p["where"]["additionalProperties"] is False
+    assert p["tags"]["items"]["additionalProperties"] is False
+    assert p["either"]["anyOf"][0]["additionalProperties"] is False and p["either"]["anyOf"][1] == {"type": "null"}
+    assert p["properties"]["additionalProperties"] is False and set(p) == set(langchain_style["properties"])
+    assert p["free"] == {"type": "object", "additionalProperties": {"type": "string"}}
+    assert closed["$defs"]["D"]["additionalProperties"] is False
+    assert "additionalProperties" not in langchain_style  # the caller's schema is not changed
+    assert closed_objects({"type": "string"}) == {"type": "string"}
