@@ -132,12 +132,26 @@ def test_a_draft_with_non_finite_logits_fails_no_request(temperature):
     _assert_all_free(engine)
 
 
+class _AnyGrammar:
+    """A grammar state that allows every token (the engine's view of structured/grammar_state.py)."""
+    done = False
+
+    def allowed(self):
+        return np.ones(50, dtype=bool)  # [n_vocab] bool
+
+    def consume(self, token):
+        pass
+
+    def compute_mask(self):
+        pass
+
+
 def test_a_constrained_request_never_drafts():
-    """Issue 13's grammar branch gives a constrained request's state a grammar; such a request
-    decodes one token at a time (its mask is only known one position ahead)."""
+    """A constrained request (structured output) has a grammar in its state; it decodes one token
+    at a time (its mask is only known one position ahead)."""
     engine, draft = _engine()
     seq = engine.add_request([1, 2, 3, 4], SamplingParams(max_tokens=12))
-    seq.state.grammar = object()  # what the grammar branch sets for a constrained request
+    seq.state.grammar = _AnyGrammar()
     while engine.has_work():
         engine.step()
     assert seq.output_ids == expected_tokens([1, 2, 3, 4], 12)
