@@ -114,3 +114,17 @@ def test_clear_errors(tmp_path, args, says):
     out = _cli(args[0], tiny_model("llama"), *args[1:], cwd=tmp_path)
     assert out.returncode == 2 and says in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_constrained_request_through_a_draft_model_server_drafts_nothing(servers):
+    """Structured output never drafts (its grammar's mask is known one position ahead only); the
+    draft model leaves such a request alone and its reply is valid JSON."""
+    import json
+
+    client, base = servers["draft"]
+    r = _chat(client, "Give a JSON object with a key name.", max_tokens=40, response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        json.loads(r.choices[0].message.content)
+    details = r.usage.completion_tokens_details
+    assert details.accepted_prediction_tokens == details.rejected_prediction_tokens == 0, r.usage
+    assert _metrics(base)["sysinfer_draft_kv_blocks_used"] == 0
