@@ -1,6 +1,13 @@
-"""Single-stream decode speed with and without prompt-lookup speculation (a benchmark, not a test).
+"""Single-stream decode speed with and without speculation (a benchmark, not a test).
 
     python benchmarks/speculative.py [--rounds 3] [--max-tokens 200] [--threads 2] [--json F]
+                                     [--draft-model FILE.gguf | --draft-model smollm2] [--model-only]
+
+Without --draft-model, "on" drafts by prompt lookup; with it, "on" drafts as the server does with
+--draft-model: prompt lookup first, that model where lookup finds nothing (--model-only: the model
+every step). The model needs SmolLM2's vocabulary; `smollm2` = SmolLM2 Q4_0 itself, the sanity check:
+the model's drafts are all accepted, and since it costs as much as the target the speed-up of
+--model-only is below 1.
 
 SmolLM2-135M-Instruct Q4_0, greedy, one request at a time through the engine (as the server runs it
 at max_batch 1). Sets (tests/support/spec_prompts.py): extractive (a question about a ~1,000-token
@@ -30,15 +37,19 @@ from spec_prompts import CHINESE, EXTRACTIVE, NO_MATCH, OPEN_CHAT  # noqa: E402
 from sysinfer.engine.llm_engine import LLMEngine  # noqa: E402
 from sysinfer.engine.prompt_lookup import K_MAX  # noqa: E402
 from sysinfer.engine.sampling import SamplingParams  # noqa: E402
+from sysinfer.model.model_file import read_model_file  # noqa: E402
 from sysinfer.model.native_model import load_model  # noqa: E402
 from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
+from sysinfer.model.vocab_check import check_same_vocabulary  # noqa: E402
 
 SETS = {"extractive": EXTRACTIVE, "open chat": OPEN_CHAT, "chinese": CHINESE, "no match": NO_MATCH}
 
 
-def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool) -> dict:
+def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool, draft=None,
+            lookup_first: bool = True) -> dict:
     """One request on a fresh engine (no prefix cache carried over): its tokens, decode time, drafts."""
-    engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False)
+    engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False,
+                       draft_model=draft if speculative else None, lookup_first=lookup_first)
     tokens, first, last = [], None, None
     for delta in engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0)):
         now = time.perf_counter()
@@ -46,7 +57,10 @@ def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool) -
         last = now
         tokens += delta.token_ids
     s = engine.stats
-    return {"tokens": tokens, "decode_tokens": len(tokens) - 1, "decode_s": last - first,
+    draft_s = engine.drafter.stats.seconds if engine.drafter else 0.0
+    lookup_steps = engine.drafter.stats.lookup_steps if engine.drafter else 0
+    return {"tokens": tokens, "decode_tokens": len(tokens) - 1, "decode_s": last - first, "draft_s": draft_s,
+            "lookup_steps": lookup_steps,
             "drafted": s.draft_tokens, "accepted": s.accepted_draft_tokens, "draft_steps": s.draft_steps,
             "decode_steps": s.steps - 1}  # the first step prefilled (the prompts fit one step)
 
@@ -59,13 +73,27 @@ def main() -> int:
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of: {', '.join(SETS)}")
     ap.add_argument("--prompts", type=int, default=0, help="at most this many prompts per set (0: all)")
     ap.add_argument("--json", help="write the per-round figures here")
+    ap.add_argument("--draft-model", help="draft with this GGUF instead of prompt lookup (smollm2: SmolLM2 Q4_0)")
+    ap.add_argument("--model-only", action="store_true",
+                    help="with --draft-model: the model drafts every step (default: prompt lookup first, the "
+                         "model where it finds nothing, as the server does)")
     args = ap.parse_args()
     model = load_model(smollm2_q4_0(), threads=args.threads, n_ctx=2048, kv_blocks=160, max_step_tokens=1536,
                        max_out_rows=1 + K_MAX)
     tok = Tokenizer.from_metadata(model.metadata)
+    draft = None
+    if args.draft_model:
+        path = smollm2_q4_0() if args.draft_model == "smollm2" else args.draft_model
+        check_same_vocabulary(read_model_file(smollm2_q4_0()), read_model_file(path))
+        draft = load_model(path, threads=args.threads, n_ctx=2048, kv_blocks=160, max_step_tokens=1536, max_out_rows=1)
     print(f"SmolLM2-135M-Instruct Q4_0, kernels {model.kernels}, {model.n_threads} threads, "
-          f"{args.max_tokens} tokens per reply, {args.rounds} rounds", flush=True)
+          f"{args.max_tokens} tokens per reply, {args.rounds} rounds, drafts from "
+          f"{Path(draft.path).name if draft else 'prompt lookup'}"
+          f"{' after prompt lookup' if draft and not args.model_only else ''}",
+          flush=True)
     run_one(model, tok, tok.encode("Hello"), 4, False)  # warm-up
+    if draft:
+        run_one(model, tok, tok.encode("Hello"), 4, True, draft)
     report = {}
     for set_name in args.sets.split(","):
         prompts = SETS[set_name][: args.prompts or None]
@@ -75,13 +103,15 @@ def main() -> int:
             order = (False, True) if r % 2 == 0 else (True, False)
             for name, text in prompts:
                 ids = tok.apply_chat_template([{"role": "user", "content": text}])
-                runs = {spec: run_one(model, tok, ids, args.max_tokens, spec) for spec in order}
+                runs = {spec: run_one(model, tok, ids, args.max_tokens, spec, draft, not args.model_only)
+                        for spec in order}
                 if runs[True]["tokens"] != runs[False]["tokens"]:
                     print(f"FAIL: {name}: speculation changed the greedy output", file=sys.stderr)
                     return 1
                 for spec, run in runs.items():
-                    t = totals.setdefault(spec, dict.fromkeys(("decode_tokens", "decode_s", "drafted", "accepted",
-                                                               "draft_steps", "decode_steps"), 0))
+                    t = totals.setdefault(spec, dict.fromkeys(("decode_tokens", "decode_s", "draft_s", "drafted",
+                                                               "accepted", "draft_steps", "decode_steps",
+                                                               "lookup_steps"), 0))
                     for key in t:
                         t[key] += run[key]
             rounds.append(totals)
@@ -94,11 +124,15 @@ def main() -> int:
                    "acceptance": on["accepted"] / on["drafted"] if on["drafted"] else 0.0,
                    "mean_accepted_length": on["accepted"] / on["draft_steps"] if on["draft_steps"] else 0.0,
                    "tokens_per_step": on["decode_tokens"] / on["decode_steps"] if on["decode_steps"] else 1.0,
+                   "draft_time_share": statistics.median(t[True]["draft_s"] / t[True]["decode_s"] for t in rounds),
                    "rounds": [{str(s): t[s] for s in t} for t in rounds]}
         report[set_name] = figures
         print(f"{set_name}: off {rate[False]:.1f} tok/s, on {rate[True]:.1f} tok/s, x{figures['speedup']:.2f}; "
               f"accepted {on['accepted']}/{on['drafted']} ({figures['acceptance']:.0%}), mean accepted length "
-              f"{figures['mean_accepted_length']:.2f}, {figures['tokens_per_step']:.2f} tokens per step", flush=True)
+              f"{figures['mean_accepted_length']:.2f}, {figures['tokens_per_step']:.2f} tokens per step"
+              + (f", {figures['draft_time_share']:.0%} of decode time in the draft model" if draft else "")
+              + (f", {on['lookup_steps']}/{on['draft_steps']} drafting steps by lookup" if draft else ""),
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

@@ -48,7 +48,7 @@ class ApiError(Exception):
 class ServerState:
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.model = self.tokenizer = self.engine = None
+        self.model = self.tokenizer = self.engine = self.draft = None
         self.model_name = config.model_name or "sysinfer"
         self.load_error: str | None = None
         self.address_known = True        # config's host/port are where uvicorn listens (see create_app)
@@ -67,6 +67,11 @@ def _load(state: ServerState) -> None:
 
     loaded = load_serving_model(state.config)
     state.tokenizer, state.model, state.model_name = loaded.tokenizer, loaded.model, loaded.name
+    state.draft = loaded.draft
+
+
+def _draft_note(draft) -> str:
+    return f"; drafts from {draft.path.rsplit('/', 1)[-1]}, {draft.n_kv_blocks} KV blocks" if draft else ""
 
 
 async def _load_and_run(state: ServerState) -> None:
@@ -79,13 +84,14 @@ async def _load_and_run(state: ServerState) -> None:
     cfg = state.config
     state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
-                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation)
+                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation, draft_model=state.draft,
+                               lookup_first=cfg.draft_lookup)
     # The address is known only when sysinfer's CLI started uvicorn with this config; `uvicorn
     # sysinfer.api:app --port N` binds where its own flags say (its "Uvicorn running on" line).
     where = (f"on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}" if state.address_known
              else "; chat page: / on the address uvicorn listens on")
     print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
-          f"{state.model.n_kv_blocks} KV blocks) {where}", flush=True)
+          f"{state.model.n_kv_blocks} KV blocks{_draft_note(state.draft)}) {where}", flush=True)
     await state.engine.run()
 
 

@@ -108,9 +108,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens, stop=args.stop or [])
-    loaded = load_serving_model(ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size,
-                                             speculative=args.speculative, numa=args.numa).validate(),
-                                progress=args.verbose)
+    cfg = ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size, speculative=args.speculative,
+                       numa=args.numa, draft_model=args.draft_model).validate()
+    loaded = load_serving_model(cfg, progress=args.verbose)
     tokenizer = loaded.tokenizer
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -118,8 +118,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids = tokenizer.apply_chat_template(messages)
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos)
-    cfg_speculation = ServerConfig(speculative=args.speculative).validate().speculation  # max_batch 1 here
-    engine = LLMEngine(loaded.model, tokenizer, speculative=cfg_speculation)
+    cfg_speculation = cfg.speculation  # max_batch 1 here
+    engine = LLMEngine(loaded.model, tokenizer, speculative=cfg_speculation, draft_model=loaded.draft,
+                       lookup_first=not args.no_draft_lookup)
     start = time.perf_counter()
     first = last = None
     for delta in engine.generate(prompt_ids, params):
@@ -154,7 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kv_cache_gb=args.kv_cache_gb, temperature=args.temperature, max_tokens=args.max_tokens,
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
         request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
-        speculative=args.speculative, numa=args.numa)
+        speculative=args.speculative, numa=args.numa, draft_model=args.draft_model,
+        draft_lookup=False if args.no_draft_lookup else None)
     _warn_if_exposed(cfg)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
                 timeout_graceful_shutdown=cfg.drain_seconds + 2)  # the engine ends its streams first
@@ -194,6 +196,13 @@ def add_speculative_argument(p: argparse.ArgumentParser, default: str | None = N
                         "env SYSINFER_SPECULATIVE=on|off|auto)")
     p.add_argument("--no-speculative", dest="speculative", action="store_const", const="off",
                    help="no speculative decoding (= --speculative off)")
+    p.add_argument("--draft-model", metavar="FILE.gguf",
+                   help="speculative drafts from this small model where prompt lookup finds none; it must have "
+                        "the model's vocabulary (checked at start-up) and is loaded beside it with its own KV "
+                        "cache (env SYSINFER_DRAFT_MODEL)")
+    p.add_argument("--no-draft-lookup", action="store_true",
+                   help="with --draft-model: draft with the model every step, no prompt lookup first "
+                        "(env SYSINFER_DRAFT_LOOKUP=false)")
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:

@@ -36,6 +36,8 @@ class ServerConfig:
     max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS
     prefix_cache: bool = True
     speculative: str = "auto"         # prompt-lookup speculative decoding: on | off | auto (on when max_batch is 1)
+    draft_model: str | None = None    # GGUF of a small model with the same vocabulary: drafts where prompt lookup finds none
+    draft_lookup: bool = True         # with draft_model: prompt lookup first (False: the model drafts every time)
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None
@@ -64,6 +66,13 @@ class ServerConfig:
         self.speculative = _speculative_mode(self.speculative)
         if self.numa is not None and self.numa not in ("auto", "tp", "replicate", "off"):
             raise ValueError(f"numa must be auto, tp, replicate or off, got {self.numa!r}")
+        if self.draft_model is not None:
+            if not self.speculation:
+                raise ValueError("draft_model needs speculative decoding: it is off "
+                                 + ("(--no-speculative)" if self.speculative == "off" else
+                                    f"at max_batch {self.max_batch} unless --speculative is given"))
+            if self.numa == "replicate":
+                raise ValueError("draft_model is not supported with numa replicate")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self
@@ -131,6 +140,19 @@ def available_memory_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def draft_kv_blocks(cfg: ServerConfig, hp, n_ctx: int, extra_tokens: int, spoken_for: int) -> int:
+    """The draft model's KV cache (hp: the draft's): max_batch full contexts of n_ctx tokens (plus
+    extra_tokens drafted past the end), never more than half of the memory available now, before
+    loading, less what is spoken for (both files and the target's KV cache). Not --kv-blocks or
+    --kv-cache-gb: those size the target's cache."""
+    per_block = kv_block_bytes(hp, cfg.block_size)
+    blocks = math.ceil((n_ctx + extra_tokens) / cfg.block_size) * cfg.max_batch
+    available = available_memory_bytes()
+    if available is not None:
+        blocks = min(blocks, max(1, int((available - spoken_for) * 0.5 // per_block)))
+    return blocks
 
 
 def kv_blocks_for(cfg: ServerConfig, hp, weight_bytes: int, copies: int = 1) -> int:

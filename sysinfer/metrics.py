@@ -36,6 +36,12 @@ class Metrics:
         self.rejected_draft_tokens = Counter("sysinfer_rejected_draft_tokens",
                                              "Speculative tokens the model rejected", registry=r)
         self._drafts_seen = (0, 0)  # the engine's totals at the last observation
+        self.draft_kv_used = Gauge("sysinfer_draft_kv_blocks_used", "The draft model's KV cache blocks in use "
+                                   "(--draft-model; 0 without one)", registry=r)
+        self.draft_kv_free = Gauge("sysinfer_draft_kv_blocks_free", "The draft model's KV cache blocks free",
+                                   registry=r)
+        self.draft_seconds = Gauge("sysinfer_draft_model_seconds", "Time spent in the draft model's steps",
+                                   registry=r)
         self._add_router_gauges(r)
         self._add_lane_gauges(r)
 
@@ -95,6 +101,9 @@ class Metrics:
             self.accepted_draft_tokens.inc(accepted)
             self.rejected_draft_tokens.inc(drafted - accepted)
         self._drafts_seen = (s.draft_tokens, s.accepted_draft_tokens)
+        self.draft_kv_used.set(s.draft_kv_blocks_used)
+        self.draft_kv_free.set(s.draft_kv_blocks_free)
+        self.draft_seconds.set(s.draft_model_seconds)
         self._observe_router_gauges(s)
 
     def render(self) -> str:

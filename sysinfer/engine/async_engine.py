@@ -57,9 +57,11 @@ class _Streams:
 class AsyncEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_queue: int = 1024,
                  max_step_tokens: int | None = None, enable_prefix_cache: bool = True,
-                 request_timeout: float = math.inf, stall_timeout: float = math.inf, speculative: bool = False):
+                 request_timeout: float = math.inf, stall_timeout: float = math.inf, speculative: bool = False,
+                 draft_model=None, lookup_first: bool = True):
         self.core = make_core(model, tokenizer, max_batch=max_batch, max_step_tokens=max_step_tokens,
-                              enable_prefix_cache=enable_prefix_cache, speculative=speculative)
+                              enable_prefix_cache=enable_prefix_cache, speculative=speculative,
+                              draft_model=draft_model, lookup_first=lookup_first)
         self.max_queue = max_queue
         self.request_timeout = request_timeout  # a request's whole life, queued and running
         self.stall_timeout = stall_timeout      # how long a streaming client may stop reading

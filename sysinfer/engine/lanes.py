@@ -66,6 +66,8 @@ class _LanesView:
 def make_core(model, tokenizer, **kwargs) -> "LLMEngine | Lanes":
     """The engine core for a model: Lanes over a ReplicatedModel's replicas, else one LLMEngine."""
     replicas = getattr(model, "replicas", None)
+    if replicas and kwargs.get("draft_model") is not None:
+        raise ValueError("a draft model is not supported with --numa replicate (each lane would need its own copy)")
     return Lanes(replicas, tokenizer, **kwargs) if replicas else LLMEngine(model, tokenizer, **kwargs)
 
 

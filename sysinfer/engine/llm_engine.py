@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from .block_manager import BlockManager
+from .draft_model import DraftModel
 from .errors import ContextLengthError
 from .model_runner import ModelRunner
 from .prompt_lookup import K_MAX
@@ -48,11 +49,15 @@ class EngineStats:
     draft_tokens: int = 0               # speculative tokens verified
     accepted_draft_tokens: int = 0      # of them, accepted
     draft_steps: int = 0                # sequence-steps that verified drafts
+    draft_kv_blocks_used: int = 0       # the draft model's cache (--draft-model)
+    draft_kv_blocks_free: int = 0
+    draft_model_seconds: float = 0.0    # in the draft model's steps (part of step_seconds_total)
 
 
 class LLMEngine:
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
-                 enable_prefix_cache: bool = True, speculative: bool = False):
+                 enable_prefix_cache: bool = True, speculative: bool = False, draft_model=None,
+                 lookup_first: bool = True):
         if max_batch > model.max_out_rows:
             raise ValueError(f"max_batch {max_batch} exceeds the model's logits rows ({model.max_out_rows})")
         self.model, self.tokenizer = model, tokenizer
@@ -65,6 +70,10 @@ class LLMEngine:
         self.runner = ModelRunner(model)
         # Drafted tokens per sequence and step: the logits rows (1 + k per sequence) must fit the model's.
         self.draft_limit = min(K_MAX, model.max_out_rows // max_batch - 1) if speculative else 0
+        if draft_model is not None and not self.draft_limit:
+            raise ValueError("a draft model needs speculative decoding on (and logits rows for its drafts)")
+        # Drafts from a small model of the same vocabulary (draft_model.py), else from prompt lookup.
+        self.drafter = DraftModel(draft_model, max_batch, lookup_first) if draft_model is not None else None
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
         self._mask_thread: ThreadPoolExecutor | None = None  # grammar masks, beside the native step
@@ -94,7 +103,8 @@ class LLMEngine:
         if request_id in self.by_id:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, list(prompt_ids), params)
-        seq.state = RequestState(self.tokenizer, prompt_ids, params, speculative=self.draft_limit > 0)
+        seq.state = RequestState(self.tokenizer, prompt_ids, params,
+                                 speculative=self.draft_limit > 0 and (self.drafter is None or self.drafter.lookup_first))
         self.by_id[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -106,6 +116,8 @@ class LLMEngine:
                error: str | None = None, logprobs=None) -> Delta:
         """Remove a request for good (blocks freed); returns its last delta."""
         self.scheduler.finish(seq, reason)
+        if self.drafter is not None:
+            self.drafter.release(seq)
         self.by_id.pop(seq.request_id, None)
         usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens,
                       seq.draft_accepted, seq.drafted - seq.draft_accepted)
@@ -124,7 +136,9 @@ class LLMEngine:
             if seq.num_pending != 1:
                 continue
             room = min(seq.params.max_tokens - len(seq.output_ids), self.model.n_ctx - len(seq)) - 1
-            seq.draft_ids = seq.state.draft(min(self.draft_limit, room))
+            limit = min(self.draft_limit, room)
+            # A draft model's tokens come in execute(), off the event loop: here only their count.
+            seq.draft_ids = self.drafter.reserve(seq, limit) if self.drafter else seq.state.draft(limit)
 
     def execute(self, plan: list[ScheduledChunk]) -> np.ndarray:
         """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order.
@@ -132,6 +146,8 @@ class LLMEngine:
         start = time.perf_counter()
         masks = self._masks_ahead(plan)
         try:
+            if self.drafter is not None:  # the draft model's calls, before the target's one
+                self.drafter.propose(plan)
             logits = self.runner.run(self.runner.build(plan))
         finally:
             if masks is not None:
@@ -194,10 +210,12 @@ class LLMEngine:
         or follows the last accepted one. Stops at the request's end."""
         state = seq.state
         tokens, texts, reason, accepted, confirmed = [], [], None, 0, 0
+        draft_probs = self.drafter.draft_probs(seq) if self.drafter is not None and drafts else []
         try:
             for i in range(len(rows)):
                 if i < len(drafts):
-                    token, ok = state.verify(rows[i], seq.output_ids, drafts[i])
+                    q = draft_probs[i] if i < len(draft_probs) else None  # None: a deterministic draft
+                    token, ok = state.verify(rows[i], seq.output_ids, drafts[i], q)
                     confirmed += ok  # the model agrees, whether or not the request goes on after it
                 else:
                     token, ok = state.sample(rows[i], seq.output_ids), False
@@ -220,7 +238,10 @@ class LLMEngine:
             self.stats.draft_tokens += len(drafts)
             self.stats.draft_steps += 1
             self.stats.accepted_draft_tokens += confirmed
-            state.lookup.feedback(len(drafts), accepted)
+            if self.drafter is not None:
+                self.drafter.after_verify(seq, len(drafts), accepted)
+            else:
+                state.lookup.feedback(len(drafts), accepted)
             # Even when the request ends here: the accepted drafts' KV is computed, and their full
             # blocks are named in the prefix cache exactly as plain decoding would have named them.
             self.scheduler.accept_drafts(seq, accepted)
@@ -251,6 +272,9 @@ class LLMEngine:
         s.kv_blocks_used, s.kv_blocks_free = self.blocks.num_used, self.blocks.num_free
         s.kv_blocks_cached, s.prefix_hit_tokens = self.blocks.num_cached, self.blocks.prefix_hit_tokens
         s.preemptions = self.scheduler.preemptions
+        if self.drafter is not None:
+            s.draft_kv_blocks_used, s.draft_kv_blocks_free = self.drafter.blocks.num_used, self.drafter.blocks.num_free
+            s.draft_model_seconds = self.drafter.stats.seconds
         return s
 
 

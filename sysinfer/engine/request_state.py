@@ -70,8 +70,9 @@ class RequestState:
         self._note_logprob(logits, token)
         return token
 
-    def verify(self, logits: np.ndarray, output_ids: list[int], draft: int) -> tuple[int, bool]:
-        token, accepted = self.sampler.verify(logits, output_ids, draft)
+    def verify(self, logits: np.ndarray, output_ids: list[int], draft: int,
+               draft_probs: np.ndarray | None = None) -> tuple[int, bool]:
+        token, accepted = self.sampler.verify(logits, output_ids, draft, draft_probs)
         self._note_logprob(logits, token)
         return token, accepted
 

@@ -198,20 +198,32 @@ class Sampler:
         probs = self.probabilities(logits, generated_ids, allowed)
         return int(self.rng.choice(probs.size, p=probs))
 
-    def verify(self, logits: np.ndarray, generated_ids, draft: int) -> tuple[int, bool]:
-        """Speculative sampling against a drafted token (a draft distribution with all its mass on
-        `draft`): returns (token, draft accepted). Greedy: accepted iff it is the argmax. Otherwise
-        accepted with probability p(draft); on rejection the token is drawn from p with the draft
-        removed, renormalised, so tokens follow p exactly (the standard acceptance rule)."""
+    def verify(self, logits: np.ndarray, generated_ids, draft: int,
+               draft_probs: np.ndarray | None = None) -> tuple[int, bool]:
+        """Speculative sampling against a drafted token: returns (token, draft accepted). Greedy:
+        accepted iff it is the argmax. Otherwise the standard acceptance rule, so tokens follow p
+        exactly: accepted with probability min(1, p(draft) / q(draft)); on rejection the token is
+        drawn from max(0, p - q), renormalised. q is the distribution the draft was drawn from
+        (`draft_probs`, a draft model's); None means all its mass on `draft` (prompt lookup), where
+        the rule reads: accept with probability p(draft), else draw from p without the draft."""
         if self.params.greedy:
             token = self.sample(logits, generated_ids)
             return token, token == draft
         probs = self.probabilities(logits, generated_ids)
-        if self.rng.random() < probs[draft]:
+        if draft_probs is None:
+            if self.rng.random() < probs[draft]:
+                return draft, True
+            probs[draft] = 0.0
+            probs /= probs.sum()  # p(draft) < 1 here, so some mass is left
+            return int(self.rng.choice(probs.size, p=probs)), False
+        if self.rng.random() * draft_probs[draft] < probs[draft]:  # u < p/q without dividing by q
             return draft, True
-        probs[draft] = 0.0
-        probs /= probs.sum()  # p(draft) < 1 here, so some mass is left
-        return int(self.rng.choice(probs.size, p=probs)), False
+        residual = np.maximum(probs - draft_probs, 0.0)
+        total = residual.sum()
+        # A rejection means p(draft) < q(draft), so p != q and some residual mass is left; only
+        # rounding could leave none, and then p itself is the right distribution.
+        residual = residual / total if total > 0 else probs
+        return int(self.rng.choice(residual.size, p=residual)), False
 
 
 def _mask(logits: np.ndarray, allowed: np.ndarray) -> None:

@@ -20,3 +20,15 @@ def test_speculative_benchmark_slice(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     figures = json.loads(out.read_text())["extractive"]
     assert figures["accepted"] > 0 and 0 < figures["acceptance"] <= 1 and figures["tokens_per_step"] > 1
+
+
+def test_speculative_benchmark_slice_with_a_draft_model(tmp_path):
+    """SmolLM2 drafting for itself: outputs identical (the script checks) and every draft accepted."""
+    out = tmp_path / "spec.json"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--max-tokens", "16", "--sets", "open chat",
+                        "--prompts", "1", "--draft-model", "smollm2", "--model-only", "--json", str(out)],
+                       capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    figures = json.loads(out.read_text())["open chat"]
+    assert figures["acceptance"] == 1.0 and figures["drafted"] > 5 and 0 < figures["draft_time_share"] < 1

@@ -51,6 +51,28 @@ def tiny_model(kind: str) -> str:
     return str(path)
 
 
+# One-layer drafts for tiny-llama (n_vocab 512, the synthetic minimal vocabulary): the same vocabulary,
+# or one that differs in a single place (for the draft-model vocabulary check).
+_TINY_VOCAB = ["<unk>", "<s>", "</s>"] + [f"<t{i}>" for i in range(3, 512)]
+TINY_DRAFTS = {
+    "same": {},
+    "renamed": {"tokenizer.ggml.tokens": _TINY_VOCAB[:300] + ["<renamed>"] + _TINY_VOCAB[301:]},
+    "retyped": {"tokenizer.ggml.token_type": [3, 3, 3] + [1] * 397 + [4] + [1] * 111},
+    "eos": {"tokenizer.ggml.eos_token_id": 5},
+}
+
+
+def tiny_draft_model(vocab: str = "same") -> str:
+    """A one-layer Q4_0 llama sharing tiny-llama's vocabulary (vocab="same") or not (TINY_DRAFTS)."""
+    path = cache_dir() / f"tiny-draft-{vocab}.gguf"
+    if not path.exists():
+        spec = SynthSpec(arch="llama", n_layer=1, n_embd=64, n_head=2, n_head_kv=1, n_ff=128, n_vocab=512,
+                         matrix_type=QT.Q4_0, embd_type=QT.Q8_0, output_type=None, metadata=TINY_DRAFTS[vocab])
+        write_synthetic_gguf(str(path.with_suffix(".tmp")), spec, seed=17)
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
 def smollm2_q4_1() -> str:
     """The real SmolLM2-135M-Instruct GGUF: extracted into sysinfer's model cache by
     `python -m sysinfer.model.default_model` (scripts/install.sh, scripts/test.sh), or from an

@@ -1,0 +1,226 @@
+"""Draft-model speculation (`--draft-model FILE.gguf`): a small model of the target's vocabulary, in
+the same process with its own KV cache, proposes each decoding sequence's next k tokens; the target
+verifies them in its one step as it does prompt-lookup drafts (llm_engine.py).
+
+Per engine step and sequence:
+1. plan (`reserve`): how many tokens to draft (adaptive k, as prompt lookup: +2 after a fully
+   accepted draft, down to what was accepted after a rejection) and the draft cache's blocks for them.
+2. execute, in the engine's step thread (`propose`): the draft model catches up on the tokens it has
+   not seen (the prompt at first, then the token the target added and any accepted drafts), whose
+   last row gives draft 1; then k - 1 single-token steps give drafts 2..k. Every sequence drafting in
+   this step runs in the same draft calls. Greedy requests take the draft's argmax; sampled ones draw
+   from the draft's distribution q (the request's penalties, temperature and filters applied to the
+   draft's logits, the request's own generator), and q is kept for the acceptance rule
+   (Sampler.verify).
+3. postprocess (`after_verify`): the draft's K/V is kept up to the last accepted draft it computed;
+   the rest of its blocks go back (the draft's own rollback).
+
+By default prompt lookup still drafts first and the model drafts only where lookup finds nothing
+(`lookup_first`): lookup's drafts cost nothing, so where the reply quotes its prompt the model's k
+calls are saved (measured in docs/benchmarks.md); `--no-draft-lookup` drafts with the model only.
+The model's calls are
+extra native calls (k per step: unavoidable, each depends on the previous token), each on the
+draft's own pinned thread pool with the GIL released, over step arrays allocated here once. The
+draft's pool is separate from the target's: they never run at the same time (the target's step
+waits for the drafts), and an idle pool's workers sleep after 300 us, so two pools cost no cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .block_manager import BlockManager
+from .prompt_lookup import K_MAX, K_START
+from .sampling import SamplingError
+from .scheduler import ScheduledChunk
+from .sequence import Sequence
+
+log = logging.getLogger("sysinfer.engine")
+
+
+@dataclass(eq=False)
+class DraftTrack:
+    """One sequence in the draft model. It reads to the block manager as a sequence (block_table,
+    len(), num_computed, hashed): len() is the tokens its blocks must hold."""
+    block_table: list[int] = field(default_factory=list)  # the draft cache's block ids, in position order
+    num_computed: int = 0   # leading tokens of the sequence whose K/V the draft cache holds
+    length: int = 0         # tokens the blocks cover: num_computed, or more while drafting
+    hashed: tuple[int, int | None] = (0, None)  # unused (no prefix cache in the draft)
+    k: int = K_START        # tokens to draft next (adapts to acceptance)
+    base: int = 0           # len(sequence) when the current drafts were proposed
+    n_draft: int = 0        # drafts proposed in the current step
+    pending: int = 0        # drafts reserved for the model in this step (0: none, or prompt lookup's)
+    from_lookup: bool = False  # this step's drafts came from prompt lookup (lookup_first)
+    probs: list[np.ndarray | None] = field(default_factory=list)  # q of each draft (None: greedy)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@dataclass
+class DraftStats:
+    calls: int = 0          # native draft steps
+    seconds: float = 0.0    # spent in them, sampling included
+    lookup_steps: int = 0   # sequence-steps drafted by prompt lookup instead (lookup_first)
+
+
+class DraftModel:
+    def __init__(self, model, max_batch: int, lookup_first: bool = True):
+        if model.max_out_rows < max_batch:
+            raise ValueError(f"the draft model needs {max_batch} logits rows per step, has {model.max_out_rows}")
+        self.model = model
+        # Prompt lookup first, the model where nothing matches (the default: docs/benchmarks.md)
+        self.lookup_first = lookup_first
+        self.blocks = BlockManager(model.n_kv_blocks, model.block_size, enable_prefix_cache=False, watermark=0.0)
+        self.tracks: dict[str, DraftTrack] = {}
+        self.stats = DraftStats()
+        width = self.blocks.blocks_for(model.n_ctx + K_MAX)
+        n_tok = model.max_step_tokens
+        # The draft steps' arrays, filled in place (Model.step in native/src/model.h):
+        self._tokens = np.zeros(n_tok, dtype=np.int32)          # [max_step_tokens]
+        self._positions = np.zeros(n_tok, dtype=np.int32)       # [max_step_tokens]
+        self._starts = np.zeros(max_batch + 1, dtype=np.int32)  # [max_batch + 1]
+        self._tables = np.full((max_batch, width), -1, dtype=np.int32)  # [max_batch, blocks for n_ctx + K_MAX]
+        self._lens = np.zeros(max_batch, dtype=np.int32)        # [max_batch] context after the step
+        self._rows = np.zeros(max_batch, dtype=np.int32)        # [max_batch] rows that sample
+
+    # ---- plan (event loop) ----
+    def reserve(self, seq: Sequence, limit: int) -> list[int]:
+        """Placeholders for the tokens seq will draft in this step (filled by `propose`), with the
+        draft cache's blocks for them; [] when limit < 1 or the draft cache is full."""
+        if getattr(seq.state, "grammar", None) is not None:
+            # A constrained request (structured output: a state with a grammar) never drafts: a
+            # draft would need the grammar's mask at every drafted position.
+            return []
+        track = self.tracks.setdefault(seq.request_id, DraftTrack())
+        track.pending, track.from_lookup = 0, False
+        if self.lookup_first and limit >= 1:
+            found = seq.state.draft(limit)
+            if found:
+                track.from_lookup = True  # verified as deterministic drafts; the model catches up later
+                self.stats.lookup_steps += 1
+                return found
+        k = min(track.k, limit)
+        if k < 1:
+            return []
+        track.length = len(seq) + k - 1  # the sequence's tokens, then drafts 1..k-1 get K/V
+        if not self.blocks.can_append(track, 1):
+            track.length = track.num_computed
+            return []
+        self.blocks.append_slots(track, 1)
+        track.pending = k
+        return [0] * k
+
+    # ---- execute (step thread) ----
+    def propose(self, plan: list[ScheduledChunk]) -> None:
+        """Fills each drafting chunk's seq.draft_ids[:n_draft] with the draft model's tokens."""
+        jobs = [(c.seq, self.tracks[c.seq.request_id], c.n_draft) for c in plan
+                if c.n_draft and self.tracks[c.seq.request_id].pending]
+        if not jobs:
+            return
+        start = time.perf_counter()
+        for seq, track, n in jobs:
+            track.base, track.n_draft, track.probs = len(seq), n, []
+        self._catch_up(jobs)
+        for i in range(1, max(n for _, _, n in jobs)):
+            active = [(seq, track, n) for seq, track, n in jobs if n > i]
+            rows = self._run([(track, track.base + i - 1, [seq.draft_ids[i - 1]], True) for seq, track, _ in active])
+            for (seq, track, _), row in zip(active, rows):
+                seq.draft_ids[i] = self._pick(seq, track, row, i)
+        for seq, track, n in jobs:
+            track.num_computed = track.base + n - 1
+        self.stats.seconds += time.perf_counter() - start
+
+    def _catch_up(self, jobs: list[tuple[Sequence, DraftTrack, int]]) -> None:
+        """Runs every token of the jobs' sequences the draft has not seen, in as few calls as the
+        draft's step size allows; the row of each sequence's last token gives its draft 1."""
+        todo = {id(track): (seq, track) for seq, track, _ in jobs}
+        budget_total = len(self._tokens)
+        while todo:
+            parts, budget = [], budget_total
+            for seq, track in list(todo.values()):
+                if budget == 0:
+                    break
+                count = min(len(seq) - track.num_computed, budget)
+                last = track.num_computed + count == len(seq)
+                parts.append((track, track.num_computed, seq.tokens[track.num_computed : track.num_computed + count], last))
+                budget -= count
+            rows = self._run(parts)
+            sampled = iter(rows)
+            for track, _, tokens, last in parts:
+                track.num_computed += len(tokens)
+                if last:
+                    seq, _ = todo.pop(id(track))
+                    seq.draft_ids[0] = self._pick(seq, track, next(sampled), 0)
+
+    def _run(self, parts: list[tuple[DraftTrack, int, list[int], bool]]) -> np.ndarray:
+        """One native draft step: parts are (track, first position, tokens, whether its last row samples).
+        Returns the logits of the sampling rows [n, n_vocab] (a view the next call overwrites)."""
+        n_seq, n_tok, n_rows = len(parts), 0, 0
+        for s, (track, pos, tokens, samples) in enumerate(parts):
+            count = len(tokens)
+            self._starts[s] = n_tok
+            self._tokens[n_tok : n_tok + count] = tokens
+            self._positions[n_tok : n_tok + count] = np.arange(pos, pos + count, dtype=np.int32)
+            table = self._tables[s]
+            table[: len(track.block_table)] = track.block_table
+            table[len(track.block_table) :] = -1
+            self._lens[s] = pos + count
+            n_tok += count
+            if samples:
+                self._rows[n_rows] = n_tok - 1
+                n_rows += 1
+        self._starts[n_seq] = n_tok
+        self.stats.calls += 1
+        return self.model.step(self._tokens[:n_tok], self._positions[:n_tok], self._starts[: n_seq + 1],
+                               self._tables[:n_seq], self._lens[:n_seq], self._rows[:n_rows])
+
+    def _pick(self, seq: Sequence, track: DraftTrack, row: np.ndarray, i: int) -> int:
+        """Draft i from the draft model's logits: the argmax for greedy requests, else a draw from q
+        (kept for verification). Penalties see the output so far and the drafts before this one."""
+        sampler = seq.state.sampler
+        generated = seq.output_ids + seq.draft_ids[:i]
+        try:
+            if sampler.params.greedy:
+                track.probs.append(None)
+                return sampler.sample(row, generated)
+            q = sampler.probabilities(row, generated)
+            token = int(sampler.rng.choice(q.size, p=q))
+        except SamplingError:  # a broken draft (non-finite logits) must not fail the request:
+            track.probs[i:] = [None]  # a fixed guess is a valid one-hot draft, verified as any other
+            return 0
+        track.probs.append(q)
+        return token
+
+    # ---- postprocess (event loop) ----
+    def draft_probs(self, seq: Sequence) -> list[np.ndarray | None]:
+        """q of each of seq's drafts in this step (None where the draft was an argmax)."""
+        track = self.tracks.get(seq.request_id)
+        return track.probs if track is not None and track.pending else []
+
+    def after_verify(self, seq: Sequence, drafted: int, accepted: int) -> None:
+        """Keep the draft's K/V through the last accepted draft it computed (drafts 1..k-1 were run,
+        draft k was not), give back the rest, and adapt k."""
+        track = self.tracks.get(seq.request_id)
+        if track is None:
+            return
+        if track.from_lookup:
+            seq.state.lookup.feedback(drafted, accepted)
+            track.from_lookup = False
+            return
+        track.pending = 0
+        track.num_computed = min(track.num_computed, track.base + accepted)
+        track.length = track.num_computed
+        self.blocks.trim(track)
+        track.probs = []
+        track.k = min(K_MAX, track.k + 2) if accepted == drafted else max(1, accepted + 1)
+
+    def release(self, seq: Sequence) -> None:
+        """The request is over: its draft blocks go back."""
+        track = self.tracks.pop(seq.request_id, None)
+        if track is not None and track.block_table:
+            self.blocks.free(track)
