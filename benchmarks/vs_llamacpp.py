@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
         path = MODELS[key]()
         costs[key] = asdict(model_cost(path))
         cases = [c for c in CASES if c.model == key and not any(s in c.name for s in skipped)]
-        n_ctx = max(c.context + c.tokens for c in cases) + 16
+        n_ctx = max(c.context + c.tokens for c in cases) + 64  # + the first reply token and the watermark blocks
         # As `sysinfer serve` loads it in single-batch mode: logits for one row per step.
         model = load_model(path, threads=args.threads, n_ctx=n_ctx, max_step_tokens=512, max_out_rows=1)
         engine = bench_engine(model, Tokenizer.from_metadata(model.metadata))
