@@ -2,6 +2,7 @@
 
     python benchmarks/vs_llamacpp.py --llama-bench PATH/llama-bench [--rounds 3] [--threads 2]
                                      [--only smollm2,llama3-8b,baichuan2-13b] [--json FILE]
+                                     [--peak-gops G] [--skip SUBSTRING,...]
     python benchmarks/vs_llamacpp.py --llama-bench PATH --lengths 32,128,512 --only llama3-8b
                                      [--json FILE] [--plot FILE.png]
 
@@ -15,6 +16,13 @@ the ratio of medians. llama.cpp runs as `llama-bench -r 1` (its own warm-up, ran
 sysinfer runs its native step in this process with random tokens, greedy argmax for decode
 (logits of the whole vocabulary every step, as llama-bench computes them). Decode "at context C"
 means C tokens are in the KV cache before the timed tokens; prefill starts from an empty cache.
+
+Roofline fractions (first form): decode against the read roofline, `read_bandwidth_gbs` (measured here,
+after the rounds) over the bytes one token reads: every weight tensor (without token_embd when the
+output matrix is its own) plus the fp16 K and V at the case's context; prefill against the int8 peak
+given by --peak-gops (all threads together: `test_kernels --bench-peak` per core x threads), over the
+int8 operations of one token's matmuls (2 per weight of every layer matrix; attention, float in both
+engines, is not counted, so the prefill fraction is a lower bound).
 
 Models: SmolLM2-135M-Instruct Q4_0 (real weights, made from the bundled file) and random-weight
 files with the exact shapes of Llama-3-8B and Baichuan2-13B (written once into the test-model
@@ -62,9 +70,33 @@ CASES = [
     Case("Baichuan2-13B shape Q4_0 (ALiBi), decode", "baichuan2-13b", "decode", 16, target=1.25),
     Case("SmolLM2-135M Q4_0, decode at context 0", "smollm2", "decode", 64, target=1.25),
     Case("SmolLM2-135M Q4_0, decode at context 4000", "smollm2", "decode", 64, context=4000, target=2.0),
-    Case("SmolLM2-135M Q4_0, prefill 512 tokens", "smollm2", "prefill", 512),
-    Case("Llama-3-8B shape, prefill 128 tokens", "llama3-8b", "prefill", 128),
+    Case("SmolLM2-135M Q4_0, prefill 512 tokens", "smollm2", "prefill", 512, target=2.0),
+    Case("SmolLM2-135M Q4_0, prefill 4096 tokens", "smollm2", "prefill", 4096, target=2.0),
+    Case("Llama-3-8B shape, prefill 128 tokens", "llama3-8b", "prefill", 128, target=2.0),
+    Case("Llama-3-8B shape, prefill 2048 tokens", "llama3-8b", "prefill", 2048, target=2.0),
 ]
+
+
+@dataclass
+class Cost:
+    """What one token costs a model: the bytes decode reads, the int8 operations prefill does."""
+    weight_bytes: int      # weight tensors read per decoded token
+    kv_bytes_per_ctx: int  # fp16 K and V bytes per token of context, all layers
+    int8_ops: int          # 2 x the weights of every layer matrix
+
+
+def model_cost(path: str) -> Cost:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    field = lambda suffix: next(int(f.parts[-1][0]) for k, f in reader.fields.items() if k.endswith(suffix))  # noqa: E731
+    n_layer, n_embd = field(".block_count"), field(".embedding_length")
+    n_head, n_kv = field(".attention.head_count"), field(".attention.head_count_kv")
+    skip = {"token_embd.weight"} if "output.weight" in tensors else set()
+    weight_bytes = sum(int(t.n_bytes) for name, t in tensors.items() if name not in skip)
+    int8_ops = sum(2 * int(t.n_elements) for name, t in tensors.items() if name.startswith("blk.") and len(t.shape) == 2)
+    return Cost(weight_bytes, n_layer * 2 * n_kv * (n_embd // n_head) * 2, int8_ops)
 
 
 def synth_file(like: str) -> str:
@@ -107,11 +139,13 @@ def rss_bytes() -> int:
 
 def run(args: argparse.Namespace) -> dict:
     wanted = set(args.only.split(",")) if args.only else set(MODELS)
-    memory = {}
+    skipped = [s for s in (args.skip or "").split(",") if s]
+    memory, costs = {}, {}
     for key in [k for k in MODELS if k in wanted]:
         path = MODELS[key]()
-        cases = [c for c in CASES if c.model == key]
-        n_ctx = max(c.context + c.tokens for c in cases) + 16
+        costs[key] = asdict(model_cost(path))
+        cases = [c for c in CASES if c.model == key and not any(s in c.name for s in skipped)]
+        n_ctx = max(c.context + c.tokens for c in cases) + 64  # + the first reply token and the watermark blocks
         # As `sysinfer serve` loads it in single-batch mode: logits for one row per step.
         model = load_model(path, threads=args.threads, n_ctx=n_ctx, max_step_tokens=512, max_out_rows=1)
         engine = bench_engine(model, Tokenizer.from_metadata(model.metadata))
@@ -126,8 +160,18 @@ def run(args: argparse.Namespace) -> dict:
                        "rss_bytes": rss_bytes(), "n_ctx": n_ctx}
         del model, engine
         gc.collect()
-    return {"threads": args.threads, "rounds": args.rounds, "memory": memory,
+    return {"threads": args.threads, "rounds": args.rounds, "memory": memory, "costs": costs,
+            "read_bandwidth_gbs": read_bandwidth_gbs(args.threads), "peak_gops": args.peak_gops,
             "cases": [asdict(c) for c in CASES if c.llama]}
+
+
+def roofline_tok_s(result: dict, c: dict) -> float | None:
+    """The case's tokens/s at the machine's limit: read bandwidth for decode, int8 peak for prefill."""
+    cost = result["costs"][c["model"]]
+    if c["kind"] == "decode":
+        context = c["context"] + c["tokens"] / 2  # the mean context over the timed tokens
+        return result["read_bandwidth_gbs"] * 1e9 / (cost["weight_bytes"] + cost["kv_bytes_per_ctx"] * context)
+    return result["peak_gops"] * 1e9 / cost["int8_ops"] if result.get("peak_gops") else None
 
 
 def llama_bench_pg(binary: str, model: str, length: int, threads: int) -> float:
@@ -202,10 +246,16 @@ def plot_lengths(result: dict, path: str) -> None:
 
 
 def table(result: dict) -> str:
-    lines = ["| case | llama.cpp tok/s | sysinfer tok/s | ratio | target |", "|---|---:|---:|---:|---:|"]
+    lines = ["| case | llama.cpp tok/s | sysinfer tok/s | ratio | target | roofline tok/s | llama.cpp / roofline | "
+             "sysinfer / roofline |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in result["cases"]:
         a, b = statistics.median(c["llama"]), statistics.median(c["ours"])
-        lines.append(f"| {c['name']} | {a:.2f} | {b:.2f} | {b / a:.2f}x | >= {c['target']:.2f}x |")
+        roof = roofline_tok_s(result, c)
+        fractions = f"{roof:.1f} | {100 * a / roof:.0f} % | {100 * b / roof:.0f} %" if roof else "- | - | -"
+        lines.append(f"| {c['name']} | {a:.2f} | {b:.2f} | {b / a:.2f}x | >= {c['target']:.2f}x | {fractions} |")
+    lines.append("")
+    lines.append(f"Read bandwidth {result['read_bandwidth_gbs']:.1f} GB/s ({result['threads']} threads); int8 peak "
+                 + (f"{result['peak_gops']:.0f} GOPS." if result.get("peak_gops") else "not given (--peak-gops)."))
     lines += ["", "| model | file | KV cache | RSS with the model loaded | limit (file + KV + 300 MB) |",
               "|---|---:|---:|---:|---:|"]
     mib = lambda n: f"{n / 2**20:.0f} MiB"  # noqa: E731
@@ -222,6 +272,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", help=f"comma-separated models of {', '.join(MODELS)}")
+    ap.add_argument("--skip", help="comma-separated substrings: leave out the cases whose names contain one")
+    ap.add_argument("--peak-gops", type=float, help="int8 peak of all threads (test_kernels --bench-peak x threads)")
     ap.add_argument("--json", help="also write the raw runs here")
     ap.add_argument("--lengths", help="comma-separated total lengths L: the average-tok/s table instead")
     ap.add_argument("--plot", help="with --lengths: write a PNG of tok/s against L here")

@@ -74,7 +74,7 @@ def cmd_info(args: argparse.Namespace) -> int:
          + (f" (pre: {_shown(mf.metadata['tokenizer.ggml.pre'])})" if "tokenizer.ggml.pre" in mf.metadata else "")),
         ("chat template", "yes" if "tokenizer.chat_template" in mf.metadata else "none (built-in used)"),
         ("kernels", f"{native['kernels']} (compiled: {', '.join(native['compiled'])})"),
-        ("cpu features", ", ".join(k for k in ("avx2", "fma", "f16c", "avx512", "neon", "dotprod") if native[k]) or "none"),
+        ("cpu features", ", ".join(k for k in ("avx2", "fma", "f16c", "avx512", "neon", "dotprod", "i8mm") if native[k]) or "none"),
     ] + _numa_rows(mf, args.threads, args.numa)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

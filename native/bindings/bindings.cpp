@@ -230,6 +230,7 @@ nb::dict cpu_info() {
   d["f16c"] = f.f16c;
   d["neon"] = f.neon;
   d["dotprod"] = f.dotprod;
+  d["i8mm"] = f.i8mm;
   return d;
 }
 

@@ -16,6 +16,9 @@
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)
 #endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1 << 13)
+#endif
 #endif
 
 namespace sysinfer {
@@ -29,6 +32,9 @@ const Kernels* avx512_kernels() { return nullptr; }
 #if !defined(SYSINFER_HAVE_NEON)
 const Kernels* neon_kernels() { return nullptr; }
 const Kernels* neon_dotprod_kernels() { return nullptr; }
+#endif
+#if !defined(SYSINFER_HAVE_NEON_I8MM)
+const Kernels* neon_i8mm_kernels() { return nullptr; }
 #endif
 
 CpuFeatures detect_cpu_features() {
@@ -63,6 +69,7 @@ CpuFeatures detect_cpu_features() {
   const unsigned long hw = getauxval(AT_HWCAP);
   f.neon = hw & HWCAP_ASIMD;
   f.dotprod = hw & HWCAP_ASIMDDP;
+  f.i8mm = getauxval(AT_HWCAP2) & HWCAP2_I8MM;
 #elif defined(__aarch64__)
   f.neon = true;
 #endif
@@ -71,7 +78,8 @@ CpuFeatures detect_cpu_features() {
 
 int compiled_tables(const Kernels* out[], int max) {
   int n = 0;
-  for (const Kernels* k : {&generic_kernels(), avx2_kernels(), avx512_kernels(), neon_kernels(), neon_dotprod_kernels()})
+  for (const Kernels* k : {&generic_kernels(), avx2_kernels(), avx512_kernels(), neon_kernels(), neon_dotprod_kernels(),
+                           neon_i8mm_kernels()})
     if (k && n < max) out[n++] = k;
   return n;
 }
@@ -81,13 +89,14 @@ bool cpu_runs(const Kernels& k, const CpuFeatures& f) {
   if (&k == avx512_kernels()) return f.avx512;
   if (&k == neon_kernels()) return f.neon;
   if (&k == neon_dotprod_kernels()) return f.neon && f.dotprod;
+  if (&k == neon_i8mm_kernels()) return f.neon && f.dotprod && f.i8mm;  // built on the dotprod table
   return &k == &generic_kernels();
 }
 
 namespace {
 // Best first: the first compiled table this CPU runs.
 const Kernels* best_table(const CpuFeatures& f) {
-  for (const Kernels* k : {avx512_kernels(), avx2_kernels(), neon_dotprod_kernels(), neon_kernels()})
+  for (const Kernels* k : {avx512_kernels(), avx2_kernels(), neon_i8mm_kernels(), neon_dotprod_kernels(), neon_kernels()})
     if (k && cpu_runs(*k, f)) return k;
   return &generic_kernels();
 }

@@ -1,5 +1,5 @@
 // The kernel contract: every arithmetic routine the model needs, as a table of function
-// pointers. One table per instruction set (generic, avx2, avx512, neon, neon-dotprod); the model picks one
+// pointers. One table per instruction set (generic, avx2, avx512, neon, neon-dotprod, neon-i8mm); the model picks one
 // at start-up from the CPU's features (the only place ISA-specific code is chosen). Every SIMD table
 // has the generic table as its twin, and native/tests/test_kernels.cpp holds them equal; the SIMD
 // tables share their loops (kernels_simd.h) and differ only in arithmetic.
@@ -54,7 +54,7 @@ struct ActBlock {
 static_assert(sizeof(ActBlock) == 40, "ActBlock layout");
 
 struct Kernels {
-  const char* name;  // "generic", "avx2", "avx512", "neon", "neon-dotprod"
+  const char* name;  // "generic", "avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm"
 
   // x[n] -> out[n / 32]; n % 32 == 0. d = max|x| / 127 and, in float32, s = x * (1 / d),
   // qs = trunc(s + copysign(0.5, s)) (round half away from zero; d = 0 gives qs = 0).
@@ -94,15 +94,17 @@ const Kernels* avx2_kernels();
 const Kernels* avx512_kernels();  // AVX-512 F/BW/VL + VNNI
 const Kernels* neon_kernels();
 const Kernels* neon_dotprod_kernels();
+const Kernels* neon_i8mm_kernels();  // dotprod + `smmla` (I8MM) for multi-token Q4_0 / Q4_1 / Q8_0
 
 // What this CPU can run (checked at run time, not compile time).
 // avx512: F, BW, VL and VNNI all present, and the OS saves the opmask and 512-bit register state.
+// i8mm: the kernel reports HWCAP2_I8MM (Armv8.6's int8 matrix multiply, `smmla`).
 struct CpuFeatures {
-  bool avx2 = false, fma = false, f16c = false, avx512 = false, neon = false, dotprod = false;
+  bool avx2 = false, fma = false, f16c = false, avx512 = false, neon = false, dotprod = false, i8mm = false;
 };
 CpuFeatures detect_cpu_features();
 
-// The best table this CPU runs; SYSINFER_KERNELS=generic|avx2|avx512|neon|neon-dotprod forces one (an
+// The best table this CPU runs; SYSINFER_KERNELS=generic|avx2|avx512|neon|neon-dotprod|neon-i8mm forces one (an
 // unavailable name falls back to the best, with a warning on stderr).
 const Kernels& select_kernels();
 // Whether this CPU runs table k (one of the getters' tables).

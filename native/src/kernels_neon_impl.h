@@ -1,5 +1,6 @@
-// NEON kernel table, included twice: by kernels_neon.cpp (armv8-a: widening multiplies) and by
-// kernels_neon_dotprod.cpp (armv8.2-a+dotprod: `sdot`, as on Kunpeng 920). Twin of
+// NEON kernel table, included three times: by kernels_neon.cpp (armv8-a: widening multiplies), by
+// kernels_neon_dotprod.cpp (armv8.2-a+dotprod: `sdot`, as on Kunpeng 920) and by kernels_neon_i8mm.cpp
+// (which replaces the Q4_0, Q4_1 and Q8_0 prefill arithmetic with `smmla`, the rest as dotprod's). Twin of
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
 // arithmetic.
 //
@@ -125,13 +126,37 @@ struct TileAcc {
   }
 };
 
+// The float step of every Q4_0 / Q4_1 / Q8_0 block, apart from its integer dots: s03 | s47 are the
+// exact int32 row sums of quant * activation (unsigned nibbles for Q4) over one block. Shared with the
+// i8mm table (kernels_neon_i8mm.cpp), whose `smmla` gives the same integers, so both tables give the
+// same bits.
+
+// acc += Q4_0 block (scales d0 | d1) times activation block a, from its nibble dots.
+inline void q4_0_scale(int32x4_t s03, int32x4_t s47, float32x4_t d0, float32x4_t d1, const ActBlock& a, TileAcc& acc) {
+  const int32x4_t off = vdupq_n_s32(8 * (a.sum[0] + a.sum[1]));  // the -8 of every quant
+  acc.r03 = vfmaq_f32(acc.r03, vcvtq_f32_s32(vsubq_s32(s03, off)), vmulq_n_f32(d0, a.d));
+  acc.r47 = vfmaq_f32(acc.r47, vcvtq_f32_s32(vsubq_s32(s47, off)), vmulq_n_f32(d1, a.d));
+}
+
+// acc += Q4_1 block (scales d0 | d1, minimums m0 | m1) times activation block a, from its nibble dots.
+inline void q4_1_scale(int32x4_t s03, int32x4_t s47, float32x4_t d0, float32x4_t d1, float32x4_t m0, float32x4_t m1,
+                       const ActBlock& a, TileAcc& acc) {
+  const float sum = a.d * float(a.sum[0] + a.sum[1]);  // times m: the offset of every weight
+  acc.r03 = vfmaq_f32(vfmaq_n_f32(acc.r03, m0, sum), vcvtq_f32_s32(s03), vmulq_n_f32(d0, a.d));
+  acc.r47 = vfmaq_f32(vfmaq_n_f32(acc.r47, m1, sum), vcvtq_f32_s32(s47), vmulq_n_f32(d1, a.d));
+}
+
+// acc += Q8_0 block (scales d0 | d1) times activation block a, from its quant dots.
+inline void q8_0_scale(int32x4_t s03, int32x4_t s47, float32x4_t d0, float32x4_t d1, const ActBlock& a, TileAcc& acc) {
+  acc.r03 = vfmaq_f32(acc.r03, vcvtq_f32_s32(s03), vmulq_n_f32(d0, a.d));
+  acc.r47 = vfmaq_f32(acc.r47, vcvtq_f32_s32(s47), vmulq_n_f32(d1, a.d));
+}
+
 // acc += one unpacked Q4_0 tile block (scales d0 | d1) times activation block a.
 inline void q4_0_block(const Q4Unpacked& w, float32x4_t d0, float32x4_t d1, const ActBlock& a, TileAcc& acc) {
   int32x4_t s0, s1;
   w.dot(a, &s0, &s1);
-  const int32x4_t off = vdupq_n_s32(8 * (a.sum[0] + a.sum[1]));  // the -8 of every quant
-  acc.r03 = vfmaq_f32(acc.r03, vcvtq_f32_s32(vsubq_s32(s0, off)), vmulq_n_f32(d0, a.d));
-  acc.r47 = vfmaq_f32(acc.r47, vcvtq_f32_s32(vsubq_s32(s1, off)), vmulq_n_f32(d1, a.d));
+  q4_0_scale(s0, s1, d0, d1, a, acc);
 }
 
 // acc += one unpacked Q4_1 tile block (scales d0 | d1, minimums m0 | m1) times activation block a.
@@ -139,9 +164,7 @@ inline void q4_1_block(const Q4Unpacked& w, float32x4_t d0, float32x4_t d1, floa
                        const ActBlock& a, TileAcc& acc) {
   int32x4_t s0, s1;
   w.dot(a, &s0, &s1);
-  const float sum = a.d * float(a.sum[0] + a.sum[1]);  // times m: the offset of every weight
-  acc.r03 = vfmaq_f32(vfmaq_n_f32(acc.r03, m0, sum), vcvtq_f32_s32(s0), vmulq_n_f32(d0, a.d));
-  acc.r47 = vfmaq_f32(vfmaq_n_f32(acc.r47, m1, sum), vcvtq_f32_s32(s1), vmulq_n_f32(d1, a.d));
+  q4_1_scale(s0, s1, d0, d1, m0, m1, a, acc);
 }
 
 // acc += one Q8_0 tile block times activation block a (8-bit weights need no unpacking).
@@ -152,8 +175,7 @@ inline void q8_0_block(const TileQ8_0& t, const ActBlock& a, TileAcc& acc) {
     s0 = dot4_wide(s0, vld1q_s8(t.q[g][0]), av);
     s1 = dot4_wide(s1, vld1q_s8(t.q[g][4]), av);
   }
-  acc.r03 = vfmaq_f32(acc.r03, vcvtq_f32_s32(s0), vmulq_n_f32(fp16x4(t.d), a.d));
-  acc.r47 = vfmaq_f32(acc.r47, vcvtq_f32_s32(s1), vmulq_n_f32(fp16x4(t.d + 4), a.d));
+  q8_0_scale(s0, s1, fp16x4(t.d), fp16x4(t.d + 4), a, acc);
 }
 
 struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies

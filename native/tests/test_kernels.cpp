@@ -123,11 +123,11 @@ void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int
 
 // A token's outputs from a one-token call equal, bit for bit, its outputs from a call with other
 // tokens beside it: a sequence decoded alone and in a batch sees the same logits.
-void check_decode_matches_batch(const Kernels& k, WType type, int rows, int cols) {
+void check_decode_matches_batch(const Kernels& k, WType type, int rows, int cols, int n_tok) {
   const auto gguf = random_gguf_matrix(type, rows, cols);
   std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
   pack_matrix(type, gguf.data(), rows, cols, packed.data());
-  const int n_tok = 3, prow = padded_rows(rows), tiles = prow / ROW_TILE;
+  const int prow = padded_rows(rows), tiles = prow / ROW_TILE;
   const auto x = random_floats(size_t(n_tok) * cols, 41);
   std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
   for (int t = 0; t < n_tok; ++t) k.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
@@ -142,7 +142,45 @@ void check_decode_matches_batch(const Kernels& k, WType type, int rows, int cols
     k.gemm(type, packed.data(), cols, 0, tiles, in_t, 1, y_one.data(), prow);
     same &= std::memcmp(y_one.data(), y_batch.data() + size_t(t) * prow, sizeof(float) * prow) == 0;
   }
-  check(same, std::string(k.name) + " gemm " + type_name(type) + ": one token alone == the same token in a batch");
+  check(same, std::string(k.name) + " gemm " + type_name(type) + ": one token alone == the same token in a batch of " +
+                  std::to_string(n_tok));
+}
+
+// The table whose results table k must give bit for bit, if any: neon-i8mm computes the same exact
+// integer block sums as neon-dotprod with `smmla` instead of `sdot`, and the same float step after
+// them, so a model gives the same logits on a Kunpeng 920 (dotprod) and on a newer i8mm core.
+const Kernels* bit_twin(const Kernels& k) {
+  if (&k == neon_i8mm_kernels()) return neon_dotprod_kernels();
+  return nullptr;
+}
+
+// gemm of k and of its twin, bit for bit, on the quantized types: odd row counts, tile ranges with a
+// head and a tail cut off, 1..9, 16 and 33 tokens (odd passes pair a token with itself).
+void check_bit_twin(const Kernels& k, const Kernels& twin) {
+  int cases = 0;
+  for (WType type : {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K}) {
+    const int cols = type == WType::Q6_K ? 512 : 160, rows = 8 * 5 - 3;
+    const auto gguf = random_gguf_matrix(type, rows, cols);
+    std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
+    pack_matrix(type, gguf.data(), rows, cols, packed.data());
+    const int prow = padded_rows(rows), tiles = prow / ROW_TILE;
+    for (int n_tok : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33})
+      for (int tile0 : {0, 1}) {
+        const int tile1 = tiles - tile0;  // with tile0 = 1, a head and a tail tile are left out
+        const auto x = random_floats(size_t(n_tok) * cols, 29);
+        std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
+        for (int t = 0; t < n_tok; ++t)
+          twin.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+        std::vector<float> y(size_t(n_tok) * prow, -7.f), y_twin = y;
+        k.gemm(type, packed.data(), cols, tile0, tile1, xq.data(), n_tok, y.data(), prow);
+        twin.gemm(type, packed.data(), cols, tile0, tile1, xq.data(), n_tok, y_twin.data(), prow);
+        check(std::memcmp(y.data(), y_twin.data(), sizeof(float) * y.size()) == 0,
+              std::string(k.name) + " gemm " + type_name(type) + " == " + twin.name + ", bit for bit, n_tok=" +
+                  std::to_string(n_tok) + " tile0=" + std::to_string(tile0));
+        ++cases;
+      }
+  }
+  std::printf("%s == %s bit for bit: %d gemm cases\n", k.name, twin.name, cases);
 }
 
 void check_quantize(const Kernels& k) {
@@ -302,8 +340,10 @@ void run_checks(const Kernels& k) {
     // One token over many tiles: decode kernels that walk several tiles side by side, plus the tiles
     // left over, from a tile range in the middle of the matrix.
     for (int tile0 : {0, 1}) check_gemm(k, t, 8 * 11 - 3, k_quant ? 512 : 160, 1, tile0, 1);
-    check_decode_matches_batch(k, t, 8 * 11 - 3, k_quant ? 512 : 160);
+    for (int n_tok : {3, 9})  // one pass of 3 tokens (odd), and 2 passes of 4 then 1
+      check_decode_matches_batch(k, t, 8 * 11 - 3, k_quant ? 512 : 160, n_tok);
   }
+  if (const Kernels* twin = bit_twin(k)) check_bit_twin(k, *twin);
   check_quantize(k);
   check_softmax_exp(k);
   check_vector_ops(k);
@@ -485,8 +525,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--expect") && i + 1 < argc) expect = argv[++i];
   }
   const CpuFeatures f = detect_cpu_features();
-  std::printf("cpu: avx2=%d fma=%d f16c=%d avx512=%d neon=%d dotprod=%d; selected table: %s\n", f.avx2, f.fma, f.f16c,
-              f.avx512, f.neon, f.dotprod, select_kernels().name);
+  std::printf("cpu: avx2=%d fma=%d f16c=%d avx512=%d neon=%d dotprod=%d i8mm=%d; selected table: %s\n", f.avx2, f.fma,
+              f.f16c, f.avx512, f.neon, f.dotprod, f.i8mm, select_kernels().name);
   if (expect) check(std::strcmp(select_kernels().name, expect) == 0, std::string("selected table is ") + expect);
   check_packing();
   check_quantize(generic_kernels());

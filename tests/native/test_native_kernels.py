@@ -74,16 +74,42 @@ def aarch64_binary():
     return build_test_kernels("aarch64", f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'native/cmake/aarch64-linux-gnu.cmake'}")
 
 
-def test_neon_dotprod_and_neon_equal_generic_under_qemu(aarch64_binary):
-    """-cpu max has dotprod (like Kunpeng 920): both NEON tables run and the dotprod one is chosen."""
-    out = run_and_check(["qemu-aarch64", "-cpu", "max", str(aarch64_binary), "--expect", "neon-dotprod"], 2)
-    assert "checking neon-dotprod against generic" in out
+def test_neon_i8mm_dotprod_and_neon_equal_generic_under_qemu(aarch64_binary):
+    """-cpu max has dotprod and i8mm (Armv8.6, like newer Kunpeng and Neoverse N2/V1): all three NEON tables
+    run, each held equal to generic, the i8mm one bit for bit equal to dotprod, and i8mm is chosen."""
+    out = run_and_check(["qemu-aarch64", "-cpu", "max", str(aarch64_binary), "--expect", "neon-i8mm"], 3)
+    assert "i8mm=1" in out
+    for table in ("neon", "neon-dotprod", "neon-i8mm"):
+        assert f"checking {table} against generic" in out
+    # The bit-for-bit comparison with neon-dotprod ran (and passed: run_and_check saw "0 failed").
+    assert "neon-i8mm == neon-dotprod bit for bit: 88 gemm cases" in out
+
+
+@pytest.mark.parametrize("cpu", ["neoverse-n1", "cortex-a76"])
+def test_dotprod_without_i8mm_stays_on_neon_dotprod_under_qemu(aarch64_binary, cpu):
+    """Armv8.2 cores with dotprod and no i8mm, as Kunpeng 920 is: neon-dotprod is chosen, neon-i8mm skipped."""
+    out = run_and_check(["qemu-aarch64", "-cpu", cpu, str(aarch64_binary), "--expect", "neon-dotprod"], 2)
+    assert "dotprod=1 i8mm=0" in out
+    assert "skip neon-i8mm: not supported by this CPU" in out
 
 
 def test_plain_neon_chosen_without_dotprod_under_qemu(aarch64_binary):
     """Cortex-A53 has no dotprod: the plain NEON table is chosen and checked."""
     out = run_and_check(["qemu-aarch64", "-cpu", "cortex-a53", str(aarch64_binary), "--expect", "neon"], 1)
     assert "skip neon-dotprod" in out
+    assert "skip neon-i8mm" in out
+
+
+def test_sysinfer_kernels_forces_an_aarch64_table_under_qemu(aarch64_binary):
+    """SYSINFER_KERNELS picks neon-dotprod on an i8mm CPU; asking for neon-i8mm where the CPU lacks it falls
+    back to the best table (neon-dotprod), with the reason on stderr."""
+    env = {**os.environ, "SYSINFER_KERNELS": "neon-dotprod"}
+    run_and_check(["qemu-aarch64", "-cpu", "max", str(aarch64_binary), "--expect", "neon-dotprod"], 3, env=env)
+    env = {**os.environ, "SYSINFER_KERNELS": "neon-i8mm"}
+    out = subprocess.run(["qemu-aarch64", "-cpu", "neoverse-n1", str(aarch64_binary), "--expect", "neon-dotprod"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "SYSINFER_KERNELS=neon-i8mm is not available on this CPU/build; using neon-dotprod" in out.stderr
 
 
 def q8_round_trip(x: np.ndarray) -> np.ndarray:
