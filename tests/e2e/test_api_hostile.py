@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import statistics
 import threading
 import time
 
@@ -146,7 +147,11 @@ def test_huge_bodies_do_not_stall_other_streams(base):
         r = httpx.post(base + CHAT, json=many, timeout=120)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     t.join()
-    assert gaps and max(gaps) < 1.0, f"longest silence of a running stream: {max(gaps):.2f} s"
+    # Against the stream's own pace, so a loaded machine (every gap longer) doesn't fail it: on the
+    # event loop each body stalled every stream for its whole templating (1.4 s quiet, dozens of gaps)
+    typical = statistics.median(gaps) if gaps else 0.0
+    assert gaps and max(gaps) < max(1.0, 15 * typical), \
+        f"longest silence of a running stream: {max(gaps):.2f} s (median gap {typical * 1000:.0f} ms)"
 
 
 def test_openapi_needs_the_key_and_an_empty_key_is_refused():
