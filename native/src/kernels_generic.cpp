@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "kernels.h"
-#include "kernels_simd.h"  // softmax_exp: the same source in every table
+#include "kernels_simd.h"  // softmax: the same source in every table
 
 namespace sysinfer {
 
@@ -146,26 +146,33 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
   }
 }
 
-void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
-                 int lds) {
-  for (int r = 0; r < n_rows; ++r) {
-    float* sr = s + size_t(r) * lds;
-    for (int j = 0; j < n_keys; ++j) sr[j] = 0.f;
-    for (int i = 0; i < hd; ++i) {
-      const float qi = q[size_t(r) * ldq + i];
-      const float* k = kt + size_t(i) * ldk;
-      for (int j = 0; j < n_keys; ++j) sr[j] += qi * k[j];
-    }
+// Attention over one chunk of the paged cache (kernels.h). Each fp16 value is converted once per
+// call, where it is used, and serves every row; each output is one chain in order of i (scores) or j
+// (accum), as in the SIMD tables.
+void attn_scores(const float* q, int ldq, int n_rows, const uint16_t* k, const int32_t* blocks, int bs, int hd,
+                 int n_keys, float* s, int lds) {
+  for (int r = 0; r < n_rows; ++r)
+    for (int j = 0; j < n_keys; ++j) s[size_t(r) * lds + j] = 0.f;
+  for (int b = 0; b * bs < n_keys; ++b) {
+    const uint16_t* kb = k + size_t(blocks[b]) * bs * hd;  // [hd][bs]
+    const int j0 = b * bs, nb = std::min(bs, n_keys - j0);
+    for (int i = 0; i < hd; ++i)
+      for (int slot = 0; slot < nb; ++slot) {
+        const float key = fp16_to_fp32(kb[size_t(i) * bs + slot]);
+        for (int r = 0; r < n_rows; ++r) s[size_t(r) * lds + j0 + slot] += q[size_t(r) * ldq + i] * key;
+      }
   }
 }
 
-void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
-  for (int r = 0; r < n_rows; ++r) {
-    float* ar = acc + size_t(r) * ldacc;
-    for (int j = 0; j < n_keys; ++j) {
-      const float pj = p[size_t(r) * ldp + j];
-      const float* vj = v + size_t(j) * hd;
-      for (int i = 0; i < hd; ++i) ar[i] += pj * vj[i];
+void attn_accum(const float* p, int ldp, int n_rows, const uint16_t* v, const int32_t* blocks, int bs, int hd,
+                int n_keys, float* acc, int ldacc) {
+  for (int r = 0; r < n_rows; ++r)
+    for (int i = 0; i < hd; ++i) acc[size_t(r) * ldacc + i] = 0.f;
+  for (int j = 0; j < n_keys; ++j) {
+    const uint16_t* vj = v + size_t(blocks[j / bs]) * bs * hd + size_t(j % bs) * hd;  // [hd]
+    for (int i = 0; i < hd; ++i) {
+      const float value = fp16_to_fp32(vj[i]);
+      for (int r = 0; r < n_rows; ++r) acc[size_t(r) * ldacc + i] += p[size_t(r) * ldp + j] * value;
     }
   }
 }
@@ -178,7 +185,7 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax_exp};
+const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax};
 
 }  // namespace
 
