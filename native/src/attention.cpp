@@ -93,11 +93,9 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     c1 = std::min(key_end, (c0 / kc + 1) * kc);
     const int nk = c1 - c0;
     const int32_t* blocks = block_table + c0 / bs;
-    if (c1 < key_end) {  // the next chunk's first blocks may lie elsewhere: start their loads now
-      const size_t next = size_t(blocks[nk / bs]) * bs * hd;
-      prefetch_bytes(k_head + next, size_t(bs) * hd * sizeof(uint16_t));
-      prefetch_bytes(v_head + next, size_t(bs) * hd * sizeof(uint16_t));
-    }
+    // The kernels prefetch ahead within the chunk; the first values of this chunk and the first keys
+    // of the next one (blocks may lie anywhere) are asked for here, one phase before their use.
+    prefetch_bytes(v_head + size_t(blocks[0]) * bs * hd, std::min(nk, bs) * size_t(hd) * sizeof(uint16_t));
     // Tokens before t_first see none of the chunk's keys.
     int t_first = 0;
     while (positions[item.tok_begin + t_first] < c0) ++t_first;  // the last token sees key c0
@@ -114,6 +112,7 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
       row_sum[r] = k.softmax(pr, n_visible, &row_max[r]);
       std::fill(pr + n_visible, pr + nk, 0.f);
     }
+    if (c1 < key_end) prefetch_bytes(k_head + size_t(blocks[nk / bs]) * bs * hd, size_t(bs) * hd * sizeof(uint16_t));
     k.attn_accum(p + size_t(r0) * kc, kc, rows - r0, v_head, blocks, bs, hd, nk, acc + size_t(r0) * hd, hd);
     for (int r = 0; r < rows; ++r) {
       const float* a = acc + size_t(r) * hd;

@@ -331,12 +331,23 @@ inline KeyVec key_vec(const uint16_t* k, const int32_t* blocks, int bs, int hd, 
   return {k + size_t(blocks[b]) * bs * hd + off, col, std::min({A::W, bs - off, n_keys - col})};
 }
 
+// Software prefetch (a hint: results never depend on it): the next tile's keys at the offset this
+// tile reads, one dim at a time, so that whole blocks arrive while this tile's arithmetic runs; and
+// the value row kPrefetchKeys keys ahead. Blocks can lie anywhere in the arena, so the hardware
+// prefetcher cannot always see the next one coming.
+#ifndef SYSINFER_PF_KEYS
+#define SYSINFER_PF_KEYS 64
+#endif
+constexpr int kPrefetchKeys = SYSINFER_PF_KEYS;
+
 template <class A, int R, int NV, bool Full>
-void scores_tile(const float* q, int ldq, const KeyVec* kv, int bs, int hd, float* s, int lds) {
+void scores_tile(const float* q, int ldq, const KeyVec* kv, const uint16_t* const* next, int n_next, int bs, int hd,
+                 float* s, int lds) {
   typename A::V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < NV; ++u) acc[r][u] = A::zero();
   for (int i = 0; i < hd; ++i) {
+    for (int u = 0; u < n_next; ++u) __builtin_prefetch(next[u] + size_t(i) * bs, 0, 3);
     typename A::V kk[NV];
     for (int u = 0; u < NV; ++u)
       kk[u] = Full ? A::load_h(kv[u].k + size_t(i) * bs) : A::load_h(kv[u].k + size_t(i) * bs, kv[u].n);
@@ -368,12 +379,16 @@ void attn_scores(const float* q, int ldq, int n_rows, const uint16_t* k, const i
       kv[u] = key_vec<A>(k, blocks, bs, hd, n_keys, u0 + u);
       full &= kv[u].n == A::W;
     }
+    const uint16_t* next[A::kVecs];  // the next tile's keys, prefetched by the first row group
+    const int n_next = std::min(A::kVecs, n_vec - (u0 + nv));
+    for (int u = 0; u < n_next; ++u) next[u] = key_vec<A>(k, blocks, bs, hd, n_keys, u0 + nv + u).k;
     with_count<A::kVecs>(nv, [&](auto vecs) {
       constexpr int NV = decltype(vecs)::value;
       for_groups<A::kRows>(n_rows, [&](auto rows, int r) {
         constexpr int R = decltype(rows)::value;
-        if (full) scores_tile<A, R, NV, true>(q + size_t(r) * ldq, ldq, kv, bs, hd, s + size_t(r) * lds, lds);
-        else scores_tile<A, R, NV, false>(q + size_t(r) * ldq, ldq, kv, bs, hd, s + size_t(r) * lds, lds);
+        const int pf = r == 0 ? n_next : 0;
+        if (full) scores_tile<A, R, NV, true>(q + size_t(r) * ldq, ldq, kv, next, pf, bs, hd, s + size_t(r) * lds, lds);
+        else scores_tile<A, R, NV, false>(q + size_t(r) * ldq, ldq, kv, next, pf, bs, hd, s + size_t(r) * lds, lds);
       });
     });
   }
@@ -381,7 +396,7 @@ void attn_scores(const float* q, int ldq, int n_rows, const uint16_t* k, const i
 
 // Dims [col, col + NV * W) of R rows' accumulators (the last vector n_last dims when not Full), over
 // the chunk's keys in order.
-template <class A, int R, int NV, bool Full>
+template <class A, int R, int NV, bool Full, bool Prefetch>
 void accum_tile(const float* p, int ldp, const uint16_t* v, const int32_t* blocks, int bs, int hd, int n_keys,
                 int col, int n_last, float* acc, int ldacc) {
   typename A::V a[R][NV];
@@ -390,6 +405,11 @@ void accum_tile(const float* p, int ldp, const uint16_t* v, const int32_t* block
   for (int b = 0, j = 0; j < n_keys; ++b) {
     const uint16_t* vb = v + size_t(blocks[b]) * bs * hd + col;  // [bs][hd] from this strip's first dim
     for (const int j_end = std::min(n_keys, j + bs); j < j_end; ++j, vb += hd) {
+      if (Prefetch && j + kPrefetchKeys < n_keys) {
+        const int ja = j + kPrefetchKeys;
+        const char* ahead = reinterpret_cast<const char*>(v + (size_t(blocks[ja / bs]) * bs + ja % bs) * hd + col);
+        for (int off = 0; off < NV * A::W * 2; off += 64) __builtin_prefetch(ahead + off, 0, 3);
+      }
       typename A::V vv[NV];
       for (int u = 0; u < NV; ++u)
         vv[u] = Full || u < NV - 1 ? A::load_h(vb + u * A::W) : A::load_h(vb + u * A::W, n_last);
@@ -422,8 +442,10 @@ void attn_accum(const float* p, int ldp, int n_rows, const uint16_t* v, const in
         constexpr int R = decltype(rows)::value;
         const float* pr = p + size_t(r) * ldp;
         float* ar = acc + size_t(r) * ldacc;
-        if (n_last == A::W) accum_tile<A, R, NV, true>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
-        else accum_tile<A, R, NV, false>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
+        // the first row group of a strip reads its values first: it prefetches them
+        if (n_last != A::W) accum_tile<A, R, NV, false, false>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
+        else if (r == 0) accum_tile<A, R, NV, true, true>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
+        else accum_tile<A, R, NV, true, false>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
       });
     });
   }

@@ -8,8 +8,9 @@
 //   test_kernels --bench [all] [N]  single-thread GEMV (8B FFN-sized) and N-token (64) GEMM speed of
 //                                each table this CPU runs, for Q4_0 (or every type)
 //   test_kernels --bench-peak    (x86 with AVX-512 VNNI) one core's clock and vpdpbusd throughput: its int8 peak
-//   test_kernels --bench-attn    single-thread attention (decode and a 32-token prefill item) at long
-//                                context on the SmolLM2 and Llama-3-8B shapes, each table this CPU runs
+//   test_kernels --bench-attn [hot]  single-thread attention (decode and a 32-token prefill item) at
+//                                long context on the SmolLM2 and Llama-3-8B shapes, each table this CPU
+//                                runs; `hot`: one layer, so the K/V stay in the caches (the arithmetic alone)
 //   test_kernels --bench-dram    two-thread Q4_0 GEMV over 1 GB of weights (out of every cache, as
 //                                decode of a big model is) against a two-thread read of the same bytes
 #include <algorithm>
@@ -351,6 +352,17 @@ void check_packing() {
     ok &= fp32_to_fp16(fp16_to_fp32(uint16_t(h))) == h;
   }
   check(ok, "fp16 round trip of all 65536 values");
+  // The generic table's branchless conversion (attention reads fp16 through it) against the reference.
+  std::vector<uint16_t> all(65536);
+  for (uint32_t h = 0; h < 65536; ++h) all[h] = uint16_t(h);
+  std::vector<float> conv(65536);
+  generic_kernels().f16_to_f32(all.data(), conv.data(), 65536);
+  ok = true;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float ref = fp16_to_fp32(uint16_t(h));
+    ok &= std::memcmp(&ref, &conv[h], 4) == 0;
+  }
+  check(ok, "generic f16_to_f32 == fp16_to_fp32 for all 65536 values, NaN payloads included");
 }
 
 void run_checks(const Kernels& k) {
@@ -454,15 +466,17 @@ void bench(bool all_types, int ntok) {
 // 8 layers of the 8B at 4,096) is larger than L3, as a long context's is: decode (one token against
 // every key, one item per KV head) and a prefill item (32 tokens at the end of the context, all the
 // keys they see). Milliseconds per layer (best of 5 passes), the K/V bytes read per second, and
-// the attention GFLOPS (2 multiply-adds per query row, key and dim: scores and accumulation).
-void bench_attention() {
+// the attention GFLOPS (2 multiply-adds per query row, key and dim: scores and accumulation). With
+// `hot`, one layer over and over: its K/V stay in L2/L3, which leaves the arithmetic.
+void bench_attention(bool hot) {
   struct Shape {
     const char* name;
     int n_head, n_kv, hd, ctx, layers;
   };
   const Shape shapes[] = {{"SmolLM2-135M", 9, 3, 64, 4000, 30}, {"Llama-3-8B", 32, 8, 128, 4096, 8}};
   const int bs = 16;
-  for (const Shape& sh : shapes) {
+  for (Shape sh : shapes) {
+    if (hot) sh.layers = 1;
     const int n_blocks = (sh.ctx + bs - 1) / bs, group = sh.n_head / sh.n_kv;
     const size_t layer_elems = size_t(sh.n_kv) * n_blocks * bs * sh.hd;
     std::vector<uint16_t> kc(layer_elems * sh.layers), vc(kc.size());  // [layers][layer_elems]
@@ -487,7 +501,7 @@ void bench_attention() {
       std::printf("%s attention, %d token%s at context %d (%d heads, %d KV heads, dim %d):\n", sh.name, n_tok,
                   n_tok > 1 ? "s" : "", sh.ctx, sh.n_head, sh.n_kv, sh.hd);
       for (const Kernels* k : runnable_tables()) {
-        const int passes = std::strcmp(k->name, "generic") ? 5 : 1;
+        const int passes = std::strcmp(k->name, "generic") ? (hot ? 20 : 5) : 1;
         double best = 1e9;
         for (int pass = 0; pass < passes; ++pass) {
           const auto t0 = std::chrono::steady_clock::now();
@@ -597,7 +611,10 @@ void bench_peak() { std::printf("--bench-peak is for x86-64\n"); }
 int main(int argc, char** argv) {
   const char* expect = nullptr;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--bench-attn")) { bench_attention(); return 0; }
+    if (!std::strcmp(argv[i], "--bench-attn")) {
+      bench_attention(i + 1 < argc && !std::strcmp(argv[i + 1], "hot"));
+      return 0;
+    }
     if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
     if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
     if (!std::strcmp(argv[i], "--bench")) {
