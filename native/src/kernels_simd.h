@@ -335,10 +335,7 @@ inline KeyVec key_vec(const uint16_t* k, const int32_t* blocks, int bs, int hd, 
 // tile reads, one dim at a time, so that whole blocks arrive while this tile's arithmetic runs; and
 // the value row kPrefetchKeys keys ahead. Blocks can lie anywhere in the arena, so the hardware
 // prefetcher cannot always see the next one coming.
-#ifndef SYSINFER_PF_KEYS
-#define SYSINFER_PF_KEYS 64
-#endif
-constexpr int kPrefetchKeys = SYSINFER_PF_KEYS;
+constexpr int kPrefetchKeys = 64;
 
 template <class A, int R, int NV, bool Full>
 void scores_tile(const float* q, int ldq, const KeyVec* kv, const uint16_t* const* next, int n_next, int bs, int hd,
