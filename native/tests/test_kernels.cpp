@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "aligned_array.h"
 #include "attention.h"
 #include "bandwidth.h"
 #include "kernels.h"
@@ -479,9 +480,12 @@ void bench_attention(bool hot) {
     if (hot) sh.layers = 1;
     const int n_blocks = (sh.ctx + bs - 1) / bs, group = sh.n_head / sh.n_kv;
     const size_t layer_elems = size_t(sh.n_kv) * n_blocks * bs * sh.hd;
-    std::vector<uint16_t> kc(layer_elems * sh.layers), vc(kc.size());  // [layers][layer_elems]
+    // [layers][layer_elems], on huge pages as the model's cache is
+    const size_t n_elems = layer_elems * sh.layers;
+    const auto kc_mem = aligned_array<uint16_t>(n_elems), vc_mem = aligned_array<uint16_t>(n_elems);
+    uint16_t *kc = kc_mem.get(), *vc = vc_mem.get();
     uint32_t x = 1;
-    for (size_t i = 0; i < kc.size(); ++i) {  // fp16 values in about [-2, 2): sign, exponents 14..15
+    for (size_t i = 0; i < n_elems; ++i) {  // fp16 values in about [-2, 2): sign, exponents 14..15
       x = x * 1664525u + 1013904223u;
       kc[i] = uint16_t(((x >> 16) & 0x83FF) | 0x3800 | ((x >> 5) & 0x400));
       vc[i] = uint16_t(((x >> 8) & 0x83FF) | 0x3800 | ((x >> 3) & 0x400));
@@ -509,7 +513,7 @@ void bench_attention(bool hot) {
             for (int h = 0; h < sh.n_kv; ++h) {
               const AttnItem item{0, h, 0, n_tok, 0, sh.ctx, -1, -1};
               run_attention_item(*k, shape, item, q.data(), sh.n_head * sh.hd, positions.data(), table.data(),
-                                 kc.data() + l * layer_elems, vc.data() + l * layer_elems, scratch.data(), out.data(),
+                                 kc + l * layer_elems, vc + l * layer_elems, scratch.data(), out.data(),
                                  sh.n_head * sh.hd, nullptr, 0);
             }
           best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / sh.layers);
