@@ -1,10 +1,13 @@
 """Decode and prefill tokens/s of the native step, single sequence (a benchmark, not a test).
 
     python benchmarks/decode_speed.py [--threads 2] [--model FILE.gguf ...] [--llama3-8b] [--repeats 3]
+                                      [--context 0,1000,4000] [--prompt 128] [--decode 64]
 
 With no --model it measures SmolLM2-135M-Instruct Q4_0 (made from the bundled Q4_1 file) and, with
 --llama3-8b, a random-weight file with Llama-3-8B's exact shapes (Q4_0, Q6_K output), generated
-into the test cache. Prints medians over --repeats runs.
+into the test cache. Decode at context C: C + --prompt tokens are in the KV cache before the timed
+tokens. Prints medians over --repeats runs, one line per model and context (the model is loaded
+once, its KV cache sized for the longest context).
 """
 
 from __future__ import annotations
@@ -50,23 +53,26 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--decode", type=int, default=64)
-    ap.add_argument("--context", type=int, default=0, help="tokens already in the cache before decoding")
+    ap.add_argument("--context", default="0", help="tokens already in the cache before decoding (a comma list)")
     args = ap.parse_args()
     models = args.model or [smollm2_q4_0()]
     if args.llama3_8b:
         models.append(llama3_8b_file())
+    contexts = [int(c) for c in args.context.split(",")]
     for path in models:
-        ctx = args.context + args.prompt + args.decode + 16
+        # the longest request: context + prompt + decode + 1 tokens (its first token comes with prefill)
+        ctx = max(contexts) + args.prompt + args.decode + 1
         model = load_model(path, threads=args.threads, n_ctx=ctx, max_step_tokens=512)
         decode_n = args.decode if model.n_params < 1e9 else max(8, args.decode // 8)
         engine = bench_engine(model, Tokenizer.from_metadata(model.metadata))
         measure(engine, 16, 4, 0)  # warm-up
-        runs = [measure(engine, args.prompt, decode_n, args.context) for _ in range(args.repeats)]
-        pre = statistics.median(r[0] for r in runs)
-        dec = statistics.median(r[1] for r in runs)
-        print(f"{Path(path).name}: kernels={model.kernels} threads={model.n_threads} "
-              f"prefill({args.prompt})={pre:.1f} tok/s decode(ctx {args.context})={dec:.2f} tok/s "
-              f"[runs: {', '.join(f'{r[1]:.2f}' for r in runs)}]", flush=True)
+        for context in contexts:
+            runs = [measure(engine, args.prompt, decode_n, context) for _ in range(args.repeats)]
+            pre = statistics.median(r[0] for r in runs)
+            dec = statistics.median(r[1] for r in runs)
+            print(f"{Path(path).name}: kernels={model.kernels} threads={model.n_threads} "
+                  f"prefill({args.prompt})={pre:.1f} tok/s decode(ctx {context})={dec:.2f} tok/s "
+                  f"[runs: {', '.join(f'{r[1]:.2f}' for r in runs)}]", flush=True)
         del model, engine
     return 0
 

@@ -19,38 +19,17 @@ inline void prefetch_bytes(const void* p, size_t bytes) {
 
 size_t attention_scratch_floats(const AttnShape& s, int max_tokens_per_item) {
   const size_t rows = size_t(max_tokens_per_item) * (s.n_head / s.n_head_kv);
-  const size_t kv_block = 2 * size_t(s.block_size) * s.head_dim;   // K (transposed) and V as f32
-  // per row: q, the chunk's accumulator, scores, the chunk's max and sum, the merged acc, max, sum
-  return kv_block + rows * (4 * size_t(s.head_dim) + 4 + s.block_size);
+  // per row: q, the chunk's scores / weights, the chunk's accumulator, max and sum, the merged acc,
+  // max and sum (see run_attention_item)
+  return rows * (3 * size_t(s.head_dim) + s.key_chunk + 4);
 }
 
 namespace {
 
-// Folds one block's scores (p[0, nk), keys [key0, key0 + nk)) into a row's online softmax: only
-// the first n_visible keys count (causal); p becomes the weights (0 for hidden keys), acc [hd] is
-// rescaled when the running max grows.
-inline void softmax_block(const Kernels& k, float* p, int nk, int n_visible, float alibi_slope, int pos, int key0,
-                          int hd, float* acc, float* max, float* sum) {
-  if (alibi_slope != 0.f)
-    for (int j = 0; j < n_visible; ++j) p[j] -= alibi_slope * float(pos - (key0 + j));
-  float block_max = -std::numeric_limits<float>::infinity();
-  for (int j = 0; j < n_visible; ++j) block_max = std::max(block_max, p[j]);
-  const float new_max = std::max(*max, block_max);
-  const float rescale = std::exp(*max - new_max);  // 0 on the first block (max = -inf)
-  if (rescale != 1.f)
-    for (int i = 0; i < hd; ++i) acc[i] *= rescale;
-  k.softmax_exp(p, n_visible, new_max);
-  float s = *sum * rescale;
-  for (int j = 0; j < n_visible; ++j) s += p[j];  // in key order, as a single-token decode does
-  for (int j = n_visible; j < nk; ++j) p[j] = 0.f;
-  *max = new_max;
-  *sum = s;
-}
-
-// Folds one chunk's online-softmax state (acc[hd], max, sum) into a row's running state (in chunk
-// order). The one place chunks are merged, for every path (noinline: one machine code for all
-// callers, so no caller's contraction or vectorisation can differ). The first non-empty chunk is
-// copied exactly, so a row with one chunk gets the plain online softmax's bits.
+// The one place chunks are merged, for every path: folds one chunk's state (acc[hd], max, sum) into a
+// row's running state, in chunk order (noinline: one machine code for all callers, so no caller's
+// contraction or vectorisation can differ). The first non-empty chunk is copied exactly, so a row
+// with one chunk gets the plain softmax's bits.
 __attribute__((noinline)) void merge_partial(float* run_acc, float* run_max, float* run_sum, const float* acc,
                                              float max, float sum, int hd) {
   if (sum == 0.f) return;  // the row sees no key of this chunk
@@ -74,27 +53,27 @@ __attribute__((noinline)) void normalise(const float* acc, float sum, int hd, fl
 
 }  // namespace
 
-// Every query row of the item (token t, head g of the GQA group: row t * group + g) is scored
-// against one K block at a time by the kernel table's tiled attn_scores, folded into its chunk's
-// online softmax (its exponentials by the table's softmax_exp), and the block's values accumulated by
-// attn_accum: each K/V block is converted once and serves all rows. At each chunk's end the chunk's
-// state is either written out as a partial (split items) or merged into the row's running state.
+// Chunk by chunk (attention.h): the kernel table's attn_scores scores every query row of the item
+// (token t, head g of the GQA group: row t * group + g) against all the chunk's keys, read as fp16
+// from their blocks; each row's softmax over the keys it sees (k.softmax: max, exponentials, sum);
+// attn_accum sums the chunk's fp16 values by those weights. No per-block state and no f32 copy of
+// K or V: each K/V byte is read from the cache once per item, into registers. At each chunk's end the
+// chunk's state is either written out as a partial (split items) or merged into the row's running
+// state.
 void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& item, const float* q,
                         int q_stride, const int32_t* positions, const int32_t* block_table,
                         const uint16_t* k_layer, const uint16_t* v_layer, float* scratch, float* out,
                         int out_stride, float* partial, int max_chunks) {
-  const int hd = s.head_dim, bs = s.block_size, group = s.n_head / s.n_head_kv;
+  const int hd = s.head_dim, bs = s.block_size, group = s.n_head / s.n_head_kv, kc = s.key_chunk;
   const int n_tok = item.tok_end - item.tok_begin, rows = n_tok * group;
-  float* kt = scratch;                        // [hd][bs] this block's keys (stored transposed) as f32
-  float* vf = kt + size_t(bs) * hd;           // [bs][hd] values
-  float* qs = vf + size_t(bs) * hd;           // [rows][hd] query rows, pre-multiplied by scale
-  float* acc = qs + size_t(rows) * hd;        // [rows][hd] this chunk's unnormalised outputs
-  float* p = acc + size_t(rows) * hd;         // [rows][bs] scores, then softmax weights
-  float* row_max = p + size_t(rows) * bs;     // [rows] this chunk's running max
-  float* row_sum = row_max + rows;            // [rows] this chunk's running sum
-  float* run_acc = row_sum + rows;            // [rows][hd] chunks merged so far
+  float* qs = scratch;                           // [rows][hd] query rows, pre-multiplied by scale
+  float* p = qs + size_t(rows) * hd;             // [rows][kc] this chunk's scores, then softmax weights
+  float* acc = p + size_t(rows) * kc;            // [rows][hd] this chunk's unnormalised outputs
+  float* row_max = acc + size_t(rows) * hd;      // [rows] this chunk's max
+  float* row_sum = row_max + rows;               // [rows] this chunk's sum (0: the row sees none of it)
+  float* run_acc = row_sum + rows;               // [rows][hd] chunks merged so far
   float* run_max = run_acc + size_t(rows) * hd;  // [rows]
-  float* run_sum = run_max + rows;            // [rows]
+  float* run_sum = run_max + rows;               // [rows]
 
   for (int r = 0; r < rows; ++r) {
     const int t = r / group, h = item.kv_head * group + r % group;
@@ -104,43 +83,41 @@ void run_attention_item(const Kernels& k, const AttnShape& s, const AttnItem& it
     run_max[r] = -std::numeric_limits<float>::infinity();
     run_sum[r] = 0.f;
   }
+  // This KV head's blocks: block b at k_head + b * bs * hd.
+  const size_t head_elems = size_t(s.n_blocks) * bs * hd;
+  const uint16_t* k_head = k_layer + size_t(item.kv_head) * head_elems;
+  const uint16_t* v_head = v_layer + size_t(item.kv_head) * head_elems;
   // Keys needed by the latest token of the item (tokens are in position order).
   const int key_end = std::min(item.key_end, positions[item.tok_end - 1] + 1);
-  const size_t head_stride = size_t(bs) * hd;
-  for (int c0 = item.key_begin, c1; c0 < key_end; c0 = c1) {
-    c1 = std::min(key_end, (c0 / s.key_chunk + 1) * s.key_chunk);
-    std::fill(acc, acc + size_t(rows) * hd, 0.f);
-    std::fill(row_max, row_max + rows, -std::numeric_limits<float>::infinity());
-    std::fill(row_sum, row_sum + rows, 0.f);
-    for (int block_start = c0 / bs * bs; block_start < c1; block_start += bs) {
-      const int j0 = std::max(c0 - block_start, 0);
-      const int j1 = std::min(c1 - block_start, bs);
-      // Tokens before t_first see none of keys [block_start + j0, block_start + j1).
-      int t_first = 0;
-      while (t_first < n_tok && positions[item.tok_begin + t_first] < block_start + j0) ++t_first;
-      if (t_first == n_tok) continue;
-      const int r0 = t_first * group, nk = j1 - j0;
-      const size_t base = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs]) * head_stride;
-      if (block_start + bs < key_end) {  // blocks may be scattered: start the next one's loads now
-        const size_t next = (size_t(item.kv_head) * s.n_blocks + block_table[block_start / bs + 1]) * head_stride;
-        prefetch_bytes(k_layer + next, head_stride * sizeof(uint16_t));
-        prefetch_bytes(v_layer + next, head_stride * sizeof(uint16_t));
-      }
-      k.f16_to_f32(k_layer + base, kt, bs * hd);  // whole block: only slots j0..j1 are read
-      k.f16_to_f32(v_layer + base + size_t(j0) * hd, vf + size_t(j0) * hd, nk * hd);
-      k.attn_scores(qs + size_t(r0) * hd, hd, rows - r0, kt + j0, bs, hd, nk, p + size_t(r0) * bs, bs);
-      for (int r = r0; r < rows; ++r) {
-        const int pos = positions[item.tok_begin + r / group];
-        const float slope = s.alibi_slopes ? s.alibi_slopes[item.kv_head * group + r % group] : 0.f;
-        softmax_block(k, p + size_t(r) * bs, nk, std::min(nk, pos + 1 - block_start - j0), slope, pos,
-                      block_start + j0, hd, acc + size_t(r) * hd, row_max + r, row_sum + r);
-      }
-      k.attn_accum(p + size_t(r0) * bs, bs, rows - r0, vf + size_t(j0) * hd, hd, nk, acc + size_t(r0) * hd, hd);
+  for (int c0 = item.key_begin, c1; c0 < key_end; c0 = c1) {  // c0: a multiple of kc, so of bs
+    c1 = std::min(key_end, (c0 / kc + 1) * kc);
+    const int nk = c1 - c0;
+    const int32_t* blocks = block_table + c0 / bs;
+    // The kernels prefetch ahead within the chunk; the first values of this chunk and the first keys
+    // of the next one (blocks may lie anywhere) are asked for here, one phase before their use.
+    prefetch_bytes(v_head + size_t(blocks[0]) * bs * hd, std::min(nk, bs) * size_t(hd) * sizeof(uint16_t));
+    // Tokens before t_first see none of the chunk's keys.
+    int t_first = 0;
+    while (positions[item.tok_begin + t_first] < c0) ++t_first;  // the last token sees key c0
+    const int r0 = t_first * group;
+    std::fill(row_sum, row_sum + r0, 0.f);
+    k.attn_scores(qs + size_t(r0) * hd, hd, rows - r0, k_head, blocks, bs, hd, nk, p + size_t(r0) * kc, kc);
+    for (int r = r0; r < rows; ++r) {
+      float* pr = p + size_t(r) * kc;
+      const int pos = positions[item.tok_begin + r / group];
+      const int n_visible = std::min(nk, pos + 1 - c0);  // causal: keys up to the row's own position
+      const float slope = s.alibi_slopes ? s.alibi_slopes[item.kv_head * group + r % group] : 0.f;
+      if (slope != 0.f)
+        for (int j = 0; j < n_visible; ++j) pr[j] -= slope * float(pos - (c0 + j));
+      row_sum[r] = k.softmax(pr, n_visible, &row_max[r]);
+      std::fill(pr + n_visible, pr + nk, 0.f);
     }
+    if (c1 < key_end) prefetch_bytes(k_head + size_t(blocks[nk / bs]) * bs * hd, size_t(bs) * hd * sizeof(uint16_t));
+    k.attn_accum(p + size_t(r0) * kc, kc, rows - r0, v_head, blocks, bs, hd, nk, acc + size_t(r0) * hd, hd);
     for (int r = 0; r < rows; ++r) {
       const float* a = acc + size_t(r) * hd;
       if (item.split >= 0) {  // this chunk's state, for combine_attention_partials
-        const int h = item.kv_head * group + r % group, chunk = c0 / s.key_chunk;
+        const int h = item.kv_head * group + r % group, chunk = c0 / kc;
         float* dst = partial + ((size_t(item.partial_row + r / group) * s.n_head + h) * max_chunks + chunk) * (hd + 2);
         std::copy(a, a + hd, dst);
         dst[hd] = row_max[r];

@@ -1,14 +1,16 @@
 // Fused attention over the paged KV cache: for one sequence, one KV head, a range of its new
-// tokens and a range of key positions, read each K/V block once, score every query head of the
-// GQA group and every query token against it, and keep an online softmax.
+// tokens and a range of key positions, score every query head of the GQA group and every query token
+// against the keys chunk by chunk, reading each fp16 K/V block once, straight into the kernels'
+// registers (Kernels::attn_scores / attn_accum: no conversion pass, no f32 copy of the cache).
 //
 // One summation order for every row, whatever the step: the keys of a row at position p are cut into
-// fixed chunks [c * key_chunk, (c + 1) * key_chunk) clipped to p + 1; each chunk gets its own online
-// softmax (fresh max, sum, accumulator), and the chunks are merged in order by merge_partial. Whether
-// the chunks of a row are computed by one work item (prefill, verify rows) or by several in parallel
-// (split-K for decode) and merged afterwards changes who computes them, never the arithmetic: a row's
-// output is bit for bit the same alone, in a verify step of 1 + k rows, or in a batch (speculative
-// decoding's greedy output depends on it; tests/native/test_row_independence.py holds it).
+// fixed chunks [c * key_chunk, (c + 1) * key_chunk) clipped to p + 1; each chunk gets its own softmax
+// (its max, weights and sum: Kernels::softmax), and the chunks are merged in order by merge_partial.
+// Whether the chunks of a row are computed by one work item (prefill, verify rows) or by several in
+// parallel (split-K for decode) and merged afterwards changes who computes them, never the
+// arithmetic: a row's output is bit for bit the same alone, in a verify step of 1 + k rows, or in a
+// batch (speculative decoding's greedy output depends on it; tests/native/test_row_independence.py
+// holds it).
 #pragma once
 
 #include <cstdint>

@@ -67,25 +67,27 @@ struct Kernels {
   void (*gemm)(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok,
                float* y, int ldy);
 
-  // Attention over one block of the KV cache (converted to f32), for n_rows query rows at once:
-  //   scores:  s[r * lds + j] = sum_{i < hd} q[r * ldq + i] * kt[i * ldk + j]   for j < n_keys
-  //            (kt: the block's keys transposed, [hd][ldk]);
-  //   accum:   acc[r * ldacc + i] += sum_{j < n_keys} p[r * ldp + j] * v[j * hd + i]   for i < hd
-  //            (v: [n_keys][hd]).
-  // Each output element is one chain of multiply-adds in order of i (scores) or j (accum), so a
-  // row's result does not depend on n_rows or on where the row sits in a tile. Reads and writes
-  // nothing outside those ranges.
-  void (*attn_scores)(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys,
-                      float* s, int lds);
-  void (*attn_accum)(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc,
-                     int ldacc);
+  // Attention over one chunk of a KV head's paged cache, reading the fp16 K/V where they are stored:
+  // each value is converted to f32 in registers as it is used (no conversion pass, no f32 copy).
+  // The chunk's key j (0 <= j < n_keys) lives in block blocks[j / bs], slot j % bs, where block b of
+  // the head is k + b * bs * hd (keys transposed, [hd][bs]) and v + b * bs * hd (values, [bs][hd]):
+  //   scores:  s[r * lds + j] = sum_{i < hd} q[r * ldq + i] * K_j[i]       for j < n_keys
+  //   accum:   acc[r * ldacc + i] = sum_{j < n_keys} p[r * ldp + j] * V_j[i]  for i < hd
+  // for n_rows query rows at once. Each output element is one chain of multiply-adds from 0, in order
+  // of i (scores) or j (accum), so a row's result does not depend on n_rows, on where the row sits in
+  // a tile, or on the fp16 path. Reads and writes nothing outside those ranges (no key past n_keys).
+  void (*attn_scores)(const float* q, int ldq, int n_rows, const uint16_t* k, const int32_t* blocks, int bs, int hd,
+                      int n_keys, float* s, int lds);
+  void (*attn_accum)(const float* p, int ldp, int n_rows, const uint16_t* v, const int32_t* blocks, int bs, int hd,
+                     int n_keys, float* acc, int ldacc);
   void (*f16_to_f32)(const uint16_t* src, float* dst, int n);
   void (*f32_to_f16)(const float* src, uint16_t* dst, int n);  // round to nearest even
 
-  // Softmax weights: p[j] = e^(p[j] - max) for j < n, every p[j] <= max; relative error < 3e-7
-  // against e^x (a polynomial, not std::exp: one source, vectorised at each table's width) and the
-  // same bits in every table.
-  void (*softmax_exp)(float* p, int n, float max);
+  // Softmax weights of n >= 1 scores: m = max_j p[j]; p[j] = e^(p[j] - m) (relative error < 3e-7
+  // against e^x: a polynomial, not std::exp); *max = m; returns sum_j p[j] added in a fixed order
+  // (16 partial sums, key j into sum j % 16 in order of j, then halved pairwise: 8, 4, 2, 1). One
+  // source vectorised at each table's width, the same bits in every table.
+  float (*softmax)(float* p, int n, float* max);
 };
 
 // Kernel tables. The SIMD getters return nullptr when that table is not compiled in.

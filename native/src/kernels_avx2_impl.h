@@ -325,62 +325,27 @@ struct GemmFloat {
   }
 };
 
-// ---- attention over one KV block ----
+// ---- attention over one chunk of the paged cache: fp16 K/V converted in registers (F16C) ----
 
 // Lanes [0, n) of an 8-float vector set (n may be <= 0 or >= 8).
 inline __m256i lane_mask(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-template <bool Full>
-inline __m256 load16(const float* p, __m256i m) { return Full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m); }
-
-template <bool Full>
-inline void store16(float* p, __m256i m, __m256 v) {
-  if (Full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v);
-}
-
-// R rows x 16 columns (nc <= 16 of them real): each loaded vector of b serves R rows, and each output
-// is one FMA chain over k whether its lane is masked or not.
-template <int R, bool Full, bool Accumulate>
-void fma_tile(const float* a, int lda, const float* b, int ldb, int n_inner, int nc, float* c, int ldc) {
-  const __m256i m0 = lane_mask(nc), m1 = lane_mask(nc - 8);
-  __m256 c0[R], c1[R];
-  for (int r = 0; r < R; ++r) {
-    c0[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc, m0) : _mm256_setzero_ps();
-    c1[r] = Accumulate ? load16<Full>(c + size_t(r) * ldc + 8, m1) : _mm256_setzero_ps();
-  }
-  for (int k = 0; k < n_inner; ++k) {
-    const float* bk = b + size_t(k) * ldb;
-    const __m256 b0 = load16<Full>(bk, m0), b1 = load16<Full>(bk + 8, m1);
-    for (int r = 0; r < R; ++r) {
-      const __m256 ak = _mm256_broadcast_ss(a + size_t(r) * lda + k);
-      c0[r] = _mm256_fmadd_ps(ak, b0, c0[r]);
-      c1[r] = _mm256_fmadd_ps(ak, b1, c1[r]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    store16<Full>(c + size_t(r) * ldc, m0, c0[r]);
-    store16<Full>(c + size_t(r) * ldc + 8, m1, c1[r]);
-  }
-}
-
 struct Attention {  // see kernels_simd.h
-  // Tiles of 16 columns by 4 rows, then the 1-3 rows left.
-  template <bool Accumulate>
-  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
-                       float* c, int ldc) {
-    for (int j = 0; j < n_cols; j += 16) {
-      const int nc = std::min(16, n_cols - j);
-      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
-        constexpr int R = decltype(rows)::value;
-        const float* ar = a + size_t(r) * lda;
-        float* cr = c + size_t(r) * ldc + j;
-        if (nc == 16) fma_tile<R, true, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
-        else fma_tile<R, false, Accumulate>(ar, lda, b + j, ldb, n_inner, nc, cr, ldc);
-      });
-    }
+  using V = __m256;
+  static constexpr int W = 8, kRows = 4, kVecs = 2;  // 8 accumulators, 2 loaded vectors, 1 broadcast
+  static V zero() { return _mm256_setzero_ps(); }
+  static V bcast(const float* x) { return _mm256_broadcast_ss(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V load_h(const uint16_t* p) { return load_fp16x8(p); }
+  static V load_h(const uint16_t* p, int n) {  // no 16-bit masked load in AVX2: through a zeroed copy
+    alignas(16) uint16_t h[8] = {};
+    std::memcpy(h, p, sizeof(uint16_t) * n);
+    return load_fp16x8(h);
   }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store(float* p, V v, int n) { _mm256_maskstore_ps(p, lane_mask(n), v); }
 };
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {

@@ -214,50 +214,22 @@ struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   }
 };
 
-// ---- attention over one KV block (c (+)= a . b, see kernels_simd.h) ----
+// ---- attention over one chunk of the paged cache: fp16 K/V converted in registers ----
 //
-// Tiles of R rows x NV vectors of 16 columns (the last one masked to the columns left): each loaded
-// vector of b serves R rows, and each output is one FMA chain over k, as in the AVX2 table (so the
-// two tables give the same bits here).
-
-template <int R, int NV, bool Accumulate>
-void fma_tile16(const float* a, int lda, const float* b, int ldb, int n_inner, int nc, float* c, int ldc) {
-  __mmask16 m[NV];
-  for (int u = 0; u < NV; ++u) {
-    const int left = nc - 16 * u;
-    m[u] = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-  }
-  __m512 acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u)
-      acc[r][u] = Accumulate ? _mm512_maskz_loadu_ps(m[u], c + size_t(r) * ldc + 16 * u) : _mm512_setzero_ps();
-  for (int k = 0; k < n_inner; ++k) {
-    __m512 bk[NV];
-    for (int u = 0; u < NV; ++u) bk[u] = _mm512_maskz_loadu_ps(m[u], b + size_t(k) * ldb + 16 * u);
-    for (int r = 0; r < R; ++r) {
-      const __m512 ak = _mm512_set1_ps(a[size_t(r) * lda + k]);
-      for (int u = 0; u < NV; ++u) acc[r][u] = _mm512_fmadd_ps(ak, bk[u], acc[r][u]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u) _mm512_mask_storeu_ps(c + size_t(r) * ldc + 16 * u, m[u], acc[r][u]);
-}
-
+// 16 floats per vector: one `vcvtph2ps` of a 16-token block's keys for dim i, or of 16 dims of a value
+// row. Tiles of 4 rows x 4 vectors (16 accumulators). Each output is one FMA chain from 0, as in the
+// AVX2 and NEON tables, so all three give the same bits here.
 struct Attention512 {  // see kernels_simd.h
-  // Column strips of up to 64 (4 vectors), rows 4 at a time, then the 1-3 rows left.
-  template <bool Accumulate>
-  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
-                       float* c, int ldc) {
-    for (int j = 0; j < n_cols; j += 64) {
-      const int nc = std::min(64, n_cols - j);
-      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
-        simd::with_count<4>((nc + 15) / 16, [&](auto vectors) {
-          fma_tile16<decltype(rows)::value, decltype(vectors)::value, Accumulate>(
-              a + size_t(r) * lda, lda, b + j, ldb, n_inner, nc, c + size_t(r) * ldc + j, ldc);
-        });
-      });
-    }
-  }
+  using V = __m512;
+  static constexpr int W = 16, kRows = 4, kVecs = 4;
+  static __mmask16 mask(int n) { return __mmask16((1u << n) - 1); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V bcast(const float* x) { return _mm512_set1_ps(*x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V load_h(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static V load_h(const uint16_t* p, int n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p)); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
 };
 
 constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512>(

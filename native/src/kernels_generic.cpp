@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "kernels.h"
-#include "kernels_simd.h"  // softmax_exp: the same source in every table
+#include "kernels_simd.h"  // softmax: the same source in every table
 
 namespace sysinfer {
 
@@ -146,39 +146,78 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
   }
 }
 
-void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
-                 int lds) {
-  for (int r = 0; r < n_rows; ++r) {
-    float* sr = s + size_t(r) * lds;
-    for (int j = 0; j < n_keys; ++j) sr[j] = 0.f;
-    for (int i = 0; i < hd; ++i) {
-      const float qi = q[size_t(r) * ldq + i];
-      const float* k = kt + size_t(i) * ldk;
-      for (int j = 0; j < n_keys; ++j) sr[j] += qi * k[j];
+// fp16 -> f32 without branches (vectorisable; the same values as fp16_to_fp32, which test_kernels
+// checks over all 65536): normal numbers re-biased in place, subnormals as their integer mantissa
+// times 2^-24 (exact, and no subnormal float arithmetic, which flush-to-zero modes would change),
+// infinities and NaNs with their payload.
+inline float half_to_float(uint16_t h) {
+  const uint32_t e = (h >> 10) & 0x1F, m = h & 0x3FF;
+  const float sub = float(m) * 0x1p-24f;
+  uint32_t sub_bits;
+  std::memcpy(&sub_bits, &sub, 4);
+  uint32_t bits = e == 0 ? sub_bits : e == 0x1F ? 0x7F800000u | (m << 13) : ((e + 112) << 23) | (m << 13);
+  bits |= uint32_t(h & 0x8000) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Attention over one chunk of the paged cache (kernels.h); each output one chain in order of i
+// (scores) or j (accum), as in the SIMD tables. Plain C++ has no vector registers to convert into:
+// each fp16 value is converted once per call into a few floats on the stack (a key row of a block,
+// a piece of a value row) and used there by every row, so the rows' loops stay contiguous and in L1.
+constexpr int kPiece = 64;  // floats converted at a time
+
+void attn_scores(const float* q, int ldq, int n_rows, const uint16_t* k, const int32_t* blocks, int bs, int hd,
+                 int n_keys, float* s, int lds) {
+  float key[kPiece];  // dim i of keys [j0, j0 + n) of one block
+  for (int b = 0; b * bs < n_keys; ++b) {
+    const uint16_t* kb = k + size_t(blocks[b]) * bs * hd;  // [hd][bs]
+    const int nb = std::min(bs, n_keys - b * bs);
+    for (int s0 = 0; s0 < nb; s0 += kPiece) {
+      const int j0 = b * bs + s0, n = std::min(kPiece, nb - s0);
+      for (int r = 0; r < n_rows; ++r)
+        for (int j = 0; j < n; ++j) s[size_t(r) * lds + j0 + j] = 0.f;
+      for (int i = 0; i < hd; ++i) {
+        for (int j = 0; j < n; ++j) key[j] = half_to_float(kb[size_t(i) * bs + s0 + j]);
+        for (int r = 0; r < n_rows; ++r) {
+          const float qi = q[size_t(r) * ldq + i];
+          float* sr = s + size_t(r) * lds + j0;
+          for (int j = 0; j < n; ++j) sr[j] += qi * key[j];
+        }
+      }
     }
   }
 }
 
-void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
-  for (int r = 0; r < n_rows; ++r) {
-    float* ar = acc + size_t(r) * ldacc;
+void attn_accum(const float* p, int ldp, int n_rows, const uint16_t* v, const int32_t* blocks, int bs, int hd,
+                int n_keys, float* acc, int ldacc) {
+  float value[kPiece];  // dims [i0, i0 + n) of value row j
+  for (int i0 = 0; i0 < hd; i0 += kPiece) {
+    const int n = std::min(kPiece, hd - i0);
+    for (int r = 0; r < n_rows; ++r)
+      for (int i = 0; i < n; ++i) acc[size_t(r) * ldacc + i0 + i] = 0.f;
     for (int j = 0; j < n_keys; ++j) {
-      const float pj = p[size_t(r) * ldp + j];
-      const float* vj = v + size_t(j) * hd;
-      for (int i = 0; i < hd; ++i) ar[i] += pj * vj[i];
+      const uint16_t* vj = v + size_t(blocks[j / bs]) * bs * hd + size_t(j % bs) * hd + i0;
+      for (int i = 0; i < n; ++i) value[i] = half_to_float(vj[i]);
+      for (int r = 0; r < n_rows; ++r) {
+        const float pj = p[size_t(r) * ldp + j];
+        float* ar = acc + size_t(r) * ldacc + i0;
+        for (int i = 0; i < n; ++i) ar[i] += pj * value[i];
+      }
     }
   }
 }
 
 void f16_to_f32(const uint16_t* src, float* dst, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+  for (int i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
 }
 
 void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax_exp};
+const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax};
 
 }  // namespace
 

@@ -335,50 +335,27 @@ struct GemmFloat {
   }
 };
 
-// ---- attention over one KV block (c (+)= a . b, see kernels_simd.h) ----
+// ---- attention over one chunk of the paged cache: fp16 K/V converted in registers ----
 //
-// Tiles of R rows x 4 * NV columns, NV vectors of 4; columns past the last whole vector go through
-// scalar std::fma, the same fused chain a lane runs.
-
-template <int R, int NV, bool Accumulate>
-void fma_tile(const float* a, int lda, const float* b, int ldb, int n_inner, float* c, int ldc) {
-  float32x4_t acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u) acc[r][u] = Accumulate ? vld1q_f32(c + size_t(r) * ldc + 4 * u) : vdupq_n_f32(0.f);
-  for (int k = 0; k < n_inner; ++k) {
-    float32x4_t bk[NV];
-    for (int u = 0; u < NV; ++u) bk[u] = vld1q_f32(b + size_t(k) * ldb + 4 * u);
-    for (int r = 0; r < R; ++r) {
-      const float ak = a[size_t(r) * lda + k];
-      for (int u = 0; u < NV; ++u) acc[r][u] = vfmaq_n_f32(acc[r][u], bk[u], ak);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < NV; ++u) vst1q_f32(c + size_t(r) * ldc + 4 * u, acc[r][u]);
-}
-
+// 4 floats per vector (`fcvtl` of 4 halves, in base Armv8-A); tiles of 4 rows x 4 vectors (16
+// accumulators of the 32 registers). Each output is one fused chain from 0, as in the x86 tables.
 struct Attention {  // see kernels_simd.h
-  // Tiles of up to 16 columns by 4 rows, then the 1-3 rows left; then the 1-3 columns past the last
-  // whole vector.
-  template <bool Accumulate>
-  static void fma_rows(const float* a, int lda, int n_rows, const float* b, int ldb, int n_inner, int n_cols,
-                       float* c, int ldc) {
-    const int whole = n_cols / 4 * 4;
-    for (int j = 0; j < whole; j += 16) {
-      const int nv = std::min(16, whole - j) / 4;
-      simd::for_groups<4>(n_rows, [&](auto rows, int r) {
-        simd::with_count<4>(nv, [&](auto vectors) {
-          fma_tile<decltype(rows)::value, decltype(vectors)::value, Accumulate>(a + size_t(r) * lda, lda, b + j, ldb,
-                                                                                n_inner, c + size_t(r) * ldc + j, ldc);
-        });
-      });
-    }
-    for (int r = 0; r < n_rows; ++r)
-      for (int j = whole; j < n_cols; ++j) {
-        float t = Accumulate ? c[size_t(r) * ldc + j] : 0.f;
-        for (int k = 0; k < n_inner; ++k) t = std::fma(a[size_t(r) * lda + k], b[size_t(k) * ldb + j], t);
-        c[size_t(r) * ldc + j] = t;
-      }
+  using V = float32x4_t;
+  static constexpr int W = 4, kRows = 4, kVecs = 4;
+  static V zero() { return vdupq_n_f32(0.f); }
+  static V bcast(const float* x) { return vld1q_dup_f32(x); }
+  static V fma(V a, V b, V c) { return vfmaq_f32(c, a, b); }
+  static V load_h(const uint16_t* p) { return fp16x4(p); }
+  static V load_h(const uint16_t* p, int n) {  // through a zeroed copy: reads only n halves
+    uint16_t h[4] = {};
+    std::memcpy(h, p, sizeof(uint16_t) * n);
+    return fp16x4(h);
+  }
+  static void store(float* p, V v) { vst1q_f32(p, v); }
+  static void store(float* p, V v, int n) {
+    float f[4];
+    vst1q_f32(f, v);
+    std::memcpy(p, f, sizeof(float) * n);
   }
 };
 

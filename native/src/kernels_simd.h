@@ -24,12 +24,13 @@
 //       template <int NT, class W> static void row(const W* w, int cols, const float* x, float* y, int ldy);
 //                                        y[i * ldy] = dot(w, x + i * cols) for i < NT, one F32 (W = float)
 //                                        or F16 (W = uint16_t) row; token i's result must not depend on NT
-//   one struct for attention (see attn_scores below), with
-//       template <bool Accumulate> static void fma_rows(const float* a, int lda, int n_rows, const float* b,
-//                                                       int ldb, int n_inner, int n_cols, float* c, int ldc);
-//                                        c[r * ldc + j] (+)= sum_k a[r * lda + k] * b[k * ldb + j] for
-//                                        r < n_rows, j < n_cols (+= when Accumulate), each output one
-//                                        chain of fused multiply-adds in order of k, whatever n_rows is
+//   one struct for attention (see attn_scores below): W-float vectors V and how fp16 values load into
+//   them, with
+//       static constexpr int W, kRows, kVecs;   lanes; a tile is kRows query rows x kVecs vectors
+//       static V zero();  static V bcast(const float* x);  static V fma(V a, V b, V c);  (a * b + c, fused)
+//       static V load_h(const uint16_t* p);         W fp16 values at p, converted in registers
+//       static V load_h(const uint16_t* p, int n);  n < W of them, the other lanes 0 (reads only n)
+//       static void store(float* p, V v);  static void store(float* p, V v, int n);  (all W lanes, or n)
 //   quantize_act, f16_to_f32, f32_to_f16 as kernels.h defines them,
 //
 // and simd::table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention>(name, quantize_act, ...) makes its
@@ -37,8 +38,8 @@
 //
 // Which table runs is chosen once, at run time, from the CPU's features (select_kernels); every
 // ISA-specific line is in a file compiled with its ISA's flags. That is the only way ISA code is
-// chosen: no target_clones, no per-function target attributes. softmax_exp (below) is one source
-// that every table, the generic one included, compiles with its own flags.
+// chosen: no target_clones, no per-function target attributes. softmax (below) is one source that
+// every table, the generic one included, compiles with its own flags.
 //
 // Everything here has internal linkage (unnamed namespace): each table's file compiles its own copy
 // with its own ISA flags, and the linker must never keep one file's copy of an inline function (say,
@@ -94,13 +95,34 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
-// Kernels::softmax_exp. The loop is vectorised at each table's width: files are compiled with
-// -fopenmp-simd (`omp simd` without the OpenMP runtime) and -fno-trapping-math (without it GCC 12
-// keeps the clamp above as a branch and vectorises nothing: "control flow in loop").
-void softmax_exp(float* p, int n, float max) {
+// Kernels::softmax. Each loop is vectorised at each table's width without changing a bit: the max is
+// exact in any order; the exponentials are element-wise; and the sum is 16 separate chains (lane l
+// adds keys l, l + 16, ...) halved pairwise at the end, which a vector of 4, 8 or 16 lanes computes
+// exactly as written. (One long chain in key order cost ~3 cycles a key: as much as the scores and
+// the accumulation of a 4-row GQA group together.) Files are compiled with -fopenmp-simd (`omp simd`
+// without the OpenMP runtime) and -fno-trapping-math (without it GCC 12 keeps exp_nonpositive's
+// clamp as a branch and vectorises nothing: "control flow in loop").
+float softmax(float* p, int n, float* max) {
   SYSINFER_AS_WRITTEN
+  constexpr int L = 16;  // partial maxima and sums
+  const int whole = n / L * L;
+  float m[L], s[L];
+  for (int l = 0; l < L; ++l) m[l] = p[0];
+  for (int j = 0; j < whole; j += L)
+    for (int l = 0; l < L; ++l) m[l] = p[j + l] > m[l] ? p[j + l] : m[l];
+  for (int j = whole; j < n; ++j) m[j - whole] = p[j] > m[j - whole] ? p[j] : m[j - whole];
+  float mx = m[0];
+  for (int l = 1; l < L; ++l) mx = m[l] > mx ? m[l] : mx;
 #pragma omp simd
-  for (int j = 0; j < n; ++j) p[j] = exp_nonpositive(p[j] - max);
+  for (int j = 0; j < n; ++j) p[j] = exp_nonpositive(p[j] - mx);
+  for (int l = 0; l < L; ++l) s[l] = 0.f;
+  for (int j = 0; j < whole; j += L)
+    for (int l = 0; l < L; ++l) s[l] += p[j + l];
+  for (int j = whole; j < n; ++j) s[j - whole] += p[j];
+  for (int w = L / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) s[l] += s[l + w];
+  *max = mx;
+  return s[0];
 }
 
 #if !defined(__clang__)
@@ -282,29 +304,157 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
   }
 }
 
-// ---- attention over one KV block ----
+// ---- attention over one chunk of the paged KV cache (kernels.h: attn_scores, attn_accum) ----
 //
-// attn_scores and attn_accum are both c[r][j] (+)= sum_k a[r * lda + k] * b[k * ldb + j]: scores with
-// a = q, b = the keys transposed, k over hd; accum with a = p, b = v, k over the keys.
+// The fp16 keys and values are loaded straight into the FMA loops (A::load_h converts in registers:
+// F16C `vcvtph2ps` on x86, `fcvtl` on NEON): a block is read where it lies and never copied. Both
+// are tiles of kRows query rows x kVecs output vectors, each output one FMA chain from 0:
+//   scores: outputs are keys (a vector is W keys of one block: the keys of a block, [hd][bs], lie
+//           W to a load for every dim i), the chain runs over i;
+//   accum:  outputs are dims of the value rows ([bs][hd]: W dims to a load), the chain over keys.
+// A row's chain is the same whatever rows share its tile, so a row's result never depends on how
+// many rows the call has.
 
-template <class Attention>
-void attn_scores(const float* q, int ldq, int n_rows, const float* kt, int ldk, int hd, int n_keys, float* s,
-                 int lds) {
-  Attention::template fma_rows<false>(q, ldq, n_rows, kt, ldk, hd, n_keys, s, lds);
+// One vector of a chunk's scores: the n keys [col, col + n) of one block (k: the first one's column
+// for dim 0).
+struct KeyVec {
+  const uint16_t* k;
+  int col, n;
+};
+
+// The u-th vector of the chunk's keys: ceil(bs / W) per block, the block's last one short when W
+// does not divide bs, the chunk's last one short when the chunk ends inside it.
+template <class A>
+inline KeyVec key_vec(const uint16_t* k, const int32_t* blocks, int bs, int hd, int n_keys, int u) {
+  const int per_block = (bs + A::W - 1) / A::W, b = u / per_block, off = u % per_block * A::W;
+  const int col = b * bs + off;
+  return {k + size_t(blocks[b]) * bs * hd + off, col, std::min({A::W, bs - off, n_keys - col})};
 }
 
-template <class Attention>
-void attn_accum(const float* p, int ldp, int n_rows, const float* v, int hd, int n_keys, float* acc, int ldacc) {
-  Attention::template fma_rows<true>(p, ldp, n_rows, v, hd, n_keys, hd, acc, ldacc);
+// Software prefetch (a hint: results never depend on it): the next tile's keys at the offset this
+// tile reads, one dim at a time, so that whole blocks arrive while this tile's arithmetic runs; and
+// the value row kPrefetchKeys keys ahead. Blocks can lie anywhere in the arena, so the hardware
+// prefetcher cannot always see the next one coming.
+constexpr int kPrefetchKeys = 64;
+
+template <class A, int R, int NV, bool Full>
+void scores_tile(const float* q, int ldq, const KeyVec* kv, const uint16_t* const* next, int n_next, int bs, int hd,
+                 float* s, int lds) {
+  typename A::V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) acc[r][u] = A::zero();
+  for (int i = 0; i < hd; ++i) {
+    for (int u = 0; u < n_next; ++u) __builtin_prefetch(next[u] + size_t(i) * bs, 0, 3);
+    typename A::V kk[NV];
+    for (int u = 0; u < NV; ++u)
+      kk[u] = Full ? A::load_h(kv[u].k + size_t(i) * bs) : A::load_h(kv[u].k + size_t(i) * bs, kv[u].n);
+    for (int r = 0; r < R; ++r) {
+      const typename A::V qi = A::bcast(q + size_t(r) * ldq + i);
+      for (int u = 0; u < NV; ++u) acc[r][u] = A::fma(qi, kk[u], acc[r][u]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) {
+      float* out = s + size_t(r) * lds + kv[u].col;
+      if (Full) A::store(out, acc[r][u]);
+      else A::store(out, acc[r][u], kv[u].n);
+    }
+}
+
+// Kernels::attn_scores: kVecs key vectors at a time (their K read once for all rows, from L1 after
+// the first row group), rows kRows at a time, then the 1..kRows-1 left.
+template <class A>
+void attn_scores(const float* q, int ldq, int n_rows, const uint16_t* k, const int32_t* blocks, int bs, int hd,
+                 int n_keys, float* s, int lds) {
+  const int per_block = (bs + A::W - 1) / A::W;
+  const int n_vec = n_keys / bs * per_block + (n_keys % bs + A::W - 1) / A::W;
+  for (int u0 = 0; u0 < n_vec; u0 += A::kVecs) {
+    const int nv = std::min(A::kVecs, n_vec - u0);
+    KeyVec kv[A::kVecs];
+    bool full = true;
+    for (int u = 0; u < nv; ++u) {
+      kv[u] = key_vec<A>(k, blocks, bs, hd, n_keys, u0 + u);
+      full &= kv[u].n == A::W;
+    }
+    const uint16_t* next[A::kVecs];  // the next tile's keys, prefetched by the first row group
+    const int n_next = std::min(A::kVecs, n_vec - (u0 + nv));
+    for (int u = 0; u < n_next; ++u) next[u] = key_vec<A>(k, blocks, bs, hd, n_keys, u0 + nv + u).k;
+    with_count<A::kVecs>(nv, [&](auto vecs) {
+      constexpr int NV = decltype(vecs)::value;
+      for_groups<A::kRows>(n_rows, [&](auto rows, int r) {
+        constexpr int R = decltype(rows)::value;
+        const int pf = r == 0 ? n_next : 0;
+        if (full) scores_tile<A, R, NV, true>(q + size_t(r) * ldq, ldq, kv, next, pf, bs, hd, s + size_t(r) * lds, lds);
+        else scores_tile<A, R, NV, false>(q + size_t(r) * ldq, ldq, kv, next, pf, bs, hd, s + size_t(r) * lds, lds);
+      });
+    });
+  }
+}
+
+// Dims [col, col + NV * W) of R rows' accumulators (the last vector n_last dims when not Full), over
+// the chunk's keys in order.
+template <class A, int R, int NV, bool Full, bool Prefetch>
+void accum_tile(const float* p, int ldp, const uint16_t* v, const int32_t* blocks, int bs, int hd, int n_keys,
+                int col, int n_last, float* acc, int ldacc) {
+  typename A::V a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) a[r][u] = A::zero();
+  for (int b = 0, j = 0; j < n_keys; ++b) {
+    const uint16_t* vb = v + size_t(blocks[b]) * bs * hd + col;  // [bs][hd] from this strip's first dim
+    for (const int j_end = std::min(n_keys, j + bs); j < j_end; ++j, vb += hd) {
+      if (Prefetch && j + kPrefetchKeys < n_keys) {
+        const int ja = j + kPrefetchKeys;
+        const char* ahead = reinterpret_cast<const char*>(v + (size_t(blocks[ja / bs]) * bs + ja % bs) * hd + col);
+        for (int off = 0; off < NV * A::W * 2; off += 64) __builtin_prefetch(ahead + off, 0, 3);
+      }
+      typename A::V vv[NV];
+      for (int u = 0; u < NV; ++u)
+        vv[u] = Full || u < NV - 1 ? A::load_h(vb + u * A::W) : A::load_h(vb + u * A::W, n_last);
+      for (int r = 0; r < R; ++r) {
+        const typename A::V pj = A::bcast(p + size_t(r) * ldp + j);
+        for (int u = 0; u < NV; ++u) a[r][u] = A::fma(pj, vv[u], a[r][u]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) {
+      float* out = acc + size_t(r) * ldacc + col + u * A::W;
+      if (Full || u < NV - 1) A::store(out, a[r][u]);
+      else A::store(out, a[r][u], n_last);
+    }
+}
+
+// Kernels::attn_accum: strips of kVecs vectors of dims (each strip reads its part of every value row
+// of the chunk), rows kRows at a time, then the 1..kRows-1 left.
+template <class A>
+void attn_accum(const float* p, int ldp, int n_rows, const uint16_t* v, const int32_t* blocks, int bs, int hd,
+                int n_keys, float* acc, int ldacc) {
+  const int n_vec = (hd + A::W - 1) / A::W;
+  for (int u0 = 0; u0 < n_vec; u0 += A::kVecs) {
+    const int nv = std::min(A::kVecs, n_vec - u0), col = u0 * A::W;
+    const int n_last = std::min(A::W, hd - (col + (nv - 1) * A::W));
+    with_count<A::kVecs>(nv, [&](auto vecs) {
+      constexpr int NV = decltype(vecs)::value;
+      for_groups<A::kRows>(n_rows, [&](auto rows, int r) {
+        constexpr int R = decltype(rows)::value;
+        const float* pr = p + size_t(r) * ldp;
+        float* ar = acc + size_t(r) * ldacc;
+        // the first row group of a strip reads its values first: it prefetches them
+        if (n_last != A::W) accum_tile<A, R, NV, false, false>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
+        else if (r == 0) accum_tile<A, R, NV, true, true>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
+        else accum_tile<A, R, NV, true, false>(pr, ldp, v, blocks, bs, hd, n_keys, col, n_last, ar, ldacc);
+      });
+    });
+  }
 }
 
 // A table's Kernels: gemm and attention made by the skeleton from the table's arithmetic, its other
-// routines as given, softmax_exp compiled in its file.
+// routines as given, softmax compiled in its file.
 template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class Attention>
 constexpr Kernels table(const char* name, decltype(Kernels::quantize_act) quantize_act,
                         decltype(Kernels::f16_to_f32) f16_to_f32, decltype(Kernels::f32_to_f16) f32_to_f16) {
   return {name, quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float>,
-          attn_scores<Attention>, attn_accum<Attention>, f16_to_f32, f32_to_f16, softmax_exp};
+          attn_scores<Attention>, attn_accum<Attention>, f16_to_f32, f32_to_f16, softmax};
 }
 
 }  // namespace simd

@@ -8,6 +8,9 @@
 //   test_kernels --bench [all] [N]  single-thread GEMV (8B FFN-sized) and N-token (64) GEMM speed of
 //                                each table this CPU runs, for Q4_0 (or every type)
 //   test_kernels --bench-peak    (x86 with AVX-512 VNNI) one core's clock and vpdpbusd throughput: its int8 peak
+//   test_kernels --bench-attn [hot]  single-thread attention (decode and a 32-token prefill item) at
+//                                long context on the SmolLM2 and Llama-3-8B shapes, each table this CPU
+//                                runs; `hot`: one layer, so the K/V stay in the caches (the arithmetic alone)
 //   test_kernels --bench-dram    two-thread Q4_0 GEMV over 1 GB of weights (out of every cache, as
 //                                decode of a big model is) against a two-thread read of the same bytes
 #include <algorithm>
@@ -21,6 +24,8 @@
 #include <thread>
 #include <vector>
 
+#include "aligned_array.h"
+#include "attention.h"
 #include "bandwidth.h"
 #include "kernels.h"
 
@@ -209,57 +214,109 @@ void check_quantize(const Kernels& k) {
   check(ok && s0 == a.sum[0] && s1 == a.sum[1], "generic quantize_act definition");
 }
 
-// attn_scores / attn_accum against the generic table, on ragged shapes; also checks that nothing
-// outside the named ranges is written and that a row's result is bit-identical whether it is
-// computed alone or inside a tile of rows (prefill and decode must agree).
+// A chunk of one KV head's paged fp16 cache as attention reads it: blocks of bs keys, K [hd][bs] and
+// V [bs][hd] per block, the chunk's blocks scattered over an arena in shuffled order, its last block
+// the arena's last (so a read past it leaves the buffer: ASan sees it). Slots past n_keys in that
+// block hold NaN: a kernel that reads one into a result shows it.
+struct PagedChunk {
+  std::vector<uint16_t> k, v;     // [arena blocks][bs * hd]
+  std::vector<int32_t> blocks;    // the chunk's block ids, in key order
+};
+
+PagedChunk random_paged_chunk(int bs, int hd, int n_keys) {
+  const int nb = (n_keys + bs - 1) / bs, arena = nb + 3;
+  PagedChunk c;
+  c.k.resize(size_t(arena) * bs * hd);
+  c.v.resize(c.k.size());
+  for (auto& h : c.k) h = fp32_to_fp16(uniform(-2, 2));
+  for (auto& h : c.v) h = fp32_to_fp16(uniform(-2, 2));
+  std::vector<int32_t> ids(arena - 1);
+  for (int i = 0; i < arena - 1; ++i) ids[i] = i;
+  std::shuffle(ids.begin(), ids.end(), rng);
+  c.blocks.assign(ids.begin(), ids.begin() + nb - 1);
+  c.blocks.push_back(arena - 1);
+  const uint16_t nan = 0x7E00;
+  uint16_t* kl = c.k.data() + size_t(arena - 1) * bs * hd;
+  uint16_t* vl = c.v.data() + size_t(arena - 1) * bs * hd;
+  for (int slot = n_keys - (nb - 1) * bs; slot < bs; ++slot)
+    for (int i = 0; i < hd; ++i) kl[size_t(i) * bs + slot] = vl[size_t(slot) * hd + i] = nan;
+  return c;
+}
+
+// attn_scores / attn_accum against the generic table, on ragged shapes (block sizes the vector width
+// divides and not, chunks ending inside a block, odd head sizes); also checks that nothing outside
+// the named ranges is written, that no key past the chunk is read, and that a row's result is
+// bit-identical whether it is computed alone or inside a tile of rows (prefill and decode must agree).
+// The generic table itself against a double-precision sum of the same fp16 values.
 void check_attention_ops(const Kernels& k) {
   const Kernels& g = generic_kernels();
+  const bool is_generic = &k == &g;  // then: the definition, in double
   const float sentinel = 12345.f;
-  for (int hd : {4, 17, 64, 128})
-    for (int n_keys : {1, 3, 8, 15, 16, 17, 33})
-      for (int n_rows : {1, 2, 3, 4, 5, 7, 12}) {
-        const std::string what = " hd=" + std::to_string(hd) + " keys=" + std::to_string(n_keys) +
-                                 " rows=" + std::to_string(n_rows);
-        const int ldq = hd + 3, ldk = n_keys + 5, lds = n_keys + 7, ldacc = hd + 2;
-        const auto q = random_floats(size_t(n_rows) * ldq), kt = random_floats(size_t(hd) * ldk);
-        std::vector<float> s0(size_t(n_rows) * lds, sentinel), s1 = s0;
-        g.attn_scores(q.data(), ldq, n_rows, kt.data(), ldk, hd, n_keys, s0.data(), lds);
-        k.attn_scores(q.data(), ldq, n_rows, kt.data(), ldk, hd, n_keys, s1.data(), lds);
-        bool close = true, untouched = true;
-        for (int r = 0; r < n_rows; ++r)
-          for (int j = 0; j < lds; ++j) {
-            const float a = s0[size_t(r) * lds + j], b = s1[size_t(r) * lds + j];
-            if (j >= n_keys) untouched &= a == sentinel && b == sentinel;
-            else close &= std::fabs(a - b) <= 1e-5f * std::sqrt(float(hd)) * (1 + std::fabs(a));
-          }
-        check(close, std::string(k.name) + " attn_scores" + what);
-        check(untouched, std::string(k.name) + " attn_scores writes only its range" + what);
-        std::vector<float> last(size_t(lds), sentinel);  // the last row on its own
-        k.attn_scores(q.data() + size_t(n_rows - 1) * ldq, ldq, 1, kt.data(), ldk, hd, n_keys, last.data(), lds);
-        check(std::memcmp(last.data(), s1.data() + size_t(n_rows - 1) * lds, sizeof(float) * n_keys) == 0,
-              std::string(k.name) + " attn_scores row independent of its tile" + what);
+  for (int bs : {16, 5, 32})
+    for (int hd : {4, 17, 64, 128})
+      for (int n_keys : {1, 3, 8, 15, 16, 17, 33, 71})
+        for (int n_rows : {1, 2, 3, 4, 5, 7, 12}) {
+          const std::string what = " bs=" + std::to_string(bs) + " hd=" + std::to_string(hd) +
+                                   " keys=" + std::to_string(n_keys) + " rows=" + std::to_string(n_rows);
+          const PagedChunk c = random_paged_chunk(bs, hd, n_keys);
+          const int ldq = hd + 3, lds = n_keys + 7, ldacc = hd + 2;
+          const auto q = random_floats(size_t(n_rows) * ldq);
+          std::vector<float> s0(size_t(n_rows) * lds, sentinel), s1 = s0;
+          g.attn_scores(q.data(), ldq, n_rows, c.k.data(), c.blocks.data(), bs, hd, n_keys, s0.data(), lds);
+          k.attn_scores(q.data(), ldq, n_rows, c.k.data(), c.blocks.data(), bs, hd, n_keys, s1.data(), lds);
+          bool close = true, untouched = true, exact = true;
+          for (int r = 0; r < n_rows; ++r)
+            for (int j = 0; j < lds; ++j) {
+              const float a = s0[size_t(r) * lds + j], b = s1[size_t(r) * lds + j];
+              if (j >= n_keys) {
+                untouched &= a == sentinel && b == sentinel;
+                continue;
+              }
+              close &= std::fabs(a - b) <= 1e-5f * std::sqrt(float(hd)) * (1 + std::fabs(a));
+              if (!is_generic) continue;
+              double ref = 0;  // the definition: q . K_j over the fp16 keys
+              const uint16_t* kb = c.k.data() + size_t(c.blocks[j / bs]) * bs * hd;
+              for (int i = 0; i < hd; ++i) ref += double(q[size_t(r) * ldq + i]) * fp16_to_fp32(kb[size_t(i) * bs + j % bs]);
+              exact &= std::fabs(a - ref) <= 1e-5 * std::sqrt(double(hd)) * (1 + std::fabs(ref));
+            }
+          check(close, std::string(k.name) + " attn_scores" + what);
+          check(untouched, std::string(k.name) + " attn_scores writes only its range" + what);
+          if (is_generic) check(exact, "generic attn_scores == q . K in double" + what);
+          std::vector<float> last(size_t(lds), sentinel);  // the last row on its own
+          k.attn_scores(q.data() + size_t(n_rows - 1) * ldq, ldq, 1, c.k.data(), c.blocks.data(), bs, hd, n_keys,
+                        last.data(), lds);
+          check(std::memcmp(last.data(), s1.data() + size_t(n_rows - 1) * lds, sizeof(float) * n_keys) == 0,
+                std::string(k.name) + " attn_scores row independent of its tile" + what);
 
-        const auto p = random_floats(size_t(n_rows) * lds), v = random_floats(size_t(n_keys) * hd);
-        auto a0 = random_floats(size_t(n_rows) * ldacc);
-        for (int r = 0; r < n_rows; ++r) a0[size_t(r) * ldacc + hd] = a0[size_t(r) * ldacc + hd + 1] = sentinel;
-        auto a1 = a0;
-        const auto a_in = a0;
-        g.attn_accum(p.data(), lds, n_rows, v.data(), hd, n_keys, a0.data(), ldacc);
-        k.attn_accum(p.data(), lds, n_rows, v.data(), hd, n_keys, a1.data(), ldacc);
-        close = untouched = true;
-        for (int r = 0; r < n_rows; ++r)
-          for (int i = 0; i < ldacc; ++i) {
-            const float a = a0[size_t(r) * ldacc + i], b = a1[size_t(r) * ldacc + i];
-            if (i >= hd) untouched &= a == sentinel && b == sentinel;
-            else close &= std::fabs(a - b) <= 1e-5f * std::sqrt(float(n_keys)) * (1 + std::fabs(a));
-          }
-        check(close, std::string(k.name) + " attn_accum" + what);
-        check(untouched, std::string(k.name) + " attn_accum writes only its range" + what);
-        std::vector<float> alone(a_in.begin() + size_t(n_rows - 1) * ldacc, a_in.begin() + size_t(n_rows) * ldacc);
-        k.attn_accum(p.data() + size_t(n_rows - 1) * lds, lds, 1, v.data(), hd, n_keys, alone.data(), ldacc);
-        check(std::memcmp(alone.data(), a1.data() + size_t(n_rows - 1) * ldacc, sizeof(float) * hd) == 0,
-              std::string(k.name) + " attn_accum row independent of its tile" + what);
-      }
+          const auto p = random_floats(size_t(n_rows) * lds);
+          std::vector<float> a0(size_t(n_rows) * ldacc, sentinel), a1 = a0;
+          g.attn_accum(p.data(), lds, n_rows, c.v.data(), c.blocks.data(), bs, hd, n_keys, a0.data(), ldacc);
+          k.attn_accum(p.data(), lds, n_rows, c.v.data(), c.blocks.data(), bs, hd, n_keys, a1.data(), ldacc);
+          close = untouched = exact = true;
+          for (int r = 0; r < n_rows; ++r)
+            for (int i = 0; i < ldacc; ++i) {
+              const float a = a0[size_t(r) * ldacc + i], b = a1[size_t(r) * ldacc + i];
+              if (i >= hd) {
+                untouched &= a == sentinel && b == sentinel;
+                continue;
+              }
+              close &= std::fabs(a - b) <= 1e-5f * std::sqrt(float(n_keys)) * (1 + std::fabs(a));
+              if (!is_generic) continue;
+              double ref = 0;  // the definition: sum_j p_j V_j over the fp16 values
+              for (int j = 0; j < n_keys; ++j)
+                ref += double(p[size_t(r) * lds + j]) *
+                       fp16_to_fp32(c.v[(size_t(c.blocks[j / bs]) * bs + j % bs) * hd + i]);
+              exact &= std::fabs(a - ref) <= 1e-5 * std::sqrt(double(n_keys)) * (1 + std::fabs(ref));
+            }
+          check(close, std::string(k.name) + " attn_accum" + what);
+          check(untouched, std::string(k.name) + " attn_accum writes only its range" + what);
+          if (is_generic) check(exact, "generic attn_accum == p . V in double" + what);
+          std::vector<float> alone(size_t(ldacc), sentinel);
+          k.attn_accum(p.data() + size_t(n_rows - 1) * lds, lds, 1, c.v.data(), c.blocks.data(), bs, hd, n_keys,
+                       alone.data(), ldacc);
+          check(std::memcmp(alone.data(), a1.data() + size_t(n_rows - 1) * ldacc, sizeof(float) * hd) == 0,
+                std::string(k.name) + " attn_accum row independent of its tile" + what);
+        }
 }
 
 void check_vector_ops(const Kernels& k) {
@@ -279,26 +336,36 @@ void check_vector_ops(const Kernels& k) {
   }
 }
 
-// softmax_exp against std::exp (in double) over the range softmax meets, at odd lengths (each table
-// vectorises the polynomial at its own width), and bit for bit against the generic table.
+// softmax against std::exp (in double) over the range softmax meets, at odd lengths (each table
+// vectorises it at its own width): the max, every weight within 3e-7, the sum exactly the order
+// kernels.h defines (16 partial sums, then halved pairwise), and all of it bit for bit the generic
+// table's.
 void check_softmax_exp(const Kernels& k) {
-  for (int n : {1, 7, 8, 17, 64, 333}) {
+  for (int n : {1, 7, 8, 16, 17, 64, 333}) {
     std::vector<float> p(n + 1, 12345.f);
     for (int j = 0; j < n; ++j) p[j] = uniform(-80.f, 3.f);
-    p[0] = 3.f;  // the max itself: e^0
+    const int at = n / 2;
+    p[at] = 3.f;  // the max
     const auto in = p;
     auto ref = p;
-    k.softmax_exp(p.data(), n, 3.f);
-    generic_kernels().softmax_exp(ref.data(), n, 3.f);
+    float max = 0, ref_max = 0;
+    const float sum = k.softmax(p.data(), n, &max);
+    const float ref_sum = generic_kernels().softmax(ref.data(), n, &ref_max);
     double worst = 0;
     for (int j = 0; j < n; ++j) {
       const double e = std::exp(double(in[j] - 3.f));
       worst = std::max(worst, std::fabs(p[j] - e) / e);
     }
-    char what[120];
-    std::snprintf(what, sizeof what, "%s softmax_exp n=%d: max relative error %.3g", k.name, n, worst);
-    check(worst < 3e-7 && p[n] == 12345.f, what);
-    check(p == ref, std::string(k.name) + " softmax_exp n=" + std::to_string(n) + " == generic, bit for bit");
+    float part[16] = {};
+    for (int j = 0; j < n; ++j) part[j % 16] += p[j];
+    for (int w = 8; w >= 1; w /= 2)
+      for (int l = 0; l < w; ++l) part[l] += part[l + w];
+    char what[160];
+    std::snprintf(what, sizeof what, "%s softmax n=%d: max relative error %.3g, max %g, sum %.9g (in order: %.9g)",
+                  k.name, n, worst, max, sum, part[0]);
+    check(worst < 3e-7 && p[n] == 12345.f && max == 3.f && sum == part[0], what);
+    check(p == ref && max == ref_max && std::memcmp(&sum, &ref_sum, 4) == 0,
+          std::string(k.name) + " softmax n=" + std::to_string(n) + " == generic, bit for bit");
   }
 }
 
@@ -324,6 +391,17 @@ void check_packing() {
     ok &= fp32_to_fp16(fp16_to_fp32(uint16_t(h))) == h;
   }
   check(ok, "fp16 round trip of all 65536 values");
+  // The generic table's branchless conversion (attention reads fp16 through it) against the reference.
+  std::vector<uint16_t> all(65536);
+  for (uint32_t h = 0; h < 65536; ++h) all[h] = uint16_t(h);
+  std::vector<float> conv(65536);
+  generic_kernels().f16_to_f32(all.data(), conv.data(), 65536);
+  ok = true;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float ref = fp16_to_fp32(uint16_t(h));
+    ok &= std::memcmp(&ref, &conv[h], 4) == 0;
+  }
+  check(ok, "generic f16_to_f32 == fp16_to_fp32 for all 65536 values, NaN payloads included");
 }
 
 void run_checks(const Kernels& k) {
@@ -424,6 +502,69 @@ void bench(bool all_types, int ntok) {
   }
 }
 
+// One thread's attention over a KV cache laid out as the model lays it out ([layer][kv head][block]
+// [16 slots], fp16), layer after layer, so the cache (92 MB for SmolLM2 at 4,000 keys, 128 MB for
+// 8 layers of the 8B at 4,096) is larger than L3, as a long context's is: decode (one token against
+// every key, one item per KV head) and a prefill item (32 tokens at the end of the context, all the
+// keys they see). Milliseconds per layer (best of 5 passes), the K/V bytes read per second, and
+// the attention GFLOPS (2 multiply-adds per query row, key and dim: scores and accumulation). With
+// `hot`, one layer over and over: its K/V stay in L2/L3, which leaves the arithmetic.
+void bench_attention(bool hot) {
+  struct Shape {
+    const char* name;
+    int n_head, n_kv, hd, ctx, layers;
+  };
+  const Shape shapes[] = {{"SmolLM2-135M", 9, 3, 64, 4000, 30}, {"Llama-3-8B", 32, 8, 128, 4096, 8}};
+  const int bs = 16;
+  for (Shape sh : shapes) {
+    if (hot) sh.layers = 1;
+    const int n_blocks = (sh.ctx + bs - 1) / bs, group = sh.n_head / sh.n_kv;
+    const size_t layer_elems = size_t(sh.n_kv) * n_blocks * bs * sh.hd;
+    // [layers][layer_elems], on huge pages as the model's cache is
+    const size_t n_elems = layer_elems * sh.layers;
+    const auto kc_mem = aligned_array<uint16_t>(n_elems), vc_mem = aligned_array<uint16_t>(n_elems);
+    uint16_t *kc = kc_mem.get(), *vc = vc_mem.get();
+    uint32_t x = 1;
+    for (size_t i = 0; i < n_elems; ++i) {  // fp16 values in about [-2, 2): sign, exponents 14..15
+      x = x * 1664525u + 1013904223u;
+      kc[i] = uint16_t(((x >> 16) & 0x83FF) | 0x3800 | ((x >> 5) & 0x400));
+      vc[i] = uint16_t(((x >> 8) & 0x83FF) | 0x3800 | ((x >> 3) & 0x400));
+    }
+    std::vector<int32_t> table(n_blocks);
+    for (int b = 0; b < n_blocks; ++b) table[b] = b;
+    const AttnShape shape{sh.n_head, sh.n_kv, sh.hd, bs, n_blocks, 1.f / std::sqrt(float(sh.hd)), nullptr, 256};
+    std::vector<float> scratch(attention_scratch_floats(shape, 32));
+    for (int n_tok : {1, 32}) {
+      std::vector<int32_t> positions(n_tok);
+      for (int t = 0; t < n_tok; ++t) positions[t] = sh.ctx - n_tok + t;
+      const auto q = random_floats(size_t(n_tok) * sh.n_head * sh.hd);
+      std::vector<float> out(q.size());
+      double row_keys = 0;  // query rows x keys seen, per KV head
+      for (int t = 0; t < n_tok; ++t) row_keys += double(group) * (positions[t] + 1);
+      const double flops = 4.0 * row_keys * sh.hd * sh.n_kv, bytes = 2.0 * sh.ctx * sh.n_kv * sh.hd * 2;
+      std::printf("%s attention, %d token%s at context %d (%d heads, %d KV heads, dim %d):\n", sh.name, n_tok,
+                  n_tok > 1 ? "s" : "", sh.ctx, sh.n_head, sh.n_kv, sh.hd);
+      for (const Kernels* k : runnable_tables()) {
+        const int passes = std::strcmp(k->name, "generic") ? (hot ? 20 : 5) : 1;
+        double best = 1e9;
+        for (int pass = 0; pass < passes; ++pass) {
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int l = 0; l < sh.layers; ++l)
+            for (int h = 0; h < sh.n_kv; ++h) {
+              const AttnItem item{0, h, 0, n_tok, 0, sh.ctx, -1, -1};
+              run_attention_item(*k, shape, item, q.data(), sh.n_head * sh.hd, positions.data(), table.data(),
+                                 kc + l * layer_elems, vc + l * layer_elems, scratch.data(), out.data(),
+                                 sh.n_head * sh.hd, nullptr, 0);
+            }
+          best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / sh.layers);
+        }
+        std::printf("  %-13s %8.3f ms per layer, K/V read %5.1f GB/s, %6.1f GFLOPS\n", k->name, best * 1e3,
+                    bytes / best / 1e9, flops / best / 1e9);
+      }
+    }
+  }
+}
+
 // Runs f(tid) on n_threads threads at once; seconds until the last one finishes.
 template <class F>
 double time_threads(int n_threads, const F& f) {
@@ -514,6 +655,10 @@ void bench_peak() { std::printf("--bench-peak is for x86-64\n"); }
 int main(int argc, char** argv) {
   const char* expect = nullptr;
   for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--bench-attn")) {
+      bench_attention(i + 1 < argc && !std::strcmp(argv[i + 1], "hot"));
+      return 0;
+    }
     if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
     if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
     if (!std::strcmp(argv[i], "--bench")) {
@@ -531,6 +676,7 @@ int main(int argc, char** argv) {
   check_packing();
   check_quantize(generic_kernels());
   check_softmax_exp(generic_kernels());
+  check_attention_ops(generic_kernels());
   int tested = 0;
   const Kernels* all[8];
   const int n_compiled = compiled_tables(all, 8);

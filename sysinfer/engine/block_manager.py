@@ -20,7 +20,8 @@ class BlockManager:
             raise ValueError("the KV cache needs at least one block of at least one token")
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_cache = enable_prefix_cache
-        self.watermark_blocks = max(1, int(watermark * num_blocks)) if num_blocks > 4 else 0
+        # At least one block when asked for any (watermark 0: the whole cache is usable, as at max_batch 1).
+        self.watermark_blocks = max(1, int(watermark * num_blocks)) if watermark > 0 and num_blocks > 4 else 0
         self.ref_count = [0] * num_blocks
         self.block_hash: list[int | None] = [None] * num_blocks
         self.block_tokens: list[tuple[int, ...] | None] = [None] * num_blocks

@@ -45,10 +45,10 @@ def _alone(target, tok, prompts, draft=None, params=None, lookup_first=False):
     return outputs, engine
 
 
-def _batched(target, tok, prompts, draft, lookup_first=False):
+def _batched(target, tok, prompts, draft, lookup_first=False, params=None):
     engine = LLMEngine(target, tok, max_batch=BATCH, speculative=True, draft_model=draft, enable_prefix_cache=False,
                        lookup_first=lookup_first)
-    seqs = [engine.add_request(p, SamplingParams(max_tokens=MAX_TOKENS)) for p in prompts]
+    seqs = [engine.add_request(p, params or SamplingParams(max_tokens=MAX_TOKENS)) for p in prompts]
     while engine.has_work():
         engine.step()
     assert engine.blocks.num_free == engine.blocks.num_blocks
@@ -66,6 +66,13 @@ def _same(alone_outputs, batched_outputs):
 
 
 # ---- SmolLM2 as its own draft ----
+# Every draft accepted holds only for drafts that get verified: a request that ends at a stop token
+# inside a draft never verifies the drafts after it (the model keeps drafting past its own EOS), and
+# the engine counts them as rejected (Usage.rejected_prediction_tokens: drafted, not in the output).
+# So that claim is checked on output that runs through EOS; the output with stops is checked too.
+THROUGH_EOS = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
 @pytest.fixture(scope="module")
 def smollm2(load):
     target = load(smollm2_q4_0(), n_ctx=2048, max_out_rows=BATCH * (1 + K_MAX), kv_blocks=480)
@@ -76,11 +83,20 @@ def smollm2(load):
     return target, draft, tok, prompts, plain
 
 
-def test_smollm2_drafting_for_itself_changes_nothing_and_is_always_right(smollm2):
+@pytest.fixture(scope="module")
+def smollm2_through_eos(smollm2):
+    target, _, tok, prompts, _ = smollm2
+    return _alone(target, tok, prompts, params=THROUGH_EOS)[0]
+
+
+def test_smollm2_drafting_for_itself_changes_nothing_and_is_always_right(smollm2, smollm2_through_eos):
     target, draft, tok, prompts, plain = smollm2
     outputs, engine = _alone(target, tok, prompts, draft)
     for (name, _), want, got in zip(PROMPTS, plain, outputs):
         assert got == want, f"{name}: the draft model changed the greedy output"
+    outputs, engine = _alone(target, tok, prompts, draft, THROUGH_EOS)
+    for (name, _), want, got in zip(PROMPTS, smollm2_through_eos, outputs):
+        assert got == want, f"{name}: the draft model changed the greedy output (through EOS)"
     s = engine.stats
     # The draft computes what the target computes, so it proposes the target's own argmax: every
     # draft is accepted (the native step's rows don't depend on the step's make-up).
@@ -98,10 +114,12 @@ def test_smollm2_lookup_first_then_the_draft_model_changes_nothing(smollm2):
     assert d.lookup_steps > 5 and d.calls > 0 and engine.stats.accepted_draft_tokens > 50, d
 
 
-def test_smollm2_batched_with_draft_model_equals_alone(smollm2):
+def test_smollm2_batched_with_draft_model_equals_alone(smollm2, smollm2_through_eos):
     target, draft, tok, prompts, plain = smollm2
     outputs, engine = _batched(target, tok, prompts, draft)
     _same(plain, outputs)
+    outputs, engine = _batched(target, tok, prompts, draft, params=THROUGH_EOS)
+    assert outputs == smollm2_through_eos  # all of length MAX_TOKENS: no stop
     assert engine.stats.accepted_draft_tokens == engine.stats.draft_tokens > 50
 
 

@@ -13,6 +13,7 @@ from fake_model import FakeModel, FakeTokenizer, expected_tokens
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.block_manager import BlockManager
 from sysinfer.engine.errors import ContextLengthError, EngineClosedError, QueueFullError
+from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import SamplingParams
 from sysinfer.engine.sequence import Sequence
 
@@ -152,6 +153,19 @@ def test_queue_limit_and_context_errors():
         AsyncEngine(FakeModel(n_ctx=64), FakeTokenizer()).submit([1] * 60, SamplingParams(max_tokens=10))
     with pytest.raises(ContextLengthError, match="KV cache"):
         AsyncEngine(FakeModel(n_kv_blocks=4, block_size=4), FakeTokenizer()).submit([1] * 20, SamplingParams(max_tokens=4))
+
+
+def test_one_sequence_at_a_time_can_use_the_whole_kv_cache():
+    """max_batch 1 asks for no watermark: a cache sized for n_ctx holds an n_ctx-token request (with
+    one block held back, `benchmarks/decode_speed.py` failed: "193 tokens exceed the KV cache (192)")."""
+    assert BlockManager(num_blocks=13, block_size=16, watermark=0).watermark_blocks == 0
+    assert BlockManager(num_blocks=13, block_size=16, watermark=0.01).watermark_blocks == 1
+    engine = LLMEngine(FakeModel(n_ctx=208, n_kv_blocks=13, block_size=16), FakeTokenizer(), max_batch=1)
+    assert engine.max_total_tokens == 208
+    engine.check_prompt(128, 80)  # fills the cache to the last slot
+    with pytest.raises(ContextLengthError):
+        engine.check_prompt(128, 81)
+    assert LLMEngine(FakeModel(n_ctx=208, n_kv_blocks=13, block_size=16), FakeTokenizer(), max_batch=2).max_total_tokens == 192
 
 
 def test_block_manager_check_act_pairs():
