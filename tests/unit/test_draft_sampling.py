@@ -9,7 +9,8 @@ import numpy as np
 
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import Sampler, SamplingParams
-from test_speculative_sampling import N_TOKENS, PROMPT, V, MarkovModel, chi2_999, chi_square, exact_joint
+from test_speculative_sampling import (V, MarkovModel, chi2_999, chi_square, exact_joint,
+                                      sampled_joint_counts)
 from fake_model import FakeTokenizer
 
 # The draft's next-token table: another random chain over the same vocabulary, so q != p on every row.
@@ -58,12 +59,7 @@ def test_draft_model_sampling_keeps_the_joint_distribution():
     draft = MarkovDraft(n_kv_blocks=64, block_size=4, n_vocab=V, max_out_rows=4)
     engine = LLMEngine(model, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=False)
     n = 6000
-    counts = np.zeros(V ** N_TOKENS, dtype=np.int64)
-    for seed in range(n):
-        out = [t for d in engine.generate(PROMPT, SamplingParams(temperature=1.0, seed=seed, max_tokens=N_TOKENS))
-               for t in d.token_ids]
-        assert len(out) == N_TOKENS
-        counts[((out[0] * V + out[1]) * V + out[2]) * V + out[3]] += 1
+    counts = sampled_joint_counts(engine, n)
     s = engine.stats
     assert s.draft_tokens > n and s.accepted_draft_tokens > n / 4, s  # drafts ran, many accepted
     assert s.accepted_draft_tokens < 0.8 * s.draft_tokens, s           # and many rejected (q != p)

@@ -62,16 +62,22 @@ def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
     return float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()), int(keep.sum()) - 1
 
 
-def test_speculative_sampling_keeps_the_joint_distribution():
-    model = MarkovModel(n_kv_blocks=64, block_size=4, n_vocab=V, max_out_rows=16)
-    engine = LLMEngine(model, FakeTokenizer(), speculative=True)
-    n = 6000
+def sampled_joint_counts(engine: LLMEngine, n: int) -> np.ndarray:
+    """[V ** N_TOKENS] how often each sequence of N_TOKENS tokens came out of n seeded requests at T 1."""
     counts = np.zeros(V ** N_TOKENS, dtype=np.int64)
     for seed in range(n):
         out = [t for d in engine.generate(PROMPT, SamplingParams(temperature=1.0, seed=seed, max_tokens=N_TOKENS))
                for t in d.token_ids]
         assert len(out) == N_TOKENS
         counts[((out[0] * V + out[1]) * V + out[2]) * V + out[3]] += 1
+    return counts
+
+
+def test_speculative_sampling_keeps_the_joint_distribution():
+    model = MarkovModel(n_kv_blocks=64, block_size=4, n_vocab=V, max_out_rows=16)
+    engine = LLMEngine(model, FakeTokenizer(), speculative=True)
+    n = 6000
+    counts = sampled_joint_counts(engine, n)
     assert engine.stats.draft_tokens > n and engine.stats.accepted_draft_tokens > n / 3, engine.stats  # drafts ran
     assert engine.stats.accepted_draft_tokens < engine.stats.draft_tokens  # and were rejected too
     assert engine.blocks.num_free == engine.blocks.num_blocks
