@@ -52,9 +52,10 @@ class DraftTrack:
     hashed: tuple[int, int | None] = (0, None)  # unused (no prefix cache in the draft)
     k: int = K_START        # tokens to draft next (adapts to acceptance)
     base: int = 0           # len(sequence) when the current drafts were proposed
-    n_draft: int = 0        # drafts proposed in the current step
+    n_draft: int = 0        # drafts to verify in the current step (cut at a stop token or a forbidden one)
     pending: int = 0        # drafts reserved for the model in this step (0: none, or prompt lookup's)
     from_lookup: bool = False  # this step's drafts came from prompt lookup (lookup_first)
+    picked: int = 0         # drafts the model has given in the current step (some may be dropped)
     probs: list[np.ndarray | None] = field(default_factory=list)  # q of each draft (None: greedy)
 
     def __len__(self) -> int:
@@ -92,10 +93,6 @@ class DraftModel:
     def reserve(self, seq: Sequence, limit: int) -> list[int]:
         """Placeholders for the tokens seq will draft in this step (filled by `propose`), with the
         draft cache's blocks for them; [] when limit < 1 or the draft cache is full."""
-        if getattr(seq.state, "grammar", None) is not None:
-            # A constrained request (structured output: a state with a grammar) never drafts: a
-            # draft would need the grammar's mask at every drafted position.
-            return []
         track = self.tracks.setdefault(seq.request_id, DraftTrack())
         track.pending, track.from_lookup = 0, False
         if self.lookup_first and limit >= 1:
@@ -117,28 +114,42 @@ class DraftModel:
 
     # ---- execute (step thread) ----
     def propose(self, plan: list[ScheduledChunk]) -> None:
-        """Fills each drafting chunk's seq.draft_ids[:n_draft] with the draft model's tokens."""
-        jobs = [(c.seq, self.tracks[c.seq.request_id], c.n_draft) for c in plan
+        """Fills each drafting chunk's seq.draft_ids[:n_draft] with the draft model's tokens. A draft
+        ends early at a stop token (kept: the target may confirm it) or at a token the request's
+        grammar forbids (dropped); the chunk then verifies only what is left."""
+        jobs = [(c, self.tracks[c.seq.request_id]) for c in plan
                 if c.n_draft and self.tracks[c.seq.request_id].pending]
         if not jobs:
             return
         start = time.perf_counter()
-        for seq, track, n in jobs:
-            track.base, track.n_draft, track.probs = len(seq), n, []
+        for chunk, track in jobs:
+            track.base, track.n_draft, track.picked, track.probs = len(chunk.seq), chunk.n_draft, 0, []
         self._catch_up(jobs)
-        for i in range(1, max(n for _, _, n in jobs)):
-            active = [(seq, track, n) for seq, track, n in jobs if n > i]
-            rows = self._run([(track, track.base + i - 1, [seq.draft_ids[i - 1]], True) for seq, track, _ in active])
-            for (seq, track, _), row in zip(active, rows):
-                seq.draft_ids[i] = self._pick(seq, track, row, i)
-        for seq, track, n in jobs:
-            track.num_computed = track.base + n - 1
+        for i in range(1, max(track.n_draft for _, track in jobs)):
+            active = [(chunk.seq, track) for chunk, track in jobs if track.n_draft > i]
+            if not active:
+                break
+            rows = self._run([(track, track.base + i - 1, [seq.draft_ids[i - 1]], True) for seq, track in active])
+            for (seq, track), row in zip(active, rows):
+                self._settle(seq, track, i, self._pick(seq, track, row, i))
+        for chunk, track in jobs:
+            track.num_computed = track.base + track.picked - 1  # drafts 1..picked-1 were run
+            chunk.drop_drafts(track.n_draft)
         self.stats.seconds += time.perf_counter() - start
 
-    def _catch_up(self, jobs: list[tuple[Sequence, DraftTrack, int]]) -> None:
+    def _settle(self, seq: Sequence, track: DraftTrack, i: int, token: int) -> None:
+        """Draft i is `token`; the draft ends here if it is a stop token, or before it if the grammar
+        forbids it (track.n_draft: the drafts to verify)."""
+        seq.draft_ids[i] = token
+        track.picked = i + 1
+        usable = seq.state.allows_draft(seq.draft_ids[: i + 1])
+        if usable <= i or seq.state.is_stop_token(token):
+            track.n_draft = usable
+
+    def _catch_up(self, jobs: list[tuple[ScheduledChunk, DraftTrack]]) -> None:
         """Runs every token of the jobs' sequences the draft has not seen, in as few calls as the
         draft's step size allows; the row of each sequence's last token gives its draft 1."""
-        todo = {id(track): (seq, track) for seq, track, _ in jobs}
+        todo = {id(track): (chunk.seq, track) for chunk, track in jobs}
         budget_total = len(self._tokens)
         while todo:
             parts, budget = [], budget_total
@@ -155,7 +166,7 @@ class DraftModel:
                 track.num_computed += len(tokens)
                 if last:
                     seq, _ = todo.pop(id(track))
-                    seq.draft_ids[0] = self._pick(seq, track, next(sampled), 0)
+                    self._settle(seq, track, 0, self._pick(seq, track, next(sampled), 0))
 
     def _run(self, parts: list[tuple[DraftTrack, int, list[int], bool]]) -> np.ndarray:
         """One native draft step: parts are (track, first position, tokens, whether its last row samples).
@@ -209,7 +220,7 @@ class DraftModel:
         if track is None:
             return
         if track.from_lookup:
-            seq.state.lookup.feedback(drafted, accepted)
+            seq.state.feedback(drafted, accepted)
             track.from_lookup = False
             return
         track.pending = 0
@@ -217,7 +228,8 @@ class DraftModel:
         track.length = track.num_computed
         self.blocks.trim(track)
         track.probs = []
-        track.k = min(K_MAX, track.k + 2) if accepted == drafted else max(1, accepted + 1)
+        if drafted:  # a draft the grammar cut to nothing says nothing about the model's guesses
+            track.k = min(K_MAX, track.k + 2) if accepted == drafted else max(1, accepted + 1)
 
     def release(self, seq: Sequence) -> None:
         """The request is over: its draft blocks go back."""

@@ -144,10 +144,10 @@ class LLMEngine:
         """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order.
         The grammar masks of the constrained rows are computed meanwhile, in the mask thread."""
         start = time.perf_counter()
+        if self.drafter is not None:  # the draft model's calls, before the target's one and the masks
+            self.drafter.propose(plan)  # (which are computed for the drafts it settles on)
         masks = self._masks_ahead(plan)
         try:
-            if self.drafter is not None:  # the draft model's calls, before the target's one
-                self.drafter.propose(plan)
             logits = self.runner.run(self.runner.build(plan))
         finally:
             if masks is not None:
@@ -157,14 +157,16 @@ class LLMEngine:
         return logits
 
     def _masks_ahead(self, plan: list[ScheduledChunk]) -> Future | None:
-        """Starts the next-token masks of the plan's constrained rows in the mask thread, so they are
-        ready when sampling starts (llguidance computes without the GIL, beside the native step)."""
-        grammars = [c.seq.state.grammar for c in plan if c.samples and c.seq.state.grammar is not None]
-        if not grammars:
+        """Starts the masks of the plan's constrained rows in the mask thread (the next token's, and
+        with drafts the token after each), so they are ready when sampling starts (llguidance
+        computes without the GIL, beside the native step)."""
+        jobs = [(c.seq.state.grammar, c.seq.draft_ids[: c.n_draft]) for c in plan
+                if c.samples and c.seq.state.grammar is not None]
+        if not jobs:
             return None
         if self._mask_thread is None:
             self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sysinfer-mask")
-        return self._mask_thread.submit(_compute_masks, grammars)
+        return self._mask_thread.submit(_compute_masks, jobs)
 
     def postprocess(self, plan: list[ScheduledChunk], logits: np.ndarray) -> list[Event]:
         """Phase 3: account for computed tokens, sample, detokenize, check stops."""
@@ -181,7 +183,7 @@ class LLMEngine:
             if seq.state.aborted:
                 events.append((seq, self.finish(seq, "abort")))
             elif rows is not None:
-                events.append((seq, self._next_tokens(seq, rows, chunk.seq.draft_ids[: chunk.n_draft])))
+                events.append((seq, self._next_tokens(seq, rows, seq.draft_ids[: chunk.n_draft], chunk.reserved > 0)))
         return events
 
     def fail_step(self, plan: list[ScheduledChunk], error: Exception) -> list[Event]:
@@ -204,10 +206,11 @@ class LLMEngine:
             return self.fail_step(plan, e)
         return self.postprocess(plan, logits)
 
-    def _next_tokens(self, seq: Sequence, rows: np.ndarray, drafts: list[int]) -> Delta:
+    def _next_tokens(self, seq: Sequence, rows: np.ndarray, drafts: list[int], speculated: bool) -> Delta:
         """Samples the next token from rows[0]; with drafts, verifies them in order (row i checks
         drafts[i]) and keeps each accepted one, then the token that replaces the first rejected draft
-        or follows the last accepted one. Stops at the request's end."""
+        or follows the last accepted one. Stops at the request's end. `speculated`: the plan took
+        draft slots (all drafts may have been dropped since; the slots go back all the same)."""
         state = seq.state
         tokens, texts, reason, accepted, confirmed = [], [], None, 0, 0
         draft_probs = self.drafter.draft_probs(seq) if self.drafter is not None and drafts else []
@@ -232,16 +235,17 @@ class LLMEngine:
             log.warning("request %s failed: %s: %s", seq.request_id, type(e).__name__, e)
             reason_text = str(e) if isinstance(e, SamplingError) else type(e).__name__
             return self.fail(seq, f"generation failed: {reason_text}")
-        if drafts:
-            seq.drafted += len(drafts)
-            seq.draft_accepted += confirmed
-            self.stats.draft_tokens += len(drafts)
-            self.stats.draft_steps += 1
-            self.stats.accepted_draft_tokens += confirmed
+        if speculated:
+            if drafts:
+                seq.drafted += len(drafts)
+                seq.draft_accepted += confirmed
+                self.stats.draft_tokens += len(drafts)
+                self.stats.draft_steps += 1
+                self.stats.accepted_draft_tokens += confirmed
             if self.drafter is not None:
                 self.drafter.after_verify(seq, len(drafts), accepted)
             else:
-                state.lookup.feedback(len(drafts), accepted)
+                state.feedback(len(drafts), accepted)
             # Even when the request ends here: the accepted drafts' KV is computed, and their full
             # blocks are named in the prefix cache exactly as plain decoding would have named them.
             self.scheduler.accept_drafts(seq, accepted)
@@ -278,11 +282,11 @@ class LLMEngine:
         return s
 
 
-def _compute_masks(grammars: list) -> None:
-    """The mask thread's job. A grammar that fails here fails again when its row samples, where the
-    error ends that request alone."""
-    for grammar in grammars:
+def _compute_masks(jobs: list) -> None:
+    """The mask thread's job: (grammar, drafts) pairs. A grammar that fails here fails again when its
+    row samples, where the error ends that request alone."""
+    for grammar, drafts in jobs:
         try:
-            grammar.compute_mask()
+            grammar.compute_masks(drafts)
         except Exception:  # noqa: BLE001 - reported by the sampling that follows
             pass

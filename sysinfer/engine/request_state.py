@@ -45,13 +45,14 @@ class Delta:
 class RequestState:
     """Per-request sampler + detokenizer + stop matcher (+ the drafter, when the engine speculates;
     + the grammar, when the output is constrained); the engine keeps one beside each Sequence.
-    A constrained request never drafts: a drafted token the grammar forbids would need the mask of
-    every draft position, so speculation is simply off for it."""
+    Under a grammar, drafts are cut at the first token it forbids, and where prompt lookup finds
+    nothing the tokens the grammar forces are the draft."""
 
     def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, speculative: bool = False):
         self.params = params
         self.grammar = GrammarState(params.grammar, tokenizer.vocab_size) if params.grammar is not None else None
-        self.lookup = PromptLookup(prompt_ids) if speculative and self.grammar is None else None
+        self.lookup = PromptLookup(prompt_ids) if speculative else None
+        self.drafted_by_lookup = False  # the last draft came from the lookup (it learns from the outcome)
         self.sampler = Sampler(params, prompt_ids)
         self.detok = IncrementalDetokenizer(tokenizer, prompt_ids)
         self.stops = StopChecker(params.stop)
@@ -64,16 +65,16 @@ class RequestState:
     def sample(self, logits: np.ndarray, output_ids: list[int]) -> int:
         allowed = self.grammar.allowed() if self.grammar is not None else None  # [n_vocab] bool or None
         token = self.sampler.sample(logits, output_ids, allowed)
-        if self.logprobs is not None and allowed is not None:  # logprobs of the masked distribution
-            n = min(allowed.size, logits.size)
-            logits = np.where(allowed[:n], logits[:n], np.float32(-np.inf))
-        self._note_logprob(logits, token)
+        self._note_logprob(_masked(logits, allowed) if self.logprobs is not None else logits, token)
         return token
 
     def verify(self, logits: np.ndarray, output_ids: list[int], draft: int,
                draft_probs: np.ndarray | None = None) -> tuple[int, bool]:
-        token, accepted = self.sampler.verify(logits, output_ids, draft, draft_probs)
-        self._note_logprob(logits, token)
+        """Checks a drafted token against this row (see Sampler.verify); under a grammar the row is
+        masked as it stands after the drafts before this one, which were accepted to get here."""
+        allowed = self.grammar.allowed() if self.grammar is not None else None  # [n_vocab] bool or None
+        token, accepted = self.sampler.verify(logits, output_ids, draft, draft_probs, allowed)
+        self._note_logprob(_masked(logits, allowed) if self.logprobs is not None else logits, token)
         return token, accepted
 
     def _note_logprob(self, logits: np.ndarray, token: int) -> None:
@@ -91,8 +92,36 @@ class RequestState:
         return taken
 
     def draft(self, limit: int) -> list[int]:
-        """Tokens to verify in the next step (none without speculation or without a match)."""
-        return self.lookup.propose(limit) if self.lookup is not None else []
+        """Tokens to verify in the next step (none without speculation or without a match). Under a
+        grammar: the lookup's tokens up to the first one it forbids, else the tokens it forces."""
+        if self.lookup is None or limit < 1:
+            return []
+        tokens = self.lookup.propose(limit)
+        self.drafted_by_lookup = True
+        if self.grammar is not None:
+            tokens = tokens[: self.grammar.valid_prefix(tokens)]
+            if not tokens:
+                forced = self.grammar.forced(limit)
+                tokens, self.drafted_by_lookup = forced[: self.grammar.valid_prefix(forced)], False
+        return self.cut_after_stop(tokens)
+
+    def cut_after_stop(self, tokens: list[int]) -> list[int]:
+        """The draft up to its first stop token, kept: nothing after it can be part of the reply."""
+        for i, token in enumerate(tokens):
+            if token in self.stop_ids:
+                return tokens[: i + 1]
+        return tokens
+
+    def allows_draft(self, tokens: list[int]) -> int:
+        """How many of a draft's tokens the request can use in a row: up to the first the grammar
+        forbids (all without a grammar), and at most through the first stop token."""
+        n = self.grammar.valid_prefix(tokens) if self.grammar is not None else len(tokens)
+        return len(self.cut_after_stop(tokens[:n]))
+
+    def feedback(self, drafted: int, accepted: int) -> None:
+        """How the last draft fared; the lookup adapts to its own drafts only."""
+        if self.lookup is not None and self.drafted_by_lookup:
+            self.lookup.feedback(drafted, accepted)
 
     def accept(self, token: int, n_output: int) -> tuple[str, str | None]:
         """Text to send for a sampled token, and the finish reason if the request ends here.
@@ -123,3 +152,11 @@ class RequestState:
             return ""
         tail, _ = self.stops.feed(self.detok.flush())
         return tail + self.stops.flush()
+
+
+def _masked(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    """logits: [n_vocab] with the tokens a grammar forbids at -inf (the distribution sampled from)."""
+    if allowed is None:
+        return logits
+    n = min(allowed.size, logits.size)
+    return np.where(allowed[:n], logits[:n], np.float32(-np.inf))

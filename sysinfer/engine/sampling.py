@@ -199,17 +199,21 @@ class Sampler:
         return int(self.rng.choice(probs.size, p=probs))
 
     def verify(self, logits: np.ndarray, generated_ids, draft: int,
-               draft_probs: np.ndarray | None = None) -> tuple[int, bool]:
+               draft_probs: np.ndarray | None = None, allowed: np.ndarray | None = None) -> tuple[int, bool]:
         """Speculative sampling against a drafted token: returns (token, draft accepted). Greedy:
         accepted iff it is the argmax. Otherwise the standard acceptance rule, so tokens follow p
         exactly: accepted with probability min(1, p(draft) / q(draft)); on rejection the token is
         drawn from max(0, p - q), renormalised. q is the distribution the draft was drawn from
         (`draft_probs`, a draft model's); None means all its mass on `draft` (prompt lookup), where
-        the rule reads: accept with probability p(draft), else draw from p without the draft."""
+        the rule reads: accept with probability p(draft), else draw from p without the draft.
+        `allowed` (a grammar's mask for this row) is part of p: q may put mass on forbidden tokens,
+        which p never keeps (the rule holds for any q the draft was really drawn from)."""
         if self.params.greedy:
-            token = self.sample(logits, generated_ids)
+            token = self.sample(logits, generated_ids, allowed)
             return token, token == draft
-        probs = self.probabilities(logits, generated_ids)
+        if allowed is not None and not allowed.any():
+            raise SamplingError("the output grammar allows no token here")
+        probs = self.probabilities(logits, generated_ids, allowed)
         if draft_probs is None:
             if self.rng.random() < probs[draft]:
                 return draft, True

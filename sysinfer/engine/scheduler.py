@@ -23,6 +23,20 @@ class ScheduledChunk:
     start: int        # first token (position) to compute
     count: int        # tokens to compute, drafted ones included
     n_draft: int = 0  # of them, speculative tokens after the sequence's last one (not yet its own)
+    reserved: int = -1  # draft slots taken at plan time (n_draft may shrink below it before the step runs)
+
+    def __post_init__(self) -> None:
+        if self.reserved < 0:
+            self.reserved = self.n_draft
+
+    def drop_drafts(self, keep: int) -> None:
+        """Verify only the first `keep` drafts (a draft model's draft ends at a stop token, or where
+        the grammar forbids a token, after the plan counted k): the step computes fewer rows, and
+        the slots taken for the rest are given back with the rejected ones (Scheduler.accept_drafts)."""
+        keep = max(0, min(keep, self.n_draft))
+        self.count -= self.n_draft - keep
+        self.n_draft = keep
+        del self.seq.draft_ids[keep:]
 
     @property
     def samples(self) -> bool:

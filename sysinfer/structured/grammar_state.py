@@ -1,14 +1,23 @@
-"""One request's grammar during generation: the allowed-token mask for the next token, computed
-ahead (while the native step runs), and the tokens sampled under it.
+"""One request's grammar during generation: the allowed-token masks for the rows it samples next,
+computed ahead (while the native step runs), and the tokens sampled under them.
 
-The engine's order per step: `compute_mask()` in the mask thread while the model computes the logits,
-then `allowed()` for the sampler, then `consume(token)` when the token is accepted. llguidance
-releases the GIL while it computes a mask, so the mask really overlaps the native step.
+The engine's order per step: `compute_masks(drafts)` in the mask thread while the model computes the
+logits, then `allowed()` for the sampler, then `consume(token)` when the token is accepted. llguidance
+releases the GIL while it computes a mask, so the masks really overlap the native step.
+
+Speculative drafts (engine/prompt_lookup.py, engine/draft_model.py) are checked against the grammar
+when they are proposed (`valid_prefix`: a drafted token the grammar forbids ends the draft). A step
+that verifies k drafts samples k + 1 rows, and row i's mask is the grammar's after drafts[:i]: the
+mask thread consumes the drafts one by one, computes each row's mask, and rolls the matcher back.
+Row i is only sampled when drafts[:i] were all accepted, i.e. consumed for real, so `allowed()`
+takes the row matching what has been consumed since the masks were computed.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..engine.prompt_lookup import K_MAX
 
 
 class GrammarError(RuntimeError):
@@ -19,23 +28,57 @@ class GrammarState:
     def __init__(self, matcher, n_vocab: int):
         self.matcher = matcher.deep_copy()  # this request's own parser state (the compiled one may be shared)
         self.n_vocab = n_vocab
-        self.bitmask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)  # [ceil(n_vocab / 32)] bit i%32 of word i//32: token i allowed
-        self._allowed = np.zeros(n_vocab, dtype=bool)                  # [n_vocab] the bitmask unpacked, for the sampler
-        self._fresh = False  # bitmask holds the mask for the current state
+        words = (n_vocab + 31) // 32
+        # [1 + K_MAX, ceil(n_vocab / 32)] row i: the mask after drafts[:i]; bit j%32 of word j//32: token j allowed
+        self.bitmasks = np.zeros((1 + K_MAX, words), dtype=np.int32)
+        self._allowed = np.zeros(n_vocab, dtype=bool)  # [n_vocab] one row of bitmasks unpacked, for the sampler
+        self._masks_for: tuple[int, ...] | None = None  # the drafts the rows were computed for (None: stale)
+        self._rows = 0       # rows computed (fewer than 1 + drafts when the grammar ends inside the draft)
+        self._consumed = 0   # tokens consumed since, all equal to the drafts' start
+
+    @property
+    def bitmask(self) -> np.ndarray:
+        """[ceil(n_vocab / 32)] the next token's mask (row 0)."""
+        return self.bitmasks[0]
+
+    def compute_masks(self, drafts: list[int] | tuple[int, ...] = ()) -> None:
+        """Masks for the next token and, with drafts, for the token after each of them (runs in the
+        mask thread, GIL released inside). The drafts must be ones `valid_prefix` accepted."""
+        drafts = tuple(drafts[:K_MAX])
+        if self._masks_for == drafts and self._consumed == 0:
+            return
+        self._masks_for, self._rows, self._consumed = None, 0, 0
+        self._compute_row(0)
+        consumed = 0
+        try:
+            for i, token in enumerate(drafts, start=1):
+                if self.matcher.is_stopped():  # the reply ends inside the draft: no later row samples
+                    break
+                if not self.matcher.consume_token(token):
+                    raise GrammarError(f"the output grammar rejected drafted token {token}: "
+                                       f"{self.matcher.get_error().splitlines()[0][:200]}")
+                consumed += 1
+                self._compute_row(i)
+        finally:
+            if consumed and not self.matcher.rollback(consumed):
+                raise GrammarError(f"the output grammar could not roll back a draft: {self.matcher.get_error()[:200]}")
+        self._masks_for, self._rows = drafts, 1 + consumed
 
     def compute_mask(self) -> None:
-        """The next token's mask into self.bitmask (runs in the mask thread, GIL released inside)."""
-        if self._fresh:
-            return
-        self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
+        """The next token's mask alone (no drafts)."""
+        self.compute_masks(())
+
+    def _compute_row(self, i: int) -> None:
+        row = self.bitmasks[i]
+        self.matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
         if self.matcher.is_error():
             raise GrammarError(f"the output grammar failed: {self.matcher.get_error().splitlines()[0][:200]}")
-        self._fresh = True
 
     def allowed(self) -> np.ndarray:
         """[n_vocab] bool: the tokens the grammar allows next."""
-        self.compute_mask()  # no-op when the mask thread already did it
-        bits = np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")
+        if self._masks_for is None or self._consumed >= self._rows:
+            self.compute_masks(())  # not computed ahead (or past the computed rows): now
+        bits = np.unpackbits(self.bitmasks[self._consumed].view(np.uint8), bitorder="little")
         self._allowed[:] = bits[: self.n_vocab]
         return self._allowed
 
@@ -43,7 +86,25 @@ class GrammarState:
         if not self.matcher.consume_token(token):
             raise GrammarError(f"the output grammar rejected token {token}: "
                                f"{self.matcher.get_error().splitlines()[0][:200]}")
-        self._fresh = False
+        drafts = self._masks_for
+        if drafts is not None and self._consumed < len(drafts) and drafts[self._consumed] == token:
+            self._consumed += 1  # the next row's mask was computed for exactly this state
+        else:
+            self._masks_for = None
+
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many of `tokens` the grammar allows in a row from here (a draft is cut there)."""
+        return self.matcher.validate_tokens(tokens) if tokens else 0
+
+    def forced(self, limit: int) -> list[int]:
+        """Up to `limit` tokens the grammar forces next (e.g. a JSON key and its quotes): a draft
+        that costs no lookup and that the model accepts unless it spells the same bytes otherwise."""
+        return self.matcher.compute_ff_tokens()[:limit] if limit > 0 else []
+
+    @property
+    def fresh(self) -> bool:
+        """The masks for the current state are computed (by the mask thread, during the step)."""
+        return self._masks_for is not None and self._consumed < self._rows
 
     @property
     def done(self) -> bool:

@@ -132,30 +132,86 @@ def test_a_draft_with_non_finite_logits_fails_no_request(temperature):
     _assert_all_free(engine)
 
 
-class _AnyGrammar:
-    """A grammar state that allows every token (the engine's view of structured/grammar_state.py)."""
+class _NoFives:
+    """A grammar state (the engine's view of structured/grammar_state.py) that forbids every token
+    divisible by 5, end of text included: the draft model, which knows nothing of it, proposes them."""
     done = False
 
+    def __init__(self):
+        self.cut = 0  # drafts cut short at a forbidden token
+        self.verified_forbidden: list[tuple] = []  # drafts that reached verification with a forbidden token
+
     def allowed(self):
-        return np.ones(50, dtype=bool)  # [n_vocab] bool
+        return np.arange(50) % 5 != 0  # [n_vocab] bool
 
     def consume(self, token):
-        pass
+        assert token % 5, f"forbidden token {token} consumed"
 
-    def compute_mask(self):
-        pass
+    def compute_masks(self, drafts=()):  # in the mask thread, whose errors the engine swallows: recorded
+        if not all(t % 5 for t in drafts):
+            self.verified_forbidden.append(tuple(drafts))
+
+    def valid_prefix(self, tokens):
+        n = next((i for i, t in enumerate(tokens) if t % 5 == 0), len(tokens))
+        self.cut += n < len(tokens)
+        return n
+
+    def forced(self, limit):
+        return []
 
 
-def test_a_constrained_request_never_drafts():
-    """A constrained request (structured output) has a grammar in its state; it decodes one token
-    at a time (its mask is only known one position ahead)."""
-    engine, draft = _engine()
-    seq = engine.add_request([1, 2, 3, 4], SamplingParams(max_tokens=12))
-    seq.state.grammar = _AnyGrammar()
-    while engine.has_work():
-        engine.step()
-    assert seq.output_ids == expected_tokens([1, 2, 3, 4], 12)
-    assert engine.stats.draft_tokens == 0 and not draft.steps
+@pytest.mark.parametrize("lookup_first", [False, True])
+def test_a_constrained_request_drafts_up_to_the_first_forbidden_token(lookup_first):
+    """The draft model's draft ends where the grammar forbids a token, and the output is what plain
+    decoding under the same grammar gives."""
+    outputs = []
+    for speculative in (False, True):
+        if speculative:
+            engine, draft = _engine(draft_cls=_WrongSometimes, lookup_first=lookup_first)
+        else:
+            engine = LLMEngine(FakeModel(block_size=4, max_out_rows=64), FakeTokenizer())
+        grammar = _NoFives()
+        seqs = []
+        for prompt in ([1, 2, 3, 4], [7, 8, 9, 7, 8, 9, 7, 8]):
+            seq = engine.add_request(prompt, SamplingParams(max_tokens=30))
+            seq.state.grammar = grammar
+            seqs.append(seq)
+        while engine.has_work():
+            engine.step()
+        outputs.append([seq.output_ids for seq in seqs])
+        if speculative:
+            assert engine.stats.accepted_draft_tokens > 0 and grammar.cut > 0, (engine.stats, grammar.cut)
+            assert not grammar.verified_forbidden
+            _assert_all_free(engine)
+    assert outputs[0] == outputs[1]
+    assert all(t % 5 for out in outputs[1] for t in out)
+
+
+class _SaysEndEarly(FakeModel):
+    """A draft that predicts the end of text whenever the context length is a multiple of 4."""
+
+    @staticmethod
+    def next_token(context, n_vocab):
+        return 0 if len(context) % 4 == 0 else FakeModel.next_token(context, n_vocab)
+
+
+class _Recording(FakeModel):
+    def step(self, token_ids, *args):
+        self.calls = getattr(self, "calls", []) + [list(token_ids)]
+        return super().step(token_ids, *args)
+
+
+def test_a_draft_ends_at_a_predicted_stop_token():
+    """Drafting past a stop token is wasted (the reply would end there): the draft model stops, and
+    the target verifies the stop token as the last draft."""
+    target = _Recording(n_kv_blocks=64, block_size=4, max_out_rows=64)
+    draft = _SaysEndEarly(n_kv_blocks=64, block_size=4, max_out_rows=8)
+    engine = LLMEngine(target, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=False)
+    prompt = [3, 9, 4, 7, 1]
+    assert _run(engine, prompt, 40) == expected_tokens(prompt, 40)  # the target never ends: every 0 rejected
+    decode_calls = [c for c in target.calls[1:] if len(c) > 1]
+    assert any(c[-1] == 0 for c in decode_calls)
+    assert all(0 not in c[:-1] for c in decode_calls), decode_calls  # nothing drafted after a stop token
     _assert_all_free(engine)
 
 

@@ -1,6 +1,8 @@
-"""Structured output and tools on the fake model: grammars hold whatever the model prefers, the mask is
-computed during the step, constrained requests never draft, refusals name what they refuse, and the
-tool-call parser gives the same calls streamed (any chunking) as whole."""
+"""Structured output and tools on the fake model: grammars hold whatever the model prefers, the masks
+are computed during the step (one per verify row when drafting), constrained requests draft (the
+lookup's tokens up to the first the grammar forbids, else the tokens it forces) and give what they
+give without speculation, refusals name what they refuse, and the tool-call parser gives the same
+calls streamed (any chunking) as whole."""
 
 from __future__ import annotations
 
@@ -79,18 +81,99 @@ def test_greedy_choice_regex_and_length():
     assert reason == "length" and len(text) == 3
 
 
-def test_mask_is_ready_when_the_step_returns_and_constrained_requests_never_draft():
+def test_masks_are_ready_for_every_verify_row_when_the_step_returns():
     eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True)
     grammar = compile_constraint(TOK, from_request(guided_json=SCHEMA))
     seq = eng.add_request([1, 2, 3, 1, 2, 3, 1, 2], SamplingParams(max_tokens=50, grammar=grammar))
-    assert seq.state.lookup is None
-    for _ in range(5):
+    drafted_steps = 0
+    while not seq.finished:
         plan = eng.plan()
-        assert all(not c.seq.draft_ids for c in plan)
+        n_draft = plan[0].n_draft
         logits = eng.execute(plan)
-        assert seq.state.grammar._fresh  # computed in the mask thread during the step
+        state = seq.state.grammar
+        assert state.fresh and state._rows == 1 + n_draft  # computed in the mask thread during the step
+        drafted_steps += n_draft > 0
         eng.postprocess(plan, logits)
-        assert not seq.state.grammar._fresh  # the sampled token moved the grammar on
+        assert seq.finished or not state.fresh or state._consumed > 0  # the sampled tokens moved it on
+    assert drafted_steps > 3  # the schema forces keys and punctuation: those are drafted
+
+
+def test_mask_rows_are_the_masks_after_each_draft_and_the_state_rolls_back():
+    from sysinfer.structured.grammar_state import GrammarState
+    matcher = compile_constraint(TOK, from_request(guided_json=SCHEMA))
+    text = TOK.encode('{"kind": "dog", "n": 7')
+    state = GrammarState(matcher, N_VOCAB)
+    state.consume(text[0])
+    drafts = text[1:8]
+    assert state.valid_prefix(drafts + TOK.encode("}")) == len(drafts)  # '}' is forbidden before "n"
+    state.compute_masks(drafts)
+    rows = state.bitmasks[: 1 + len(drafts)].copy()
+    stepwise = GrammarState(matcher, N_VOCAB)
+    stepwise.consume(text[0])
+    for i, token in enumerate(drafts + [None]):
+        assert np.array_equal(state.allowed(), stepwise.allowed()), i  # row i, without recomputing
+        assert np.array_equal(rows[i], stepwise.bitmask), i
+        if token is not None:
+            state.consume(token)
+            stepwise.consume(token)
+            stepwise.compute_mask()
+    # a draft that leaves the draft's path: the rows are stale and the next mask is computed afresh
+    other = GrammarState(matcher, N_VOCAB)
+    other.compute_masks(TOK.encode('{"ki'))
+    other.consume(TOK.encode("{")[0])
+    other.consume(TOK.encode('"')[0])
+    assert other.fresh
+    lone = GrammarState(matcher, N_VOCAB)
+    lone.consume(TOK.encode("{")[0]); lone.consume(TOK.encode('"')[0])
+    assert np.array_equal(other.allowed(), lone.allowed())
+
+
+def test_a_draft_through_the_grammars_end_stops_there():
+    from sysinfer.structured.grammar_state import GrammarState
+    state = GrammarState(compile_constraint(TOK, from_request(guided_choice=["cat dog"])), N_VOCAB)
+    draft = TOK.encode("cat dog") + [0]
+    assert state.valid_prefix(draft) == len(draft)
+    state.compute_masks(draft)
+    assert state._rows == len(draft)  # no row after the grammar's end
+    for token in TOK.encode("cat dog"):
+        assert state.allowed()[token]
+        state.consume(token)
+    assert state.done and not state.matcher.is_error()
+
+
+@pytest.mark.parametrize("constraint, prompt", [
+    ({"guided_json": SCHEMA}, '{"kind": "dog", "n": 12, "tags": ["ab", "cd"]} {"kind": "cat", "n": 3, "tags": []}'),
+    ({"guided_regex": r"(ab|cd)+-[0-9]{3}"}, "abcdabcd-123 abab"),
+    ({"guided_choice": ["the quick brown dog", "the lame cat"]}, "quick brown"),
+])
+def test_constrained_drafts_give_what_decoding_without_them_gives(constraint, prompt):
+    ids = TOK.encode(prompt)
+    for model_seed in range(4):  # the fake model's preferences differ with the prompt's first token
+        ids_i = [1 + model_seed] + ids
+        outputs, stats = [], []
+        for speculative in (False, True):
+            eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=speculative)
+            grammar = compile_constraint(TOK, from_request(**constraint))
+            deltas = list(eng.generate(ids_i, SamplingParams(max_tokens=60, grammar=grammar)))
+            outputs.append(([t for d in deltas for t in d.token_ids], deltas[-1].finish_reason))
+            stats.append(eng.stats)
+            assert eng.blocks.num_free == eng.blocks.num_blocks
+        assert outputs[0] == outputs[1] and outputs[1][1] in ("stop", "length")
+        assert stats[1].draft_tokens > 0 and stats[1].accepted_draft_tokens > 0
+        assert stats[1].steps < stats[0].steps
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sampled_constrained_drafts_hold_the_schema(seed):
+    eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True)
+    prompt = TOK.encode('{"kind": "dog", "n": 12, "tags": ["ab", "cd"]}')
+    grammar = compile_constraint(TOK, from_request(guided_json=SCHEMA))
+    deltas = list(eng.generate([seed + 1] + prompt, SamplingParams(max_tokens=200, grammar=grammar,
+                                                                   temperature=1.0, seed=seed)))
+    assert deltas[-1].finish_reason == "stop"
+    jsonschema.validate(json.loads("".join(d.text for d in deltas)), SCHEMA)
+    assert eng.stats.accepted_draft_tokens > 0
+    assert eng.blocks.num_free == eng.blocks.num_blocks
 
 
 def test_sampler_mask():
