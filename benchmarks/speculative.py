@@ -11,8 +11,9 @@ the model's drafts are all accepted, and since it costs as much as the target th
 
 SmolLM2-135M-Instruct Q4_0, greedy, one request at a time through the engine (as the server runs it
 at max_batch 1). Sets (tests/support/spec_prompts.py): extractive (a question about a ~1,000-token
-document, quote-and-summarise it, edit a given code file), open chat, Chinese, and a prompt with
-nothing to quote. Each round runs every prompt without and with speculation, the order alternating
+document, quote-and-summarise it, edit a given code file), open chat, Chinese, a prompt with
+nothing to quote, and constrained (structured output about the same document: a JSON schema and a
+regex; drafts are cut where the grammar forbids a token, and its forced tokens are drafted). Each round runs every prompt without and with speculation, the order alternating
 round by round; the figures are medians over rounds. Decode tok/s counts the tokens after the first
 over the time after the first (the prompt's prefill is the same either way). Every pair of outputs
 must be token for token identical; the script fails otherwise.
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from model_files import smollm2_q4_0  # noqa: E402
-from spec_prompts import CHINESE, EXTRACTIVE, NO_MATCH, OPEN_CHAT  # noqa: E402
+from spec_prompts import CHINESE, CONSTRAINED, EXTRACTIVE, NO_MATCH, OPEN_CHAT  # noqa: E402
 from sysinfer.engine.llm_engine import LLMEngine  # noqa: E402
 from sysinfer.engine.prompt_lookup import K_MAX  # noqa: E402
 from sysinfer.engine.sampling import SamplingParams  # noqa: E402
@@ -41,17 +42,21 @@ from sysinfer.model.model_file import read_model_file  # noqa: E402
 from sysinfer.model.native_model import load_model  # noqa: E402
 from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
 from sysinfer.model.vocab_check import check_same_vocabulary  # noqa: E402
+from sysinfer.structured.constraints import compile_constraint, from_request  # noqa: E402
 
-SETS = {"extractive": EXTRACTIVE, "open chat": OPEN_CHAT, "chinese": CHINESE, "no match": NO_MATCH}
+SETS = {"extractive": EXTRACTIVE, "open chat": OPEN_CHAT, "chinese": CHINESE, "no match": NO_MATCH,
+        "constrained": CONSTRAINED}
 
 
 def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool, draft=None,
-            lookup_first: bool = True) -> dict:
-    """One request on a fresh engine (no prefix cache carried over): its tokens, decode time, drafts."""
+            lookup_first: bool = True, constraint: dict | None = None) -> dict:
+    """One request on a fresh engine (no prefix cache carried over): its tokens, decode time, drafts.
+    `constraint`: API fields of an output constraint (guided_json=..., guided_regex=...)."""
     engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False,
                        draft_model=draft if speculative else None, lookup_first=lookup_first)
+    grammar = compile_constraint(tok, from_request(**constraint)) if constraint else None
     tokens, first, last = [], None, None
-    for delta in engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0)):
+    for delta in engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0, grammar=grammar)):
         now = time.perf_counter()
         first = first or now
         last = now
@@ -101,10 +106,10 @@ def main() -> int:
         for r in range(args.rounds):
             totals = {}
             order = (False, True) if r % 2 == 0 else (True, False)
-            for name, text in prompts:
+            for name, text, *constraint in prompts:
                 ids = tok.apply_chat_template([{"role": "user", "content": text}])
-                runs = {spec: run_one(model, tok, ids, args.max_tokens, spec, draft, not args.model_only)
-                        for spec in order}
+                runs = {spec: run_one(model, tok, ids, args.max_tokens, spec, draft, not args.model_only,
+                                      *constraint) for spec in order}
                 if runs[True]["tokens"] != runs[False]["tokens"]:
                     print(f"FAIL: {name}: speculation changed the greedy output", file=sys.stderr)
                     return 1

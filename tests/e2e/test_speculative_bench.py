@@ -1,5 +1,5 @@
-"""A bounded slice of benchmarks/speculative.py (one extractive prompt, one round, a few tokens): the
-script runs, finds the outputs with and without speculation identical, and reports drafts accepted.
+"""A bounded slice of benchmarks/speculative.py (one extractive and one constrained prompt, one round,
+a few tokens): the script runs, finds the outputs with and without speculation identical, and reports drafts accepted.
 Speed figures are the script's business, never a test's."""
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speculative.py"
 
 def test_speculative_benchmark_slice(tmp_path):
     out = tmp_path / "spec.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--max-tokens", "24", "--sets", "extractive",
-                        "--prompts", "1", "--json", str(out)], capture_output=True, text=True, timeout=600,
-                       cwd=tmp_path)  # not the repo root: import the installed build
+    r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--max-tokens", "24", "--sets",
+                        "extractive,constrained", "--prompts", "1", "--json", str(out)], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path)  # not the repo root: import the installed build
     assert r.returncode == 0, r.stdout + r.stderr
-    figures = json.loads(out.read_text())["extractive"]
-    assert figures["accepted"] > 0 and 0 < figures["acceptance"] <= 1 and figures["tokens_per_step"] > 1
+    report = json.loads(out.read_text())
+    assert set(report) == {"extractive", "constrained"}
+    for name, figures in report.items():
+        assert figures["accepted"] > 0 and 0 < figures["acceptance"] <= 1 and figures["tokens_per_step"] > 1, name
 
 
 def test_speculative_benchmark_slice_with_a_draft_model(tmp_path):

@@ -128,3 +128,23 @@ CHINESE = [
 
 # A prompt too short and plain for any n-gram of the answer to be found in it early on.
 NO_MATCH = [("no-match", "Hi!")]
+
+# (name, user message, output constraint as API fields): structured output, where the grammar forces
+# keys and punctuation (drafted without a lookup) and the values quote the document.
+HANDBOOK_FACTS = {"type": "object", "properties": {
+    "config_file": {"type": "string", "maxLength": 60},
+    "data_directory": {"type": "string", "maxLength": 60},
+    "query_port": {"type": "integer"},
+    "replication_port": {"type": "integer"},
+    "start_command": {"type": "string", "maxLength": 60},
+    "duty_engineer": {"type": "string", "maxLength": 40},
+    "servers": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 4}},
+    "required": ["config_file", "data_directory", "query_port", "replication_port", "start_command",
+                 "duty_engineer", "servers"], "additionalProperties": False}
+CONSTRAINED = [
+    ("json-extract", DOCUMENT + "\nFrom the handbook above, give the configuration file, the data directory, the "
+                     "two ports, the start command, the duty engineer and the four server names as JSON.",
+     {"guided_json": HANDBOOK_FACTS}),
+    ("regex-command", DOCUMENT + "\nWhich command starts a full backup? Answer with the command only.",
+     {"guided_regex": r"harbor-ledger [a-z]+( --[a-z]+)*"}),
+]
