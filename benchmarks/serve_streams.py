@@ -12,7 +12,10 @@ same N prompts (different questions), temperature 0, `max_tokens` fixed, `ignore
 accept it), `stream_options.include_usage`. Figures per round: aggregate generated tokens/s = the sum of
 the requests' `usage.completion_tokens` over the wall time from the first request sent to the last
 stream closed; TTFT = request sent -> first chunk with non-empty content, median and p90 over the
-N requests. The table gives medians over the rounds and the ratio of the medians.
+N requests. The table gives medians over the rounds and the ratio of the medians (sysinfer's over
+each other server's). For sysinfer it also splits the wall time: the native steps' share (from its
+/metrics counters sysinfer_engine_steps_total and sysinfer_native_step_seconds_total, read before and
+after each round) and the rest per step, the Python side where it is not overlapped with a step.
 
 Both servers stay up for a stream count; only one is under load at a time. An idle server should
 cost nothing (sysinfer's engine loop waits on an event and its native pool sleeps between steps;
@@ -102,6 +105,7 @@ class Server:
     env: dict[str, str]
     port: int
     health: str                 # path answering 200 when the model is loaded
+    step_metrics: bool = False  # /metrics has sysinfer's step counters
     proc: subprocess.Popen | None = None
     log_path: str = ""
 
@@ -153,7 +157,7 @@ def sysinfer_server(model: str, streams: int, ctx: int, threads: int) -> Server:
     argv = [sys.executable, "-c", "import sys; from sysinfer.cli import main; sys.exit(main())", "serve", model, "--port", str(port), "--threads", str(threads),
             "--max-batch", str(streams), "--ctx-size", str(ctx), "--max-queue", str(max(256, 2 * streams)),
             "--log-level", "warning"]
-    return Server("sysinfer", argv, {}, port, "/health")
+    return Server("sysinfer", argv, {}, port, "/health", step_metrics=True)
 
 
 def llama_server(path: str, model: str, streams: int, ctx: int, threads: int, passive: bool) -> Server:
@@ -201,6 +205,25 @@ class RoundResult:
     per_stream_tokens: list[int]
     wall: float
     counted_by: str        # "usage" or "chunks"
+    steps: int = 0         # sysinfer: engine steps in the round (from /metrics)
+    native_seconds: float = 0.0  # sysinfer: their native part (building the inputs and the native call)
+
+    @property
+    def python_ms_per_step(self) -> float:
+        """The wall time not spent in native steps, per step: the engine's Python side (plan, sampling,
+        detokenizing, SSE, the event loop) where it is not overlapped with a step, plus idle time
+        (requests arriving, the last streams closing)."""
+        return (self.wall - self.native_seconds) / self.steps * 1000 if self.steps else float("nan")
+
+
+def step_counters(base_url: str) -> tuple[int, float]:
+    """sysinfer's sysinfer_engine_steps_total and sysinfer_native_step_seconds_total."""
+    values = {}
+    for line in httpx.get(base_url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("sysinfer_engine_steps_total", "sysinfer_native_step_seconds_total"):
+            values[name] = float(value)
+    return int(values.get("sysinfer_engine_steps_total", 0)), values.get("sysinfer_native_step_seconds_total", 0.0)
 
 
 def p90(values: list[float]) -> float:
@@ -243,26 +266,37 @@ def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_
             order.reverse()  # alternate who goes first, so drift hits both sides alike
         for i in order:
             others = [(j, cpu_seconds(servers[j].proc.pid)) for j in range(len(servers)) if j != i]
+            counters = step_counters(servers[i].base_url) if servers[i].step_metrics else None
             result = asyncio.run(load_round(servers[i].base_url, n, max_tokens))
+            if counters is not None:
+                steps, native = step_counters(servers[i].base_url)
+                result.steps, result.native_seconds = steps - counters[0], native - counters[1]
             rows[i].rounds.append(result)
             for j, before in others:
                 rows[j].idle_cpu_seconds.append(cpu_seconds(servers[j].proc.pid) - before)
             print(f"  N={n:<3d} round {r + 1} {servers[i].name:28s} {result.tok_s:8.1f} tok/s  "
                   f"TTFT median {result.ttft_median * 1000:7.0f} ms  ({result.tokens} tokens by {result.counted_by} "
-                  f"in {result.wall:.2f} s)", flush=True)
+                  f"in {result.wall:.2f} s" + (f"; {result.steps} steps, native {result.native_seconds / result.wall:.0%} "
+                                               f"of wall" if result.steps else "") + ")", flush=True)
     return rows
 
 
-def print_table(rows: list[Row], baseline: str | None) -> None:
+def print_table(rows: list[Row], ours_name: str = "sysinfer") -> None:
     print()
-    print("| streams | server | aggregate tok/s | vs llama-server | TTFT median ms | TTFT p90 ms | idle CPU s/round |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("| streams | server | aggregate tok/s | sysinfer / this | TTFT median ms | TTFT p90 ms | idle CPU s/round "
+          "| native share of wall | Python ms/step |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        base = next((b for b in rows if b.streams == row.streams and b.server == baseline), None)
-        ratio = f"{row.median('tok_s') / base.median('tok_s'):.2f}x" if base is not None and base is not row else ""
+        ours = next((b for b in rows if b.streams == row.streams and b.server == ours_name), None)
+        ratio = f"{ours.median('tok_s') / row.median('tok_s'):.2f}x" if ours is not None and ours is not row else ""
         idle = f"{statistics.median(row.idle_cpu_seconds):.2f}" if row.idle_cpu_seconds else ""
+        split = ""
+        if all(r.steps for r in row.rounds):
+            share = statistics.median(r.native_seconds / r.wall for r in row.rounds)
+            split = f"{share:.0%} | {statistics.median(r.python_ms_per_step for r in row.rounds):.2f}"
         print(f"| {row.streams} | {row.server} | {row.median('tok_s'):.1f} | {ratio} | "
-              f"{row.median('ttft_median') * 1000:.0f} | {row.median('ttft_p90') * 1000:.0f} | {idle} |")
+              f"{row.median('ttft_median') * 1000:.0f} | {row.median('ttft_p90') * 1000:.0f} | {idle} | "
+              f"{split or ' | '} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in servers:
                 s.stop()
     load_after = os.getloadavg()
-    print_table(rows, "llama-server" if args.llama_server else None)
+    print_table(rows)
     print(f"\nCPU {cpu}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     short = [(row.server, row.streams) for row in rows for r in row.rounds if min(r.per_stream_tokens) < args.tokens]
     if short:
@@ -314,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu, "model": model, "threads": args.threads, "max_tokens": args.tokens, "rounds": args.rounds,
             "load_average_before": load_before, "load_average_after": load_after,
             "rows": [{**asdict(row), "median_tok_s": row.median("tok_s"),
-                      "median_ttft_median": row.median("ttft_median"), "median_ttft_p90": row.median("ttft_p90")}
+                      "median_ttft_median": row.median("ttft_median"), "median_ttft_p90": row.median("ttft_p90"),
+                      "median_python_ms_per_step": statistics.median(r.python_ms_per_step for r in row.rounds)}
                      for row in rows]}, indent=2))
     return 0
 

@@ -87,6 +87,34 @@ def test_stop_string_is_not_sent(client):
     assert text == r.choices[0].message.content
 
 
+def test_ignore_eos_generates_max_tokens(client):
+    """vLLM's and llama-server's `ignore_eos` (extra_body): the reply runs past end-of-sequence to
+    max_tokens (benchmarks/serve_streams.py relies on it to compare servers on equal token counts)."""
+    short = ask(client, "Say hi.", max_tokens=60, temperature=0)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 60
+    long = ask(client, "Say hi.", max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 60
+    assert long.choices[0].message.content.startswith(short.choices[0].message.content)
+
+
+def _step_counters(server) -> tuple[float, float]:
+    values = dict(line.split(" ", 1) for line in httpx.get(server + "/metrics").text.splitlines()
+                  if line.startswith(("sysinfer_engine_steps_total ", "sysinfer_native_step_seconds_total ")))
+    return float(values["sysinfer_engine_steps_total"]), float(values["sysinfer_native_step_seconds_total"])
+
+
+def test_metrics_count_steps_and_their_native_time(server, client):
+    """Steps and native step time only grow, by at least a step per generated token (no speculation
+    at max_batch 8), and the native time stays within the request's wall time."""
+    steps0, native0 = _step_counters(server)
+    start = time.perf_counter()
+    r = ask(client, "Say hi.", max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    wall = time.perf_counter() - start
+    steps1, native1 = _step_counters(server)
+    assert steps1 - steps0 >= r.usage.completion_tokens == 12
+    assert 0 < native1 - native0 < wall
+
+
 def test_seed_reproducible(client):
     a = ask(client, "Tell me a story.", max_tokens=20, temperature=0.9, seed=1234).choices[0].message.content
     b = ask(client, "Tell me a story.", max_tokens=20, temperature=0.9, seed=1234).choices[0].message.content
@@ -126,6 +154,7 @@ def raw_post(server, body, headers=None, path="/v1/chat/completions"):
     ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}}, "response_format"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 17}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "ignore_eos": "maybe"}, "ignore_eos"),
 ])
 def test_bad_requests_are_400_with_openai_error_body(server, body, fragment):
     r = raw_post(server, body)
