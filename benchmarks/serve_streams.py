@@ -207,6 +207,7 @@ class RoundResult:
     counted_by: str        # "usage" or "chunks"
     steps: int = 0         # sysinfer: engine steps in the round (from /metrics)
     native_seconds: float = 0.0  # sysinfer: their native part (building the inputs and the native call)
+    phases: dict[str, float] = field(default_factory=dict)  # sysinfer: seconds in each engine loop phase
 
     @property
     def python_ms_per_step(self) -> float:
@@ -216,14 +217,19 @@ class RoundResult:
         return (self.wall - self.native_seconds) / self.steps * 1000 if self.steps else float("nan")
 
 
-def step_counters(base_url: str) -> tuple[int, float]:
-    """sysinfer's sysinfer_engine_steps_total and sysinfer_native_step_seconds_total."""
-    values = {}
+def step_counters(base_url: str) -> dict[str, float]:
+    """sysinfer's step counters from /metrics: "steps", "native" (seconds in native steps, building
+    their inputs included) and one entry per engine loop phase (sysinfer_engine_phase_seconds_total)."""
+    values: dict[str, float] = {}
     for line in httpx.get(base_url + "/metrics", timeout=10).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("sysinfer_engine_steps_total", "sysinfer_native_step_seconds_total"):
-            values[name] = float(value)
-    return int(values.get("sysinfer_engine_steps_total", 0)), values.get("sysinfer_native_step_seconds_total", 0.0)
+        name, _, value = line.rpartition(" ")
+        if name == "sysinfer_engine_steps_total":
+            values["steps"] = float(value)
+        elif name == "sysinfer_native_step_seconds_total":
+            values["native"] = float(value)
+        elif name.startswith('sysinfer_engine_phase_seconds_total{phase="'):
+            values[name.split('"')[1]] = float(value)
+    return values
 
 
 def p90(values: list[float]) -> float:
@@ -269,8 +275,10 @@ def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_
             counters = step_counters(servers[i].base_url) if servers[i].step_metrics else None
             result = asyncio.run(load_round(servers[i].base_url, n, max_tokens))
             if counters is not None:
-                steps, native = step_counters(servers[i].base_url)
-                result.steps, result.native_seconds = steps - counters[0], native - counters[1]
+                after = step_counters(servers[i].base_url)
+                added = {k: v - counters.get(k, 0.0) for k, v in after.items()}
+                result.steps, result.native_seconds = int(added.pop("steps", 0)), added.pop("native", 0.0)
+                result.phases = added
             rows[i].rounds.append(result)
             for j, before in others:
                 rows[j].idle_cpu_seconds.append(cpu_seconds(servers[j].proc.pid) - before)
@@ -297,6 +305,36 @@ def print_table(rows: list[Row], ours_name: str = "sysinfer") -> None:
         print(f"| {row.streams} | {row.server} | {row.median('tok_s'):.1f} | {ratio} | "
               f"{row.median('ttft_median') * 1000:.0f} | {row.median('ttft_p90') * 1000:.0f} | {idle} | "
               f"{split or ' | '} |")
+
+
+SPLIT = ("plan", "hand-off", "native", "postprocess", "dispatch", "stream", "between", "outside steps")
+
+
+def step_split(r: RoundResult) -> dict[str, float]:
+    """One round's wall time by engine loop phase, in ms per step. hand-off: the execute phase less the
+    native step (thread hand-off, waiting for the GIL); outside steps: the wall time the loop spent in
+    no step (requests arriving, waiting for work, the last streams closing)."""
+    p = r.phases
+    ms = {"plan": p.get("plan", 0.0), "hand-off": p.get("execute", 0.0) - r.native_seconds,
+          "native": r.native_seconds, "postprocess": p.get("postprocess", 0.0), "dispatch": p.get("dispatch", 0.0),
+          "stream": p.get("stream", 0.0), "between": p.get("between", 0.0)}
+    ms["outside steps"] = r.wall - sum(ms.values())
+    return {k: v / r.steps * 1000 for k, v in ms.items()}
+
+
+def print_split(rows: list[Row]) -> None:
+    measured = [row for row in rows if row.rounds and all(r.steps and r.phases for r in row.rounds)]
+    if not measured:
+        return
+    print("\nsysinfer's wall time per engine step, ms (medians over the rounds):")
+    print("| streams | " + " | ".join(SPLIT) + " | Python on the loop |")
+    print("|---:|" + "---:|" * (len(SPLIT) + 1))
+    for row in measured:
+        splits = [step_split(r) for r in row.rounds]
+        med = {k: statistics.median(s[k] for s in splits) for k in SPLIT}
+        python = statistics.median(sum(s[k] for k in ("plan", "hand-off", "postprocess", "dispatch", "stream",
+                                                         "between")) for s in splits)
+        print(f"| {row.streams} | " + " | ".join(f"{med[k]:.2f}" for k in SPLIT) + f" | {python:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 s.stop()
     load_after = os.getloadavg()
     print_table(rows)
+    print_split(rows)
     print(f"\nCPU {cpu}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     short = [(row.server, row.streams) for row in rows for r in row.rounds if min(r.per_stream_tokens) < args.tokens]
     if short:
@@ -349,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": load_before, "load_average_after": load_after,
             "rows": [{**asdict(row), "median_tok_s": row.median("tok_s"),
                       "median_ttft_median": row.median("ttft_median"), "median_ttft_p90": row.median("ttft_p90"),
-                      "median_python_ms_per_step": statistics.median(r.python_ms_per_step for r in row.rounds)}
+                      "median_python_ms_per_step": statistics.median(r.python_ms_per_step for r in row.rounds),
+                      "split_ms_per_step": [step_split(r) for r in row.rounds if r.steps and r.phases]}
                      for row in rows]}, indent=2))
     return 0
 

@@ -155,6 +155,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         if state.ready:
             state.metrics.observe_engine(state.engine.snapshot())
             state.metrics.observe_lanes(state.engine.lane_snapshots())
+            state.metrics.observe_phases(state.engine.phase_seconds)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/openapi.json", include_in_schema=False)

@@ -35,6 +35,10 @@ class Metrics:
         self.native_seconds = Counter("sysinfer_native_step_seconds", "Time in native steps (with building their "
                                       "inputs)", registry=r)
         self._steps_seen = (0, 0.0)  # the engine's step totals at the last observation
+        self.phase_seconds = Counter("sysinfer_engine_phase_seconds", "The engine loop's time by phase: plan, "
+                                     "execute (the native step and its hand-off), postprocess, dispatch, stream, "
+                                     "between", ["phase"], registry=r)
+        self._phases_seen: dict[str, float] = {}
         # Speculative decoding (counters: sysinfer_draft_tokens_total, ..._accepted_..., ..._rejected_...)
         self.draft_tokens = Counter("sysinfer_draft_tokens", "Speculative tokens drafted and verified", registry=r)
         self.accepted_draft_tokens = Counter("sysinfer_accepted_draft_tokens",
@@ -116,6 +120,14 @@ class Metrics:
         self.draft_kv_free.set(s.draft_kv_blocks_free)
         self.draft_seconds.set(s.draft_model_seconds)
         self._observe_router_gauges(s)
+
+    def observe_phases(self, phases: dict[str, float]) -> None:
+        """The engine loop's phase totals (AsyncEngine.phase_seconds; they only grow)."""
+        for phase, total in phases.items():
+            added = total - self._phases_seen.get(phase, 0.0)
+            if added > 0:
+                self.phase_seconds.labels(phase=phase).inc(added)
+            self._phases_seen[phase] = total
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

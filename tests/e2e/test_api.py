@@ -97,22 +97,33 @@ def test_ignore_eos_generates_max_tokens(client):
     assert long.choices[0].message.content.startswith(short.choices[0].message.content)
 
 
-def _step_counters(server) -> tuple[float, float]:
-    values = dict(line.split(" ", 1) for line in httpx.get(server + "/metrics").text.splitlines()
-                  if line.startswith(("sysinfer_engine_steps_total ", "sysinfer_native_step_seconds_total ")))
-    return float(values["sysinfer_engine_steps_total"]), float(values["sysinfer_native_step_seconds_total"])
+def _step_counters(server) -> dict[str, float]:
+    """Steps, native seconds and the engine loop's phase seconds from /metrics."""
+    values = {}
+    for line in httpx.get(server + "/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in ("sysinfer_engine_steps_total", "sysinfer_native_step_seconds_total"):
+            values[name] = float(value)
+        elif name.startswith('sysinfer_engine_phase_seconds_total{phase="'):
+            values[name.split('"')[1]] = float(value)
+    return values
 
 
-def test_metrics_count_steps_and_their_native_time(server, client):
+def test_metrics_count_steps_native_time_and_loop_phases(server, client):
     """Steps and native step time only grow, by at least a step per generated token (no speculation
-    at max_batch 8), and the native time stays within the request's wall time."""
-    steps0, native0 = _step_counters(server)
+    at max_batch 8); the native time stays within the request's wall time and within the loop's
+    execute phase (which adds the hand-off to the step thread); every phase is counted."""
+    before = _step_counters(server)
     start = time.perf_counter()
     r = ask(client, "Say hi.", max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
     wall = time.perf_counter() - start
-    steps1, native1 = _step_counters(server)
-    assert steps1 - steps0 >= r.usage.completion_tokens == 12
-    assert 0 < native1 - native0 < wall
+    added = {k: v - before.get(k, 0.0) for k, v in _step_counters(server).items()}
+    assert added["sysinfer_engine_steps_total"] >= r.usage.completion_tokens == 12
+    native = added["sysinfer_native_step_seconds_total"]
+    assert 0 < native <= added["execute"] < wall
+    assert set(added) >= {"plan", "execute", "postprocess", "dispatch", "stream", "between"}
+    assert all(added[p] > 0 for p in ("plan", "postprocess", "stream"))
+    assert sum(added[p] for p in ("plan", "execute", "postprocess", "dispatch", "stream", "between")) < wall
 
 
 def test_seed_reproducible(client):
