@@ -15,7 +15,8 @@ stream closed; TTFT = request sent -> first chunk with non-empty content, median
 N requests. The table gives medians over the rounds and the ratio of the medians (sysinfer's over
 each other server's). For sysinfer it also splits the wall time: the native steps' share (from its
 /metrics counters sysinfer_engine_steps_total and sysinfer_native_step_seconds_total, read before and
-after each round) and the rest per step, the Python side where it is not overlapped with a step.
+after each round) and the rest per step, the Python side where it is not overlapped with a step;
+then a table of where a step's wall time goes, phase by phase (sysinfer_engine_phase_seconds_total).
 
 Both servers stay up for a stream count; only one is under load at a time. An idle server should
 cost nothing (sysinfer's engine loop waits on an event and its native pool sleeps between steps;
