@@ -81,7 +81,8 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
     flags = fields.get("Flags", "").split()
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags)
-    return (f"{fields.get('Model name', '?')} (family {fields.get('CPU family', '?')} model {fields.get('Model', '?')}), "
+    family, model = fields.get("CPU family", "?"), fields.get("Model", "?")
+    return (f"{fields.get('Model name', '?')} (family {family} model {model}), "
             f"{os.cpu_count()} CPUs" + (f"; {isa}" if isa else ""))
 
 
@@ -155,9 +156,9 @@ def sysinfer_server(model: str, streams: int, ctx: int, threads: int) -> Server:
     # --max-batch N: all N streams decode together; --ctx-size: one stream's prompt + reply (the KV cache
     # is sized for N such contexts); prefix cache and the rest at their defaults (speculation is off
     # at max_batch > 1; at N = 1 it is on by default, as a user would run it).
-    argv = [sys.executable, "-c", "import sys; from sysinfer.cli import main; sys.exit(main())", "serve", model, "--port", str(port), "--threads", str(threads),
-            "--max-batch", str(streams), "--ctx-size", str(ctx), "--max-queue", str(max(256, 2 * streams)),
-            "--log-level", "warning"]
+    argv = [sys.executable, "-c", "import sys; from sysinfer.cli import main; sys.exit(main())", "serve", model,
+            "--port", str(port), "--threads", str(threads), "--max-batch", str(streams), "--ctx-size", str(ctx),
+            "--max-queue", str(max(256, 2 * streams)), "--log-level", "warning"]
     return Server("sysinfer", argv, {}, port, "/health", step_metrics=True)
 
 
@@ -233,6 +234,12 @@ def step_counters(base_url: str) -> dict[str, float]:
     return values
 
 
+def question(i: int) -> str:
+    """Request i's question: all different (past the list, numbered), so no two prompts are equal."""
+    q = QUESTIONS[i % len(QUESTIONS)]
+    return q if i < len(QUESTIONS) else f"{q} ({i // len(QUESTIONS) + 1})"
+
+
 def p90(values: list[float]) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
@@ -241,8 +248,7 @@ def p90(values: list[float]) -> float:
 async def load_round(base_url: str, n: int, max_tokens: int) -> RoundResult:
     async with AsyncOpenAI(base_url=base_url + "/v1", api_key="none", timeout=600.0, max_retries=0) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, QUESTIONS[i % len(QUESTIONS)], max_tokens)
-                                         for i in range(n)))
+        results = await asyncio.gather(*(one_stream(client, question(i), max_tokens) for i in range(n)))
         wall = time.perf_counter() - start
     by_usage = all(r.usage_tokens >= 0 for r in results)
     per_stream = [r.usage_tokens if by_usage else r.chunk_tokens for r in results]
@@ -283,10 +289,11 @@ def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_
             rows[i].rounds.append(result)
             for j, before in others:
                 rows[j].idle_cpu_seconds.append(cpu_seconds(servers[j].proc.pid) - before)
+            split = (f"; {result.steps} steps, native {result.native_seconds / result.wall:.0%} of wall"
+                     if result.steps else "")
             print(f"  N={n:<3d} round {r + 1} {servers[i].name:28s} {result.tok_s:8.1f} tok/s  "
                   f"TTFT median {result.ttft_median * 1000:7.0f} ms  ({result.tokens} tokens by {result.counted_by} "
-                  f"in {result.wall:.2f} s" + (f"; {result.steps} steps, native {result.native_seconds / result.wall:.0%} "
-                                               f"of wall" if result.steps else "") + ")", flush=True)
+                  f"in {result.wall:.2f} s{split})", flush=True)
     return rows
 
 
