@@ -155,6 +155,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         if state.ready:
             state.metrics.observe_engine(state.engine.snapshot())
             state.metrics.observe_lanes(state.engine.lane_snapshots())
+            state.metrics.observe_phases(state.engine.phase_seconds)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -419,7 +420,8 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
             repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [],
-            logprobs=req.top_logprobs_asked(), logit_bias=req.logit_bias or {}, grammar=grammar)
+            logprobs=req.top_logprobs_asked(), logit_bias=req.logit_bias or {}, grammar=grammar,
+            ignore_eos=req.ignore_eos)
     except ValueError as e:  # "<field> must be ...": the field is the first word
         raise ApiError(400, str(e), param=str(e).split(" ", 1)[0], code="invalid_value") from None
 

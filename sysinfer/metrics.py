@@ -29,6 +29,16 @@ class Metrics:
                                             registry=r)
         self.preemptions = Gauge("sysinfer_preemptions", "Sequences preempted for lack of KV blocks", registry=r)
         self.step_seconds = Gauge("sysinfer_last_step_seconds", "Duration of the last native step", registry=r)
+        # Steps and the time in their native part (sysinfer_engine_steps_total, sysinfer_native_step_seconds_total;
+        # summed over lanes): wall time less the native share is the Python side's (plan, sampling, streaming).
+        self.steps = Counter("sysinfer_engine_steps", "Engine steps run", registry=r)
+        self.native_seconds = Counter("sysinfer_native_step_seconds", "Time in native steps (with building their "
+                                      "inputs)", registry=r)
+        self._steps_seen = (0, 0.0)  # the engine's step totals at the last observation
+        self.phase_seconds = Counter("sysinfer_engine_phase_seconds", "The engine loop's time by phase: plan, "
+                                     "execute (the native step and its hand-off), postprocess, dispatch, stream, "
+                                     "between", ["phase"], registry=r)
+        self._phases_seen: dict[str, float] = {}
         # Speculative decoding (counters: sysinfer_draft_tokens_total, ..._accepted_..., ..._rejected_...)
         self.draft_tokens = Counter("sysinfer_draft_tokens", "Speculative tokens drafted and verified", registry=r)
         self.accepted_draft_tokens = Counter("sysinfer_accepted_draft_tokens",
@@ -95,6 +105,11 @@ class Metrics:
         self.prompt_tokens_computed.set(s.prompt_tokens_computed)
         self.preemptions.set(s.preemptions)
         self.step_seconds.set(s.last_step_seconds)
+        steps, seconds = s.steps - self._steps_seen[0], s.step_seconds_total - self._steps_seen[1]
+        if steps > 0:
+            self.steps.inc(steps)
+            self.native_seconds.inc(max(seconds, 0.0))
+        self._steps_seen = (s.steps, s.step_seconds_total)
         drafted, accepted = s.draft_tokens - self._drafts_seen[0], s.accepted_draft_tokens - self._drafts_seen[1]
         if drafted > 0:  # the engine's totals only grow; a counter takes what was added since
             self.draft_tokens.inc(drafted)
@@ -105,6 +120,14 @@ class Metrics:
         self.draft_kv_free.set(s.draft_kv_blocks_free)
         self.draft_seconds.set(s.draft_model_seconds)
         self._observe_router_gauges(s)
+
+    def observe_phases(self, phases: dict[str, float]) -> None:
+        """The engine loop's phase totals (AsyncEngine.phase_seconds; they only grow)."""
+        for phase, total in phases.items():
+            added = total - self._phases_seen.get(phase, 0.0)
+            if added > 0:
+                self.phase_seconds.labels(phase=phase).inc(added)
+            self._phases_seen[phase] = total
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

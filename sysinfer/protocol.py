@@ -91,6 +91,7 @@ class CommonRequest(BaseModel):
     user: str | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False     # vLLM's and llama-server's: generate max_tokens even past end-of-sequence
     # Structured output and tools (structured/): checked there, each refusal naming its field.
     response_format: Any = None
     guided_json: Any = None      # vLLM's, also sent inside extra_body (which lands at the top level)

@@ -28,6 +28,13 @@ log = logging.getLogger("sysinfer.engine")
 
 _BACKLOG = 32  # unread deltas past which a client counts as not reading
 
+# Where the engine loop's time goes, step by step (seconds since start, in /metrics): plan (schedule
+# and drafts), execute (hand-off to the step thread, building the step's arrays, the native call,
+# back), postprocess (sampling, detokenizing, stops), dispatch (deltas onto the requests' streams),
+# stream (the loop's turn between steps: the SSE handlers shape and send the step's chunks, new
+# requests come in), between (the rest of the loop from one step to the next, when it did not wait).
+PHASES = ("plan", "execute", "postprocess", "dispatch", "stream", "between")
+
 
 class _Streams:
     """One request's delta channel: the engine sends, the client's handler receives. A request with
@@ -74,6 +81,8 @@ class AsyncEngine:
         self._stepping = False          # a native step is running: its sequences' blocks are in use
         self._step_thread = anyio.CapacityLimiter(1)  # the engine's own: request threads can't delay a step
         self._loop_done = anyio.Event()
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)  # totals, see PHASES
+        self._last_step_end: float | None = None  # perf_counter() at the end of the last step, while busy
 
     # the core's parts, for callers and tests
     @property
@@ -200,6 +209,7 @@ class AsyncEngine:
             while not self._closed:
                 self._end_overdue()
                 if not self.core.has_work():
+                    self._last_step_end = None  # waiting is not the loop's cost
                     await self._wait_for_change()
                     continue
                 await self._step_once()
@@ -236,11 +246,16 @@ class AsyncEngine:
         self._send(seq, self.core.finish(seq, reason, text=seq.state.final_text(reason)))
 
     async def _step_once(self) -> None:
+        t_plan = time.perf_counter()
+        if self._last_step_end is not None:
+            self.phase_seconds["between"] += t_plan - self._last_step_end
+        self._last_step_end = None
         plan = self.core.plan()
         if not plan:  # nothing fits right now (cannot happen without running sequences); wait for a change
             await self._wait_for_change()
             return
         self._stepping = True
+        t_execute = time.perf_counter()
         try:
             logits = await anyio.to_thread.run_sync(self.core.execute, plan, limiter=self._step_thread)
         except Exception as e:  # noqa: BLE001 - the step's requests fail, the engine goes on
@@ -248,8 +263,20 @@ class AsyncEngine:
             self._dispatch(self.core.fail_step(plan, e))
             return
         self._stepping = False
-        self._dispatch(self.core.postprocess(plan, logits))
-        await anyio.sleep(0)  # let streams flush and new requests arrive between steps
+        t_post = time.perf_counter()
+        events = self.core.postprocess(plan, logits)
+        t_dispatch = time.perf_counter()
+        self._dispatch(events)
+        t_stream = time.perf_counter()
+        # Let the streams flush and new requests arrive between steps. Starting the next step first
+        # and streaming while it runs was measured (docs/benchmarks.md, "Many streams"): on 2 cores it
+        # took what it saved back in the step thread's wait for the GIL, and every chunk left later.
+        await anyio.sleep(0)
+        self._last_step_end = t_end = time.perf_counter()
+        for phase, seconds in (("plan", t_execute - t_plan), ("execute", t_post - t_execute),
+                               ("postprocess", t_dispatch - t_post), ("dispatch", t_stream - t_dispatch),
+                               ("stream", t_end - t_stream)):
+            self.phase_seconds[phase] += seconds
 
     def _dispatch(self, events: list[Event]) -> None:
         for seq, delta in events:

@@ -87,6 +87,45 @@ def test_stop_string_is_not_sent(client):
     assert text == r.choices[0].message.content
 
 
+def test_ignore_eos_generates_max_tokens(client):
+    """vLLM's and llama-server's `ignore_eos` (extra_body): the reply runs past end-of-sequence to
+    max_tokens (benchmarks/serve_streams.py relies on it to compare servers on equal token counts)."""
+    short = ask(client, "Say hi.", max_tokens=60, temperature=0)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 60
+    long = ask(client, "Say hi.", max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 60
+    assert long.choices[0].message.content.startswith(short.choices[0].message.content)
+
+
+def _step_counters(server) -> dict[str, float]:
+    """Steps, native seconds and the engine loop's phase seconds from /metrics."""
+    values = {}
+    for line in httpx.get(server + "/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in ("sysinfer_engine_steps_total", "sysinfer_native_step_seconds_total"):
+            values[name] = float(value)
+        elif name.startswith('sysinfer_engine_phase_seconds_total{phase="'):
+            values[name.split('"')[1]] = float(value)
+    return values
+
+
+def test_metrics_count_steps_native_time_and_loop_phases(server, client):
+    """Steps and native step time only grow, by at least a step per generated token (no speculation
+    at max_batch 8); the native time stays within the request's wall time and within the loop's
+    execute phase (which adds the hand-off to the step thread); every phase is counted."""
+    before = _step_counters(server)
+    start = time.perf_counter()
+    r = ask(client, "Say hi.", max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    wall = time.perf_counter() - start
+    added = {k: v - before.get(k, 0.0) for k, v in _step_counters(server).items()}
+    assert added["sysinfer_engine_steps_total"] >= r.usage.completion_tokens == 12
+    native = added["sysinfer_native_step_seconds_total"]
+    assert 0 < native <= added["execute"] < wall
+    assert set(added) >= {"plan", "execute", "postprocess", "dispatch", "stream", "between"}
+    assert all(added[p] > 0 for p in ("plan", "postprocess", "stream"))
+    assert sum(added[p] for p in ("plan", "execute", "postprocess", "dispatch", "stream", "between")) < wall
+
+
 def test_seed_reproducible(client):
     a = ask(client, "Tell me a story.", max_tokens=20, temperature=0.9, seed=1234).choices[0].message.content
     b = ask(client, "Tell me a story.", max_tokens=20, temperature=0.9, seed=1234).choices[0].message.content
@@ -126,6 +165,7 @@ def raw_post(server, body, headers=None, path="/v1/chat/completions"):
     ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}}, "response_format"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 17}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "ignore_eos": "maybe"}, "ignore_eos"),
 ])
 def test_bad_requests_are_400_with_openai_error_body(server, body, fragment):
     r = raw_post(server, body)
