@@ -4,6 +4,7 @@ on the same GGUF file (a benchmark, not a test).
     python benchmarks/serve_streams.py [--model FILE.gguf] [--streams 1,8,32] [--tokens 128] [--rounds 3]
                                        [--llama-server PATH/llama-server] [--llama-omp-passive]
                                        [--threads 2] [--json FILE]
+    python benchmarks/serve_streams.py --model FILE.gguf --streams 1 --prompt-tokens 2000 --tokens 4 ...
 
 For each stream count N, both servers are started for N streams (sysinfer: `--max-batch N`; llama-server:
 `-np N -c N*CTX`, continuous batching being its default), then round by round, alternating which goes
@@ -23,6 +24,13 @@ cost nothing (sysinfer's engine loop waits on an event and its native pool sleep
 llama-server waits for a task), and rather than assume it, the script reads the idle server's CPU
 time (/proc/PID/stat) across the other's round and reports it: the "idle CPU" column. Without
 --llama-server only sysinfer runs (so CI, which has no llama.cpp, can run a slice).
+
+--prompt-tokens P: time to first token of a long prompt instead of chat questions. Every request is a
+streamed /v1/completions request (the same endpoint on both servers, no chat template: random-weight
+files have none) whose prompt is P tokens by the model's own tokenizer (prose about a numbered
+request, calibrated token by token); each request, warm-ups included, starts with its own number,
+so neither server's prefix or prompt cache can reuse an earlier one. TTFT is then the prefill of P
+tokens plus one decode step and the HTTP round trip.
 
 --llama-omp-passive adds a third server, llama-server under OMP_WAIT_POLICY=passive (its OpenMP
 threads sleep instead of spinning between graph nodes), measured in the same alternation.
@@ -44,6 +52,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import itertools
 
 import httpx
 from openai import AsyncOpenAI
@@ -67,6 +77,33 @@ QUESTIONS = [
     "Write a recipe for vegetable soup.", "What makes music pleasant?", "How do birds migrate?",
     "Describe your ideal city.",
 ]
+
+
+FILLER = ("The operator checked the pumps, wrote the readings into the log, and walked to the next station "
+          "along the river before the evening shift began. ")
+_request_numbers = itertools.count(1)
+
+
+class LongPrompts:
+    """Prompts of exactly `n_tokens` tokens by the model's tokenizer, each opening with a number never
+    used before (so no server's prompt cache can serve it)."""
+
+    def __init__(self, model: str, n_tokens: int):
+        from sysinfer.model.model_file import read_model_file
+        from sysinfer.model.tokenizer import Tokenizer
+
+        self.tok = Tokenizer.from_metadata(read_model_file(model).metadata)
+        self.n_tokens = n_tokens
+
+    def make(self) -> str:
+        text = f"Request {next(_request_numbers)}. "
+        while len(self.tok.encode(text + FILLER)) <= self.n_tokens:
+            text += FILLER
+        for word in FILLER.split():  # then word by word up to the count
+            if len(self.tok.encode(text + word + " ")) > self.n_tokens:
+                break
+            text += word + " "
+        return text
 
 
 # ---- the machine ----
@@ -178,24 +215,35 @@ class StreamResult:
     seconds: float         # sending to the stream's end
     usage_tokens: int      # usage.completion_tokens of the last chunk (-1: the server sent none)
     chunk_tokens: int      # chunks that carried content (a cross-check: a chunk may hold several tokens)
+    prompt_tokens: int = -1  # usage.prompt_tokens (-1: the server sent none)
+    cached_tokens: int = -1  # of them, reused from the server's prompt cache (-1: not reported)
 
 
-async def one_stream(client: AsyncOpenAI, question: str, max_tokens: int) -> StreamResult:
+async def one_stream(client: AsyncOpenAI, question: str, max_tokens: int, long_prompt: str | None = None
+                     ) -> StreamResult:
+    """A streamed chat request for `question`, or with `long_prompt` a streamed completion of it."""
     sent = time.perf_counter()
     first = None
-    usage_tokens, chunk_tokens = -1, 0
-    stream = await client.chat.completions.create(
-        model="default", messages=[{"role": "user", "content": question}], max_tokens=max_tokens,
-        temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    usage_tokens, chunk_tokens, prompt_tokens, cached_tokens = -1, 0, -1, -1
+    common = dict(model="default", max_tokens=max_tokens, temperature=0, stream=True,
+                  stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    if long_prompt is None:
+        stream = await client.chat.completions.create(messages=[{"role": "user", "content": question}], **common)
+    else:
+        stream = await client.completions.create(prompt=long_prompt, **common)
     async for chunk in stream:
         if chunk.usage is not None:
-            usage_tokens = chunk.usage.completion_tokens
-        if chunk.choices and chunk.choices[0].delta.content:
+            usage_tokens, prompt_tokens = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
+            details = chunk.usage.prompt_tokens_details
+            cached_tokens = details.cached_tokens if details is not None and details.cached_tokens is not None else -1
+        text = (chunk.choices[0].text if long_prompt is not None else chunk.choices[0].delta.content) \
+            if chunk.choices else None
+        if text:
             chunk_tokens += 1
             if first is None:
                 first = time.perf_counter()
     end = time.perf_counter()
-    return StreamResult((first or end) - sent, end - sent, usage_tokens, chunk_tokens)
+    return StreamResult((first or end) - sent, end - sent, usage_tokens, chunk_tokens, prompt_tokens, cached_tokens)
 
 
 @dataclass
@@ -207,6 +255,8 @@ class RoundResult:
     per_stream_tokens: list[int]
     wall: float
     counted_by: str        # "usage" or "chunks"
+    prompt_tokens: list[int] = field(default_factory=list)  # per request, by the server's usage
+    cached_tokens: list[int] = field(default_factory=list)  # per request, reused from its prompt cache
     steps: int = 0         # sysinfer: engine steps in the round (from /metrics)
     native_seconds: float = 0.0  # sysinfer: their native part (building the inputs and the native call)
     phases: dict[str, float] = field(default_factory=dict)  # sysinfer: seconds in each engine loop phase
@@ -245,16 +295,18 @@ def p90(values: list[float]) -> float:
     return s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
 
 
-async def load_round(base_url: str, n: int, max_tokens: int) -> RoundResult:
-    async with AsyncOpenAI(base_url=base_url + "/v1", api_key="none", timeout=600.0, max_retries=0) as client:
+async def load_round(base_url: str, n: int, max_tokens: int, long_prompts: LongPrompts | None = None) -> RoundResult:
+    prompts = [long_prompts.make() if long_prompts else None for _ in range(n)]
+    async with AsyncOpenAI(base_url=base_url + "/v1", api_key="none", timeout=1800.0, max_retries=0) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, question(i), max_tokens) for i in range(n)))
+        results = await asyncio.gather(*(one_stream(client, question(i), max_tokens, prompts[i]) for i in range(n)))
         wall = time.perf_counter() - start
     by_usage = all(r.usage_tokens >= 0 for r in results)
     per_stream = [r.usage_tokens if by_usage else r.chunk_tokens for r in results]
     ttfts = [r.ttft for r in results]
     return RoundResult(sum(per_stream) / wall, statistics.median(ttfts), p90(ttfts), sum(per_stream), per_stream,
-                       wall, "usage" if by_usage else "chunks")
+                       wall, "usage" if by_usage else "chunks", [r.prompt_tokens for r in results],
+                       [r.cached_tokens for r in results])
 
 
 # ---- the comparison ----
@@ -269,10 +321,11 @@ class Row:
         return statistics.median(getattr(r, attr) for r in self.rounds)
 
 
-def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_tokens: int) -> list[Row]:
+def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_tokens: int,
+            long_prompts: LongPrompts | None = None) -> list[Row]:
     rows = [Row(n, s.name) for s in servers]
     for s in servers:  # warm-up: the first request pays one-off costs (page faults, caches, code paths)
-        asyncio.run(load_round(s.base_url, n, warmup_tokens))
+        asyncio.run(load_round(s.base_url, n, warmup_tokens, long_prompts))
     for r in range(rounds):
         order = list(range(len(servers)))
         if r % 2:
@@ -280,7 +333,7 @@ def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_
         for i in order:
             others = [(j, cpu_seconds(servers[j].proc.pid)) for j in range(len(servers)) if j != i]
             counters = step_counters(servers[i].base_url) if servers[i].step_metrics else None
-            result = asyncio.run(load_round(servers[i].base_url, n, max_tokens))
+            result = asyncio.run(load_round(servers[i].base_url, n, max_tokens, long_prompts))
             if counters is not None:
                 after = step_counters(servers[i].base_url)
                 added = {k: v - counters.get(k, 0.0) for k, v in after.items()}
@@ -291,9 +344,11 @@ def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_
                 rows[j].idle_cpu_seconds.append(cpu_seconds(servers[j].proc.pid) - before)
             split = (f"; {result.steps} steps, native {result.native_seconds / result.wall:.0%} of wall"
                      if result.steps else "")
+            prompt = (f"; prompts of {sorted(set(result.prompt_tokens))} tokens, cached "
+                      f"{sorted(set(result.cached_tokens))}" if long_prompts else "")
             print(f"  N={n:<3d} round {r + 1} {servers[i].name:28s} {result.tok_s:8.1f} tok/s  "
                   f"TTFT median {result.ttft_median * 1000:7.0f} ms  ({result.tokens} tokens by {result.counted_by} "
-                  f"in {result.wall:.2f} s{split})", flush=True)
+                  f"in {result.wall:.2f} s{split}{prompt})", flush=True)
     return rows
 
 
@@ -357,10 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-server", metavar="PATH", help="llama.cpp's llama-server binary (else sysinfer only)")
     ap.add_argument("--llama-omp-passive", action="store_true",
                     help="also run llama-server with OMP_WAIT_POLICY=passive, as a third server")
+    ap.add_argument("--prompt-tokens", type=int, default=0,
+                    help="long-prompt TTFT: completions of prompts of this many tokens instead of chat questions")
     ap.add_argument("--json", help="write the results as JSON")
     args = ap.parse_args(argv)
     counts = [int(s) for s in args.streams.split(",")]
     model = args.model or smollm2_q4_0()
+    long_prompts = LongPrompts(model, args.prompt_tokens) if args.prompt_tokens > 0 else None
+    if long_prompts:  # each stream's context must hold its prompt and reply
+        args.ctx = max(args.ctx, args.prompt_tokens + max(args.tokens, args.warmup_tokens) + 64)
     if args.llama_server and not shutil.which(args.llama_server):
         ap.error(f"--llama-server {args.llama_server}: not an executable")
 
@@ -379,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for s in servers:
                 s.start()
-            rows += measure(servers, n, args.tokens, args.rounds, args.warmup_tokens)
+            rows += measure(servers, n, args.tokens, args.rounds, args.warmup_tokens, long_prompts)
         finally:
             for s in servers:
                 s.stop()
@@ -393,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "cpu": cpu, "model": model, "threads": args.threads, "max_tokens": args.tokens, "rounds": args.rounds,
+            "prompt_tokens": args.prompt_tokens,
             "load_average_before": load_before, "load_average_after": load_after,
             "rows": [{**asdict(row), "median_tok_s": row.median("tok_s"),
                       "median_ttft_median": row.median("ttft_median"), "median_ttft_p90": row.median("ttft_p90"),

@@ -34,3 +34,18 @@ def test_serve_streams_refuses_a_missing_llama_server(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), "--streams", "1", "--llama-server", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "not an executable" in r.stderr
+
+
+def test_serve_streams_long_prompt_slice(tmp_path):
+    """--prompt-tokens: streamed completions of prompts of exactly that many tokens (by the server's
+    own count), each request's prompt new to the server."""
+    out = tmp_path / "ttft.json"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--streams", "1", "--tokens", "3", "--rounds", "2",
+                        "--warmup-tokens", "2", "--prompt-tokens", "300", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [row] = json.loads(out.read_text())["rows"]
+    for measured in row["rounds"]:
+        assert measured["prompt_tokens"] == [300] and measured["per_stream_tokens"] == [3]
+        # every prompt new to the server: no prefix-cache hit, each TTFT holds the whole prefill
+        assert measured["cached_tokens"] == [0]
