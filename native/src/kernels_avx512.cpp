@@ -16,8 +16,14 @@
 //
 // Signed weights meet unsigned-times-signed by an offset: Q4 nibbles are 0..15 (the -8 of Q4_0 is
 // -8 * sum(a)); Q8_0 weights are made unsigned by w ^ 0x80 = w + 128 (minus 128 * sum(a)). Either
-// offset is one `vpdpwssd` of the activation block's two int16 half sums (ActBlock::sum) by the
-// constant, which starts the row's int32 chain.
+// offset is the activation block's two int16 half sums (ActBlock::sum) added in a general register,
+// times the constant, broadcast: it starts the row's int32 chain (block_offset).
+//
+// What bounds the prefill GEMM on Zen 5 (measured, docs/benchmarks.md): `vpdpbusd` runs on two pipes
+// that `vmulps`, `vfmadd` and `vpmaddwd`/`vpdpwssd` also need. Per token, 16 rows and 32 columns, the
+// kernel issues 8 `vpdpbusd` and 2 float operations there (dw * da and the fused add, kept as the
+// other tables do them); the activation bytes are broadcast inside `vpdpbusd` itself ({1to16}: GCC 12
+// does not fold _mm512_set1_epi32 of a load, hence the inline asm) and the offset stays off those pipes.
 #include "kernels_avx2_impl.h"
 
 // GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized (its undefined-vector idiom `__m512 __Y = __Y`).
@@ -36,15 +42,13 @@ struct Rows8 {
   // Group bytes of one tile: 32 bytes at q0 (q1 is the second tile's, unused here).
   static I group(const void* q0, const void*) { return _mm256_loadu_si256(static_cast<const __m256i*>(q0)); }
   static F scales(const uint16_t* d0, const uint16_t*) { return load_fp16x8(d0); }
-  static I bcast4(const void* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
+  // acc + dpbusd(u8, the 4 bytes at p in every lane), the broadcast folded into the instruction
+  static I dpbusd_b(I acc, I u8, const void* p) {
+    asm("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
+    return acc;
   }
-  static I dpbusd(I acc, I u8, I s8) { return _mm256_dpbusd_epi32(acc, u8, s8); }
-  static I dpwssd(I acc, I a, I b) { return _mm256_dpwssd_epi32(acc, a, b); }
   static I set1_8(char v) { return _mm256_set1_epi8(v); }
-  static I set1_16(short v) { return _mm256_set1_epi16(v); }
+  static I set1_32(int v) { return _mm256_set1_epi32(v); }
   static I zero() { return _mm256_setzero_si256(); }
   static I add(I a, I b) { return _mm256_add_epi32(a, b); }
   static I and_(I a, I b) { return _mm256_and_si256(a, b); }
@@ -69,15 +73,12 @@ struct Rows16 {
     const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d1));
     return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
   }
-  static I bcast4(const void* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
+  static I dpbusd_b(I acc, I u8, const void* p) {
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
+    return acc;
   }
-  static I dpbusd(I acc, I u8, I s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
-  static I dpwssd(I acc, I a, I b) { return _mm512_dpwssd_epi32(acc, a, b); }
   static I set1_8(char v) { return _mm512_set1_epi8(v); }
-  static I set1_16(short v) { return _mm512_set1_epi16(v); }
+  static I set1_32(int v) { return _mm512_set1_epi32(v); }
   static I zero() { return _mm512_setzero_si512(); }
   static I add(I a, I b) { return _mm512_add_epi32(a, b); }
   static I and_(I a, I b) { return _mm512_and_si512(a, b); }
@@ -95,11 +96,13 @@ struct PairAcc {
   void store(float* y) const { _mm512_storeu_ps(y, v); }
 };
 
-// int32 per lane: offset * (a.sum[0] + a.sum[1]) (an int16 pair times (offset, offset)), the start of
-// a row's dot-product chain.
+// int32 per lane: offset * (a.sum[0] + a.sum[1]), the start of a row's dot-product chain. Computed in
+// a general register and broadcast: `vpdpwssd` of the int16 pair would take one of the two pipes that
+// run `vpdpbusd`, `vmulps` and `vfmadd` (measured on Zen 5: 4 `vpmaddwd` beside 16 `vpdpbusd` cost
+// as much as 5 more `vpdpbusd`), ~7 % of the Q4_0 prefill GEMM.
 template <class R>
-inline typename R::I sum_offset(const ActBlock& a, typename R::I offset16) {
-  return R::dpwssd(R::zero(), offset16, R::bcast4(a.sum));
+inline typename R::I block_offset(const ActBlock& a, int offset) {
+  return R::set1_32(offset * (int(a.sum[0]) + int(a.sum[1])));
 }
 
 // ---- Q4_0 / Q4_1 ----
@@ -120,8 +123,8 @@ struct Q4Nibbles {
   typename R::I dot(const ActBlock& a, typename R::I start) const {
     typename R::I s0 = start, s1 = R::zero();
     for (int g = 0; g < 4; ++g) {
-      s0 = R::dpbusd(s0, lo[g], R::bcast4(a.qs + 4 * g));
-      s1 = R::dpbusd(s1, hi[g], R::bcast4(a.qs + 16 + 4 * g));
+      s0 = R::dpbusd_b(s0, lo[g], a.qs + 4 * g);
+      s1 = R::dpbusd_b(s1, hi[g], a.qs + 16 + 4 * g);
     }
     return R::add(s0, s1);
   }
@@ -132,10 +135,9 @@ template <class R, int NT, class Acc>
 inline void q4_0_blocks(const TileQ4_0& b0, const TileQ4_0* b1, const ActBlock* a, size_t a_stride, Acc* acc) {
   const Q4Nibbles<R> w(b0.q, b1 ? b1->q : nullptr);
   const typename R::F dw = R::scales(b0.d, b1 ? b1->d : nullptr);
-  const typename R::I m8 = R::set1_16(-8);
   for (int i = 0; i < NT; ++i) {
     const ActBlock& ai = a[i * a_stride];
-    const typename R::I dot = w.dot(ai, sum_offset<R>(ai, m8));
+    const typename R::I dot = w.dot(ai, block_offset<R>(ai, -8));
     acc[i].v = R::fmadd(R::cvt(dot), R::mul(dw, R::set1(ai.d)), acc[i].v);
   }
 }
@@ -189,13 +191,12 @@ inline void q8_0_blocks(const TileQ8_0& b0, const TileQ8_0* b1, const ActBlock* 
   const typename R::I flip = R::set1_8(char(0x80));
   for (int g = 0; g < 8; ++g) u[g] = R::xor_(R::group(b0.q[g], b1 ? b1->q[g] : nullptr), flip);
   const typename R::F dw = R::scales(b0.d, b1 ? b1->d : nullptr);
-  const typename R::I m128 = R::set1_16(-128);
   for (int i = 0; i < NT; ++i) {
     const ActBlock& ai = a[i * a_stride];
-    typename R::I s0 = sum_offset<R>(ai, m128), s1 = R::zero();
+    typename R::I s0 = block_offset<R>(ai, -128), s1 = R::zero();
     for (int g = 0; g < 8; g += 2) {
-      s0 = R::dpbusd(s0, u[g], R::bcast4(ai.qs + 4 * g));
-      s1 = R::dpbusd(s1, u[g + 1], R::bcast4(ai.qs + 4 * g + 4));
+      s0 = R::dpbusd_b(s0, u[g], ai.qs + 4 * g);
+      s1 = R::dpbusd_b(s1, u[g + 1], ai.qs + 4 * g + 4);
     }
     acc[i].v = R::fmadd(R::cvt(R::add(s0, s1)), R::mul(dw, R::set1(ai.d)), acc[i].v);
   }
