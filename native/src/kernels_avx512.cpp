@@ -1,8 +1,8 @@
 // AVX-512 kernel table (F, BW, VL and VNNI; this file is compiled with those flags plus AVX2/FMA/F16C,
 // and the table is chosen at run time only on CPUs, and under OSes, that have them all). Twin of
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
-// arithmetic of Q4_0, Q4_1, Q8_0 and attention. What it does not redo (Q6_K, float rows, activation
-// quantization, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
+// arithmetic of Q4_0, Q4_1, Q8_0, activation quantization and attention. What it does not redo (Q6_K,
+// float rows, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
 // these flags.
 //
 // Quantized GEMM with VNNI: `vpdpbusd` multiplies 4 unsigned weight bytes by 4 signed activation
@@ -233,8 +233,35 @@ struct Attention512 {  // see kernels_simd.h
   static void store(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
 };
 
+// ---- activations: kernels.h's quantize_act, one 32-value block in two 512-bit registers ----
+//
+// The same operations as the generic and AVX2 versions (max |x|, d = max / 127, 1 / d, x * (1 / d),
+// add copysign(0.5), truncate), so the same bits; the sums of each 16-value half are exact in any
+// order. Each half is one register, so its sum is one reduction and its bytes one `vpmovdb`.
+void quantize_act512(const float* x, ActBlock* out, int n) {
+  const __m512 sign = _mm512_set1_ps(-0.f), half = _mm512_set1_ps(0.5f);
+  for (int b = 0; b < n / QK; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + b * QK), v1 = _mm512_loadu_ps(x + b * QK + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax / 127.f;
+    const __m512 inv = _mm512_set1_ps(d > 0.f ? 1.f / d : 0.f);
+    ActBlock& o = out[b];
+    o.d = d;
+    const __m512 v[2] = {v0, v1};
+    for (int h = 0; h < 2; ++h) {  // trunc(x / d + copysign(0.5, x)): round half away from zero
+      const __m512 s = _mm512_mul_ps(v[h], inv);
+      // (s & sign) | 0.5 in one ternary-logic operation (0xEA: (A & B) | C)
+      const __m512i half_s = _mm512_ternarylogic_epi32(_mm512_castps_si512(s), _mm512_castps_si512(sign),
+                                                       _mm512_castps_si512(half), 0xEA);
+      const __m512i q = _mm512_cvttps_epi32(_mm512_add_ps(s, _mm512_castsi512_ps(half_s)));
+      o.sum[h] = int16_t(_mm512_reduce_add_epi32(q));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o.qs + 16 * h), _mm512_cvtepi32_epi8(q));  // |q| <= 127
+    }
+  }
+}
+
 constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512>(
-    "avx512", quantize_act, f16_to_f32, f32_to_f16);
+    "avx512", quantize_act512, f16_to_f32, f32_to_f16);
 
 }  // namespace
 

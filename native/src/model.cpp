@@ -608,8 +608,15 @@ void Model::rope_and_store_kv(Node& n, int rank, int layer, const StepBatch& b) 
     for (int h = 0; h < nkv; ++h) {
       const size_t head_base = (size_t(h) * n_blocks_ + blk) * block_size_ * hd;
       kernels_->f32_to_f16(row + L.v_off + h * hd, vc + head_base + size_t(slot) * hd, hd);
+      // Keys are stored transposed ([hd][bs]): converted 64 at a time by the table's vector
+      // conversion (the same round-to-nearest-even as fp32_to_fp16), then scattered to their rows.
       const float* key = row + L.k_off + h * hd;
-      for (int i = 0; i < hd; ++i) kc[head_base + size_t(i) * block_size_ + slot] = fp32_to_fp16(key[i]);
+      uint16_t k16[64];
+      for (int i0 = 0; i0 < hd; i0 += 64) {
+        const int n16 = std::min(64, hd - i0);
+        kernels_->f32_to_f16(key + i0, k16, n16);
+        for (int i = 0; i < n16; ++i) kc[head_base + size_t(i0 + i) * block_size_ + slot] = k16[i];
+      }
     }
   }
 }
