@@ -52,7 +52,8 @@ inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes to every 32-bit 
 
 // ---- activations ----
 
-void quantize_act(const float* x, ActBlock* out, int n) {
+// (The AVX-512 table, which includes this file, has its own: hence maybe_unused.)
+[[maybe_unused]] void quantize_act(const float* x, ActBlock* out, int n) {
   const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f);
   for (int b = 0; b < n / QK; ++b) {
     __m256 v[4];

@@ -1,8 +1,8 @@
 // AVX-512 kernel table (F, BW, VL and VNNI; this file is compiled with those flags plus AVX2/FMA/F16C,
 // and the table is chosen at run time only on CPUs, and under OSes, that have them all). Twin of
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
-// arithmetic of Q4_0, Q4_1, Q8_0 and attention. What it does not redo (Q6_K, float rows, activation
-// quantization, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
+// arithmetic of Q4_0, Q4_1, Q8_0, activation quantization and attention. What it does not redo (Q6_K,
+// float rows, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
 // these flags.
 //
 // Quantized GEMM with VNNI: `vpdpbusd` multiplies 4 unsigned weight bytes by 4 signed activation
@@ -16,8 +16,14 @@
 //
 // Signed weights meet unsigned-times-signed by an offset: Q4 nibbles are 0..15 (the -8 of Q4_0 is
 // -8 * sum(a)); Q8_0 weights are made unsigned by w ^ 0x80 = w + 128 (minus 128 * sum(a)). Either
-// offset is one `vpdpwssd` of the activation block's two int16 half sums (ActBlock::sum) by the
-// constant, which starts the row's int32 chain.
+// offset is the activation block's two int16 half sums (ActBlock::sum) added in a general register,
+// times the constant, broadcast: it starts the row's int32 chain (block_offset).
+//
+// What bounds the prefill GEMM on Zen 5 (measured, docs/benchmarks.md): `vpdpbusd` runs on two pipes
+// that `vmulps`, `vfmadd` and `vpmaddwd`/`vpdpwssd` also need. Per token, 16 rows and 32 columns, the
+// kernel issues 8 `vpdpbusd` and 2 float operations there (dw * da and the fused add, kept as the
+// other tables do them); the activation bytes are broadcast inside `vpdpbusd` itself ({1to16}: GCC 12
+// does not fold _mm512_set1_epi32 of a load, hence the inline asm) and the offset stays off those pipes.
 #include "kernels_avx2_impl.h"
 
 // GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized (its undefined-vector idiom `__m512 __Y = __Y`).
@@ -36,15 +42,13 @@ struct Rows8 {
   // Group bytes of one tile: 32 bytes at q0 (q1 is the second tile's, unused here).
   static I group(const void* q0, const void*) { return _mm256_loadu_si256(static_cast<const __m256i*>(q0)); }
   static F scales(const uint16_t* d0, const uint16_t*) { return load_fp16x8(d0); }
-  static I bcast4(const void* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
+  // acc + dpbusd(u8, the 4 bytes at p in every lane), the broadcast folded into the instruction
+  static I dpbusd_b(I acc, I u8, const void* p) {
+    asm("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
+    return acc;
   }
-  static I dpbusd(I acc, I u8, I s8) { return _mm256_dpbusd_epi32(acc, u8, s8); }
-  static I dpwssd(I acc, I a, I b) { return _mm256_dpwssd_epi32(acc, a, b); }
   static I set1_8(char v) { return _mm256_set1_epi8(v); }
-  static I set1_16(short v) { return _mm256_set1_epi16(v); }
+  static I set1_32(int v) { return _mm256_set1_epi32(v); }
   static I zero() { return _mm256_setzero_si256(); }
   static I add(I a, I b) { return _mm256_add_epi32(a, b); }
   static I and_(I a, I b) { return _mm256_and_si256(a, b); }
@@ -69,15 +73,12 @@ struct Rows16 {
     const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d1));
     return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
   }
-  static I bcast4(const void* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
+  static I dpbusd_b(I acc, I u8, const void* p) {
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
+    return acc;
   }
-  static I dpbusd(I acc, I u8, I s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
-  static I dpwssd(I acc, I a, I b) { return _mm512_dpwssd_epi32(acc, a, b); }
   static I set1_8(char v) { return _mm512_set1_epi8(v); }
-  static I set1_16(short v) { return _mm512_set1_epi16(v); }
+  static I set1_32(int v) { return _mm512_set1_epi32(v); }
   static I zero() { return _mm512_setzero_si512(); }
   static I add(I a, I b) { return _mm512_add_epi32(a, b); }
   static I and_(I a, I b) { return _mm512_and_si512(a, b); }
@@ -95,11 +96,13 @@ struct PairAcc {
   void store(float* y) const { _mm512_storeu_ps(y, v); }
 };
 
-// int32 per lane: offset * (a.sum[0] + a.sum[1]) (an int16 pair times (offset, offset)), the start of
-// a row's dot-product chain.
+// int32 per lane: offset * (a.sum[0] + a.sum[1]), the start of a row's dot-product chain. Computed in
+// a general register and broadcast: `vpdpwssd` of the int16 pair would take one of the two pipes that
+// run `vpdpbusd`, `vmulps` and `vfmadd` (measured on Zen 5: 4 `vpmaddwd` beside 16 `vpdpbusd` cost
+// as much as 5 more `vpdpbusd`), ~7 % of the Q4_0 prefill GEMM.
 template <class R>
-inline typename R::I sum_offset(const ActBlock& a, typename R::I offset16) {
-  return R::dpwssd(R::zero(), offset16, R::bcast4(a.sum));
+inline typename R::I block_offset(const ActBlock& a, int offset) {
+  return R::set1_32(offset * (int(a.sum[0]) + int(a.sum[1])));
 }
 
 // ---- Q4_0 / Q4_1 ----
@@ -120,8 +123,8 @@ struct Q4Nibbles {
   typename R::I dot(const ActBlock& a, typename R::I start) const {
     typename R::I s0 = start, s1 = R::zero();
     for (int g = 0; g < 4; ++g) {
-      s0 = R::dpbusd(s0, lo[g], R::bcast4(a.qs + 4 * g));
-      s1 = R::dpbusd(s1, hi[g], R::bcast4(a.qs + 16 + 4 * g));
+      s0 = R::dpbusd_b(s0, lo[g], a.qs + 4 * g);
+      s1 = R::dpbusd_b(s1, hi[g], a.qs + 16 + 4 * g);
     }
     return R::add(s0, s1);
   }
@@ -132,10 +135,9 @@ template <class R, int NT, class Acc>
 inline void q4_0_blocks(const TileQ4_0& b0, const TileQ4_0* b1, const ActBlock* a, size_t a_stride, Acc* acc) {
   const Q4Nibbles<R> w(b0.q, b1 ? b1->q : nullptr);
   const typename R::F dw = R::scales(b0.d, b1 ? b1->d : nullptr);
-  const typename R::I m8 = R::set1_16(-8);
   for (int i = 0; i < NT; ++i) {
     const ActBlock& ai = a[i * a_stride];
-    const typename R::I dot = w.dot(ai, sum_offset<R>(ai, m8));
+    const typename R::I dot = w.dot(ai, block_offset<R>(ai, -8));
     acc[i].v = R::fmadd(R::cvt(dot), R::mul(dw, R::set1(ai.d)), acc[i].v);
   }
 }
@@ -189,13 +191,12 @@ inline void q8_0_blocks(const TileQ8_0& b0, const TileQ8_0* b1, const ActBlock* 
   const typename R::I flip = R::set1_8(char(0x80));
   for (int g = 0; g < 8; ++g) u[g] = R::xor_(R::group(b0.q[g], b1 ? b1->q[g] : nullptr), flip);
   const typename R::F dw = R::scales(b0.d, b1 ? b1->d : nullptr);
-  const typename R::I m128 = R::set1_16(-128);
   for (int i = 0; i < NT; ++i) {
     const ActBlock& ai = a[i * a_stride];
-    typename R::I s0 = sum_offset<R>(ai, m128), s1 = R::zero();
+    typename R::I s0 = block_offset<R>(ai, -128), s1 = R::zero();
     for (int g = 0; g < 8; g += 2) {
-      s0 = R::dpbusd(s0, u[g], R::bcast4(ai.qs + 4 * g));
-      s1 = R::dpbusd(s1, u[g + 1], R::bcast4(ai.qs + 4 * g + 4));
+      s0 = R::dpbusd_b(s0, u[g], ai.qs + 4 * g);
+      s1 = R::dpbusd_b(s1, u[g + 1], ai.qs + 4 * g + 4);
     }
     acc[i].v = R::fmadd(R::cvt(R::add(s0, s1)), R::mul(dw, R::set1(ai.d)), acc[i].v);
   }
@@ -217,11 +218,13 @@ struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 // ---- attention over one chunk of the paged cache: fp16 K/V converted in registers ----
 //
 // 16 floats per vector: one `vcvtph2ps` of a 16-token block's keys for dim i, or of 16 dims of a value
-// row. Tiles of 4 rows x 4 vectors (16 accumulators). Each output is one FMA chain from 0, as in the
+// row. Tiles of 6 rows x 4 vectors (24 accumulators: a prefill item's 32 tokens x its GQA group are many
+// rows, and each row group converts the keys again; 6 rows measured 3-5 % faster than 4 on a 32-token
+// item, `test_kernels --bench-attn hot`). Each output is one FMA chain from 0, as in the
 // AVX2 and NEON tables, so all three give the same bits here.
 struct Attention512 {  // see kernels_simd.h
   using V = __m512;
-  static constexpr int W = 16, kRows = 4, kVecs = 4;
+  static constexpr int W = 16, kRows = 6, kVecs = 4;
   static __mmask16 mask(int n) { return __mmask16((1u << n) - 1); }
   static V zero() { return _mm512_setzero_ps(); }
   static V bcast(const float* x) { return _mm512_set1_ps(*x); }
@@ -232,8 +235,35 @@ struct Attention512 {  // see kernels_simd.h
   static void store(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
 };
 
+// ---- activations: kernels.h's quantize_act, one 32-value block in two 512-bit registers ----
+//
+// The same operations as the generic and AVX2 versions (max |x|, d = max / 127, 1 / d, x * (1 / d),
+// add copysign(0.5), truncate), so the same bits; the sums of each 16-value half are exact in any
+// order. Each half is one register, so its sum is one reduction and its bytes one `vpmovdb`.
+void quantize_act512(const float* x, ActBlock* out, int n) {
+  const __m512 sign = _mm512_set1_ps(-0.f), half = _mm512_set1_ps(0.5f);
+  for (int b = 0; b < n / QK; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + b * QK), v1 = _mm512_loadu_ps(x + b * QK + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax / 127.f;
+    const __m512 inv = _mm512_set1_ps(d > 0.f ? 1.f / d : 0.f);
+    ActBlock& o = out[b];
+    o.d = d;
+    const __m512 v[2] = {v0, v1};
+    for (int h = 0; h < 2; ++h) {  // trunc(x / d + copysign(0.5, x)): round half away from zero
+      const __m512 s = _mm512_mul_ps(v[h], inv);
+      // (s & sign) | 0.5 in one ternary-logic operation (0xEA: (A & B) | C)
+      const __m512i half_s = _mm512_ternarylogic_epi32(_mm512_castps_si512(s), _mm512_castps_si512(sign),
+                                                       _mm512_castps_si512(half), 0xEA);
+      const __m512i q = _mm512_cvttps_epi32(_mm512_add_ps(s, _mm512_castsi512_ps(half_s)));
+      o.sum[h] = int16_t(_mm512_reduce_add_epi32(q));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o.qs + 16 * h), _mm512_cvtepi32_epi8(q));  // |q| <= 127
+    }
+  }
+}
+
 constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512>(
-    "avx512", quantize_act, f16_to_f32, f32_to_f16);
+    "avx512", quantize_act512, f16_to_f32, f32_to_f16);
 
 }  // namespace
 

@@ -35,8 +35,9 @@ constexpr int kAttnItemsPerThread = 4;  // split-K aims for this many items per 
 // Split-K is for sequences of at most this many tokens in a step (decode, and verify steps of 1 + k
 // drafted tokens), and for at most this many such tokens in all; longer ones have items enough.
 constexpr int kMaxSplitTokens = 16;
-// Matmul work chunks: about this many per thread, and never fewer tiles than this in one.
-constexpr int kChunksPerThread = 4;
+// Matmul work chunks (guided): each chunk is the tiles left / (threads * kChunksPerThread), never
+// fewer than kMinChunkTiles (an even count: tile pairs stay whole).
+constexpr int kChunksPerThread = 2;
 constexpr int kMinChunkTiles = 8;
 
 }  // namespace
@@ -498,13 +499,24 @@ void Model::step(const StepBatch& b, float* logits) {
 // node, reset every step): on a shared machine a core slowed by a neighbour no longer holds the
 // others at the next barrier. A chunk is a contiguous run of tiles, so each thread still streams
 // weights sequentially; which thread computes a tile never changes its result.
+//
+// Chunks shrink as the matmul runs (guided scheduling: a share of what is left), so the last ones
+// are small and the threads reach the next barrier together. With fixed chunks of a quarter of a
+// thread's share, a prefill of the 8B shape left one thread waiting up to a whole chunk at the end
+// of every matmul (128 tokens through the down matrix: ~3 ms a chunk), ~10 % of the step in
+// `perf` (docs/benchmarks.md, "Prefill on the AVX-512 table").
 template <class F>
 void Model::for_tile_chunks(Node& n, int op, int n_tiles, const F& f) {
-  const int chunk = std::max(kMinChunkTiles, n_tiles / (n.n_threads * kChunksPerThread));
   std::atomic<int>& next = n.matmul_next[op];
-  for (int c = next.fetch_add(chunk, std::memory_order_relaxed); c < n_tiles;
-       c = next.fetch_add(chunk, std::memory_order_relaxed))
+  const int share = n.n_threads * kChunksPerThread;
+  int c = next.load(std::memory_order_relaxed);
+  while (c < n_tiles) {
+    int chunk = std::max(kMinChunkTiles, (n_tiles - c) / share);
+    chunk += chunk & 1;  // even: a chunk starts on an even tile, so pairs of tiles stay together
+    if (!next.compare_exchange_weak(c, c + chunk, std::memory_order_relaxed)) continue;  // c reloaded
     f(c, std::min(n_tiles, c + chunk));
+    c = next.load(std::memory_order_relaxed);
+  }
 }
 
 // y[t][...] = group(x[t]) for every token, by node n's threads: quantized parts read xq
@@ -596,8 +608,15 @@ void Model::rope_and_store_kv(Node& n, int rank, int layer, const StepBatch& b) 
     for (int h = 0; h < nkv; ++h) {
       const size_t head_base = (size_t(h) * n_blocks_ + blk) * block_size_ * hd;
       kernels_->f32_to_f16(row + L.v_off + h * hd, vc + head_base + size_t(slot) * hd, hd);
+      // Keys are stored transposed ([hd][bs]): converted 64 at a time by the table's vector
+      // conversion (the same round-to-nearest-even as fp32_to_fp16), then scattered to their rows.
       const float* key = row + L.k_off + h * hd;
-      for (int i = 0; i < hd; ++i) kc[head_base + size_t(i) * block_size_ + slot] = fp32_to_fp16(key[i]);
+      uint16_t k16[64];
+      for (int i0 = 0; i0 < hd; i0 += 64) {
+        const int n16 = std::min(64, hd - i0);
+        kernels_->f32_to_f16(key + i0, k16, n16);
+        for (int i = 0; i < n16; ++i) kc[head_base + size_t(i0 + i) * block_size_ + slot] = k16[i];
+      }
     }
   }
 }

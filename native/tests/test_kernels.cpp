@@ -7,6 +7,8 @@
 //   test_kernels --expect NAME   also check that select_kernels() picks NAME on this CPU
 //   test_kernels --bench [all] [N]  single-thread GEMV (8B FFN-sized) and N-token (64) GEMM speed of
 //                                each table this CPU runs, for Q4_0 (or every type)
+//   test_kernels --bench-gemm ROWS COLS N  single-thread Q4_0 GEMM of one shape (N tokens) for each SIMD
+//                                table this CPU runs, in GOPS (best of 5 calls; an 8B matrix: 4096 14336 128)
 //   test_kernels --bench-peak    (x86 with AVX-512 VNNI) one core's clock and vpdpbusd throughput: its int8 peak
 //   test_kernels --bench-attn [hot]  single-thread attention (decode and a 32-token prefill item) at
 //                                long context on the SmolLM2 and Llama-3-8B shapes, each table this CPU
@@ -15,6 +17,7 @@
 //                                decode of a big model is) against a two-thread read of the same bytes
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -502,6 +505,39 @@ void bench(bool all_types, int ntok) {
   }
 }
 
+// Single thread, one Q4_0 shape: N tokens through rows x cols (the model's matrices differ in how
+// much of the activation fits L2: 8B's down matrix has 14336 columns). GOPS per SIMD table, from the
+// thread's CPU time (best of 5 calls).
+void bench_gemm_shape(int rows, int cols, int ntok) {
+  const WType type = WType::Q4_0;
+  const auto gguf = random_gguf_matrix(type, rows, cols);
+  std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
+  pack_matrix(type, gguf.data(), rows, cols, packed.data());
+  const auto x = random_floats(size_t(ntok) * cols);
+  std::vector<ActBlock> xq(size_t(ntok) * cols / QK);
+  generic_kernels().quantize_act(x.data(), xq.data(), ntok * cols);
+  // Thread CPU time, not wall time: on a shared machine the time this thread was descheduled is left out.
+  const auto cpu_now = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+  };
+  const int tiles = padded_rows(rows) / ROW_TILE;
+  std::vector<float> y(size_t(padded_rows(rows)) * ntok);
+  for (const Kernels* k : runnable_tables()) {
+    if (!std::strcmp(k->name, "generic")) continue;
+    k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
+    double t = 1e9;
+    for (int rep = 0; rep < 5; ++rep) {
+      const double t0 = cpu_now();
+      k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
+      t = std::min(t, cpu_now() - t0);
+    }
+    std::printf("  %-13s Q4_0 %d tok x %dx%d: %8.2f ms, %6.1f GOPS\n", k->name, ntok, rows, cols, t * 1e3,
+                2.0 * rows * cols * ntok / t / 1e9);
+  }
+}
+
 // One thread's attention over a KV cache laid out as the model lays it out ([layer][kv head][block]
 // [16 slots], fp16), layer after layer, so the cache (92 MB for SmolLM2 at 4,000 keys, 128 MB for
 // 8 layers of the 8B at 4,096) is larger than L3, as a long context's is: decode (one token against
@@ -661,6 +697,10 @@ int main(int argc, char** argv) {
     }
     if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
     if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
+    if (!std::strcmp(argv[i], "--bench-gemm") && i + 3 < argc) {
+      bench_gemm_shape(std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::max(2, std::atoi(argv[i + 3])));
+      return 0;
+    }
     if (!std::strcmp(argv[i], "--bench")) {
       const bool all = i + 1 < argc && !std::strcmp(argv[i + 1], "all");
       const int at = i + 1 + all;  // an optional token count for the prefill figure (64 by default)

@@ -80,9 +80,15 @@ class Scheduler:
             count = min(seq.num_pending, budget)
             n_draft = len(seq.draft_ids) if count == seq.num_pending == 1 else 0
             n_draft = min(n_draft, budget - count)
-            if not self._make_room(seq, count + n_draft):
+            # Slots past the sequence's tokens this step writes: a decode token's (and its drafts'); a
+            # prompt chunk's tokens already have blocks (allocate gave the whole prompt its blocks).
+            # Asking for count past len(seq) instead made a prompt longer than max_step_tokens, in a
+            # cache just big enough for it, preempt itself after its first chunk and start again for
+            # ever (a 1,024-token prompt at max_step_tokens 512 and n_ctx 1,088 never finished).
+            n_new = seq.num_computed + count + n_draft - len(seq) + 1
+            if not self._make_room(seq, n_new):
                 continue  # seq itself was preempted
-            self.blocks.append_slots(seq, count + n_draft)
+            self.blocks.append_slots(seq, n_new)
             plan.append(ScheduledChunk(seq, seq.num_computed, count + n_draft, n_draft))
             budget -= count + n_draft
         while self.waiting and budget > 0 and len(self.running) < self.max_batch:

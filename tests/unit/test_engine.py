@@ -168,6 +168,20 @@ def test_one_sequence_at_a_time_can_use_the_whole_kv_cache():
     assert LLMEngine(FakeModel(n_ctx=208, n_kv_blocks=13, block_size=16), FakeTokenizer(), max_batch=2).max_total_tokens == 192
 
 
+def test_a_prompt_of_several_chunks_fills_a_cache_sized_for_it():
+    """A prompt longer than max_step_tokens in a cache with room for it and its output only: each
+    chunk after the first uses the blocks the prompt already has (asking for blocks past the prompt
+    made it preempt itself after every first chunk, for ever)."""
+    model = FakeModel(n_ctx=64, n_kv_blocks=16, block_size=4, max_step_tokens=16)
+    engine = LLMEngine(model, FakeTokenizer(), max_batch=1, max_step_tokens=16)
+    prompt = [(7 * i) % 40 + 1 for i in range(60)]  # 4 chunks: 16, 16, 16, 12
+    out = [d for d in engine.generate(prompt, SamplingParams(max_tokens=4, ignore_eos=True))]
+    assert engine.scheduler.preemptions == 0
+    assert [n_tok for n_tok, _ in model.steps[:4]] == [16, 16, 16, 12]
+    assert len(model.steps) == 4 + 3  # then one decode step per further token
+    assert sum(len(d.token_ids) for d in out) == 4
+
+
 def test_block_manager_check_act_pairs():
     bm = BlockManager(num_blocks=4, block_size=4, watermark=0)
     a = Sequence("a", list(range(1, 10)), SamplingParams())
