@@ -475,18 +475,29 @@ std::vector<const Kernels*> runnable_tables() {
 // Single thread. Decode: GEMV (1 token) on Llama-3-8B's FFN shape (14336 x 4096, 33 MB as Q4_0:
 // larger than the caches), in GB/s of packed weights. Prefill: 64 tokens on 4096 x 4096, in
 // GOPS (2 * rows * cols * tokens per second).
+// A random GGUF matrix of `type`, packed, and ntok random activation rows quantized (for the benches).
+struct BenchMatrix {
+  std::vector<uint8_t> packed;  // [packed_bytes(type, rows, cols)]
+  std::vector<float> x;         // [ntok][cols]
+  std::vector<ActBlock> xq;     // [ntok][cols / QK]
+  BenchMatrix(WType type, int rows, int cols, int ntok)
+      : packed(packed_bytes(type, rows, cols)), x(random_floats(size_t(ntok) * cols)), xq(size_t(ntok) * cols / QK) {
+    const auto gguf = random_gguf_matrix(type, rows, cols);
+    pack_matrix(type, gguf.data(), rows, cols, packed.data());
+    generic_kernels().quantize_act(x.data(), xq.data(), ntok * cols);
+  }
+};
+
 void bench(bool all_types, int ntok) {
   const std::vector<const Kernels*> tables = runnable_tables();
   std::vector<WType> types = {WType::Q4_0};
   if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16};
   for (WType type : types) {
     const int rows = 14336, cols = 4096, prows = 4096;
-    const auto gguf = random_gguf_matrix(type, rows, cols);
-    std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
-    pack_matrix(type, gguf.data(), rows, cols, packed.data());
-    const auto x = random_floats(size_t(ntok) * cols);
-    std::vector<ActBlock> xq(size_t(ntok) * cols / QK);
-    generic_kernels().quantize_act(x.data(), xq.data(), ntok * cols);
+    const BenchMatrix m(type, rows, cols, ntok);
+    const std::vector<uint8_t>& packed = m.packed;
+    const std::vector<float>& x = m.x;
+    const std::vector<ActBlock>& xq = m.xq;
     const void* in = is_quantized(type) ? static_cast<const void*>(xq.data()) : x.data();
     std::printf("%s: plain read of the %.0f MB matrix: %.1f GB/s\n", type_name(type), packed.size() / 1e6,
                 read_gbps(packed.data(), packed.size()));
@@ -510,12 +521,9 @@ void bench(bool all_types, int ntok) {
 // thread's CPU time (best of 5 calls).
 void bench_gemm_shape(int rows, int cols, int ntok) {
   const WType type = WType::Q4_0;
-  const auto gguf = random_gguf_matrix(type, rows, cols);
-  std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
-  pack_matrix(type, gguf.data(), rows, cols, packed.data());
-  const auto x = random_floats(size_t(ntok) * cols);
-  std::vector<ActBlock> xq(size_t(ntok) * cols / QK);
-  generic_kernels().quantize_act(x.data(), xq.data(), ntok * cols);
+  const BenchMatrix m(type, rows, cols, ntok);
+  const std::vector<uint8_t>& packed = m.packed;
+  const std::vector<ActBlock>& xq = m.xq;
   // Thread CPU time, not wall time: on a shared machine the time this thread was descheduled is left out.
   const auto cpu_now = [] {
     timespec ts;
