@@ -15,7 +15,7 @@ from ..structured.grammar_state import GrammarState
 from .detokenizer import IncrementalDetokenizer, StopChecker
 from .logprobs import TokenLogprob, token_logprob
 from .prompt_lookup import PromptLookup
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, masked
 
 
 @dataclass
@@ -65,7 +65,7 @@ class RequestState:
     def sample(self, logits: np.ndarray, output_ids: list[int]) -> int:
         allowed = self.grammar.allowed() if self.grammar is not None else None  # [n_vocab] bool or None
         token = self.sampler.sample(logits, output_ids, allowed)
-        self._note_logprob(_masked(logits, allowed) if self.logprobs is not None else logits, token)
+        self._note_logprob(masked(logits, allowed) if self.logprobs is not None else logits, token)
         return token
 
     def verify(self, logits: np.ndarray, output_ids: list[int], draft: int,
@@ -74,7 +74,7 @@ class RequestState:
         masked as it stands after the drafts before this one, which were accepted to get here."""
         allowed = self.grammar.allowed() if self.grammar is not None else None  # [n_vocab] bool or None
         token, accepted = self.sampler.verify(logits, output_ids, draft, draft_probs, allowed)
-        self._note_logprob(_masked(logits, allowed) if self.logprobs is not None else logits, token)
+        self._note_logprob(masked(logits, allowed) if self.logprobs is not None else logits, token)
         return token, accepted
 
     def _note_logprob(self, logits: np.ndarray, token: int) -> None:
@@ -153,10 +153,3 @@ class RequestState:
         tail, _ = self.stops.feed(self.detok.flush())
         return tail + self.stops.flush()
 
-
-def _masked(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-    """logits: [n_vocab] with the tokens a grammar forbids at -inf (the distribution sampled from)."""
-    if allowed is None:
-        return logits
-    n = min(allowed.size, logits.size)
-    return np.where(allowed[:n], logits[:n], np.float32(-np.inf))

@@ -187,8 +187,7 @@ class Sampler:
             raise SamplingError("the output grammar allows no token here")
         if self._plain_greedy:  # argmax finds a NaN or +inf first, and we refuse it
             if allowed is not None:  # the argmax over the allowed tokens (float32, no float64 copy)
-                n = min(allowed.size, logits.size)
-                logits = np.where(allowed[:n], logits[:n], np.float32(-np.inf))
+                logits = masked(logits, allowed)
             token = int(np.argmax(logits))
             if not np.isfinite(logits[token]):
                 raise SamplingError("the model produced non-finite logits")
@@ -228,6 +227,15 @@ class Sampler:
         # rounding could leave none, and then p itself is the right distribution.
         residual = residual / total if total > 0 else probs
         return int(self.rng.choice(residual.size, p=residual)), False
+
+
+def masked(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    """logits: [n_vocab], a copy with the tokens outside `allowed` (a grammar's mask) at -inf, in the
+    logits' own dtype (the distribution a constrained row samples from); the logits as given without a mask."""
+    if allowed is None:
+        return logits
+    n = min(allowed.size, logits.size)
+    return np.where(allowed[:n], logits[:n], logits.dtype.type(-np.inf))
 
 
 def _mask(logits: np.ndarray, allowed: np.ndarray) -> None:
