@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .template_worker import ChatTemplateError, render_here, render_isolated
 
@@ -37,7 +38,7 @@ BAICHUAN2_TEMPLATE = (
 BUILTIN_TEMPLATES = {"baichuan": BAICHUAN2_TEMPLATE, "llama": LLAMA3_TEMPLATE}
 
 
-__all__ = ["ChatTemplateError", "chat_token_ids", "render_chat", "template_source"]
+__all__ = ["ChatTemplateError", "chat_token_ids", "check_variables", "render_chat", "template_source"]
 
 
 def _raise_exception(message: str):
@@ -61,12 +62,17 @@ def template_source(tok: "Tokenizer") -> str:
     raise ChatTemplateError(f"the model has no chat template and there is no built-in one for {tok.architecture!r}")
 
 
-_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # kept for templates that render tool turns
+# Kept when present: tool turns for templates that render them, and an assistant turn's reasoning
+# (Qwen3's template writes `reasoning_content` of the turns after the last user query).
+_KEPT_KEYS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
+# What _render itself passes; extra template variables may not replace them.
+RESERVED_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
 
 
 def normalize_messages(messages: list[dict]) -> list[dict]:
     """Plain {role, content} dicts of strings (content parts of type text are joined), with an
-    assistant turn's `tool_calls` and a tool turn's `tool_call_id` / `name` kept when present."""
+    assistant turn's `tool_calls` / `reasoning_content` and a tool turn's `tool_call_id` / `name`
+    kept when present."""
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
@@ -83,14 +89,30 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
             content = ""
         if not isinstance(content, str):
             raise ChatTemplateError(f"messages[{i}].content must be a string or a list of text parts")
-        out.append({"role": m["role"], "content": content, **{k: m[k] for k in _TOOL_KEYS if m.get(k) is not None}})
+        out.append({"role": m["role"], "content": content, **{k: m[k] for k in _KEPT_KEYS if m.get(k) is not None}})
     return out
 
 
-def _render(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool, tools: list | None = None) -> str:
+def check_variables(variables: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Extra template variables (e.g. `enable_thinking` for Qwen3's template) as a plain dict; a
+    name that isn't a string or replaces one of RESERVED_VARIABLES is refused."""
+    if variables is None:
+        return {}
+    if not isinstance(variables, Mapping):
+        raise ChatTemplateError(f"template variables must be a mapping, got {type(variables).__name__}")
+    for name in variables:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ChatTemplateError(f"template variable name {name!r} is not an identifier")
+        if name in RESERVED_VARIABLES:
+            raise ChatTemplateError(f"template variable {name!r} is set by the server, not by a request")
+    return dict(variables)
+
+
+def _render(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool, tools: list | None = None,
+            variables: dict[str, Any] | None = None) -> str:
     """A file's template renders in a worker process under time and memory limits (template_worker);
     our own built-in ones are trusted and render here."""
-    context = {"messages": messages, "add_generation_prompt": add_generation_prompt, "tools": tools,
+    context = {**(variables or {}), "messages": messages, "add_generation_prompt": add_generation_prompt, "tools": tools,
                "bos_token": tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
                "eos_token": tok.tokens[tok.eos_id] if tok.eos_id is not None else ""}
     source = template_source(tok)
@@ -98,8 +120,9 @@ def _render(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool,
 
 
 def render_chat(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True,
-                tools: list | None = None) -> str:
-    return _render(tok, normalize_messages(messages), add_generation_prompt, tools)
+                tools: list | None = None, *, variables: Mapping[str, Any] | None = None) -> str:
+    """The rendered prompt text. `variables`: extra template variables (check_variables)."""
+    return _render(tok, normalize_messages(messages), add_generation_prompt, tools, check_variables(variables))
 
 
 def renders_tools(tok: "Tokenizer") -> bool:
@@ -129,10 +152,10 @@ def _map_strings(value, fn):
     return value
 
 
-def _pick_marker(messages: list[dict], tools: list | None = None) -> str:
+def _pick_marker(messages: list[dict], tools: list | None = None, variables: dict | None = None) -> str:
     """A private-use character found nowhere in the input, neither as itself nor as the JSON escape
     (`\\ue000`) that a template's `tojson` writes for it."""
-    used = json.dumps([messages, tools], ensure_ascii=False).lower()
+    used = json.dumps([messages, tools, variables], ensure_ascii=False, default=str).lower()
     for code in range(0xE000, 0xF8FF):
         if chr(code) not in used and _escaped(chr(code)) not in used:
             return chr(code)
@@ -144,18 +167,22 @@ def _escaped(marker: str) -> str:
 
 
 def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True,
-                   tools: list | None = None) -> list[int]:
-    """`tools` (OpenAI function definitions) go to the template, for templates that render them."""
+                   tools: list | None = None, *, variables: Mapping[str, Any] | None = None) -> list[int]:
+    """`tools` (OpenAI function definitions) go to the template, for templates that render them;
+    `variables` are extra template variables such as `enable_thinking` (check_variables). Strings
+    anywhere in them are the client's, so special-token text inside is broken like message text."""
     messages = normalize_messages(messages)
+    variables = check_variables(variables)
     specials = sorted(tok.special_tokens, key=len, reverse=True)
-    marker = _pick_marker(messages, tools)
+    marker = _pick_marker(messages, tools, variables)
     if specials:
         pattern = re.compile("|".join(re.escape(s) for s in specials))
         broken = lambda text: pattern.sub(lambda m: m.group(0)[0] + marker + m.group(0)[1:], text)  # noqa: E731
         # every string the client wrote: contents, tool calls' arguments, tool definitions
         messages = [{k: (v if k == "role" else _map_strings(v, broken)) for k, v in m.items()} for m in messages]
         tools = _map_strings(tools, broken) if tools else tools
-    rendered = _render(tok, messages, add_generation_prompt, tools)
+        variables = {k: _map_strings(v, broken) for k, v in variables.items()}
+    rendered = _render(tok, messages, add_generation_prompt, tools, variables)
     ids: list[int] = []
     first = True
     parts = re.split("(" + "|".join(re.escape(s) for s in specials) + ")", rendered) if specials else [rendered]

@@ -157,13 +157,15 @@ class Tokenizer(ABC):
         return self.tokens[token_id]
 
     # ---- chat ----
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list | None = None, *, variables: dict[str, Any] | None = None) -> str:
         from .chat_template import render_chat
 
-        return render_chat(self, messages, add_generation_prompt)
+        return render_chat(self, messages, add_generation_prompt, tools, variables=variables)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            tools: list | None = None) -> list[int]:
+                            tools: list | None = None, *, variables: dict[str, Any] | None = None) -> list[int]:
+        """Prompt ids of a chat; `variables`: extra template variables (e.g. {"enable_thinking": False})."""
         from .chat_template import chat_token_ids
 
-        return chat_token_ids(self, messages, add_generation_prompt, tools)
+        return chat_token_ids(self, messages, add_generation_prompt, tools, variables=variables)
