@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from .config import ServerConfig
 from .engine.async_engine import AsyncEngine
 from .engine.request_state import Delta
-from .engine.errors import ContextLengthError, EngineClosedError, QueueFullError
+from .engine.errors import ContextLengthError, EngineClosedError, QueueFullError, TooManyChoicesError
 from .choices import ChoiceCollector, UsageTotal, choice_params
 from .engine.sampling import SamplingParams
 from .logprob_format import LogprobFormatter
@@ -435,6 +435,8 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
         seq = state.engine.submit(prompt_ids, params[0], more_choices=params[1:])
     except ContextLengthError as e:
         raise ApiError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
+    except TooManyChoicesError as e:
+        raise ApiError(400, str(e), param="n", code="invalid_value") from None
     except QueueFullError as e:
         raise ApiError(429, f"server busy: {e}", "rate_limit_error", code="queue_full", headers={"Retry-After": "2"}) from None
     except EngineClosedError as e:

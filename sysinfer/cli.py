@@ -213,7 +213,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port (7860)")
     p.add_argument("--threads", type=int, help="compute threads (default: OMP_NUM_THREADS, else all CPUs)")
     p.add_argument("--max-batch", type=int, help="sequences decoded together (1 = single batch, the default)")
-    p.add_argument("--max-queue", type=int, help="requests allowed to wait; beyond it: HTTP 429 (256)")
+    p.add_argument("--max-queue", type=int, help="sequences allowed to wait (a request with n choices takes n); beyond it: HTTP 429 (256)")
     p.add_argument("--ctx-size", type=int, help="context length per sequence (4096, at most the model's)")
     p.add_argument("--kv-blocks", type=int, help="KV cache size in blocks of 16 tokens")
     p.add_argument("--kv-cache-gb", type=float, help="KV cache size in GiB")

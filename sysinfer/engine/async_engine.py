@@ -16,12 +16,12 @@ from typing import AsyncIterator
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .errors import EngineClosedError, QueueFullError
+from .errors import EngineClosedError, QueueFullError, TooManyChoicesError
 from .lanes import make_core
 from .llm_engine import EngineStats, Event
 from .request_state import Delta
 from .sampling import SamplingParams
-from .sequence import Sequence
+from .sequence import Sequence, Status
 
 log = logging.getLogger("sysinfer.engine")
 
@@ -108,7 +108,8 @@ class AsyncEngine:
     # ---- requests ----
     def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
                more_choices: list[SamplingParams] | None = None) -> Sequence:
-        """Queue a request (raises QueueFullError, ContextLengthError, EngineClosedError at once).
+        """Queue a request (raises ContextLengthError, TooManyChoicesError, QueueFullError or
+        EngineClosedError at once, in that order: what can never succeed before what may later).
 
         more_choices: the parameters of choices 1..n-1 of a request with n choices (OpenAI's `n`). They
         share this request's stream and are queued when choice 0 sends its first delta, that is once
@@ -119,11 +120,17 @@ class AsyncEngine:
             raise EngineClosedError(f"the engine has stopped: {self.failure}")
         if self._closed or self._closed_for_new:
             raise EngineClosedError("the server is shutting down")
-        waiting = len(self.core.scheduler.waiting)
-        if waiting + len(more_choices) >= self.max_queue:  # room for every choice now: none is refused later
-            raise QueueFullError(f"{waiting} requests are already waiting (max_queue)")
-        for p in more_choices:  # same prompt and length as choice 0; checked before anything is queued
+        for p in (params, *more_choices):  # same prompt; checked before anything is queued
             self.core.check_prompt(len(prompt_ids), p.max_tokens)
+        # The queue counts sequences: a request with n choices takes n places. One that can never
+        # fit is the request's fault (400), not "try later" (a client obeying Retry-After would retry for ever).
+        n = 1 + len(more_choices)
+        if n > self.max_queue:
+            raise TooManyChoicesError(f"n={n} choices can never fit: this server queues at most {self.max_queue} "
+                                      "sequences (max_queue), and each choice is one")
+        waiting = len(self.core.scheduler.waiting)
+        if waiting + n > self.max_queue:  # room for every choice now: none is refused later
+            raise QueueFullError(f"{waiting} sequences are already waiting (max_queue {self.max_queue})")
         seq = self.core.add_request(prompt_ids, params, request_id)
         streams = _Streams(time.monotonic() + self.request_timeout, 1 + len(more_choices))
         streams.members.append(seq)
@@ -193,7 +200,9 @@ class AsyncEngine:
         if seq is None or seq.finished:
             return
         seq.state.aborted = True
-        if not self._stepping:
+        # A sequence still waiting is in no step (admission makes it RUNNING when the step is planned):
+        # its queue place is freed now, not when the running ones let it in (issue 29 item 4).
+        if not self._stepping or seq.status == Status.WAITING:
             self._send(seq, self.core.finish(seq, "abort"))
         self._wake.set()
 

@@ -228,3 +228,83 @@ def test_a_body_that_never_comes_is_dropped():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ---- issue 29: queue admission ----
+
+@pytest.fixture(scope="module")
+def small():
+    """A server whose batch and queue are both 2, so a few requests fill them."""
+    proc, base, _ = start_server(SYSINFER_MAX_BATCH="2", SYSINFER_MAX_QUEUE="2")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_more_choices_than_the_queue_holds_is_a_400_naming_n(small):
+    """Issue 29 item 1: n past --max-queue answered 429 "0 requests are already waiting" with
+    Retry-After on an idle server (a retrying client retried for ever), and before the length check."""
+    r = httpx.post(small + CHAT, json=chat_body("hi", n=3, max_tokens=4), timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "n" and "n=3" in err["message"] and "retry-after" not in r.headers, err
+    r = httpx.post(small + CHAT, json=chat_body("hi", n=16, max_tokens=4096), timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    r = httpx.post(small + CHAT, json=chat_body("hi", n=2, max_tokens=2), timeout=60)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2
+
+
+class LongStream(threading.Thread):
+    """A streaming request that runs until told to leave (then its client closes the connection)."""
+
+    def __init__(self, base: str):
+        super().__init__(daemon=True)
+        self.base, self.leave, self.chunks = base, threading.Event(), 0
+
+    def run(self) -> None:
+        body = {"prompt": "1, 2, 3, 4, 5,", "max_tokens": 1900, "stream": True, "temperature": 0}
+        with httpx.stream("POST", self.base + "/v1/completions", json=body, timeout=120) as r:
+            for _ in r.iter_lines():
+                self.chunks += 1
+                if self.leave.is_set():
+                    return
+
+
+def test_a_queued_request_whose_client_leaves_frees_its_place_at_once(small):
+    """Issue 29 item 4: with the batch full, a queued request whose client left stayed counted in
+    sysinfer_waiting_sequences (and new requests got 429) until the running requests finished."""
+    runners = [LongStream(small) for _ in range(2)]
+    for t in runners:
+        t.start()
+    try:
+        deadline = time.time() + 30
+        while min(t.chunks for t in runners) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+
+        def leave_after(seconds: float, stream: bool) -> None:
+            try:
+                httpx.post(small + "/v1/completions", json={"prompt": "hi", "max_tokens": 8, "stream": stream},
+                           timeout=seconds)
+            except httpx.TimeoutException:
+                pass
+
+        leavers = [threading.Thread(target=leave_after, args=(1.5, s)) for s in (False, True)]
+        for t in leavers:
+            t.start()
+        time.sleep(0.7)
+        assert engine_gauges(small)["sysinfer_waiting_sequences"] == 2
+        for t in leavers:
+            t.join()
+        deadline = time.time() + 2
+        while time.time() < deadline and engine_gauges(small)["sysinfer_waiting_sequences"] > 0:
+            time.sleep(0.05)
+        gauges = engine_gauges(small)
+        assert gauges["sysinfer_waiting_sequences"] == 0, gauges
+        assert gauges["sysinfer_running_sequences"] == 2 and all(t.is_alive() for t in runners), gauges
+        with pytest.raises(httpx.TimeoutException):  # queued (its place is free), not refused with 429
+            httpx.post(small + "/v1/completions", json={"prompt": "hi", "max_tokens": 8}, timeout=1.0)
+    finally:
+        for t in runners:
+            t.leave.set()
+        for t in runners:
+            t.join(timeout=30)

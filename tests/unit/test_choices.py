@@ -9,7 +9,7 @@ import pytest
 from fake_model import FakeModel, FakeTokenizer, expected_tokens
 from sysinfer.choices import ChoiceCollector, choice_params
 from sysinfer.engine.async_engine import AsyncEngine
-from sysinfer.engine.errors import QueueFullError
+from sysinfer.engine.errors import QueueFullError, TooManyChoicesError
 from sysinfer.engine.sampling import Sampler, SamplingParams
 from test_engine import assert_idle
 
@@ -102,9 +102,14 @@ def test_choices_queued_after_a_drain_began_end_with_abort():
 
 def test_the_queue_must_hold_every_choice():
     engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_queue=3)
-    with pytest.raises(QueueFullError):
-        engine.submit(PROMPT, SamplingParams(), more_choices=[SamplingParams()] * 3)
+    params = SamplingParams(max_tokens=8)
+    with pytest.raises(TooManyChoicesError):  # n = 4 never fits a queue of 3 (400, not 429)
+        engine.submit(PROMPT, params, more_choices=[params] * 3)
     assert not engine.by_id and not engine.scheduler.waiting
+    engine.submit(PROMPT, params)
+    with pytest.raises(QueueFullError):  # n = 3 fits an empty queue, not one with a request waiting
+        engine.submit(PROMPT, params, more_choices=[params] * 2)
+    assert len(engine.scheduler.waiting) == 1
 
 
 def test_collector_sums_usage_and_keeps_choices_apart():
