@@ -24,10 +24,12 @@ MAX_PATTERN_CHARS = 4096       # guided_regex
 MAX_GRAMMAR_CHARS = 64 * 1024  # guided_grammar
 MAX_CHOICES = 256              # guided_choice entries
 MAX_CHOICE_CHARS = 1024        # one guided_choice entry
-# JSON whitespace: at each place JSON allows it, a few spaces, or one line break and an indent, so a
-# small model can't loop on blank lines until max_tokens (a request may change it with the schema's
-# "x-guidance" key).
-JSON_OPTIONS = {"whitespace_pattern": r"(?:[\x20\x09]{1,4}|\x0D?\x0A[\x20\x09]{0,40})"}
+# JSON whitespace, as llama.cpp's JSON grammar bounds it: at each place JSON allows whitespace, nothing,
+# one space, or one line break and at most 20 indent characters. A small model can then neither loop
+# on blank lines nor indent deeper and deeper until max_tokens (it still may nest, but on one line);
+# a request may change it with the schema's "x-guidance" key. vLLM's `disable_any_whitespace` is the
+# same idea taken further (no whitespace at all).
+JSON_OPTIONS = {"whitespace_pattern": r"(?:\x20|\x0A[\x20\x09]{0,20})"}
 
 
 def parser_limits() -> llguidance.LLParserLimits:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import llguidance
@@ -47,11 +47,12 @@ class Function:
 
 @dataclass(frozen=True)
 class ToolPlan:
-    """What the request allows: its functions, the mode ("auto", "required", "named"), parallel calls."""
+    """What the request allows: its functions, the mode ("auto", "required", "named"), parallel calls
+    (None: the request did not say, and the model's call syntax decides: ToolSyntax.parallel_calls)."""
     functions: tuple[Function, ...]
     mode: str
     named: str | None = None
-    parallel: bool = True
+    parallel: bool | None = None
 
     @property
     def allowed(self) -> tuple[Function, ...]:
@@ -94,7 +95,7 @@ def plan_from_request(tools: Any, tool_choice: Any, parallel_tool_calls: Any) ->
         raise ConstraintError("tools name the same function twice", "tools")
     if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
         raise ConstraintError("parallel_tool_calls must be a boolean", "parallel_tool_calls")
-    parallel = parallel_tool_calls is not False
+    parallel = parallel_tool_calls  # None: as the template's call syntax allows (tool_grammar)
     choice = "auto" if tool_choice is None else tool_choice
     if choice == "none":
         return None
@@ -119,6 +120,12 @@ class ToolSyntax:
     closer: str        # what ends a call
     separator: str     # between parallel calls
     template_renders_tools: bool
+    # Parallel calls when the request leaves parallel_tool_calls unset: only where the template
+    # writes several calls of one turn back (it was trained on them: Qwen 2.5, Hermes), as llama.cpp
+    # decides. The generic format (a model never trained on calls, SmolLM2) and Llama 3.1 (whose
+    # template refuses two calls in a turn) make one call: left free to make more, a small model
+    # repeats its call until max_tokens (SmolLM2 wrote 112 get_weather calls for the README's example).
+    parallel_calls: bool = False
 
 
 HERMES = ToolSyntax("hermes", "arguments", "<tool_call>\n", "\n</tool_call>", "\n", False)
@@ -135,9 +142,32 @@ def choose_syntax(tokenizer) -> ToolSyntax:
     try:
         if not renders_tools(tokenizer):
             return HERMES
-        return HERMES_TEMPLATE if "<tool_call>" in template_source(tokenizer) else LLAMA3_JSON
+        syntax = HERMES_TEMPLATE if "<tool_call>" in template_source(tokenizer) else LLAMA3_JSON
     except ChatTemplateError:
         return HERMES
+    return replace(syntax, parallel_calls=renders_parallel_calls(tokenizer))
+
+
+def renders_parallel_calls(tokenizer) -> bool:
+    """Whether the model's template writes both calls of an assistant turn that made two (the
+    second one's name must appear in the rendered prompt). Asked once per tokenizer."""
+    from ..model.chat_template import ChatTemplateError, render_chat
+
+    known = getattr(tokenizer, "_renders_parallel_calls", None)
+    if known is None:
+        tool = {"type": "function", "function": {"name": PROBE_NAME, "description": "probe",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        calls = [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": {}}}
+                 for i, name in enumerate((PROBE_NAME, PROBE_NAME + "_second"))]
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": calls},
+                    {"role": "tool", "tool_call_id": "call_0", "content": "ok"},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+        try:
+            known = PROBE_NAME + "_second" in render_chat(tokenizer, messages, True, [tool])
+        except ChatTemplateError:
+            known = False
+        tokenizer._renders_parallel_calls = known
+    return known
 
 
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -192,7 +222,8 @@ def tool_grammar(syntax: ToolSyntax, plan: ToolPlan) -> Constraint:
     # After a call the model may end right away, or after the separator (a newline, which a model
     # tends to write after a line anyway): it is then not pushed into starting another call.
     sep = _lit(syntax.separator)
-    more = f"({sep} call)* {sep}?" if plan.parallel else f"{sep}?"
+    parallel = syntax.parallel_calls if plan.parallel is None else plan.parallel
+    more = f"({sep} call)* {sep}?" if parallel else f"{sep}?"
     lines = [f"call: {call}", f"fn: %json {schema}"]
     if plan.mode == "auto":
         if syntax.opener:  # free text without the opener, or text up to the first opener, then calls
@@ -266,63 +297,6 @@ def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-class _CallScan:
-    """Where the name and the arguments are in a call's (possibly partial) JSON text."""
-
-    def __init__(self, text: str, args_key: str):
-        self.name: str | None = None
-        self.args_start: int | None = None
-        self.args_end: int | None = None
-        depth, i, n = 0, 0, len(text)
-        key = None
-        while i < n:
-            c = text[i]
-            if c == '"':
-                end = _string_end(text, i)
-                if end is None:
-                    return
-                if depth == 1 and key is None and _next_char(text, end) == ":":
-                    key = _loads(text[i:end])
-                    i = text.index(":", end) + 1
-                    while i < n and text[i] in " \t\r\n":
-                        i += 1
-                    if i >= n:
-                        return
-                    if key == "name" and text[i] == '"':
-                        close = _string_end(text, i)
-                        if close is None:
-                            return
-                        self.name = _loads(text[i:close])
-                        i, key = close, None
-                        continue
-                    if key == args_key:
-                        self.args_start = i
-                        close = _value_end(text, i)
-                        if close is None:
-                            return
-                        self.args_end = close
-                        i, key = close, None
-                        continue
-                    continue
-                key = None
-                i = end
-                continue
-            if c in "{[":
-                depth += 1
-            elif c in "}]":
-                depth -= 1
-            elif c == "," and depth == 1:
-                key = None
-            i += 1
-
-
-def _loads(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
 def _string_end(text: str, start: int) -> int | None:
     """Index past the closing quote of the JSON string starting at text[start] (None: not closed yet)."""
     i = start + 1
@@ -336,14 +310,16 @@ def _string_end(text: str, start: int) -> int | None:
     return None
 
 
-def _next_char(text: str, i: int) -> str | None:
+def _skip_space(text: str, i: int) -> int:
     while i < len(text) and text[i] in " \t\r\n":
         i += 1
-    return text[i] if i < len(text) else None
+    return i
 
 
 def _value_end(text: str, start: int) -> int | None:
-    """Index past the JSON value starting at text[start] (None: not complete yet)."""
+    """Index past the JSON value starting at text[start] (None: not complete yet). The one scanner
+    of the call parser: strings by their quotes and escapes, objects and arrays by their brackets,
+    anything else up to the next delimiter."""
     if text[start] == '"':
         return _string_end(text, start)
     if text[start] not in "{[":
@@ -368,18 +344,62 @@ def _value_end(text: str, start: int) -> int | None:
     return None
 
 
+def _members(text: str) -> dict[str, tuple[int, int]] | None:
+    """The top-level members of the complete JSON object `text`: key -> (start, end) of its value's
+    text (None when it is not an object written as JSON allows)."""
+    i = _skip_space(text, 1)
+    out: dict[str, tuple[int, int]] = {}
+    while i < len(text) and text[i] != "}":
+        if text[i] != '"':
+            return None
+        key_end = _string_end(text, i)
+        colon = _skip_space(text, key_end) if key_end is not None else len(text)
+        if colon >= len(text) or text[colon] != ":":
+            return None
+        value = _skip_space(text, colon + 1)
+        value_end = _value_end(text, value) if value < len(text) else None
+        if value_end is None:
+            return None
+        out[json.loads(text[i:key_end])] = (value, value_end)
+        i = _skip_space(text, value_end)
+        if i < len(text) and text[i] == ",":
+            i = _skip_space(text, i + 1)
+    return out
+
+
+def complete_call(text: str, args_key: str) -> tuple[str, str] | None:
+    """(name, arguments text exactly as written) of one call's complete JSON object, or None when
+    it is not a whole call: a name string and arguments that parse as a JSON object."""
+    try:
+        members = _members(text)
+        if members is None or "name" not in members or args_key not in members:
+            return None
+        name = json.loads(text[slice(*members["name"])])
+        args_text = text[slice(*members[args_key])]
+        args = json.loads(args_text)
+    except ValueError:
+        return None
+    if not isinstance(name, str) or not isinstance(args, dict):
+        return None
+    return name, args_text
+
+
 @dataclass
 class ToolCallDelta:
     index: int
     id: str | None = None         # on the call's first delta, with the name
     name: str | None = None
-    arguments: str = ""           # the next fragment of the arguments' JSON text
+    arguments: str = ""           # the arguments' JSON text (a whole call goes out in one delta)
 
 
 class ToolCallParser:
-    """Text of the reply in, content and tool-call deltas out, as they become certain: the same
-    parser serves streamed replies (feed per delta) and whole ones (one feed), so both give the
-    same calls, with the arguments exactly as the model wrote them."""
+    """Text of the reply in, content and tool calls out, as they become certain: the same parser
+    serves streamed replies (feed per delta) and whole ones (one feed), so both give the same calls,
+    with the arguments exactly as the model wrote them.
+
+    A call goes out once its JSON object is complete and its arguments parse as a JSON object, in
+    one delta (index, id, name, arguments): a call cut off by max_tokens is never sent, streamed or
+    not, so no client ever holds arguments that don't parse as if they were a call."""
 
     def __init__(self, syntax: ToolSyntax, plan: ToolPlan):
         self.syntax = syntax
@@ -388,7 +408,8 @@ class ToolCallParser:
         self.text = ""          # everything so far
         self.content_sent = 0   # text[:content_sent] went out as content
         self.calls_from: int | None = None if self.auto else 0  # where the calls start in text
-        self.calls: list[dict] = []  # per call: id, name, args sent so far (chars), start offset
+        self.calls: list[tuple[str, str]] = []  # (name, arguments) of each call sent
+        self.resolved = 0       # call segments whose JSON is complete (sent as calls, or not a call)
 
     @property
     def called(self) -> bool:
@@ -422,58 +443,43 @@ class ToolCallParser:
         out, self.content_sent = self.text[self.content_sent:end], end
         return out
 
-    def _segments(self) -> list[tuple[int, str]]:
-        """(start offset, text) of each call's JSON in the calls part."""
-        part, base = self.text[self.calls_from:], self.calls_from
-        if self.syntax.opener:
-            trigger = self.trigger
-            out, pos = [], part.find(trigger)
-            while pos >= 0:
-                start = pos + len(trigger)
-                nxt = part.find(trigger, start)
-                out.append((base + start, part[start: nxt if nxt >= 0 else len(part)]))
-                pos = nxt
-            return out
-        out, pos = [], 0
-        while pos < len(part):
+    def _objects(self) -> list[str | None]:
+        """Each call's JSON object in the calls part, in order: its text once complete, None for the
+        last one while it is still being written."""
+        part = self.text[self.calls_from:]
+        out: list[str | None] = []
+        pos = part.find(self.trigger) + len(self.trigger) if self.syntax.opener else 0
+        while pos <= len(part):
             brace = part.find("{", pos)
             if brace < 0:
                 break
             end = _value_end(part, brace)
-            out.append((base + brace, part[brace: end if end is not None else len(part)]))
+            out.append(part[brace:end] if end is not None else None)
             if end is None:
                 break
             pos = end
+            if self.syntax.opener:
+                nxt = part.find(self.trigger, pos)
+                if nxt < 0:
+                    break
+                pos = nxt + len(self.trigger)
         return out
 
     def _call_deltas(self) -> list[ToolCallDelta]:
         deltas = []
-        for index, (_, segment) in enumerate(self._segments()):
-            scan = _CallScan(segment, self.syntax.args_key)
-            if index == len(self.calls):
-                if scan.name is None:
-                    break
-                self.calls.append({"id": new_call_id(), "name": scan.name, "sent": 0})
-                deltas.append(ToolCallDelta(index, self.calls[index]["id"], scan.name))
-            call = self.calls[index]
-            if scan.args_start is not None:
-                end = scan.args_end if scan.args_end is not None else len(segment)
-                fragment = segment[scan.args_start + call["sent"]: end]
-                if fragment:
-                    call["sent"] += len(fragment)
-                    if deltas and deltas[-1].index == index and not deltas[-1].arguments:
-                        deltas[-1].arguments = fragment
-                    else:
-                        deltas.append(ToolCallDelta(index, arguments=fragment))
+        for obj in self._objects()[self.resolved:]:
+            if obj is None:
+                break
+            self.resolved += 1
+            call = complete_call(obj, self.syntax.args_key)
+            if call is not None:
+                deltas.append(ToolCallDelta(len(self.calls), new_call_id(), call[0], call[1]))
+                self.calls.append(call)
         return deltas
 
 
 def whole_calls(parser: ToolCallParser, text: str) -> tuple[str, list[dict[str, Any]]]:
     """A non-streamed reply: (content, OpenAI tool_calls) from its whole text."""
     content, deltas = parser.feed(text, final=True)
-    calls: dict[int, dict[str, Any]] = {}
-    for d in deltas:
-        if d.id is not None:
-            calls[d.index] = {"id": d.id, "type": "function", "function": {"name": d.name, "arguments": ""}}
-        calls[d.index]["function"]["arguments"] += d.arguments
-    return content, [calls[i] for i in sorted(calls)]
+    return content, [{"id": d.id, "type": "function", "function": {"name": d.name, "arguments": d.arguments}}
+                     for d in deltas]

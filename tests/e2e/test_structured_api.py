@@ -357,3 +357,60 @@ def test_n_streamed_tool_calls_with_logprobs(client):
         assert [tuple(v) for _, v in sorted(calls[choice.index].items())] == [
             (c.function.name, c.function.arguments) for c in choice.message.tool_calls]
         assert len(choice.logprobs.content) == logprob_entries[choice.index] > 0
+
+
+# ---- the examples in README.md and docs/api.md do what they say ----
+
+DOCS_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_readme_tools_example_makes_the_one_call_it_promises(client):
+    """README's tools example as written (tool_choice "required", no max_tokens, no
+    parallel_tool_calls): one call with the arguments its comment shows (it once made 112 calls until
+    the length limit, the last with arguments "")."""
+    readme = (DOCS_ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^(      tools = \[.*?)\n\n", readme, re.S | re.M).group(1)
+    code = "\n".join(line[6:] for line in block.splitlines())
+    promised = re.search(r"# (\'.*\')", code).group(1)
+    scope = {"client": client, "msgs": [{"role": "user", "content": "What is the weather in Paris?"}]}
+    exec(code, scope)  # noqa: S102 - our own README
+    r = scope["r"]
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [c.function.arguments for c in r.choices[0].message.tool_calls] == [eval(promised)]  # noqa: S307
+
+
+def test_api_doc_python_example(server):
+    """docs/api.md's Python example as written: a parsed Person, a guided choice, one weather call."""
+    doc = (DOCS_ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1).replace("http://127.0.0.1:7860", server)
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - our own docs
+    assert scope["person"].name and isinstance(scope["person"].age, int)
+    assert scope["answer"] in ("yes", "no")
+    assert scope["call"].function.name == "get_weather" and json.loads(scope["call"].function.arguments)["city"]
+    assert scope["reply"].choices[0].finish_reason == "tool_calls" and len(scope["reply"].choices[0].message.tool_calls) == 1
+
+
+def test_a_call_cut_by_max_tokens_is_left_out(client):
+    """max_tokens inside a call: no call whose arguments don't parse, whole or streamed; the finish says
+    "length"; the openai stream helper and LangChain read it without error."""
+    kw = {"tools": [WEATHER], "tool_choice": "required", "temperature": 0, "max_tokens": 12}
+    r = chat(client, QUESTION, **kw)
+    assert r.choices[0].finish_reason == "length" and not r.choices[0].message.tool_calls
+    chunks = list(chat(client, QUESTION, stream=True, **kw))
+    assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    # the client's stream helper: its own rule for any cut reply (never a JSON error on a partial call)
+    with pytest.raises(openai.LengthFinishReasonError) as info:
+        with client.chat.completions.stream(model="m", messages=[{"role": "user", "content": QUESTION}], **kw) as s:
+            s.get_final_completion()
+    assert not info.value.completion.choices[0].message.tool_calls
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llm = langchain_openai.ChatOpenAI(base_url=str(client.base_url), api_key="none", model="m", temperature=0,
+                                      max_tokens=12, max_retries=0)
+    for message in (llm.bind_tools([WEATHER], tool_choice="required").invoke(QUESTION),):
+        assert message.tool_calls == [] and message.response_metadata["finish_reason"] == "length"
+    merged = None
+    for chunk in llm.bind_tools([WEATHER], tool_choice="required").stream(QUESTION):
+        merged = chunk if merged is None else merged + chunk
+    assert merged.tool_calls == [] and not merged.invalid_tool_calls

@@ -308,8 +308,15 @@ def test_call_syntax_follows_the_template():
     llama31 = "{% for t in tools or [] %}{{ t | tojson }}{% endfor %}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     qwen = llama31 + "{% if tools %}<tool_call>{% endif %}"
     assert T.choose_syntax(Tok(None)) is T.HERMES and BUILTIN_TEMPLATES["llama"]  # built-in: no tools
-    assert T.choose_syntax(Tok(llama31)) is T.LLAMA3_JSON
-    assert T.choose_syntax(Tok(qwen)) is T.HERMES_TEMPLATE
+    assert T.choose_syntax(Tok(llama31)) == T.LLAMA3_JSON
+    assert T.choose_syntax(Tok(qwen)) == T.HERMES_TEMPLATE
+    # parallel calls by default only where the template writes back every call of a turn
+    writes_calls = qwen + ("{% for m in messages %}{% for c in m.get('tool_calls') or [] %}{{ c.function.name }}"
+                           "{% endfor %}{% endfor %}")
+    writes_first = qwen + "{% for m in messages %}{{ (m.get('tool_calls') or [{}])[0].function }}{% endfor %}"
+    assert not T.choose_syntax(Tok(qwen)).parallel_calls and not T.HERMES.parallel_calls
+    assert T.choose_syntax(Tok(writes_calls)).parallel_calls
+    assert not T.choose_syntax(Tok(writes_first)).parallel_calls
 
 
 def test_tool_parameters_are_closed_to_keys_they_do_not_name():
@@ -333,3 +340,47 @@ def test_tool_parameters_are_closed_to_keys_they_do_not_name():
     assert closed["$defs"]["D"]["additionalProperties"] is False
     assert "additionalProperties" not in langchain_style  # the caller's schema is not changed
     assert closed_objects({"type": "string"}) == {"type": "string"}
+
+
+def test_json_whitespace_is_bounded_as_llama_cpp_bounds_it():
+    """At each place JSON allows whitespace: nothing, one space, or one line break and at most 20
+    indent characters (no blank lines, no runs of spaces, no indent past 20)."""
+    matcher = compile_constraint(TOK, from_request(response_format={"type": "json_object"}))
+    for text, ok in [('{"a": 1}', True), ('{"a":1}', True), ('{\n  "a": [1, 2]\n}', True),
+                     ('{\n' + ' ' * 20 + '"a": 1}', True), ('{\n' + ' ' * 21 + '"a": 1}', False),
+                     ('{\n\n"a": 1}', False), ('{  "a": 1}', False), ('{"a":  1}', False)]:
+        m = matcher.deep_copy()
+        ids = TOK.encode(text)
+        assert (m.validate_tokens(ids) == len(ids)) is ok, text
+
+
+CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("parallel, calls", [(None, 1), (False, 1), (True, 2)])
+def test_generic_format_makes_one_call_unless_parallel_calls_are_asked_for(parallel, calls):
+    """parallel_tool_calls unset: the generic format (a model not trained on calls) allows one call,
+    so a small model can't repeat its call until max_tokens; true allows more."""
+    plan = T.plan_from_request(FNS, "required", parallel)
+    matcher = compile_constraint(TOK, T.tool_grammar(T.HERMES, plan))
+    two = TOK.encode(CALL + "\n" + CALL)
+    assert matcher.deep_copy().validate_tokens(two) == (len(two) if calls == 2 else len(TOK.encode(CALL + "\n")))
+
+
+@pytest.mark.parametrize("syntax, text", [
+    (T.HERMES, CALL + '\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b'),
+    (T.HERMES, CALL + '\n<tool_call>\n{"name": "now", "arguments": {'),
+    (T.HERMES, CALL + '\n<tool_call>\n{"name": "now"'),
+    (T.LLAMA3_JSON, '{"name": "add", "parameters": {"a": 1, "b": 2}}\n{"name": "add", "parameters": {"a": "x}'),
+])
+def test_a_call_cut_off_is_never_returned(syntax, text):
+    """A reply cut by max_tokens inside a call: the complete calls before it are returned, the cut one
+    is not (neither whole nor streamed: no delta of it is ever sent)."""
+    plan = T.plan_from_request(FNS, "required", True)
+    _, calls = T.whole_calls(T.ToolCallParser(syntax, plan), text)
+    assert [c["function"]["name"] for c in calls] == ["add"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"a": 1, "b": 2}
+    parser, streamed = T.ToolCallParser(syntax, plan), []
+    for i in range(len(text)):
+        streamed += parser.feed(text[i], final=i == len(text) - 1)[1]
+    assert [(d.index, d.name) for d in streamed] == [(0, "add")] and json.loads(streamed[0].arguments)
