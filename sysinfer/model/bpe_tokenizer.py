@@ -14,26 +14,8 @@ import numpy as np
 import tiktoken
 
 from .gguf_header import describe
-from .tokenizer import TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_list, _meta_str
-
-# Pre-tokenizer split patterns by tokenizer.ggml.pre.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-LLAMA3_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-# SmolLM2 (HF: Digits(individual) then GPT-2's split of each stretch between digits): every digit on
-# its own; digits take no leading space; a whitespace run before a digit ends a stretch, so it stays
-# whole (the `(?=\p{N})` alternative).
-SMOLLM_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?=\p{N})|\s+(?!\S)|\s+"""
-PRE_TOKENIZER_PATTERNS = {
-    "llama-bpe": LLAMA3_PATTERN,
-    "llama3": LLAMA3_PATTERN,
-    "llama-v3": LLAMA3_PATTERN,
-    "smollm": SMOLLM_PATTERN,
-    "gpt2": GPT2_PATTERN,
-    "default": GPT2_PATTERN,
-}
-
+from .pretokenizers import PRE_TOKENIZERS, pre_tokenizer
+from .tokenizer import TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED, Tokenizer, TokenizerError, _meta_list, _meta_str
 
 @lru_cache(maxsize=1)
 def byte_decoder() -> dict[str, int]:
@@ -63,8 +45,10 @@ class BPETokenizer(Tokenizer):
         super().__init__(meta)
         self.unknown_id = self._optional_id(meta, "tokenizer.ggml.unknown_token_id")
         pre = _meta_str(meta, "tokenizer.ggml.pre", "default")
-        if pre not in PRE_TOKENIZER_PATTERNS:
-            raise TokenizerError(f"tokenizer.ggml.pre = {describe(pre)} is not supported (supported: {sorted(PRE_TOKENIZER_PATTERNS)})")
+        self.pre_tokenizer = pre_tokenizer(pre)
+        if self.pre_tokenizer is None:  # another split would tokenize every prompt differently from training
+            raise TokenizerError(f"tokenizer.ggml.pre = {describe(pre)} is not supported "
+                                 f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
         merges = _meta_list(meta, "tokenizer.ggml.merges", str, "strings") if meta.get("tokenizer.ggml.merges") else []
         self._bytes: list[bytes] = []
         for i, (text, kind) in enumerate(zip(self.tokens, self.token_types)):
@@ -72,8 +56,10 @@ class BPETokenizer(Tokenizer):
             self._bytes.append(raw if raw is not None else text.encode("utf-8"))
         ranks, rank_to_id = self._ranks(merges)
         self._rank_to_id = np.asarray(rank_to_id, dtype=np.int64)
+        # One-pattern pre-tokenizers split inside tiktoken; a sequence of splits is done by
+        # PreTokenizer.pieces and tiktoken only merges within each piece (its pattern then unused).
         self._encoding = tiktoken.Encoding(
-            name=f"gguf-{pre}", pat_str=PRE_TOKENIZER_PATTERNS[pre], mergeable_ranks=ranks, special_tokens={}
+            name=f"gguf-{pre}", pat_str=self.pre_tokenizer.stages[0], mergeable_ranks=ranks, special_tokens={}
         )
 
     def _ranks(self, merges: list[str]) -> tuple[dict[bytes, int], list[int]]:
@@ -81,7 +67,8 @@ class BPETokenizer(Tokenizer):
         remaining normal token (reachable only whole)."""
         id_of = {}
         for i, (raw, kind) in enumerate(zip(self._bytes, self.token_types)):
-            if kind not in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED):
+            # specials are written whole by templates; unused ids (Qwen's `[PAD151669]` padding) never
+            if kind not in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, TOKEN_TYPE_UNUSED):
                 id_of.setdefault(raw, i)
         ranks: dict[bytes, int] = {}
         rank_to_id: list[int] = []
@@ -106,7 +93,12 @@ class BPETokenizer(Tokenizer):
         return ranks, rank_to_id
 
     def _encode_plain(self, text: str, first: bool) -> list[int]:
-        ranks = self._encoding.encode_ordinary(text)
+        pre = self.pre_tokenizer
+        text = pre.normalized(text)
+        if pre.single:
+            ranks = self._encoding.encode_ordinary(text)
+        else:
+            ranks = [r for piece in pre.pieces(text) for r in self._encoding._encode_single_piece(piece)]
         if not ranks:
             return []
         ids = self._rank_to_id[ranks]

