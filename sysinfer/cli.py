@@ -102,7 +102,7 @@ def _numa_rows(mf, threads: int | None, numa: str | None) -> list[tuple[str, str
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .config import ServerConfig
-    from .engine.llm_engine import LLMEngine
+    from .engine.lanes import make_core
     from .engine.sampling import SamplingParams
     from .startup import load_serving_model
 
@@ -119,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos)
     cfg_speculation = cfg.speculation  # max_batch 1 here
-    engine = LLMEngine(loaded.model, tokenizer, speculative=cfg_speculation, draft_model=loaded.draft,
+    engine = make_core(loaded.model, tokenizer, speculative=cfg_speculation, draft_model=loaded.draft,
                        lookup_first=not args.no_draft_lookup)
     start = time.perf_counter()
     first = last = None

@@ -1,6 +1,7 @@
 """--numa replicate: one lane per NUMA node, each an LLMEngine over its own whole copy of the model
 (weights, KV arena, block manager, scheduler, thread pool, all on that node). The server's loop
-drives them as one engine: `Lanes` has the methods of LLMEngine that AsyncEngine calls.
+drives them as one engine: `Lanes` implements core.EngineCore, as LLMEngine does, each request's
+calls handed to its lane's LLMEngine.
 
 - A new request goes to the least loaded lane (fewest sequences, then fewest KV blocks in use, then
   the lowest index) and stays there: its KV blocks live in that lane's arena.
@@ -18,9 +19,11 @@ import dataclasses
 from collections import ChainMap
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
+from . import core
 from .llm_engine import EngineStats, Event, LLMEngine
 from .request_state import Delta
 from .sampling import SamplingParams
@@ -63,7 +66,7 @@ class _LanesView:
         raise AttributeError(f"{name!r} is per lane: use Lanes.lanes[i]")
 
 
-def make_core(model, tokenizer, **kwargs) -> "LLMEngine | Lanes":
+def make_core(model, tokenizer, **kwargs) -> core.EngineCore:
     """The engine core for a model: Lanes over a ReplicatedModel's replicas, else one LLMEngine."""
     replicas = getattr(model, "replicas", None)
     if replicas and kwargs.get("draft_model") is not None:
@@ -72,6 +75,8 @@ def make_core(model, tokenizer, **kwargs) -> "LLMEngine | Lanes":
 
 
 class Lanes:
+    """core.EngineCore over one LLMEngine per replica (see the module's docstring)."""
+
     def __init__(self, models: list, tokenizer, **kwargs):
         self.lanes = [LLMEngine(m, tokenizer, **kwargs) for m in models]
         self.model = models[0]
@@ -86,6 +91,10 @@ class Lanes:
     @property
     def max_total_tokens(self) -> int:
         return min(lane.max_total_tokens for lane in self.lanes)
+
+    def check_prompt(self, n_prompt: int, max_tokens: int) -> None:
+        for lane in self.lanes:  # the lanes are alike; a request must fit whichever lane it lands on
+            lane.check_prompt(n_prompt, max_tokens)
 
     def least_loaded(self) -> int:
         load = [(len(lane.by_id), lane.blocks.num_used, i) for i, lane in enumerate(self.lanes)]
@@ -106,8 +115,8 @@ class Lanes:
         return any(lane.has_work() for lane in self.lanes)
 
     def finish(self, seq: Sequence, reason: str, token_ids: list[int] | None = None, text: str = "",
-               error: str | None = None) -> Delta:
-        delta = self.lane_of(seq).finish(seq, reason, token_ids, text, error)
+               error: str | None = None, logprobs=None) -> Delta:
+        delta = self.lane_of(seq).finish(seq, reason, token_ids, text, error, logprobs)
         self._lane_of.pop(seq.request_id, None)
         return delta
 
@@ -132,9 +141,10 @@ class Lanes:
         first = [run(plan[0])] if plan else []
         return first + [f.result() for f in others]
 
-    def postprocess(self, plan: list[LanePlan], results: list[np.ndarray | Exception]) -> list[Event]:
+    def postprocess(self, plan: list[LanePlan], logits: list[np.ndarray | Exception]) -> list[Event]:
+        """Per lane: its logits postprocessed, or its requests failed with the exception its step raised."""
         events: list[Event] = []
-        for p, result in zip(plan, results):
+        for p, result in zip(plan, logits):
             lane = self.lanes[p.lane]
             if isinstance(result, Exception):
                 events += lane.fail_step(p.chunks, result)
@@ -157,6 +167,9 @@ class Lanes:
         """plan -> run -> postprocess, all lanes, in this thread (tests; the server uses AsyncEngine)."""
         plan = self.plan()
         return self.postprocess(plan, self.execute(plan)) if plan else []
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
+        return core.generate(self, prompt_ids, params)
 
     # ---- numbers ----
     @property

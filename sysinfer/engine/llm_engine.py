@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from . import core
 from .block_manager import BlockManager
 from .draft_model import DraftModel
 from .errors import ContextLengthError
@@ -55,6 +56,8 @@ class EngineStats:
 
 
 class LLMEngine:
+    """One model's engine core (core.EngineCore): one node, or a tensor-parallel split across nodes."""
+
     def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
                  enable_prefix_cache: bool = True, speculative: bool = False, draft_model=None,
                  lookup_first: bool = True):
@@ -257,18 +260,10 @@ class LLMEngine:
     # ---- the synchronous driver ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
         """One request run to its end here (with whatever else is queued); yields its deltas."""
-        seq = self.add_request(prompt_ids, params)
-        try:
-            while not seq.finished:
-                events = self.step()
-                if not events and not self.scheduler.running:
-                    raise RuntimeError(f"request {seq.request_id} can't be scheduled")  # a bug, never a hang
-                for s, delta in events:
-                    if s is seq:
-                        yield delta
-        finally:
-            if not seq.finished:
-                self.finish(seq, "abort")
+        return core.generate(self, prompt_ids, params)
+
+    def lane_snapshots(self) -> list[EngineStats]:
+        return [self.snapshot()]
 
     def snapshot(self) -> EngineStats:
         s = self.stats

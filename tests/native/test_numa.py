@@ -374,6 +374,31 @@ def test_replicate_lanes_equal_one_node_and_spread():
     assert not engine.core._lane_of and not engine.by_id
 
 
+def test_replicate_request_with_n_choices_equals_one_node():
+    """With --numa replicate every request with n >= 2 answered 500 (Lanes had no check_prompt): the
+    three greedy choices now equal the one-node answer."""
+    from sysinfer.choices import choice_params
+
+    two, one, tok = replicated_smollm2()
+    prompt = chat_ids(tok, QUESTIONS[0])
+    engine = AsyncEngine(two, tok, max_batch=2)
+    got = []
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.run)
+            params = choice_params(SamplingParams(max_tokens=16, ignore_eos=True), 3)
+            seq = engine.submit(prompt, params[0], more_choices=params[1:])
+            async for d in engine.stream(seq):
+                got.append(d)
+            await engine.shutdown()
+
+    anyio.run(main)
+    want = alone(one, tok, [prompt])[0]
+    assert [[t for d in got if d.choice == c for t in d.token_ids] for c in range(3)] == [want] * 3
+    assert all(lane.blocks.num_used == 0 for lane in engine.core.lanes) and not engine.by_id
+
+
 def test_replicate_abort_and_drain_across_lanes():
     two, _, tok = replicated_smollm2()
     prompts = [chat_ids(tok, q) for q in QUESTIONS[:4]]

@@ -64,3 +64,14 @@ def expected_tokens(prompt: list[int], n: int, n_vocab: int = 50) -> list[int]:
     for _ in range(n):
         tokens.append(FakeModel.next_token(tokens, n_vocab))
     return tokens[len(prompt):]
+
+
+class FakeReplicas:
+    """A stand-in for ReplicatedModel (--numa replicate): one FakeModel per lane; make_core builds
+    Lanes over `replicas`, other attributes are lane 0's, as in ReplicatedModel."""
+
+    def __init__(self, n_lanes: int = 2, **kwargs):
+        self.replicas = [FakeModel(**kwargs) for _ in range(n_lanes)]
+
+    def __getattr__(self, name: str):
+        return getattr(self.replicas[0], name)

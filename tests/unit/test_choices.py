@@ -11,7 +11,7 @@ from sysinfer.choices import ChoiceCollector, choice_params
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.errors import QueueFullError, TooManyChoicesError
 from sysinfer.engine.sampling import Sampler, SamplingParams
-from test_engine import assert_idle
+from test_engine import assert_idle, fake_model
 
 PROMPT = list(range(1, 23))  # 22 tokens: five full blocks of 4, and 2 tokens in a sixth
 
@@ -74,15 +74,17 @@ def test_seeds_wrap_around_and_parameters_are_not_shared():
     assert params[0].stop == ["x"] and params[2].stop == ["x"]
 
 
-def test_leaving_early_aborts_every_choice_and_frees_the_blocks():
-    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=2)
+@pytest.mark.parametrize("lanes", [False, True])
+def test_leaving_early_aborts_every_choice_and_frees_the_blocks(lanes):
+    engine = AsyncEngine(fake_model(lanes), FakeTokenizer(), max_batch=2)
     run_n(engine, SamplingParams(max_tokens=40), 4, leave_after=3)
     assert_idle(engine)
     assert not engine.requests and not engine.streams
 
 
-def test_choices_queued_after_a_drain_began_end_with_abort():
-    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=1)
+@pytest.mark.parametrize("lanes", [False, True])
+def test_choices_queued_after_a_drain_began_end_with_abort(lanes):
+    engine = AsyncEngine(fake_model(lanes), FakeTokenizer(), max_batch=1)
     got = []
 
     async def main():
@@ -100,8 +102,9 @@ def test_choices_queued_after_a_drain_began_end_with_abort():
     assert_idle(engine)
 
 
-def test_the_queue_must_hold_every_choice():
-    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_queue=3)
+@pytest.mark.parametrize("lanes", [False, True])
+def test_the_queue_must_hold_every_choice(lanes):
+    engine = AsyncEngine(fake_model(lanes), FakeTokenizer(), max_queue=3)
     params = SamplingParams(max_tokens=8)
     with pytest.raises(TooManyChoicesError):  # n = 4 never fits a queue of 3 (400, not 429)
         engine.submit(PROMPT, params, more_choices=[params] * 3)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fake_model import FakeModel, FakeTokenizer, expected_tokens
+from fake_model import FakeModel, FakeReplicas, FakeTokenizer, expected_tokens
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.block_manager import BlockManager
 from sysinfer.engine.errors import ContextLengthError, EngineClosedError, QueueFullError
@@ -18,7 +18,22 @@ from sysinfer.engine.sampling import SamplingParams
 from sysinfer.engine.sequence import Sequence
 
 
+def cores(engine: AsyncEngine) -> list[LLMEngine]:
+    """The engine's LLMEngines: one, or one per lane (--numa replicate)."""
+    return getattr(engine.core, "lanes", [engine.core])
+
+
+def fake_model(lanes: bool, **kwargs):
+    """A FakeModel, or (lanes) two replicas of it: the engine core is then Lanes."""
+    return FakeReplicas(2, **kwargs) if lanes else FakeModel(**kwargs)
+
+
 def check_block_invariants(engine: AsyncEngine) -> None:
+    for core in cores(engine):
+        _check_core_blocks(core)
+
+
+def _check_core_blocks(engine: LLMEngine) -> None:
     bm = engine.blocks
     owners: dict[int, int] = {}
     for seq in engine.scheduler.running:
@@ -61,7 +76,7 @@ async def run_requests(engine: AsyncEngine, requests: list[tuple[list[int], int]
 
 def assert_idle(engine: AsyncEngine) -> None:
     check_block_invariants(engine)
-    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert all(core.blocks.num_free == core.blocks.num_blocks for core in cores(engine))
     assert not engine.scheduler.running and not engine.scheduler.waiting and not engine.by_id
 
 
@@ -72,13 +87,14 @@ prompts = st.lists(st.integers(1, 49), min_size=1, max_size=30)
 @given(reqs=st.lists(st.tuples(prompts, st.integers(1, 12)), min_size=1, max_size=8),
        n_blocks=st.integers(12, 40), max_batch=st.integers(1, 6), step_tokens=st.integers(4, 40),
        aborts=st.dictionaries(st.integers(0, 7), st.integers(1, 5), max_size=3), prefix=st.booleans(),
-       seed=st.integers(0, 1000))
-def test_every_request_finishes_correctly_and_blocks_return(reqs, n_blocks, max_batch, step_tokens, aborts, prefix, seed):
+       seed=st.integers(0, 1000), lanes=st.booleans())
+def test_every_request_finishes_correctly_and_blocks_return(reqs, n_blocks, max_batch, step_tokens, aborts, prefix, seed,
+                                                            lanes):
     rng = random.Random(seed)
     if prefix:  # a shared system prompt exercises the prefix cache
         shared = [rng.randint(1, 49) for _ in range(9)]
         reqs = [(shared + p, n) for p, n in reqs]
-    model = FakeModel(n_kv_blocks=n_blocks, block_size=4, max_step_tokens=64)
+    model = fake_model(lanes, n_kv_blocks=n_blocks, block_size=4, max_step_tokens=64)
     engine = AsyncEngine(model, FakeTokenizer(), max_batch=max_batch, max_step_tokens=step_tokens)
     requests = [(p, n) for p, n in reqs if len(p) + n <= (n_blocks - engine.blocks.watermark_blocks) * 4]
     delays = [rng.random() * 0.002 for _ in requests]
@@ -94,12 +110,13 @@ def test_every_request_finishes_correctly_and_blocks_return(reqs, n_blocks, max_
     assert_idle(engine)
 
 
-def test_preemption_keeps_outputs_correct():
-    model = FakeModel(n_kv_blocks=10, block_size=4)
+@pytest.mark.parametrize("lanes", [False, True])
+def test_preemption_keeps_outputs_correct(lanes):
+    model = fake_model(lanes, n_kv_blocks=10, block_size=4)
     engine = AsyncEngine(model, FakeTokenizer(), max_batch=4, max_step_tokens=32)
-    requests = [([i + 1] * 5, 14) for i in range(4)]
+    requests = [([i + 1] * 5, 14) for i in range(4 * (1 + lanes))]  # with lanes: 4 per lane
     results = anyio.run(run_requests, engine, requests)
-    assert engine.scheduler.preemptions > 0
+    assert all(core.scheduler.preemptions > 0 for core in cores(engine))
     for i, (prompt, n) in enumerate(requests):
         assert results[i] == (expected_tokens(prompt, n), "length")
     assert_idle(engine)
@@ -143,16 +160,18 @@ def test_max_batch_one_runs_requests_in_arrival_order():
     assert all(n == 1 for n_tok, n in model.steps)  # never two sequences in one step
 
 
-def test_queue_limit_and_context_errors():
-    engine = AsyncEngine(FakeModel(n_ctx=64), FakeTokenizer(), max_batch=1, max_queue=2)
+@pytest.mark.parametrize("lanes", [False, True])
+def test_queue_limit_and_context_errors(lanes):
+    engine = AsyncEngine(fake_model(lanes, n_ctx=64), FakeTokenizer(), max_batch=1, max_queue=2)
     engine.submit([1, 2], SamplingParams(max_tokens=2))
     engine.submit([1, 2], SamplingParams(max_tokens=2))
     with pytest.raises(QueueFullError):
         engine.submit([1, 2], SamplingParams(max_tokens=2))
     with pytest.raises(ContextLengthError, match="context"):
-        AsyncEngine(FakeModel(n_ctx=64), FakeTokenizer()).submit([1] * 60, SamplingParams(max_tokens=10))
+        AsyncEngine(fake_model(lanes, n_ctx=64), FakeTokenizer()).submit([1] * 60, SamplingParams(max_tokens=10))
     with pytest.raises(ContextLengthError, match="KV cache"):
-        AsyncEngine(FakeModel(n_kv_blocks=4, block_size=4), FakeTokenizer()).submit([1] * 20, SamplingParams(max_tokens=4))
+        AsyncEngine(fake_model(lanes, n_kv_blocks=4, block_size=4), FakeTokenizer()).submit(
+            [1] * 20, SamplingParams(max_tokens=4))
 
 
 def test_one_sequence_at_a_time_can_use_the_whole_kv_cache():
@@ -227,9 +246,10 @@ def _run_with_loop(engine: AsyncEngine, *jobs):
 
 @pytest.mark.parametrize("bad", [dict(temperature=1e-308), dict(temperature=1.0, repetition_penalty=5e-324),
                                  dict(temperature=1e-300, top_p=0.5, min_p=0.9)])
-def test_extreme_sampling_values_neither_fail_nor_stop_the_engine(bad):
+@pytest.mark.parametrize("lanes", [False, True])
+def test_extreme_sampling_values_neither_fail_nor_stop_the_engine(bad, lanes):
     """Issue 15, first defect: NaN probabilities ended the engine loop for every request."""
-    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=2)
+    engine = AsyncEngine(fake_model(lanes), FakeTokenizer(), max_batch=2)
     results = _run_with_loop(engine, ([1, 2, 3], SamplingParams(max_tokens=4, **bad)),
                              ([4, 5], SamplingParams(max_tokens=5)))
     assert results[0][1].finish_reason == "length" and len(results[0][0]) == 4
@@ -238,9 +258,10 @@ def test_extreme_sampling_values_neither_fail_nor_stop_the_engine(bad):
     assert_idle(engine)
 
 
-def test_one_requests_failure_is_its_own(monkeypatch):
+@pytest.mark.parametrize("lanes", [False, True])
+def test_one_requests_failure_is_its_own(monkeypatch, lanes):
     """A request whose sampling raises ends with an error; the others finish; the engine goes on."""
-    engine = AsyncEngine(FakeModel(), FakeTokenizer(), max_batch=3)
+    engine = AsyncEngine(fake_model(lanes), FakeTokenizer(), max_batch=3)
     original = engine.submit
 
     def submit(prompt, params, request_id=None):
@@ -289,10 +310,11 @@ def test_a_broken_loop_says_so_and_refuses_new_requests(monkeypatch):
         engine.submit([1], SamplingParams(max_tokens=1))
 
 
-def test_drain_lets_running_requests_finish_then_ends_the_rest():
+@pytest.mark.parametrize("lanes", [False, True])
+def test_drain_lets_running_requests_finish_then_ends_the_rest(lanes):
     """SIGTERM's path: new requests are refused at once, short ones finish, the rest end with "abort"
     and a last delta (so their streams close properly)."""
-    engine = AsyncEngine(FakeModel(n_ctx=4096, n_kv_blocks=1100), FakeTokenizer(), max_batch=2)
+    engine = AsyncEngine(fake_model(lanes, n_ctx=4096, n_kv_blocks=1100), FakeTokenizer(), max_batch=2)
     results = {}
 
     async def main():
@@ -350,15 +372,15 @@ def _repetitive_prompt(rng: random.Random) -> list[int]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n_reqs=st.integers(1, 6), max_batch=st.integers(1, 4), n_blocks=st.integers(20, 60),
-       step_tokens=st.integers(8, 40), seed=st.integers(0, 10_000))
-def test_speculation_changes_nothing_but_speed(n_reqs, max_batch, n_blocks, step_tokens, seed):
+       step_tokens=st.integers(8, 40), seed=st.integers(0, 10_000), lanes=st.booleans())
+def test_speculation_changes_nothing_but_speed(n_reqs, max_batch, n_blocks, step_tokens, seed, lanes):
     """With prompt-lookup drafts verified in the step, every output equals the model's own greedy
     continuation (the fake model reads each drafted position back through the block table, so a
     wrong rollback changes the output), the block invariants hold after every delta, and at idle
     every block is free, exactly as without speculation."""
     rng = random.Random(seed)
     requests = [(_repetitive_prompt(rng), rng.randint(1, 24)) for _ in range(n_reqs)]
-    model = FakeModel(n_kv_blocks=n_blocks, block_size=4, max_step_tokens=64, max_out_rows=64)
+    model = fake_model(lanes, n_kv_blocks=n_blocks, block_size=4, max_step_tokens=64, max_out_rows=64)
     engine = AsyncEngine(model, FakeTokenizer(), max_batch=max_batch, max_step_tokens=step_tokens, speculative=True)
     requests = [(p, n) for p, n in requests if len(p) + n <= (n_blocks - engine.blocks.watermark_blocks) * 4]
     results = anyio.run(run_requests, engine, requests)
