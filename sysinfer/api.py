@@ -51,6 +51,7 @@ class ServerState:
         self.model = self.tokenizer = self.engine = self.draft = None
         self.model_name = config.model_name or "sysinfer"
         self.load_error: str | None = None
+        self.on_load_error = None        # set by `sysinfer serve`: stop the server (the CLI exits non-zero)
         self.address_known = True        # config's host/port are where uvicorn listens (see create_app)
         self.metrics = Metrics()
         self.draining = False            # SIGTERM received: finishing what runs, refusing new requests
@@ -80,6 +81,8 @@ async def _load_and_run(state: ServerState) -> None:
     except Exception as e:  # reported by /health; the process stays up to say why
         state.load_error = f"{type(e).__name__}: {str(e)[:1000]}"
         print(f"sysinfer: model failed to load: {state.load_error}", flush=True)
+        if state.on_load_error is not None:
+            state.on_load_error()
         return
     cfg = state.config
     state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
@@ -169,8 +172,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @_guarded(state)
     async def models(request: Request):
         _check_key(state, request)
-        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(),
-                                            "owned_by": "sysinfer"}]}
+        listed = [{"id": state.model_name, "object": "model", "created": now(), "owned_by": "sysinfer"}]
+        return {"object": "list", "data": listed if state.ready else []}  # none while loading or failed
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions", include_in_schema=False)
@@ -314,7 +317,7 @@ def _refuse_while_draining(state: ServerState) -> None:
 
 def _not_ready_message(state: ServerState) -> str:
     if state.load_error:
-        return "the model failed to load"
+        return f"the model failed to load: {state.load_error}"
     if state.engine is None:
         return "the model is still loading"
     return "the engine has stopped after an internal error"

@@ -4,9 +4,13 @@ deployment's invocation."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import socket
 import sys
 import time
 
+from . import limits
+from .config import ServerConfig
 from .model.model_file import ModelLoadError
 
 MODEL_HELP = "GGUF file (default: the bundled SmolLM2-135M-Instruct)"
@@ -28,6 +32,29 @@ def _run(func, args: argparse.Namespace, prog: str) -> int:
     except (ModelLoadError, FileNotFoundError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+
+
+def bounded(kind: type, name: str):
+    """An argparse type: `kind` within limits.BOUNDS[name], so a bad value is an argument error that
+    names the flag as typed (`argument --port: must be between 1 and 65535, got 99999`) before
+    anything starts, with the same range the config enforces."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        problem = limits.problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def default_of(field: str):
+    """ServerConfig's default for a field, for help texts: the one home of every default."""
+    return next(f.default for f in dataclasses.fields(ServerConfig) if f.name == field)
 
 
 def _human_bytes(n: float) -> str:
@@ -101,7 +128,6 @@ def _numa_rows(mf, threads: int | None, numa: str | None) -> list[tuple[str, str
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .config import ServerConfig
     from .engine.lanes import make_core
     from .engine.sampling import SamplingParams
     from .startup import load_serving_model
@@ -147,7 +173,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
-    from .config import ServerConfig
 
     cfg = ServerConfig.from_env(
         model=args.model, model_name=args.model_name, host=args.host, port=args.port, threads=args.threads,
@@ -158,9 +183,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         speculative=args.speculative, numa=args.numa, draft_model=args.draft_model,
         draft_lookup=False if args.no_draft_lookup else None)
     _warn_if_exposed(cfg)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=args.log_level,
-                timeout_graceful_shutdown=cfg.drain_seconds + 2)  # the engine ends its streams first
+    try:  # bound before anything starts: a port in use ends here, with no "serving" announced
+        sock = bind_socket(cfg.host, cfg.port)
+    except OSError as e:
+        print(f"sysinfer: error: could not bind {cfg.host} port {cfg.port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    app = create_app(cfg)
+    state = app.state.sysinfer
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level,
+                                           timeout_graceful_shutdown=cfg.drain_seconds + 2))  # the engine ends its streams first
+    # A model that can't load ends `sysinfer serve` (systemd's Restart=, a person at a terminal);
+    # `uvicorn sysinfer.api:app` stays up instead and reports it on /health for its orchestrator.
+    state.on_load_error = lambda: setattr(server, "should_exit", True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if state.load_error:
+        print(f"sysinfer: error: the model could not be loaded: {state.load_error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on host:port (raises OSError: in use, no such address...)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart over TIME_WAIT
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _warn_if_exposed(cfg) -> None:
@@ -206,28 +262,39 @@ def add_speculative_argument(p: argparse.ArgumentParser, default: str | None = N
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    d = default_of
     p.add_argument("model", nargs="?", help=MODEL_HELP)
-    p.add_argument("-t", "--temperature", type=float, help="default temperature (0 = greedy, the default)")
-    p.add_argument("-n", "--max-tokens", type=int, help="default max tokens per reply (4096)")
-    p.add_argument("--host", help="address to listen on (127.0.0.1; 0.0.0.0 = every interface)")
-    p.add_argument("--port", type=int, help="port (7860)")
-    p.add_argument("--threads", type=int, help="compute threads (default: OMP_NUM_THREADS, else all CPUs)")
-    p.add_argument("--max-batch", type=int, help="sequences decoded together (1 = single batch, the default)")
-    p.add_argument("--max-queue", type=int, help="sequences allowed to wait (a request with n choices takes n); beyond it: HTTP 429 (256)")
-    p.add_argument("--ctx-size", type=int, help="context length per sequence (4096, at most the model's)")
-    p.add_argument("--kv-blocks", type=int, help="KV cache size in blocks of 16 tokens")
-    p.add_argument("--kv-cache-gb", type=float, help="KV cache size in GiB")
+    p.add_argument("-t", "--temperature", type=bounded(float, "temperature"),
+                   help=f"default temperature (0 = greedy; default {d('temperature'):g})")
+    p.add_argument("-n", "--max-tokens", type=bounded(int, "max_tokens"),
+                   help=f"default max tokens per reply (default {d('max_tokens')})")
+    p.add_argument("--host", help=f"address to listen on (default {d('host')}; 0.0.0.0 = every interface)")
+    p.add_argument("--port", type=bounded(int, "port"), help=f"port (default {d('port')})")
+    p.add_argument("--threads", type=bounded(int, "threads"),
+                   help="compute threads (default: OMP_NUM_THREADS, else all CPUs)")
+    p.add_argument("--max-batch", type=bounded(int, "max_batch"),
+                   help=f"sequences decoded together (default {d('max_batch')}: single batch)")
+    p.add_argument("--max-queue", type=bounded(int, "max_queue"),
+                   help=f"sequences allowed to wait; beyond it: HTTP 429 (default {d('max_queue')})")
+    p.add_argument("--ctx-size", type=bounded(int, "ctx_size"),
+                   help=f"context length per sequence (default {d('ctx_size')}, at most the model's)")
+    p.add_argument("--kv-blocks", type=bounded(int, "kv_blocks"),
+                   help=f"KV cache size in blocks of {d('block_size')} tokens")
+    p.add_argument("--kv-cache-gb", type=bounded(float, "kv_cache_gb"), help="KV cache size in GiB")
     p.add_argument("--no-prefix-cache", action="store_true", help="don't reuse cached prompt prefixes")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY")
     add_numa_argument(p)
     p.add_argument("--model-name", help="model id reported by /v1/models (default: the file name)")
     add_speculative_argument(p)
-    p.add_argument("--request-timeout", type=float,
-                   help="seconds a request may take, queued and running; then it ends as at max_tokens (1800)")
-    p.add_argument("--stall-timeout", type=float,
-                   help="seconds a streaming client may leave tokens unread before it is dropped (60)")
-    p.add_argument("--drain-seconds", type=float,
-                   help="on SIGTERM, seconds running requests may go on before they are ended (8)")
+    p.add_argument("--request-timeout", type=bounded(float, "request_timeout"),
+                   help="seconds a request may take, queued and running; then it ends as at max_tokens "
+                        f"(default {d('request_timeout'):g})")
+    p.add_argument("--stall-timeout", type=bounded(float, "stall_timeout"),
+                   help="seconds a streaming client may leave tokens unread before it is dropped "
+                        f"(default {d('stall_timeout'):g})")
+    p.add_argument("--drain-seconds", type=bounded(float, "drain_seconds"),
+                   help=f"on SIGTERM, seconds running requests may go on before they are ended "
+                        f"(default {d('drain_seconds'):g})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -242,7 +309,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .bench import format_table, run_bench, write_outputs
-    from .config import ServerConfig
     from .startup import load_serving_model
 
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
@@ -262,10 +328,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .model.synth_presets import synth_like
+    from .model.synth_presets import describe_types, synth_like, synth_spec
 
     synth_like(args.like, args.output, quant=args.quant, seed=args.seed)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}: {args.like} shapes, random weights; {describe_types(synth_spec(args.like, args.quant))}")
     return 0
 
 
@@ -275,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a GGUF model and the kernels this CPU runs")
     p.add_argument("model", nargs="?", help=MODEL_HELP)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=bounded(int, "threads"))
     add_numa_argument(p)
     p.set_defaults(func=cmd_info)
 
@@ -284,14 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", "-p", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system message (with --chat)")
-    p.add_argument("-n", "--max-tokens", type=int, default=256)
-    p.add_argument("-t", "--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("-n", "--max-tokens", type=bounded(int, "max_tokens"), default=limits.GENERATE_MAX_TOKENS,
+                   help="stop after this many tokens (default %(default)s; the server's default is "
+                        f"{default_of('max_tokens')})")
+    p.add_argument("-t", "--temperature", type=bounded(float, "temperature"), default=0.0,
+                   help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--ctx-size", type=int, default=4096)
+    p.add_argument("--threads", type=bounded(int, "threads"))
+    p.add_argument("--ctx-size", type=bounded(int, "ctx_size"), default=default_of("ctx_size"),
+                   help="context length (default %(default)s)")
     add_speculative_argument(p, default="auto")
     add_numa_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
@@ -304,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="tokens/s against input+output length (the reference table)")
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--lengths", default="32,64,128,256,512,1024,2048,4096", help="total lengths L (L/2 in, L/2 out)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=bounded(int, "threads"))
     p.add_argument("--json", help="write the results as JSON")
     add_numa_argument(p)
     p.add_argument("--plot", help="write a PNG plot (matplotlib)")
@@ -312,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a random-weight GGUF with a real model's exact shapes")
     p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b"])
-    p.add_argument("--quant", default="q4_0", choices=["q4_0", "q4_1", "q8_0"])
+    p.add_argument("--quant", choices=["q4_0", "q4_1", "q8_0"],
+                   help="the matrices' type (default: the real file's: q4_1 for smollm2-135m, q4_0 for the others)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_synth)

@@ -11,13 +11,11 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .engine.sampling import MAX_TEMPERATURE
+from . import limits
+from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
+                     NUMA_MODES)
 
-DEFAULT_PORT = 7860  # the reference deployment's port
-DEFAULT_BLOCK_SIZE = 16  # tokens per KV block
-# Prompt tokens per step (chunked prefill). It sizes the step buffers: 256 kept the 8B server 31 MiB
-# over file + KV + 300 MB; `sysinfer bench` uses 512 (BENCH_STEP_TOKENS) for prefill figures.
-DEFAULT_MAX_STEP_TOKENS = 256
+__all__ = ["ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
 
 
 @dataclass
@@ -29,7 +27,7 @@ class ServerConfig:
     threads: int | None = None
     ctx_size: int = 4096
     max_batch: int = 1                # single batch by default, as the reference deployment
-    max_queue: int = 256
+    max_queue: int = DEFAULT_MAX_QUEUE
     kv_blocks: int | None = None
     kv_cache_gb: float | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
@@ -39,7 +37,7 @@ class ServerConfig:
     draft_model: str | None = None    # GGUF of a small model with the same vocabulary: drafts where prompt lookup finds none
     draft_lookup: bool = True         # with draft_model: prompt lookup first (False: the model drafts every time)
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
-    max_tokens: int = 4096            # default max tokens per reply (the reference's -n 4096)
+    max_tokens: int = DEFAULT_MAX_TOKENS  # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout: float = 1800.0   # seconds one request may run (queued + generating); then it ends
@@ -49,22 +47,10 @@ class ServerConfig:
     numa: str | None = None           # auto | tp | replicate | off (sysinfer/topology.py); None = auto
 
     def validate(self) -> "ServerConfig":
-        for name in ("port", "ctx_size", "max_batch", "max_queue", "block_size", "max_step_tokens", "max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
-        if self.kv_blocks is not None and self.kv_blocks < 1:
-            raise ValueError(f"kv_blocks must be at least 1, got {self.kv_blocks}")
-        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
-        for name in ("request_timeout", "body_timeout", "stall_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
-        if not 0 <= self.drain_seconds <= 3600:
-            raise ValueError(f"drain_seconds must be between 0 and 3600, got {self.drain_seconds}")
+        for name in limits.BOUNDS:  # the ranges the CLI's flags check too (limits.py)
+            limits.check(name, getattr(self, name))
         self.speculative = _speculative_mode(self.speculative)
-        if self.numa is not None and self.numa not in ("auto", "tp", "replicate", "off"):
+        if self.numa is not None and self.numa not in NUMA_MODES:
             raise ValueError(f"numa must be auto, tp, replicate or off, got {self.numa!r}")
         if self.draft_model is not None:
             if not self.speculation:

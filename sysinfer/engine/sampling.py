@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]; one bound for requests, defaults and the CLI
-MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values is [-100, 100]
-MAX_LOGPROBS = 20       # top log probabilities per token (OpenAI's top_logprobs limit)
+from ..limits import GENERATE_MAX_TOKENS, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_TEMPERATURE  # noqa: F401 (re-exported)
+
 _LOGIT_LIMIT = 1e300  # penalised logits are clipped to +-this (float64), so no inf or NaN reaches softmax
 
 
@@ -51,7 +50,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
-    max_tokens: int = 256
+    max_tokens: int = GENERATE_MAX_TOKENS  # the server always passes its own (--max-tokens)
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False

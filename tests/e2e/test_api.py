@@ -266,6 +266,9 @@ def test_health_is_503_while_no_model_is_ready(tmp_path):
         assert r is not None and r.status_code == 503 and "corrupt or truncated" in r.json()["error"]
         c = httpx.post(base + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
         assert c.status_code == 503 and c.json()["error"]["code"] == "model_not_ready"
+        assert "corrupt or truncated" in c.json()["error"]["message"]  # the reason, not only "failed"
+        assert httpx.get(base + "/v1/models").json()["data"] == []  # no model listed while none is loaded
+        assert proc.poll() is None  # under uvicorn it stays up to report (sysinfer serve exits: test_cli_serve)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

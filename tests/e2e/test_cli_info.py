@@ -57,3 +57,6 @@ def test_synth_writes_a_loadable_shape(tmp_path):
     real, synth = read_model_file(smollm2_q4_1()), read_model_file(str(path))
     assert synth.hparams.n_layer == real.hparams.n_layer and synth.hparams.n_vocab == real.hparams.n_vocab
     assert {n: t.shape for n, t in synth.tensors.items()} == {n: t.shape for n, t in real.tensors.items()}
+    # and the real file's types (it wrote Q4_0 matrices while the README promised "exact types")
+    assert {n: t.type for n, t in synth.tensors.items()} == {n: t.type for n, t in real.tensors.items()}
+    assert "Q4_1 matrices, Q8_0 embeddings, output tied to the embeddings" in out.stdout
