@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .template_worker import ChatTemplateError, render_here, render_isolated
@@ -49,9 +50,58 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+def _tojson(value, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False) -> str:
+    """`tojson` as Hugging Face's renderer defines it (the one the templates were written for): keys in
+    their order, non-ASCII kept, no HTML escapes. jinja2's own sorts keys and writes `<` as `\\u003c`,
+    which would change every tool list a Qwen template renders."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+class _TemplateDict:
+    """`dict(...)` / `dict.fromkeys(...)` in a template, without the class itself (no attribute escapes)."""
+
+    def __call__(self, *args, **kwargs):
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args, **kwargs):
+        return dict.fromkeys(*args, **kwargs)
+
+
+@lru_cache(maxsize=1)
+def _namespace_class():
+    from jinja2.exceptions import SecurityError
+    from jinja2.utils import Namespace
+
+    def check(name) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise SecurityError(f"a namespace attribute may not start with '_' (got {name!r})")
+
+    class TemplateNamespace(Namespace):
+        """jinja2's namespace(), refusing underscore attribute names (as Hugging Face's renderer does)."""
+
+        def __init__(*args, **kwargs):  # jinja2's signature trick: `self` may be an attribute name too
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                check(name)
+            Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            check(name)
+            Namespace.__setitem__(self, name, value)
+
+    return TemplateNamespace
+
+
 def template_globals() -> dict:
     """The functions a template may call besides jinja2's own (as Hugging Face's renderer offers)."""
-    return {"raise_exception": _raise_exception, "strftime_now": _strftime_now}
+    return {"raise_exception": _raise_exception, "strftime_now": _strftime_now, "dict": _TemplateDict(),
+            "namespace": _namespace_class()}
+
+
+def template_filters() -> dict:
+    """Filters that replace jinja2's own, as Hugging Face's renderer replaces them."""
+    return {"tojson": _tojson}
 
 
 def template_source(tok: "Tokenizer") -> str:
@@ -64,7 +114,10 @@ def template_source(tok: "Tokenizer") -> str:
 
 # Kept when present: tool turns for templates that render them, and an assistant turn's reasoning
 # (Qwen3's template writes `reasoning_content` of the turns after the last user query).
-_KEPT_KEYS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
+_KEPT_KEYS = ("tool_calls", "tool_call_id", "name")
+# An assistant turn's reasoning, under the names clients use; a template sees it as both
+# `reasoning_content` (Qwen3, DeepSeek) and `thinking` (gpt-oss), as Hugging Face's renderer shows it.
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 # What _render itself passes; extra template variables may not replace them.
 RESERVED_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
 
@@ -89,7 +142,13 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
             content = ""
         if not isinstance(content, str):
             raise ChatTemplateError(f"messages[{i}].content must be a string or a list of text parts")
-        out.append({"role": m["role"], "content": content, **{k: m[k] for k in _KEPT_KEYS if m.get(k) is not None}})
+        message = {"role": m["role"], "content": content, **{k: m[k] for k in _KEPT_KEYS if m.get(k) is not None}}
+        reasoning = next((m[k] for k in _REASONING_KEYS if m.get(k) is not None), None)
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise ChatTemplateError(f"messages[{i}].reasoning_content must be a string")
+            message.update(reasoning_content=reasoning, thinking=reasoning)
+        out.append(message)
     return out
 
 
@@ -166,6 +225,15 @@ def _escaped(marker: str) -> str:
     return "\\u%04x" % ord(marker)
 
 
+_REPLY_TEXT_KEYS = ("content", *_REASONING_KEYS)
+
+
+def _breaker(specials: list[str], marker: str):
+    """text -> text with marker inserted after the first character of every special-token string."""
+    pattern = re.compile("|".join(re.escape(s) for s in specials))
+    return lambda text: pattern.sub(lambda m: m.group(0)[0] + marker + m.group(0)[1:], text)
+
+
 def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool = True,
                    tools: list | None = None, *, variables: Mapping[str, Any] | None = None) -> list[int]:
     """`tools` (OpenAI function definitions) go to the template, for templates that render them;
@@ -176,10 +244,19 @@ def chat_token_ids(tok: "Tokenizer", messages: list[dict], add_generation_prompt
     specials = sorted(tok.special_tokens, key=len, reverse=True)
     marker = _pick_marker(messages, tools, variables)
     if specials:
-        pattern = re.compile("|".join(re.escape(s) for s in specials))
-        broken = lambda text: pattern.sub(lambda m: m.group(0)[0] + marker + m.group(0)[1:], text)  # noqa: E731
-        # every string the client wrote: contents, tool calls' arguments, tool definitions
-        messages = [{k: (v if k == "role" else _map_strings(v, broken)) for k, v in m.items()} for m in messages]
+        broken = _breaker(specials, marker)
+        # An assistant turn's own markup (`<think>`, `</think>`, `<tool_call>`: user-defined tokens) stays
+        # whole, as the model wrote it: templates cut earlier turns' reasoning at `</think>` (Qwen3,
+        # DeepSeek-R1). The control tokens that frame turns are broken there too.
+        control = [t for t in specials if tok.is_control(tok.special_tokens[t])]
+        broken_in_reply = _breaker(control, marker) if control else (lambda text: text)
+
+        def fix(m: dict) -> dict:  # every string the client wrote: contents, tool calls' arguments
+            reply = m["role"] == "assistant"
+            return {k: v if k == "role" else _map_strings(v, broken_in_reply if reply and k in _REPLY_TEXT_KEYS else broken)
+                    for k, v in m.items()}
+
+        messages = [fix(m) for m in messages]
         tools = _map_strings(tools, broken) if tools else tools
         variables = {k: _map_strings(v, broken) for k, v in variables.items()}
     rendered = _render(tok, messages, add_generation_prompt, tools, variables)

@@ -39,10 +39,13 @@ class ChatTemplateError(ValueError):
 def _environment():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from .chat_template import template_globals
+    from .chat_template import template_filters, template_globals
 
+    # Hugging Face's rendering environment, which the templates are written for (and tested against:
+    # tests/unit/test_chat_template_real.py renders real templates with transformers too).
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
+    env.filters.update(template_filters())
     env.globals.update(template_globals())
     return env
 

@@ -146,6 +146,10 @@ class Tokenizer(ABC):
     def is_special(self, token_id: int) -> bool:
         return self.token_types[token_id] in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)
 
+    def is_control(self, token_id: int) -> bool:
+        """A control token (`<|im_start|>`, `<|eot_id|>`): frames turns; user-defined ones (`<think>`) don't."""
+        return self.token_types[token_id] == TOKEN_TYPE_CONTROL
+
     def decode_bytes(self, ids, *, skip_special: bool = False) -> bytes:
         return b"".join(self.token_bytes(i) for i in ids
                         if not (skip_special and self.token_types[i] == TOKEN_TYPE_CONTROL))
