@@ -15,6 +15,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+import regex
+
 from .tokenizer import TOKEN_TYPE_CONTROL, Tokenizer, TokenizerError
 
 SPACE = "\u2581"
@@ -27,59 +29,29 @@ _WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u
                         "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
-def _is_cjk(c: str) -> bool:
-    cp = ord(c)
-    return any(a <= cp <= b for a, b in _CJK)
-
-
-def _is_control(c: str) -> bool:
-    return c not in "\t\n\r" and unicodedata.category(c).startswith("C")
-
-
-def _is_punctuation(c: str) -> bool:
-    cp = ord(c)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:  # ASCII punctuation and symbols
-        return True
-    return unicodedata.category(c).startswith("P")
+_CJK_CLASS = "".join(f"{chr(a)}-{chr(b)}" for a, b in _CJK)
+# The whole pipeline as C-speed regular expressions (the `regex` module has the Unicode classes):
+_DROP = regex.compile(r"[\x00\ufffd]|(?![\t\n\r])\p{C}")   # NUL, U+FFFD, control/format/unassigned
+_SPACES = regex.compile("[" + "".join(sorted(_WHITESPACE)) + "]")
+_CJK_CHAR = regex.compile(f"([{_CJK_CLASS}])")
+_MARKS = regex.compile(r"\p{Mn}")
+# ASCII punctuation and symbols (BERT counts $ + < = > ^ ` | ~ too) and every Unicode punctuation
+_PUNCT = r"!-/:-@\[-`{-~\p{P}"
+_WORD = regex.compile(f"[{_PUNCT}]|[^{_PUNCT}" + "".join(sorted(_WHITESPACE)) + "]+")
 
 
 def normalize(text: str, lowercase: bool = True) -> str:
     """BertNormalizer: clean, CJK padding, accents stripped and lowercased (uncased models)."""
-    out = []
-    for c in text:
-        if c == "\x00" or c == "\ufffd" or _is_control(c):
-            continue
-        if c in _WHITESPACE:
-            out.append(" ")
-        elif _is_cjk(c):
-            out.append(f" {c} ")
-        else:
-            out.append(c)
-    text = "".join(out)
+    text = _SPACES.sub(" ", _DROP.sub("", text))
+    text = _CJK_CHAR.sub(r" \1 ", text)
     if lowercase:
-        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-        text = text.lower()
+        text = _MARKS.sub("", unicodedata.normalize("NFD", text)).lower()
     return text
 
 
 def words(text: str) -> list[str]:
     """BertPreTokenizer: whitespace-separated words, each punctuation character alone."""
-    result, current = [], []
-    for c in text:
-        if c in _WHITESPACE:
-            if current:
-                result.append("".join(current))
-                current = []
-        elif _is_punctuation(c):
-            if current:
-                result.append("".join(current))
-                current = []
-            result.append(c)
-        else:
-            current.append(c)
-    if current:
-        result.append("".join(current))
-    return result
+    return _WORD.findall(text)
 
 
 class WordPieceTokenizer(Tokenizer):
