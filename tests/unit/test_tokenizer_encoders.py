@@ -147,3 +147,28 @@ def test_unigram_bad_charsmap_is_a_load_error(unigram):
     for bad in ("nfkc", [1.5, 2.5], [300, 1]):
         with pytest.raises(ModelLoadError, match="precompiled_charsmap"):
             Tokenizer.from_metadata({**meta, "tokenizer.ggml.precompiled_charsmap": bad})
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"tokenizer.ggml.token_type": "drop [UNK]"}, "unknown token"),
+    ({"tokenizer.ggml.cls_token_id": 10**6}, "cls_token_id"),
+])
+def test_bad_wordpiece_metadata_is_a_load_error(bert, change, reason):
+    meta = read_gguf_header(bert_vocab_model())
+    if change.get("tokenizer.ggml.token_type") == "drop [UNK]":
+        tokens = list(meta["tokenizer.ggml.tokens"])
+        tokens[tokens.index("[UNK]")] = "[NOT-UNK]"
+        change = {"tokenizer.ggml.tokens": tokens}
+        meta.pop("tokenizer.ggml.unknown_token_id")
+    with pytest.raises(ModelLoadError, match=reason):
+        Tokenizer.from_metadata({**meta, **change})
+
+
+def test_bad_unigram_metadata_is_a_load_error(unigram):
+    meta = read_gguf_header(unigram_trained_model()[1])
+    no_unknown = [1 if t == 2 else t for t in meta["tokenizer.ggml.token_type"]]
+    for change, reason in (({"tokenizer.ggml.scores": meta["tokenizer.ggml.scores"][:-1]}, "differ in length"),
+                           ({"tokenizer.ggml.token_type": no_unknown}, "unknown piece"),
+                           ({"tokenizer.ggml.scores": None}, "tokenizer.ggml.scores")):
+        with pytest.raises(ModelLoadError, match=reason):
+            Tokenizer.from_metadata({**meta, **change})
