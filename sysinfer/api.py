@@ -34,7 +34,6 @@ from .structured.constraints import ConstraintError, compile_constraint, from_re
 from .web import chat_page, page_url
 
 log = logging.getLogger("sysinfer.api")
-DRAIN_SECONDS = 8.0  # default of --drain-seconds / SYSINFER_DRAIN_SECONDS (ServerConfig.drain_seconds)
 RETRY_AFTER_SECONDS = "5"  # on 503s: loading, draining (a balancer retries elsewhere), stopped
 
 
@@ -85,10 +84,7 @@ async def _load_and_run(state: ServerState) -> None:
             state.on_load_error()
         return
     cfg = state.config
-    state.engine = AsyncEngine(state.model, state.tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
-                               enable_prefix_cache=cfg.prefix_cache, request_timeout=cfg.request_timeout,
-                               stall_timeout=cfg.stall_timeout, speculative=cfg.speculation, draft_model=state.draft,
-                               lookup_first=cfg.draft_lookup)
+    state.engine = AsyncEngine(state.model, state.tokenizer, cfg.engine_config(), draft_model=state.draft)
     # The address is known only when sysinfer's CLI started uvicorn with this config; `uvicorn
     # sysinfer.api:app --port N` binds where its own flags say (its "Uvicorn running on" line).
     where = (f"on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}" if state.address_known

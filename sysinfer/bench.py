@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import _native
+from .config import EngineConfig
 from .engine.llm_engine import LLMEngine
 from .engine.sampling import SamplingParams
 from .model.native_model import LoadedModel
@@ -48,7 +49,7 @@ def read_bandwidth_gbs(threads: int, *, mib: int = 1024, repeats: int = 3) -> fl
 def bench_engine(model: LoadedModel, tokenizer) -> LLMEngine:
     """A single-sequence engine for timing, as `sysinfer serve` runs by default, but without the prefix
     cache (prompts of different lengths share a random start, which must be computed every time)."""
-    return LLMEngine(model, tokenizer, max_batch=1, enable_prefix_cache=False)
+    return LLMEngine(model, tokenizer, EngineConfig(max_batch=1, enable_prefix_cache=False))
 
 
 def time_request(engine: LLMEngine, prompt_n: int, gen_n: int, seed: int = 0) -> tuple[float, float]:

@@ -135,7 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens, stop=args.stop or [])
     cfg = ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size, speculative=args.speculative,
-                       numa=args.numa, draft_model=args.draft_model).validate()
+                       numa=args.numa, draft_model=args.draft_model, draft_lookup=not args.no_draft_lookup).validate()
     loaded = load_serving_model(cfg, progress=args.verbose)
     tokenizer = loaded.tokenizer
     if args.chat:
@@ -145,8 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos)
     cfg_speculation = cfg.speculation  # max_batch 1 here
-    engine = make_core(loaded.model, tokenizer, speculative=cfg_speculation, draft_model=loaded.draft,
-                       lookup_first=not args.no_draft_lookup)
+    engine = make_core(loaded.model, tokenizer, cfg.engine_config(), draft_model=loaded.draft)
     start = time.perf_counter()
     first = last = None
     for delta in engine.generate(prompt_ids, params):
@@ -236,7 +235,7 @@ def _warn_if_exposed(cfg) -> None:
 
 
 def add_numa_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--numa", choices=["auto", "tp", "replicate", "off"],
+    p.add_argument("--numa", choices=limits.NUMA_MODES,
                    help="NUMA: tp = each node holds a slice of every layer (default when the threads span "
                         "several nodes), replicate = a whole copy per node, each serving its own sequences "
                         "(throughput at many concurrent requests), off = one node; env SYSINFER_NUMA")

@@ -8,14 +8,42 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from . import limits
 from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
                      NUMA_MODES)
 
-__all__ = ["ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
+__all__ = ["EngineConfig", "ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
+
+# The draft model's two conditions, checked at start-up (ServerConfig.validate) and by the engine.
+DRAFT_NEEDS_SPECULATION = "draft_model needs speculative decoding"
+DRAFT_WITH_REPLICATE = "draft_model is not supported with numa replicate (each lane would need its own copy)"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs of the settings, built once from ServerConfig (engine_config()) and
+    passed whole: AsyncEngine -> make_core -> Lanes -> LLMEngine. Tests and tools build one directly
+    (or pass its fields as keywords: `AsyncEngine(model, tok, max_batch=4)`)."""
+    max_batch: int = 1                  # sequences decoded together
+    max_step_tokens: int | None = None  # tokens per step; None: the model's (what its buffers were sized for)
+    enable_prefix_cache: bool = True
+    speculative: bool = False           # draft and verify (resolved: ServerConfig.speculation)
+    lookup_first: bool = True           # with a draft model: prompt lookup first
+    max_queue: int = DEFAULT_MAX_QUEUE  # sequences allowed to wait
+    request_timeout: float = math.inf   # seconds one request may live, queued and running
+    stall_timeout: float = math.inf     # seconds a streaming client may leave its deltas unread
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_step_tokens", "max_queue", "request_timeout", "stall_timeout"):
+            limits.check(name, getattr(self, name))
+
+    @classmethod
+    def with_fields(cls, config: "EngineConfig | None", fields: dict[str, Any]) -> "EngineConfig":
+        """config (default: the defaults) with some fields replaced; an unknown name is a TypeError."""
+        return replace(config or cls(), **fields) if fields else (config or cls())
 
 
 @dataclass
@@ -54,14 +82,20 @@ class ServerConfig:
             raise ValueError(f"numa must be auto, tp, replicate or off, got {self.numa!r}")
         if self.draft_model is not None:
             if not self.speculation:
-                raise ValueError("draft_model needs speculative decoding: it is off "
+                raise ValueError(f"{DRAFT_NEEDS_SPECULATION}: it is off "
                                  + ("(--no-speculative)" if self.speculative == "off" else
                                     f"at max_batch {self.max_batch} unless --speculative is given"))
             if self.numa == "replicate":
-                raise ValueError("draft_model is not supported with numa replicate")
+                raise ValueError(DRAFT_WITH_REPLICATE)
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty: give a key, or leave it out to serve without one")
         return self
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(max_batch=self.max_batch, max_step_tokens=self.max_step_tokens,
+                            enable_prefix_cache=self.prefix_cache, speculative=self.speculation,
+                            lookup_first=self.draft_lookup, max_queue=self.max_queue,
+                            request_timeout=self.request_timeout, stall_timeout=self.stall_timeout)
 
     @property
     def speculation(self) -> bool:

@@ -20,12 +20,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limits import NUMA_MODES  # one home: the config and the CLI read it too
 from .threads import parse_cpu_list, resolve_threads
 
 log = logging.getLogger("sysinfer.topology")
 
 SYSFS_NODES = "/sys/devices/system/node"
-NUMA_MODES = ("auto", "tp", "replicate", "off")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import AsyncIterator
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..config import EngineConfig
 from .errors import EngineClosedError, QueueFullError, TooManyChoicesError
 from .lanes import make_core
 from .llm_engine import EngineStats, Event
@@ -62,16 +63,13 @@ class _Streams:
 
 
 class AsyncEngine:
-    def __init__(self, model, tokenizer, *, max_batch: int = 1, max_queue: int = 1024,
-                 max_step_tokens: int | None = None, enable_prefix_cache: bool = True,
-                 request_timeout: float = math.inf, stall_timeout: float = math.inf, speculative: bool = False,
-                 draft_model=None, lookup_first: bool = True):
-        self.core = make_core(model, tokenizer, max_batch=max_batch, max_step_tokens=max_step_tokens,
-                              enable_prefix_cache=enable_prefix_cache, speculative=speculative,
-                              draft_model=draft_model, lookup_first=lookup_first)
-        self.max_queue = max_queue
-        self.request_timeout = request_timeout  # a request's whole life, queued and running
-        self.stall_timeout = stall_timeout      # how long a streaming client may stop reading
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, draft_model=None, **fields):
+        """config: the engine's settings, passed whole (fields: some of them replaced, for tests)."""
+        self.config = config = EngineConfig.with_fields(config, fields)
+        self.core = make_core(model, tokenizer, config, draft_model=draft_model)
+        self.max_queue = config.max_queue
+        self.request_timeout = config.request_timeout  # a request's whole life, queued and running
+        self.stall_timeout = config.stall_timeout      # how long a streaming client may stop reading
         self.streams: dict[str, _Streams] = {}  # by request id of every sequence not yet finished
         self.requests: dict[str, _Streams] = {}  # by choice 0's request id, until every choice finished
         self.failure: str | None = None  # set when the loop itself failed; /health reports it

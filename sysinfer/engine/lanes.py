@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..config import DRAFT_WITH_REPLICATE, EngineConfig
 from . import core
 from .llm_engine import EngineStats, Event, LLMEngine
 from .request_state import Delta
@@ -66,19 +67,25 @@ class _LanesView:
         raise AttributeError(f"{name!r} is per lane: use Lanes.lanes[i]")
 
 
-def make_core(model, tokenizer, **kwargs) -> core.EngineCore:
-    """The engine core for a model: Lanes over a ReplicatedModel's replicas, else one LLMEngine."""
+def make_core(model, tokenizer, config: EngineConfig | None = None, *, draft_model=None,
+              **fields) -> core.EngineCore:
+    """The engine core for a model: Lanes over a ReplicatedModel's replicas, else one LLMEngine.
+    config: passed whole (fields: some of it replaced, for tests)."""
+    config = EngineConfig.with_fields(config, fields)
     replicas = getattr(model, "replicas", None)
-    if replicas and kwargs.get("draft_model") is not None:
-        raise ValueError("a draft model is not supported with --numa replicate (each lane would need its own copy)")
-    return Lanes(replicas, tokenizer, **kwargs) if replicas else LLMEngine(model, tokenizer, **kwargs)
+    if not replicas:
+        return LLMEngine(model, tokenizer, config, draft_model=draft_model)
+    if draft_model is not None:
+        raise ValueError(DRAFT_WITH_REPLICATE)
+    return Lanes(replicas, tokenizer, config)
 
 
 class Lanes:
     """core.EngineCore over one LLMEngine per replica (see the module's docstring)."""
 
-    def __init__(self, models: list, tokenizer, **kwargs):
-        self.lanes = [LLMEngine(m, tokenizer, **kwargs) for m in models]
+    def __init__(self, models: list, tokenizer, config: EngineConfig | None = None, **fields):
+        self.config = config = EngineConfig.with_fields(config, fields)
+        self.lanes = [LLMEngine(m, tokenizer, config) for m in models]
         self.model = models[0]
         self.by_id = ChainMap(*(lane.by_id for lane in self.lanes))  # a live view of every lane's requests
         self.scheduler = _LanesView([lane.scheduler for lane in self.lanes])

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..config import DRAFT_NEEDS_SPECULATION, EngineConfig
 from . import core
 from .block_manager import BlockManager
 from .draft_model import DraftModel
@@ -58,25 +59,26 @@ class EngineStats:
 class LLMEngine:
     """One model's engine core (core.EngineCore): one node, or a tensor-parallel split across nodes."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 1, max_step_tokens: int | None = None,
-                 enable_prefix_cache: bool = True, speculative: bool = False, draft_model=None,
-                 lookup_first: bool = True):
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, draft_model=None, **fields):
+        """config: the engine's settings, passed whole (fields: some of them replaced, for tests)."""
+        self.config = config = EngineConfig.with_fields(config, fields)
+        max_batch, max_step_tokens, speculative = config.max_batch, config.max_step_tokens, config.speculative
         if max_batch > model.max_out_rows:
             raise ValueError(f"max_batch {max_batch} exceeds the model's logits rows ({model.max_out_rows})")
         self.model, self.tokenizer = model, tokenizer
         # The watermark keeps a little room so a newly admitted sequence isn't preempted at once;
         # with one sequence at a time there is nobody to preempt, and the whole cache is usable.
         watermark = 0.01 if max_batch > 1 else 0.0
-        self.blocks = BlockManager(model.n_kv_blocks, model.block_size, enable_prefix_cache, watermark)
+        self.blocks = BlockManager(model.n_kv_blocks, model.block_size, config.enable_prefix_cache, watermark)
         self.scheduler = Scheduler(self.blocks, max_batch, min(max_step_tokens or model.max_step_tokens,
                                                                 model.max_step_tokens))
         self.runner = ModelRunner(model)
         # Drafted tokens per sequence and step: the logits rows (1 + k per sequence) must fit the model's.
         self.draft_limit = min(K_MAX, model.max_out_rows // max_batch - 1) if speculative else 0
         if draft_model is not None and not self.draft_limit:
-            raise ValueError("a draft model needs speculative decoding on (and logits rows for its drafts)")
+            raise ValueError(f"{DRAFT_NEEDS_SPECULATION} on (and logits rows for its drafts)")
         # Drafts from a small model of the same vocabulary (draft_model.py), else from prompt lookup.
-        self.drafter = DraftModel(draft_model, max_batch, lookup_first) if draft_model is not None else None
+        self.drafter = DraftModel(draft_model, max_batch, config.lookup_first) if draft_model is not None else None
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
         self._mask_thread: ThreadPoolExecutor | None = None  # grammar masks, beside the native step
