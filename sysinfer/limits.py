@@ -22,6 +22,9 @@ MAX_TEMPERATURE = 2.0   # OpenAI's range is [0, 2]; one bound for requests, defa
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values is [-100, 100]
 MAX_LOGPROBS = 20       # top log probabilities per token (OpenAI's top_logprobs limit)
 
+# ---- engine ----
+K_MAX = 8  # speculative tokens drafted per sequence and step at most (sizes the grammar's mask rows too)
+
 
 class Bound:
     """A numeric setting's range: low <= x <= high (or low < x when low_open)."""

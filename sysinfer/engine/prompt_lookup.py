@@ -20,8 +20,9 @@ that owes nothing to its prompt pays at most a dictionary lookup per step and a 
 
 from __future__ import annotations
 
+from ..limits import K_MAX  # noqa: F401 (drafted tokens per step at most; re-exported)
+
 N_MAX, N_MIN = 3, 2  # longest n-gram tried first: a 3-token match predicts better than a 2-token one
-K_MAX = 8            # drafted tokens per step at most
 K_START = 4
 PAUSE_MAX = 15       # steps without drafting after many wholly rejected drafts in a row
 

@@ -10,4 +10,8 @@ render in limited worker processes: template_worker.py), synth.py (random-weight
 from .model_file import ModelLoadError, read_model_file
 from .native_model import LoadedModel, load_model
 
+# Every tokenizer kind, so Tokenizer.from_metadata knows them all (each registers itself by its
+# tokenizer.ggml.model; tokenizer.py, their base, imports none of them).
+from . import bpe_tokenizer, spm_tokenizer, wordpiece_tokenizer, unigram_tokenizer  # noqa: E402,F401
+
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "read_model_file"]

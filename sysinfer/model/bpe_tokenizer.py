@@ -40,7 +40,7 @@ def token_string_bytes(token: str) -> bytes | None:
         return None
 
 
-class BPETokenizer(Tokenizer):
+class BPETokenizer(Tokenizer, kind="gpt2"):
     def __init__(self, meta: dict[str, Any]):
         super().__init__(meta)
         self.unknown_id = self._optional_id(meta, "tokenizer.ggml.unknown_token_id")

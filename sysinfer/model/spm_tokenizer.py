@@ -57,7 +57,7 @@ def build_model_proto(tokens: list[str], scores: list[float], types: list[int], 
     return model.SerializeToString()
 
 
-class SPMTokenizer(Tokenizer):
+class SPMTokenizer(Tokenizer, kind="llama"):
     default_add_bos = True  # Llama 2 and SentencePiece files without the key
 
     def __init__(self, meta: dict[str, Any]):

@@ -23,6 +23,10 @@ from multiprocessing.connection import Connection
 from functools import lru_cache
 from typing import Any
 
+from .template_env import ChatTemplateError
+
+__all__ = ["ChatTemplateError", "render_here", "render_isolated"]
+
 RENDER_SECONDS = 2.0              # one render's wall-clock limit (the worker's start-up not counted)
 START_SECONDS = 60.0              # a new worker's start-up (imports), on a machine that may be busy
 MAX_RENDER_CHARS = 16 * 2**20     # the rendered prompt's size limit (well past any context we serve)
@@ -30,16 +34,12 @@ WORKER_ADDRESS_SPACE = 2 * 2**30  # RLIMIT_AS of a worker process: python + jinj
 MAX_WORKERS = 2                   # renders that run at once; more callers wait for a free worker
 
 
-class ChatTemplateError(ValueError):
-    """A template that can't be rendered (bad syntax, refused operation, raise_exception, a limit)."""
-
-
 # ---- inside a worker process ----
 
 def _environment():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from .chat_template import template_filters, template_globals
+    from .template_env import template_filters, template_globals
 
     # Hugging Face's rendering environment, which the templates are written for (and tested against:
     # tests/unit/test_chat_template_real.py renders real templates with transformers too).

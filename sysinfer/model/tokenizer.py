@@ -62,6 +62,9 @@ def _meta_bool(meta: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+_KINDS: dict[str, type["Tokenizer"]] = {}  # tokenizer.ggml.model -> its class, in registration order
+
+
 class Tokenizer(ABC):
     """Common interface; build one with Tokenizer.from_metadata(meta)."""
 
@@ -106,29 +109,24 @@ class Tokenizer(ABC):
             raise TokenizerError(f"{key} = {describe(value)} is not a token id of this vocabulary")
         return value
 
+    def __init_subclass__(cls, kind: str | None = None, **kwargs):
+        """`class BPETokenizer(Tokenizer, kind="gpt2")`: the class for that tokenizer.ggml.model."""
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            _KINDS[kind] = cls
+
     @staticmethod
     def from_metadata(meta: dict[str, Any]) -> "Tokenizer":
+        """The tokenizer a file's metadata describes. The kinds register themselves (above); the
+        package (sysinfer/model/__init__.py) imports every kind's module, so this module needs none
+        of them (they import it: no circle)."""
         kind = meta.get("tokenizer.ggml.model")
+        supported = ", ".join(repr(k) for k in _KINDS)
         if not isinstance(kind, str):
-            raise TokenizerError(f"tokenizer.ggml.model must be a string ('gpt2', 'llama', 'bert' or 't5'), got {describe(kind)}")
-        if kind == "gpt2":
-            from .bpe_tokenizer import BPETokenizer
-
-            return BPETokenizer(meta)
-        if kind == "llama":
-            from .spm_tokenizer import SPMTokenizer
-
-            return SPMTokenizer(meta)
-        if kind == "bert":
-            from .wordpiece_tokenizer import WordPieceTokenizer
-
-            return WordPieceTokenizer(meta)
-        if kind == "t5":
-            from .unigram_tokenizer import UnigramTokenizer
-
-            return UnigramTokenizer(meta)
-        raise TokenizerError(f"tokenizer.ggml.model = {describe(kind)} is not supported "
-                             f"(supported: 'gpt2', 'llama', 'bert', 't5')")
+            raise TokenizerError(f"tokenizer.ggml.model must be a string ({supported}), got {describe(kind)}")
+        if kind not in _KINDS:
+            raise TokenizerError(f"tokenizer.ggml.model = {describe(kind)} is not supported (supported: {supported})")
+        return _KINDS[kind](meta)
 
     # ---- the kind-specific part ----
     @abstractmethod

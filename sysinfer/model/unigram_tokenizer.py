@@ -34,7 +34,7 @@ def _charsmap(meta: dict[str, Any]) -> bytes:
     raise TokenizerError(f"tokenizer.ggml.precompiled_charsmap must be an array of bytes, got {describe(value)}")
 
 
-class UnigramTokenizer(SPMTokenizer):
+class UnigramTokenizer(SPMTokenizer, kind="t5"):
     default_add_bos = True  # XLM-R: <s> text </s>
 
     def __init__(self, meta: dict[str, Any]):

@@ -54,7 +54,7 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-class WordPieceTokenizer(Tokenizer):
+class WordPieceTokenizer(Tokenizer, kind="bert"):
     def __init__(self, meta: dict[str, Any]):
         super().__init__(meta)
         self.lowercase = True  # GGUF has no key for it: llama.cpp's converter and tokenizer assume uncased BERTs

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.prompt_lookup import K_MAX
+from ..limits import K_MAX
 
 
 class GrammarError(RuntimeError):
