@@ -30,7 +30,7 @@ from .metrics import Metrics
 from .model.chat_template import ChatTemplateError
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest, ResponseShaper, error_body, now
 from .structured import tools as tool_calls
-from .structured.constraints import ConstraintError, compile_constraint, from_request
+from .structured.constraints import Constraint, ConstraintError, compile_constraint, from_request, json_schema_grammar
 from .web import chat_page, page_url
 
 log = logging.getLogger("sysinfer.api")
@@ -395,8 +395,25 @@ def _prepare_chat(tokenizer, req: ChatCompletionRequest):
     try:
         grammar = compile_constraint(tokenizer, tool_calls.tool_grammar(syntax, plan))
     except ConstraintError as e:
-        raise _constraint_error(e) from None
+        raise _constraint_error(_blame_tool(tokenizer, plan) or e) from None
     return prompt_ids, grammar, (syntax, plan)
+
+
+def _blame_tool(tokenizer, plan) -> ConstraintError | None:
+    """The refusal of the first allowed function whose parameters can't be enforced on their own,
+    naming it (`tools[2].function.parameters`) with references as the client wrote them; None if
+    each compiles alone (the calls' grammar as a whole failed)."""
+    allowed = {f.name for f in plan.allowed}
+    for i, f in enumerate(plan.functions):
+        if f.name not in allowed:
+            continue
+        where = f"tools[{i}].function.parameters"
+        try:
+            schema = json_schema_grammar(tool_calls.closed_objects(f.parameters), where)
+            compile_constraint(tokenizer, Constraint(schema, "tools", where))
+        except ConstraintError as e:
+            return e
+    return None
 
 
 def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool, grammar=None) -> SamplingParams:

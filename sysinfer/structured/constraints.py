@@ -3,18 +3,32 @@ by llguidance into a matcher over our vocabulary.
 
 Requests are untrusted: the inputs are bounded in size and nesting before llguidance sees them, and
 the compiler and matcher run under tight parser limits (lexer states, grammar size, work per token),
-so a hostile schema is refused in milliseconds. Anything llguidance cannot enforce (an unknown
+so a hostile schema is refused in well under a second. Anything llguidance cannot enforce (an unknown
 keyword such as `not`, an unknown string `format`, a look-around in a `pattern`) is a
 ConstraintError naming it: a schema is never silently loosened.
+
+llguidance builds its lexer lazily, at the first masks. So compiling also walks the first few tokens
+(`_probe`, in the request's own thread, before the request is queued): a grammar that fails there
+(`((a{100}){100}){100}`: too many expressions; a `$ref` that only refers to itself: no document can
+end) is a 400 naming the field, instead of a failure inside the engine's step, and the lexer states
+it built are shared with the copy the engine steps with, so its first mask no longer holds back
+the step of every other stream (issue 29).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import logging
+import os
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import llguidance
+import numpy as np
 
 from .vocabulary import grammar_tokenizer
 
@@ -32,12 +46,23 @@ MAX_CHOICE_CHARS = 1024        # one guided_choice entry
 JSON_OPTIONS = {"whitespace_pattern": r"(?:\x20|\x0A[\x20\x09]{0,20})"}
 
 
+PROBE_TOKENS = 4               # tokens walked at compile time (each with its mask) before the request is queued
+# Lexer work allowed when the lexer is built (at the first mask). Every grammar of our tests and
+# benchmarks (tool sets, 60-field schemas, formats, Unicode classes, 256 choices) builds within
+# 50,000; at llguidance's default of 1,000,000, `((a{100}){100}){100}` took 4-6 s and 165 MB before
+# failing on its first token, at 200,000 it is refused at its first mask in 0.6 s, +31 MB (load 12).
+INITIAL_LEXER_FUEL = 200_000
+TRIM_AFTER_BYTES = 32 << 20    # RSS growth of one compile past which freed memory goes back to the OS
+
+log = logging.getLogger("sysinfer.structured")
+
+
 def parser_limits() -> llguidance.LLParserLimits:
     """llguidance's limits for untrusted grammars: compile work, memory (lexer states are 1-2 kB
     each) and the work of one token's mask (its fuel runs at roughly 14k/ms)."""
-    return llguidance.LLParserLimits(max_items_in_row=2000, initial_lexer_fuel=1_000_000, step_lexer_fuel=200_000,
-                                     step_max_items=50_000, max_lexer_states=20_000, max_grammar_size=200_000,
-                                     verbose_errors=False)
+    return llguidance.LLParserLimits(max_items_in_row=2000, initial_lexer_fuel=INITIAL_LEXER_FUEL,
+                                     step_lexer_fuel=200_000, step_max_items=50_000, max_lexer_states=20_000,
+                                     max_grammar_size=200_000, verbose_errors=False)
 
 
 class ConstraintError(ValueError):
@@ -92,6 +117,34 @@ def json_schema_grammar(schema: Any, param: str) -> str:
         return llguidance.LLMatcher.grammar_from_json_schema(text, defaults=JSON_OPTIONS)
     except ValueError as e:
         raise ConstraintError(f"the JSON schema can't be used: {str(e)[:300]}", param) from None
+
+
+_DATA_KEYS = frozenset({"const", "enum", "default", "examples"})  # values there are data, not schemas
+
+
+def rebase_refs(schema: Any, pointer: str) -> Any:
+    """`schema` as a part of a bigger document, at JSON pointer `pointer` (e.g. a tool's parameters
+    inside the schema of a whole call): its local references (`#`, `#/$defs/city`) made to point
+    where it now lives (`#/properties/arguments/$defs/city`). Other references are kept as written.
+    Depth is bounded by the caller's check (MAX_SCHEMA_DEPTH)."""
+    if isinstance(schema, list):
+        return [rebase_refs(v, pointer) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and (value == "#" or value.startswith("#/")):
+            out[key] = "#" + pointer + value[1:]
+        elif key in _DATA_KEYS:
+            out[key] = value
+        else:
+            out[key] = rebase_refs(value, pointer)
+    return out
+
+
+def pointer_to(*keys: str | int) -> str:
+    """The JSON pointer of a path of keys (`~` and `/` escaped as RFC 6901 says)."""
+    return "".join("/" + str(k).replace("~", "~0").replace("/", "~1") for k in keys)
 
 
 def _response_format(rf: Any) -> Constraint | None:
@@ -162,14 +215,96 @@ def from_request(response_format: Any = None, guided_json: Any = None, guided_re
     return None
 
 
+_WHAT = {"json_schema": "the JSON schema", "json_object": "the JSON schema", "regex": "the regular expression",
+         "choice": "the choices", "grammar": "the grammar", "tools": "a tool's parameters schema"}
+# llguidance's terse reasons, said for a client
+_REASONS = {"NoExtensionBias": "no output can ever complete it (e.g. a $ref that only refers to itself)",
+            "too many expressions constructed": "too complex (lexer limit: too many expressions constructed)"}
+
+
+def _refusal(constraint: Constraint, error: str) -> ConstraintError:
+    """A ConstraintError with llguidance's reason, on one line, without the grammar llguidance was
+    given (its numbered listing, "1 | start: ...", and "at 2(5):" positions in it): that is our
+    internal text, not the client's."""
+    reason = re.split(r"\s\d+ \| ", " " + error, maxsplit=1)[0]
+    reason = re.sub(r"^at \d+\(\d+\): ", "", " ".join(reason.split()))[:400] or "unknown error"
+    for key, said in _REASONS.items():
+        if key in reason:
+            reason = said
+    return ConstraintError(f"{_WHAT[constraint.kind]} can't be enforced: {reason}", constraint.param)
+
+
 def compile_constraint(tokenizer, constraint: Constraint) -> llguidance.LLMatcher:
-    """The matcher for a constraint (llguidance releases the GIL while it compiles); a grammar it
-    refuses is a ConstraintError with llguidance's reason (e.g. `Unimplemented keys: ["not"]`)."""
-    matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), constraint.grammar, log_level=0,
-                                   limits=parser_limits())
-    if matcher.is_error():
-        reason = " ".join(matcher.get_error().split())[:400] or "unknown error"
-        what = {"json_schema": "the JSON schema", "json_object": "the JSON schema", "regex": "the regular expression",
-                "choice": "the choices", "grammar": "the grammar", "tools": "a tool's parameters schema"}[constraint.kind]
-        raise ConstraintError(f"{what} can't be enforced: {reason}", constraint.param)
-    return matcher
+    """The matcher for a constraint (llguidance releases the GIL while it compiles and computes
+    masks), its first tokens walked (`_probe`); a grammar it refuses is a ConstraintError with
+    llguidance's reason (e.g. `Unimplemented keys: ["not"]`)."""
+    rss = _rss_bytes()
+    try:
+        matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), constraint.grammar, log_level=0,
+                                       limits=parser_limits())
+        if matcher.is_error():
+            raise _refusal(constraint, matcher.get_error())
+        _probe(matcher, tokenizer, constraint)
+        return matcher
+    finally:
+        _trim_if_grown(rss)
+
+
+def _probe(matcher: llguidance.LLMatcher, tokenizer, constraint: Constraint) -> None:
+    """Walks the first PROBE_TOKENS tokens on a copy of the matcher, each time taking the longest
+    token allowed (the most lexer work): the lazy lexer is built here, off the engine's step, and a
+    grammar that fails on its first tokens is refused now. The copy shares the lexer states it built
+    with the matcher (and so with the engine's copies of it)."""
+    started, walker, n_vocab = time.perf_counter(), matcher.deep_copy(), tokenizer.vocab_size
+    # [ceil(n_vocab / 32)] bit j%32 of word j//32: token j allowed
+    mask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
+    lengths = _token_lengths(tokenizer)  # [n_vocab]
+    for _ in range(PROBE_TOKENS):
+        walker.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+        if walker.is_error():
+            raise _refusal(constraint, walker.get_error())
+        if walker.is_stopped():
+            break
+        allowed = np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little")[:n_vocab])
+        if allowed.size == 0:
+            raise _refusal(constraint, "no token can start its output")
+        if not walker.consume_token(int(allowed[np.argmax(lengths[allowed])])):
+            raise _refusal(constraint, walker.get_error())
+    seconds = time.perf_counter() - started
+    if seconds > 0.5:
+        log.warning("a %s took %.2f s to compile and probe", constraint.kind, seconds)
+
+
+def _token_lengths(tokenizer) -> np.ndarray:
+    """[vocab_size] bytes of each token (0 for special tokens: the walk prefers text to an end), built
+    once per tokenizer and kept on it."""
+    lengths = getattr(tokenizer, "_byte_lengths", None)
+    if lengths is None:
+        lengths = np.array([0 if tokenizer.is_special(i) else len(tokenizer.token_bytes(i))
+                            for i in range(tokenizer.vocab_size)], dtype=np.int32)
+        tokenizer._byte_lengths = lengths
+    return lengths
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _trim_if_grown(before: int) -> None:
+    """A hostile grammar's lexer can take tens of MB for a moment; glibc keeps freed memory in its
+    arenas (a server's RSS stayed 80 MB up after six such requests: not a leak, the same compile
+    again did not grow it). Past TRIM_AFTER_BYTES of growth, hand it back to the OS."""
+    if _LIBC is not None and before and _rss_bytes() - before > TRIM_AFTER_BYTES:
+        _LIBC.malloc_trim(0)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+try:  # glibc only (malloc_trim); elsewhere memory stays with the allocator
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError):
+    _LIBC = None

@@ -27,7 +27,8 @@ from typing import Any
 
 import llguidance
 
-from .constraints import JSON_OPTIONS, MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH, Constraint, ConstraintError, _depth
+from .constraints import (JSON_OPTIONS, MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH, Constraint, ConstraintError, _depth,
+                          pointer_to, rebase_refs)
 
 MAX_TOOLS = 128
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -204,8 +205,11 @@ def closed_objects(schema: Any) -> Any:
 def call_schema(syntax: ToolSyntax, functions: tuple[Function, ...]) -> dict[str, Any]:
     """JSON schema of one call: the function's name, then its arguments under its parameters schema
     (objects closed to keys they don't name: closed_objects)."""
-    calls = [{"type": "object", "properties": {"name": {"const": f.name}, syntax.args_key: closed_objects(f.parameters)},
-              "required": ["name", syntax.args_key], "additionalProperties": False} for f in functions]
+    # Each function's own references ($defs, as pydantic and LangChain write them) resolve in its parameters.
+    at = [("properties",) if len(functions) == 1 else ("anyOf", i, "properties") for i in range(len(functions))]
+    calls = [{"type": "object", "properties": {"name": {"const": f.name}, syntax.args_key: rebase_refs(
+              closed_objects(f.parameters), pointer_to(*at[i], syntax.args_key))},
+              "required": ["name", syntax.args_key], "additionalProperties": False} for i, f in enumerate(functions)]
     schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
     return {"x-guidance": dict(JSON_OPTIONS), **schema}
 

@@ -308,3 +308,84 @@ def test_a_queued_request_whose_client_leaves_frees_its_place_at_once(small):
             t.leave.set()
         for t in runners:
             t.join(timeout=30)
+
+
+# ---- issue 29: grammar compilation ----
+
+HOSTILE_GRAMMARS = [  # (request fields, the param the 400 names, a word of its message)
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+        "$defs": {"n": {"$ref": "#/$defs/n"}}, "$ref": "#/$defs/n"}}}}, "response_format.json_schema.schema",
+     "no output can ever complete it"),
+    ({"guided_regex": "((a{100}){100}){100}"}, "guided_regex", "too complex"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {
+        "type": "string", "pattern": "^((a{100}){100}){100}$"}}}}, "response_format.json_schema.schema", "too complex"),
+]
+
+
+@pytest.mark.parametrize("fields, param, words", HOSTILE_GRAMMARS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_grammar_that_cant_be_built_is_a_400_naming_its_field(base, fields, param, words, stream):
+    """Issue 29 item 2: these answered 500 generation_failed (streamed: a 200, an error event and
+    [DONE] with no finish_reason), found inside the engine's step at the first mask."""
+    r = httpx.post(base + CHAT, json=chat_body("hi", max_tokens=8, stream=stream, **fields), timeout=60)
+    assert r.status_code == 400, r.text[:500]
+    err = r.json()["error"]
+    assert err["param"] == param and words in err["message"] and err["code"] == "invalid_constraint", err
+    assert "start:" not in err["message"] and len(err["message"]) < 300, err  # llguidance's grammar text stays inside
+
+
+def test_hostile_grammars_neither_stall_other_streams_nor_keep_memory(base):
+    """Issue 29 item 2: while `((a{100}){100}){100}` compiled (in the engine's mask thread, at its
+    first mask, with the step waiting for it) a running stream went silent for 1.5 s; and the
+    server's RSS went 578 -> 857 MB and stayed 80 MB up after six such requests."""
+    import psutil
+
+    port = int(base.rsplit(":", 1)[1])
+    server = next(c.pid for c in psutil.net_connections("tcp")
+                  if c.status == "LISTEN" and c.laddr.port == port)
+    rss_before = psutil.Process(server).memory_info().rss
+    gaps: list[float] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", base + "/v1/completions", timeout=120,
+                          json={"prompt": "1, 2, 3,", "max_tokens": 200, "stream": True, "temperature": 0}) as r:
+            last = None
+            for line in r.iter_lines():
+                now = time.perf_counter()
+                if line.startswith("data: {") and last is not None:
+                    gaps.append(now - last)
+                last = now
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(0.5)
+    for i in range(6):
+        fields, _, _ = HOSTILE_GRAMMARS[1 + i % 2]
+        assert httpx.post(base + CHAT, json=chat_body("hi", max_tokens=8, **fields), timeout=60).status_code == 400
+    t.join()
+    typical = statistics.median(gaps) if gaps else 0.0
+    assert gaps and max(gaps) < max(0.5, 8 * typical), \
+        f"longest silence of a running stream: {max(gaps):.2f} s (median gap {typical * 1000:.0f} ms)"
+    grown = (psutil.Process(server).memory_info().rss - rss_before) / 2**20
+    assert grown < 40, f"RSS grew {grown:.0f} MB over six refused grammars"
+
+
+def test_tool_parameters_with_defs_work_and_refusals_name_the_function(base):
+    """Issue 29 item 3: `$defs` / `$ref` in a tool's parameters (as pydantic and LangChain write them)
+    were always refused, with "Pointer '/$defs/city' does not exist" and the internal grammar."""
+    city = {"$defs": {"city": {"type": "string"}}, "type": "object", "properties": {"c": {"$ref": "#/$defs/city"}},
+            "required": ["c"]}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": city}}]
+    r = httpx.post(base + CHAT, timeout=120, json=chat_body("What is the weather in Paris?", tools=tools,
+                                                            tool_choice="required", max_tokens=40, temperature=0))
+    assert r.status_code == 200, r.text[:500]
+    call = r.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "weather" and isinstance(json.loads(call["arguments"])["c"], str), call
+    broken = {"type": "object", "properties": {"c": {"$ref": "#/$defs/missing"}}}
+    tools.append({"type": "function", "function": {"name": "other", "parameters": broken}})
+    r = httpx.post(base + CHAT, timeout=60, json=chat_body("hi", tools=tools, tool_choice="required", max_tokens=8))
+    assert r.status_code == 400, r.text[:500]
+    err = r.json()["error"]
+    assert err["param"] == "tools[1].function.parameters" and "/$defs/missing" in err["message"], err
+    assert "%json" not in err["message"] and "start:" not in err["message"] and "tool_call" not in err["message"], err
+
