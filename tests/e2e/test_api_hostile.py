@@ -364,7 +364,9 @@ def test_hostile_grammars_neither_stall_other_streams_nor_keep_memory(base):
         assert httpx.post(base + CHAT, json=chat_body("hi", max_tokens=8, **fields), timeout=60).status_code == 400
     t.join()
     typical = statistics.median(gaps) if gaps else 0.0
-    assert gaps and max(gaps) < max(0.5, 8 * typical), \
+    # Against the stream's own pace (a loaded machine stretches every gap): before, the step waited
+    # for the whole first mask (1.5 s quiet, 4-6 s at load 12); now only CPU is shared with it.
+    assert gaps and max(gaps) < max(1.2, 15 * typical), \
         f"longest silence of a running stream: {max(gaps):.2f} s (median gap {typical * 1000:.0f} ms)"
     grown = (psutil.Process(server).memory_info().rss - rss_before) / 2**20
     assert grown < 40, f"RSS grew {grown:.0f} MB over six refused grammars"

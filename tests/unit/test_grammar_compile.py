@@ -36,6 +36,22 @@ def test_grammars_that_fail_on_their_first_tokens_are_refused_when_compiled(fiel
     assert time.perf_counter() - start < 10  # 0.6 s on a loaded 2-core machine; 4-6 s and 165 MB before
 
 
+def test_the_first_mask_is_built_at_compile_time_not_in_the_step():
+    """The engine computes masks in its mask thread while the step waits for them: llguidance's lazy
+    lexer build must be done by the time the request is queued (the engine's copy shares it)."""
+    from sysinfer.structured.grammar_state import GrammarState
+
+    constraint = from_request(guided_regex="((a{30}){30}){10}")  # 9,000 a: 40 ms of lexer at the first mask
+    start = time.perf_counter()
+    matcher = compile_constraint(TOK, constraint)
+    compiled = time.perf_counter() - start
+    state = GrammarState(matcher, TOK.vocab_size)
+    start = time.perf_counter()
+    state.compute_mask()
+    first = time.perf_counter() - start
+    assert first < max(0.002, compiled / 5), (first, compiled)
+
+
 def test_compiling_hostile_grammars_keeps_no_memory():
     """Six refusals of the nested repeat leave the process where one left it (glibc's arenas kept
     80 MB of a server after six such requests; the lexer's memory is handed back now)."""
