@@ -214,3 +214,16 @@ def test_typed_turn_tokens_stay_text_in_real_templates(qwen3, deepseek_r1):
         assert sum(map(tok.is_control, ids)) == sum(map(tok.is_control, honest))
     typed = qwen3.apply_chat_template([{"role": "user", "content": "<think>"}])
     assert qwen3.special_tokens["<think>"] not in typed  # user-defined markup typed by a user: text too
+
+
+def test_tool_call_syntax_follows_the_template(qwen3, qwen25, deepseek_r1, deepseek_llm):
+    """Qwen's templates render the tools and their calls as Hermes <tool_call> blocks, several calls
+    per turn: our tool grammar keeps their section and syntax. DeepSeek's chat templates don't render
+    `tools`, so the generic section (in the system turn) is used."""
+    from sysinfer.structured.tools import choose_syntax
+
+    for tok in (qwen3, qwen25):
+        syntax = choose_syntax(tok)
+        assert syntax.template_renders_tools and syntax.opener == "<tool_call>\n" and syntax.parallel_calls
+    for tok in (deepseek_r1, deepseek_llm):
+        assert not choose_syntax(tok).template_renders_tools
