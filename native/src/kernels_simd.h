@@ -9,9 +9,11 @@
 //     with
 //       template <int NT> static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc);
 //                                        acc[i] += b times token i's activation blocks at
-//                                        a + i * a_stride (act_blocks<Tile> of them); token i's result
-//                                        must not depend on NT (a sequence decoded alone gets the
-//                                        logits it gets in a batch)
+//                                        a + i * a_stride (act_blocks<Tile> of them), for i < NT, NT in
+//                                        1..kTokTile; token i's result must not depend on NT (a sequence
+//                                        decoded alone gets the logits it gets in a batch or a verify
+//                                        step); the skeleton may call it for the same b several times in
+//                                        a row, once per group of tokens (b is then in L1)
 //     and optionally, for tables whose vectors hold two tiles' rows (AVX-512: 16 int32 lanes),
 //       using Pair;                      two consecutive tiles' 16 row sums for one token; Pair{} is
 //                                        zeros, acc.store(y) writes y[0..16)
@@ -34,7 +36,19 @@
 //   quantize_act, f16_to_f32, f32_to_f16 as kernels.h defines them,
 //
 // and simd::table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention>(name, quantize_act, ...) makes its
-// Kernels. A new table (AVX-512, SVE) writes those structs and functions, nothing else.
+// Kernels. A new table (AVX-512, SVE) writes those structs and functions, nothing else; a new weight
+// type writes its struct (Tile, Acc, block<NT>; optionally Pair, pair_block<NT>, kTokTile) in each
+// table and a case in gemm() below, and gets every walk here (decode, few rows, prefill) unchanged.
+//
+// The walks over one matrix (gemm_quantized), by the step's token count n:
+//   n = 1         decode: kGemvStreams tiles side by side, each stream prefetched ahead (few_rows<1>);
+//   2 <= n <= 8   a few-row step (decode of a small batch, a speculative verify, a draft's catch-up):
+//                 the same streaming walk, each tile block loaded once and used by all n tokens, token
+//                 groups of kTokTile (few_rows<n>): its weights stream from DRAM once, as decode's do;
+//   n > 8         prefill: each tile (or pair) for kTokTile tokens at a time (tile_tokens, pair_tokens).
+// Every walk computes a row's sum for a token as the same chain of block<NT> calls in block order, so
+// results are the same bits whatever n (native/tests/test_kernels.cpp checks every table and, with a
+// plain C++ weight type, every walk: the AVX-512 table's pair walk included).
 //
 // Which table runs is chosen once, at run time, from the CPU's features (select_kernels); every
 // ISA-specific line is in a file compiled with its ISA's flags. That is the only way ISA code is
@@ -133,7 +147,8 @@ float softmax(float* p, int n, float* max) {
 namespace simd {
 
 constexpr int kTokTile = 4;      // tokens per pass over a weight tile: prefill reuses each unpacked block
-constexpr int kGemvStreams = 4;  // tiles a one-token GEMV walks side by side (see gemv)
+constexpr int kGemvStreams = 4;  // tiles a one-token GEMV walks side by side (see few_rows)
+constexpr int kFewRows = 8;      // steps of up to this many tokens stream the weights as decode does
 // Whether a weight type has the two-tile path (Op::Pair, Op::pair_block), and its tokens per pass.
 template <class Op, class = void>
 struct has_pair : std::false_type {};
@@ -144,6 +159,11 @@ template <class Op, class = void>
 struct tok_tile : std::integral_constant<int, kTokTile> {};
 template <class Op>
 struct tok_tile<Op, std::void_t<decltype(Op::kTokTile)>> : std::integral_constant<int, Op::kTokTile> {};
+
+// Tiles a step of NT tokens walks side by side: kGemvStreams for decode; for 2..8 tokens one tile, or
+// one pair where the type has the pair path (see few_rows).
+template <class Op, int NT>
+struct few_row_streams : std::integral_constant<int, NT == 1 ? kGemvStreams : has_pair<Op>::value ? 2 : 1> {};
 
 // Activation blocks one tile block spans: 1, or 8 for Q6_K's 256-weight super-blocks.
 template <class Tile> constexpr int act_blocks = 1;
@@ -209,15 +229,19 @@ inline void pair_tokens(const typename Op::Tile* tiles, int n_blocks, const ActB
   for (int i = 0; i < NT; ++i) acc[i].store(y + size_t(i) * ldy);
 }
 
-// Decode: one token, several tiles side by side.
+// Decode and few-row steps: several tiles side by side, every token of the step per tile block.
 //
 // A one-token GEMV of a big model streams its weights from DRAM. Walking kGemvStreams consecutive
 // tiles side by side (block kb of each in turn) keeps that many sequential streams in flight, and the
 // hardware prefetcher keeps more reads outstanding for them than for one stream (measured on x86:
 // Q4_0 over 1 GB, 2 threads, `test_kernels --bench-dram`: 17.4 GB/s one tile at a time, 24.6 GB/s
-// four side by side, plain read 30.5; not yet measured on a Kunpeng). Each tile's arithmetic is
-// exactly tile_tokens' for one token (Op::block<1>), so a sequence decoded alone gets the same logits
-// as in a batch.
+// four side by side, plain read 30.5; not yet measured on a Kunpeng). A step of 2..8 tokens walks the
+// same way (few_rows): before, it took prefill's walk, one tile at a time without prefetch, and a step
+// of 2 rows cost 1.36x one row on the EPYC Zen 5 (issue 28). With several tokens, one stream (or one
+// tile pair) at a time measured best on the EPYC Zen 3: each stream's accumulators are kTokTile x
+// tiles wide, and 2 or 4 streams spilled them (docs/benchmarks.md, rows cost). Each tile's arithmetic
+// is exactly tile_tokens' (Op::block<NT>), so a sequence decoded alone gets the same logits as in a
+// batch.
 
 // Software prefetch for the GEMV streams: each tile's stream asks for the lines kGemvPrefetchBytes
 // ahead of the block it is about to use (non-temporal hint: the weights are read once per token). The
@@ -233,50 +257,87 @@ inline void gemv_prefetch(const Tile* block) {
   for (size_t off = 0; off < sizeof(Tile); off += 64) __builtin_prefetch(ahead + off, 0, 0);
 }
 
-// S consecutive tiles (tile s at tiles + s * n_blocks) for one token, block kb of each in turn.
-template <class Op, int S>
-inline void gemv_lockstep(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, float* y) {
-  if constexpr (has_pair<Op>::value && S % 2 == 0) {  // S / 2 pairs, pair_block<1> each
-    typename Op::Pair acc[S / 2]{};
+// S consecutive tiles (tile s at tiles + s * n_blocks) for NT <= tok_tile<Op> tokens (token i's blocks
+// at x + i * x_stride), block kb of each tile in turn, each block one Op::block<NT> (or pair_block<NT>
+// for two tiles, where the type has it); with Prefetch, each tile's stream prefetched ahead.
+template <class Op, int S, int NT, bool Prefetch>
+inline void rows_lockstep(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride,
+                          float* y, int ldy) {
+  constexpr int A = act_blocks<typename Op::Tile>;
+  if constexpr (has_pair<Op>::value && S % 2 == 0) {  // S / 2 pairs
+    typename Op::Pair acc[S / 2][NT]{};
     for (int kb = 0; kb < n_blocks; ++kb)
       for (int s = 0; s < S; s += 2) {
-        gemv_prefetch(&tiles[size_t(s) * n_blocks + kb]);
-        gemv_prefetch(&tiles[size_t(s + 1) * n_blocks + kb]);
-        Op::template pair_block<1>(tiles[size_t(s) * n_blocks + kb], tiles[size_t(s + 1) * n_blocks + kb],
-                                   x + size_t(kb) * act_blocks<typename Op::Tile>, 0, &acc[s / 2]);
+        const auto& b0 = tiles[size_t(s) * n_blocks + kb];
+        const auto& b1 = tiles[size_t(s + 1) * n_blocks + kb];
+        if (Prefetch) gemv_prefetch(&b0), gemv_prefetch(&b1);
+        Op::template pair_block<NT>(b0, b1, x + size_t(kb) * A, x_stride, acc[s / 2]);
       }
-    for (int s = 0; s < S; s += 2) acc[s / 2].store(y + size_t(s) * ROW_TILE);
+    for (int s = 0; s < S; s += 2)
+      for (int i = 0; i < NT; ++i) acc[s / 2][i].store(y + size_t(i) * ldy + size_t(s) * ROW_TILE);
     return;
   }
-  typename Op::Acc acc[S]{};
+  typename Op::Acc acc[S][NT]{};
   for (int kb = 0; kb < n_blocks; ++kb)
     for (int s = 0; s < S; ++s) {
-      gemv_prefetch(&tiles[size_t(s) * n_blocks + kb]);
-      Op::template block<1>(tiles[size_t(s) * n_blocks + kb], x + size_t(kb) * act_blocks<typename Op::Tile>, 0,
-                            &acc[s]);
+      const auto& b = tiles[size_t(s) * n_blocks + kb];
+      if (Prefetch) gemv_prefetch(&b);
+      Op::template block<NT>(b, x + size_t(kb) * A, x_stride, acc[s]);
     }
-  for (int s = 0; s < S; ++s) acc[s].store(y + size_t(s) * ROW_TILE);
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < NT; ++i) acc[s][i].store(y + size_t(i) * ldy + size_t(s) * ROW_TILE);
 }
 
-// y[r] for every row r of tiles [tile0, tile1) and one token x: kGemvStreams tiles at a time, then
+// f(std::integral_constant<int, g>{}, std::integral_constant<int, first>{}) over [0, N) in groups of
+// G (the last one shorter).
+template <int N, int G, int First = 0, class F>
+inline void static_groups(const F& f) {
+  if constexpr (First < N) {
+    f(std::integral_constant<int, std::min(G, N - First)>{}, std::integral_constant<int, First>{});
+    static_groups<N, G, First + std::min(G, N - First)>(f);
+  }
+}
+
+// S tiles for NT <= kFewRows tokens: tok_tile<Op> tokens per pass over them; the first pass streams
+// the tiles from DRAM with their prefetch, the later ones find them in L2.
+template <class Op, int S, int NT>
+inline void rows_tiles(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride, float* y,
+                       int ldy) {
+  static_groups<NT, tok_tile<Op>::value>([&](auto g, auto first) {
+    constexpr int i = decltype(first)::value;
+    rows_lockstep<Op, S, decltype(g)::value, i == 0>(tiles, n_blocks, x + i * x_stride, x_stride, y + size_t(i) * ldy,
+                                                     ldy);
+  });
+}
+
+// A step of NT <= kFewRows tokens (decode of NT sequences, a speculative verify, a draft's catch-up):
+// y[i * ldy + r] for every row r of tiles [tile0, tile1) and every token i < NT. The weights stream
+// from DRAM once, as the one-token GEMV reads them: few_row_streams<Op, NT> tiles side by side, then
 // the tiles left one by one.
-template <class Op>
-void gemv(const typename Op::Tile* tiles, int n_blocks, int tile0, int tile1, const ActBlock* x, float* y) {
+template <class Op, int NT>
+void few_rows(const typename Op::Tile* tiles, int n_blocks, int tile0, int tile1, const ActBlock* x,
+              size_t x_stride, float* y, int ldy) {
+  constexpr int S = few_row_streams<Op, NT>::value;
   int t = tile0;
-  for (; t + kGemvStreams <= tile1; t += kGemvStreams)
-    gemv_lockstep<Op, kGemvStreams>(tiles + size_t(t) * n_blocks, n_blocks, x, y + size_t(t) * ROW_TILE);
-  for (; t < tile1; ++t) gemv_lockstep<Op, 1>(tiles + size_t(t) * n_blocks, n_blocks, x, y + size_t(t) * ROW_TILE);
+  for (; t + S <= tile1; t += S)
+    rows_tiles<Op, S, NT>(tiles + size_t(t) * n_blocks, n_blocks, x, x_stride, y + size_t(t) * ROW_TILE, ldy);
+  for (; t < tile1; ++t)
+    rows_tiles<Op, 1, NT>(tiles + size_t(t) * n_blocks, n_blocks, x, x_stride, y + size_t(t) * ROW_TILE, ldy);
 }
 
-// Kernels::gemm for one quantized type: gemv for one token; else each tile (or pair of tiles, where
-// the type has the pair path) for tok_tile<Op> tokens at a time (x: n_tok rows of x_stride ActBlocks).
+// Kernels::gemm for one quantized type (x: n_tok rows of x_stride ActBlocks): few_rows for up to
+// kFewRows tokens; else each tile (or pair of tiles, where the type has the pair path) for
+// tok_tile<Op> tokens at a time.
 // (Walking the tokens in chunks whose activation blocks fit L2, every tile per chunk, measured
 // slower on the EPYC: 302 / 352 / 389 GOPS for 256 KB / 1 MB / no chunks, 512 tokens, 4096 x 4096.)
 template <class Op>
 void gemm_quantized(const void* w, int n_blocks, int tile0, int tile1, const ActBlock* x, size_t x_stride,
                     int n_tok, float* y, int ldy) {
   const auto* tiles = static_cast<const typename Op::Tile*>(w);
-  if (n_tok == 1) return gemv<Op>(tiles, n_blocks, tile0, tile1, x, y);
+  if (n_tok <= kFewRows)
+    return with_count<kFewRows>(n_tok, [&](auto nt) {
+      few_rows<Op, decltype(nt)::value>(tiles, n_blocks, tile0, tile1, x, x_stride, y, ldy);
+    });
   constexpr int NT = tok_tile<Op>::value;
   int t = tile0;
   if constexpr (has_pair<Op>::value)

@@ -9,12 +9,15 @@
 //                                each table this CPU runs, for Q4_0 (or every type)
 //   test_kernels --bench-gemm ROWS COLS N  single-thread Q4_0 GEMM of one shape (N tokens) for each SIMD
 //                                table this CPU runs, in GOPS (best of 5 calls; an 8B matrix: 4096 14336 128)
-//   test_kernels --bench-peak    (x86 with AVX-512 VNNI) one core's clock and vpdpbusd throughput: its int8 peak
+//   test_kernels --bench-peak    (x86) one core's clock and vpdpbusd (AVX-512 VNNI) or vpmaddubsw (AVX2)
+//                                throughput: its int8 peak
 //   test_kernels --bench-attn [hot]  single-thread attention (decode and a 32-token prefill item) at
 //                                long context on the SmolLM2 and Llama-3-8B shapes, each table this CPU
 //                                runs; `hot`: one layer, so the K/V stay in the caches (the arithmetic alone)
 //   test_kernels --bench-dram    two-thread Q4_0 GEMV over 1 GB of weights (out of every cache, as
 //                                decode of a big model is) against a two-thread read of the same bytes
+//   test_kernels --bench-rows [TYPE] [ROUNDS]  two-thread gemm of r = 1, 2, 4, 8 tokens over ~1 GB of
+//                                TYPE (Q4_0 by default) weights: each r's cost against r = 1 (issue 28)
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -31,6 +34,7 @@
 #include "attention.h"
 #include "bandwidth.h"
 #include "kernels.h"
+#include "kernels_simd.h"  // the SIMD tables' loops, walked here with a plain C++ weight type (check_skeleton)
 
 using namespace sysinfer;
 
@@ -189,6 +193,94 @@ void check_bit_twin(const Kernels& k, const Kernels& twin) {
       }
   }
   std::printf("%s == %s bit for bit: %d gemm cases\n", k.name, twin.name, cases);
+}
+
+// ---- the skeleton's walks (kernels_simd.h), with plain C++ arithmetic ----
+//
+// A Q4_0 weight type in plain C++ with a token tile of TokTile, and (PlainPairQ4_0) the two-tile path:
+// the walks every SIMD table shares (the one-token GEMV's lockstep tiles, the few-row steps, prefill's
+// token groups and tile pairs, the tiles left over) run here whatever this CPU is, the pair walk that
+// only the AVX-512 table takes included. Each row's sum is one chain of q4_0_step calls in block order.
+[[gnu::noinline]] float q4_0_step(float acc, const TileQ4_0& b, int r, const ActBlock& a) {
+  int dot = -8 * (a.sum[0] + a.sum[1]);
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t byte = b.q[j / 4][r][j % 4];
+    dot += int(byte & 0xF) * a.qs[j] + int(byte >> 4) * a.qs[j + 16];
+  }
+  return acc + fp16_to_fp32(b.d[r]) * a.d * float(dot);
+}
+
+template <int N>
+struct PlainSums {
+  float v[N] = {};
+  void store(float* y) const { std::memcpy(y, v, sizeof v); }
+};
+
+template <int TokTile>
+struct PlainQ4_0 : simd::WeightType<TileQ4_0, PlainSums<ROW_TILE>> {
+  static constexpr int kTokTile = TokTile;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    static_assert(NT >= 1 && NT <= TokTile, "block<NT> is called for 1..kTokTile tokens");
+    for (int i = 0; i < NT; ++i)
+      for (int r = 0; r < ROW_TILE; ++r) acc[i].v[r] = q4_0_step(acc[i].v[r], b, r, a[i * a_stride]);
+  }
+};
+
+template <int TokTile>
+struct PlainPairQ4_0 : PlainQ4_0<TokTile> {
+  using Pair = PlainSums<2 * ROW_TILE>;
+  template <int NT>
+  static void pair_block(const TileQ4_0& b0, const TileQ4_0& b1, const ActBlock* a, size_t a_stride, Pair* acc) {
+    static_assert(NT >= 1 && NT <= TokTile, "pair_block<NT> is called for 1..kTokTile tokens");
+    for (int i = 0; i < NT; ++i)
+      for (int r = 0; r < ROW_TILE; ++r) {
+        acc[i].v[r] = q4_0_step(acc[i].v[r], b0, r, a[i * a_stride]);
+        acc[i].v[ROW_TILE + r] = q4_0_step(acc[i].v[ROW_TILE + r], b1, r, a[i * a_stride]);
+      }
+  }
+};
+
+// simd::gemm_quantized<Op> over tiles [tile0, tile1) of a packed Q4_0 matrix equals, bit for bit, each
+// row's chain of q4_0_step over its blocks for each token alone, and writes nothing else: for 1..9, 16
+// and 33 tokens, tile ranges with a head and a tail cut off, 11 tiles (lockstep groups and a remainder).
+template <class Op>
+void check_skeleton_op(const char* name) {
+  const int rows = 8 * 11 - 3, cols = 160, nb = cols / QK;
+  const auto gguf = random_gguf_matrix(WType::Q4_0, rows, cols);
+  std::vector<uint8_t> packed(packed_bytes(WType::Q4_0, rows, cols));
+  pack_matrix(WType::Q4_0, gguf.data(), rows, cols, packed.data());
+  const auto* tiles = reinterpret_cast<const TileQ4_0*>(packed.data());
+  const int prow = padded_rows(rows), ldy = prow + 5;
+  bool same = true;
+  int cases = 0;
+  for (int n_tok : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33})
+    for (int tile0 : {0, 1, 2}) {
+      const int tile1 = prow / ROW_TILE - (tile0 == 2 ? 1 : tile0);
+      const auto x = random_floats(size_t(n_tok) * cols, 43);
+      std::vector<ActBlock> xq(size_t(n_tok) * nb);  // [n_tok][nb]
+      generic_kernels().quantize_act(x.data(), xq.data(), n_tok * cols);
+      std::vector<float> y(size_t(n_tok) * ldy, -7.f), ref = y;  // [n_tok][ldy]
+      simd::gemm_quantized<Op>(packed.data(), nb, tile0, tile1, xq.data(), nb, n_tok, y.data(), ldy);
+      for (int i = 0; i < n_tok; ++i)
+        for (int t = tile0; t < tile1; ++t)
+          for (int r = 0; r < ROW_TILE; ++r) {
+            float acc = 0.f;
+            for (int kb = 0; kb < nb; ++kb) acc = q4_0_step(acc, tiles[size_t(t) * nb + kb], r, xq[size_t(i) * nb + kb]);
+            ref[size_t(i) * ldy + t * ROW_TILE + r] = acc;
+          }
+      same &= std::memcmp(y.data(), ref.data(), sizeof(float) * y.size()) == 0;
+      ++cases;
+    }
+  check(same, std::string("skeleton walk with ") + name + " == each row's chain alone, bit for bit (" +
+                  std::to_string(cases) + " cases)");
+}
+
+void check_skeleton() {
+  check_skeleton_op<PlainQ4_0<4>>("PlainQ4_0<4>");         // the AVX2 / NEON walk
+  check_skeleton_op<PlainQ4_0<3>>("PlainQ4_0<3>");         // token groups that do not divide 8
+  check_skeleton_op<PlainPairQ4_0<8>>("PlainPairQ4_0<8>"); // the AVX-512 walk: tile pairs, 8 tokens a pass
+  check_skeleton_op<PlainPairQ4_0<3>>("PlainPairQ4_0<3>");
 }
 
 void check_quantize(const Kernels& k) {
@@ -421,7 +513,8 @@ void run_checks(const Kernels& k) {
     // One token over many tiles: decode kernels that walk several tiles side by side, plus the tiles
     // left over, from a tile range in the middle of the matrix.
     for (int tile0 : {0, 1}) check_gemm(k, t, 8 * 11 - 3, k_quant ? 512 : 160, 1, tile0, 1);
-    for (int n_tok : {3, 9})  // one pass of 3 tokens (odd), and 2 passes of 4 then 1
+    // every few-row step (2..8 tokens: decode's streaming walk), and 9 (prefill's: 2 passes of 4, then 1)
+    for (int n_tok : {2, 3, 4, 5, 6, 7, 8, 9})
       check_decode_matches_batch(k, t, 8 * 11 - 3, k_quant ? 512 : 160, n_tok);
   }
   if (const Kernels* twin = bit_twin(k)) check_bit_twin(k, *twin);
@@ -647,6 +740,60 @@ void bench_dram() {
               packed.size() / 1e6, n_threads, gemv, read, 100 * gemv / read);
 }
 
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// What a step of r rows (tokens) costs against a step of 1, as decode of a big model sees it: the
+// 8B FFN matrix of `type` in as many packed copies as make ~1 GB (beyond any L3), two threads each
+// taking half the copies, gemm with r = 1, 2, 4, 8 tokens; the order of r rotates each round and each
+// figure is the median of the rounds, each round's time the longer of the two threads' CPU times (on a
+// shared machine, wall time would count the time other processes held the core). Prints ms per pass
+// over the copies, GB/s of weights, int8 GOPS (2 * rows * cols * r per second) and the ratio to r = 1
+// (the figure issue 28 sets targets for).
+void bench_rows(WType type, int rounds) {
+  const int rows = 14336, cols = 4096, n_threads = 2, rs[] = {1, 2, 4, 8};
+  const auto gguf = random_gguf_matrix(type, rows, cols);
+  const size_t bytes = packed_bytes(type, rows, cols);
+  const int copies = std::max(2, int(1e9 / bytes) / 2 * 2);
+  std::vector<uint8_t> packed(bytes * copies);  // [copies][packed matrix]
+  pack_matrix(type, gguf.data(), rows, cols, packed.data());
+  for (int c = 1; c < copies; ++c) std::memcpy(packed.data() + c * bytes, packed.data(), bytes);
+  const auto x = random_floats(size_t(8) * cols);
+  std::vector<ActBlock> xq(size_t(8) * cols / QK);  // [8 tokens][cols / QK]
+  generic_kernels().quantize_act(x.data(), xq.data(), 8 * cols);
+  const Kernels& k = select_kernels();
+  std::vector<std::vector<float>> y(n_threads, std::vector<float>(size_t(padded_rows(rows)) * 8));
+  const int tiles = padded_rows(rows) / ROW_TILE, per_thread = copies / n_threads;
+  std::vector<double> t[4];
+  for (int round = 0; round < rounds; ++round)
+    for (int j = 0; j < 4; ++j) {
+      const int i = (j + round) % 4, r = rs[i];
+      double cpu[2] = {0, 0};  // each thread's CPU time: time descheduled on a shared machine left out
+      time_threads(n_threads, [&](int th) {
+        const double t0 = thread_cpu_seconds();
+        for (int c = th * per_thread; c < (th + 1) * per_thread; ++c)
+          k.gemm(type, packed.data() + c * bytes, cols, 0, tiles, xq.data(), r, y[th].data(), padded_rows(rows));
+        cpu[th] = thread_cpu_seconds() - t0;
+      });
+      t[i].push_back(std::max(cpu[0], cpu[1]));
+    }
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double t1 = median(t[0]);
+  std::printf("%s %s rows cost over %.0f MB (%d x %dx%d), %d threads, median of %d rounds:\n", k.name,
+              type_name(type), packed.size() / 1e6, copies, rows, cols, n_threads, rounds);
+  for (int i = 0; i < 4; ++i) {
+    const double m = median(t[i]);
+    std::printf("  r=%d: %8.2f ms  %5.1f GB/s  %6.1f GOPS  %.2fx r=1\n", rs[i], m * 1e3, packed.size() / m / 1e9,
+                2.0 * rows * cols * copies * rs[i] / m / 1e9, m / t1);
+  }
+}
+
 #if defined(__x86_64__)
 // 12 independent vpdpbusd chains (zmm or ymm) per iteration, or 8 dependent scalar adds (one per
 // cycle: the clock). Inline assembly, so this file needs no AVX-512 flags; run only where CPUID says.
@@ -657,9 +804,18 @@ void bench_dram() {
   "vpdpbusd %%" w "14,%%" w "15,%%" w "6\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "7\n\t"                       \
   "vpdpbusd %%" w "14,%%" w "15,%%" w "8\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "9\n\t"                       \
   "vpdpbusd %%" w "14,%%" w "15,%%" w "10\n\tvpdpbusd %%" w "14,%%" w "15,%%" w "11\n\t"
-template <int Kind>  // 0: clock (scalar adds), 1: vpdpbusd zmm, 2: vpdpbusd ymm
+// 12 independent vpmaddubsw ymm per iteration (AVX2's int8 multiply: 32 u8 x s8 products, added in
+// pairs to 16 int16), and the pair it takes with vpaddw to accumulate (the AVX2 kernels' inner step).
+#define SYSINFER_MB12                                                                                          \
+  "vpmaddubsw %%ymm14,%%ymm15,%%ymm0\n\tvpmaddubsw %%ymm14,%%ymm15,%%ymm1\n\t"                               \
+  "vpmaddubsw %%ymm14,%%ymm15,%%ymm2\n\tvpmaddubsw %%ymm14,%%ymm15,%%ymm3\n\t"                               \
+  "vpmaddubsw %%ymm14,%%ymm15,%%ymm4\n\tvpmaddubsw %%ymm14,%%ymm15,%%ymm5\n\t"                               \
+  "vpmaddubsw %%ymm14,%%ymm15,%%ymm6\n\tvpmaddubsw %%ymm14,%%ymm15,%%ymm7\n\t"                               \
+  "vpmaddubsw %%ymm14,%%ymm15,%%ymm8\n\tvpmaddubsw %%ymm14,%%ymm15,%%ymm9\n\t"                               \
+  "vpmaddubsw %%ymm14,%%ymm15,%%ymm10\n\tvpmaddubsw %%ymm14,%%ymm15,%%ymm11\n\t"
+template <int Kind>  // 0: clock (scalar adds), 1: vpdpbusd zmm, 2: vpdpbusd ymm, 3: vpmaddubsw ymm
 double per_second(long n) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const double t0 = thread_cpu_seconds();  // CPU time: a shared machine's other processes left out
   uint64_t x = 0;
   for (long i = 0; i < n; ++i) {
     if constexpr (Kind == 0)
@@ -668,19 +824,33 @@ double per_second(long n) {
     else if constexpr (Kind == 1)
       __asm__ volatile(SYSINFER_DP12("zmm") ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
                        "xmm8", "xmm9", "xmm10", "xmm11");
-    else
+    else if constexpr (Kind == 2)
       __asm__ volatile(SYSINFER_DP12("ymm") ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
                        "xmm8", "xmm9", "xmm10", "xmm11");
+    else
+      __asm__ volatile(SYSINFER_MB12 ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11");
   }
-  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double sec = thread_cpu_seconds() - t0;
   return (Kind == 0 ? 8.0 : 12.0) * n / sec;
 }
 #undef SYSINFER_DP12
+#undef SYSINFER_MB12
 
 // The int8 peak of one core: vpdpbusd throughput per cycle x clock; each zmm vpdpbusd is 64
 // multiply-adds (128 int8 ops). Best of 7 rounds (a shared machine only ever slows a round down).
 void bench_peak() {
-  if (!detect_cpu_features().avx512) { std::printf("no AVX-512 VNNI on this CPU\n"); return; }
+  if (!detect_cpu_features().avx512) {  // AVX2: vpmaddubsw, 32 multiplies (64 int8 ops) each
+    if (!detect_cpu_features().avx2) { std::printf("neither AVX-512 VNNI nor AVX2 on this CPU\n"); return; }
+    double clock = 0, mb = 0;
+    for (int r = 0; r < 7; ++r) {
+      clock = std::max(clock, per_second<0>(100000000));
+      mb = std::max(mb, per_second<3>(20000000));
+    }
+    std::printf("clock %.2f GHz (dependent adds); vpmaddubsw ymm %.2f/cycle; int8 peak %.0f GOPS per core (64 ops "
+                "each)\n", clock / 1e9, mb / clock, mb * 64 / 1e9);
+    return;
+  }
   double clock = 0, zmm = 0, ymm = 0;
   for (int r = 0; r < 7; ++r) {
     clock = std::max(clock, per_second<0>(100000000));
@@ -704,6 +874,14 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
+    if (!std::strcmp(argv[i], "--bench-rows")) {  // [TYPE] [ROUNDS]
+      WType type = WType::Q4_0;
+      if (i + 1 < argc)
+        for (WType t : {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K})
+          if (!std::strcmp(argv[i + 1], type_name(t))) type = t;
+      bench_rows(type, i + 2 < argc ? std::max(1, std::atoi(argv[i + 2])) : 7);
+      return 0;
+    }
     if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
     if (!std::strcmp(argv[i], "--bench-gemm") && i + 3 < argc) {
       bench_gemm_shape(std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::max(2, std::atoi(argv[i + 3])));
@@ -722,6 +900,7 @@ int main(int argc, char** argv) {
               f.f16c, f.avx512, f.neon, f.dotprod, f.i8mm, select_kernels().name);
   if (expect) check(std::strcmp(select_kernels().name, expect) == 0, std::string("selected table is ") + expect);
   check_packing();
+  check_skeleton();
   check_quantize(generic_kernels());
   check_softmax_exp(generic_kernels());
   check_attention_ops(generic_kernels());
