@@ -55,15 +55,22 @@ class BlockManager:
         """Blocks holding the longest cached prefix of seq's tokens (at least one token left to run)."""
         if not self.enable_prefix_cache:
             return []
-        tokens, bs, hits, h = seq.tokens, self.block_size, [], None
-        for i in range((len(tokens) - 1) // bs):
-            chunk = tuple(tokens[i * bs : (i + 1) * bs])
-            h = self.chain_hash(h, chunk)
+        tokens, bs, hits = seq.tokens, self.block_size, []
+        for i, h in enumerate(self._chain(seq, tokens, (len(tokens) - 1) // bs)):
             block = self.hash_to_block.get(h)
-            if block is None or self.block_tokens[block] != chunk:  # miss, or a hash collision
+            if block is None or self.block_tokens[block] != tuple(tokens[i * bs : (i + 1) * bs]):  # miss, or a collision
                 break
             hits.append(block)
         return hits
+
+    def _chain(self, seq: Sequence, tokens: list[int], n_blocks: int) -> list[int]:
+        """The chain hashes of seq's first n_blocks full blocks. Kept on the sequence and extended as
+        it grows (its tokens only ever grow), so admission hashes its prompt once: can_allocate and
+        allocate, and a sequence that waits step after step, reuse the chain."""
+        chain, bs = seq.block_hashes, self.block_size
+        for i in range(len(chain), n_blocks):
+            chain.append(self.chain_hash(chain[-1] if chain else None, tuple(tokens[i * bs : (i + 1) * bs])))
+        return chain[:n_blocks]
 
     # ---- check / act ----
     def can_allocate(self, seq: Sequence) -> bool:

@@ -164,9 +164,7 @@ class Sampler:
         # Extreme penalties (repetition_penalty 5e-324) overflow to +-inf; keep every logit finite so
         # the shifts below can't make NaN.
         np.clip(logits, -_LOGIT_LIMIT, _LOGIT_LIMIT, out=logits)
-        if allowed is not None:
-            _mask(logits, allowed)
-        return logits
+        return masked(logits, allowed)
 
     def probabilities(self, logits: np.ndarray, generated_ids, allowed: np.ndarray | None = None) -> np.ndarray:
         """The distribution a non-greedy request samples from (grammar mask, penalties, temperature, filters)."""
@@ -230,16 +228,11 @@ class Sampler:
 
 def masked(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     """logits: [n_vocab], a copy with the tokens outside `allowed` (a grammar's mask) at -inf, in the
-    logits' own dtype (the distribution a constrained row samples from); the logits as given without a mask."""
+    logits' own dtype (the distribution a constrained row samples from); logits past the mask's end
+    (a vocabulary padded beyond the tokenizer's) are never allowed. Without a mask: the logits as given."""
     if allowed is None:
         return logits
+    out = np.full_like(logits, -np.inf)
     n = min(allowed.size, logits.size)
-    return np.where(allowed[:n], logits[:n], logits.dtype.type(-np.inf))
-
-
-def _mask(logits: np.ndarray, allowed: np.ndarray) -> None:
-    """Tokens outside `allowed` to -inf, in place; logits past the mask's end (a vocabulary padded
-    beyond the tokenizer's) are never allowed."""
-    n = min(allowed.size, logits.size)
-    logits[:n][~allowed[:n]] = -np.inf
-    logits[n:] = -np.inf
+    np.copyto(out[:n], logits[:n], where=allowed[:n])
+    return out

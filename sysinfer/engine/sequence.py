@@ -37,13 +37,23 @@ class Sequence:
     drafted: int = 0            # speculative tokens verified for this request
     draft_accepted: int = 0     # of them, confirmed by the model
     hashed: tuple[int, int | None] = (0, None)  # (blocks named in the prefix cache, last chain hash)
+    block_hashes: list[int] = field(default_factory=list)  # chain hashes of the first full blocks (block_manager)
     arrival: int = field(default_factory=lambda: next(_arrival))
     choice: int = 0                # which of its request's n choices this sequence is
     state: "RequestState | None" = None  # the engine's per-request sampler, detokenizer, stop matcher
 
+    _all: list[int] = field(default_factory=list, init=False, repr=False)  # prompt + output, kept appended
+
     @property
     def tokens(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
+        """prompt_ids + output_ids (read-only for callers), appended to as the output grows instead of
+        built again each time it is read (the model runner reads it every step)."""
+        done = len(self._all) - len(self.prompt_ids)
+        if done < 0 or done > len(self.output_ids):  # first read (or an output cut short): build it
+            self._all[:] = self.prompt_ids + self.output_ids
+        elif done < len(self.output_ids):
+            self._all += self.output_ids[done:]
+        return self._all
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)

@@ -413,3 +413,28 @@ def test_accepted_drafts_give_the_same_tokens_in_fewer_steps():
         assert_idle(engine)
     assert outputs[False][0] == outputs[True][0] == (want, "length")
     assert outputs[True][2] > 20 and outputs[True][1] < outputs[False][1] / 3, outputs
+
+
+def test_admission_hashes_each_prompt_block_once(monkeypatch):
+    """can_allocate and allocate both walked the prompt's hash chain, and a waiting sequence walked it
+    again at every step: the chain is now kept on the sequence and extended as it grows."""
+    calls = []
+    real = BlockManager.chain_hash
+    monkeypatch.setattr(BlockManager, "chain_hash", staticmethod(lambda h, chunk: calls.append(chunk) or real(h, chunk)))
+    bm = BlockManager(16, 4)
+    seq = Sequence("a", list(range(1, 22)), SamplingParams())  # 21 tokens: 5 full blocks before the last token
+    for _ in range(3):  # e.g. checked at three steps while it waited
+        assert bm.can_allocate(seq)
+    bm.allocate(seq)
+    assert len(calls) == 5 and seq.block_hashes == seq.block_hashes[:5]
+    seq.output_ids += [7, 8, 9, 10]  # grows: only the new full block is hashed
+    assert bm._cached_prefix(seq) == [] and len(calls) == 6
+
+
+def test_sequence_tokens_are_appended_not_rebuilt():
+    seq = Sequence("a", [1, 2, 3], SamplingParams())
+    first = seq.tokens
+    seq.output_ids.append(4)
+    assert seq.tokens is first and first == [1, 2, 3, 4] and len(seq) == 4
+    seq.output_ids += [5, 6]
+    assert seq.tokens == [1, 2, 3, 4, 5, 6]

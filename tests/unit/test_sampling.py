@@ -122,3 +122,17 @@ def test_nucleus_prefix_equals_the_full_stable_sort(seed, size, top_p, ties):
     fast_keep = fast[np.cumsum(probs[fast]) - probs[fast] < top_p]
     assert list(fast) == list(full[: len(fast)])
     assert list(fast_keep) == list(full_keep)
+
+
+def test_masked_keeps_the_vocabulary_size_and_never_allows_padding():
+    """One masking helper (sampling._mask, the in-place twin, is gone): a vocabulary padded beyond
+    the tokenizer's keeps its size, the padding at -inf."""
+    from sysinfer.engine.sampling import masked
+
+    logits = np.array([1.0, 5.0, 2.0, 9.0, 9.5], dtype=np.float32)  # 2 padding rows past the mask
+    allowed = np.array([True, False, True])
+    out = masked(logits, allowed)
+    assert out.shape == logits.shape and out.dtype == logits.dtype
+    assert out.tolist() == [1.0, -np.inf, 2.0, -np.inf, -np.inf] and logits[1] == 5.0  # a copy
+    assert Sampler(SamplingParams(temperature=0.0)).sample(logits, [], allowed) == 2
+    assert Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.1)).sample(logits, [], allowed) == 2
