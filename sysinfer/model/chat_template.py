@@ -107,7 +107,9 @@ def _render(tok: "Tokenizer", messages: list[dict], add_generation_prompt: bool,
             variables: dict[str, Any] | None = None) -> str:
     """A file's template renders in a worker process under time and memory limits (template_worker);
     our own built-in ones are trusted and render here."""
-    context = {**(variables or {}), "messages": messages, "add_generation_prompt": add_generation_prompt, "tools": tools,
+    # `documents` (RAG templates) is None unless a request's template variables give it, as in transformers
+    context = {"documents": None, **(variables or {}), "messages": messages,
+               "add_generation_prompt": add_generation_prompt, "tools": tools,
                "bos_token": tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
                "eos_token": tok.tokens[tok.eos_id] if tok.eos_id is not None else ""}
     source = template_source(tok)

@@ -227,3 +227,12 @@ def test_tool_call_syntax_follows_the_template(qwen3, qwen25, deepseek_r1, deeps
         assert syntax.template_renders_tools and syntax.opener == "<tool_call>\n" and syntax.parallel_calls
     for tok in (deepseek_r1, deepseek_llm):
         assert not choose_syntax(tok).template_renders_tools
+
+
+def test_defined_variables_match_transformers(qwen3):
+    """What a template can test with `is defined` matches too (tools and documents are None, not undefined)."""
+    probe = ("{{ tools is defined }} {{ tools is none }} {{ documents is defined }} {{ documents is none }} "
+             "{{ enable_thinking is defined }} {{ messages|length }} {{ add_generation_prompt }}")
+    tok = Tokenizer.from_metadata({**_qwen_meta(), "tokenizer.chat_template": probe})
+    for variables in ({}, {"enable_thinking": False}, {"documents": [{"title": "t", "text": "x"}]}):
+        assert tok.render_chat(PLAIN, True, variables=variables) == reference(tok, PLAIN, None, variables, True)
