@@ -135,7 +135,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens, stop=args.stop or [])
     cfg = ServerConfig(model=args.model, threads=args.threads, ctx_size=args.ctx_size, speculative=args.speculative,
-                       numa=args.numa, draft_model=args.draft_model, draft_lookup=not args.no_draft_lookup).validate()
+                       numa=args.numa, draft_model=args.draft_model, draft_lookup=not args.no_draft_lookup,
+                       draft_policy=args.draft_policy or "cost").validate()
     loaded = load_serving_model(cfg, progress=args.verbose)
     tokenizer = loaded.tokenizer
     if args.chat:
@@ -180,7 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
         request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
         speculative=args.speculative, numa=args.numa, draft_model=args.draft_model,
-        draft_lookup=False if args.no_draft_lookup else None)
+        draft_lookup=False if args.no_draft_lookup else None, draft_policy=args.draft_policy)
     _warn_if_exposed(cfg)
     try:  # bound before anything starts: a port in use ends here, with no "serving" announced
         sock = bind_socket(cfg.host, cfg.port)
@@ -258,6 +259,10 @@ def add_speculative_argument(p: argparse.ArgumentParser, default: str | None = N
     p.add_argument("--no-draft-lookup", action="store_true",
                    help="with --draft-model: draft with the model every step, no prompt lookup first "
                         "(env SYSINFER_DRAFT_LOOKUP=false)")
+    p.add_argument("--draft-policy", choices=["cost", "always"],
+                   help="cost (default): draft only where the accepted drafts expected pay for the extra rows, "
+                        "as this machine's step timings show; always: verify every draft found (for tests "
+                        "and measurement); env SYSINFER_DRAFT_POLICY")
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:

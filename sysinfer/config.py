@@ -14,6 +14,7 @@ from typing import Any
 from . import limits
 from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
                      NUMA_MODES)
+from .engine.spec_policy import POLICIES as DRAFT_POLICIES
 
 __all__ = ["EngineConfig", "ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
 
@@ -32,6 +33,7 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     speculative: bool = False           # draft and verify (resolved: ServerConfig.speculation)
     lookup_first: bool = True           # with a draft model: prompt lookup first
+    draft_policy: str = "cost"          # cost: draft where it pays (engine/spec_policy.py); always: every draft found
     max_queue: int = DEFAULT_MAX_QUEUE  # sequences allowed to wait
     request_timeout: float = math.inf   # seconds one request may live, queued and running
     stall_timeout: float = math.inf     # seconds a streaming client may leave its deltas unread
@@ -39,6 +41,8 @@ class EngineConfig:
     def __post_init__(self):
         for name in ("max_batch", "max_step_tokens", "max_queue", "request_timeout", "stall_timeout"):
             limits.check(name, getattr(self, name))
+        if self.draft_policy not in DRAFT_POLICIES:
+            raise ValueError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {self.draft_policy!r}")
 
     @classmethod
     def with_fields(cls, config: "EngineConfig | None", fields: dict[str, Any]) -> "EngineConfig":
@@ -64,6 +68,7 @@ class ServerConfig:
     speculative: str = "auto"         # prompt-lookup speculative decoding: on | off | auto (on when max_batch is 1)
     draft_model: str | None = None    # GGUF of a small model with the same vocabulary: drafts where prompt lookup finds none
     draft_lookup: bool = True         # with draft_model: prompt lookup first (False: the model drafts every time)
+    draft_policy: str = "cost"        # cost: draft only where accepted drafts pay for their rows (timed as it runs); always
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = DEFAULT_MAX_TOKENS  # default max tokens per reply (the reference's -n 4096)
     api_key: str | None = None
@@ -78,6 +83,8 @@ class ServerConfig:
         for name in limits.BOUNDS:  # the ranges the CLI's flags check too (limits.py)
             limits.check(name, getattr(self, name))
         self.speculative = _speculative_mode(self.speculative)
+        if self.draft_policy not in DRAFT_POLICIES:
+            raise ValueError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {self.draft_policy!r}")
         if self.numa is not None and self.numa not in NUMA_MODES:
             raise ValueError(f"numa must be auto, tp, replicate or off, got {self.numa!r}")
         if self.draft_model is not None:
@@ -94,7 +101,7 @@ class ServerConfig:
     def engine_config(self) -> EngineConfig:
         return EngineConfig(max_batch=self.max_batch, max_step_tokens=self.max_step_tokens,
                             enable_prefix_cache=self.prefix_cache, speculative=self.speculation,
-                            lookup_first=self.draft_lookup, max_queue=self.max_queue,
+                            lookup_first=self.draft_lookup, draft_policy=self.draft_policy, max_queue=self.max_queue,
                             request_timeout=self.request_timeout, stall_timeout=self.stall_timeout)
 
     @property

@@ -3,8 +3,11 @@ the same process with its own KV cache, proposes each decoding sequence's next k
 verifies them in its one step as it does prompt-lookup drafts (llm_engine.py).
 
 Per engine step and sequence:
-1. plan (`reserve`): how many tokens to draft (adaptive k, as prompt lookup: +2 after a fully
-   accepted draft, down to what was accepted after a rejection) and the draft cache's blocks for them.
+1. plan (`reserve`): how many tokens to draft, by the engine's policy (spec_policy.py: the accepted
+   drafts expected from this request's record against what the target's extra rows and the draft
+   model's own steps cost, both timed as they run), and the draft cache's blocks for them. After
+   PROBE_START declined steps in a row the model drafts one token anyway, if a right one would pay
+   (then after twice as many, up to PROBE_MAX): its record can only learn from drafts it makes.
 2. execute, in the engine's step thread (`propose`): the draft model catches up on the tokens it has
    not seen (the prompt at first, then the token the target added and any accepted drafts), whose
    last row gives draft 1; then k - 1 single-token steps give drafts 2..k. Every sequence drafting in
@@ -34,10 +37,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .block_manager import BlockManager
-from .prompt_lookup import K_MAX, K_START
+from .prompt_lookup import K_MAX
 from .sampling import SamplingError
 from .scheduler import ScheduledChunk
 from .sequence import Sequence
+from .spec_policy import REQUEST_DECAY, Acceptance, DraftPolicy
+from .step_cost import StepCost
+
+PROBE_START, PROBE_MAX = 16, 256  # declined steps before the model drafts one token to learn again
 
 log = logging.getLogger("sysinfer.engine")
 
@@ -50,7 +57,9 @@ class DraftTrack:
     num_computed: int = 0   # leading tokens of the sequence whose K/V the draft cache holds
     length: int = 0         # tokens the blocks cover: num_computed, or more while drafting
     hashed: tuple[int, int | None] = (0, None)  # unused (no prefix cache in the draft)
-    k: int = K_START        # tokens to draft next (adapts to acceptance)
+    history: Acceptance | None = None  # how this request's model drafts fared (spec_policy.py)
+    declined: int = 0       # steps in a row the policy declined the model's drafts
+    probe_every: int = PROBE_START  # declined steps before a one-token probe
     base: int = 0           # len(sequence) when the current drafts were proposed
     n_draft: int = 0        # drafts to verify in the current step (cut at a stop token or a forbidden one)
     pending: int = 0        # drafts reserved for the model in this step (0: none, or prompt lookup's)
@@ -70,7 +79,8 @@ class DraftStats:
 
 
 class DraftModel:
-    def __init__(self, model, max_batch: int, lookup_first: bool = True):
+    def __init__(self, model, max_batch: int, lookup_first: bool = True, policy: DraftPolicy | None = None,
+                 clock=time.perf_counter):
         if model.max_out_rows < max_batch:
             raise ValueError(f"the draft model needs {max_batch} logits rows per step, has {model.max_out_rows}")
         self.model = model
@@ -79,6 +89,8 @@ class DraftModel:
         self.blocks = BlockManager(model.n_kv_blocks, model.block_size, enable_prefix_cache=False, watermark=0.0)
         self.tracks: dict[str, DraftTrack] = {}
         self.stats = DraftStats()
+        self.policy = policy if policy is not None else DraftPolicy()
+        self.cost, self.clock = StepCost(), clock  # what the draft model's steps cost, by tokens per call
         width = self.blocks.blocks_for(model.n_ctx + K_MAX)
         n_tok = model.max_step_tokens
         # The draft steps' arrays, filled in place (Model.step in native/src/model.h):
@@ -93,15 +105,23 @@ class DraftModel:
     def reserve(self, seq: Sequence, limit: int) -> list[int]:
         """Placeholders for the tokens seq will draft in this step (filled by `propose`), with the
         draft cache's blocks for them; [] when limit < 1 or the draft cache is full."""
-        track = self.tracks.setdefault(seq.request_id, DraftTrack())
+        track = self.tracks.get(seq.request_id)
+        if track is None:
+            track = self.tracks[seq.request_id] = DraftTrack(history=Acceptance(REQUEST_DECAY, self.policy.model_history))
         track.pending, track.from_lookup = 0, False
-        if self.lookup_first and limit >= 1:
-            found = seq.state.draft(limit)
+        if limit < 1:
+            return []
+        # A seeded sampled request's drafts come from its own generator: which steps draft must not
+        # depend on timings, or the seed would not give the same reply twice. It drafts whatever is found.
+        seeded = seq.params.seed is not None and not seq.params.greedy
+        decide = self.policy.take_all if seeded else self.policy.decide
+        if self.lookup_first:
+            found = seq.state.draft(limit, decide)
             if found:
                 track.from_lookup = True  # verified as deterministic drafts; the model catches up later
                 self.stats.lookup_steps += 1
                 return found
-        k = min(track.k, limit)
+        k = self.policy.take_all([0.0] * limit) if seeded else self._choose(track, limit)
         if k < 1:
             return []
         track.length = len(seq) + k - 1  # the sequence's tokens, then drafts 1..k-1 get K/V
@@ -111,6 +131,20 @@ class DraftModel:
         self.blocks.append_slots(track, 1)
         track.pending = k
         return [0] * k
+
+    def _choose(self, track: DraftTrack, limit: int) -> int:
+        """Tokens for the model to draft: the policy's choice (each draft token costs one of the
+        model's one-token steps), or a one-token probe after enough declined steps."""
+        per_token = self.cost.estimate(1) or 0.0  # unmeasured: the first draft measures it
+        k = self.policy.decide(track.history.expected(limit), per_token)
+        if k:
+            track.declined = 0
+            return k
+        track.declined += 1
+        if track.declined < track.probe_every:
+            return 0
+        track.declined, track.probe_every = 0, min(PROBE_MAX, 2 * track.probe_every)
+        return self.policy.decide([1.0], per_token)  # only if even a right token would pay
 
     # ---- execute (step thread) ----
     def propose(self, plan: list[ScheduledChunk]) -> None:
@@ -187,8 +221,11 @@ class DraftModel:
                 n_rows += 1
         self._starts[n_seq] = n_tok
         self.stats.calls += 1
-        return self.model.step(self._tokens[:n_tok], self._positions[:n_tok], self._starts[: n_seq + 1],
+        t0 = self.clock()
+        rows = self.model.step(self._tokens[:n_tok], self._positions[:n_tok], self._starts[: n_seq + 1],
                                self._tables[:n_seq], self._lens[:n_seq], self._rows[:n_rows])
+        self.cost.observe(n_tok, self.clock() - t0)
+        return rows
 
     def _pick(self, seq: Sequence, track: DraftTrack, row: np.ndarray, i: int) -> int:
         """Draft i from the draft model's logits: the argmax for greedy requests, else a draw from q
@@ -215,7 +252,7 @@ class DraftModel:
 
     def after_verify(self, seq: Sequence, drafted: int, accepted: int) -> None:
         """Keep the draft's K/V through the last accepted draft it computed (drafts 1..k-1 were run,
-        draft k was not), give back the rest, and adapt k."""
+        draft k was not), give back the rest, and record how the drafts fared."""
         track = self.tracks.get(seq.request_id)
         if track is None:
             return
@@ -229,7 +266,9 @@ class DraftModel:
         self.blocks.trim(track)
         track.probs = []
         if drafted:  # a draft the grammar cut to nothing says nothing about the model's guesses
-            track.k = min(K_MAX, track.k + 2) if accepted == drafted else max(1, accepted + 1)
+            track.history.record(drafted, accepted)
+            if accepted:
+                track.probe_every = PROBE_START
 
     def release(self, seq: Sequence) -> None:
         """The request is over: its draft blocks go back."""

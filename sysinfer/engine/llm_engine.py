@@ -28,6 +28,7 @@ from .request_state import Delta, RequestState, Usage
 from .sampling import SamplingError, SamplingParams
 from .scheduler import ScheduledChunk, Scheduler
 from .sequence import Sequence
+from .spec_policy import DraftPolicy
 
 log = logging.getLogger("sysinfer.engine")
 _ids = itertools.count()
@@ -59,8 +60,10 @@ class EngineStats:
 class LLMEngine:
     """One model's engine core (core.EngineCore): one node, or a tensor-parallel split across nodes."""
 
-    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, draft_model=None, **fields):
-        """config: the engine's settings, passed whole (fields: some of them replaced, for tests)."""
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, draft_model=None, clock=time.perf_counter,
+                 **fields):
+        """config: the engine's settings, passed whole (fields: some of them replaced, for tests);
+        clock: what times the native steps for the drafting policy (tests give a fake one)."""
         self.config = config = EngineConfig.with_fields(config, fields)
         max_batch, max_step_tokens, speculative = config.max_batch, config.max_step_tokens, config.speculative
         if max_batch > model.max_out_rows:
@@ -77,8 +80,11 @@ class LLMEngine:
         self.draft_limit = min(K_MAX, model.max_out_rows // max_batch - 1) if speculative else 0
         if draft_model is not None and not self.draft_limit:
             raise ValueError(f"{DRAFT_NEEDS_SPECULATION} on (and logits rows for its drafts)")
+        # Whether drafts pay for their rows, from this engine's own step timings (spec_policy.py).
+        self.policy, self.clock = DraftPolicy(policy=config.draft_policy), clock
         # Drafts from a small model of the same vocabulary (draft_model.py), else from prompt lookup.
-        self.drafter = DraftModel(draft_model, max_batch, config.lookup_first) if draft_model is not None else None
+        self.drafter = (DraftModel(draft_model, max_batch, config.lookup_first, self.policy, clock)
+                        if draft_model is not None else None)
         self.by_id: dict[str, Sequence] = {}
         self.stats = EngineStats()
         self._mask_thread: ThreadPoolExecutor | None = None  # grammar masks, beside the native step
@@ -109,7 +115,8 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, list(prompt_ids), params)
         seq.state = RequestState(self.tokenizer, prompt_ids, params,
-                                 speculative=self.draft_limit > 0 and (self.drafter is None or self.drafter.lookup_first))
+                                 speculative=self.draft_limit > 0 and (self.drafter is None or self.drafter.lookup_first),
+                                 lookup_history=self.policy.lookup_history)
         self.by_id[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -136,14 +143,16 @@ class LLMEngine:
         return self.scheduler.schedule()
 
     def _draft(self) -> None:
-        """Speculative tokens for each decoding sequence, never past its max_tokens or the context."""
-        for seq in self.scheduler.running:
-            if seq.num_pending != 1:
-                continue
+        """Speculative tokens for each decoding sequence, never past its max_tokens or the context,
+        and only as many as the policy finds worth their rows."""
+        decoding = [seq for seq in self.scheduler.running if seq.num_pending == 1]
+        self.policy.begin(len(decoding))
+        for seq in decoding:
             room = min(seq.params.max_tokens - len(seq.output_ids), self.model.n_ctx - len(seq)) - 1
             limit = min(self.draft_limit, room)
             # A draft model's tokens come in execute(), off the event loop: here only their count.
-            seq.draft_ids = self.drafter.reserve(seq, limit) if self.drafter else seq.state.draft(limit)
+            seq.draft_ids = (self.drafter.reserve(seq, limit) if self.drafter
+                             else seq.state.draft(limit, self.policy.decide))
 
     def execute(self, plan: list[ScheduledChunk]) -> np.ndarray:
         """Phase 2 (arithmetic, GIL released): logits [rows that sample, n_vocab], in plan order.
@@ -153,7 +162,11 @@ class LLMEngine:
             self.drafter.propose(plan)  # (which are computed for the drafts it settles on)
         masks = self._masks_ahead(plan)
         try:
-            logits = self.runner.run(self.runner.build(plan))
+            inputs = self.runner.build(plan)
+            t0 = self.clock()
+            logits = self.runner.run(inputs)
+            if all(c.is_decode for c in plan):  # what a step of this many decode rows costs
+                self.policy.observe(len(inputs.token_ids), self.clock() - t0)
         finally:
             if masks is not None:
                 masks.result()

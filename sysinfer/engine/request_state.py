@@ -16,6 +16,7 @@ from .detokenizer import IncrementalDetokenizer, StopChecker
 from .logprobs import TokenLogprob, token_logprob
 from .prompt_lookup import PromptLookup
 from .sampling import Sampler, SamplingParams, masked
+from .spec_policy import REQUEST_DECAY, Acceptance
 
 
 @dataclass
@@ -48,10 +49,13 @@ class RequestState:
     Under a grammar, drafts are cut at the first token it forbids, and where prompt lookup finds
     nothing the tokens the grammar forces are the draft."""
 
-    def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, speculative: bool = False):
+    def __init__(self, tokenizer, prompt_ids: list[int], params: SamplingParams, speculative: bool = False,
+                 lookup_history: Acceptance | None = None):
         self.params = params
         self.grammar = GrammarState(params.grammar, tokenizer.vocab_size) if params.grammar is not None else None
-        self.lookup = PromptLookup(prompt_ids) if speculative else None
+        # lookup_history: the engine-wide record of lookup drafts, the prior of this request's own
+        self.lookup = (PromptLookup(prompt_ids, Acceptance(REQUEST_DECAY, prior=lookup_history))
+                       if speculative else None)
         self.drafted_by_lookup = False  # the last draft came from the lookup (it learns from the outcome)
         self.sampler = Sampler(params, prompt_ids)
         self.detok = IncrementalDetokenizer(tokenizer, prompt_ids)
@@ -91,9 +95,12 @@ class RequestState:
         taken, self.logprobs = self.logprobs, []
         return taken
 
-    def draft(self, limit: int) -> list[int]:
+    def draft(self, limit: int, decide) -> list[int]:
         """Tokens to verify in the next step (none without speculation or without a match). Under a
-        grammar: the lookup's tokens up to the first one it forbids, else the tokens it forces."""
+        grammar: the lookup's tokens up to the first one it forbids, else the tokens it forces.
+        decide(expected) -> k (spec_policy.DraftPolicy.decide): how many of the proposal pay for
+        their rows, given expected[j - 1], the accepted drafts expected among the first j (the
+        lookup's record; a forced token is always accepted). A declined proposal is shadowed."""
         if self.lookup is None or limit < 1:
             return []
         tokens = self.lookup.propose(limit)
@@ -103,7 +110,16 @@ class RequestState:
             if not tokens:
                 forced = self.grammar.forced(limit)
                 tokens, self.drafted_by_lookup = forced[: self.grammar.valid_prefix(forced)], False
-        return self.cut_after_stop(tokens)
+        tokens = self.cut_after_stop(tokens)
+        if not tokens:
+            return []
+        if self.drafted_by_lookup:
+            k = decide(self.lookup.history.expected(len(tokens)))
+            if k == 0:
+                self.lookup.decline(tokens)
+        else:
+            k = decide([float(j) for j in range(1, len(tokens) + 1)])
+        return tokens[:k]
 
     def cut_after_stop(self, tokens: list[int]) -> list[int]:
         """The draft up to its first stop token, kept: nothing after it can be part of the reply."""

@@ -201,7 +201,11 @@ class Sampler:
         exactly: accepted with probability min(1, p(draft) / q(draft)); on rejection the token is
         drawn from max(0, p - q), renormalised. q is the distribution the draft was drawn from
         (`draft_probs`, a draft model's); None means all its mass on `draft` (prompt lookup), where
-        the rule reads: accept with probability p(draft), else draw from p without the draft.
+        the rule reads: accept with probability p(draft), else draw from p without the draft; that
+        is drawing from p as `sample` does and accepting when the draw is the draft, which is how it
+        is done: the same draw from the same generator as without the draft, so a seeded request
+        gives the same tokens whether or not (and however much) the engine drafted for it (the
+        policy's choice depends on step timings: spec_policy.py).
         `allowed` (a grammar's mask for this row) is part of p: q may put mass on forbidden tokens,
         which p never keeps (the rule holds for any q the draft was really drawn from)."""
         if self.params.greedy:
@@ -211,11 +215,8 @@ class Sampler:
             raise SamplingError("the output grammar allows no token here")
         probs = self.probabilities(logits, generated_ids, allowed)
         if draft_probs is None:
-            if self.rng.random() < probs[draft]:
-                return draft, True
-            probs[draft] = 0.0
-            probs /= probs.sum()  # p(draft) < 1 here, so some mass is left
-            return int(self.rng.choice(probs.size, p=probs)), False
+            token = int(self.rng.choice(probs.size, p=probs))
+            return token, token == draft
         if self.rng.random() * draft_probs[draft] < probs[draft]:  # u < p/q without dividing by q
             return draft, True
         residual = np.maximum(probs - draft_probs, 0.0)

@@ -18,7 +18,10 @@ QUESTION = DOCUMENT[:1500] + "\nQuote section 2 of the handbook above word for w
 
 @pytest.fixture(scope="module")
 def servers():
-    procs = {mode: start_server(**({"SYSINFER_SPECULATIVE": "off"} if mode == "off" else {})) for mode in ("auto", "off")}
+    # Every draft found is verified (SYSINFER_DRAFT_POLICY=always), so the counts below do not depend on
+    # this machine's step timings (the default policy drafts only where that pays: spec_policy.py).
+    procs = {mode: start_server(**({"SYSINFER_SPECULATIVE": "off"} if mode == "off" else
+                                   {"SYSINFER_DRAFT_POLICY": "always"})) for mode in ("auto", "off")}
     yield {mode: openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
            for mode, (_, base, _) in procs.items()}, procs["auto"][1]
     for proc, _, _ in procs.values():

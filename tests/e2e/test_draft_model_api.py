@@ -25,7 +25,10 @@ QUESTION = DOCUMENT[:1200] + "\nWhat does section 2 of the handbook above say? Q
 @pytest.fixture(scope="module")
 def servers():
     # the model drafts every step (SYSINFER_DRAFT_LOOKUP=false): SmolLM2 drafting for itself is always right
-    procs = {"draft": start_server(SYSINFER_DRAFT_MODEL=smollm2_q4_0(), SYSINFER_DRAFT_LOOKUP="false"),
+    # (SYSINFER_DRAFT_POLICY=always: a draft model as costly as the target would not pay, and the
+    # default policy would rightly stop drafting with it)
+    procs = {"draft": start_server(SYSINFER_DRAFT_MODEL=smollm2_q4_0(), SYSINFER_DRAFT_LOOKUP="false",
+                                   SYSINFER_DRAFT_POLICY="always"),
              "off": start_server(SYSINFER_SPECULATIVE="off")}
     yield {mode: (openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0), base)
            for mode, (_, base, _) in procs.items()}

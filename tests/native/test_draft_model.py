@@ -35,7 +35,7 @@ def _alone(target, tok, prompts, draft=None, params=None, lookup_first=False):
     """Each prompt in turn; the outputs and both block managers' free counts after each request
     (lookup_first=False by default: the draft model drafts every step)."""
     engine = LLMEngine(target, tok, speculative=draft is not None, draft_model=draft, enable_prefix_cache=False,
-                       lookup_first=lookup_first)
+                       lookup_first=lookup_first, draft_policy="always")
     start = _free(engine)
     outputs = []
     for prompt in prompts:
@@ -47,7 +47,7 @@ def _alone(target, tok, prompts, draft=None, params=None, lookup_first=False):
 
 def _batched(target, tok, prompts, draft, lookup_first=False, params=None):
     engine = LLMEngine(target, tok, max_batch=BATCH, speculative=True, draft_model=draft, enable_prefix_cache=False,
-                       lookup_first=lookup_first)
+                       lookup_first=lookup_first, draft_policy="always")
     seqs = [engine.add_request(p, params or SamplingParams(max_tokens=MAX_TOKENS)) for p in prompts]
     while engine.has_work():
         engine.step()
@@ -125,7 +125,7 @@ def test_smollm2_batched_with_draft_model_equals_alone(smollm2, smollm2_through_
 
 def test_smollm2_abort_mid_request_frees_both(smollm2):
     target, draft, tok, prompts, _ = smollm2
-    engine = LLMEngine(target, tok, speculative=True, draft_model=draft, lookup_first=False)
+    engine = LLMEngine(target, tok, speculative=True, draft_model=draft, lookup_first=False, draft_policy="always")
     gen = engine.generate(prompts[0], SamplingParams(max_tokens=200))
     for _, _delta in zip(range(4), gen):
         pass

@@ -42,9 +42,12 @@ def cache_state(engine: LLMEngine):
     return b.num_free, b.num_cached, sum(b.ref_count), named
 
 
-def run_alone(model, tok, prompts, speculative: bool):
-    """Each prompt in turn on one engine (its prefix cache carried over): tokens and cache states."""
-    engine = LLMEngine(model, tok, speculative=speculative)
+def run_alone(model, tok, prompts, speculative):
+    """Each prompt in turn on one engine (its prefix cache carried over): tokens and cache states.
+    speculative: False, True (every draft found is verified) or "cost" (the default policy: which
+    steps draft depends on this machine's step timings, the output may not)."""
+    engine = LLMEngine(model, tok, speculative=bool(speculative),
+                       draft_policy="cost" if speculative == "cost" else "always")
     outputs, states = [], []
     for prompt in prompts:
         deltas = list(engine.generate(prompt, SamplingParams(max_tokens=MAX_TOKENS)))
@@ -56,11 +59,12 @@ def run_alone(model, tok, prompts, speculative: bool):
 @pytest.fixture(scope="module")
 def alone(smollm2):
     model, tok, prompts = smollm2
-    return {spec: run_alone(model, tok, prompts, spec) for spec in (False, True)}
+    return {spec: run_alone(model, tok, prompts, spec) for spec in (False, True, "cost")}
 
 
-def test_greedy_output_is_identical_with_speculation(alone):
-    (plain, plain_states, _), (spec, spec_states, engine) = alone[False], alone[True]
+@pytest.mark.parametrize("policy", [True, "cost"])
+def test_greedy_output_is_identical_with_speculation(alone, policy):
+    (plain, plain_states, _), (spec, spec_states, engine) = alone[False], alone[policy]
     for (name, _), a, b in zip(PROMPTS, plain, spec):
         assert a == b, f"{name}: speculation changed the greedy output"
     assert spec_states == plain_states  # free count and prefix cache after every request
@@ -77,7 +81,7 @@ def test_batched_greedy_output_equals_alone(smollm2, alone):
     """BATCH requests at a time under continuous batching, each with its own drafts: every output is
     the one it had alone without speculation; at the end every block is free."""
     model, tok, prompts = smollm2
-    engine = LLMEngine(model, tok, max_batch=BATCH, speculative=True)
+    engine = LLMEngine(model, tok, max_batch=BATCH, speculative=True, draft_policy="always")
     seqs = [engine.add_request(p, SamplingParams(max_tokens=MAX_TOKENS)) for p in prompts]
     while engine.has_work():
         engine.step()
@@ -89,9 +93,13 @@ def test_batched_greedy_output_equals_alone(smollm2, alone):
     assert engine.stats.accepted_draft_tokens > 0
 
 
-def test_seeded_sampling_with_speculation_is_reproducible(smollm2):
+@pytest.mark.parametrize("prompt", [0, 1])
+def test_seeded_sampling_gives_the_same_reply_with_and_without_speculation(smollm2, prompt):
+    """A lookup draft is verified by the very draw plain sampling makes (Sampler.verify), so a seed
+    gives one reply whether the engine drafts always, never, or as step timings advise."""
     model, tok, prompts = smollm2
     params = dict(temperature=0.8, seed=7, max_tokens=40)
-    first, second = ([t for d in LLMEngine(model, tok, speculative=True).generate(prompts[0], SamplingParams(**params))
-                      for t in d.token_ids] for _ in range(2))
-    assert first == second and len(first) > 0
+    replies = [[t for d in LLMEngine(model, tok, speculative=spec, draft_policy=policy).generate(
+                   prompts[prompt], SamplingParams(**params)) for t in d.token_ids]
+               for spec, policy in ((False, "cost"), (True, "always"), (True, "cost"))]
+    assert replies[0] == replies[1] == replies[2] and len(replies[0]) > 0

@@ -55,7 +55,7 @@ def alone(smollm2):
     model, tok, prompts = smollm2
     runs = {}
     for speculative in (False, True):
-        engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False)
+        engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False, draft_policy="always")
         outputs = []
         for prompt, (_, _, constraint) in zip(prompts, CASES):
             deltas = list(engine.generate(prompt, params(tok, constraint)))
@@ -82,7 +82,8 @@ def test_constrained_greedy_output_is_identical_with_speculation(alone):
 
 def test_batched_constrained_drafts_equal_alone(smollm2, alone):
     model, tok, prompts = smollm2
-    engine = LLMEngine(model, tok, max_batch=BATCH, speculative=True, enable_prefix_cache=False)
+    engine = LLMEngine(model, tok, max_batch=BATCH, speculative=True, enable_prefix_cache=False,
+                       draft_policy="always")
     seqs = [engine.add_request(p, params(tok, c)) for p, (_, _, c) in zip(prompts, CASES)]
     while engine.has_work():
         engine.step()
@@ -97,7 +98,7 @@ def test_sampled_constrained_drafts_fit_the_schema_and_repeat_with_the_seed(smol
     model, tok, prompts = smollm2
     texts = []
     for _ in range(2):
-        engine = LLMEngine(model, tok, speculative=True)
+        engine = LLMEngine(model, tok, speculative=True, draft_policy="always")
         p = params(tok, CASES[0][2])
         p.temperature, p.seed = 0.9, 11
         texts.append("".join(d.text for d in engine.generate(prompts[0], p)))

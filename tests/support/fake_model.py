@@ -75,3 +75,29 @@ class FakeReplicas:
 
     def __getattr__(self, name: str):
         return getattr(self.replicas[0], name)
+
+
+class FakeClock:
+    """A clock that only moves when a model's step says what it cost (for the engine's `clock`)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CostedModel(FakeModel):
+    """FakeModel whose every step advances `clock` by cost(n_tok) seconds: the engine's step timings
+    (and so its drafting policy) see a chosen cost curve, never this machine's. `next_token`
+    (context, n_vocab) -> token replaces the fake model's text when given."""
+
+    def __init__(self, clock: FakeClock, cost, next_token=None, **kw):
+        super().__init__(**kw)
+        self.clock, self.cost = clock, cost
+        if next_token is not None:
+            self.next_token = next_token
+
+    def step(self, token_ids, *args):
+        self.clock.now += self.cost(len(token_ids))
+        return super().step(token_ids, *args)

@@ -34,7 +34,7 @@ class _WrongSometimes(FakeModel):
 def _engine(max_batch=1, draft_cls=FakeModel, draft_blocks=64, draft_step_tokens=64, lookup_first=False, **kw):
     model = FakeModel(n_kv_blocks=kw.pop("n_blocks", 64), block_size=4, max_out_rows=64)
     draft = draft_cls(n_kv_blocks=draft_blocks, block_size=4, max_step_tokens=draft_step_tokens, max_out_rows=8)
-    engine = LLMEngine(model, FakeTokenizer(), max_batch=max_batch, speculative=True, draft_model=draft,
+    engine = LLMEngine(model, FakeTokenizer(), max_batch=max_batch, speculative=True, draft_model=draft, draft_policy="always",
                        lookup_first=lookup_first, **kw)
     return engine, draft
 
@@ -84,7 +84,8 @@ class _Periodic(FakeModel):
 def test_lookup_first_drafts_by_lookup_when_it_matches_and_by_the_model_otherwise():
     model = _Periodic(n_kv_blocks=64, block_size=4, max_out_rows=16)
     draft = FakeModel(n_kv_blocks=64, block_size=4, max_out_rows=1)  # wrong nearly always
-    engine = LLMEngine(model, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=True)
+    engine = LLMEngine(model, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=True,
+                       draft_policy="always")
     prompt = [5, 6, 7]  # no n-gram repeats yet: the model drafts first
     tokens = list(prompt)
     while len(tokens) < 3 + 40:
@@ -206,7 +207,8 @@ def test_a_draft_ends_at_a_predicted_stop_token():
     the target verifies the stop token as the last draft."""
     target = _Recording(n_kv_blocks=64, block_size=4, max_out_rows=64)
     draft = _SaysEndEarly(n_kv_blocks=64, block_size=4, max_out_rows=8)
-    engine = LLMEngine(target, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=False)
+    engine = LLMEngine(target, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=False,
+                       draft_policy="always")
     prompt = [3, 9, 4, 7, 1]
     assert _run(engine, prompt, 40) == expected_tokens(prompt, 40)  # the target never ends: every 0 rejected
     decode_calls = [c for c in target.calls[1:] if len(c) > 1]

@@ -57,7 +57,8 @@ def test_acceptance_rule_with_a_draft_distribution_gives_p():
 def test_draft_model_sampling_keeps_the_joint_distribution():
     model = MarkovModel(n_kv_blocks=64, block_size=4, n_vocab=V, max_out_rows=16)
     draft = MarkovDraft(n_kv_blocks=64, block_size=4, n_vocab=V, max_out_rows=4)
-    engine = LLMEngine(model, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=False)
+    engine = LLMEngine(model, FakeTokenizer(), speculative=True, draft_model=draft, lookup_first=False,
+                       draft_policy="always")
     n = 6000
     counts = sampled_joint_counts(engine, n)
     s = engine.stats

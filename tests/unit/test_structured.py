@@ -82,7 +82,7 @@ def test_greedy_choice_regex_and_length():
 
 
 def test_masks_are_ready_for_every_verify_row_when_the_step_returns():
-    eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True)
+    eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True, draft_policy="always")
     grammar = compile_constraint(TOK, from_request(guided_json=SCHEMA))
     seq = eng.add_request([1, 2, 3, 1, 2, 3, 1, 2], SamplingParams(max_tokens=50, grammar=grammar))
     drafted_steps = 0
@@ -152,7 +152,7 @@ def test_constrained_drafts_give_what_decoding_without_them_gives(constraint, pr
         ids_i = [1 + model_seed] + ids
         outputs, stats = [], []
         for speculative in (False, True):
-            eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=speculative)
+            eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=speculative, draft_policy="always")
             grammar = compile_constraint(TOK, from_request(**constraint))
             deltas = list(eng.generate(ids_i, SamplingParams(max_tokens=60, grammar=grammar)))
             outputs.append(([t for d in deltas for t in d.token_ids], deltas[-1].finish_reason))
@@ -165,7 +165,7 @@ def test_constrained_drafts_give_what_decoding_without_them_gives(constraint, pr
 
 @pytest.mark.parametrize("seed", range(8))
 def test_sampled_constrained_drafts_hold_the_schema(seed):
-    eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True)
+    eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True, draft_policy="always")
     prompt = TOK.encode('{"kind": "dog", "n": 12, "tags": ["ab", "cd"]}')
     grammar = compile_constraint(TOK, from_request(guided_json=SCHEMA))
     deltas = list(eng.generate([seed + 1] + prompt, SamplingParams(max_tokens=200, grammar=grammar,
