@@ -2,6 +2,16 @@
 
     python benchmarks/speculative.py [--rounds 3] [--max-tokens 200] [--threads 2] [--json F]
                                      [--draft-model FILE.gguf | --draft-model smollm2] [--model-only]
+    python benchmarks/speculative.py --server [--model FILE.gguf] [--modes on,off,always] [--sets ...]
+                                     [--prompts N] [--rounds 3] [--max-tokens 64] [--threads 2] [--json F]
+
+--server: through the HTTP API, one stream at a time, one server per mode started side by side on
+the same file: "on" is the default (speculation on at --max-batch 1, drafting where the cost policy
+finds it pays: engine/spec_policy.py), "off" is --no-speculative, "always" verifies every draft found
+(the policy before issue 28). Each round sends every prompt of a set to every mode, the order of the
+modes rotating by round; decode tok/s = (completion tokens - 1) / (time from the first streamed
+token to the last); medians over rounds, ratios against "off"; greedy texts must agree. The CPU and
+the load average (start and end of each set) are printed with the figures.
 
 Without --draft-model, "on" drafts by prompt lookup; with it, "on" drafts as the server does with
 --draft-model: prompt lookup first, that model where lookup finds nothing (--model-only: the model
@@ -70,6 +80,107 @@ def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool, d
             "decode_steps": s.steps - 1}  # the first step prefilled (the prompts fit one step)
 
 
+SERVER_MODES = {"on": {}, "off": {"SYSINFER_SPECULATIVE": "off"}, "always": {"SYSINFER_DRAFT_POLICY": "always"}}
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _metrics(base: str) -> dict[str, float]:
+    import re
+
+    import httpx
+
+    text = httpx.get(base + "/metrics", timeout=30).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(sysinfer_\w+) (\S+)$", text, re.M)}
+
+
+def stream_one(client, text: str, max_tokens: int) -> dict:
+    """One greedy streamed chat request: its text, completion tokens and decode time."""
+    first = last = None
+    parts, usage = [], None
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
+                                            max_tokens=max_tokens, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            parts.append(chunk.choices[0].delta.content)
+    return {"text": "".join(parts), "decode_tokens": usage.completion_tokens - 1, "decode_s": (last or 0) - (first or 0)}
+
+
+def run_servers(args) -> int:
+    import os
+
+    import openai
+
+    from servers import start_server
+
+    modes = args.modes.split(",")
+    env = {"SYSINFER_THREADS": str(args.threads), "SYSINFER_CTX_SIZE": "2048"}
+    if args.model:
+        env["SYSINFER_MODEL"] = args.model
+    model_name = Path(args.model).name if args.model else "SmolLM2-135M-Instruct Q4_0"
+    procs = {}
+    try:
+        for mode in modes:
+            procs[mode] = start_server(**env, **SERVER_MODES[mode])
+        clients = {m: openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=3600)
+                   for m, (_, base, _) in procs.items()}
+        print(f"{model_name} through the server, {cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, "
+              f"modes {', '.join(modes)}, {args.max_tokens} tokens per reply, {args.rounds} rounds", flush=True)
+        for m in modes:  # warm-up
+            stream_one(clients[m], "Hello", 4)
+        report = {}
+        for set_name in args.sets.split(","):
+            prompts = SETS[set_name][: args.prompts or None]
+            load_start = os.getloadavg()
+            before = {m: _metrics(procs[m][1]) for m in modes}
+            rounds = []
+            for r in range(args.rounds):
+                order = modes[r % len(modes):] + modes[: r % len(modes)]
+                totals = {m: {"decode_tokens": 0, "decode_s": 0.0} for m in modes}
+                for name, text, *_ in prompts:
+                    runs = {m: stream_one(clients[m], text, args.max_tokens) for m in order}
+                    texts = {runs[m]["text"] for m in modes}
+                    if len(texts) != 1:
+                        print(f"FAIL: {set_name}/{name}: the modes' greedy texts differ", file=sys.stderr)
+                        return 1
+                    for m in modes:
+                        totals[m]["decode_tokens"] += runs[m]["decode_tokens"]
+                        totals[m]["decode_s"] += runs[m]["decode_s"]
+                rounds.append({m: t["decode_tokens"] / t["decode_s"] for m, t in totals.items()})
+                print(f"  {set_name} round {r + 1}: " + ", ".join(f"{m} {rounds[-1][m]:.2f}" for m in modes)
+                      + " tok/s", flush=True)
+            after = {m: _metrics(procs[m][1]) for m in modes}
+            load_end = os.getloadavg()
+            rate = {m: statistics.median(rd[m] for rd in rounds) for m in modes}
+            drafts = {m: (after[m].get("sysinfer_draft_tokens_total", 0) - before[m].get("sysinfer_draft_tokens_total", 0),
+                          after[m].get("sysinfer_accepted_draft_tokens_total", 0)
+                          - before[m].get("sysinfer_accepted_draft_tokens_total", 0)) for m in modes}
+            report[set_name] = {"tok_s": rate, "rounds": rounds, "drafts": drafts,
+                                "load": [load_start[0], load_end[0]]}
+            ratios = ", ".join(f"{m}/off x{rate[m] / rate['off']:.3f}" for m in modes if m != "off" and "off" in rate)
+            print(f"{set_name}: " + ", ".join(f"{m} {rate[m]:.2f} tok/s" for m in modes) + f"; {ratios}; drafts "
+                  + ", ".join(f"{m} {a:.0f}/{d:.0f} accepted" for m, (d, a) in drafts.items() if m != "off")
+                  + f"; load average {load_start[0]:.1f} -> {load_end[0]:.1f}", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
+    finally:
+        for proc, _, _ in procs.values():
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -82,7 +193,12 @@ def main() -> int:
     ap.add_argument("--model-only", action="store_true",
                     help="with --draft-model: the model drafts every step (default: prompt lookup first, the "
                          "model where it finds nothing, as the server does)")
+    ap.add_argument("--server", action="store_true", help="through the HTTP API, one server per mode (see above)")
+    ap.add_argument("--model", help="with --server: the GGUF to serve (default: SmolLM2-135M-Instruct Q4_0)")
+    ap.add_argument("--modes", default="on,off", help="with --server: comma-separated, of: on, off, always")
     args = ap.parse_args()
+    if args.server:
+        return run_servers(args)
     model = load_model(smollm2_q4_0(), threads=args.threads, n_ctx=2048, kv_blocks=160, max_step_tokens=1536,
                        max_out_rows=1 + K_MAX)
     tok = Tokenizer.from_metadata(model.metadata)

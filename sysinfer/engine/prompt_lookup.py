@@ -54,8 +54,8 @@ class PromptLookup:
                 self._check_shadow(t)
 
     def propose(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the latest earlier occurrence of the tail; none while
-        paused or while a shadow is still being checked."""
+        """Up to `limit` tokens that followed the latest earlier occurrence of the tail (repeated
+        when they run up to the tail itself); none while paused or while a shadow is still being checked."""
         if self.pause > 0:
             self.pause -= 1
             return []
@@ -66,7 +66,10 @@ class PromptLookup:
                 continue
             at = self.index[n].get(tuple(self.tokens[-n:]))
             if at is not None:
-                return self.tokens[at : at + limit]
+                found = self.tokens[at : at + limit]
+                # Short of the limit only when the match is recent: the tokens since repeat the
+                # match's own continuation (a loop, a list), so the guess goes on round the loop.
+                return (found * (limit // len(found) + 1))[:limit]
         return []
 
     def decline(self, proposal: list[int]) -> None:

@@ -11,9 +11,16 @@ from sysinfer.engine.spec_policy import Acceptance
 def test_drafts_follow_the_latest_match_of_the_longest_tail():
     lookup = PromptLookup([1, 2, 3, 4, 9, 2, 3, 5, 6, 7])
     lookup.extend([8, 2, 3])
-    assert lookup.propose(8) == [5, 6, 7, 8, 2, 3]  # (2, 3) last seen before 5; (8, 2, 3) never
+    assert lookup.propose(6) == [5, 6, 7, 8, 2, 3]  # (2, 3) last seen before 5; (8, 2, 3) never
     assert lookup.propose(2) == [5, 6]              # never past the limit
     assert lookup.propose(0) == []
+
+
+def test_a_match_close_behind_the_tail_goes_round_the_loop():
+    lookup = PromptLookup([7, 1, 2, 3, 1, 2, 3, 1, 2])
+    assert lookup.propose(8) == [3, 1, 2, 3, 1, 2, 3, 1]  # (3, 1, 2) last seen 3 back: a loop of 3
+    lookup = PromptLookup([5, 5, 5, 5])
+    assert lookup.propose(4) == [5, 5, 5, 5]
 
 
 def test_no_match_no_draft():
