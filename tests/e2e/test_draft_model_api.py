@@ -95,8 +95,11 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_generate_with_a_draft_model(tmp_path):
+    # --draft-policy always: drafting with a model as costly as the target does not pay, and by
+    # default the engine stops doing it after a try (spec_policy.py)
     out = _cli("generate", smollm2_q4_0(), "--draft-model", smollm2_q4_0(), "--no-draft-lookup", "--chat", "-p",
-               "Count from 1 to 10.", "-n", "16", "-v", "--ctx-size", "256", "--threads", "2", cwd=tmp_path)
+               "Count from 1 to 10.", "-n", "16", "-v", "--ctx-size", "256", "--threads", "2",
+               "--draft-policy", "always", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     accepted, drafted = map(int, re.search(r"drafts accepted (\d+)/(\d+)", out.stderr).groups())
     assert accepted == drafted > 5, out.stderr
