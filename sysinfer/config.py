@@ -13,8 +13,7 @@ from typing import Any
 
 from . import limits
 from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
-                     NUMA_MODES)
-from .engine.spec_policy import POLICIES as DRAFT_POLICIES
+                     DRAFT_POLICIES, NUMA_MODES)
 
 __all__ = ["EngineConfig", "ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
 

@@ -16,6 +16,7 @@ DEFAULT_MAX_TOKENS = 4096        # the server's reply length when a request give
 GENERATE_MAX_TOKENS = 256        # `sysinfer generate`'s, and a SamplingParams made without max_tokens
 DEFAULT_MAX_QUEUE = 256          # sequences allowed to wait; beyond: 429
 NUMA_MODES = ("auto", "tp", "replicate", "off")
+DRAFT_POLICIES = ("cost", "always")  # when to verify drafts: where they pay (engine/spec_policy.py), or always
 
 # ---- request bounds (OpenAI's where it has one) ----
 MAX_TEMPERATURE = 2.0   # OpenAI's range is [0, 2]; one bound for requests, defaults and the CLI

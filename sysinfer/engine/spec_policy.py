@@ -27,6 +27,7 @@ that of plain decoding; sampled output keeps its distribution); only which steps
 
 from __future__ import annotations
 
+from ..limits import DRAFT_POLICIES as POLICIES
 from .prompt_lookup import K_MAX
 from .step_cost import StepCost
 
@@ -35,7 +36,6 @@ SHARED_DECAY = 0.98   # the engine-wide history, every new request's prior
 PRIOR_WEIGHT = 2.0    # drafts' worth of the prior in an estimate (a request's first drafts lean on it)
 START_RATE = 0.5      # before any draft anywhere: P(draft i accepted | the drafts before it were)
 MARGIN = 0.05         # draft only for an expected gain of at least 5 % in tokens per second
-POLICIES = ("cost", "always")
 
 
 class Acceptance:
