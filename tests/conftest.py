@@ -17,6 +17,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 
+_FOLDER_MARKERS = {"unit": ("unit",), "native": ("native", "slow"), "e2e": ("e2e", "slow")}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers by folder (pyproject.toml lists them): `-m unit`, `-m "not slow"`, `-m e2e`..."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            folder = Path(item.fspath).resolve().relative_to(root).parts[0]
+        except ValueError:
+            continue
+        for name in _FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(name)
+
+
 @pytest.fixture(scope="session")
 def load():
     """load(path, **kwargs) -> LoadedModel, cached per (path, kwargs) for the session."""
