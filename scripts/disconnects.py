@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """200 streaming clients leaving at random points against a fresh server (CI runs 40:
-tests/test_disconnects.py). Prints what leaked (KV blocks, sequences, queue, file descriptors) and
+tests/e2e/test_disconnects.py). Prints what leaked (KV blocks, sequences, queue, file descriptors) and
 whether a stream running alongside got exactly the text it gets alone.
 
     python scripts/disconnects.py [--clients 200] [--concurrency 8] [--seed 0]

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Long fuzzing campaign of the HTTP API (CI runs a bounded slice: tests/test_api_fuzz.py).
+"""Long fuzzing campaign of the HTTP API (CI runs a bounded slice: tests/e2e/test_api_fuzz.py).
 
     python scripts/fuzz_http.py [--cases 5000] [--model FILE.gguf] [--seed 0]
 
 Starts `sysinfer serve` on a free loopback port, sends --cases hostile bodies to each completion
-endpoint (strategies in tests/api_fuzz.py), checks every answer, then checks the server still
+endpoint (strategies in tests/support/api_fuzz.py), checks every answer, then checks the server still
 serves a normal request, reports healthy and has every KV block free. Prints the tally by status.
 """
 

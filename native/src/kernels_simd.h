@@ -78,7 +78,7 @@ namespace {
 // the bits attention.cpp computed before this entry existed (its haswell target_clones copy ran only
 // on CPUs that __builtin_cpu_is("haswell"), so everywhere else the code without FMA ran). With FMA
 // contraction 10% of e^x values moved by an ulp, and that alone moved SmolLM2's greedy text off the
-// numpy reference at a 0.2-logit margin (tests/test_forward.py).
+// numpy reference at a 0.2-logit margin (tests/native/test_forward.py).
 #if defined(__clang__)
 #define SYSINFER_AS_WRITTEN _Pragma("STDC FP_CONTRACT OFF")
 #else

@@ -1,6 +1,6 @@
 """Hypothesis strategies for hostile request bodies, and the check every answer must pass.
 
-Used by tests/test_api_fuzz.py (a bounded run in CI) and scripts/fuzz_http.py (long runs). Bodies mix
+Used by tests/e2e/test_api_fuzz.py (a bounded run in CI) and scripts/fuzz_http.py (long runs). Bodies mix
 plausible values with garbage in every field: wrong types, NaN/Infinity, integers past 2^63, deep
 nesting, lone surrogates, NUL characters, typed special tokens, many stop strings, logit_bias junk.
 """

@@ -1,5 +1,5 @@
 """Streaming clients that leave at random points: before the first token, mid-stream, during a long
-prefill. Shared by tests/test_disconnects.py (CI) and scripts/disconnects.py (200 clients)."""
+prefill. Shared by tests/e2e/test_disconnects.py (CI) and scripts/disconnects.py (200 clients)."""
 
 from __future__ import annotations
 
