@@ -118,6 +118,8 @@ class ServerConfig:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f.name, f.type, raw)
+            if f.name in limits.BOUNDS and overrides.get(f.name) is None:  # named as the user set it
+                limits.check(f.name, values[f.name], "SYSINFER_" + f.name.upper())
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values).validate()
 

@@ -67,3 +67,13 @@ def test_generate_says_its_max_tokens_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"default {limits.GENERATE_MAX_TOKENS}; the server's default is {limits.DEFAULT_MAX_TOKENS}" in text
     assert build_parser().parse_args(["generate", "-p", "x"]).max_tokens == limits.GENERATE_MAX_TOKENS
+
+
+def test_an_out_of_range_variable_is_named_as_set():
+    """SYSINFER_MAX_BATCH=0 said `max_batch must be at least 1`: now it names the variable."""
+    with pytest.raises(ValueError, match="^SYSINFER_MAX_BATCH must be at least 1, got 0$"):
+        ServerConfig.from_env({"SYSINFER_MAX_BATCH": "0"})
+    with pytest.raises(ValueError, match="^SYSINFER_PORT must be between 1 and 65535, got 70000$"):
+        ServerConfig.from_env({"SYSINFER_PORT": "70000"}, port=None)  # as `serve` passes a flag not given
+    # a flag given on the command line wins over the variable (already checked by argparse)
+    assert ServerConfig.from_env({"SYSINFER_PORT": "70000"}, port=8000).port == 8000
