@@ -10,7 +10,7 @@ import json
 import logging
 import signal
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import AsyncIterator
 
 import anyio
@@ -54,6 +54,7 @@ class ServerState:
         self.address_known = True        # config's host/port are where uvicorn listens (see create_app)
         self.metrics = Metrics()
         self.draining = False            # SIGTERM received: finishing what runs, refusing new requests
+        self.drain_cut = 0               # requests the drain had to end before they finished
         self.prepare_limiter = anyio.CapacityLimiter(2)  # threads parsing / templating / tokenizing requests
 
     @property
@@ -110,7 +111,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             finally:
                 if state.engine is not None:
                     with anyio.move_on_after(state.config.drain_seconds + 2):
-                        await state.engine.drain(0)
+                        state.drain_cut += await state.engine.drain(0)
                 tg.cancel_scope.cancel()
 
     app = FastAPI(title="sysinfer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -130,9 +131,11 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path[:200]}",
                                        code="method_not_allowed"), status_code=405)
 
-    app.get("/", include_in_schema=False)(chat_page)  # open (no key): the page asks for the key its calls need
+    # Open (no key): the page asks for the key its calls need. GET and HEAD on the open routes: load
+    # balancers probe with HEAD (uvicorn sends HEAD's headers without the body).
+    app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)(chat_page)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         """Open (no key): load balancers and supervisors probe it. 200 only while requests can be served."""
         if state.load_error:
@@ -148,7 +151,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         lanes = len(getattr(state.engine.core, "lanes", ())) or 1  # --numa replicate: one per node
         return {"status": "ok", "model": state.model_name} | ({"lanes": lanes} if lanes > 1 else {})
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics():
         """Open (no key), as Prometheus scrapes it: counts and gauges only, no request content."""
         if state.ready:
@@ -221,22 +224,26 @@ async def _drain_on_signals(state: ServerState) -> None:
     """On SIGTERM/SIGINT, drain first, then let the server's own handler run.
 
     While draining, the server still listens: /health answers 503 "shutting_down" (balancers and
-    readiness probes take the replica out), new requests get 503 with Retry-After, and running
-    requests get drain_seconds (SYSINFER_DRAIN_SECONDS) to finish, then end with finish_reason
-    "abort" and [DONE]. Then the signal goes to uvicorn's handler, which finds no stream left to cut.
-    A second signal skips the rest of the drain."""
+    readiness probes take the replica out), new requests get 503 with Retry-After, so do the ones
+    still queued (at once), and running requests get drain_seconds (SYSINFER_DRAIN_SECONDS) to
+    finish, then end with finish_reason "abort" and [DONE]. Then the signal goes to uvicorn's
+    handler, which finds no stream left to cut. A second signal cuts the drain short (the running
+    requests end now, properly) and the server still answers 503 until they have; a third stops at
+    once. `state.drain_cut` counts the requests the drain had to end (`sysinfer serve` exits 3)."""
     import asyncio
 
-    loop, requested = asyncio.get_running_loop(), anyio.Event()
+    loop, requested, cut = asyncio.get_running_loop(), anyio.Event(), anyio.Event()
     received: list[int] = []
     previous_handlers = {}
 
     def handler(signum, frame):
-        if received:  # asked twice: stop now
-            _pass_signal_on(signum, previous_handlers)
-            return
         received.append(signum)
-        loop.call_soon_threadsafe(requested.set)
+        if len(received) == 1:
+            loop.call_soon_threadsafe(requested.set)
+        elif len(received) == 2:  # asked twice: end the running requests now, then stop
+            loop.call_soon_threadsafe(cut.set)
+        else:  # three times: stop now
+            _pass_signal_on(signum, previous_handlers)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -247,8 +254,31 @@ async def _drain_on_signals(state: ServerState) -> None:
     await requested.wait()
     state.draining = True
     if state.engine is not None:
-        await state.engine.drain(state.config.drain_seconds)
+        state.drain_cut = await state.engine.drain(state.config.drain_seconds, cut)
     _pass_signal_on(received[0], previous_handlers)
+
+
+EXIT_DRAIN_CUT = 3  # `sysinfer serve`'s exit status when the drain had to end running requests
+
+
+def exit_status(state: ServerState) -> int:
+    """`sysinfer serve`'s status after a drain: 0 when every request finished (SIGTERM or SIGINT
+    alike), EXIT_DRAIN_CUT when the drain had to end running ones."""
+    return EXIT_DRAIN_CUT if state.drain_cut else 0
+
+
+@contextmanager
+def exit_status_on_signals():
+    """Around uvicorn's run in `sysinfer serve`: uvicorn puts back the handlers it found and raises
+    the signal it caught again once it has shut down. With Python's defaults SIGTERM then ended the
+    process by the signal (-15 to a parent) and SIGINT with 0; handlers that do nothing let the CLI
+    return exit_status() instead."""
+    quiet = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, previous in quiet.items():
+            signal.signal(sig, previous)
 
 
 def _pass_signal_on(signum: int, previous_handlers: dict) -> None:
@@ -460,10 +490,16 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
                        headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
     state.metrics.prompt_tokens.inc(len(prompt_ids))
     shaper = ResponseShaper(state.model_name, chat)
+    admission = state.engine.admission(seq)
     deltas = _timed(state, state.engine.stream(seq), received)
     logprobs = params[0].logprobs is not None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        # The status line waits while the request is queued: one still queued when the server starts
+        # draining gets 503 with Retry-After at once (its client can go elsewhere), not a 200 that
+        # ends with "abort" and no content after the whole drain.
+        await _wait_for_admission(request, state.engine, seq.request_id, admission)
+        _refuse_if_shed(admission)
         state.metrics.requests.labels(status="200").inc()
         formatters = [LogprobFormatter(state.tokenizer, chat) for _ in params] if logprobs else None
         # Starlette watches for the client leaving while it streams; leaving cancels _sse, which aborts.
@@ -482,6 +518,7 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
                 state.engine.abort_request(seq.request_id)
                 break
         tg.cancel_scope.cancel()
+    _refuse_if_shed(admission)
     if collected.error:
         raise ApiError(500, collected.error, "server_error", code="generation_failed")
     if "abort" in collected.finish_reasons and await request.is_disconnected():
@@ -499,6 +536,22 @@ async def _complete(state: ServerState, request: Request, req: CommonRequest, pr
 def _tool_finish(finish: str | None, called: bool) -> str | None:
     """A reply that ended by itself after calling tools finishes with "tool_calls", as OpenAI's do."""
     return "tool_calls" if called and finish == "stop" else finish
+
+
+async def _wait_for_admission(request: Request, engine: AsyncEngine, request_id: str, admission) -> None:
+    """Until the request leaves the queue (runs, or ends); a client that leaves meanwhile aborts it."""
+    if admission.admitted.is_set():
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_abort_on_disconnect, request, engine, request_id)
+        await admission.admitted.wait()
+        tg.cancel_scope.cancel()
+
+
+def _refuse_if_shed(admission) -> None:
+    if admission.shed:
+        raise ApiError(503, "the server is shutting down; the request was not started", "server_error",
+                       code="shutting_down", headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:

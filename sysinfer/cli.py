@@ -172,7 +172,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import create_app
+    from .api import create_app, exit_status, exit_status_on_signals
+    from .connections import bounded_protocol
 
     cfg = ServerConfig.from_env(
         model=args.model, model_name=args.model_name, host=args.host, port=args.port, threads=args.threads,
@@ -190,19 +191,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     app = create_app(cfg)
     state = app.state.sysinfer
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level,
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level,  # connection limits: connections.py
+                                           http=bounded_protocol(cfg.header_timeout, cfg.max_connections),
                                            timeout_graceful_shutdown=cfg.drain_seconds + 2))  # the engine ends its streams first
     # A model that can't load ends `sysinfer serve` (systemd's Restart=, a person at a terminal);
     # `uvicorn sysinfer.api:app` stays up instead and reports it on /health for its orchestrator.
     state.on_load_error = lambda: setattr(server, "should_exit", True)
     try:
-        server.run(sockets=[sock])
+        with exit_status_on_signals():
+            server.run(sockets=[sock])
     finally:
         sock.close()
     if state.load_error:
         print(f"sysinfer: error: the model could not be loaded: {state.load_error}", file=sys.stderr)
         return 1
-    return 0
+    return exit_status(state)  # 0 after a clean drain, 3 when it had to end running requests
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

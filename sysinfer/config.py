@@ -74,6 +74,8 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout: float = 1800.0   # seconds one request may run (queued + generating); then it ends
     body_timeout: float = 30.0        # seconds a client may take to send its request body
+    header_timeout: float = 10.0      # seconds a client may take to send a request's headers (connections.py)
+    max_connections: int = 512        # open HTTP connections; past it a new one gets 503 and is closed
     stall_timeout: float = 60.0       # seconds a streaming client may leave tokens unread before it is dropped
     drain_seconds: float = 8.0        # on SIGTERM, seconds running requests may go on before they are ended
     numa: str | None = None           # auto | tp | replicate | off (sysinfer/topology.py); None = auto

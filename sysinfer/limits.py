@@ -58,6 +58,8 @@ BOUNDS: dict[str, Bound] = {
     "temperature": Bound(0.0, MAX_TEMPERATURE),
     "request_timeout": Bound(0, low_open=True, unit=" s"),
     "body_timeout": Bound(0, low_open=True, unit=" s"),
+    "header_timeout": Bound(0, low_open=True, unit=" s"),
+    "max_connections": Bound(1),
     "stall_timeout": Bound(0, low_open=True, unit=" s"),
     "drain_seconds": Bound(0, 3600, unit=" s"),
 }

@@ -51,6 +51,8 @@ class _Streams:
         self.members: list[Sequence] = []     # the request's sequences submitted so far, choice order
         self.followers: list[SamplingParams] = []  # choices 1..n-1, submitted after choice 0's prefill
         self.unfinished = n_choices           # choices that have not sent their last delta yet
+        self.admitted = anyio.Event()         # set once choice 0 leaves the queue (runs, or ends before it)
+        self.shed = False                     # ended while still queued because the server is draining
 
     def stalled_for(self, now: float) -> float:
         """Seconds the reader has left more than _BACKLOG deltas unread (0 while it keeps up)."""
@@ -79,6 +81,7 @@ class AsyncEngine:
         self._stepping = False          # a native step is running: its sequences' blocks are in use
         self._step_thread = anyio.CapacityLimiter(1)  # the engine's own: request threads can't delay a step
         self._loop_done = anyio.Event()
+        self._queued: set[_Streams] = set()  # requests whose choice 0 has not been admitted yet
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)  # totals, see PHASES
         self._last_step_end: float | None = None  # perf_counter() at the end of the last step, while busy
 
@@ -134,8 +137,15 @@ class AsyncEngine:
         streams.members.append(seq)
         streams.followers = list(more_choices)
         self.streams[seq.request_id] = self.requests[seq.request_id] = streams
+        self._queued.add(streams)
         self._wake.set()
         return seq
+
+    def admission(self, seq: Sequence) -> _Streams:
+        """A submitted request's admission (call it right after submit): `await .admitted.wait()`
+        returns once the request runs or has ended; `.shed` then says it was ended unserved, still
+        queued, because the server is draining (the server answers 503 with Retry-After)."""
+        return self.requests[seq.request_id]
 
     def _submit_followers(self, leader: Sequence, streams: _Streams) -> None:
         """Choice 0 has computed its prompt: queue choices 1..n-1 on the same stream."""
@@ -258,6 +268,7 @@ class AsyncEngine:
             self.phase_seconds["between"] += t_plan - self._last_step_end
         self._last_step_end = None
         plan = self.core.plan()
+        self._note_admitted()
         if not plan:  # nothing fits right now (cannot happen without running sequences); wait for a change
             await self._wait_for_change()
             return
@@ -284,6 +295,13 @@ class AsyncEngine:
                                ("postprocess", t_dispatch - t_post), ("dispatch", t_stream - t_dispatch),
                                ("stream", t_end - t_stream)):
             self.phase_seconds[phase] += seconds
+
+    def _note_admitted(self) -> None:
+        """Requests whose choice 0 left the queue in this plan (a preempted sequence that waits again
+        stays admitted: its client has had tokens)."""
+        for streams in [s for s in self._queued if s.members[0].status is not Status.WAITING]:
+            self._queued.discard(streams)
+            streams.admitted.set()
 
     def _dispatch(self, events: list[Event]) -> None:
         for seq, delta in events:
@@ -312,17 +330,27 @@ class AsyncEngine:
         if streams.unfinished == 0:
             streams.send.close()
             self.requests.pop(streams.members[0].request_id, None)
+            self._queued.discard(streams)
+            streams.admitted.set()
 
     # ---- lifecycle and numbers ----
-    async def drain(self, grace_seconds: float) -> None:
-        """Graceful stop: take no new requests, let those already here run for up to grace_seconds,
-        then end the rest with finish_reason "abort" (their streams still get a last chunk)."""
+    async def drain(self, grace_seconds: float, cut: anyio.Event | None = None) -> int:
+        """Graceful stop: take no new requests; those still queued end at once, unserved (`shed`: the
+        server answers them 503 with Retry-After, so their clients go elsewhere now, not after the
+        drain); the running ones run for up to grace_seconds (or until `cut` is set), then the rest
+        end with finish_reason "abort" (their streams still get a last chunk). Returns how many
+        requests the drain had to cut that way."""
         self._closed_for_new = True
+        for streams in list(self._queued):
+            streams.shed = True
+            self._abort_all(streams)
         self._wake.set()
         with anyio.move_on_after(grace_seconds):
-            while self.core.by_id and self.failure is None:
+            while self.requests and self.failure is None and not (cut is not None and cut.is_set()):
                 await anyio.sleep(0.05)
+        cut_short = len(self.requests)
         await self.shutdown()
+        return cut_short
 
     async def shutdown(self) -> None:
         """Abort everything still queued or running and stop the loop."""

@@ -391,3 +391,178 @@ def test_tool_parameters_with_defs_work_and_refusals_name_the_function(base):
     assert err["param"] == "tools[1].function.parameters" and "/$defs/missing" in err["message"], err
     assert "%json" not in err["message"] and "start:" not in err["message"] and "tool_call" not in err["message"], err
 
+
+# ---- issue 29: lifecycle and connection limits ----
+
+def test_head_on_the_open_routes(base):
+    """Load balancers probe with HEAD: /health, /metrics and / answered 405."""
+    for path in ("/health", "/metrics", "/"):
+        r = httpx.head(base + path, timeout=10)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+        assert r.headers["content-type"] == httpx.get(base + path, timeout=10).headers["content-type"]
+
+
+def _stream_lines(base: str, body: dict, into: list[str]) -> None:
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=120) as r:
+        into.extend(line for line in r.iter_lines() if line.startswith("data: "))
+
+
+LONG = {"prompt": "1, 2, 3, 4,", "max_tokens": 1900, "stream": True, "temperature": 0}
+
+
+def _wait_running(base: str, n: int) -> None:
+    deadline = time.time() + 60
+    while engine_gauges(base)["sysinfer_running_sequences"] < n:
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def test_sigterm_answers_queued_requests_503_at_once_and_exits_3_when_it_cut_requests():
+    """Issue 29: requests still queued at SIGTERM were held for the whole drain and then answered
+    200 with finish_reason "abort" and no content; the process ended by the signal (-15)."""
+    proc, base, _ = start_server(cli=True, SYSINFER_MAX_BATCH="1", SYSINFER_DRAIN_SECONDS="4")
+    try:
+        running: list[str] = []
+        runner = threading.Thread(target=_stream_lines, args=(base, LONG, running))
+        runner.start()
+        _wait_running(base, 1)
+        answers: dict[str, tuple[int, str | None, float]] = {}
+
+        def queued(stream: bool) -> None:
+            body = {"prompt": "hi", "max_tokens": 8, "stream": stream}
+            with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as r:
+                r.read()
+                answers["stream" if stream else "whole"] = (r.status_code, r.headers.get("retry-after"),
+                                                            time.time())
+
+        waiters = [threading.Thread(target=queued, args=(s,)) for s in (False, True)]
+        for t in waiters:
+            t.start()
+        time.sleep(1.0)
+        assert engine_gauges(base)["sysinfer_waiting_sequences"] == 2
+        signalled = time.time()
+        proc.send_signal(signal.SIGTERM)
+        for t in waiters:
+            t.join(timeout=30)
+        for kind, (status, retry_after, when) in answers.items():
+            assert status == 503 and retry_after and when - signalled < 2, (kind, status, when - signalled)
+        runner.join(timeout=60)
+        assert running[-1] == "data: [DONE]" and '"abort"' in running[-2], running[-2:]
+        assert proc.wait(timeout=30) == 3  # the drain had to cut the running stream
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_clean_drain_exits_0(sig):
+    """SIGTERM ended the process by the signal (-15 to a parent), SIGINT with 0: both are 0 after a
+    drain that ended no request early."""
+    proc, base, _ = start_server(cli=True)
+    try:
+        lines: list[str] = []
+        t = threading.Thread(target=_stream_lines, args=(base, {"prompt": "hi", "max_tokens": 30, "stream": True},
+                                                          lines))
+        t.start()
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        t.join(timeout=60)
+        assert lines[-1] == "data: [DONE]" and '"abort"' not in lines[-2], lines[-2:]
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_second_sigterm_ends_the_drain_properly_instead_of_closing_the_port():
+    """Issue 29: a second SIGTERM stopped listening at once while the drain went on (connections
+    refused, the running streams left to uvicorn's cut). Now it ends the running requests at once,
+    each with its last chunk and [DONE], and the server stops after that."""
+    proc, base, _ = start_server(cli=True, SYSINFER_MAX_BATCH="1", SYSINFER_DRAIN_SECONDS="60")
+    try:
+        lines: list[str] = []
+        t = threading.Thread(target=_stream_lines, args=(base, LONG, lines))
+        t.start()
+        _wait_running(base, 1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        r = httpx.get(base + "/health", timeout=10)
+        assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=15)
+        assert not t.is_alive(), "the drain went on after the second SIGTERM"
+        assert lines[-1] == "data: [DONE]" and '"abort"' in lines[-2], lines[-2:]
+        assert proc.wait(timeout=30) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def bounded():
+    """`sysinfer serve` with a 1 s header timeout and at most 20 open connections."""
+    proc, base, _ = start_server(cli=True, SYSINFER_HEADER_TIMEOUT="1", SYSINFER_MAX_CONNECTIONS="20")
+    yield base, int(base.rsplit(":", 1)[1])
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _closed_within(s: socket.socket, seconds: float) -> tuple[bytes, float]:
+    """What the server sends before it closes the socket, and how long that took."""
+    start, got = time.time(), b""
+    s.settimeout(seconds)
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except TimeoutError:
+        pytest.fail(f"connection still open after {seconds} s (got {got[:100]!r})")
+    return got, time.time() - start
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /hea", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"])
+def test_incomplete_request_headers_are_dropped_in_time(bounded, sent):
+    """Issue 29: 300 sockets holding half a request line or trickling headers stayed open for as long
+    as they liked. Now the headers must be complete within header_timeout (408 for a partial one)."""
+    _, port = bounded
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(sent)
+        got, took = _closed_within(s, 10)
+    assert took < 5
+    assert got.startswith(b"HTTP/1.1 408") if sent else got == b"", got[:200]
+
+
+def test_trickled_headers_are_dropped_and_so_is_a_slow_next_request(bounded):
+    base, port = bounded
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        start = time.time()
+        s.settimeout(0.3)
+        try:
+            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                s.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if s.recv(4096):
+                    break
+        except (TimeoutError, ConnectionError):
+            pass
+        assert time.time() - start < 5
+    with socket.create_connection(("127.0.0.1", port)) as s:  # keep-alive: the next request is bounded too
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+        got, took = _closed_within(s, 10)
+        assert got.startswith(b"HTTP/1.1 408") and took < 5, got[:200]
+
+
+def test_connections_past_the_limit_get_503_and_are_closed(bounded):
+    base, port = bounded
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            got, took = _closed_within(extra, 5)
+        assert got.startswith(b"HTTP/1.1 503") and b"retry-after" in got.lower() and took < 1, got[:200]
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    assert httpx.get(base + "/health", timeout=10).status_code == 200

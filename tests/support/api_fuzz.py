@@ -3,6 +3,10 @@
 Used by tests/e2e/test_api_fuzz.py (a bounded run in CI) and scripts/fuzz_http.py (long runs). Bodies mix
 plausible values with garbage in every field: wrong types, NaN/Infinity, integers past 2^63, deep
 nesting, lone surrogates, NUL characters, typed special tokens, many stop strings, logit_bias junk.
+Two classes of their own (issue 29): output constraints (`constrained_bodies`: nested repeats in
+regexes and patterns, self- and mutually recursive `$ref`s, refs that point nowhere, tool parameters
+with `$defs`, recursive Lark rules), and queue admission (`n` past the fuzz server's --max-queue
+of FUZZ_MAX_QUEUE: a 400 naming `n`, never a 429 from an idle server).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ json_values = st.recursive(
 )
 
 
+FUZZ_MAX_QUEUE = 4  # the fuzz servers' --max-queue: `n` past it can never be served
+
+
 def _fields(hostile: bool) -> tuple[dict, st.SearchStrategy, st.SearchStrategy]:
     """(optional common fields, messages, prompt) strategies; hostile ones put garbage in any field."""
     def field(plausible: st.SearchStrategy) -> st.SearchStrategy:
@@ -50,7 +57,8 @@ def _fields(hostile: bool) -> tuple[dict, st.SearchStrategy, st.SearchStrategy]:
                       if not hostile else st.one_of(texts, st.lists(texts, max_size=20), st.just(["x"] * 10000))),
         "stream": field(st.booleans()),
         "stream_options": field(st.fixed_dictionaries({"include_usage": st.booleans()})),
-        "n": field(st.integers(1, 2) if not hostile else st.integers(0, 3)),
+        "n": field(st.one_of(st.integers(1, 2), st.integers(FUZZ_MAX_QUEUE - 1, FUZZ_MAX_QUEUE + 2))
+                   if not hostile else st.integers(0, 20)),
         "logit_bias": field(st.dictionaries(st.integers(0, 49151).map(str), st.floats(-100, 100), max_size=3)),
         "user": field(texts),
         "response_format": field(st.just({"type": "text"})),
@@ -79,6 +87,72 @@ def _bodies(key: str) -> st.SearchStrategy:
 chat_bodies = _bodies("messages")
 completion_bodies = _bodies("prompt")
 
+# ---- output constraints ----
+_repeat = st.integers(0, 120).map(str)
+_atoms = st.sampled_from(["a", "ab", "[a-z]", r"\d", ".", r"\p{L}", "(a|b)", "(a*)*"])
+
+
+@st.composite
+def _regexes(draw) -> str:
+    """Nested counted repeats and alternations: cheap ones, and ones whose lexer can't be built."""
+    text = draw(_atoms)
+    for _ in range(draw(st.integers(0, 3))):
+        low = draw(_repeat)
+        high = draw(st.one_of(st.just(""), st.just(","), _repeat.map(lambda h: f",{h}")))
+        text = f"({text}){{{low}{high}}}" if not (high.startswith(",") and high[1:] and int(high[1:]) < int(low)) \
+            else f"({text})*"
+        if draw(st.booleans()):
+            text += draw(_atoms)
+    return text
+
+
+def _schemas() -> st.SearchStrategy:
+    leaf = st.one_of(
+        st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "boolean", "null"])}),
+        _regexes().map(lambda r: {"type": "string", "pattern": f"^{r}$"}),
+        st.integers(0, 100_000).map(lambda n: {"type": "string", "minLength": n}),
+        st.sampled_from([{"$ref": "#"}, {"$ref": "#/$defs/a"}, {"$ref": "#/$defs/missing"}, {"$ref": "#/properties"},
+                         {"type": "string", "format": "date-time"}, {"enum": ["x", 1, None]}]),
+    )
+    return st.recursive(leaf, lambda inner: st.one_of(
+        st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(
+            st.sampled_from(["a", "b", "c"]), inner, max_size=3)}, optional={"required": st.just(["a"])}),
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}, optional={"minItems": st.integers(0, 5)}),
+        st.lists(inner, min_size=1, max_size=3).map(lambda xs: {"anyOf": xs}),
+        st.tuples(inner, inner).map(lambda ab: {"$defs": {"a": ab[0], "b": {"$ref": "#/$defs/a"}}, **ab[1]}),
+    ), max_leaves=8)
+
+
+_lark = st.sampled_from([
+    "start: a\na: a", "start: a\na: b\nb: a", 'start: "x"*', "start: X\nX: /((a{100}){100}){100}/",
+    'start: a\na: "(" a ")" | "x"', "start: %json {\"type\": \"integer\"}", "start: ",
+])
+
+
+def _tool(schema: dict) -> dict:
+    return {"type": "function", "function": {"name": "f", "parameters": {
+        "$defs": {"a": schema}, "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "required": ["x"]}}}
+
+
+constraint_fields = st.one_of(
+    _regexes().map(lambda r: {"guided_regex": r}),
+    _schemas().map(lambda s: {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": s}}}),
+    _schemas().map(lambda s: {"guided_json": s}),
+    _lark.map(lambda g: {"guided_grammar": g}),
+    _schemas().map(lambda s: {"tools": [_tool(s)], "tool_choice": "required"}),
+)
+CONSTRAINT_PARAMS = ("guided_regex", "guided_json", "guided_grammar", "response_format", "tools", "tool_choice")
+
+
+@st.composite
+def _constrained(draw) -> dict:
+    body = {"messages": [{"role": "user", "content": draw(st.sampled_from(["hi", "Give JSON.", "Call f."]))}],
+            "max_tokens": draw(st.integers(1, 4)), "stream": draw(st.booleans()), "temperature": 0}
+    return body | draw(constraint_fields)
+
+
+constrained_bodies = _constrained()
+
 
 def bounded(body: dict) -> dict:
     """Keeps a run's cost bounded: a plausible max_tokens stays small (garbage values stay garbage)."""
@@ -92,17 +166,22 @@ def encode(body: dict) -> bytes:
     return json.dumps(body, allow_nan=True).encode()
 
 
-def check_answer(client: httpx.Client, path: str, body: dict) -> int:
+def check_answer(client: httpx.Client, path: str, body: dict, busy: bool = False) -> int:
     """Sends one body and checks the answer: a 200 whose stream ends properly, or a 4xx in OpenAI's
-    error shape with a short message; never a 5xx, a traceback or a file path. Returns the status."""
+    error shape with a short message; never a 5xx, a traceback or a file path, nor a 429 from an
+    idle server (busy: other requests run meanwhile). Returns the status."""
     with client.stream("POST", path, content=encode(bounded(body)), headers={"content-type": "application/json"}) as r:
         raw = r.read().decode("utf-8", errors="replace")
-    assert r.status_code in (200, 400, 413, 429), f"{r.status_code} for {body!r:.300}: {raw[:300]}"
+    assert r.status_code in ((200, 400, 413, 429) if busy else (200, 400, 413)), \
+        f"{r.status_code} for {body!r:.300}: {raw[:300]}"
     assert "Traceback" not in raw and "site-packages" not in raw and 'File "' not in raw, raw[:500]
     if r.status_code != 200:
         err = json.loads(raw)["error"]
         assert isinstance(err["message"], str) and 0 < len(err["message"]) <= 1000, err
         assert isinstance(err["code"], str) and err["code"], err  # every refusal names its reason
+        assert "%json" not in err["message"] and "start:" not in err["message"], err  # no internal grammar
+        if err["code"] == "invalid_constraint":
+            assert str(err["param"]).split(".")[0].split("[")[0] in CONSTRAINT_PARAMS, err
     elif raw.startswith("data:"):
         events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]", events[-3:]

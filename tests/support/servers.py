@@ -23,14 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(**env_overrides: str):
+def start_server(cli: bool = False, **env_overrides: str):
+    """cli: run `sysinfer serve` (the deployed command: its connection limits and exit statuses)
+    instead of `uvicorn sysinfer.api:app`."""
     port = free_port()
     env = {**os.environ, "SYSINFER_MODEL": smollm2_q4_0(), "SYSINFER_THREADS": "2", "SYSINFER_CTX_SIZE": "2048",
            **env_overrides}
     # The server's log goes to a file: a pipe nobody drains fills up (64 KiB of access lines) and
     # blocks the server's event loop on its next log line.
     log = tempfile.NamedTemporaryFile("w+", prefix="sysinfer-server-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "sysinfer.api:app", "--host", "127.0.0.1",
+    command = ["sysinfer.cli", "serve"] if cli else ["uvicorn", "sysinfer.api:app"]
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                             cwd=SUPPORT_DIR)  # not the repo root: `python -m` would import ./sysinfer, not the build
     proc.log_path = log.name

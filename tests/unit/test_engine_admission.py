@@ -71,3 +71,46 @@ def test_a_queued_request_whose_client_leaves_frees_its_place_during_a_step():
 async def _drain(engine: AsyncEngine, seq) -> None:
     async for _ in engine.stream(seq):
         pass
+
+
+def test_drain_sheds_the_queue_at_once_and_counts_what_it_cut():
+    """SIGTERM's path: a request still queued ends at once, unserved (`shed`: the server answers
+    503 with Retry-After); the running one goes on until the grace period or `cut`, then ends with
+    "abort"; drain() says how many it had to cut."""
+    engine = AsyncEngine(SlowModel(n_ctx=4096, n_kv_blocks=1100), FakeTokenizer(), max_batch=1)
+    seen: dict[str, object] = {}
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.run)
+            running = engine.submit([1, 2], SamplingParams(max_tokens=4000))
+            last: list = []
+
+            async def read():
+                async for d in engine.stream(running):
+                    last[:] = [d.finish_reason]
+            tg.start_soon(read)
+            while running.num_computed == 0:
+                await anyio.sleep(0.001)
+            queued = engine.submit([3, 4], SamplingParams(max_tokens=4))
+            admission = engine.admission(queued)
+            first = engine.admission(running)
+            cut = anyio.Event()
+            result: list[int] = []
+
+            async def drain():
+                result.append(await engine.drain(30, cut))
+            tg.start_soon(drain)
+            with anyio.fail_after(2):
+                await admission.admitted.wait()
+            seen["queued"] = (admission.shed, queued.finish_reason, first.shed)
+            seen["still_running"] = not running.finished
+            cut.set()  # a second signal
+            with anyio.fail_after(5):
+                while not result:
+                    await anyio.sleep(0.01)
+            seen["cut"], seen["last"] = result[0], last
+
+    anyio.run(main)
+    assert seen == {"queued": (True, "abort", False), "still_running": True, "cut": 1, "last": ["abort"]}
+    assert_idle(engine)
