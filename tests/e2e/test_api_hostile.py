@@ -404,7 +404,9 @@ def test_head_on_the_open_routes(base):
 
 def _stream_lines(base: str, body: dict, into: list[str]) -> None:
     with httpx.stream("POST", base + "/v1/completions", json=body, timeout=120) as r:
-        into.extend(line for line in r.iter_lines() if line.startswith("data: "))
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                into.append(line)
 
 
 LONG = {"prompt": "1, 2, 3, 4,", "max_tokens": 1900, "stream": True, "temperature": 0}
@@ -464,7 +466,9 @@ def test_a_clean_drain_exits_0(sig):
         t = threading.Thread(target=_stream_lines, args=(base, {"prompt": "hi", "max_tokens": 30, "stream": True},
                                                           lines))
         t.start()
-        time.sleep(0.3)
+        deadline = time.time() + 60
+        while not lines and time.time() < deadline:  # streaming (or done) before the signal
+            time.sleep(0.02)
         proc.send_signal(sig)
         t.join(timeout=60)
         assert lines[-1] == "data: [DONE]" and '"abort"' not in lines[-2], lines[-2:]
