@@ -6,6 +6,9 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <cctype>
+#include <climits>
+#include <cstring>
 #include <tuple>
 #include <stdexcept>
 #include <string>
@@ -14,6 +17,7 @@
 #include "bandwidth.h"
 #include "kernels.h"
 #include "model.h"
+#include "model_desc.h"
 #include "numa.h"
 
 namespace nb = nanobind;
@@ -32,24 +36,6 @@ T get(const nb::dict& d, const char* key, T fallback) {
   return d.contains(key) ? nb::cast<T>(d[key]) : fallback;
 }
 
-ModelConfig config_from_dict(const nb::dict& d) {
-  ModelConfig c;
-  c.n_layer = get(d, "n_layer", 0);
-  c.n_embd = get(d, "n_embd", 0);
-  c.n_head = get(d, "n_head", 0);
-  c.n_head_kv = get(d, "n_head_kv", 0);
-  c.head_dim = get(d, "head_dim", 0);
-  c.n_ff = get(d, "n_ff", 0);
-  c.n_vocab = get(d, "n_vocab", 0);
-  c.n_ctx = get(d, "n_ctx", 0);
-  c.rms_eps = get(d, "rms_eps", 1e-5f);
-  c.use_rope = get(d, "use_rope", true);
-  c.rope_dim = get(d, "rope_dim", c.head_dim);
-  c.rope_base = get(d, "rope_base", 10000.f);
-  c.alibi_max_bias = get(d, "alibi_max_bias", 8.f);
-  return c;
-}
-
 WType checked_type(int t) {
   switch (t) {
     case int(WType::F32): case int(WType::F16): case int(WType::Q4_0): case int(WType::Q4_1):
@@ -60,15 +46,36 @@ WType checked_type(int t) {
   }
 }
 
-void add_matrix(Model& m, const std::string& name, int type, int rows, int cols, Bytes data) {
-  const WType wt = checked_type(type);
-  if (rows <= 0 || cols <= 0) throw std::invalid_argument(name + ": empty matrix");
-  const size_t need = gguf_row_bytes(wt, cols) * size_t(rows);
-  if (data.nbytes() != need)
-    throw std::invalid_argument(name + ": expected " + std::to_string(need) + " bytes, got " +
-                                std::to_string(data.nbytes()));
+TensorDesc make_tensor_desc(Role role, int layer, int type, std::vector<int64_t> shape) {
+  TensorDesc t;
+  t.role = role;
+  t.layer = layer;
+  t.type = checked_type(type);
+  if (shape.empty() || shape.size() > 3) throw std::invalid_argument(std::string(role_name(role)) + ": 1 to 3 dimensions");
+  for (int64_t n : shape)
+    if (n <= 0 || n > INT32_MAX) throw std::invalid_argument(std::string(role_name(role)) + ": dimensions must be in 1..2^31-1");
+  t.shape = std::move(shape);
+  return t;
+}
+
+// One layer's tensors (layer -1: the model-wide ones), in the order of Model::layer_tensors, each the
+// file's bytes of that tensor.
+void load(Model& m, int layer, const std::vector<Bytes>& data) {
+  if (layer < -1 || layer >= m.config().n_layer) throw std::invalid_argument("load: no layer " + std::to_string(layer));
+  const std::vector<int> index = m.layer_tensors(layer);
+  if (data.size() != index.size())
+    throw std::invalid_argument("load: layer " + std::to_string(layer) + " has " + std::to_string(index.size()) +
+                                " tensors, got " + std::to_string(data.size()));
+  std::vector<const uint8_t*> ptrs;
+  for (size_t i = 0; i < index.size(); ++i) {
+    const TensorDesc& t = m.config().tensors[index[i]];
+    if (data[i].nbytes() != t.bytes())
+      throw std::invalid_argument(std::string(role_name(t.role)) + " of layer " + std::to_string(layer) + ": expected " +
+                                  std::to_string(t.bytes()) + " bytes, got " + std::to_string(data[i].nbytes()));
+    ptrs.push_back(data[i].data());
+  }
   nb::gil_scoped_release release;
-  m.add_matrix(name, wt, rows, cols, data.data());
+  m.load(layer, ptrs);
 }
 
 void step(Model& m, I32 token_ids, I32 positions, I32 seq_starts, I32x2 block_tables, I32 context_lens,
@@ -239,7 +246,6 @@ nb::dict cpu_info() {
 NB_MODULE(_native, mod) {
   mod.doc() = "sysinfer native core: packed weights, paged KV cache, one forward pass per step";
   mod.def("info", &cpu_info, "Kernel table in use and the CPU features it was chosen from.");
-  mod.def("allowed_cpus", &allowed_cpus, "CPUs this process may run on.");
   mod.def(
       "read_bandwidth_gbs",
       [](size_t mib, int n_threads, int repeats) {
@@ -251,20 +257,62 @@ NB_MODULE(_native, mod) {
   mod.def("gemm_check", &gemm_check, nb::arg("table"), nb::arg("type"), nb::arg("rows"), nb::arg("cols"),
           nb::arg("data"), nb::arg("x"), "y = W x through one kernel table (for tests).");
 
+  nb::enum_<Role> role(mod, "Role", "What a tensor is for (model_desc.h).");
+  for (int r = 0; r < int(Role::kCount); ++r) {
+    std::string name = role_name(Role(r));  // attn_q.bias -> ATTN_Q_BIAS
+    for (char& c : name) c = c == '.' ? '_' : char(std::toupper(static_cast<unsigned char>(c)));
+    role.value(strdup(name.c_str()), Role(r));  // names live as long as the module
+  }
+  nb::enum_<NormKind>(mod, "NormKind").value("RMS", NormKind::RMS).value("LAYER", NormKind::Layer);
+  nb::enum_<Positions>(mod, "Positions")
+      .value("ROPE", Positions::Rope).value("ALIBI", Positions::Alibi).value("ABSOLUTE", Positions::Absolute);
+  nb::enum_<RopeStyle>(mod, "RopeStyle").value("PAIRS", RopeStyle::Pairs).value("HALVES", RopeStyle::Halves);
+  nb::enum_<FfnKind>(mod, "FfnKind").value("SWIGLU", FfnKind::SwiGLU).value("GELU", FfnKind::GELU).value("MOE", FfnKind::MoE);
+
+  nb::class_<TensorDesc>(mod, "TensorDesc", "One tensor: its role, layer (-1: model-wide), GGML type id, GGUF shape.")
+      .def(nb::new_(&make_tensor_desc), nb::arg("role"), nb::arg("layer"), nb::arg("type"), nb::arg("shape"))
+      .def_ro("role", &TensorDesc::role)
+      .def_ro("layer", &TensorDesc::layer)
+      .def_prop_ro("type", [](const TensorDesc& t) { return int(t.type); })
+      .def_ro("shape", &TensorDesc::shape)
+      .def("__repr__", [](const TensorDesc& t) {
+        std::string s = std::string("TensorDesc(") + role_name(t.role) + ", layer " + std::to_string(t.layer) + ", [";
+        for (size_t i = 0; i < t.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
+        return s + "])";
+      });
+
+  nb::class_<ModelDesc>(mod, "ModelDesc", "A model as data: hyperparameters, graph switches, every tensor (model_desc.h).")
+      .def(nb::init<>())
+      .def_rw("arch", &ModelDesc::arch)
+      .def_rw("n_layer", &ModelDesc::n_layer)
+      .def_rw("n_embd", &ModelDesc::n_embd)
+      .def_rw("n_head", &ModelDesc::n_head)
+      .def_rw("n_head_kv", &ModelDesc::n_head_kv)
+      .def_rw("head_dim", &ModelDesc::head_dim)
+      .def_rw("n_ff", &ModelDesc::n_ff)
+      .def_rw("n_vocab", &ModelDesc::n_vocab)
+      .def_rw("n_ctx", &ModelDesc::n_ctx)
+      .def_rw("norm", &ModelDesc::norm)
+      .def_rw("norm_eps", &ModelDesc::norm_eps)
+      .def_rw("positions", &ModelDesc::positions)
+      .def_rw("rope_style", &ModelDesc::rope_style)
+      .def_rw("rope_dim", &ModelDesc::rope_dim)
+      .def_rw("rope_base", &ModelDesc::rope_base)
+      .def_rw("alibi_max_bias", &ModelDesc::alibi_max_bias)
+      .def_rw("causal", &ModelDesc::causal)
+      .def_rw("ffn", &ModelDesc::ffn)
+      .def_rw("n_expert", &ModelDesc::n_expert)
+      .def_rw("n_expert_used", &ModelDesc::n_expert_used)
+      .def_rw("tensors", &ModelDesc::tensors)
+      .def("check", &check_description, "Raises ValueError naming what is wrong with the description.");
+
   nb::class_<Model>(mod, "Model")
       .def("__init__",
-           [](Model* self, nb::dict cfg, int n_threads, std::vector<int> cpus) {
-             new (self) Model(config_from_dict(cfg), n_threads, cpus);
-           },
-           nb::arg("config"), nb::arg("n_threads"), nb::arg("cpus"))
-      .def("__init__",
-           [](Model* self, nb::dict cfg, nb::list nodes) { new (self) Model(config_from_dict(cfg), nodes_from_list(nodes)); },
-           nb::arg("config"), nb::arg("nodes"), "Tensor parallel across the given nodes (see nodes_from_list).")
-      .def("add_matrix", &add_matrix, nb::arg("name"), nb::arg("type"), nb::arg("rows"), nb::arg("cols"),
-           nb::arg("data"))
-      .def("set_vector",
-           [](Model& m, const std::string& name, F32 v) { m.set_vector(name, v.data(), int(v.shape(0))); },
-           nb::arg("name"), nb::arg("data"))
+           [](Model* self, const ModelDesc& desc, nb::list nodes) { new (self) Model(desc, nodes_from_list(nodes)); },
+           nb::arg("desc"), nb::arg("nodes"), "Tensor parallel across the given nodes (see nodes_from_list).")
+      .def("layer_tensors", &Model::layer_tensors, nb::arg("layer"),
+           "Indices into desc.tensors of layer's tensors (-1: model-wide), the order load() takes them in.")
+      .def("load", &load, nb::arg("layer"), nb::arg("data"), "Packs one layer's tensors (GIL released).")
       .def("finish_loading", &Model::finish_loading)
       .def("init_cache", &Model::init_cache, nb::arg("n_blocks"), nb::arg("block_size"),
            nb::arg("max_step_tokens"), nb::arg("max_out_rows"))

@@ -10,26 +10,11 @@
 #include <vector>
 
 #include "kernels.h"
+#include "model_desc.h"
 #include "numa.h"
 #include "threadpool.h"
 
 namespace sysinfer {
-
-struct ModelConfig {
-  int n_layer = 0;
-  int n_embd = 0;      // hidden size D
-  int n_head = 0;      // query heads
-  int n_head_kv = 0;   // key/value heads (GQA: n_head % n_head_kv == 0)
-  int head_dim = 0;    // per-head size; n_head * head_dim need not equal n_embd
-  int n_ff = 0;        // feed-forward size F
-  int n_vocab = 0;
-  int n_ctx = 0;       // longest sequence (positions are < n_ctx)
-  float rms_eps = 1e-5f;
-  bool use_rope = true;   // else ALiBi
-  int rope_dim = 0;       // leading dims of each head that RoPE rotates (adjacent pairs)
-  float rope_base = 10000.f;
-  float alibi_max_bias = 8.f;
-};
 
 // A weight matrix as the kernels want it (see kernels.h: tiles of ROW_TILE rows).
 struct Matrix {
@@ -69,6 +54,8 @@ struct NodeSpec {
 
 struct Layer {                               // what every node shares
   std::vector<float> attn_norm, ffn_norm;  // [D]
+  std::vector<float> q_bias, k_bias, v_bias;  // [n_head * hd], [n_head_kv * hd] x 2, or empty
+  std::vector<float> q_norm, k_norm;       // [hd] per-head RMS norm weights before RoPE, or empty
   int rows_seen[4] = {0, 0, 0, 0};         // rows given so far of qkv, wo, gate_up, down (loading)
 };
 
@@ -130,17 +117,16 @@ struct Node {
 
 class Model {
  public:
-  Model(const ModelConfig& cfg, int n_threads, const std::vector<int>& cpus);  // one node
-  Model(const ModelConfig& cfg, const std::vector<NodeSpec>& nodes);
+  // Checks the description (check_description) and the node plan; sets up the threads.
+  Model(const ModelDesc& desc, const std::vector<NodeSpec>& nodes);
   ~Model();
 
-  // Loading: names are "token_embd", "output", "output_norm", "rope_freqs",
-  // "blk.N.attn_norm", "blk.N.ffn_norm" (vectors) and "blk.N.qkv", "blk.N.wo", "blk.N.gate_up",
-  // "blk.N.down" (matrices; the same group name may be given several times, parts in order).
-  void add_matrix(const std::string& name, WType type, int rows, int cols, const uint8_t* gguf_data);
-  void set_vector(const std::string& name, const float* data, int n);
-  // Checks that every tensor is present and shaped as the config says; ties output to token_embd
-  // when no output matrix was given.
+  // Loading, one layer at a time (layer -1: the model-wide tensors): data[i] holds the file's bytes
+  // of tensor layer_tensors(layer)[i] (TensorDesc::bytes() of them). Every node packs its own slice.
+  std::vector<int> layer_tensors(int layer) const;  // indices into desc.tensors, in order
+  void load(int layer, const std::vector<const uint8_t*>& data);
+  // Checks that every layer was loaded; ties output to token_embd when the description has no
+  // output matrix.
   void finish_loading();
 
   // The paged KV cache and every scratch buffer of a step, allocated once.
@@ -150,7 +136,7 @@ class Model {
   // Throws std::invalid_argument on inconsistent input. Safe to call without the GIL.
   void step(const StepBatch& batch, float* logits);
 
-  const ModelConfig& config() const { return cfg_; }
+  const ModelDesc& config() const { return cfg_; }
   const Kernels& kernels() const { return *kernels_; }
   ThreadPool& pool() { return *pool_; }
   size_t weight_bytes() const { return weight_bytes_; }
@@ -175,10 +161,18 @@ class Model {
   void swiglu(Node& n, int rank, const NodeLayer& L, int n_tok);
   void attention(Node& n, int rank, int layer, const StepBatch& b);
   void combine_partials(Node& n, int rank);
+  void rope_tables();
   Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner);
+  void load_model_wide(const std::vector<int>& index, const std::vector<const uint8_t*>& data);
+  void load_group(int layer, int group, const std::vector<const TensorDesc*>& parts,
+                  const std::vector<const uint8_t*>& data);
   void add_layer_matrix(int layer, int group, WType type, int rows, int cols, const uint8_t* data);
+  void tie_output();
+  void bias_and_qk_norm(const Node& n, const Layer& shared, const NodeLayer& L, float* row) const;
+  void rope_row(const Node& n, const NodeLayer& L, const float* cs, float* row) const;
+  void store_kv(Node& n, int layer, const NodeLayer& L, const float* row, int block, int slot);
 
-  ModelConfig cfg_;
+  ModelDesc cfg_;
   const Kernels* kernels_;
   std::unique_ptr<ThreadPool> pool_;
   std::vector<Node> nodes_;
@@ -186,6 +180,7 @@ class Model {
 
   Matrix token_embd_, output_;  // output_: the whole output matrix until finish_loading slices it
   bool has_output_ = false;
+  std::vector<bool> loaded_;        // [n_layer + 1]: model-wide tensors at 0, layer l at l + 1
   std::vector<float> output_norm_;  // [D]
   std::vector<float> rope_freqs_;   // [rope_dim / 2] divisors of each frequency (Llama 3.1), or empty
   std::vector<Layer> layers_;

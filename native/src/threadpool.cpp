@@ -43,18 +43,6 @@ bool pin_current_thread(int cpu) {
 }
 }  // namespace
 
-std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  }
-  if (cpus.empty()) cpus.push_back(0);
-  return cpus;
-}
-
 ThreadPool::ThreadPool(int n_threads, const std::vector<int>& cpus)
     : ThreadPool(std::vector<int>{n_threads < 1 ? 1 : n_threads}, cpus) {}
 

@@ -74,7 +74,4 @@ class ThreadPool {
   alignas(64) std::atomic<uint64_t> barrier_generation_{0};
 };
 
-// CPUs this process may run on (sched_getaffinity), in ascending order.
-std::vector<int> allowed_cpus();
-
 }  // namespace sysinfer

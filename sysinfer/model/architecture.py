@@ -1,5 +1,9 @@
 """Model architectures: hyperparameters from GGUF metadata and the tensors each one needs.
 
+Each architecture is one `Architecture` entry: how it differs from llama (RoPE style, extra tensors
+per layer). description.py turns hyperparameters and tensors into the native core's typed
+description (docs/architecture.md, "Adding an architecture").
+
 Supported: `llama` (Llama 2/3/3.1, SmolLM2, any llama-architecture model: RoPE, GQA, SwiGLU, tied
 output when `output.weight` is absent) and `baichuan` (Baichuan 2: RoPE for 7B; ALiBi for the 40-layer
 13B, which is how existing Baichuan2-13B files are recognised, as llama.cpp does).
@@ -13,8 +17,23 @@ from typing import Any
 
 from .gguf_header import describe
 
-SUPPORTED_ARCHITECTURES = ("llama", "baichuan")
 BAICHUAN_ALIBI_BLOCK_COUNT = 40
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What an architecture changes in the llama graph (the defaults are llama)."""
+
+    rope_style: str = "pairs"  # "pairs": rotate dims (2i, 2i+1) (llama); "halves": (i, i + rope_dim/2) (NEOX)
+    qkv_bias: bool = False     # blk.N.attn_{q,k,v}.bias added after the projections
+    qk_norm: bool = False      # blk.N.attn_{q,k}_norm: RMS norm of each q and k head before RoPE
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(),
+    "baichuan": Architecture(),  # ALiBi when it has 40 layers (see hparams_from_metadata)
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
 
 @dataclass(frozen=True)
@@ -33,11 +52,13 @@ class ModelHParams:
     rope_dim: int
     rope_base: float
     alibi_max_bias: float = 8.0
+    rope_style: str = "pairs"
+    qkv_bias: bool = False
+    qk_norm: bool = False
 
-    def native_config(self, n_ctx: int) -> dict[str, Any]:
-        cfg = {k: v for k, v in asdict(self).items() if k not in ("arch", "n_ctx_train")}
-        cfg["n_ctx"] = n_ctx
-        return cfg
+    def int_fields(self) -> dict[str, int]:
+        """The integer hyperparameters (the native core reads them as C ints)."""
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 # Upper bounds on hyperparameters read from a file (far above any real model; every value must
@@ -115,28 +136,35 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     rope_base = _finite(base_key, _require(meta, base_key, float), 1.0, 1e30) if base_key in meta else 10000.0
     if use_rope and (rope_dim > head_dim or rope_dim % 2):
         raise ValueError(f"{arch}.rope.dimension_count ({rope_dim}) must be even and at most the head size ({head_dim})")
+    spec = ARCHITECTURES[arch]
     return ModelHParams(
-        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
+        rope_style=spec.rope_style, qkv_bias=spec.qkv_bias, qk_norm=spec.qk_norm, arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
         n_ff=n_ff, n_vocab=n_vocab, n_ctx_train=n_ctx_train, rms_eps=rms_eps, use_rope=use_rope,
         rope_dim=rope_dim if use_rope else 0, rope_base=rope_base,
     )
 
 
 def layer_tensor_shapes(hp: ModelHParams, i: int) -> dict[str, tuple[int, ...]]:
-    """GGUF shapes (ne0 first) of layer i's tensors."""
+    """GGUF shapes (ne0 first) of layer i's tensors, every one required."""
     D, F, hd = hp.n_embd, hp.n_ff, hp.head_dim
+    nq, nkv = hp.n_head * hd, hp.n_head_kv * hd
     p = f"blk.{i}."
-    return {
+    shapes = {
         p + "attn_norm.weight": (D,),
-        p + "attn_q.weight": (D, hp.n_head * hd),
-        p + "attn_k.weight": (D, hp.n_head_kv * hd),
-        p + "attn_v.weight": (D, hp.n_head_kv * hd),
-        p + "attn_output.weight": (hp.n_head * hd, D),
+        p + "attn_q.weight": (D, nq),
+        p + "attn_k.weight": (D, nkv),
+        p + "attn_v.weight": (D, nkv),
+        p + "attn_output.weight": (nq, D),
         p + "ffn_norm.weight": (D,),
         p + "ffn_gate.weight": (D, F),
         p + "ffn_up.weight": (D, F),
         p + "ffn_down.weight": (F, D),
     }
+    if hp.qkv_bias:
+        shapes.update({p + "attn_q.bias": (nq,), p + "attn_k.bias": (nkv,), p + "attn_v.bias": (nkv,)})
+    if hp.qk_norm:
+        shapes.update({p + "attn_q_norm.weight": (hd,), p + "attn_k_norm.weight": (hd,)})
+    return shapes
 
 
 def expected_tensor_shapes(hp: ModelHParams) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:

@@ -16,6 +16,7 @@ from gguf import GGMLQuantizationType
 from ..config import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_STEP_TOKENS
 from ..topology import Node, Topology, detect_topology, plan_notes, plan_shares
 from .architecture import ModelHParams
+from .description import describe
 from .model_file import GGUFModelFile, ModelLoadError, TensorData, read_model_file
 
 log = logging.getLogger("sysinfer.loader")
@@ -32,30 +33,6 @@ class LoadStats:
     kv_bytes: int
 
 
-def _matrix_groups(mf: GGUFModelFile, layer: int) -> dict[str, list[str]]:
-    p = f"blk.{layer}."
-    return {
-        "qkv": [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
-        "wo": [p + "attn_output.weight"],
-        "gate_up": [p + "ffn_gate.weight", p + "ffn_up.weight"],
-        "down": [p + "ffn_down.weight"],
-    }
-
-
-def _add_group(native, name: str, parts: list[TensorData]) -> None:
-    """One packed matrix when the parts share a type (fused Q/K/V, gate/up), else one per part."""
-    if len({t.type for t in parts}) == 1 and all(t.rows % 8 == 0 for t in parts[:-1]):
-        data = np.concatenate([t.raw_bytes() for t in parts]) if len(parts) > 1 else parts[0].raw_bytes()
-        native.add_matrix(name, int(parts[0].type), sum(t.rows for t in parts), parts[0].cols, data)
-        return
-    for t in parts:
-        native.add_matrix(name, int(t.type), t.rows, t.cols, t.raw_bytes())
-
-
-def _vector(t: TensorData) -> np.ndarray:
-    return np.ascontiguousarray(t.data, dtype=np.float32).reshape(-1)
-
-
 def _release_file_pages(tensors: dict[str, TensorData]) -> None:
     """Drops the mapped file's pages from this process's resident set once their tensors are packed
     (they stay in the page cache): loading then peaks near one copy of the weights, not two."""
@@ -64,24 +41,16 @@ def _release_file_pages(tensors: dict[str, TensorData]) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def load_weights(native, mf: GGUFModelFile, progress: Callable[[int, int], None] | None = None) -> None:
+def load_weights(native, mf: GGUFModelFile, names: list[str], progress: Callable[[int, int], None] | None = None) -> None:
+    """Hands the native core each layer's tensors (the model-wide ones first), in the order of its
+    description (names: the GGUF name of each described tensor)."""
     t = mf.tensors
-    native.add_matrix("token_embd", int(t["token_embd.weight"].type), mf.hparams.n_vocab, mf.hparams.n_embd,
-                      t["token_embd.weight"].raw_bytes())
-    if "output.weight" in t:
-        native.add_matrix("output", int(t["output.weight"].type), mf.hparams.n_vocab, mf.hparams.n_embd,
-                          t["output.weight"].raw_bytes())
-    native.set_vector("output_norm", _vector(t["output_norm.weight"]))
-    if "rope_freqs.weight" in t and mf.hparams.use_rope:
-        native.set_vector("rope_freqs", _vector(t["rope_freqs.weight"]))
-    for i in range(mf.hparams.n_layer):
-        native.set_vector(f"blk.{i}.attn_norm", _vector(t[f"blk.{i}.attn_norm.weight"]))
-        native.set_vector(f"blk.{i}.ffn_norm", _vector(t[f"blk.{i}.ffn_norm.weight"]))
-        for group, names in _matrix_groups(mf, i).items():
-            _add_group(native, f"blk.{i}.{group}", [t[n] for n in names])
-        _release_file_pages(t)
-        if progress:
-            progress(i + 1, mf.hparams.n_layer)
+    for layer in range(-1, mf.hparams.n_layer):
+        native.load(layer, [t[names[i]].raw_bytes() for i in native.layer_tensors(layer)])
+        if layer >= 0:
+            _release_file_pages(t)
+            if progress:
+                progress(layer + 1, mf.hparams.n_layer)
     native.finish_loading()
 
 
@@ -158,7 +127,7 @@ def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_c
     kv_blocks = kv_blocks or math.ceil(n_ctx / block_size)
     if cpus:  # an explicit pinning: one node on these CPUs
         topology.nodes = [Node(0, tuple(cpus[i % len(cpus)] for i in range(topology.n_threads)), None, ())]
-    _check_native_limits(mf, hp.native_config(n_ctx))
+    _check_native_limits(mf, {**hp.int_fields(), "n_ctx": n_ctx})
     sizes = (n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows)
     if topology.mode == "replicate":
         lanes = [Topology("replicate", [replace(node, index=0)], f"replica {i} of {len(topology.nodes)}; {topology.source}",
@@ -197,8 +166,9 @@ def _pack(mf: GGUFModelFile, topology: Topology, sizes: tuple[int, int, int, int
     nodes = [dict(threads=n.n_threads, cpus=list(n.cpus), mem_node=-1 if n.mem_node is None else n.mem_node, **s.native())
              for n, s in zip(topology.nodes, shares)]
     try:
-        native = _native.Model(hp.native_config(n_ctx), nodes)
-        load_weights(native, mf, progress)
+        desc, names = describe(mf, n_ctx)
+        native = _native.Model(desc, nodes)
+        load_weights(native, mf, names, progress)
     except ValueError as e:  # shape/type problems the native side found
         raise ModelLoadError(f"{mf.path}: {e}") from None
     native.init_cache(kv_blocks, block_size, max_step_tokens, max_out_rows)

@@ -1,0 +1,88 @@
+"""The typed model description (native/src/model_desc.h, sysinfer/model/description.py): what the
+native core is told about a model, and what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_files import tiny_model
+from sysinfer import _native
+from sysinfer.model.description import describe
+from sysinfer.model.model_file import read_model_file
+
+Role = _native.Role
+
+
+def tiny_description(kind: str = "llama"):
+    mf = read_model_file(tiny_model(kind))
+    return mf, *describe(mf, n_ctx=256)
+
+
+def one_node(desc) -> list[dict]:
+    return [dict(threads=1, cpus=[], mem_node=-1, kv_heads=[0, desc.n_head_kv], ff=[0, desc.n_ff], vocab=[0, desc.n_vocab])]
+
+
+def test_description_names_every_tensor_by_role():
+    mf, desc, names = tiny_description("llama")
+    desc.check()
+    roles = {(t.layer, t.role) for t in desc.tensors}
+    assert (-1, Role.TOKEN_EMBD) in roles and (-1, Role.OUTPUT) in roles and (-1, Role.ROPE_FREQS) in roles
+    for layer in range(desc.n_layer):
+        for role in (Role.ATTN_NORM, Role.ATTN_Q, Role.ATTN_K, Role.ATTN_V, Role.ATTN_OUTPUT, Role.FFN_NORM,
+                     Role.FFN_GATE, Role.FFN_UP, Role.FFN_DOWN):
+            assert (layer, role) in roles
+    for t, name in zip(desc.tensors, names):
+        assert t.type == int(mf.tensors[name].type) and list(t.shape) == list(mf.tensors[name].shape)
+    assert desc.rope_style == _native.RopeStyle.PAIRS and desc.positions == _native.Positions.ROPE
+
+
+def test_alibi_model_has_no_rope():
+    _, desc, _ = tiny_description("baichuan-alibi")
+    assert desc.positions == _native.Positions.ALIBI
+    assert not any(t.role == Role.ROPE_FREQS for t in desc.tensors)
+
+
+def drop(desc, layer, role):
+    desc.tensors = [t for t in desc.tensors if (t.layer, t.role) != (layer, role)]
+    return desc
+
+
+def test_missing_wrong_and_unsupported_tensors_are_named():
+    _, desc, _ = tiny_description()
+    with pytest.raises(ValueError, match=r"missing blk\.1\.attn_q"):
+        drop(desc, 1, Role.ATTN_Q).check()
+    _, desc, _ = tiny_description()
+    desc.tensors = [t if (t.layer, t.role) != (0, Role.FFN_UP) else _native.TensorDesc(Role.FFN_UP, 0, t.type, [256, 256])
+                    for t in desc.tensors]
+    with pytest.raises(ValueError, match=r"blk\.0\.ffn_up has shape \[256, 256\], expected \[256, 512\]"):
+        desc.check()
+    _, desc, _ = tiny_description()
+    desc.tensors = desc.tensors + [desc.tensors[-1]]
+    with pytest.raises(ValueError, match="given twice"):
+        desc.check()
+    _, desc, _ = tiny_description()
+    desc.n_expert = 4
+    desc.tensors = desc.tensors + [_native.TensorDesc(Role.FFN_GATE_EXPS, 0, 2, [256, 512, 4])]
+    with pytest.raises(ValueError, match="ffn_gate_exps tensors are not run by this forward pass yet"):
+        _native.Model(desc, one_node(desc))
+
+
+def test_roles_are_enums_not_names():
+    with pytest.raises(TypeError):
+        _native.TensorDesc("attn_q", 0, 2, [256, 256])
+
+
+def test_load_checks_sizes_and_completeness():
+    mf, desc, names = tiny_description()
+    model = _native.Model(desc, one_node(desc))
+    index = model.layer_tensors(-1)
+    data = [mf.tensors[names[i]].raw_bytes() for i in index]
+    with pytest.raises(ValueError, match="expected .* bytes"):
+        model.load(-1, [d[:1] for d in data])
+    with pytest.raises(ValueError, match="tensors, got"):
+        model.load(-1, data[:-1])
+    model.load(-1, data)
+    with pytest.raises(ValueError, match="loaded twice"):
+        model.load(-1, data)
+    with pytest.raises(ValueError, match="layer 0 not loaded"):
+        model.finish_loading()
