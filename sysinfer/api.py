@@ -378,9 +378,9 @@ def _error_code(pydantic_type: str) -> str:
     return "invalid_value"  # bounds, lengths, literals (a role we don't know), our own validators
 
 
-def _chat_prompt_ids(tokenizer, messages: list[dict], tools: list | None = None) -> list[int]:
+def _chat_prompt_ids(tokenizer, messages: list[dict], tools: list | None = None, variables=None) -> list[int]:
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools)
+        return tokenizer.apply_chat_template(messages, tools=tools, variables=variables)
     except ChatTemplateError as e:
         raise ApiError(400, str(e)[:500], param="messages", code="invalid_value") from None
 
@@ -419,7 +419,7 @@ def _prepare_chat(tokenizer, req: ChatCompletionRequest):
         messages, template_tools = tool_calls.prepare_messages(syntax, messages, plan)
     else:
         template_tools = None
-    prompt_ids = _chat_prompt_ids(tokenizer, messages, template_tools)
+    prompt_ids = _chat_prompt_ids(tokenizer, messages, template_tools, req.template_variables())
     if plan is None:
         return prompt_ids, grammar, None
     try:
@@ -467,9 +467,18 @@ def _sampling(state: ServerState, req: CommonRequest, n_prompt: int, chat: bool,
             frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
             repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=asked, stop=req.stop or [],
             logprobs=req.top_logprobs_asked(), logit_bias=req.logit_bias or {}, grammar=grammar,
-            ignore_eos=req.ignore_eos)
+            ignore_eos=req.ignore_eos, reasoning=chat and state.config.reasoning_format == "deepseek",
+            reasoning_budget=_reasoning_budget(state, req))
     except ValueError as e:  # "<field> must be ...": the field is the first word
         raise ApiError(400, str(e), param=str(e).split(" ", 1)[0], code="invalid_value") from None
+
+
+def _reasoning_budget(state: ServerState, req: CommonRequest) -> int | None:
+    """The request's thinking_budget, else the server's --reasoning-budget (None: no limit)."""
+    asked = getattr(req, "thinking_budget", None)
+    if asked is not None:
+        return asked
+    return state.config.reasoning_budget if state.config.reasoning_budget >= 0 else None
 
 
 async def _complete(state: ServerState, request: Request, req: CommonRequest, prompt_ids: list[int], chat: bool,
@@ -611,6 +620,8 @@ async def _sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usa
                 yield shaper.error_event(d.error, code="generation_failed")
                 break
             logprobs = formatters[d.choice].format(d.logprobs) if formatters and d.logprobs else None
+            if d.reasoning:  # a thinking model's reasoning, before the answer's text of the same delta
+                yield shaper.chunk(None, with_usage_field=include_usage, index=d.choice, reasoning=d.reasoning)
             if tools is not None:
                 for event in _tool_events(shaper, tools[d.choice], d, logprobs, include_usage):
                     yield event

@@ -35,6 +35,7 @@ class UsageTotal:
     def __init__(self):
         self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
         self.accepted_prediction_tokens = self.rejected_prediction_tokens = 0  # speculative drafts, summed
+        self.reasoning_tokens = 0
         self.seen = False
 
     def add(self, delta: Delta) -> None:
@@ -46,13 +47,14 @@ class UsageTotal:
         self.completion_tokens += u.completion_tokens
         self.accepted_prediction_tokens += u.accepted_prediction_tokens
         self.rejected_prediction_tokens += u.rejected_prediction_tokens
+        self.reasoning_tokens += u.reasoning_tokens
         self.seen = True
 
     def usage(self) -> Usage | None:
         if not self.seen:
             return None
         return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-                     self.accepted_prediction_tokens, self.rejected_prediction_tokens)
+                     self.accepted_prediction_tokens, self.rejected_prediction_tokens, self.reasoning_tokens)
 
 
 class ChoiceCollector:
@@ -61,6 +63,7 @@ class ChoiceCollector:
     def __init__(self, n: int, tokenizer, chat: bool, logprobs: bool):
         self.results = [ChoiceResult(i) for i in range(n)]
         self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.reasoning: list[list[str]] = [[] for _ in range(n)]
         self.entries: list[list] | None = [[] for _ in range(n)] if logprobs else None
         self.tokenizer, self.chat = tokenizer, chat
         self.total = UsageTotal()
@@ -68,6 +71,7 @@ class ChoiceCollector:
 
     def add(self, d: Delta) -> None:
         self.texts[d.choice].append(d.text)
+        self.reasoning[d.choice].append(d.reasoning)
         if self.entries is not None and d.logprobs:
             self.entries[d.choice].extend(d.logprobs)
         if d.finish_reason:
@@ -78,6 +82,7 @@ class ChoiceCollector:
     def choices(self) -> list[ChoiceResult]:
         for r in self.results:
             r.text = "".join(self.texts[r.index])
+            r.reasoning = "".join(self.reasoning[r.index])
             if self.entries is not None:
                 r.logprobs = LogprobFormatter(self.tokenizer, self.chat).format(self.entries[r.index])
         return self.results

@@ -182,7 +182,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key, prefix_cache=False if args.no_prefix_cache else None,
         request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
         speculative=args.speculative, numa=args.numa, draft_model=args.draft_model,
-        draft_lookup=False if args.no_draft_lookup else None, draft_policy=args.draft_policy)
+        draft_lookup=False if args.no_draft_lookup else None, draft_policy=args.draft_policy,
+        reasoning_format=args.reasoning_format, reasoning_budget=args.reasoning_budget)
     _warn_if_exposed(cfg)
     try:  # bound before anything starts: a port in use ends here, with no "serving" announced
         sock = bind_socket(cfg.host, cfg.port)
@@ -302,6 +303,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-seconds", type=bounded(float, "drain_seconds"),
                    help=f"on SIGTERM, seconds running requests may go on before they are ended "
                         f"(default {d('drain_seconds'):g})")
+    p.add_argument("--reasoning-format", choices=limits.REASONING_FORMATS,
+                   help="a reasoning model's thinking section (<think>...</think>): deepseek = as reasoning_content, "
+                        "apart from content (the default); none = left in the text (env SYSINFER_REASONING_FORMAT)")
+    p.add_argument("--reasoning-budget", type=bounded(int, "reasoning_budget"),
+                   help="reasoning tokens before the server closes the thinking section itself (-1 = no limit, "
+                        "the default; a request's thinking_budget takes precedence; env SYSINFER_REASONING_BUDGET)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 

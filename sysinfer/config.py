@@ -13,7 +13,7 @@ from typing import Any
 
 from . import limits
 from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
-                     DRAFT_POLICIES, NUMA_MODES)
+                     DRAFT_POLICIES, NUMA_MODES, REASONING_FORMATS)
 
 __all__ = ["EngineConfig", "ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
 
@@ -70,6 +70,8 @@ class ServerConfig:
     draft_policy: str = "cost"        # cost: draft only where accepted drafts pay for their rows (timed as it runs); always
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = DEFAULT_MAX_TOKENS  # default max tokens per reply (the reference's -n 4096)
+    reasoning_format: str = "deepseek"  # a thinking section as reasoning_content (deepseek) or left in the text (none)
+    reasoning_budget: int = -1        # reasoning tokens before the engine closes the section (-1: no limit)
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout: float = 1800.0   # seconds one request may run (queued + generating); then it ends
@@ -86,6 +88,8 @@ class ServerConfig:
         self.speculative = _speculative_mode(self.speculative)
         if self.draft_policy not in DRAFT_POLICIES:
             raise ValueError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {self.draft_policy!r}")
+        if self.reasoning_format not in REASONING_FORMATS:
+            raise ValueError(f"reasoning_format must be deepseek or none, got {self.reasoning_format!r}")
         if self.numa is not None and self.numa not in NUMA_MODES:
             raise ValueError(f"numa must be auto, tp, replicate or off, got {self.numa!r}")
         if self.draft_model is not None:

@@ -17,6 +17,7 @@ GENERATE_MAX_TOKENS = 256        # `sysinfer generate`'s, and a SamplingParams m
 DEFAULT_MAX_QUEUE = 256          # sequences allowed to wait; beyond: 429
 NUMA_MODES = ("auto", "tp", "replicate", "off")
 DRAFT_POLICIES = ("cost", "always")  # when to verify drafts: where they pay (engine/spec_policy.py), or always
+REASONING_FORMATS = ("deepseek", "none")  # llama.cpp's names: reasoning_content apart, or the text untouched
 
 # ---- request bounds (OpenAI's where it has one) ----
 MAX_TEMPERATURE = 2.0   # OpenAI's range is [0, 2]; one bound for requests, defaults and the CLI
@@ -62,6 +63,7 @@ BOUNDS: dict[str, Bound] = {
     "max_connections": Bound(1),
     "stall_timeout": Bound(0, low_open=True, unit=" s"),
     "drain_seconds": Bound(0, 3600, unit=" s"),
+    "reasoning_budget": Bound(-1),  # -1: no limit
 }
 
 

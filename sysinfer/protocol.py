@@ -45,6 +45,7 @@ class ChatMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: str | None = None           # a tool turn: the call it answers
     name: str | None = None
+    reasoning_content: str | None = None      # an assistant turn's thinking, as we returned it (the template decides)
 
     def as_template_message(self) -> dict[str, Any]:
         role = "system" if self.role == "developer" else self.role
@@ -56,6 +57,8 @@ class ChatMessage(BaseModel):
             msg["tool_calls"] = [{"id": c.id, "type": "function",
                                   "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
                                  for c in self.tool_calls]
+        if self.role == "assistant" and self.reasoning_content:
+            msg["reasoning_content"] = self.reasoning_content
         if self.role == "tool":
             msg.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v is not None})
         return msg
@@ -138,6 +141,18 @@ class ChatCompletionRequest(CommonRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    # Reasoning models: EulerCopilot sends enable_thinking at the top level, vLLM's and llama.cpp's
+    # clients inside chat_template_kwargs; both reach the chat template. thinking_budget is Qwen's name.
+    enable_thinking: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    thinking_budget: int | None = Field(default=None, ge=0)
+
+    def template_variables(self) -> dict[str, Any]:
+        """Extra chat-template variables: chat_template_kwargs, and the top-level enable_thinking."""
+        out = dict(self.chat_template_kwargs or {})
+        if self.enable_thinking is not None:
+            out["enable_thinking"] = self.enable_thinking
+        return out
 
     @field_validator("top_logprobs")
     @classmethod
@@ -190,7 +205,8 @@ def usage_body(u) -> dict[str, Any]:
             "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
             # OpenAI's fields for predicted outputs, which is what speculative drafts are
             "completion_tokens_details": {"accepted_prediction_tokens": u.accepted_prediction_tokens,
-                                          "rejected_prediction_tokens": u.rejected_prediction_tokens}}
+                                          "rejected_prediction_tokens": u.rejected_prediction_tokens,
+                                          "reasoning_tokens": u.reasoning_tokens}}
 
 
 @dataclass
@@ -201,6 +217,7 @@ class ChoiceResult:
     finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None  # already in the endpoint's shape (logprob_format.py)
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI-shaped calls parsed from the text (chat)
+    reasoning: str = ""  # a reasoning model's thinking section (chat): message.reasoning_content
 
 
 class ResponseShaper:
@@ -220,6 +237,8 @@ class ResponseShaper:
                 body["message"] = {"role": "assistant", "content": c.text}
                 if c.tool_calls:
                     body["message"] = {"role": "assistant", "content": c.text or None, "tool_calls": c.tool_calls}
+                if c.reasoning:  # only a reply that thought has it (clients test for the attribute)
+                    body["message"]["reasoning_content"] = c.reasoning
             else:
                 body["text"] = c.text
             bodies.append(body)
@@ -231,12 +250,15 @@ class ResponseShaper:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     def chunk(self, text: str | None, finish_reason: str | None = None, *, first: bool = False,
-              with_usage_field: bool = False, index: int = 0, logprobs: dict[str, Any] | None = None) -> str:
+              with_usage_field: bool = False, index: int = 0, logprobs: dict[str, Any] | None = None,
+              reasoning: str = "") -> str:
         """One streamed chunk of choice `index`; a chat stream's first chunk of each choice carries the
-        role and no text."""
+        role and no text; `reasoning`: thinking-section text, as delta.reasoning_content."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
                 {"content": text} if text else {})
+            if reasoning:
+                delta["reasoning_content"] = reasoning
             choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         else:
             choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": logprobs}

@@ -131,9 +131,11 @@ class LLMEngine:
         if self.drafter is not None:
             self.drafter.release(seq)
         self.by_id.pop(seq.request_id, None)
+        state = seq.state
         usage = Usage(len(seq.prompt_ids), len(seq.output_ids), seq.cached_prompt_tokens,
-                      seq.draft_accepted, seq.drafted - seq.draft_accepted)
-        return Delta(text, token_ids or [], reason, usage, error, logprobs)
+                      seq.draft_accepted, seq.drafted - seq.draft_accepted, state.reasoning_tokens if state else 0)
+        reasoning = state.take_reasoning() if state is not None and reason in ("stop", "length") else ""
+        return Delta(text, token_ids or [], reason, usage, error, logprobs, reasoning=reasoning)
 
     # ---- the step, in three phases ----
     def plan(self) -> list[ScheduledChunk]:
@@ -270,7 +272,7 @@ class LLMEngine:
         logprobs = state.take_logprobs()
         if reason:
             return self.finish(seq, reason, tokens, "".join(texts), logprobs=logprobs)
-        return Delta("".join(texts), tokens, logprobs=logprobs)
+        return Delta("".join(texts), tokens, logprobs=logprobs, reasoning=state.take_reasoning())
 
     # ---- the synchronous driver ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:

@@ -57,6 +57,8 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob and the k most likely
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     grammar: Any = None  # a compiled llguidance matcher (structured/constraints.py): the output follows it
+    reasoning: bool = False  # a thinking section's text apart from the answer (engine/reasoning.py; chat)
+    reasoning_budget: int | None = None  # reasoning tokens before the engine closes the section (None: no limit)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -77,6 +79,8 @@ class SamplingParams:
             bad("min_p", "in [0, 1]")
         if not 0.0 < self.repetition_penalty <= 10.0:
             bad("repetition_penalty", "in (0, 10]")
+        if self.reasoning_budget is not None and (not isinstance(self.reasoning_budget, int) or self.reasoning_budget < 0):
+            bad("reasoning_budget", "a non-negative integer")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             bad("frequency_penalty", "in [-2, 2]")
         if not -2.0 <= self.presence_penalty <= 2.0:

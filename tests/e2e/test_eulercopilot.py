@@ -151,3 +151,172 @@ def test_the_guides_check_script(server, answer, tmp_path):
     (tmp_path / "check.py").write_text(script, encoding="utf-8")
     out = subprocess.run([sys.executable, str(tmp_path / "check.py")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr[-3000:]
+
+
+# ---- a thinking model: EulerCopilot's request shapes replayed (issue 25) ----
+#
+# What EulerCopilot (euler-copilot-framework) sends a reasoning model, as the issue reads it:
+# - the answer client (apps/llm/reasoning.py): stream=True, stream_options.include_usage,
+#   max_completion_tokens, temperature, and enable_thinking at the top level of the body (extra_body);
+#   with thinking off it also appends "/no_think" to the last user message. It reads
+#   delta.reasoning_content, falling back to <think>...</think> inside content.
+# - the function-call client (apps/llm/function.py), one path per backend: guided_json (vllm),
+#   response_format json_object (json_mode), json_schema with strict (structured_output), tools without
+#   tool_choice reading tool_calls[0].function.arguments (function_call).
+# - the shell's server check probes, in order: tools with tool_choice auto, json_schema strict,
+#   json_object, guided_json.
+# The model: the real SmolLM2 with its chat template replaced by a reasoning one (the generation
+# prompt opens <think>; enable_thinking=false writes an empty section), served with a thinking
+# budget so the section always closes and an answer follows.
+
+THINK_BUDGET = 12
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+          "required": ["answer"], "additionalProperties": False}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def thinking(answer):
+    from model_files import smollm2_thinking
+
+    proc, base, _ = start_server(SYSINFER_MODEL=smollm2_thinking(), SYSINFER_API_KEY=answer["key"],
+                                 SYSINFER_MODEL_NAME=answer["name"], SYSINFER_REASONING_BUDGET=str(THINK_BUDGET))
+    yield base + "/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def euler_reads(chunks) -> tuple[str, str]:
+    """(reasoning, answer) as EulerCopilot's answer client reads a stream: reasoning_content deltas,
+    else a <think> block at the start of content."""
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    if not reasoning and "</think>" in content:
+        reasoning, content = content.split("</think>", 1)
+        reasoning = reasoning.replace("<think>", "")
+    return reasoning, content
+
+
+async def euler_answer(base_url: str, values: dict, question: str, thinking_on: bool, stream: bool = True):
+    """One call of the answer client: thinking on, or off (enable_thinking false and /no_think)."""
+    async with httpx.AsyncClient(verify=False) as http:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=values["key"], http_client=http, max_retries=0)
+        user = question if thinking_on else question + "/no_think"
+        kw = {"stream_options": {"include_usage": True}} if stream else {}
+        reply = await client.chat.completions.create(
+            model=values["name"], messages=[SYSTEM, {"role": "user", "content": user}], max_completion_tokens=64,
+            temperature=0.7, stream=stream, extra_body={"enable_thinking": thinking_on}, **kw)
+        return [c async for c in reply] if stream else reply
+
+
+@pytest.mark.parametrize("thinking_on", [True, False], ids=["thinking", "no_think"])
+def test_answer_client_reads_reasoning_apart_from_the_answer(thinking, answer, thinking_on):
+    chunks = asyncio.run(euler_answer(thinking, answer, "What is the capital of France?", thinking_on))
+    reasoning, content = euler_reads(chunks)
+    deltas_with_reasoning = [c for c in chunks if c.choices and getattr(c.choices[0].delta, "reasoning_content", None)]
+    usage = chunks[-1].usage
+    assert "<think>" not in content and "</think>" not in content  # never the tags, whatever the side
+    if thinking_on:
+        assert deltas_with_reasoning and reasoning.strip()  # read from reasoning_content, not from content
+        assert 0 < usage.completion_tokens_details.reasoning_tokens <= usage.completion_tokens
+        # the section closes at the server's budget (the tags' own tokens beyond it)
+        assert usage.completion_tokens_details.reasoning_tokens <= THINK_BUDGET + 8
+        assert content.strip() or chunks[-2].choices[0].finish_reason == "length"
+    else:  # an empty section in the prompt: the reply is all answer, no reasoning_content at all
+        assert not deltas_with_reasoning and content.strip()
+        assert usage.completion_tokens_details.reasoning_tokens == 0
+
+
+@pytest.mark.parametrize("thinking_on", [True, False], ids=["thinking", "no_think"])
+def test_answer_client_non_streaming(thinking, answer, thinking_on):
+    r = asyncio.run(euler_answer(thinking, answer, "Say hello.", thinking_on, stream=False))
+    message = r.choices[0].message
+    assert "<think>" not in (message.content or "") and "</think>" not in (message.content or "")
+    assert bool(getattr(message, "reasoning_content", None)) is thinking_on
+    assert (r.usage.completion_tokens_details.reasoning_tokens > 0) is thinking_on
+
+
+def test_history_with_reasoning_content_and_the_per_request_budget(thinking, answer):
+    """An assistant turn that carries its reasoning_content comes back in the history (accepted, the
+    template decides what to write); thinking_budget (Qwen's name) closes the section sooner."""
+    client = openai.OpenAI(base_url=thinking, api_key=answer["key"], max_retries=0)
+    first = client.chat.completions.create(model=answer["name"], messages=[{"role": "user", "content": "Hi."}],
+                                           max_tokens=40, temperature=0)
+    history = [{"role": "user", "content": "Hi."},
+               {"role": "assistant", "content": first.choices[0].message.content or "Hello.",
+                "reasoning_content": first.choices[0].message.reasoning_content},
+               {"role": "user", "content": "And again?"}]
+    r = client.chat.completions.create(model=answer["name"], messages=history, max_tokens=40, temperature=0,
+                                       extra_body={"thinking_budget": 3})
+    assert 0 < r.usage.completion_tokens_details.reasoning_tokens <= 3 + 8
+    r = client.chat.completions.create(model=answer["name"], messages=history, max_tokens=40, temperature=0,
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert r.usage.completion_tokens_details.reasoning_tokens == 0 and r.choices[0].message.content
+
+
+def function_call(client, values: dict, backend: str, question: str = "Is the sky blue? Answer in JSON."):
+    """The function-call client's request for one backend (non-streaming, thinking on)."""
+    kw: dict = {"model": values["name"], "messages": [SYSTEM, {"role": "user", "content": question}],
+                "max_tokens": 96, "temperature": 0.7}
+    if backend == "vllm":
+        kw["extra_body"] = {"guided_json": SCHEMA}
+    elif backend == "json_mode":
+        kw["response_format"] = {"type": "json_object"}
+    elif backend == "structured_output":
+        kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
+    elif backend == "function_call":
+        kw.update(tools=[WEATHER], messages=[SYSTEM, {"role": "user", "content": "What is the weather in Paris?"}])
+    elif backend == "tools_auto":
+        kw.update(tools=[WEATHER], tool_choice="auto",
+                  messages=[SYSTEM, {"role": "user", "content": "What is the weather in Paris?"}])
+    return client.chat.completions.create(**kw)
+
+
+def check_function_reply(backend: str, r) -> None:
+    choice = r.choices[0]
+    message = choice.message
+    assert getattr(message, "reasoning_content", None)  # the model thought first, apart from the answer
+    assert r.usage.completion_tokens_details.reasoning_tokens > 0
+    if backend in ("function_call", "tools_auto"):
+        if message.tool_calls:  # what EulerCopilot reads: tool_calls[0].function.arguments
+            args = json.loads(message.tool_calls[0].function.arguments)
+            assert message.tool_calls[0].function.name == "get_weather" and isinstance(args["city"], str)
+            assert choice.finish_reason == "tool_calls"
+        assert "<tool_call>" not in (message.content or "") and "<think>" not in (message.content or "")
+        return
+    assert choice.finish_reason == "stop", choice
+    document = json.loads(message.content)  # the answer alone: no tags, no reasoning before the JSON
+    if backend == "json_mode":
+        assert isinstance(document, dict)
+    else:
+        assert document in ({"answer": "yes"}, {"answer": "no"})
+
+
+@pytest.mark.parametrize("backend", ["vllm", "json_mode", "structured_output", "function_call"])
+def test_function_call_backends_after_thinking(thinking, answer, backend):
+    client = openai.OpenAI(base_url=thinking, api_key=answer["key"], max_retries=0)
+    check_function_reply(backend, function_call(client, answer, backend))
+
+
+def test_the_shells_probe_order(thinking, answer):
+    """The deployment shell's server check, in its order, against the thinking model."""
+    client = openai.OpenAI(base_url=thinking, api_key=answer["key"], max_retries=0)
+    for backend in ("tools_auto", "structured_output", "json_mode", "vllm"):
+        check_function_reply(backend, function_call(client, answer, backend))
+
+
+def test_a_required_call_follows_the_thinking_as_tool_calls(thinking, answer):
+    """Calls written after </think> are parsed into tool_calls (never left as text), whole and streamed."""
+    client = openai.OpenAI(base_url=thinking, api_key=answer["key"], max_retries=0)
+    kw = {"model": answer["name"], "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+          "tools": [WEATHER], "tool_choice": "required", "max_tokens": 96, "temperature": 0}
+    r = client.chat.completions.create(**kw)
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.reasoning_content
+    assert json.loads(r.choices[0].message.tool_calls[0].function.arguments)["city"]
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    calls = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
+    assert [(c.function.name, c.function.arguments) for c in calls] == \
+        [(c.function.name, c.function.arguments) for c in r.choices[0].message.tool_calls]
+    assert euler_reads(chunks)[0] == r.choices[0].message.reasoning_content

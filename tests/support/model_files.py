@@ -344,3 +344,35 @@ def spm_trained_model() -> tuple[str, str]:
         write_synthetic_gguf(str(gguf_path.with_suffix(".tmp")), spec, seed=5)
         gguf_path.with_suffix(".tmp").rename(gguf_path)
     return str(model), str(gguf_path)
+
+
+# A reasoning model's chat template on SmolLM2 (Qwen3's and DeepSeek-R1's ways): the generation prompt
+# opens the thinking section (the reply starts inside it), enable_thinking=false writes an empty one
+# instead, and the last assistant turn's reasoning_content is written back.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' and message.get('reasoning_content') and loop.last %}"
+    "{{ '<think>\\n' + message['reasoning_content'] + '\\n</think>\\n\\n' }}{% endif %}"
+    "{{ message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{% else %}{{ '<think>\\n' }}{% endif %}{% endif %}"
+)
+
+
+def smollm2_thinking() -> str:
+    """SmolLM2 (Q4_0) with its chat template replaced by THINKING_TEMPLATE, by gguf-py's
+    gguf-new-metadata --chat-template: every reasoning parser path on the wire with a real model."""
+    import subprocess
+    import sys
+
+    path = cache_dir() / "SmolLM2-135M-Instruct.thinking.Q4_0.gguf"
+    if path.exists():
+        return str(path)
+    tmp = path.with_suffix(".tmp")
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--force", "--chat-template",
+                    THINKING_TEMPLATE, smollm2_q4_0(), str(tmp)], check=True, capture_output=True)
+    tmp.rename(path)
+    return str(path)
