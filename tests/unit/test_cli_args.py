@@ -13,7 +13,7 @@ from sysinfer.config import ServerConfig
 BAD_SERVE_VALUES = {
     "--port": "99999", "--threads": "0", "--max-batch": "0", "--max-queue": "-1", "--ctx-size": "0",
     "--kv-blocks": "0", "--kv-cache-gb": "0", "--max-tokens": "0", "--temperature": "2.5",
-    "--request-timeout": "0", "--stall-timeout": "-3", "--drain-seconds": "4000",
+    "--request-timeout": "0", "--stall-timeout": "-3", "--drain-seconds": "4000", "--reasoning-budget": "-2",
 }
 
 
