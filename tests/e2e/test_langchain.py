@@ -71,3 +71,35 @@ def test_streamed_tool_calls_through_langchain(llm):
     for chunk in bound.stream(question):
         merged = chunk if merged is None else merged + chunk
     assert [(c["name"], c["args"]) for c in merged.tool_calls] == [(c["name"], c["args"]) for c in whole.tool_calls]
+
+
+# ---- a thinking model (issue 25): EulerCopilot's RAG service calls it through ChatOpenAI ----
+
+@pytest.fixture(scope="module")
+def thinking_llm():
+    from model_files import smollm2_thinking
+
+    proc, base, _ = start_server(SYSINFER_MODEL=smollm2_thinking(), SYSINFER_REASONING_BUDGET="12")
+    yield langchain_openai.ChatOpenAI(base_url=base + "/v1", api_key="none", model="m", temperature=0,
+                                      max_tokens=120, max_retries=0, timeout=120)
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_thinking_model_content_is_the_answer_alone(thinking_llm):
+    """The thinking goes to reasoning_content, which LangChain's ChatOpenAI leaves aside: content
+    (what the RAG service reads, and would strip <think> blocks from) has no tags, whole or streamed."""
+    reply = thinking_llm.invoke("What is the capital of France?")
+    assert "<think>" not in reply.content and "</think>" not in reply.content
+    assert reply.usage_metadata["output_token_details"].get("reasoning", 0) > 0
+    streamed = "".join(chunk.content for chunk in thinking_llm.stream("What is the capital of France?"))
+    assert streamed == reply.content
+
+
+def test_thinking_model_structured_output_and_tools(thinking_llm):
+    """The schema and the tool call hold the answer that follows the thinking."""
+    city = thinking_llm.with_structured_output(City, method="json_schema").invoke("Tell me about Paris.")
+    assert isinstance(city, City) and city.name
+    first = thinking_llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
+    assert len(first.tool_calls) == 1 and first.tool_calls[0]["name"] == "get_weather"
+    assert first.tool_calls[0]["args"]["unit"] in ("celsius", "fahrenheit")
