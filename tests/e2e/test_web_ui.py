@@ -301,6 +301,32 @@ def test_model_output_is_never_html(browser, server):
     assert not csp_violations(browser)
 
 
+def test_reasoning_shows_collapsed_above_the_answer(browser, server):
+    """A thinking model's stream (reasoning_content deltas, then content), answered in the page: the
+    thinking is in a collapsed block above the answer, as text, and kept with the turn for the next request."""
+    open_page(browser, server)
+    browser.execute_script(r"""
+        const event = (delta, finish) => 'data: ' + JSON.stringify({choices: [{index: 0, delta, finish_reason: finish}]}) + '\n\n';
+        const body = new TextEncoder().encode(event({role: 'assistant', content: ''}, null)
+            + event({reasoning_content: 'The user asks about <b>Paris</b>.'}, null) + event({reasoning_content: ' Easy.'}, null)
+            + event({content: 'Paris is the capital.'}, 'stop') + 'data: [DONE]\n\n');
+        window.fetch = async (url) => new Response(new ReadableStream({start(c) { c.enqueue(body); c.close(); }}),
+                                                   {status: 200, headers: {'Content-Type': 'text/event-stream'}});""")
+    send_message(browser, "Capital of France?")
+    reply = wait_reply_done(browser, 1, 10)
+    assert reply["text"] == "Paris is the capital."
+    found = browser.execute_script("""
+        const m = document.querySelector('.msg.assistant'), d = m.querySelector('details.reasoning');
+        return {hidden: d.hidden, open: d.open, thought: d.querySelector('.thought').textContent,
+                html: d.querySelectorAll('b').length, above: d.compareDocumentPosition(m.querySelector('.text')) === 4,
+                kept: JSON.parse(sessionStorage.getItem(Object.keys(sessionStorage).find(k => k.includes('chat'))))};""")
+    assert found["thought"] == "The user asks about <b>Paris</b>. Easy." and found["html"] == 0
+    assert not found["hidden"] and not found["open"] and found["above"]
+    assert found["kept"][-1] == {"role": "assistant", "content": "Paris is the capital.",
+                                 "reasoning_content": "The user asks about <b>Paris</b>. Easy."}
+    assert not csp_violations(browser)
+
+
 def test_enter_while_an_input_method_composes_does_not_send(browser, server):
     """Chinese input: Enter picks the IME's candidate; only a plain Enter sends."""
     open_page(browser, server)
