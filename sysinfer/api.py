@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import signal
+import sys
 import time
 from contextlib import asynccontextmanager, contextmanager
 from typing import AsyncIterator
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from . import ollama_api
 from .config import ServerConfig
 from .engine.async_engine import AsyncEngine
 from .engine.request_state import Delta
@@ -197,6 +199,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         prompt_ids, grammar = await _in_thread(state, prepare)
         return await _complete(state, request, req, prompt_ids, chat=False, grammar=grammar)
 
+    ollama_api.add_routes(app, state, sys.modules[__name__])  # Ollama's /api/* on the same preparation
     return app
 
 

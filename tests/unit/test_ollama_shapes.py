@@ -1,0 +1,50 @@
+"""Ollama's shapes from our parts (sysinfer/ollama_api.py): tool calls as Ollama writes them (arguments
+an object), whole and streamed alike; `format` and `options` as the OpenAI request they mean."""
+
+from __future__ import annotations
+
+import pytest
+
+from sysinfer import api, ollama_api
+from sysinfer.structured import tools as tool_calls
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+REPLY = 'Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def _parser():
+    return tool_calls.ToolCallParser(tool_calls.HERMES, tool_calls.plan_from_request([WEATHER], None, None))
+
+
+def test_tool_calls_in_ollamas_shape_whole_and_streamed():
+    content, found = _parser().feed(REPLY, final=True)
+    whole = ollama_api._ollama_calls(found)
+    assert content == "Let me look."
+    assert whole == [{"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}]
+    parser, streamed, text = _parser(), [], ""
+    for i in range(0, len(REPLY), 5):
+        piece, found = parser.feed(REPLY[i:i + 5], final=i + 5 >= len(REPLY))
+        text += piece
+        streamed += ollama_api._ollama_calls(found)
+    assert (text, streamed) == (content, whole)
+
+
+def test_ollama_request_as_openai_fields():
+    body = ollama_api.ChatBody(model="m", messages=[{"role": "user", "content": "hi"}], format={"type": "object"},
+                               options={"num_predict": -1, "repeat_penalty": 1.2, "stop": "x", "mirostat": 1})
+    fields = ollama_api._openai_fields(api, body)
+    assert fields == {"repetition_penalty": 1.2, "stop": "x",  # num_predict -1: the server's default
+                      "response_format": {"type": "json_schema", "json_schema": {"name": "format",
+                                                                                "schema": {"type": "object"}}}}
+    assert ollama_api._format(api, "json") == {"type": "json_object"} and ollama_api._format(api, "") is None
+    with pytest.raises(api.ApiError, match="format must be"):
+        ollama_api._format(api, 3)
+
+
+def test_refusals_name_the_ollama_field():
+    body = ollama_api.ChatBody(model="m", messages=[{"role": "user", "content": "hi"}],
+                               options={"temperature": 9, "num_predict": 5})
+    with pytest.raises(api.ApiError) as e:
+        ollama_api._openai_chat(api, body)
+    assert e.value.body["error"]["message"].startswith("options.temperature:")
