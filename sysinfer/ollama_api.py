@@ -80,6 +80,7 @@ class OllamaMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
+    thinking: str | None = None      # an assistant turn's thinking, written back as the template does
     images: list[Any] | None = None
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None     # a tool turn: the function whose result it is
@@ -92,6 +93,9 @@ class _Common(BaseModel):
     options: Options | None = None
     stream: bool = True              # Ollama streams unless told not to
     keep_alive: Any = None           # accepted: the served model stays loaded anyway
+    # A reasoning model's thinking: on or off through the template (enable_thinking); gpt-oss's levels
+    # ("low", "medium", "high") mean on. The thinking comes back apart (message.thinking) either way.
+    think: Union[bool, Literal["low", "medium", "high"], None] = None
 
 
 class ChatBody(_Common):
@@ -305,7 +309,8 @@ def _openai_fields(core, body: _Common) -> dict[str, Any]:
     fields = {"temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k, "min_p": o.min_p, "seed": o.seed,
               "stop": o.stop, "repetition_penalty": o.repeat_penalty, "presence_penalty": o.presence_penalty,
               "frequency_penalty": o.frequency_penalty, "response_format": _format(core, body.format),
-              "max_tokens": o.num_predict if o.num_predict is not None and o.num_predict > 0 else None}
+              "max_tokens": o.num_predict if o.num_predict is not None and o.num_predict > 0 else None,
+              "enable_thinking": None if body.think is None else body.think is not False}
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -315,6 +320,8 @@ def _openai_chat(core, body: ChatBody) -> ChatCompletionRequest:
         if m.images:
             raise core.ApiError(400, f"messages[{i}].images: this server's model reads text only; images are not supported")
         msg: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+        if m.role == "assistant" and m.thinking:
+            msg["reasoning_content"] = m.thinking
         if m.tool_calls:
             msg["tool_calls"] = [{"id": f"call_{i}_{j}", "type": "function",
                                   "function": {"name": c.function.name, "arguments": json.dumps(c.function.arguments)}}
@@ -356,7 +363,7 @@ def _prepare_chat(core, tokenizer, req: ChatCompletionRequest):
 # ---- the answer ----
 def _submit(core, state, req, prompt_ids: list[int], grammar, chat: bool):
     try:
-        params = core._sampling(state, req, len(prompt_ids), chat, grammar)
+        params = core._sampling(state, req, len(prompt_ids), chat, grammar)  # chat: through the template
     except core.ApiError as e:
         raise _renamed(core, e) from None
     try:
@@ -397,17 +404,18 @@ def _ollama_calls(deltas) -> list[dict[str, Any]]:
     return [{"function": {"index": d.index, "name": d.name, "arguments": json.loads(d.arguments)}} for d in deltas]
 
 
-def _piece(body, chat: bool, text: str, calls: list | None = None) -> dict[str, Any]:
+def _piece(body, chat: bool, text: str, calls: list | None = None, thinking: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {"model": body.model, "created_at": _timestamp()}
     if chat:
-        out["message"] = {"role": "assistant", "content": text} | ({"tool_calls": calls} if calls else {})
+        out["message"] = ({"role": "assistant", "content": text} | ({"thinking": thinking} if thinking else {})
+                          | ({"tool_calls": calls} if calls else {}))
     else:
-        out["response"] = text
+        out |= {"response": text} | ({"thinking": thinking} if thinking else {})
     return out | {"done": False}
 
 
 async def _answer(core, state, request: Request, req, body, prompt_ids, grammar, tools, received: float, chat: bool):
-    seq = _submit(core, state, req, prompt_ids, grammar, chat)
+    seq = _submit(core, state, req, prompt_ids, grammar, isinstance(req, ChatCompletionRequest))
     clock = _Clock(received)
     clock.submitted = time.perf_counter()
     deltas = core._timed(state, state.engine.stream(seq), received)
@@ -416,7 +424,7 @@ async def _answer(core, state, request: Request, req, body, prompt_ids, grammar,
         state.metrics.requests.labels(status="200").inc()
         return StreamingResponse(_ndjson(deltas, body, chat, parser, clock), media_type=NDJSON,
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    text, calls, usage, reason = [], [], None, None
+    text, thinking, calls, usage, reason = [], [], [], None, None
     async with anyio.create_task_group() as tg:
         tg.start_soon(core._abort_on_disconnect, request, state.engine, seq.request_id)
         async for d in deltas:
@@ -426,6 +434,7 @@ async def _answer(core, state, request: Request, req, body, prompt_ids, grammar,
                 raise core.ApiError(500, d.error)
             clock.first = clock.first or (time.perf_counter() if d.token_ids else None)
             text.append(d.text)
+            thinking.append(d.reasoning)
             if d.finish_reason:
                 usage, reason = d.usage, d.finish_reason
         tg.cancel_scope.cancel()
@@ -437,8 +446,7 @@ async def _answer(core, state, request: Request, req, body, prompt_ids, grammar,
         content, deltas_ = parser.feed(whole, final=True)
         whole, calls = content, _ollama_calls(deltas_)
     state.metrics.requests.labels(status="200").inc()
-    return _piece(body, chat, whole, calls) | clock.final(usage, reason) | (
-        {"message": {"role": "assistant", "content": whole} | ({"tool_calls": calls} if calls else {})} if chat else {})
+    return _piece(body, chat, whole, calls, "".join(thinking)) | clock.final(usage, reason)
 
 
 async def _ndjson(deltas: AsyncIterator, body, chat: bool, parser, clock: _Clock) -> AsyncIterator[str]:
@@ -457,8 +465,8 @@ async def _ndjson(deltas: AsyncIterator, body, chat: bool, parser, clock: _Clock
             if parser is not None:
                 text, found = parser.feed(d.text, final=bool(d.finish_reason))
                 calls = _ollama_calls(found)
-            if text or calls:
-                yield line(_piece(body, chat, text, calls))
+            if text or calls or d.reasoning:
+                yield line(_piece(body, chat, text, calls, d.reasoning))
             if d.finish_reason:
                 usage, reason = d.usage, d.finish_reason
     except Exception as e:  # noqa: BLE001 - the status line is sent: say it in the stream

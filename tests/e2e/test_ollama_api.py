@@ -181,3 +181,33 @@ def test_root_answers_head_and_keeps_the_chat_page(server):
     assert httpx.head(server + "/").status_code == 200
     page = httpx.get(server + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+@pytest.fixture(scope="module")
+def thinking_client():
+    """SmolLM2 with a reasoning model's template (model_files.smollm2_thinking: the generation prompt
+    opens <think>, enable_thinking=false writes an empty section)."""
+    from model_files import smollm2_thinking
+
+    proc, base, _ = start_server(SYSINFER_MODEL=smollm2_thinking(), SYSINFER_MODEL_NAME=NAME)
+    yield ollama.Client(host=base)
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_think_and_message_thinking(thinking_client):
+    opts = {"temperature": 0, "num_predict": 48}
+    on = thinking_client.chat(model=NAME, messages=HI, think=True, options=opts)
+    assert on.message.thinking and "<think>" not in on.message.content + on.message.thinking
+    parts = list(thinking_client.chat(model=NAME, messages=HI, think=True, options=opts, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == on.message.thinking
+    assert "".join(p.message.content for p in parts) == on.message.content
+    off = thinking_client.chat(model=NAME, messages=HI, think=False, options=opts)
+    assert not off.message.thinking and off.message.content.strip()
+    generated = thinking_client.generate(model=NAME, prompt=HI[0]["content"], think=True, options=opts)
+    assert generated.thinking == on.message.thinking
+    # the thinking goes back in the history as Ollama sends it
+    again = thinking_client.chat(model=NAME, options=opts, think=True, messages=HI + [
+        {"role": "assistant", "content": on.message.content or "Paris.", "thinking": on.message.thinking},
+        {"role": "user", "content": "And of Italy?"}])
+    assert again.done
