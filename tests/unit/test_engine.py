@@ -339,29 +339,34 @@ def test_drain_lets_running_requests_finish_then_ends_the_rest(lanes):
 
 def test_requests_past_the_time_limit_end_and_nonreading_clients_are_dropped():
     """A request can't hold a slot forever (request_timeout), and a streaming client that stops
-    reading can't make the engine buffer tokens for it without bound (stall_timeout)."""
-    engine = AsyncEngine(FakeModel(n_ctx=4096, n_kv_blocks=1100), FakeTokenizer(), max_batch=2,
-                         request_timeout=0.3, stall_timeout=0.2)
+    reading can't make the engine buffer tokens for it without bound (stall_timeout). Each limit on
+    its own engine: with both on one, a loaded machine reached the 0.3 s time limit before the
+    silent client had left 32 deltas unread for 0.2 s, and the test failed for no fault."""
+    timed = AsyncEngine(FakeModel(n_ctx=4096, n_kv_blocks=1100), FakeTokenizer(), max_batch=2, request_timeout=0.3)
+    stalled = AsyncEngine(FakeModel(n_ctx=4096, n_kv_blocks=1100), FakeTokenizer(), max_batch=2, stall_timeout=0.2)
     results = {}
 
     async def main():
         async with anyio.create_task_group() as tg:
-            tg.start_soon(engine.run)
-
-            async def slow_consumer():  # reads everything, but the request is too long for the limit
-                results["long"] = await _collect(engine, [1, 2], SamplingParams(max_tokens=4000))
-            tg.start_soon(slow_consumer)
-            silent = engine.submit([3, 4], SamplingParams(max_tokens=4000))  # never read
-            await anyio.sleep(1.5)
+            tg.start_soon(timed.run)
+            tg.start_soon(stalled.run)
+            # reads everything, but the request is too long for the time limit
+            results["long"] = await _collect(timed, [1, 2], SamplingParams(max_tokens=4000))
+            silent = stalled.submit([3, 4], SamplingParams(max_tokens=4000))  # never read
+            with anyio.move_on_after(30):
+                while not silent.finished:
+                    await anyio.sleep(0.05)
             results["silent"] = (silent.finished, silent.finish_reason, len(silent.output_ids))
-            await engine.shutdown()
+            await timed.shutdown()
+            await stalled.shutdown()
 
     anyio.run(main)
     tokens, last = results["long"]
     assert last.finish_reason == "length" and 0 < len(tokens) < 4000
     finished, reason, n_out = results["silent"]
     assert finished and reason == "abort" and n_out < 4000
-    assert_idle(engine)
+    assert_idle(timed)
+    assert_idle(stalled)
 
 
 def _repetitive_prompt(rng: random.Random) -> list[int]:
