@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..config import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_STEP_TOKENS
-from ..topology import Node, Topology, detect_topology, plan_notes, plan_shares
+from ..topology import Topology, detect_topology, plan_notes, plan_shares
 from .architecture import ModelHParams
 from .description import describe
 from .model_file import GGUFModelFile, ModelLoadError, TensorData, read_model_file
@@ -109,7 +109,7 @@ class LoadedModel:
 def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_ctx: int | None = None, kv_blocks: int | None = None,
                block_size: int = DEFAULT_BLOCK_SIZE, max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS,
                max_out_rows: int = DEFAULT_MAX_OUT_ROWS, progress: Callable[[int, int], None] | None = None,
-               cpus: list[int] | None = None, numa: str | None = None) -> "LoadedModel | ReplicatedModel":
+               numa: str | None = None) -> "LoadedModel | ReplicatedModel":
     """Validate (unless given a file read_model_file already validated), pack the weights into the
     native core (each NUMA node's share into its own memory: sysinfer.topology), release the file,
     allocate the KV cache. numa: "auto" | "tp" | "replicate" | "off" (default: SYSINFER_NUMA, else
@@ -121,12 +121,10 @@ def load_model(source: "str | GGUFModelFile", *, threads: int | None = None, n_c
     n_ctx = n_ctx or min(hp.n_ctx_train, DEFAULT_CTX_CAP)
     if n_ctx < 1:
         raise ValueError(f"context size must be positive, got {n_ctx}")
-    topology = detect_topology(threads, "off" if cpus is not None else numa)
+    topology = detect_topology(threads, numa)
     max_step_tokens = max(1, min(max_step_tokens, n_ctx))
     max_out_rows = max(1, min(max_out_rows, max_step_tokens))
     kv_blocks = kv_blocks or math.ceil(n_ctx / block_size)
-    if cpus:  # an explicit pinning: one node on these CPUs
-        topology.nodes = [Node(0, tuple(cpus[i % len(cpus)] for i in range(topology.n_threads)), None, ())]
     _check_native_limits(mf, {**hp.int_fields(), "n_ctx": n_ctx})
     sizes = (n_ctx, kv_blocks, block_size, max_step_tokens, max_out_rows)
     if topology.mode == "replicate":
