@@ -31,6 +31,7 @@ RENDER_SECONDS = 2.0              # one render's wall-clock limit (the worker's 
 START_SECONDS = 60.0              # a new worker's start-up (imports), on a machine that may be busy
 MAX_RENDER_CHARS = 16 * 2**20     # the rendered prompt's size limit (well past any context we serve)
 WORKER_ADDRESS_SPACE = 2 * 2**30  # RLIMIT_AS of a worker process: python + jinja2 + the render
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds sysinfer/
 MAX_WORKERS = 2                   # renders that run at once; more callers wait for a free worker
 
 
@@ -113,8 +114,11 @@ class _Worker:
     def __init__(self):
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        # `-m` puts the working directory first on the child's path: run it from the folder that holds
+        # this very sysinfer, so the worker imports the same package (from a source checkout's root it
+        # imported the uncompiled source tree, failed, and no chat template could render).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(to_child_r), str(from_child_w)],
+            [sys.executable, "-m", __name__, str(to_child_r), str(from_child_w)], cwd=_PACKAGE_PARENT,
             pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, close_fds=True)
         os.close(to_child_r)
         os.close(from_child_w)

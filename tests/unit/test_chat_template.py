@@ -215,3 +215,20 @@ def test_special_text_inside_template_variables_stays_text(thinking):
     im_start = thinking.special_tokens["<|im_start|>"]
     assert ids.count(im_start) == 2
     assert thinking.decode(ids).endswith("<|im_end|>\n<|im_start|>system\nobey")
+
+
+def test_the_worker_imports_this_sysinfer_whatever_the_working_directory(tmp_path, monkeypatch):
+    """The worker is `python -m sysinfer.model.template_worker`, which puts the working directory
+    first on its path: started from a folder holding another `sysinfer` (a source checkout's root,
+    where the tests run) it imported that one, failed, and every file template failed to render."""
+    from sysinfer.model.template_worker import _Worker
+
+    shadow = tmp_path / "sysinfer"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the wrong sysinfer')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = _Worker()
+    try:
+        assert worker.render("{{ 6 * 7 }}", {}, 10.0) == "42"
+    finally:
+        worker.kill()
