@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("synth", help="write a random-weight GGUF with a real model's exact shapes")
-    p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b"])
+    p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b", "qwen2.5-7b", "qwen3-8b", "deepseek-llm-7b"])
     p.add_argument("--quant", choices=["q4_0", "q4_1", "q8_0"],
                    help="the matrices' type (default: the real file's: q4_1 for smollm2-135m, q4_0 for the others)")
     p.add_argument("--seed", type=int, default=0)

@@ -4,9 +4,11 @@ Each architecture is one `Architecture` entry: how it differs from llama (RoPE s
 per layer). description.py turns hyperparameters and tensors into the native core's typed
 description (docs/architecture.md, "Adding an architecture").
 
-Supported: `llama` (Llama 2/3/3.1, SmolLM2, any llama-architecture model: RoPE, GQA, SwiGLU, tied
-output when `output.weight` is absent) and `baichuan` (Baichuan 2: RoPE for 7B; ALiBi for the 40-layer
-13B, which is how existing Baichuan2-13B files are recognised, as llama.cpp does).
+Supported: `llama` (Llama 2/3/3.1, SmolLM2, deepseek-llm, any llama-architecture model: RoPE, GQA,
+SwiGLU, tied output when `output.weight` is absent), `baichuan` (Baichuan 2: RoPE for 7B; ALiBi for
+the 40-layer 13B, which is how existing Baichuan2-13B files are recognised, as llama.cpp does),
+`qwen2` (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen: Q/K/V biases, NEOX RoPE) and `qwen3` (per-head
+RMS norms of q and k, NEOX RoPE, head size from attention.key_length).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(),
     "baichuan": Architecture(),  # ALiBi when it has 40 layers (see hparams_from_metadata)
+    "qwen2": Architecture(rope_style="halves", qkv_bias=True),
+    "qwen3": Architecture(rope_style="halves", qk_norm=True),
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
@@ -69,6 +73,7 @@ MAX_HPARAM = {
     "attention.head_count": 1 << 12,
     "attention.head_count_kv": 1 << 12,
     "attention.key_length": 1 << 14,
+    "attention.value_length": 1 << 14,
     "feed_forward_length": 1 << 20,
     "context_length": (1 << 31) - 1,
     "vocab_size": 1 << 24,
@@ -124,6 +129,14 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     if n_embd % n_head and f"{arch}.attention.key_length" not in meta:
         raise ValueError(f"{arch}.embedding_length ({n_embd}) is not a multiple of attention.head_count ({n_head})")
     head_dim = get_int("attention.key_length", max(1, n_embd // n_head))
+    value_dim = get_int("attention.value_length", head_dim)
+    if value_dim != head_dim:
+        raise ValueError(f"{arch}.attention.value_length ({value_dim}) differs from attention.key_length ({head_dim}): "
+                         "heads whose values and keys differ in size are not supported")
+    scaling_key = f"{arch}.rope.scaling.type"
+    if meta.get(scaling_key, "none") != "none":  # YaRN (Qwen's long-context files), linear, ...
+        raise ValueError(f"metadata key {scaling_key!r} = {describe(meta[scaling_key])}: RoPE scaling is not supported "
+                         "yet; use a file without it (the model's native context length needs none)")
     n_ff = get_int("feed_forward_length")
     n_ctx_train = get_int("context_length")
     tokens = meta.get("tokenizer.ggml.tokens")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .architecture import ModelHParams, expected_tensor_shapes, hparams_from_metadata, layer_tensor_shapes
+from .architecture import ModelHParams, expected_tensor_shapes, hparams_from_metadata
 from .gguf_header import GGUFFormatError, NotGGUFError, TensorEntry, describe, read_header
 
 SUPPORTED_TYPES = {
@@ -205,11 +205,10 @@ _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.")
 
 
 def check_tensors(tensors: dict[str, TensorData], hp: ModelHParams, path: str) -> None:
-    # A block_count the directory can't hold is refused before the expected names of all its layers
-    # are built.
-    need = len(layer_tensor_shapes(hp, 0)) * hp.n_layer + 2
-    if need > len(tensors):
-        raise ModelLoadError(f"{path}: {hp.arch}.block_count = {hp.n_layer} needs at least {need} "
+    # Every layer needs 9 tensors: a block_count the directory can't hold is refused before the
+    # expected names of all its layers are built.
+    if 9 * hp.n_layer + 2 > len(tensors):
+        raise ModelLoadError(f"{path}: {hp.arch}.block_count = {hp.n_layer} needs at least {9 * hp.n_layer + 2} "
                              f"tensors but the file has {len(tensors)}")
     for name in tensors:
         m = _LAYER_TENSOR.match(name)

@@ -37,6 +37,7 @@ class SynthSpec:
     embd_type: QT = QT.Q4_0
     output_type: QT | None = QT.Q6_K  # None: tied to token_embd, as SmolLM2
     rope_freqs: bool = False           # Llama 3.1's rope_freqs.weight
+    head_dim: int | None = None        # None: n_embd // n_head; else written as attention.key_length (Qwen3)
     name: str = "synthetic"
     metadata: dict[str, Any] = field(default_factory=dict)  # extra keys (e.g. a real tokenizer)
 
@@ -112,8 +113,15 @@ def placeholder_spm_tokenizer(n_vocab: int) -> dict[str, Any]:
     }
 
 
+def head_dim(spec: SynthSpec) -> int:
+    return spec.head_dim or spec.n_embd // spec.n_head
+
+
 def _add_metadata(w: GGUFWriter, spec: SynthSpec) -> None:
     a = spec.arch
+    # Real Qwen files carry neither rope.dimension_count nor vocab_size (llama.cpp's converter
+    # writes them for llama); Qwen3's carry key_length / value_length.
+    llama_keys = a in ("llama", "baichuan")
     w.add_name(spec.name)
     w.add_uint32(f"{a}.block_count", spec.n_layer)
     w.add_uint32(f"{a}.context_length", spec.n_ctx)
@@ -123,8 +131,12 @@ def _add_metadata(w: GGUFWriter, spec: SynthSpec) -> None:
     w.add_uint32(f"{a}.attention.head_count_kv", spec.n_head_kv)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", spec.rms_eps)
     w.add_float32(f"{a}.rope.freq_base", spec.rope_base)
-    w.add_uint32(f"{a}.rope.dimension_count", spec.n_embd // spec.n_head)
-    w.add_uint32(f"{a}.vocab_size", spec.n_vocab)
+    if llama_keys:
+        w.add_uint32(f"{a}.rope.dimension_count", head_dim(spec))
+        w.add_uint32(f"{a}.vocab_size", spec.n_vocab)
+    if spec.head_dim is not None or a == "qwen3":
+        w.add_uint32(f"{a}.attention.key_length", head_dim(spec))
+        w.add_uint32(f"{a}.attention.value_length", head_dim(spec))
     # A given tokenizer replaces the minimal one whole (a stray gpt2 key would confuse readers).
     has_tokenizer = "tokenizer.ggml.model" in spec.metadata
     meta = spec.metadata if has_tokenizer else {**_minimal_tokenizer(spec.n_vocab), **spec.metadata}
@@ -153,8 +165,11 @@ def _add(w: GGUFWriter, name: str, data: np.ndarray, qtype: QT) -> None:
 def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
     """Write a random-weight model (a baichuan with 40 layers loads as ALiBi); activations stay finite through all layers (norms are ~1 and
     every matrix has std 1/sqrt(fan-in), down-scaled with depth as residual branches add up)."""
+    from .architecture import ARCHITECTURES
+
+    arch = ARCHITECTURES[spec.arch]
     rng = np.random.default_rng(seed)
-    D, F, hd = spec.n_embd, spec.n_ff, spec.n_embd // spec.n_head
+    D, F, hd = spec.n_embd, spec.n_ff, head_dim(spec)
     w = GGUFWriter(path, spec.arch)
     _add_metadata(w, spec)
     _add(w, "token_embd.weight", random_matrix_bytes(rng, spec.embd_type, spec.n_vocab, D, 1.0), spec.embd_type)
@@ -180,6 +195,11 @@ def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
         for name, (rows, cols, std) in shapes.items():
             _add(w, f"blk.{i}.{name}.weight", random_matrix_bytes(rng, spec.matrix_type, rows, cols, std),
                  spec.matrix_type)
+            if arch.qkv_bias and name in ("attn_q", "attn_k", "attn_v"):  # Qwen2: sizeable, as trained ones are
+                _add(w, f"blk.{i}.{name}.bias", rng.normal(0, 0.5, rows).astype(np.float32), QT.F32)
+        if arch.qk_norm:  # Qwen3: per-head norms of q and k
+            for name in ("attn_q_norm", "attn_k_norm"):
+                _add(w, f"blk.{i}.{name}.weight", rng.uniform(0.8, 1.2, hd).astype(np.float32), QT.F32)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

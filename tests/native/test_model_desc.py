@@ -86,3 +86,52 @@ def test_load_checks_sizes_and_completeness():
         model.load(-1, data)
     with pytest.raises(ValueError, match="layer 0 not loaded"):
         model.finish_loading()
+
+
+# ---- Qwen (issue 24): what their files add, and what they are refused for ----
+
+def test_qwen_descriptions_carry_their_extra_tensors():
+    _, desc, _ = tiny_description("qwen2")
+    roles = {(t.layer, t.role) for t in desc.tensors}
+    assert {(1, Role.ATTN_Q_BIAS), (1, Role.ATTN_K_BIAS), (1, Role.ATTN_V_BIAS)} <= roles
+    assert (-1, Role.OUTPUT) not in roles  # tied to token_embd
+    assert desc.rope_style == _native.RopeStyle.HALVES
+    _, desc, _ = tiny_description("qwen3")
+    roles = {(t.layer, t.role) for t in desc.tensors}
+    assert {(0, Role.ATTN_Q_NORM), (0, Role.ATTN_K_NORM)} <= roles and (0, Role.ATTN_Q_BIAS) not in roles
+    assert desc.head_dim == 64 and desc.n_embd // desc.n_head == 32 and desc.rope_dim == 64
+
+
+def qwen_metadata(kind: str) -> dict:
+    from sysinfer.model.gguf_header import read_gguf_header
+
+    return dict(read_gguf_header(tiny_model(kind)))
+
+
+def test_qwen3_value_length_must_equal_key_length():
+    from sysinfer.model.architecture import hparams_from_metadata
+
+    meta = qwen_metadata("qwen3")
+    meta["qwen3.attention.value_length"] = 32
+    with pytest.raises(ValueError, match=r"qwen3\.attention\.value_length \(32\) differs"):
+        hparams_from_metadata(meta)
+
+
+def test_rope_scaling_is_a_clear_load_error():
+    from sysinfer.model.architecture import hparams_from_metadata
+
+    meta = qwen_metadata("qwen2")
+    meta["qwen2.rope.scaling.type"] = "yarn"
+    with pytest.raises(ValueError, match=r"'qwen2\.rope\.scaling\.type' = 'yarn': RoPE scaling is not supported"):
+        hparams_from_metadata(meta)
+    meta["qwen2.rope.scaling.type"] = "none"
+    assert hparams_from_metadata(meta).qkv_bias
+
+
+def test_qwen2_file_without_a_bias_is_refused():
+    from sysinfer.model.model_file import ModelLoadError, check_tensors
+
+    mf = read_model_file(tiny_model("qwen2"))
+    del mf.tensors["blk.1.attn_k.bias"]
+    with pytest.raises(ModelLoadError, match=r"missing tensor 'blk\.1\.attn_k\.bias'"):
+        check_tensors(mf.tensors, mf.hparams, mf.path)

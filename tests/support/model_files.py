@@ -37,6 +37,13 @@ TINY_SPECS = {
                             matrix_type=QT.Q4_1, embd_type=QT.F16, output_type=None),
     "llama-q8_0": SynthSpec(arch="llama", n_layer=2, n_embd=64, n_head=2, n_head_kv=2, n_ff=128, n_vocab=256,
                             matrix_type=QT.Q8_0, embd_type=QT.Q8_0, output_type=QT.Q8_0),
+    # Qwen2: Q/K/V biases, NEOX RoPE, tied output (as Qwen2.5 up to 3B)
+    "qwen2": SynthSpec(arch="qwen2", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, n_vocab=256,
+                       rope_base=1e6, rms_eps=1e-6, matrix_type=QT.Q4_0, embd_type=QT.Q8_0, output_type=None),
+    # Qwen3: per-head q/k norms, NEOX RoPE, heads of 64 while n_embd / n_head is 32 (key_length)
+    "qwen3": SynthSpec(arch="qwen3", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, head_dim=64, n_ff=256,
+                       n_vocab=256, rope_base=1e6, rms_eps=1e-6, matrix_type=QT.Q4_0, embd_type=QT.Q4_0,
+                       output_type=QT.Q8_0),
     "llama-f16": SynthSpec(arch="llama", n_layer=1, n_embd=64, n_head=2, n_head_kv=2, n_ff=128, n_vocab=256,
                            matrix_type=QT.F16, embd_type=QT.F32, output_type=QT.F16),
 }

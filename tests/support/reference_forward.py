@@ -58,12 +58,18 @@ class ReferenceModel:
             self.w64[name] = self.w[name].astype(np.float64)  # [rows, cols], converted once
         return (x.astype(np.float64) @ self.w64[name].T).astype(np.float32)
 
+    def projection(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x through matrix name.weight, plus name.bias where the file has one (Qwen2's Q/K/V)."""
+        y = self.matmul(x, name + ".weight")
+        return y + self.w[name + ".bias"].reshape(-1) if name + ".bias" in self.w else y
+
     def rms_norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         ms = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
         return (x / np.sqrt(ms + self.hp.rms_eps)).astype(np.float32) * weight
 
     def rope(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """x [T, heads, hd]; rotates adjacent pairs (2i, 2i+1) of the first rope_dim dims."""
+        """x [T, heads, hd]; rotates pairs of the first rope_dim dims: adjacent (2i, 2i+1) for llama's
+        style, halves (i, i + rope_dim/2) for NEOX's (Qwen)."""
         hp = self.hp
         half = hp.rope_dim // 2
         inv_freq = hp.rope_base ** (-2.0 * np.arange(half) / hp.rope_dim)
@@ -73,9 +79,13 @@ class ReferenceModel:
         cos = np.cos(angles)[:, None, :].astype(np.float32)
         sin = np.sin(angles)[:, None, :].astype(np.float32)
         out = x.copy()
-        a, b = x[..., 0 : hp.rope_dim : 2], x[..., 1 : hp.rope_dim : 2]
-        out[..., 0 : hp.rope_dim : 2] = a * cos - b * sin
-        out[..., 1 : hp.rope_dim : 2] = a * sin + b * cos
+        if hp.rope_style == "halves":
+            first, second = slice(0, half), slice(half, hp.rope_dim)
+        else:
+            first, second = slice(0, hp.rope_dim, 2), slice(1, hp.rope_dim, 2)
+        a, b = x[..., first], x[..., second]
+        out[..., first] = a * cos - b * sin
+        out[..., second] = a * sin + b * cos
         return out
 
     def alibi_slopes(self) -> np.ndarray:
@@ -109,9 +119,10 @@ class ReferenceModel:
         for i in range(hp.n_layer):
             p = f"blk.{i}."
             h = self.rms_norm(x, w[p + "attn_norm.weight"])
-            q = self.matmul(h, p + "attn_q.weight").reshape(T, hp.n_head, hd)
-            k = self.matmul(h, p + "attn_k.weight").reshape(T, hp.n_head_kv, hd)
-            v = self.matmul(h, p + "attn_v.weight").reshape(T, hp.n_head_kv, hd)
+            q, k, v = (self.projection(h, p + "attn_" + x) for x in "qkv")
+            q, k, v = q.reshape(T, hp.n_head, hd), k.reshape(T, hp.n_head_kv, hd), v.reshape(T, hp.n_head_kv, hd)
+            if hp.qk_norm:  # Qwen3: each head's q and k RMS-normed before RoPE
+                q, k = self.rms_norm(q, w[p + "attn_q_norm.weight"]), self.rms_norm(k, w[p + "attn_k_norm.weight"])
             if hp.use_rope:
                 q, k = self.rope(q, positions), self.rope(k, positions)
             if self.fp16_kv:
