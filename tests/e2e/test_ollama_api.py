@@ -211,3 +211,24 @@ def test_think_and_message_thinking(thinking_client):
         {"role": "assistant", "content": on.message.content or "Paris.", "thinking": on.message.thinking},
         {"role": "user", "content": "And of Italy?"}])
     assert again.done
+
+
+def test_langchain_chat_ollama(server):
+    """LangChain's ChatOllama (langchain-ollama): invoke and stream alike, structured output by schema."""
+    from langchain_ollama import ChatOllama
+    from pydantic import BaseModel, Field
+
+    llm = ChatOllama(model=NAME, base_url=server, temperature=0, num_predict=24,
+                     client_kwargs={"headers": {"Authorization": f"Bearer {KEY}"}})
+    whole = llm.invoke("What is the capital of France?")
+    assert whole.content.strip() and whole.usage_metadata["output_tokens"] >= 1
+    assert "".join(c.content for c in llm.stream("What is the capital of France?")) == whole.content
+
+    class City(BaseModel):
+        name: str = Field(max_length=20)
+        country: str = Field(max_length=20)
+
+    structured = ChatOllama(model=NAME, base_url=server, temperature=0, num_predict=64,
+                            client_kwargs={"headers": {"Authorization": f"Bearer {KEY}"}})
+    city = structured.with_structured_output(City, method="json_schema").invoke("Describe Paris.")
+    assert isinstance(city, City) and city.name
