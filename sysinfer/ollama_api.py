@@ -11,6 +11,7 @@ api.py's helpers come in as `core` (the api module itself): importing api here w
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -152,7 +153,7 @@ def add_routes(app: FastAPI, state: "api.ServerState", core) -> None:
     @ollama_errors
     async def tags(request: Request):
         core._check_key(state, request)
-        return {"models": [_model_entry(state)] if state.ready else []}
+        return {"models": [await core._in_thread(state, _model_entry, state)] if state.ready else []}
 
     @app.get("/api/ps")
     @ollama_errors
@@ -160,7 +161,7 @@ def add_routes(app: FastAPI, state: "api.ServerState", core) -> None:
         core._check_key(state, request)
         if not state.ready:
             return {"models": []}
-        entry = _model_entry(state)
+        entry = await core._in_thread(state, _model_entry, state)
         del entry["modified_at"]
         return {"models": [entry | {"expires_at": "2318-01-01T00:00:00Z", "size_vram": 0,
                                     "context_length": state.engine.max_total_tokens}]}
@@ -170,7 +171,7 @@ def add_routes(app: FastAPI, state: "api.ServerState", core) -> None:
     async def show(request: Request):
         body = await core._parse(state, request, ModelBody)
         _resolve(core, state, body.asked())
-        return _show(state)
+        return await core._in_thread(state, _show, state)
 
     @app.post("/api/chat")
     @ollama_errors
@@ -252,7 +253,21 @@ def _details(model) -> dict[str, Any]:
     arch = meta.get("general.architecture", "unknown")
     return {"parent_model": "", "format": "gguf", "family": arch, "families": [arch],
             "parameter_size": _parameter_size(model.n_params),
-            "quantization_level": _FILE_TYPES.get(meta.get("general.file_type"), "unknown")}
+            "quantization_level": _quantization(model.path, meta.get("general.file_type"))}
+
+
+@functools.lru_cache(maxsize=4)
+def _quantization(path: str, file_type: int | None) -> str:
+    """The weights' type as the tensors say (the most common one besides F32, which norms use):
+    general.file_type is written by the converter and a requantized file may keep a stale one.
+    Reads the file's header once (tags, ps and show run it in a worker thread)."""
+    from .model.model_file import read_model_file
+
+    try:
+        kinds = collections.Counter(t.type.name for t in read_model_file(path).tensors.values() if t.type.name != "F32")
+    except Exception:  # noqa: BLE001 - the file moved or changed since it was loaded: say what it said
+        kinds = collections.Counter()
+    return kinds.most_common(1)[0][0] if kinds else _FILE_TYPES.get(file_type, "unknown")
 
 
 def _parameter_size(n: int) -> str:

@@ -36,7 +36,8 @@ def test_list_show_ps_version(client):
     listed = client.list().models
     assert [m.model for m in listed] == [f"{NAME}:latest"]
     d = listed[0].details
-    assert (d.format, d.family, d.parameter_size) == ("gguf", "llama", "135M") and d.quantization_level
+    # the tensors' type: this test file is requantized to Q4_0 and keeps the original's general.file_type (Q4_1)
+    assert (d.format, d.family, d.parameter_size, d.quantization_level) == ("gguf", "llama", "135M", "Q4_0")
     assert listed[0].size > 10_000_000
     for name in (NAME, f"{NAME}:latest"):  # `:latest` implied
         shown = client.show(name)
