@@ -86,30 +86,42 @@ inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes to every 32-bit 
 
 // ---- Q4_0 / Q4_1: 8 rows x 32 columns per tile block ----
 
-// Per-row int32 dot products of one Q4 tile block with one activation block (weights unsigned).
-inline __m256i q4_tile_dot(const __m256i lo[4], const __m256i hi[4], const ActBlock& a) {
-  __m256i s16 = _mm256_maddubs_epi16(lo[0], bcast4(a.qs + 0));  // |each| <= 2*15*127: 8 fit int16
-  s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[0], bcast4(a.qs + 16)));
-  for (int g = 1; g < 4; ++g) {
-    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[g], bcast4(a.qs + 4 * g)));
-    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[g], bcast4(a.qs + 16 + 4 * g)));
-  }
-  return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
-}
+// An empty asm that "changes" v: GCC may not reassociate the integer adds across it. Without it, GCC
+// turns a token's chain of adds (one per group) into a tree over all the groups' products, and so
+// computes every product of the block first: 4 tokens' 32 products spilled to the stack.
+inline void keep(__m256i& v) { asm("" : "+x"(v)); }
 
-inline void unpack_q4(const uint8_t (*q)[8][4], __m256i lo[4], __m256i hi[4]) {
+// Per-row int16 dot products of one Q4 tile block with NT tokens' activation blocks (weights
+// unsigned): s16[i] for token a[i * a_stride]. Group by group: each group's nibbles are unpacked once
+// and meet every token's activation bytes while in registers, so NT int16 sums are live rather than
+// all 8 unpacked vectors (at NT = 4, 8 unpacked vectors, 4 accumulators and the sums did not fit the
+// 16 registers: the accumulators went through the stack every block). The sums are exact integers
+// (|each| <= 16 * 15 * 127 < 2^15), so a token's sums are the same whatever NT.
+template <int NT>
+inline void q4_tile_dots(const uint8_t (*q)[8][4], const ActBlock* a, size_t a_stride, __m256i s16[NT]) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   for (int g = 0; g < 4; ++g) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[g]));
-    lo[g] = _mm256_and_si256(v, m4);
-    hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* qs = a[i * a_stride].qs;
+      const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4(qs + 4 * g)),
+                                         _mm256_maddubs_epi16(hi, bcast4(qs + 16 + 4 * g)));
+      s16[i] = g == 0 ? p : _mm256_add_epi16(s16[i], p);
+      keep(s16[i]);
+    }
   }
 }
 
-// acc (8 rows) += one unpacked Q4_0 tile block (scales dw) times activation block a.
-inline __m256 q4_0_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, const ActBlock& a, __m256 acc) {
-  const __m256i dot = _mm256_sub_epi32(q4_tile_dot(lo, hi, a), _mm256_set1_epi32(8 * (a.sum[0] + a.sum[1])));
-  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
+inline __m256i widen_sum(__m256i s16) { return _mm256_madd_epi16(s16, _mm256_set1_epi16(1)); }
+
+// k * (a.sum[0] + a.sum[1]) in every int32 lane: the two int16 half sums broadcast as one 32-bit word
+// (a load, no shuffle) and `vpmaddwd` by k. (Scalar adds, `vmovd` and a register broadcast cost
+// about 2 cycles a token and block on Zen 3.)
+inline __m256i act_sum_times(const ActBlock& a, int16_t k) {
+  int32_t pair;
+  std::memcpy(&pair, a.sum, 4);
+  return _mm256_madd_epi16(_mm256_set1_epi32(pair), _mm256_set1_epi16(k));
 }
 
 // The 8 row sums of one tile for one token.
@@ -121,57 +133,76 @@ struct TileAcc {
 struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
-    __m256i lo[4], hi[4];
-    unpack_q4(b.q, lo, hi);
+    __m256i s16[NT];
+    q4_tile_dots<NT>(b.q, a, a_stride, s16);
     const __m256 dw = load_fp16x8(b.d);
-    for (int i = 0; i < NT; ++i) acc[i].v = q4_0_block(lo, hi, dw, a[i * a_stride], acc[i].v);
+    for (int i = 0; i < NT; ++i) {  // (dot - 8 sum(a)) * (dw * da)
+      const ActBlock& ai = a[i * a_stride];
+      const __m256i dot = _mm256_add_epi32(widen_sum(s16[i]), act_sum_times(ai, -8));
+      acc[i].v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ai.d)), acc[i].v);
+    }
   }
 };
-
-// acc (8 rows) += one unpacked Q4_1 tile block (scales dw, minimums mw) times activation block a.
-inline __m256 q4_1_block(const __m256i lo[4], const __m256i hi[4], __m256 dw, __m256 mw, const ActBlock& a,
-                         __m256 acc) {
-  const __m256 dot = _mm256_cvtepi32_ps(q4_tile_dot(lo, hi, a));
-  acc = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
-  return _mm256_fmadd_ps(mw, _mm256_set1_ps(a.d * float(a.sum[0] + a.sum[1])), acc);
-}
 
 struct GemmQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
-    __m256i lo[4], hi[4];
-    unpack_q4(b.q, lo, hi);
+    __m256i s16[NT];
+    q4_tile_dots<NT>(b.q, a, a_stride, s16);
     const __m256 dw = load_fp16x8(b.d), mw = load_fp16x8(b.m);
-    for (int i = 0; i < NT; ++i) acc[i].v = q4_1_block(lo, hi, dw, mw, a[i * a_stride], acc[i].v);
+    for (int i = 0; i < NT; ++i) {  // dot * (dw * da) + mw * (da * sum(a))
+      const ActBlock& ai = a[i * a_stride];
+      const __m256 dot = _mm256_cvtepi32_ps(widen_sum(s16[i]));
+      const __m256 da = _mm256_set1_ps(ai.d);  // da * sum(a), as a vector: see act_sum_times
+      const __m256 v = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, da), acc[i].v);
+      acc[i].v = _mm256_fmadd_ps(mw, _mm256_mul_ps(da, _mm256_cvtepi32_ps(act_sum_times(ai, 1))), v);
+    }
   }
 };
 
 // ---- Q8_0: signed weights, so maddubs takes |w| and the activation carries w's sign ----
 
-inline void load_q8(const TileQ8_0& t, __m256i w[8], __m256i wabs[8]) {
+// Group by group, as q4_tile_dots: each group's weights (and |w|) meet every token's 4 activation
+// bytes while in registers; pairs reach 2 * 127 * 127, so each is widened to int32 at once. Exact.
+// For NT > 2, all 8 groups (and |w|) are loaded first and each token takes them in turn: measured
+// faster there (Q4_0 / Q4_1's group order cost Q8_0 10 % at 4 and 8 tokens; `test_kernels
+// --bench-gemm 32 2048 N Q8_0`, L1-resident weights). The same exact integers either way.
+template <int NT>
+inline void q8_tile_dots(const TileQ8_0& t, const ActBlock* a, size_t a_stride, __m256i s32[NT]) {
+  if constexpr (NT > 2) {
+    __m256i w[8], wabs[8];
+    for (int g = 0; g < 8; ++g) {
+      w[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[g]));
+      wabs[g] = _mm256_sign_epi8(w[g], w[g]);
+    }
+    for (int i = 0; i < NT; ++i) {
+      s32[i] = _mm256_setzero_si256();
+      for (int g = 0; g < 8; ++g)
+        s32[i] = _mm256_add_epi32(
+            s32[i], widen_sum(_mm256_maddubs_epi16(wabs[g], _mm256_sign_epi8(bcast4(a[i * a_stride].qs + 4 * g), w[g]))));
+    }
+    return;
+  }
   for (int g = 0; g < 8; ++g) {
-    w[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[g]));
-    wabs[g] = _mm256_sign_epi8(w[g], w[g]);
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[g]));
+    const __m256i wabs = _mm256_sign_epi8(w, w);
+    for (int i = 0; i < NT; ++i) {
+      const __m256i p = widen_sum(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(bcast4(a[i * a_stride].qs + 4 * g), w)));
+      s32[i] = g == 0 ? p : _mm256_add_epi32(s32[i], p);
+      keep(s32[i]);
+    }
   }
-}
-
-// acc (8 rows) += one loaded Q8_0 tile block (w, |w|, scales dw) times activation block a.
-inline __m256 q8_0_block(const __m256i w[8], const __m256i wabs[8], __m256 dw, const ActBlock& a, __m256 acc) {
-  __m256i s32 = _mm256_setzero_si256();
-  for (int g = 0; g < 8; ++g) {  // pairs reach 2*127*127: widen each to int32 at once
-    const __m256i s16 = _mm256_maddubs_epi16(wabs[g], _mm256_sign_epi8(bcast4(a.qs + 4 * g), w[g]));
-    s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-  }
-  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc);
 }
 
 struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
-    __m256i w[8], wabs[8];
-    load_q8(b, w, wabs);
+    __m256i s32[NT];
+    q8_tile_dots<NT>(b, a, a_stride, s32);
     const __m256 dw = load_fp16x8(b.d);
-    for (int i = 0; i < NT; ++i) acc[i].v = q8_0_block(w, wabs, dw, a[i * a_stride], acc[i].v);
+    for (int i = 0; i < NT; ++i)
+      acc[i].v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), _mm256_mul_ps(dw, _mm256_set1_ps(a[i * a_stride].d)),
+                                 acc[i].v);
   }
 };
 

@@ -7,8 +7,9 @@
 //   test_kernels --expect NAME   also check that select_kernels() picks NAME on this CPU
 //   test_kernels --bench [all] [N]  single-thread GEMV (8B FFN-sized) and N-token (64) GEMM speed of
 //                                each table this CPU runs, for Q4_0 (or every type)
-//   test_kernels --bench-gemm ROWS COLS N  single-thread Q4_0 GEMM of one shape (N tokens) for each SIMD
-//                                table this CPU runs, in GOPS (best of 5 calls; an 8B matrix: 4096 14336 128)
+//   test_kernels --bench-gemm ROWS COLS N [TYPE]  single-thread GEMM of one shape (N tokens; Q4_0 unless
+//                                TYPE) for each SIMD table this CPU runs, in GOPS (best of 30 timings; an 8B
+//                                matrix: 4096 14336 128; the arithmetic alone: 128 4096 N, in L2)
 //   test_kernels --bench-peak    (x86) one core's clock and vpdpbusd (AVX-512 VNNI) or vpmaddubsw (AVX2)
 //                                throughput: its int8 peak
 //   test_kernels --bench-attn [hot]  single-thread attention (decode and a 32-token prefill item) at
@@ -609,11 +610,10 @@ void bench(bool all_types, int ntok) {
   }
 }
 
-// Single thread, one Q4_0 shape: N tokens through rows x cols (the model's matrices differ in how
+// Single thread, one shape: N tokens through rows x cols (the model's matrices differ in how
 // much of the activation fits L2: 8B's down matrix has 14336 columns). GOPS per SIMD table, from the
-// thread's CPU time (best of 5 calls).
-void bench_gemm_shape(int rows, int cols, int ntok) {
-  const WType type = WType::Q4_0;
+// thread's CPU time (best of 30 timings of ~2 ms of calls each).
+void bench_gemm_shape(int rows, int cols, int ntok, WType type) {
   const BenchMatrix m(type, rows, cols, ntok);
   const std::vector<uint8_t>& packed = m.packed;
   const std::vector<ActBlock>& xq = m.xq;
@@ -627,14 +627,19 @@ void bench_gemm_shape(int rows, int cols, int ntok) {
   std::vector<float> y(size_t(padded_rows(rows)) * ntok);
   for (const Kernels* k : runnable_tables()) {
     if (!std::strcmp(k->name, "generic")) continue;
+    double t0 = cpu_now();
     k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
+    // calls per timing: about 2 ms of them (a matrix that fits L2 takes microseconds a call); the best
+    // of 30 timings, so that on a shared machine one falls between other processes' time slices
+    const int calls = std::max(1, int(0.002 / std::max(1e-7, cpu_now() - t0)));
     double t = 1e9;
-    for (int rep = 0; rep < 5; ++rep) {
-      const double t0 = cpu_now();
-      k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
-      t = std::min(t, cpu_now() - t0);
+    for (int rep = 0; rep < 30; ++rep) {
+      t0 = cpu_now();
+      for (int c = 0; c < calls; ++c)
+        k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
+      t = std::min(t, (cpu_now() - t0) / calls);
     }
-    std::printf("  %-13s Q4_0 %d tok x %dx%d: %8.2f ms, %6.1f GOPS\n", k->name, ntok, rows, cols, t * 1e3,
+    std::printf("  %-13s %s %d tok x %dx%d: %8.3f ms, %6.1f GOPS\n", k->name, type_name(type), ntok, rows, cols, t * 1e3,
                 2.0 * rows * cols * ntok / t / 1e9);
   }
 }
@@ -884,7 +889,11 @@ int main(int argc, char** argv) {
     }
     if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
     if (!std::strcmp(argv[i], "--bench-gemm") && i + 3 < argc) {
-      bench_gemm_shape(std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::max(2, std::atoi(argv[i + 3])));
+      WType type = WType::Q4_0;
+      if (i + 4 < argc)
+        for (WType t : {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K})
+          if (!std::strcmp(argv[i + 4], type_name(t))) type = t;
+      bench_gemm_shape(std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::max(1, std::atoi(argv[i + 3])), type);
       return 0;
     }
     if (!std::strcmp(argv[i], "--bench")) {
