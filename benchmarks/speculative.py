@@ -99,12 +99,12 @@ def _metrics(base: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(sysinfer_\w+) (\S+)$", text, re.M)}
 
 
-def stream_one(client, text: str, max_tokens: int) -> dict:
-    """One greedy streamed chat request: its text, completion tokens and decode time."""
+def stream_one(client, text: str, max_tokens: int, temperature: float = 0.0, seed: int | None = None) -> dict:
+    """One streamed chat request (greedy by default): its text, completion tokens and decode time."""
     first = last = None
     parts, usage = [], None
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
-                                            max_tokens=max_tokens, temperature=0, stream=True,
+                                            max_tokens=max_tokens, temperature=temperature, seed=seed, stream=True,
                                             stream_options={"include_usage": True})
     for chunk in stream:
         if chunk.usage is not None:
@@ -132,7 +132,7 @@ def run_servers(args) -> int:
     procs = {}
     try:
         for mode in modes:
-            procs[mode] = start_server(**env, **SERVER_MODES[mode])
+            procs[mode] = start_server(ready_timeout=1200, **env, **SERVER_MODES[mode])
         clients = {m: openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=3600)
                    for m, (_, base, _) in procs.items()}
         print(f"{model_name} through the server, {cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, "
@@ -149,10 +149,10 @@ def run_servers(args) -> int:
                 order = modes[r % len(modes):] + modes[: r % len(modes)]
                 totals = {m: {"decode_tokens": 0, "decode_s": 0.0} for m in modes}
                 for name, text, *_ in prompts:
-                    runs = {m: stream_one(clients[m], text, args.max_tokens) for m in order}
+                    runs = {m: stream_one(clients[m], text, args.max_tokens, args.temperature, args.seed) for m in order}
                     texts = {runs[m]["text"] for m in modes}
                     if len(texts) != 1:
-                        print(f"FAIL: {set_name}/{name}: the modes' greedy texts differ", file=sys.stderr)
+                        print(f"FAIL: {set_name}/{name}: the modes' texts differ", file=sys.stderr)
                         return 1
                     for m in modes:
                         totals[m]["decode_tokens"] += runs[m]["decode_tokens"]
@@ -196,6 +196,10 @@ def main() -> int:
     ap.add_argument("--server", action="store_true", help="through the HTTP API, one server per mode (see above)")
     ap.add_argument("--model", help="with --server: the GGUF to serve (default: SmolLM2-135M-Instruct Q4_0)")
     ap.add_argument("--modes", default="on,off", help="with --server: comma-separated, of: on, off, always")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="with --server: sample at this temperature with --seed (a seeded reply is the same with and "
+                         "without speculation): text a random-weight model does not repeat, so nothing to quote")
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     if args.server:
         return run_servers(args)

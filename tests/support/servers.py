@@ -23,7 +23,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cli: bool = False, **env_overrides: str):
+def start_server(cli: bool = False, ready_timeout: float = 120, **env_overrides: str):
     """cli: run `sysinfer serve` (the deployed command: its connection limits and exit statuses)
     instead of `uvicorn sysinfer.api:app`."""
     port = free_port()
@@ -39,7 +39,7 @@ def start_server(cli: bool = False, **env_overrides: str):
     proc.log_path = log.name
     base = f"http://127.0.0.1:{port}"
     saw_503 = False
-    deadline = time.time() + 120
+    deadline = time.time() + ready_timeout  # an 8B model on a loaded machine needs more
     while time.time() < deadline:
         assert proc.poll() is None, open(log.name).read()[-5000:]
         try:
