@@ -439,20 +439,22 @@ async def _answer(core, state, request: Request, req, body, prompt_ids, grammar,
         state.metrics.requests.labels(status="200").inc()
         return StreamingResponse(_ndjson(deltas, body, chat, parser, clock), media_type=NDJSON,
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    text, thinking, calls, usage, reason = [], [], [], None, None
+    text, thinking, calls, usage, reason, error = [], [], [], None, None, None
     async with anyio.create_task_group() as tg:
         tg.start_soon(core._abort_on_disconnect, request, state.engine, seq.request_id)
         async for d in deltas:
-            if d.error:
+            if d.error:  # raised after the task group: inside it, it would come out as an ExceptionGroup
                 state.engine.abort_request(seq.request_id)
-                tg.cancel_scope.cancel()
-                raise core.ApiError(500, d.error)
+                error = d.error
+                break
             clock.first = clock.first or (time.perf_counter() if d.token_ids else None)
             text.append(d.text)
             thinking.append(d.reasoning)
             if d.finish_reason:
                 usage, reason = d.usage, d.finish_reason
         tg.cancel_scope.cancel()
+    if error:
+        raise core.ApiError(500, error)
     if reason == "abort" and await request.is_disconnected():
         state.metrics.requests.labels(status="499").inc()
         return Response(status_code=499)

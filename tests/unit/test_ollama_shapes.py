@@ -48,3 +48,53 @@ def test_refusals_name_the_ollama_field():
     with pytest.raises(api.ApiError) as e:
         ollama_api._openai_chat(api, body)
     assert e.value.body["error"]["message"].startswith("options.temperature:")
+
+
+def test_a_failed_generation_is_a_500_naming_it_not_an_internal_error():
+    """A delta with an error in a whole (non-streamed) answer: a 500 with the engine's message. Raised
+    inside the disconnect watcher's task group it came out as an ExceptionGroup, which the route's
+    guard turned into a bare "internal server error"."""
+    import types
+
+    import anyio
+
+    from sysinfer.engine.request_state import Delta
+    from sysinfer.metrics import Metrics
+
+    class Engine:
+        aborted = []
+
+        def submit(self, prompt_ids, params):
+            return types.SimpleNamespace(request_id="r1")
+
+        async def stream(self, seq):
+            yield Delta("Hel", [1])
+            yield Delta("", [], finish_reason="error", error="generation failed: the step raised")
+
+        def abort_request(self, request_id):
+            self.aborted.append(request_id)
+
+    class Request:
+        async def receive(self):
+            await anyio.sleep_forever()
+
+        async def is_disconnected(self):
+            return False
+
+    async def timed(state, deltas, received):
+        async for d in deltas:
+            yield d
+
+    state = types.SimpleNamespace(engine=Engine(), metrics=Metrics())
+    core = types.SimpleNamespace(ApiError=api.ApiError, _sampling=lambda *a: None, _timed=timed,
+                                 _abort_on_disconnect=api._abort_on_disconnect)
+    body = ollama_api.ChatBody(model="m", messages=[{"role": "user", "content": "hi"}], stream=False)
+    req = ollama_api._openai_chat(api, body)
+
+    async def run():
+        await ollama_api._answer(core, state, Request(), req, body, [1, 2], None, None, 0.0, chat=True)
+
+    with pytest.raises(api.ApiError) as e:
+        anyio.run(run)
+    assert e.value.status == 500 and "the step raised" in e.value.body["error"]["message"]
+    assert Engine.aborted == ["r1"]
