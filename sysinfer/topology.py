@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from .limits import NUMA_MODES  # one home: the config and the CLI read it too
 from .threads import parse_cpu_list, resolve_threads
 
@@ -192,17 +194,19 @@ def detect_topology(threads: int | None = None, numa: str | None = None, env: di
 
 # ---- The tensor-parallel plan ----
 
-# (elements per block, bytes per block) of the GGML types the native core takes.
-_BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 14: (256, 210)}
-
-
 def row_bytes(type_id: int, cols: int) -> int:
-    be, bb = _BLOCKS[int(type_id)]
+    be, bb = GGML_QUANT_SIZES[GGMLQuantizationType(int(type_id))]
     return cols // be * bb
 
 
 def block_elems(type_id: int) -> int:
-    return _BLOCKS[int(type_id)][0]
+    """Elements per block of a GGML type (1, 32 or 256 for the types the native core takes)."""
+    return GGML_QUANT_SIZES[GGMLQuantizationType(int(type_id))][0]
+
+
+def _widest_block(tensor_types: dict[str, int], suffix: str) -> int:
+    """The largest block of any layer's `suffix` matrix (a file may mix types across layers)."""
+    return max([32] + [block_elems(t) for name, t in tensor_types.items() if name.endswith(suffix)])
 
 
 @dataclass(frozen=True)
@@ -233,16 +237,16 @@ def _split_units(n_items: int, unit: int, n_nodes: int) -> list[tuple[int, int]]
 
 def plan_shares(hp, tensor_types: dict[str, int], n_nodes: int, block_size: int = 16) -> list[NodeShare]:
     """The split of every layer across n_nodes (the same for every layer). tensor_types: GGUF tensor
-    name -> GGML type id (only attn_output, ffn_down of layer 0 and output/token_embd are consulted for
-    alignment; bytes use every layer's own types)."""
+    name -> GGML type id (every layer's attn_output and ffn_down, and output/token_embd, are consulted
+    for alignment; bytes use every layer's own types)."""
     hd, group = hp.head_dim, hp.n_head // hp.n_head_kv
     # KV heads are cut where the attention output's columns (whole Q8_0 blocks of the activation,
     # whole weight blocks of attn_output) can be cut.
-    wo_block = max(32, block_elems(tensor_types.get("blk.0.attn_output.weight", 2)))
+    wo_block = _widest_block(tensor_types, ".attn_output.weight")
     kv_unit = 1
     while (kv_unit * group * hd) % wo_block and kv_unit < hp.n_head_kv:
         kv_unit += 1
-    ff_block = max(32, block_elems(tensor_types.get("blk.0.ffn_down.weight", 2)))
+    ff_block = _widest_block(tensor_types, ".ffn_down.weight")
     kv = _split_units(hp.n_head_kv, kv_unit, n_nodes)
     ff = _split_units(hp.n_ff, ff_block, n_nodes)
     vocab = _split_units(hp.n_vocab, 8, n_nodes)

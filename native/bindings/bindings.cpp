@@ -37,13 +37,8 @@ T get(const nb::dict& d, const char* key, T fallback) {
 }
 
 WType checked_type(int t) {
-  switch (t) {
-    case int(WType::F32): case int(WType::F16): case int(WType::Q4_0): case int(WType::Q4_1):
-    case int(WType::Q8_0): case int(WType::Q6_K):
-      return WType(t);
-    default:
-      throw std::invalid_argument("unsupported tensor type id " + std::to_string(t));
-  }
+  if (!known_wtype(t)) throw std::invalid_argument("unsupported tensor type id " + std::to_string(t));
+  return WType(t);
 }
 
 TensorDesc make_tensor_desc(Role role, int layer, int type, std::vector<int64_t> shape) {
@@ -206,7 +201,7 @@ nb::ndarray<nb::numpy, float, nb::ndim<2>> gemm_check(const std::string& table, 
   std::vector<uint8_t> packed(packed_bytes(wt, rows, cols));
   pack_matrix(wt, data.data(), rows, cols, packed.data());
   std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
-  const bool quantized = wt != WType::F32 && wt != WType::F16;
+  const bool quantized = !is_float_type(wt);
   if (quantized)
     for (int t = 0; t < n_tok; ++t) k->quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
   std::vector<float> y(size_t(n_tok) * prow);
@@ -216,6 +211,25 @@ nb::ndarray<nb::numpy, float, nb::ndim<2>> gemm_check(const std::string& table, 
   for (int t = 0; t < n_tok; ++t) std::copy(y.begin() + size_t(t) * prow, y.begin() + size_t(t) * prow + rows, out + size_t(t) * rows);
   nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
   return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {size_t(n_tok), size_t(rows)}, owner);
+}
+
+// A GGUF-layout matrix back to float [rows, cols]: from its GGUF rows (packed = false) or after
+// pack_matrix, from the tiles (packed = true). For tests against gguf-py's dequantize.
+nb::ndarray<nb::numpy, float, nb::ndim<2>> dequantize_check(int type, int rows, int cols, Bytes data, bool packed) {
+  const WType wt = checked_type(type);
+  if (rows <= 0 || cols <= 0 || cols % block_elems(wt)) throw std::invalid_argument("matrix shape");
+  if (data.nbytes() != gguf_row_bytes(wt, cols) * size_t(rows)) throw std::invalid_argument("matrix byte size");
+  float* out = new float[size_t(rows) * cols];
+  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  if (packed) {
+    std::vector<uint8_t> tiles(packed_bytes(wt, rows, cols));
+    pack_matrix(wt, data.data(), rows, cols, tiles.data());
+    for (int r = 0; r < rows; ++r) dequantize_packed_row(wt, tiles.data(), cols, r, out + size_t(r) * cols);
+  } else {
+    for (int r = 0; r < rows; ++r)
+      dequantize_gguf_row(wt, data.data() + gguf_row_bytes(wt, cols) * r, out + size_t(r) * cols, cols);
+  }
+  return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {size_t(rows), size_t(cols)}, owner);
 }
 
 nb::dict cpu_info() {
@@ -256,6 +270,8 @@ NB_MODULE(_native, mod) {
       "GB/s of reading a buffer of `mib` MiB with n_threads threads (a decode step's ceiling).");
   mod.def("gemm_check", &gemm_check, nb::arg("table"), nb::arg("type"), nb::arg("rows"), nb::arg("cols"),
           nb::arg("data"), nb::arg("x"), "y = W x through one kernel table (for tests).");
+  mod.def("dequantize_check", &dequantize_check, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("data"),
+          nb::arg("packed"), "A GGUF-layout matrix back to float, from its rows or its packed tiles (for tests).");
 
   nb::enum_<Role> role(mod, "Role", "What a tensor is for (model_desc.h).");
   for (int r = 0; r < int(Role::kCount); ++r) {

@@ -11,10 +11,13 @@
 namespace sysinfer {
 
 // Weight types, numbered as GGML's type ids so Python passes a GGUF tensor's type through as is.
-enum class WType : int { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q6_K = 14 };
+enum class WType : int {
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
+  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30
+};
 
-constexpr int QK = 32;        // elements per Q4_0 / Q4_1 / Q8_0 block and per activation block
-constexpr int QK_K = 256;     // elements per Q6_K super-block
+constexpr int QK = 32;        // elements per 32-wide block (Q4_0 ... IQ4_NL) and per activation block
+constexpr int QK_K = 256;     // elements per K-quant / IQ4_XS super-block
 constexpr int ROW_TILE = 8;   // rows interleaved per packed tile, for every weight type
 
 // ---- GGUF on-disk blocks (as llama.cpp's quantizer writes them) ----
@@ -28,6 +31,31 @@ struct BlockQ6_K {                                                   // 210 byte
   uint16_t d;       // fp16 super-block scale
 };
 // Nibble order in Q4_0/Q4_1 blocks: qs[j] & 0xF is element j, qs[j] >> 4 is element j + 16.
+// Q5_0 / Q5_1 add a fifth bit: bit j of the little-endian uint32 qh is bit 4 of element j.
+struct BlockQ5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; };     // 22 bytes; x = d*(q-16)
+struct BlockQ5_1 { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; };  // 24 bytes; x = d*q + m
+struct BlockIQ4_NL { uint16_t d; uint8_t qs[16]; };                  // 18 bytes; x = d*kIQ4NL[nibble]
+// The K-quants: 256 weights as 8 sub-blocks of 32 (Q4_K, Q5_K: 6-bit scale and min each, packed in
+// 12 bytes) or 16 of 16 (Q2_K: 4-bit scale and min; Q3_K: 6-bit signed scale).
+//   Q4_K / Q5_K: qs[32c + l] & 0xF is element 64c + l, qs[32c + l] >> 4 is element 64c + 32 + l
+//     (sub-blocks 2c and 2c + 1); Q5_K's bit 4 of element 32j + l is bit j of qh[l].
+//     Sub-block j's scale / min (6 bits): j < 4: scales[j] & 63, scales[j + 4] & 63; j >= 4:
+//     (scales[j + 4] & 15) | (scales[j - 4] >> 6) << 4, (scales[j + 4] >> 4) | (scales[j] >> 6) << 4.
+//     x = d * sc * q - dmin * m.
+//   Q2_K / Q3_K: element 128n + 32s + l is (qs[32n + l] >> 2s) & 3 (2 low bits); Q3_K's third bit
+//     is bit 4n + s of hmask[l], and q = low - (bit ? 0 : 4). Sub-block (of 16) i = 8n + 2s + l / 16.
+//     Q2_K: x = d * (scales[i] & 15) * q - dmin * (scales[i] >> 4).
+//     Q3_K: x = d * (s_i - 32) * q, s_i's low 4 bits in scales[i % 8] (nibble i / 8), its high 2 bits
+//     in scales[8 + i % 4] at bit 2 * (i / 4).
+struct BlockQ2_K { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; };               // 84 bytes
+struct BlockQ3_K { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d; };  // 110 bytes
+struct BlockQ4_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; };              // 144 bytes
+struct BlockQ5_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; };  // 176 bytes
+// IQ4_XS: 8 sub-blocks of 32, each an IQ4_NL block's nibbles (qs[16j..16j+16)) with the 6-bit scale
+// ls_j = (scales_l[j / 2] >> 4 (j % 2)) & 15 | ((scales_h >> 2j) & 3) << 4: x = d * (ls_j - 32) * kIQ4NL[q].
+struct BlockIQ4_XS { uint16_t d; uint16_t scales_h; uint8_t scales_l[4]; uint8_t qs[128]; };  // 136 bytes
+// IQ4_NL / IQ4_XS's 16 levels (a non-linear code book).
+constexpr int8_t kIQ4NL[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 // ---- Packed weights (made once at load by pack_matrix) ----
 // A matrix of `rows` x `cols` (y = W x; GGUF's ne0 == cols) is stored as tiles of ROW_TILE rows;
@@ -40,15 +68,43 @@ struct TileQ4_0 { uint16_t d[8]; uint8_t q[4][8][4]; };               // 144 byt
 struct TileQ4_1 { uint16_t d[8]; uint16_t m[8]; uint8_t q[4][8][4]; };// 160 bytes
 struct TileQ8_0 { uint16_t d[8]; int8_t q[8][8][4]; };                // 272 bytes
 struct TileQ6_K { BlockQ6_K b[8]; };                                  // 1680 bytes, b[r] is row 8t+r
-// F32 and F16 matrices are plain row-major [padded_rows][cols].
+// Q5_0 / Q5_1: the Q4 tile plus each row's 32 fifth bits, reordered at packing so one shift and mask
+// give a group's bits in place: bit 8k + 4h + g of qh[r] (as a little-endian uint32) is bit 4 of row
+// r's element 4g + k + 16h (g: group 0..3, k: byte 0..3, h: 0 low nibble / 1 high nibble).
+struct TileQ5_0 { uint16_t d[8]; uint8_t qh[8][4]; uint8_t q[4][8][4]; };                  // 176 bytes
+struct TileQ5_1 { uint16_t d[8]; uint16_t m[8]; uint8_t qh[8][4]; uint8_t q[4][8][4]; };   // 192 bytes
+struct TileIQ4_NL { uint16_t d[8]; uint8_t q[4][8][4]; };              // 144 bytes, as Q4_0 (nibbles index kIQ4NL)
+// Q4_K / Q5_K: one super-block column (256 weights) of 8 rows. scales[b][r] is byte b of row r's
+// packed scales (a 64-bit load holds one byte of every row: the 6-bit scales and mins of all 8 rows
+// unpack with a few word-wide shifts and masks). q[c][g][r][k] is byte 32c + 4g + k of row r's qs
+// (low nibble: element 64c + 4g + k, high: element 64c + 32 + 4g + k). Q5_K's qh[g][r][k] is row r's
+// qh[4g + k] (bit j: bit 4 of element 32j + 4g + k).
+struct TileQ4_K { uint16_t d[8], dmin[8]; uint8_t scales[12][8]; uint8_t q[4][8][8][4]; };  // 1152 bytes
+struct TileQ5_K {                                                                           // 1408 bytes
+  uint16_t d[8], dmin[8]; uint8_t scales[12][8]; uint8_t qh[8][8][4]; uint8_t q[4][8][8][4];
+};
+// IQ4_XS: q[j][g][r][k] is byte 16j + 4g + k of row r's qs (sub-block j: low nibble element
+// 32j + 4g + k, high nibble 32j + 16 + 4g + k), as an IQ4_NL tile per sub-block.
+struct TileIQ4_XS { uint16_t d[8]; uint16_t scales_h[8]; uint8_t scales_l[4][8]; uint8_t q[8][4][8][4]; };  // 1088
+// Q2_K / Q3_K: rows are whole super-blocks, as Q6_K (not interleaved).
+struct TileQ2_K { BlockQ2_K b[8]; };                                  // 672 bytes
+struct TileQ3_K { BlockQ3_K b[8]; };                                  // 880 bytes
+// F32, F16 and BF16 matrices are plain row-major [padded_rows][cols].
 
 inline int padded_rows(int rows) { return (rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE; }
+
+// Whether t is one of the types above (a GGML type id from a file may be anything).
+bool known_wtype(int t);
+// Elements per block of type t: 1 for float types, 32, or 256 (the K-quants and IQ4_XS).
+int block_elems(WType t);
+// Float matrices take float activations; the others take ActBlocks.
+inline bool is_float_type(WType t) { return t == WType::F32 || t == WType::F16 || t == WType::BF16; }
 
 // ---- Activations ----
 // Activations are quantized once per matmul (and shared by every row) to blocks of 32:
 struct ActBlock {
   float d;          // scale: x ~= d * qs[i]
-  int16_t sum[2];   // sum[h] = qs[16h] + ... + qs[16h + 15] (for Q4_0's -8, Q4_1's m, Q6_K's -32)
+  int16_t sum[2];   // sum[h] = qs[16h] + ... + qs[16h + 15] (offsets and mins: Q4_0's -8, the K-quants' mins)
   int8_t qs[32];
 };                  // 40 bytes
 static_assert(sizeof(ActBlock) == 40, "ActBlock layout");
@@ -62,8 +118,8 @@ struct Kernels {
 
   // y[t * ldy + r] = sum_k W[r][k] * x_t[k] for every row r of tiles [tile0, tile1) and every token
   // t < n_tok. For quantized W, x is n_tok rows of cols / 32 ActBlocks (row t starts at
-  // x + t * (cols / 32)); for F32 / F16 W, x is n_tok rows of cols floats. Writes all 8 rows of
-  // each tile (padding rows give 0). cols is a multiple of 32 (of 256 for Q6_K).
+  // x + t * (cols / 32)); for F32 / F16 / BF16 W, x is n_tok rows of cols floats. Writes all 8 rows
+  // of each tile (padding rows give 0). cols is a multiple of block_elems(type) and of 32.
   void (*gemm)(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok,
                float* y, int ldy);
 
@@ -125,6 +181,12 @@ void dequantize_packed_row(WType type, const uint8_t* packed, int cols, int row,
 void dequantize_gguf_row(WType type, const uint8_t* src, float* dst, int cols);
 
 float fp16_to_fp32(uint16_t h);
+inline float bf16_to_fp32(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
 uint16_t fp32_to_fp16(float f);
 
 }  // namespace sysinfer

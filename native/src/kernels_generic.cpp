@@ -14,6 +14,12 @@ namespace {
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ8_0) == 34, "block sizes");
 static_assert(sizeof(BlockQ6_K) == 210 && sizeof(TileQ6_K) == 1680, "Q6_K sizes");
 static_assert(sizeof(TileQ4_0) == 144 && sizeof(TileQ4_1) == 160 && sizeof(TileQ8_0) == 272, "tile sizes");
+static_assert(sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 && sizeof(BlockIQ4_NL) == 18, "block sizes");
+static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144 &&
+              sizeof(BlockQ5_K) == 176 && sizeof(BlockIQ4_XS) == 136, "super-block sizes");
+static_assert(sizeof(TileQ5_0) == 8 * 22 && sizeof(TileQ5_1) == 8 * 24 && sizeof(TileIQ4_NL) == 8 * 18 &&
+              sizeof(TileQ2_K) == 8 * 84 && sizeof(TileQ3_K) == 8 * 110 && sizeof(TileQ4_K) == 8 * 144 &&
+              sizeof(TileQ5_K) == 8 * 176 && sizeof(TileIQ4_XS) == 8 * 136, "tiles hold 8 rows' blocks, no more");
 
 void quantize_act(const float* x, ActBlock* out, int n) {
   for (int b = 0; b < n / QK; ++b) {
@@ -104,6 +110,172 @@ float row_dot_q6_k(const TileQ6_K* tiles, int r, int nsb, const ActBlock* x) {
   return acc;
 }
 
+// ---- the other quantized types, through one form ----
+//
+// One row's block of any of them as integers: element e is d * sc[e / 16] * q[e] - dmin * mn[e / 16]
+// (1 or 8 sub-blocks of 32; scales and mins per 16 elements). The dot product with activation blocks
+// a_j is then, per 32-element sub-block j, two exact integer sums folded in float:
+//   d * sum_j a_j.d * (sum_h sc[2j+h] * q.a_j over half h)  -  dmin * sum_j a_j.d * (sum_h mn[2j+h] * a_j.sum[h])
+// which is how the SIMD kernels compute it (mins by the activation half sums: no Q8_K needed).
+struct Decoded {
+  int n_sub = 1;         // 32-element sub-blocks: 1, or 8 for a 256-element super-block
+  int8_t q[QK_K];        // [n_sub * 32]
+  int sc[16], mn[16];    // per 16 elements
+  float d = 0, dmin = 0;
+};
+
+inline void set_sub(Decoded& o, int j, int sc, int mn) {  // sub-block j's two halves share sc / mn
+  o.sc[2 * j] = o.sc[2 * j + 1] = sc;
+  o.mn[2 * j] = o.mn[2 * j + 1] = mn;
+}
+
+// Q5_0 / Q5_1 element e's 5-bit quant from a tile (kernels.h's bit order).
+inline int q5_tile_quant(const uint8_t (*q)[8][4], const uint8_t* qh, int r, int e) {
+  const int h = e / 16, g = (e % 16) / 4, k = e % 4;
+  const uint8_t byte = q[g][r][k];
+  const int low = h ? byte >> 4 : byte & 0xF;
+  return low | ((qh[k] >> (4 * h + g)) & 1) << 4;
+}
+
+// Sub-block j's 6-bit scale and min from a K tile's scale column (byte b of row r at s[b][r]).
+inline void k_tile_scale_min(const uint8_t (*s)[8], int r, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j][r] & 63;
+    *m = s[j + 4][r] & 63;
+  } else {
+    *sc = (s[j + 4][r] & 0xF) | ((s[j - 4][r] >> 6) << 4);
+    *m = (s[j + 4][r] >> 4) | ((s[j][r] >> 6) << 4);
+  }
+}
+
+void decode(WType type, const uint8_t* tile, int r, Decoded& o) {
+  switch (type) {
+    case WType::Q5_0: case WType::Q5_1: {
+      const bool q5_1 = type == WType::Q5_1;
+      const auto& t0 = *reinterpret_cast<const TileQ5_0*>(tile);
+      const auto& t1 = *reinterpret_cast<const TileQ5_1*>(tile);
+      const uint8_t(*q)[8][4] = q5_1 ? t1.q : t0.q;
+      const uint8_t* qh = q5_1 ? t1.qh[r] : t0.qh[r];
+      for (int e = 0; e < QK; ++e) o.q[e] = int8_t(q5_tile_quant(q, qh, r, e));
+      o.d = fp16_to_fp32(q5_1 ? t1.d[r] : t0.d[r]);
+      o.dmin = q5_1 ? -fp16_to_fp32(t1.m[r]) : o.d;  // Q5_1: x = d*q + m; Q5_0: x = d*q - d*16
+      set_sub(o, 0, 1, q5_1 ? 1 : 16);
+      return;
+    }
+    case WType::IQ4_NL: {
+      const auto& t = *reinterpret_cast<const TileIQ4_NL*>(tile);
+      for (int j = 0; j < 16; ++j) {
+        const uint8_t byte = t.q[j / 4][r][j % 4];
+        o.q[j] = kIQ4NL[byte & 0xF];
+        o.q[j + 16] = kIQ4NL[byte >> 4];
+      }
+      o.d = fp16_to_fp32(t.d[r]);
+      set_sub(o, 0, 1, 0);
+      return;
+    }
+    case WType::Q4_K: case WType::Q5_K: {
+      const bool q5 = type == WType::Q5_K;
+      const auto& t4 = *reinterpret_cast<const TileQ4_K*>(tile);
+      const auto& t5 = *reinterpret_cast<const TileQ5_K*>(tile);
+      const uint8_t(*q)[8][8][4] = q5 ? t5.q : t4.q;
+      const uint8_t(*s)[8] = q5 ? t5.scales : t4.scales;
+      o.n_sub = 8;
+      for (int j = 0; j < 8; ++j) {
+        int sc, m;
+        k_tile_scale_min(s, r, j, &sc, &m);
+        set_sub(o, j, sc, m);
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t byte = q[j / 2][l / 4][r][l % 4];
+          int v = j % 2 ? byte >> 4 : byte & 0xF;
+          if (q5) v |= ((t5.qh[l / 4][r][l % 4] >> j) & 1) << 4;
+          o.q[32 * j + l] = int8_t(v);
+        }
+      }
+      o.d = fp16_to_fp32(q5 ? t5.d[r] : t4.d[r]);
+      o.dmin = fp16_to_fp32(q5 ? t5.dmin[r] : t4.dmin[r]);
+      return;
+    }
+    case WType::IQ4_XS: {
+      const auto& t = *reinterpret_cast<const TileIQ4_XS*>(tile);
+      o.n_sub = 8;
+      for (int j = 0; j < 8; ++j) {
+        const int ls = ((t.scales_l[j / 2][r] >> (4 * (j % 2))) & 0xF) | (((t.scales_h[r] >> (2 * j)) & 3) << 4);
+        set_sub(o, j, ls - 32, 0);
+        for (int l = 0; l < 16; ++l) {
+          const uint8_t byte = t.q[j][l / 4][r][l % 4];
+          o.q[32 * j + l] = kIQ4NL[byte & 0xF];
+          o.q[32 * j + 16 + l] = kIQ4NL[byte >> 4];
+        }
+      }
+      o.d = fp16_to_fp32(t.d[r]);
+      return;
+    }
+    case WType::Q2_K: case WType::Q3_K: {
+      const bool q3 = type == WType::Q3_K;
+      const BlockQ2_K& b2 = reinterpret_cast<const TileQ2_K*>(tile)->b[r];
+      const BlockQ3_K& b3 = reinterpret_cast<const TileQ3_K*>(tile)->b[r];
+      o.n_sub = 8;
+      for (int e = 0; e < QK_K; ++e) {
+        const int n = e / 128, s = (e % 128) / 32, l = e % 32;
+        const int low = ((q3 ? b3.qs : b2.qs)[32 * n + l] >> (2 * s)) & 3;
+        o.q[e] = int8_t(q3 ? low - ((b3.hmask[l] >> (4 * n + s)) & 1 ? 0 : 4) : low);
+      }
+      for (int i = 0; i < 16; ++i) {
+        if (q3) {
+          o.sc[i] = (((b3.scales[i % 8] >> (4 * (i / 8))) & 0xF) | (((b3.scales[8 + i % 4] >> (2 * (i / 4))) & 3) << 4)) - 32;
+          o.mn[i] = 0;
+        } else {
+          o.sc[i] = b2.scales[i] & 0xF;
+          o.mn[i] = b2.scales[i] >> 4;
+        }
+      }
+      o.d = fp16_to_fp32(q3 ? b3.d : b2.d);
+      o.dmin = q3 ? 0.f : fp16_to_fp32(b2.dmin);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+// Row r of nb consecutive tiles (tile_bytes apart) times activation blocks x, through Decoded.
+float row_dot_decoded(WType type, const uint8_t* tiles, size_t tile_bytes, int r, int nb, const ActBlock* x) {
+  float acc = 0.f;
+  Decoded o;
+  for (int kb = 0; kb < nb; ++kb) {
+    decode(type, tiles + kb * tile_bytes, r, o);
+    float sa = 0.f, sm = 0.f;
+    for (int j = 0; j < o.n_sub; ++j) {
+      const ActBlock& a = x[kb * o.n_sub + j];
+      int dot = 0, mins = 0;
+      for (int h = 0; h < 2; ++h) {
+        int s = 0;
+        for (int l = 0; l < 16; ++l) s += int(o.q[32 * j + 16 * h + l]) * a.qs[16 * h + l];
+        dot += o.sc[2 * j + h] * s;
+        mins += o.mn[2 * j + h] * a.sum[h];
+      }
+      sa += a.d * float(dot);
+      sm += a.d * float(mins);
+    }
+    acc += o.d * sa - o.dmin * sm;
+  }
+  return acc;
+}
+
+size_t decoded_tile_bytes(WType t) {
+  switch (t) {
+    case WType::Q5_0: return sizeof(TileQ5_0);
+    case WType::Q5_1: return sizeof(TileQ5_1);
+    case WType::IQ4_NL: return sizeof(TileIQ4_NL);
+    case WType::Q2_K: return sizeof(TileQ2_K);
+    case WType::Q3_K: return sizeof(TileQ3_K);
+    case WType::Q4_K: return sizeof(TileQ4_K);
+    case WType::Q5_K: return sizeof(TileQ5_K);
+    case WType::IQ4_XS: return sizeof(TileIQ4_XS);
+    default: return 0;
+  }
+}
+
 void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
   const int nb = cols / QK;
   for (int t = tile0; t < tile1; ++t) {
@@ -133,11 +305,18 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
             out[r] = s;
             break;
           }
-          case WType::F16: {
+          case WType::F16: case WType::BF16: {
             const uint16_t* wr = static_cast<const uint16_t*>(w) + row * cols;
+            const bool bf = type == WType::BF16;
             float s = 0.f;
-            for (int k = 0; k < cols; ++k) s += fp16_to_fp32(wr[k]) * xf[k];
+            for (int k = 0; k < cols; ++k) s += (bf ? bf16_to_fp32(wr[k]) : fp16_to_fp32(wr[k])) * xf[k];
             out[r] = s;
+            break;
+          }
+          default: {  // Q5_0, Q5_1, IQ4_NL, Q2_K ... IQ4_XS
+            const int nbt = cols / block_elems(type);
+            const size_t tb = decoded_tile_bytes(type);
+            out[r] = row_dot_decoded(type, static_cast<const uint8_t*>(w) + size_t(t) * nbt * tb, tb, r, nbt, xa);
             break;
           }
         }

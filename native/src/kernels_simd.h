@@ -381,6 +381,8 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
     case WType::Q6_K: return gemm_quantized<Q6_K>(w, cols / QK_K, tile0, tile1, xa, nb, n_tok, y, ldy);
     case WType::F32:
     case WType::F16: return gemm_float<Float>(type, w, cols, tile0, tile1, static_cast<const float*>(x), n_tok, y, ldy);
+    default:  // a type this table has no arithmetic for yet: the generic kernel (the same results, slower)
+      return generic_kernels().gemm(type, w, cols, tile0, tile1, x, n_tok, y, ldy);
   }
 }
 

@@ -22,7 +22,7 @@ struct Matrix {
   int rows = 0, cols = 0;
   std::shared_ptr<uint8_t> data;  // packed_bytes(type, rows, cols), 64-byte aligned
   int tiles() const { return padded_rows(rows) / ROW_TILE; }
-  bool quantized() const { return type != WType::F32 && type != WType::F16; }
+  bool quantized() const { return !is_float_type(type); }
 };
 
 // Matrices applied to the same input whose outputs are laid side by side (fused Q/K/V or gate/up

@@ -18,7 +18,7 @@ inline void split_range(int n, int tid, int nt, int* begin, int* end) {
 
 [[noreturn]] inline void bad_input(const std::string& what) { throw std::invalid_argument(what); }
 
-inline int block_size_of(WType t) { return t == WType::Q6_K ? QK_K : (t == WType::F32 || t == WType::F16) ? 1 : QK; }
+inline int block_size_of(WType t) { return block_elems(t); }
 
 // Matrix groups of a layer, in the order of Layer::rows_seen; a layer runs 4 matmuls (one per group).
 enum { kQKV = 0, kWO = 1, kGateUp = 2, kDown = 3, kGroups = 4 };

@@ -81,6 +81,26 @@ std::vector<uint8_t> random_gguf_matrix(WType type, int rows, int cols) {
     case WType::Q6_K:
       for (size_t i = 0; i < n; i += 210) set_fp16(&data[i + 208], uniform(-0.01f, 0.01f));
       break;
+    case WType::BF16:
+      for (size_t i = 0; i < n / 2; ++i) {
+        const float v = uniform(-1, 1);
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        const uint16_t h = uint16_t(bits >> 16);
+        std::memcpy(&data[2 * i], &h, 2);
+      }
+      break;
+    default: {  // the other quantized types: random codes and scale bytes, finite fp16 d (and dmin / m)
+      struct Fp16At { size_t block, d, second; };  // block bytes, offset of d, of dmin / m (0: none)
+      const Fp16At f = type == WType::Q5_0 ? Fp16At{22, 0, 0} : type == WType::Q5_1 ? Fp16At{24, 0, 2}
+                     : type == WType::IQ4_NL ? Fp16At{18, 0, 0} : type == WType::Q2_K ? Fp16At{84, 80, 82}
+                     : type == WType::Q3_K ? Fp16At{110, 108, 0} : type == WType::Q4_K ? Fp16At{144, 0, 2}
+                     : type == WType::Q5_K ? Fp16At{176, 0, 2} : Fp16At{136, 0, 0};  // IQ4_XS
+      for (size_t i = 0; i < n; i += f.block) {
+        set_fp16(&data[i + f.d], uniform(-0.01f, 0.01f));
+        if (f.second) set_fp16(&data[i + f.second], uniform(-0.05f, 0.05f));
+      }
+    }
   }
   return data;
 }
@@ -97,11 +117,19 @@ const char* type_name(WType t) {
   switch (t) {
     case WType::F32: return "F32"; case WType::F16: return "F16"; case WType::Q4_0: return "Q4_0";
     case WType::Q4_1: return "Q4_1"; case WType::Q8_0: return "Q8_0"; case WType::Q6_K: return "Q6_K";
+    case WType::Q5_0: return "Q5_0"; case WType::Q5_1: return "Q5_1"; case WType::IQ4_NL: return "IQ4_NL";
+    case WType::Q2_K: return "Q2_K"; case WType::Q3_K: return "Q3_K"; case WType::Q4_K: return "Q4_K";
+    case WType::Q5_K: return "Q5_K"; case WType::IQ4_XS: return "IQ4_XS"; case WType::BF16: return "BF16";
   }
   return "?";
 }
 
-bool is_quantized(WType t) { return t != WType::F32 && t != WType::F16; }
+// Every weight type, the float ones last.
+const WType kAllTypes[] = {WType::Q4_0, WType::Q4_1, WType::Q5_0,  WType::Q5_1, WType::Q8_0,   WType::IQ4_NL,
+                           WType::Q2_K, WType::Q3_K, WType::Q4_K,  WType::Q5_K, WType::Q6_K,   WType::IQ4_XS,
+                           WType::F16,  WType::F32,  WType::BF16};
+
+bool is_quantized(WType t) { return !is_float_type(t); }
 
 // gemm of `k` vs generic on one random case: tiles [tile0, tiles - tail) of a rows x cols matrix.
 void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int tile0, int tail = 0) {
@@ -466,8 +494,8 @@ void check_softmax_exp(const Kernels& k) {
 }
 
 void check_packing() {
-  for (WType t : {WType::F32, WType::F16, WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K}) {
-    const int rows = 13, cols = t == WType::Q6_K ? 512 : 96;
+  for (WType t : kAllTypes) {
+    const int rows = 13, cols = block_elems(t) == QK_K ? 512 : 96;
     const auto gguf = random_gguf_matrix(t, rows, cols);
     std::vector<uint8_t> packed(packed_bytes(t, rows, cols));
     pack_matrix(t, gguf.data(), rows, cols, packed.data());
@@ -501,9 +529,8 @@ void check_packing() {
 }
 
 void run_checks(const Kernels& k) {
-  const WType types[] = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16, WType::F32};
-  for (WType t : types) {
-    const bool k_quant = t == WType::Q6_K;  // Q6_K rows are whole 256-weight super-blocks
+  for (WType t : kAllTypes) {
+    const bool k_quant = block_elems(t) == QK_K;  // rows of whole 256-weight super-blocks
     const std::vector<int> cols_list = k_quant ? std::vector<int>{256, 512, 768, 4352}
                                                : std::vector<int>{32, 64, 96, 576, 4128};
     for (int cols : cols_list)
@@ -585,7 +612,8 @@ struct BenchMatrix {
 void bench(bool all_types, int ntok) {
   const std::vector<const Kernels*> tables = runnable_tables();
   std::vector<WType> types = {WType::Q4_0};
-  if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K, WType::F16};
+  if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q5_0, WType::Q5_1, WType::Q8_0, WType::Q4_K, WType::Q5_K,
+                          WType::Q6_K, WType::F16};
   for (WType type : types) {
     const int rows = 14336, cols = 4096, prows = 4096;
     const BenchMatrix m(type, rows, cols, ntok);

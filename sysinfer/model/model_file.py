@@ -19,14 +19,26 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from .architecture import ModelHParams, expected_tensor_shapes, hparams_from_metadata
 from .gguf_header import GGUFFormatError, NotGGUFError, TensorEntry, describe, read_header
 
+# The tensor types the native core loads (native/src/kernels.h's WType: GGML's type ids). Every one
+# has a packed format, a generic kernel and a dequantization held bit-exact to gguf-py's.
 SUPPORTED_TYPES = {
     GGMLQuantizationType.F32,
     GGMLQuantizationType.F16,
+    GGMLQuantizationType.BF16,
     GGMLQuantizationType.Q4_0,
     GGMLQuantizationType.Q4_1,
+    GGMLQuantizationType.Q5_0,
+    GGMLQuantizationType.Q5_1,
     GGMLQuantizationType.Q8_0,
+    GGMLQuantizationType.Q2_K,
+    GGMLQuantizationType.Q3_K,
+    GGMLQuantizationType.Q4_K,
+    GGMLQuantizationType.Q5_K,
     GGMLQuantizationType.Q6_K,
+    GGMLQuantizationType.IQ4_NL,
+    GGMLQuantizationType.IQ4_XS,
 }
+FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
 
 
 MAX_MESSAGE = 1000  # characters: a ModelLoadError is printed on one line and served by /health
@@ -232,8 +244,10 @@ def check_tensors(tensors: dict[str, TensorData], hp: ModelHParams, path: str) -
             raise ModelLoadError(f"{path}: tensor {name!r} is {t.type.name}; norm vectors must be F32")
         if not is_vector and t.cols % 32:
             raise ModelLoadError(f"{path}: tensor {name!r} row length {t.cols} is not a multiple of 32")
-        if t.type == GGMLQuantizationType.Q6_K and t.cols % 256:
-            raise ModelLoadError(f"{path}: tensor {name!r} is Q6_K with row length {t.cols}, not a multiple of 256")
+        block = GGML_QUANT_SIZES[t.type][0]
+        if t.cols % block:
+            raise ModelLoadError(f"{path}: tensor {name!r} is {t.type.name} with row length {t.cols}, "
+                                 f"not a multiple of {block}")
 
 
 def read_model_file(path: str) -> GGUFModelFile:

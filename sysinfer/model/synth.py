@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFWriter
+from gguf.quants import quantize
+
+from .random_blocks import BLOCK_ELEMS, random_blocks
 
 # Standard deviation of the codes of each format when drawn uniformly (for scaling).
 _Q4_STD = np.sqrt((16**2 - 1) / 12)   # uniform over 16 levels
@@ -38,6 +41,9 @@ class SynthSpec:
     output_type: QT | None = QT.Q6_K  # None: tied to token_embd, as SmolLM2
     rope_freqs: bool = False           # Llama 3.1's rope_freqs.weight
     head_dim: int | None = None        # None: n_embd // n_head; else written as attention.key_length (Qwen3)
+    # Per-matrix types over matrix_type, by short name ("attn_v", "ffn_down", ...): a (layer -> type)
+    # function, as llama.cpp's mixes (Q4_K_M: Q6_K for some layers' attn_v / ffn_down) vary by layer.
+    type_overrides: dict[str, Any] = field(default_factory=dict)
     name: str = "synthetic"
     metadata: dict[str, Any] = field(default_factory=dict)  # extra keys (e.g. a real tokenizer)
 
@@ -48,6 +54,10 @@ def random_matrix_bytes(rng: np.random.Generator, qtype: QT, rows: int, cols: in
         return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float32)
     if qtype == QT.F16:
         return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float16)
+    if qtype == QT.BF16:
+        return quantize(rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(std), QT.BF16)
+    if qtype in BLOCK_ELEMS:  # Q5_0, Q5_1, IQ4_NL, the K-quants but Q6_K, IQ4_XS
+        return random_blocks(rng, qtype, rows, cols, std)
     block = 256 if qtype == QT.Q6_K else 32
     if cols % block:
         raise ValueError(f"{qtype.name} rows must be a multiple of {block} long, got {cols}")
@@ -162,6 +172,13 @@ def _add(w: GGUFWriter, name: str, data: np.ndarray, qtype: QT) -> None:
         w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
 
 
+def matrix_type(spec: SynthSpec, name: str, layer: int) -> QT:
+    """The type of layer `layer`'s matrix `name` ("attn_q", ...): an override (a type, or a function of
+    the layer) or spec.matrix_type."""
+    t = spec.type_overrides.get(name, spec.matrix_type)
+    return t(layer) if callable(t) else t
+
+
 def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
     """Write a random-weight model (a baichuan with 40 layers loads as ALiBi); activations stay finite through all layers (norms are ~1 and
     every matrix has std 1/sqrt(fan-in), down-scaled with depth as residual branches add up)."""
@@ -193,8 +210,8 @@ def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
         _add(w, f"blk.{i}.attn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
         _add(w, f"blk.{i}.ffn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
         for name, (rows, cols, std) in shapes.items():
-            _add(w, f"blk.{i}.{name}.weight", random_matrix_bytes(rng, spec.matrix_type, rows, cols, std),
-                 spec.matrix_type)
+            qtype = matrix_type(spec, name, i)
+            _add(w, f"blk.{i}.{name}.weight", random_matrix_bytes(rng, qtype, rows, cols, std), qtype)
             if arch.qkv_bias and name in ("attn_q", "attn_k", "attn_v"):  # Qwen2: sizeable, as trained ones are
                 _add(w, f"blk.{i}.{name}.bias", rng.normal(0, 0.5, rows).astype(np.float32), QT.F32)
         if arch.qk_norm:  # Qwen3: per-head norms of q and k

@@ -117,13 +117,60 @@ def test_unsupported_type(tmp_path, monkeypatch):
     def add(w, name, data, qt):
         if name == "blk.0.ffn_down.weight":
             rows = data.shape[0]
-            data = np.zeros((rows, 512 // 32 * 24), np.uint8)  # 512 columns of Q5_1: 24 bytes per 32
-            qt = QT.Q5_1
+            data = np.zeros((rows, 512 // 256 * 66), np.uint8)  # 512 columns of IQ2_XXS: 66 bytes per 256
+            qt = QT.IQ2_XXS
         real_add(w, name, data, qt)
 
     monkeypatch.setattr(synth, "_add", add)
     path = _variant(tmp_path, "type.gguf")
-    assert_refused(path, "blk.0.ffn_down.weight", "unsupported type Q5_1")
+    assert_refused(path, "blk.0.ffn_down.weight", "unsupported type IQ2_XXS")
+
+
+def _retyped(src: str, dst, tensor: str, qtype: QT) -> str:
+    """A copy of src with one tensor's type id in its directory entry replaced (nothing else moves)."""
+    data = bytearray(open(src, "rb").read())
+    name = tensor.encode()
+    at = data.index(len(name).to_bytes(8, "little") + name) + 8 + len(name)
+    n_dims = int.from_bytes(data[at : at + 4], "little")
+    at += 4 + 8 * n_dims  # the type id follows the dimensions
+    data[at : at + 4] = int(qtype).to_bytes(4, "little")
+    dst.write_bytes(bytes(data))
+    return str(dst)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q2_K, QT.IQ4_XS])
+def test_super_block_type_on_short_rows(tmp_path, qtype):
+    """Rows of 64 (tiny-llama-q5's attn_q) can't hold a 256-weight super-block: refused by name."""
+    path = _retyped(tiny_model("llama-q5"), tmp_path / "short.gguf", "blk.0.attn_q.weight", qtype)
+    assert_refused(path, "blk.0.attn_q.weight", f"does not fit {qtype.name} blocks of 256")
+
+
+@pytest.mark.parametrize(("tensor", "qtype"), [("output.weight", QT.Q8_0), ("output.weight", QT.BF16),
+                                               ("blk.1.ffn_down.weight", QT.Q6_K), ("blk.0.attn_k.weight", QT.Q5_1)])
+def test_wrong_block_size_for_the_data(tmp_path, tensor, qtype):
+    """A tensor retyped to a type of more bytes per weight: its bytes no longer fit where they lie
+    (they overlap the next tensor, or run past the end of the file), refused before anything is read."""
+    path = _retyped(tiny_model("llama-kquants"), tmp_path / "size.gguf", tensor, qtype)
+    assert_refused(path, tensor)
+
+
+@pytest.mark.parametrize("kind", ["llama-kquants", "llama-q5"])
+def test_truncated_new_types(tmp_path, kind):
+    """Files of every new type cut inside their last tensor's blocks are refused as truncated."""
+    data = open(tiny_model(kind), "rb").read()
+    for cut in (len(data) - 1, len(data) - 100):
+        path = tmp_path / f"cut{cut}.gguf"
+        path.write_bytes(data[:cut])
+        assert_refused(str(path), "truncated")
+
+
+@pytest.mark.parametrize("kind", ["llama-kquants", "llama-q5"])
+def test_every_new_type_loads(kind):
+    mf = read_model_file(tiny_model(kind))
+    child = load_in_child(tiny_model(kind))
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert {t.type for t in mf.tensors.values()} >= ({QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q5_0, QT.IQ4_XS}
+                                                    if kind == "llama-kquants" else {QT.Q5_0, QT.Q5_1, QT.BF16, QT.IQ4_NL})
 
 
 def test_missing_metadata_key(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
@@ -122,16 +123,18 @@ def q8_round_trip(x: np.ndarray) -> np.ndarray:
     return (q * d).reshape(x.shape)
 
 
-TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q6_K, QT.F16, QT.F32]
+TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.IQ4_NL, QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K,
+         QT.IQ4_XS, QT.F16, QT.F32, QT.BF16]
+FLOAT = (QT.F32, QT.F16, QT.BF16)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(qtype=st.sampled_from(TYPES), rows=st.integers(1, 40), blocks=st.integers(1, 5),
        n_tok=st.integers(1, 7), seed=st.integers(0, 2**31 - 1))
 def test_every_table_matches_gguf_dequantize(qtype, rows, blocks, n_tok, seed):
     """y = W x through each kernel table equals numpy over gguf.quants.dequantize(W)."""
     rng = np.random.default_rng(seed)
-    cols = blocks * (256 if qtype == QT.Q6_K else 32)
+    cols = blocks * GGML_QUANT_SIZES[qtype][0] * (32 if qtype in FLOAT else 1)
     data = np.ascontiguousarray(random_matrix_bytes(rng, qtype, rows, cols, 0.05)).view(np.uint8).reshape(rows, -1)
     if qtype in (QT.F32, QT.F16):
         w = data.view(np.float32 if qtype == QT.F32 else np.float16).astype(np.float32)
@@ -139,7 +142,7 @@ def test_every_table_matches_gguf_dequantize(qtype, rows, blocks, n_tok, seed):
         w = dequantize(data, qtype).astype(np.float32)
     x = rng.standard_normal((n_tok, cols)).astype(np.float32)
     x[:, rng.integers(0, cols)] *= 30  # an outlier channel, as real activations have
-    xin = x if qtype in (QT.F32, QT.F16) else q8_round_trip(x)
+    xin = x if qtype in FLOAT else q8_round_trip(x)
     expected = xin.astype(np.float64) @ w.T.astype(np.float64)
     for table in _native.info()["runnable"]:  # every table this CPU runs, generic included
         y = _native.gemm_check(table, int(qtype), rows, cols, data, x)

@@ -23,8 +23,8 @@ class ReferenceModel:
         reader = GGUFReader(path, "r")
         self.hp = hparams_from_metadata(read_gguf_header(path))
         self.w = {t.name: self._dequantize(t) for t in reader.tensors}
-        # The native core quantizes the inputs of quantized matrices only (F32/F16 take floats).
-        self.quantized = {t.name for t in reader.tensors if t.tensor_type not in (QT.F32, QT.F16)}
+        # The native core quantizes the inputs of quantized matrices only (F32/F16/BF16 take floats).
+        self.quantized = {t.name for t in reader.tensors if t.tensor_type not in (QT.F32, QT.F16, QT.BF16)}
         self.w64: dict[str, np.ndarray] = {}
         self.quantize_activations = quantize_activations
         self.fp16_kv = fp16_kv
