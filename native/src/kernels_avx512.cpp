@@ -25,6 +25,7 @@
 // other tables do them); the activation bytes are broadcast inside `vpdpbusd` itself ({1to16}: GCC 12
 // does not fold _mm512_set1_epi32 of a load, hence the inline asm) and the offset stays off those pipes.
 #include "kernels_avx2_impl.h"
+#include "kernels_avx2_quants.h"
 
 // GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized (its undefined-vector idiom `__m512 __Y = __Y`).
 #if defined(__GNUC__) && !defined(__clang__)
@@ -262,7 +263,8 @@ void quantize_act512(const float* x, ActBlock* out, int n) {
   }
 }
 
-constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512>(
+constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512, GemmQ5_0,
+                                            GemmQ5_1, GemmQ4_K, GemmQ5_K>(
     "avx512", quantize_act512, f16_to_f32, f32_to_f16);
 
 }  // namespace

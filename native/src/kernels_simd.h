@@ -35,10 +35,12 @@
 //       static void store(float* p, V v);  static void store(float* p, V v, int n);  (all W lanes, or n)
 //   quantize_act, f16_to_f32, f32_to_f16 as kernels.h defines them,
 //
-// and simd::table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention>(name, quantize_act, ...) makes its
-// Kernels. A new table (AVX-512, SVE) writes those structs and functions, nothing else; a new weight
-// type writes its struct (Tile, Acc, block<NT>; optionally Pair, pair_block<NT>, kTokTile) in each
-// table and a case in gemm() below, and gets every walk here (decode, few rows, prefill) unchanged.
+// and simd::table<Q4_0, Q4_1, Q8_0, Q6_K, Float, Attention, Extra...>(name, quantize_act, ...) makes
+// its Kernels. A new table (AVX-512, SVE) writes those structs and functions, nothing else. Extra:
+// weight types beyond those four (Q5_0, Q4_K, ...), each a struct as above (Tile, Acc, block<NT>;
+// optionally Pair, pair_block<NT>, kTokTile) that also names its type (static constexpr WType kType),
+// listed after Attention: it gets every walk here (decode, few rows, prefill) unchanged; a type a table
+// has no struct for runs the generic kernel (the same results, slower).
 //
 // The walks over one matrix (gemm_quantized), by the step's token count n:
 //   n = 1         decode: kGemvStreams tiles side by side, each stream prefetched ahead (few_rows<1>);
@@ -168,6 +170,9 @@ struct few_row_streams : std::integral_constant<int, NT == 1 ? kGemvStreams : ha
 // Activation blocks one tile block spans: 1, or 8 for Q6_K's 256-weight super-blocks.
 template <class Tile> constexpr int act_blocks = 1;
 template <> constexpr int act_blocks<TileQ6_K> = QK_K / QK;
+template <> constexpr int act_blocks<TileQ4_K> = QK_K / QK;
+template <> constexpr int act_blocks<TileQ5_K> = QK_K / QK;
+template <> constexpr int act_blocks<TileIQ4_XS> = QK_K / QK;
 
 template <class TileT, class AccT>
 struct WeightType {
@@ -370,7 +375,18 @@ void gemm_float(WType type, const void* w, int cols, int tile0, int tile1, const
     });
 }
 
-template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float>
+// The weight types a table has arithmetic for beyond the four every table has (Q5_0, Q4_K, ...): each
+// such Op also names its type, static constexpr WType kType. Returns false when none is `type`.
+template <class... Extra>
+inline bool gemm_extra(WType type, const void* w, int cols, int tile0, int tile1, const ActBlock* x, int n_tok,
+                       float* y, int ldy) {
+  const int nb = cols / QK;
+  return ((type == Extra::kType &&
+           (gemm_quantized<Extra>(w, nb / act_blocks<typename Extra::Tile>, tile0, tile1, x, nb, n_tok, y, ldy), true)) ||
+          ...);
+}
+
+template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class... Extra>
 void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
   const int nb = cols / QK;
   const ActBlock* xa = static_cast<const ActBlock*>(x);
@@ -381,7 +397,9 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
     case WType::Q6_K: return gemm_quantized<Q6_K>(w, cols / QK_K, tile0, tile1, xa, nb, n_tok, y, ldy);
     case WType::F32:
     case WType::F16: return gemm_float<Float>(type, w, cols, tile0, tile1, static_cast<const float*>(x), n_tok, y, ldy);
-    default:  // a type this table has no arithmetic for yet: the generic kernel (the same results, slower)
+    default:
+      if (gemm_extra<Extra...>(type, w, cols, tile0, tile1, xa, n_tok, y, ldy)) return;
+      // a type this table has no arithmetic for yet: the generic kernel (the same results, slower)
       return generic_kernels().gemm(type, w, cols, tile0, tile1, x, n_tok, y, ldy);
   }
 }
@@ -532,10 +550,10 @@ void attn_accum(const float* p, int ldp, int n_rows, const uint16_t* v, const in
 
 // A table's Kernels: gemm and attention made by the skeleton from the table's arithmetic, its other
 // routines as given, softmax compiled in its file.
-template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class Attention>
+template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class Attention, class... Extra>
 constexpr Kernels table(const char* name, decltype(Kernels::quantize_act) quantize_act,
                         decltype(Kernels::f16_to_f32) f16_to_f32, decltype(Kernels::f32_to_f16) f32_to_f16) {
-  return {name, quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float>,
+  return {name, quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float, Extra...>,
           attn_scores<Attention>, attn_accum<Attention>, f16_to_f32, f32_to_f16, softmax};
 }
 

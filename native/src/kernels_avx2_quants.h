@@ -1,0 +1,187 @@
+// AVX2 arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K.
+// Included after kernels_avx2_impl.h by kernels_avx2.cpp and by kernels_avx512.cpp (the AVX-512
+// table runs these 256-bit kernels: the tests here check them, and no AVX-512 machine is at hand).
+// Twin of kernels_generic.cpp's decoded form; the loops are kernels_simd.h's.
+//
+// All four tiles interleave 8 rows (kernels.h), so as for Q4_0 one 32-byte load holds the same 4
+// bytes of the 8 rows, `maddubs` against 4 activation bytes broadcast gives each 32-bit lane its own
+// row's partial sum, and scales, minimums and fp16 d are 8-lane vectors: no horizontal sums.
+#pragma once
+
+#include "kernels_avx2_impl.h"
+
+namespace sysinfer {
+namespace {
+
+// ---- Q5_0 / Q5_1: the Q4 tile plus a fifth bit per weight ----
+
+// The 4 groups of low (lo) and high (hi) nibbles of a Q5 tile block with their fifth bits: qh's bit
+// 8k + 4h + g (kernels.h's order) is bit 4 of byte k of group g's half h, one shift and mask away.
+inline void unpack_q5(const uint8_t (*q)[8][4], const uint8_t (*qh)[4], __m256i lo[4], __m256i hi[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), bit4 = _mm256_set1_epi8(0x10);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));  // lane r: row r's 32 bits
+  const __m256i h_lo[4] = {_mm256_slli_epi32(h, 4), _mm256_slli_epi32(h, 3), _mm256_slli_epi32(h, 2),
+                           _mm256_slli_epi32(h, 1)};
+  const __m256i h_hi[4] = {h, _mm256_srli_epi32(h, 1), _mm256_srli_epi32(h, 2), _mm256_srli_epi32(h, 3)};
+  for (int g = 0; g < 4; ++g) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[g]));
+    lo[g] = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_and_si256(h_lo[g], bit4));
+    hi[g] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_and_si256(h_hi[g], bit4));
+  }
+}
+
+// Per-row int32 dot products of one Q5 tile block (unsigned 0..31) with one activation block.
+inline __m256i q5_tile_dot(const __m256i lo[4], const __m256i hi[4], const ActBlock& a) {
+  // |each maddubs| <= 2*31*127 = 7874: four fit int16, so the halves widen separately
+  __m256i sl = _mm256_maddubs_epi16(lo[0], bcast4(a.qs));
+  __m256i sh = _mm256_maddubs_epi16(hi[0], bcast4(a.qs + 16));
+  for (int g = 1; g < 4; ++g) {
+    sl = _mm256_add_epi16(sl, _mm256_maddubs_epi16(lo[g], bcast4(a.qs + 4 * g)));
+    sh = _mm256_add_epi16(sh, _mm256_maddubs_epi16(hi[g], bcast4(a.qs + 16 + 4 * g)));
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  return _mm256_add_epi32(_mm256_madd_epi16(sl, ones), _mm256_madd_epi16(sh, ones));
+}
+
+struct GemmQ5_0 : simd::WeightType<TileQ5_0, TileAcc> {  // x = d * (q - 16)
+  static constexpr WType kType = WType::Q5_0;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256i lo[4], hi[4];
+    unpack_q5(b.q, b.qh, lo, hi);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& ai = a[i * a_stride];
+      const __m256i dot = _mm256_sub_epi32(q5_tile_dot(lo, hi, ai), _mm256_set1_epi32(16 * (ai.sum[0] + ai.sum[1])));
+      acc[i].v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ai.d)), acc[i].v);
+    }
+  }
+};
+
+struct GemmQ5_1 : simd::WeightType<TileQ5_1, TileAcc> {  // x = d * q + m
+  static constexpr WType kType = WType::Q5_1;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256i lo[4], hi[4];
+    unpack_q5(b.q, b.qh, lo, hi);
+    const __m256 dw = load_fp16x8(b.d), mw = load_fp16x8(b.m);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& ai = a[i * a_stride];
+      const __m256 dot = _mm256_cvtepi32_ps(q5_tile_dot(lo, hi, ai));
+      acc[i].v = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(ai.d)), acc[i].v);
+      acc[i].v = _mm256_fmadd_ps(mw, _mm256_set1_ps(ai.d * float(ai.sum[0] + ai.sum[1])), acc[i].v);
+    }
+  }
+};
+
+// ---- Q4_K / Q5_K: 256-weight super-blocks of 8 sub-blocks, 6-bit scales and minimums ----
+//
+// Per sub-block j (32 weights, activation block j) and row: the int32 dot of the quants with a_j
+// times the row's scale sc_j (one `madd` against sc_j in both int16 halves of the row's lane), to
+// float by a_j.d into sa; the minimums by the activation's sum, m_j * (a_j.d * sum a_j) into sm; per
+// super-block acc += d * sa - dmin * sm. (Activation blocks of 32 with their own scale: the K-quant
+// minimums fold in through the sums the ActBlock carries, so no second activation format (Q8_K).)
+
+// Sub-block j's scales (sc) and minimums (mn) of the 8 rows, byte r of each word for row r: the
+// 12-byte packing unpacked on 64-bit words holding one byte of every row (kernels.h: scales[b][r]).
+inline void k_scales(const uint8_t (*s)[8], uint64_t sc[8], uint64_t mn[8]) {
+  uint64_t b[12];
+  std::memcpy(b, s, sizeof b);
+  const uint64_t low6 = 0x3F3F3F3F3F3F3F3Full, low4 = 0x0F0F0F0F0F0F0F0Full, bits45 = 0x3030303030303030ull;
+  for (int j = 0; j < 4; ++j) {
+    sc[j] = b[j] & low6;
+    mn[j] = b[j + 4] & low6;
+    sc[j + 4] = (b[j + 8] & low4) | ((b[j] >> 2) & bits45);      // top 2 bits of byte j -> bits 4, 5
+    mn[j + 4] = ((b[j + 8] >> 4) & low4) | ((b[j + 4] >> 2) & bits45);
+  }
+}
+
+inline __m256i bytes_to_i32(uint64_t w) { return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(w))); }
+
+// One row's value in both int16 halves of its 32-bit lane (the multiplier of a `madd`).
+inline __m256i pair16(uint64_t w) {
+  const __m256i v = bytes_to_i32(w);
+  return _mm256_or_si256(v, _mm256_slli_epi32(v, 16));
+}
+
+// sa[i] += a_j.d * (sc_j * dot) and sm[i] += mn_j * (a_j.d * sum a_j) for NT tokens, given the
+// sub-block's quant dots as int16 pair sums s16 (one per token, computed by `dot`).
+template <int NT, class Dot>
+inline void k_sub_block(const ActBlock* a, size_t a_stride, int j, __m256i sc, __m256 mn, const Dot& dot, __m256* sa,
+                        __m256* sm) {
+  for (int i = 0; i < NT; ++i) {
+    const ActBlock& aj = a[i * a_stride + j];
+    const __m256i s = dot(aj, sc);
+    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(aj.d), sa[i]);
+    sm[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(aj.d * float(aj.sum[0] + aj.sum[1])), sm[i]);
+  }
+}
+
+template <int NT, class Tile>
+inline void k_finish(const Tile& t, const __m256* sa, const __m256* sm, TileAcc* acc) {
+  const __m256 d = load_fp16x8(t.d), dmin = load_fp16x8(t.dmin);
+  for (int i = 0; i < NT; ++i) acc[i].v = _mm256_fnmadd_ps(dmin, sm[i], _mm256_fmadd_ps(d, sa[i], acc[i].v));
+}
+
+struct GemmQ4_K : simd::WeightType<TileQ4_K, TileAcc> {
+  static constexpr WType kType = WType::Q4_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    uint64_t sc[8], mn[8];
+    k_scales(t.scales, sc, mn);
+    __m256 sa[NT], sm[NT];
+    for (int i = 0; i < NT; ++i) sa[i] = sm[i] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < 8; ++j) {
+      __m256i q[8];  // sub-block j: the low (even j) or high (odd j) nibbles of chunk j / 2
+      for (int g = 0; g < 8; ++g) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[j / 2][g]));
+        q[g] = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
+      }
+      k_sub_block<NT>(a, a_stride, j, pair16(sc[j]), _mm256_cvtepi32_ps(bytes_to_i32(mn[j])),
+                      [&](const ActBlock& aj, __m256i scj) {
+                        __m256i s16 = _mm256_maddubs_epi16(q[0], bcast4(aj.qs));  // 8 x <= 3810: fits int16
+                        for (int g = 1; g < 8; ++g)
+                          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[g], bcast4(aj.qs + 4 * g)));
+                        return _mm256_madd_epi16(s16, scj);
+                      }, sa, sm);
+    }
+    k_finish<NT>(t, sa, sm, acc);
+  }
+};
+
+struct GemmQ5_K : simd::WeightType<TileQ5_K, TileAcc> {
+  static constexpr WType kType = WType::Q5_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    uint64_t sc[8], mn[8];
+    k_scales(t.scales, sc, mn);
+    __m256 sa[NT], sm[NT];
+    for (int i = 0; i < NT; ++i) sa[i] = sm[i] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), bit4 = _mm256_set1_epi8(0x10);
+    for (int j = 0; j < 8; ++j) {
+      __m256i q[8];  // as Q4_K's, with bit j of the row's qh bytes as bit 4
+      for (int g = 0; g < 8; ++g) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[j / 2][g]));
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.qh[g]));
+        const __m256i hb = j <= 4 ? _mm256_slli_epi16(h, 4 - j) : _mm256_srli_epi16(h, j - 4);
+        q[g] = _mm256_or_si256(_mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, m4), _mm256_and_si256(hb, bit4));
+      }
+      k_sub_block<NT>(a, a_stride, j, pair16(sc[j]), _mm256_cvtepi32_ps(bytes_to_i32(mn[j])),
+                      [&](const ActBlock& aj, __m256i scj) {
+                        // |each maddubs| <= 7874: groups 0-3 and 4-7 widen separately
+                        __m256i s0 = _mm256_maddubs_epi16(q[0], bcast4(aj.qs));
+                        __m256i s1 = _mm256_maddubs_epi16(q[4], bcast4(aj.qs + 16));
+                        for (int g = 1; g < 4; ++g) {
+                          s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(q[g], bcast4(aj.qs + 4 * g)));
+                          s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(q[4 + g], bcast4(aj.qs + 16 + 4 * g)));
+                        }
+                        return _mm256_add_epi32(_mm256_madd_epi16(s0, scj), _mm256_madd_epi16(s1, scj));
+                      }, sa, sm);
+    }
+    k_finish<NT>(t, sa, sm, acc);
+  }
+};
+
+}  // namespace
+}  // namespace sysinfer
