@@ -1,0 +1,179 @@
+// NEON arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K.
+// Included by kernels_neon_impl.h (after its Q4_0 arithmetic, whose RowDot, dup4, fp16x4 and TileAcc
+// it uses), so the neon, neon-dotprod and neon-i8mm tables all have it (i8mm with dotprod's `sdot`).
+// Twin of kernels_generic.cpp's decoded form and of kernels_avx2_quants.h; the loops are
+// kernels_simd.h's. A 16-byte load of an interleaved tile holds the same 4 bytes of 4 rows (rows
+// 0-3 | 4-7), so as for Q4_0 each lane gets its own row's sums.
+//
+// RowDot without dotprod accumulates products in int16 lanes: every chain below adds at most 8
+// products of |w| <= 31 and |a| <= 127 (8 * 3937 < 32768).
+#pragma once
+
+namespace sysinfer {
+namespace {
+
+// ---- Q5_0 / Q5_1 ----
+
+// One Q5 tile block unpacked: w[g][h][n] as Q4Unpacked's, each nibble with its fifth bit (qh's bit
+// 8k + 4n + g, kernels.h's order, is bit 4 of byte k of group g's half n).
+struct Q5Unpacked {
+  int8x16_t w[4][2][2];
+  Q5Unpacked(const uint8_t (*q)[8][4], const uint8_t (*qh)[4]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), bit4 = vdupq_n_u8(0x10);
+    for (int h = 0; h < 2; ++h) {
+      const uint32x4_t bits = vld1q_u32(reinterpret_cast<const uint32_t*>(qh[4 * h]));  // rows 4h..4h+3
+      for (int g = 0; g < 4; ++g) {
+        const uint8x16_t v = vld1q_u8(q[g][4 * h]);
+        const uint8x16_t lo = vreinterpretq_u8_u32(vshlq_u32(bits, vdupq_n_s32(4 - g)));  // bit g -> 4
+        const uint8x16_t hi = vreinterpretq_u8_u32(vshlq_u32(bits, vdupq_n_s32(-g)));     // bit 4 + g -> 4
+        w[g][h][0] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, m4), vandq_u8(lo, bit4)));
+        w[g][h][1] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), vandq_u8(hi, bit4)));
+      }
+    }
+  }
+  void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
+    RowDot s[2][2];  // [rows 0-3 | 4-7][low | high halves]: 4 adds each
+    for (int g = 0; g < 4; ++g) {
+      const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
+      for (int h = 0; h < 2; ++h) {
+        s[h][0].add(w[g][h][0], alo);
+        s[h][1].add(w[g][h][1], ahi);
+      }
+    }
+    *r03 = vaddq_s32(s[0][0].get(), s[0][1].get());
+    *r47 = vaddq_s32(s[1][0].get(), s[1][1].get());
+  }
+};
+
+struct GemmQ5_0 : simd::WeightType<TileQ5_0, TileAcc> {  // x = d * (q - 16)
+  static constexpr WType kType = WType::Q5_0;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    const Q5Unpacked w(b.q, b.qh);
+    const float32x4_t d0 = fp16x4(b.d), d1 = fp16x4(b.d + 4);
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock& ai = a[i * a_stride];
+      int32x4_t s0, s1;
+      w.dot(ai, &s0, &s1);
+      const int32x4_t off = vdupq_n_s32(16 * (ai.sum[0] + ai.sum[1]));
+      acc[i].r03 = vfmaq_f32(acc[i].r03, vcvtq_f32_s32(vsubq_s32(s0, off)), vmulq_n_f32(d0, ai.d));
+      acc[i].r47 = vfmaq_f32(acc[i].r47, vcvtq_f32_s32(vsubq_s32(s1, off)), vmulq_n_f32(d1, ai.d));
+    }
+  }
+};
+
+struct GemmQ5_1 : simd::WeightType<TileQ5_1, TileAcc> {  // x = d * q + m
+  static constexpr WType kType = WType::Q5_1;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    const Q5Unpacked w(b.q, b.qh);
+    const float32x4_t d0 = fp16x4(b.d), d1 = fp16x4(b.d + 4), m0 = fp16x4(b.m), m1 = fp16x4(b.m + 4);
+    for (int i = 0; i < NT; ++i) {
+      int32x4_t s0, s1;
+      w.dot(a[i * a_stride], &s0, &s1);
+      q4_1_scale(s0, s1, d0, d1, m0, m1, a[i * a_stride], acc[i]);  // the same float step as Q4_1
+    }
+  }
+};
+
+// ---- Q4_K / Q5_K (see kernels_avx2_quants.h for the arithmetic) ----
+
+// Sub-block j's scales (sc) and minimums (mn) of the 8 rows, byte r of each word for row r.
+inline void k_scales(const uint8_t (*s)[8], uint64_t sc[8], uint64_t mn[8]) {
+  uint64_t b[12];
+  std::memcpy(b, s, sizeof b);
+  const uint64_t low6 = 0x3F3F3F3F3F3F3F3Full, low4 = 0x0F0F0F0F0F0F0F0Full, bits45 = 0x3030303030303030ull;
+  for (int j = 0; j < 4; ++j) {
+    sc[j] = b[j] & low6;
+    mn[j] = b[j + 4] & low6;
+    sc[j + 4] = (b[j + 8] & low4) | ((b[j] >> 2) & bits45);
+    mn[j + 4] = ((b[j + 8] >> 4) & low4) | ((b[j + 4] >> 2) & bits45);
+  }
+}
+
+// The 8 bytes of w as int32 lanes: rows 0-3 in *r03, 4-7 in *r47.
+inline void bytes_to_i32(uint64_t w, int32x4_t* r03, int32x4_t* r47) {
+  const uint16x8_t v = vmovl_u8(vcreate_u8(w));
+  *r03 = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(v)));
+  *r47 = vreinterpretq_s32_u32(vmovl_high_u16(v));
+}
+
+// One sub-block of a K tile, quants w[g][h] (group g, rows 4h..4h+3), for NT tokens: sa += a_j.d *
+// (sc * dot), sm += mn * (a_j.d * sum a_j).
+template <int NT>
+inline void k_sub_block(const int8x16_t (*w)[2], uint64_t sc, uint64_t mn, const ActBlock* a, size_t a_stride, int j,
+                        float32x4_t (*sa)[2], float32x4_t (*sm)[2]) {
+  int32x4_t sc0, sc1, mn0, mn1;
+  bytes_to_i32(sc, &sc0, &sc1);
+  bytes_to_i32(mn, &mn0, &mn1);
+  const float32x4_t mf0 = vcvtq_f32_s32(mn0), mf1 = vcvtq_f32_s32(mn1);
+  for (int i = 0; i < NT; ++i) {
+    const ActBlock& aj = a[i * a_stride + j];
+    RowDot s[2][2];  // [rows 0-3 | 4-7][groups 0-3 | 4-7]: 4 adds each
+    for (int g = 0; g < 8; ++g) {
+      const int8x16_t av = dup4(aj.qs + 4 * g);
+      s[0][g / 4].add(w[g][0], av);
+      s[1][g / 4].add(w[g][1], av);
+    }
+    const int32x4_t d0 = vmulq_s32(vaddq_s32(s[0][0].get(), s[0][1].get()), sc0);
+    const int32x4_t d1 = vmulq_s32(vaddq_s32(s[1][0].get(), s[1][1].get()), sc1);
+    sa[i][0] = vfmaq_n_f32(sa[i][0], vcvtq_f32_s32(d0), aj.d);
+    sa[i][1] = vfmaq_n_f32(sa[i][1], vcvtq_f32_s32(d1), aj.d);
+    const float msum = aj.d * float(aj.sum[0] + aj.sum[1]);
+    sm[i][0] = vfmaq_n_f32(sm[i][0], mf0, msum);
+    sm[i][1] = vfmaq_n_f32(sm[i][1], mf1, msum);
+  }
+}
+
+template <int NT, class Tile>
+inline void k_finish(const Tile& t, const float32x4_t (*sa)[2], const float32x4_t (*sm)[2], TileAcc* acc) {
+  const float32x4_t d0 = fp16x4(t.d), d1 = fp16x4(t.d + 4), m0 = fp16x4(t.dmin), m1 = fp16x4(t.dmin + 4);
+  for (int i = 0; i < NT; ++i) {
+    acc[i].r03 = vfmsq_f32(vfmaq_f32(acc[i].r03, d0, sa[i][0]), m0, sm[i][0]);
+    acc[i].r47 = vfmsq_f32(vfmaq_f32(acc[i].r47, d1, sa[i][1]), m1, sm[i][1]);
+  }
+}
+
+// Q4_K and Q5_K (qh: Q5_K's fifth bits, [g][r][k]) share all but the unpacking.
+template <int NT, bool Q5, class Tile>
+inline void k_quant_block(const Tile& t, const uint8_t (*qh)[8][4], const ActBlock* a, size_t a_stride, TileAcc* acc) {
+  uint64_t sc[8], mn[8];
+  k_scales(t.scales, sc, mn);
+  float32x4_t sa[NT][2], sm[NT][2];
+  for (int i = 0; i < NT; ++i) sa[i][0] = sa[i][1] = sm[i][0] = sm[i][1] = vdupq_n_f32(0.f);
+  const uint8x16_t m4 = vdupq_n_u8(0x0F), bit4 = vdupq_n_u8(0x10);
+  for (int j = 0; j < 8; ++j) {
+    int8x16_t w[8][2];
+    for (int g = 0; g < 8; ++g)
+      for (int h = 0; h < 2; ++h) {
+        const uint8x16_t v = vld1q_u8(t.q[j / 2][g][4 * h]);
+        uint8x16_t q = j % 2 ? vshrq_n_u8(v, 4) : vandq_u8(v, m4);
+        if constexpr (Q5) {  // bit j of the qh byte -> bit 4
+          const uint8x16_t hb = vshlq_u8(vld1q_u8(qh[g][4 * h]), vdupq_n_s8(int8_t(4 - j)));
+          q = vorrq_u8(q, vandq_u8(hb, bit4));
+        }
+        w[g][h] = vreinterpretq_s8_u8(q);
+      }
+    k_sub_block<NT>(w, sc[j], mn[j], a, a_stride, j, sa, sm);
+  }
+  k_finish<NT>(t, sa, sm, acc);
+}
+
+struct GemmQ4_K : simd::WeightType<TileQ4_K, TileAcc> {
+  static constexpr WType kType = WType::Q4_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    k_quant_block<NT, false>(t, nullptr, a, a_stride, acc);
+  }
+};
+
+struct GemmQ5_K : simd::WeightType<TileQ5_K, TileAcc> {
+  static constexpr WType kType = WType::Q5_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    k_quant_block<NT, true>(t, t.qh, a, a_stride, acc);
+  }
+};
+
+}  // namespace
+}  // namespace sysinfer
