@@ -71,6 +71,14 @@ def _shown(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
+def _generic_note(kinds: dict[str, int], generic_ids: list[int]) -> str:
+    """Which of a file's types the selected kernel table runs through the generic kernel (slower)."""
+    from gguf import GGMLQuantizationType
+
+    slow = sorted(k for k in kinds if GGMLQuantizationType[k].value in set(generic_ids))
+    return f" ({', '.join(slow)}: generic kernel on this table, correct but slower)" if slow else ""
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import native_info
     from .model.model_file import read_model_file
@@ -96,7 +104,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("context length", hp.n_ctx_train),
         ("position encoding", f"RoPE base {hp.rope_base:g}, {hp.rope_dim} dims" if hp.use_rope else "ALiBi"),
         ("output", "tied to token_embd" if "output.weight" not in mf.tensors else mf.tensors["output.weight"].type.name),
-        ("tensor types", ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))),
+        ("tensor types", ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
+         + _generic_note(kinds, native.get("generic_types", []))),
         ("tokenizer", _shown(mf.metadata.get("tokenizer.ggml.model", "none"))
          + (f" (pre: {_shown(mf.metadata['tokenizer.ggml.pre'])})" if "tokenizer.ggml.pre" in mf.metadata else "")),
         ("chat template", "yes" if "tokenizer.chat_template" in mf.metadata else "none (built-in used)"),

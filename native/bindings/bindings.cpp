@@ -236,6 +236,10 @@ nb::dict cpu_info() {
   nb::dict d;
   const CpuFeatures f = detect_cpu_features();
   d["kernels"] = select_kernels().name;
+  nb::list generic_types;  // GGML type ids the selected table runs through the generic kernel
+  for (int t = 0; t < 64; ++t)
+    if (known_wtype(t) && !select_kernels().own_gemm(WType(t))) generic_types.append(t);
+  d["generic_types"] = generic_types;
   nb::list compiled, runnable;
   const Kernels* all[8];
   const int n = compiled_tables(all, 8);

@@ -144,6 +144,10 @@ struct Kernels {
   // (16 partial sums, key j into sum j % 16 in order of j, then halved pairwise: 8, 4, 2, 1). One
   // source vectorised at each table's width, the same bits in every table.
   float (*softmax)(float* p, int n, float* max);
+
+  // Whether gemm has this table's own arithmetic for type t (false: it runs the generic kernel's, the
+  // same results slower). The generic table answers true for every type.
+  bool (*own_gemm)(WType t);
 };
 
 // Kernel tables. The SIMD getters return nullptr when that table is not compiled in.

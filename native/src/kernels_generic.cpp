@@ -396,7 +396,10 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
 
-const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax};
+bool own_gemm(WType t) { return known_wtype(int(t)); }
+
+const Kernels kGeneric = {"generic", quantize_act, gemm, attn_scores, attn_accum, f16_to_f32, f32_to_f16, softmax,
+                          own_gemm};
 
 }  // namespace
 

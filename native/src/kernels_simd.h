@@ -386,6 +386,13 @@ inline bool gemm_extra(WType type, const void* w, int cols, int tile0, int tile1
           ...);
 }
 
+// Kernels::own_gemm: the four types every table has, F32 / F16, and the Extra ones.
+template <class... Extra>
+bool own_gemm(WType t) {
+  return t == WType::Q4_0 || t == WType::Q4_1 || t == WType::Q8_0 || t == WType::Q6_K || t == WType::F32 ||
+         t == WType::F16 || ((t == Extra::kType) || ...);
+}
+
 template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class... Extra>
 void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void* x, int n_tok, float* y, int ldy) {
   const int nb = cols / QK;
@@ -554,7 +561,7 @@ template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class Att
 constexpr Kernels table(const char* name, decltype(Kernels::quantize_act) quantize_act,
                         decltype(Kernels::f16_to_f32) f16_to_f32, decltype(Kernels::f32_to_f16) f32_to_f16) {
   return {name, quantize_act, gemm<Q4_0, Q4_1, Q8_0, Q6_K, Float, Extra...>,
-          attn_scores<Attention>, attn_accum<Attention>, f16_to_f32, f32_to_f16, softmax};
+          attn_scores<Attention>, attn_accum<Attention>, f16_to_f32, f32_to_f16, softmax, own_gemm<Extra...>};
 }
 
 }  // namespace simd

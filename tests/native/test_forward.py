@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_files import TINY_SPECS, smollm2_chat_ids, smollm2_hf_tokenizer, smollm2_q4_0, smollm2_q4_1, tiny_model
+from model_files import (LLAMA_QUANTIZED_TYPES, TINY_SPECS, llama_quantized_smollm2, smollm2_chat_ids,
+                         smollm2_hf_tokenizer, smollm2_kmix, smollm2_q4_0, smollm2_q4_1, tiny_model)
 from reference_forward import ReferenceModel
 
 PROMPT_LEN = 64
@@ -112,9 +113,16 @@ def assert_argmax_differs_only_at_near_ties(native: np.ndarray, ref: np.ndarray)
     assert differ.mean() <= 0.2, f"top token differs at {differ.mean():.0%} of positions"
 
 
-@pytest.fixture(scope="module", params=["q4_1", "q4_0"])
+@pytest.fixture(scope="module", params=["q4_1", "q4_0", "kmix", *(f"llama-{t}" for t in LLAMA_QUANTIZED_TYPES)])
 def smollm2(request, load):
-    path = smollm2_q4_1() if request.param == "q4_1" else smollm2_q4_0()
+    """The real SmolLM2 as shipped (Q4_1), requantized to Q4_0, to a K-quant mix (kmix: Q5_0, Q5_1,
+    IQ4_NL, Q4_K, Q5_K, IQ4_XS) and, where present, llama.cpp's own Q4_K_M ... IQ4_XS copies."""
+    if request.param.startswith("llama-"):
+        path = llama_quantized_smollm2(request.param[len("llama-"):])
+        if path is None:
+            pytest.skip(f"no llama-quantize copy {request.param} (made locally, not in CI)")
+    else:
+        path = {"q4_1": smollm2_q4_1, "q4_0": smollm2_q4_0, "kmix": smollm2_kmix}[request.param]()
     exact = ReferenceModel(path, quantize_activations=False, fp16_kv=False)
     return load(path), exact, path
 

@@ -151,6 +151,62 @@ def smollm2_q4_0() -> str:
     return str(path)
 
 
+def _kmix_type(name: str) -> QT | None:
+    """SmolLM2's matrices in the mix of a llama.cpp K-quant file: rows of 576 (not a multiple of 256)
+    in Q5_0 / Q5_1 (IQ4_NL for some attn_v), ffn_down (1536) in Q4_K / Q5_K / IQ4_XS by layer."""
+    if not name.startswith("blk."):
+        return None
+    layer, kind = int(name.split(".")[1]), name.split(".")[2]
+    if kind == "ffn_down":
+        return (QT.Q4_K, QT.Q5_K, QT.IQ4_XS)[layer % 3]
+    if kind == "attn_v" and layer % 3 == 0:
+        return QT.IQ4_NL
+    return QT.Q5_0 if layer % 2 == 0 else QT.Q5_1
+
+
+def smollm2_kmix() -> str:
+    """The real SmolLM2 requantized (from its Q4_1 weights) to the types of llama.cpp's K-quant files,
+    mixed as those files mix them: gguf-py's quantizer where it has one (Q5_0, Q5_1), else
+    kquant_quantize's round-to-nearest (Q4_K, Q5_K, IQ4_NL, IQ4_XS). Embeddings stay Q8_0."""
+    from kquant_quantize import QUANTIZERS, quantize_k
+
+    path = cache_dir() / "SmolLM2-135M-Instruct.kmix.gguf"
+    if path.exists():
+        return str(path)
+    reader = GGUFReader(smollm2_q4_1(), "r")
+    tmp = path.with_suffix(".tmp")
+    writer = GGUFWriter(str(tmp), "llama")
+    _copy_metadata(reader, writer)
+    for t in reader.tensors:
+        qtype = _kmix_type(t.name) if t.tensor_type == QT.Q4_1 else None
+        if qtype is not None:
+            w = dequantize(t.data, QT.Q4_1)
+            data = quantize_k(w, qtype) if qtype in QUANTIZERS else quantize(w, qtype)
+            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
+        elif t.tensor_type == QT.F32:
+            writer.add_tensor(t.name, np.asarray(t.data))
+        else:
+            writer.add_tensor(t.name, np.asarray(t.data), raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.rename(path)
+    return str(path)
+
+
+# Copies of SmolLM2 made by llama.cpp's own `llama-quantize --allow-requantize` (not in CI: it has no
+# llama.cpp build), looked for in $SYSINFER_LLAMA_QUANTIZED or <test cache>/llama-quantized as
+# smol-<TYPE>.gguf.
+LLAMA_QUANTIZED_TYPES = ("Q4_K_M", "Q5_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
+
+
+def llama_quantized_smollm2(kind: str) -> str | None:
+    folder = Path(os.environ.get("SYSINFER_LLAMA_QUANTIZED", cache_dir() / "llama-quantized"))
+    path = folder / f"smol-{kind}.gguf"
+    return str(path) if path.exists() else None
+
+
 def smollm2_hf_tokenizer():
     """A `tokenizers` tokenizer rebuilt from SmolLM2's own GGUF vocab, merges and special tokens,
     with SmolLM2's pre-tokenizer (each digit alone, then GPT-2's byte-level split): the oracle."""
