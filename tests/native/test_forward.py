@@ -113,16 +113,9 @@ def assert_argmax_differs_only_at_near_ties(native: np.ndarray, ref: np.ndarray)
     assert differ.mean() <= 0.2, f"top token differs at {differ.mean():.0%} of positions"
 
 
-@pytest.fixture(scope="module", params=["q4_1", "q4_0", "kmix", *(f"llama-{t}" for t in LLAMA_QUANTIZED_TYPES)])
+@pytest.fixture(scope="module", params=["q4_1", "q4_0"])
 def smollm2(request, load):
-    """The real SmolLM2 as shipped (Q4_1), requantized to Q4_0, to a K-quant mix (kmix: Q5_0, Q5_1,
-    IQ4_NL, Q4_K, Q5_K, IQ4_XS) and, where present, llama.cpp's own Q4_K_M ... IQ4_XS copies."""
-    if request.param.startswith("llama-"):
-        path = llama_quantized_smollm2(request.param[len("llama-"):])
-        if path is None:
-            pytest.skip(f"no llama-quantize copy {request.param} (made locally, not in CI)")
-    else:
-        path = {"q4_1": smollm2_q4_1, "q4_0": smollm2_q4_0, "kmix": smollm2_kmix}[request.param]()
+    path = smollm2_q4_1() if request.param == "q4_1" else smollm2_q4_0()
     exact = ReferenceModel(path, quantize_activations=False, fp16_kv=False)
     return load(path), exact, path
 
@@ -134,6 +127,26 @@ def test_smollm2_logits_match_reference(smollm2):
     assert len(tokens) == PROMPT_LEN
     native = run_prefill(model, tokens)
     ref = exact.forward(tokens)
+    q8_cost = rel_rms(ReferenceModel(path).forward(tokens), ref)
+    err = rel_rms(native, ref)
+    assert err <= 1.25 * q8_cost + 0.01, f"native error {err:.4f} vs Q8_0 rounding cost {q8_cost:.4f}"
+    assert_argmax_differs_only_at_near_ties(native, ref)
+
+
+@pytest.mark.parametrize("kind", ["kmix", *(f"llama-{t}" for t in LLAMA_QUANTIZED_TYPES)])
+def test_smollm2_kquant_logits_match_reference(kind, load):
+    """SmolLM2 in the types of llama.cpp's K-quant files: kmix (Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, IQ4_XS,
+    made here) and, where present, llama.cpp's own llama-quantize copies (Q4_K_M ... IQ4_XS): every
+    position of a 64-token prompt against the float reference, as for the shipped file."""
+    if kind.startswith("llama-"):
+        path = llama_quantized_smollm2(kind[len("llama-"):])
+        if path is None:
+            pytest.skip(f"no llama-quantize copy {kind} (made locally, not in CI)")
+    else:
+        path = smollm2_kmix()
+    model, exact = load(path), ReferenceModel(path, quantize_activations=False, fp16_kv=False)
+    tokens = smollm2_hf_tokenizer().encode(SMOLLM2_TEXT).ids[:PROMPT_LEN]
+    native, ref = run_prefill(model, tokens), exact.forward(tokens)
     q8_cost = rel_rms(ReferenceModel(path).forward(tokens), ref)
     err = rel_rms(native, ref)
     assert err <= 1.25 * q8_cost + 0.01, f"native error {err:.4f} vs Q8_0 rounding cost {q8_cost:.4f}"
