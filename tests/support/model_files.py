@@ -126,19 +126,19 @@ def _copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
             writer.add_key_value(name, f.parts[f.data[0]].tolist()[0], vtype)
 
 
-def smollm2_q4_0() -> str:
-    """SmolLM2 with every Q4_1 matrix requantized to Q4_0 (embeddings stay Q8_0, norms F32)."""
-    path = cache_dir() / "SmolLM2-135M-Instruct.Q4_0.gguf"
-    if path.exists():
-        return str(path)
+def _requantized_smollm2(path: Path, retype) -> str:
+    """The real SmolLM2 written again to `path` with each Q4_1 matrix's float weights [rows, cols]
+    requantized to retype(name) (None keeps the tensor as it is); embeddings, norms and the metadata
+    are copied. Written to a temporary name first, so an interrupted run leaves no half file."""
     reader = GGUFReader(smollm2_q4_1(), "r")
     tmp = path.with_suffix(".tmp")
     writer = GGUFWriter(str(tmp), "llama")
     _copy_metadata(reader, writer)
     for t in reader.tensors:
-        if t.tensor_type == QT.Q4_1:
-            data = quantize(dequantize(t.data, QT.Q4_1), QT.Q4_0)
-            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=QT.Q4_0)
+        qtype = retype(t.name) if t.tensor_type == QT.Q4_1 else None
+        if qtype is not None:
+            data = _quantized(dequantize(t.data, QT.Q4_1), qtype)
+            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
         elif t.tensor_type == QT.F32:
             writer.add_tensor(t.name, np.asarray(t.data))
         else:
@@ -149,6 +149,21 @@ def smollm2_q4_0() -> str:
     writer.close()
     tmp.rename(path)
     return str(path)
+
+
+def _quantized(w: np.ndarray, qtype: QT) -> np.ndarray:
+    """gguf-py's quantizer where it has one for qtype, else kquant_quantize's round-to-nearest."""
+    from kquant_quantize import QUANTIZERS, quantize_k
+
+    return quantize_k(w, qtype) if qtype in QUANTIZERS else quantize(w, qtype)
+
+
+def smollm2_q4_0() -> str:
+    """SmolLM2 with every Q4_1 matrix requantized to Q4_0 (embeddings stay Q8_0, norms F32)."""
+    path = cache_dir() / "SmolLM2-135M-Instruct.Q4_0.gguf"
+    if path.exists():
+        return str(path)
+    return _requantized_smollm2(path, lambda name: QT.Q4_0)
 
 
 def _kmix_type(name: str) -> QT | None:
@@ -168,31 +183,10 @@ def smollm2_kmix() -> str:
     """The real SmolLM2 requantized (from its Q4_1 weights) to the types of llama.cpp's K-quant files,
     mixed as those files mix them: gguf-py's quantizer where it has one (Q5_0, Q5_1), else
     kquant_quantize's round-to-nearest (Q4_K, Q5_K, IQ4_NL, IQ4_XS). Embeddings stay Q8_0."""
-    from kquant_quantize import QUANTIZERS, quantize_k
-
     path = cache_dir() / "SmolLM2-135M-Instruct.kmix.gguf"
     if path.exists():
         return str(path)
-    reader = GGUFReader(smollm2_q4_1(), "r")
-    tmp = path.with_suffix(".tmp")
-    writer = GGUFWriter(str(tmp), "llama")
-    _copy_metadata(reader, writer)
-    for t in reader.tensors:
-        qtype = _kmix_type(t.name) if t.tensor_type == QT.Q4_1 else None
-        if qtype is not None:
-            w = dequantize(t.data, QT.Q4_1)
-            data = quantize_k(w, qtype) if qtype in QUANTIZERS else quantize(w, qtype)
-            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
-        elif t.tensor_type == QT.F32:
-            writer.add_tensor(t.name, np.asarray(t.data))
-        else:
-            writer.add_tensor(t.name, np.asarray(t.data), raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.rename(path)
-    return str(path)
+    return _requantized_smollm2(path, _kmix_type)
 
 
 # Copies of SmolLM2 made by llama.cpp's own `llama-quantize --allow-requantize` (not in CI: it has no
