@@ -48,6 +48,7 @@ from spec_prompts import CHINESE, CONSTRAINED, EXTRACTIVE, NO_MATCH, OPEN_CHAT  
 from sysinfer.engine.llm_engine import LLMEngine  # noqa: E402
 from sysinfer.engine.prompt_lookup import K_MAX  # noqa: E402
 from sysinfer.engine.sampling import SamplingParams  # noqa: E402
+from sysinfer.limits import DRAFT_POLICIES  # noqa: E402
 from sysinfer.model.model_file import read_model_file  # noqa: E402
 from sysinfer.model.native_model import load_model  # noqa: E402
 from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
@@ -59,11 +60,12 @@ SETS = {"extractive": EXTRACTIVE, "open chat": OPEN_CHAT, "chinese": CHINESE, "n
 
 
 def run_one(model, tok, prompt: list[int], max_tokens: int, speculative: bool, draft=None,
-            lookup_first: bool = True, constraint: dict | None = None) -> dict:
+            lookup_first: bool = True, constraint: dict | None = None, draft_policy: str = "cost") -> dict:
     """One request on a fresh engine (no prefix cache carried over): its tokens, decode time, drafts.
     `constraint`: API fields of an output constraint (guided_json=..., guided_regex=...)."""
     engine = LLMEngine(model, tok, speculative=speculative, enable_prefix_cache=False,
-                       draft_model=draft if speculative else None, lookup_first=lookup_first)
+                       draft_model=draft if speculative else None, lookup_first=lookup_first,
+                       draft_policy=draft_policy)
     grammar = compile_constraint(tok, from_request(**constraint)) if constraint else None
     tokens, first, last = [], None, None
     for delta in engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0, grammar=grammar)):
@@ -200,6 +202,9 @@ def main() -> int:
                     help="with --server: sample at this temperature with --seed (a seeded reply is the same with and "
                          "without speculation): text a random-weight model does not repeat, so nothing to quote")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--draft-policy", choices=DRAFT_POLICIES, default="cost",
+                    help="in-process runs: verify drafts where they pay (cost, the engine's default) or every draft "
+                         "found (always: for checking the drafting mechanics, whatever this machine's step costs)")
     args = ap.parse_args()
     if args.server:
         return run_servers(args)
@@ -229,7 +234,7 @@ def main() -> int:
             for name, text, *constraint in prompts:
                 ids = tok.apply_chat_template([{"role": "user", "content": text}])
                 runs = {spec: run_one(model, tok, ids, args.max_tokens, spec, draft, not args.model_only,
-                                      *constraint) for spec in order}
+                                      *constraint, draft_policy=args.draft_policy) for spec in order}
                 if runs[True]["tokens"] != runs[False]["tokens"]:
                     print(f"FAIL: {name}: speculation changed the greedy output", file=sys.stderr)
                     return 1
