@@ -99,7 +99,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("layers", hp.n_layer),
         ("embedding", hp.n_embd),
         ("heads (q / kv)", f"{hp.n_head} / {hp.n_head_kv}, head size {hp.head_dim}"),
-        ("feed-forward", hp.n_ff),
+        ("feed-forward", f"{hp.n_expert} experts of {hp.n_ff}, {hp.n_expert_used} per token" if hp.n_expert else hp.n_ff),
         ("vocabulary", hp.n_vocab),
         ("context length", hp.n_ctx_train),
         ("position encoding", f"RoPE base {hp.rope_base:g}, {hp.rope_dim} dims" if hp.use_rope else "ALiBi"),

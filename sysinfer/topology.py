@@ -246,7 +246,8 @@ def plan_shares(hp, tensor_types: dict[str, int], n_nodes: int, block_size: int 
     kv_unit = 1
     while (kv_unit * group * hd) % wo_block and kv_unit < hp.n_head_kv:
         kv_unit += 1
-    ff_block = _widest_block(tensor_types, ".ffn_down.weight")
+    moe = getattr(hp, "n_expert", 0)
+    ff_block = _widest_block(tensor_types, ".ffn_down_exps.weight" if moe else ".ffn_down.weight")
     kv = _split_units(hp.n_head_kv, kv_unit, n_nodes)
     ff = _split_units(hp.n_ff, ff_block, n_nodes)
     vocab = _split_units(hp.n_vocab, 8, n_nodes)
@@ -261,8 +262,12 @@ def plan_shares(hp, tensor_types: dict[str, int], n_nodes: int, block_size: int 
             t = lambda name: tensor_types.get(p + name + ".weight", 2)  # noqa: E731
             wbytes += nq * row_bytes(t("attn_q"), hp.n_embd) + nkv * row_bytes(t("attn_k"), hp.n_embd)
             wbytes += nkv * row_bytes(t("attn_v"), hp.n_embd) + hp.n_embd * row_bytes(t("attn_output"), nq)
-            wbytes += nf * (row_bytes(t("ffn_gate"), hp.n_embd) + row_bytes(t("ffn_up"), hp.n_embd))
-            wbytes += hp.n_embd * row_bytes(t("ffn_down"), nf)
+            if moe:  # each node holds its FFN columns of every expert (and the router, shared)
+                wbytes += moe * nf * (row_bytes(t("ffn_gate_exps"), hp.n_embd) + row_bytes(t("ffn_up_exps"), hp.n_embd))
+                wbytes += moe * hp.n_embd * row_bytes(t("ffn_down_exps"), nf)
+            else:
+                wbytes += nf * (row_bytes(t("ffn_gate"), hp.n_embd) + row_bytes(t("ffn_up"), hp.n_embd))
+                wbytes += hp.n_embd * row_bytes(t("ffn_down"), nf)
         shares.append(NodeShare(k0, k1, k0 * group, k1 * group, f0, f1, v0, v1, wbytes,
                                 2 * hp.n_layer * nkv * block_size * 2))
     return shares

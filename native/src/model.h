@@ -56,6 +56,7 @@ struct Layer {                               // what every node shares
   std::vector<float> attn_norm, ffn_norm;  // [D]
   std::vector<float> q_bias, k_bias, v_bias;  // [n_head * hd], [n_head_kv * hd] x 2, or empty
   std::vector<float> q_norm, k_norm;       // [hd] per-head RMS norm weights before RoPE, or empty
+  Matrix router;                           // MoE: [n_expert][D] router (ffn_gate_inp), read by every node
   int rows_seen[4] = {0, 0, 0, 0};         // rows given so far of qkv, wo, gate_up, down (loading)
 };
 
@@ -64,6 +65,8 @@ struct NodeLayer {                           // one node's slice of a layer
   MatrixGroup wo;        // [D] <- [nh*hd]: this node's columns; its output is a partial sum
   MatrixGroup gate_up;   // outputs gate [nf] at 0, up [nf] at up_off
   MatrixGroup down;      // [D] <- [nf]: this node's columns; a partial sum
+  // MoE: every expert's slice on this node, as gate_up / down above (up at up_off in each).
+  std::vector<MatrixGroup> exp_gate_up, exp_down;  // [n_expert]
   int q_off = -1, k_off = -1, v_off = -1, up_off = -1;
 };
 
@@ -105,6 +108,8 @@ struct Node {
   std::shared_ptr<float> gate_up;   // [T][gate_up width]
   std::shared_ptr<float> act;       // [T][nf] silu(gate) * up
   std::shared_ptr<float> part;      // [T][D] this node's partial sum of wo, then of down
+  // MoE (S = T * n_expert_used expert rows of a step; gate_up, act and xq then hold S rows):
+  std::shared_ptr<float> moe_out;   // [S][D] each expert row's down output (this node's columns)
   std::vector<AttnItem> attn_items;                 // planned per step
   std::unique_ptr<std::atomic<int>[]> attn_next;    // [n_layer] next item a thread of the node takes
   std::unique_ptr<std::atomic<int>[]> matmul_next;  // [4 * n_layer + 1] next tile of each matmul
@@ -162,6 +167,14 @@ class Model {
   void attention(Node& n, int rank, int layer, const StepBatch& b);
   void combine_partials(Node& n, int rank);
   void rope_tables();
+  // Mixture of experts (model_moe.cpp).
+  void load_experts(int layer, const TensorDesc* parts[4], const uint8_t* data[4]);
+  void check_experts(int layer) const;
+  void init_moe_scratch(int max_step_tokens);
+  void moe_ffn(int tid, Node& n, int rank, int layer, int op, int n_tok);
+  void moe_route(int n_tok);
+  void moe_matmul(Node& n, int op, const std::vector<MatrixGroup>& groups, const float* x, const ActBlock* xq,
+                  int x_stride, float* y, int ldy);
   Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner);
   void load_model_wide(const std::vector<int>& index, const std::vector<const uint8_t*>& data);
   void load_group(int layer, int group, const std::vector<const TensorDesc*>& parts,
@@ -198,6 +211,20 @@ class Model {
   std::vector<float> out_rows_;    // [max_out][D] rows whose logits are wanted
   std::vector<float> rope_cs_;     // [T][rope_dim] cos, sin interleaved per frequency
   std::vector<float> logits_pad_;  // [max_out][padded vocab]
+
+  // MoE routing of a step (S = T * n_expert_used rows, grouped by expert):
+  std::vector<float> router_logits_;  // [T][padded n_expert]
+  std::vector<int> slot_of_;          // [T][k] row of token t's j-th expert in the grouped order
+  std::vector<float> slot_weight_;    // [T][k] its renormalised router weight
+  std::vector<int> slot_token_;       // [S] token of each grouped row
+  std::vector<int> active_;           // [n_active] experts with rows this step, ascending
+  std::vector<int> expert_rows_;      // [n_expert + 1] first grouped row of each expert (prefix sums)
+  std::vector<int> expert_cursor_;    // [n_expert] next free grouped row of each expert (routing)
+  std::vector<float> router_probs_;   // [n_expert] one token's unnormalised softmax (routing)
+  std::vector<int> router_order_;     // [n_expert] experts by probability (routing)
+  int n_active_ = 0;
+  std::vector<ActBlock> moe_xq_;      // [S][D / 32] the FFN input rows, grouped by expert
+  std::vector<float> moe_x_;          // [S][D] the same in float, when an expert matrix is a float type
 };
 
 }  // namespace sysinfer

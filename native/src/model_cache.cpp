@@ -36,13 +36,21 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
     for (const NodeLayer& L : n.layers) {
       qkv_w = std::max(qkv_w, L.qkv.width);
       gu_w = std::max(gu_w, L.gate_up.width);
+      for (const MatrixGroup& g : L.exp_gate_up) gu_w = std::max(gu_w, g.width);
     }
+    // FFN rows of a step: T tokens, or T * n_expert_used expert rows (MoE).
+    const int R = cfg_.ffn == FfnKind::MoE ? T * cfg_.n_expert_used : T;
     const int A = n.nh * hd;
     n.qkv = node_array<float>(size_t(T) * std::max(qkv_w, 1), mem, &st); note();
     n.attn = node_array<float>(size_t(T) * std::max(A, 1), mem, &st); note();
-    n.xq = node_array<ActBlock>(size_t(T) * std::max({A, n.nf, QK}) / QK, mem, &st); note();
-    n.gate_up = node_array<float>(size_t(T) * std::max(gu_w, 1), mem, &st); note();
-    n.act = node_array<float>(size_t(T) * std::max(n.nf, 1), mem, &st); note();
+    n.xq = node_array<ActBlock>(std::max(size_t(T) * std::max(A, QK), size_t(R) * std::max(n.nf, QK)) / QK, mem, &st);
+    note();
+    n.gate_up = node_array<float>(size_t(R) * std::max(gu_w, 1), mem, &st); note();
+    n.act = node_array<float>(size_t(R) * std::max(n.nf, 1), mem, &st); note();
+    if (cfg_.ffn == FfnKind::MoE) {
+      n.moe_out = node_array<float>(size_t(R) * D, mem, &st);
+      note();
+    }
     n.part = node_array<float>(size_t(T) * D, mem, &st); note();
     n.max_chunks = max_chunks;
     n.attn_next.reset(new std::atomic<int>[cfg_.n_layer]);
@@ -63,6 +71,7 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
   out_rows_.assign(size_t(max_out_rows) * D, 0.f);
   rope_cs_.assign(size_t(T) * std::max(cfg_.rope_dim, 1), 0.f);
   logits_pad_.assign(size_t(max_out_rows) * padded_rows(cfg_.n_vocab), 0.f);
+  if (cfg_.ffn == FfnKind::MoE) init_moe_scratch(T);
   cache_ready_ = true;
 }
 

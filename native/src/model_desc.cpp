@@ -2,6 +2,7 @@
 
 #include <set>
 #include <stdexcept>
+#include <iterator>
 #include <utility>
 
 namespace sysinfer {
@@ -24,12 +25,16 @@ bool model_wide(Role r) {
 }
 
 // Roles the forward pass runs today; the others are described so that their architectures fit,
-// and refused until their graph exists (MoE: issue 24; encoders: issue 26).
-bool runnable(Role r) { return int(r) <= int(Role::FfnDown); }
+// and refused until their graph exists (encoders: issue 26).
+bool runnable(Role r) { return int(r) <= int(Role::FfnDownExps); }
+
+bool dense_ffn(Role r) { return r == Role::FfnGate || r == Role::FfnUp || r == Role::FfnDown; }
+bool expert_ffn(Role r) { return int(r) >= int(Role::FfnRouter) && int(r) <= int(Role::FfnDownExps); }
 
 const Role kRequiredModel[] = {Role::TokenEmbd, Role::OutputNorm};
-const Role kRequiredLayer[] = {Role::AttnNorm, Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOut,
-                               Role::FfnNorm, Role::FfnGate, Role::FfnUp, Role::FfnDown};
+const Role kRequiredLayer[] = {Role::AttnNorm, Role::AttnQ, Role::AttnK, Role::AttnV, Role::AttnOut, Role::FfnNorm};
+const Role kRequiredDense[] = {Role::FfnGate, Role::FfnUp, Role::FfnDown};
+const Role kRequiredMoE[] = {Role::FfnRouter, Role::FfnGateExps, Role::FfnUpExps, Role::FfnDownExps};
 
 std::string shape_text(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -86,14 +91,20 @@ void check_description(const ModelDesc& d) {
   if (d.n_head % d.n_head_kv != 0) bad("n_head must be a multiple of n_head_kv");
   if (d.positions == Positions::Rope && (d.rope_dim <= 0 || d.rope_dim > d.head_dim || d.rope_dim % 2))
     bad("rope_dim must be even and at most head_dim");
-  if (d.norm != NormKind::RMS || d.positions == Positions::Absolute || !d.causal || d.ffn != FfnKind::SwiGLU)
-    bad(d.arch + ": LayerNorm, absolute positions, bidirectional attention and GELU or expert "
-        "feed-forward are not run by this forward pass yet");
+  if (d.norm != NormKind::RMS || d.positions == Positions::Absolute || !d.causal || d.ffn == FfnKind::GELU)
+    bad(d.arch + ": LayerNorm, absolute positions, bidirectional attention and GELU feed-forward are not "
+        "run by this forward pass yet");
+  const bool moe = d.ffn == FfnKind::MoE;
+  if (moe && !(d.n_expert > 0 && d.n_expert_used > 0 && d.n_expert_used <= d.n_expert))
+    bad("a mixture of experts needs 0 < n_expert_used <= n_expert (got " + std::to_string(d.n_expert_used) +
+        " of " + std::to_string(d.n_expert) + ")");
   std::set<std::pair<int, int>> seen;  // (layer, role)
   for (const TensorDesc& t : d.tensors) {
     const std::string at = (t.layer < 0 ? std::string() : "blk." + std::to_string(t.layer) + ".") + role_name(t.role);
     if (int(t.role) < 0 || t.role >= Role::kCount) bad("unknown role " + std::to_string(int(t.role)));
     if (!runnable(t.role)) bad(at + ": " + d.arch + "'s " + role_name(t.role) + " tensors are not run by this forward pass yet");
+    if ((moe && dense_ffn(t.role)) || (!moe && expert_ffn(t.role)))
+      bad(at + ": a " + (moe ? "mixture-of-experts" : "dense") + " feed-forward has no such tensor");
     if (model_wide(t.role) != (t.layer < 0) || t.layer >= d.n_layer) bad(at + ": wrong layer " + std::to_string(t.layer));
     if (!seen.insert({t.layer, int(t.role)}).second) bad(at + " given twice");
     const std::vector<int64_t> want = expected_shape(d, t.role);
@@ -103,9 +114,13 @@ void check_description(const ModelDesc& d) {
   }
   for (Role r : kRequiredModel)
     if (!seen.count({-1, int(r)})) bad(std::string("missing ") + role_name(r));
-  for (int l = 0; l < d.n_layer; ++l)
+  for (int l = 0; l < d.n_layer; ++l) {
     for (Role r : kRequiredLayer)
       if (!seen.count({l, int(r)})) bad("missing blk." + std::to_string(l) + "." + role_name(r));
+    for (Role r : moe ? std::vector<Role>(std::begin(kRequiredMoE), std::end(kRequiredMoE))
+                      : std::vector<Role>(std::begin(kRequiredDense), std::end(kRequiredDense)))
+      if (!seen.count({l, int(r)})) bad("missing blk." + std::to_string(l) + "." + role_name(r));
+  }
 }
 
 }  // namespace sysinfer

@@ -43,30 +43,7 @@ void Model::step(const StepBatch& b, float* logits) {
   pool_->run(task);
 }
 
-// Calls f(tile0, tile1) for chunks of tiles [0, n_tiles) of matmul number `op` of this step on node
-// n, each chunk taken by whichever of the node's threads is free (an atomic counter per matmul and
-// node, reset every step): on a shared machine a core slowed by a neighbour no longer holds the
-// others at the next barrier. A chunk is a contiguous run of tiles, so each thread still streams
-// weights sequentially; which thread computes a tile never changes its result.
-//
-// Chunks shrink as the matmul runs (guided scheduling: a share of what is left), so the last ones
-// are small and the threads reach the next barrier together. With fixed chunks of a quarter of a
-// thread's share, a prefill of the 8B shape left one thread waiting up to a whole chunk at the end
-// of every matmul (128 tokens through the down matrix: ~3 ms a chunk), ~10 % of the step in
-// `perf` (docs/benchmarks.md, "Prefill on the AVX-512 table").
-template <class F>
-void Model::for_tile_chunks(Node& n, int op, int n_tiles, const F& f) {
-  std::atomic<int>& next = n.matmul_next[op];
-  const int share = n.n_threads * kChunksPerThread;
-  int c = next.load(std::memory_order_relaxed);
-  while (c < n_tiles) {
-    int chunk = std::max(kMinChunkTiles, (n_tiles - c) / share);
-    chunk += chunk & 1;  // even: a chunk starts on an even tile, so pairs of tiles stay together
-    if (!next.compare_exchange_weak(c, c + chunk, std::memory_order_relaxed)) continue;  // c reloaded
-    f(c, std::min(n_tiles, c + chunk));
-    c = next.load(std::memory_order_relaxed);
-  }
-}
+// for_tile_chunks (model_internal.h) hands out each matmul's tiles to the node's threads.
 
 // y[t][...] = group(x[t]) for every token, by node n's threads: quantized parts read xq
 // ([n_tok][cols / 32] ActBlocks), float parts x ([n_tok][cols]).
@@ -198,7 +175,9 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
     // x += every node's attention output; the FFN norm of the result.
     reduce_and_norm(tid, layers_[l].ffn_norm.data(), true, false, true, T);
     pool_->barrier(tid);
-    if (ffn_here) {
+    if (cfg_.ffn == FfnKind::MoE) {
+      moe_ffn(tid, n, rank, l, op, T);  // every thread: the router runs on all of them
+    } else if (ffn_here) {
       matmul(n, op, L.gate_up, xn_.data(), xq_.data(), T, n.gate_up.get(), L.gate_up.width);
       pool_->group_barrier(tid);
       swiglu(n, rank, L, T);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels.h"
+#include "model.h"
 
 namespace sysinfer {
 
@@ -37,5 +38,30 @@ constexpr int kMaxSplitTokens = 16;
 // fewer than kMinChunkTiles (an even count: tile pairs stay whole).
 constexpr int kChunksPerThread = 2;
 constexpr int kMinChunkTiles = 8;
+
+// Calls f(tile0, tile1) for chunks of tiles [0, n_tiles) of matmul number `op` of this step on node
+// n, each chunk taken by whichever of the node's threads is free (an atomic counter per matmul and
+// node, reset every step): on a shared machine a core slowed by a neighbour no longer holds the
+// others at the next barrier. A chunk is a contiguous run of tiles, so each thread still streams
+// weights sequentially; which thread computes a tile never changes its result.
+//
+// Chunks shrink as the matmul runs (guided scheduling: a share of what is left), so the last ones
+// are small and the threads reach the next barrier together. With fixed chunks of a quarter of a
+// thread's share, a prefill of the 8B shape left one thread waiting up to a whole chunk at the end
+// of every matmul (128 tokens through the down matrix: ~3 ms a chunk), ~10 % of the step in
+// `perf` (docs/benchmarks.md, "Prefill on the AVX-512 table").
+template <class F>
+void Model::for_tile_chunks(Node& n, int op, int n_tiles, const F& f) {
+  std::atomic<int>& next = n.matmul_next[op];
+  const int share = n.n_threads * kChunksPerThread;
+  int c = next.load(std::memory_order_relaxed);
+  while (c < n_tiles) {
+    int chunk = std::max(kMinChunkTiles, (n_tiles - c) / share);
+    chunk += chunk & 1;  // even: a chunk starts on an even tile, so pairs of tiles stay together
+    if (!next.compare_exchange_weak(c, c + chunk, std::memory_order_relaxed)) continue;  // c reloaded
+    f(c, std::min(n_tiles, c + chunk));
+    c = next.load(std::memory_order_relaxed);
+  }
+}
 
 }  // namespace sysinfer

@@ -141,6 +141,8 @@ void Model::load(int layer, const std::vector<const uint8_t*>& data) {
   Layer& L = layers_[layer];
   const TensorDesc* parts[kGroups][3] = {};
   const uint8_t* bytes[kGroups][3] = {};
+  const TensorDesc* experts[4] = {};  // router, gate_exps, up_exps, down_exps
+  const uint8_t* expert_bytes[4] = {};
   auto vec = [](const uint8_t* p, const TensorDesc& t) {
     const float* f = reinterpret_cast<const float*>(p);
     return std::vector<float>(f, f + t.cols());
@@ -163,9 +165,16 @@ void Model::load(int layer, const std::vector<const uint8_t*>& data) {
       case Role::FfnGate: put(kGateUp, 0); break;
       case Role::FfnUp: put(kGateUp, 1); break;
       case Role::FfnDown: put(kDown, 0); break;
+      case Role::FfnRouter: case Role::FfnGateExps: case Role::FfnUpExps: case Role::FfnDownExps: {
+        const int k = int(t.role) - int(Role::FfnRouter);
+        experts[k] = &t;
+        expert_bytes[k] = data[i];
+        break;
+      }
       default: bad_input(std::string("load: ") + role_name(t.role) + " is not run by this forward pass");
     }
   }
+  if (cfg_.ffn == FfnKind::MoE) load_experts(layer, experts, expert_bytes);
   for (int g = 0; g < kGroups; ++g) {
     std::vector<const TensorDesc*> p;
     std::vector<const uint8_t*> d;
@@ -285,16 +294,20 @@ void Model::finish_loading() {
     if (int(L.attn_norm.size()) != D || int(L.ffn_norm.size()) != D) bad_input(at + ": norm size");
     if (L.rows_seen[kQKV] != nq + 2 * nkv) bad_input(at + " qkv: missing or wrong output size");
     if (L.rows_seen[kWO] != D) bad_input(at + " wo: missing or wrong output size");
-    if (L.rows_seen[kGateUp] != 2 * F) bad_input(at + " gate_up: missing or wrong output size");
-    if (L.rows_seen[kDown] != D) bad_input(at + " down: missing or wrong output size");
+    const bool moe = cfg_.ffn == FfnKind::MoE;
+    if (moe) check_experts(l);
+    if (!moe && L.rows_seen[kGateUp] != 2 * F) bad_input(at + " gate_up: missing or wrong output size");
+    if (!moe && L.rows_seen[kDown] != D) bad_input(at + " down: missing or wrong output size");
     for (size_t ni = 0; ni < nodes_.size(); ++ni) {
       const Node& n = nodes_[ni];
       const NodeLayer& NL = n.layers[l];
       const std::string nat = at + " node " + std::to_string(ni);
       check_group(NL.qkv, (n.nh + 2 * n.nkv) * hd, D, nat + " qkv");
       check_group(NL.wo, n.nh ? D : 0, n.nh * hd, nat + " wo");
-      check_group(NL.gate_up, 2 * n.nf, D, nat + " gate_up");
-      check_group(NL.down, n.nf ? D : 0, n.nf, nat + " down");
+      if (!moe) {
+        check_group(NL.gate_up, 2 * n.nf, D, nat + " gate_up");
+        check_group(NL.down, n.nf ? D : 0, n.nf, nat + " down");
+      }
       if (n.nh && (NL.q_off < 0 || NL.k_off < 0 || NL.v_off < 0)) bad_input(nat + ": q/k/v split");
       if (n.nf && NL.up_off < 0) bad_input(nat + ": gate/up split");
     }

@@ -8,7 +8,8 @@ Supported: `llama` (Llama 2/3/3.1, SmolLM2, deepseek-llm, any llama-architecture
 SwiGLU, tied output when `output.weight` is absent), `baichuan` (Baichuan 2: RoPE for 7B; ALiBi for
 the 40-layer 13B, which is how existing Baichuan2-13B files are recognised, as llama.cpp does),
 `qwen2` (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen: Q/K/V biases, NEOX RoPE) and `qwen3` (per-head
-RMS norms of q and k, NEOX RoPE, head size from attention.key_length).
+RMS norms of q and k, NEOX RoPE, head size from attention.key_length) and `qwen3moe` (Qwen3's
+attention, a mixture of SwiGLU experts in place of the FFN: Qwen3-30B-A3B, 235B-A22B).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Architecture:
     rope_style: str = "pairs"  # "pairs": rotate dims (2i, 2i+1) (llama); "halves": (i, i + rope_dim/2) (NEOX)
     qkv_bias: bool = False     # blk.N.attn_{q,k,v}.bias added after the projections
     qk_norm: bool = False      # blk.N.attn_{q,k}_norm: RMS norm of each q and k head before RoPE
+    moe: bool = False          # routed SwiGLU experts (ffn_gate_inp, ffn_{gate,up,down}_exps) in place of the FFN
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -36,6 +38,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "baichuan": Architecture(),  # ALiBi when it has 40 layers (see hparams_from_metadata)
     "qwen2": Architecture(rope_style="halves", qkv_bias=True),
     "qwen3": Architecture(rope_style="halves", qk_norm=True),
+    "qwen3moe": Architecture(rope_style="halves", qk_norm=True, moe=True),
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
@@ -59,6 +62,8 @@ class ModelHParams:
     rope_style: str = "pairs"
     qkv_bias: bool = False
     qk_norm: bool = False
+    n_expert: int = 0       # MoE: experts per layer (0: a dense FFN); n_ff is then one expert's size
+    n_expert_used: int = 0  # MoE: experts each token is routed to
 
     def int_fields(self) -> dict[str, int]:
         """The integer hyperparameters (the native core reads them as C ints)."""
@@ -78,6 +83,9 @@ MAX_HPARAM = {
     "context_length": (1 << 31) - 1,
     "vocab_size": 1 << 24,
     "rope.dimension_count": 1 << 14,
+    "expert_count": 1 << 12,
+    "expert_used_count": 1 << 12,
+    "expert_feed_forward_length": 1 << 20,
 }
 
 
@@ -137,7 +145,19 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     if meta.get(scaling_key, "none") != "none":  # YaRN (Qwen's long-context files), linear, ...
         raise ValueError(f"metadata key {scaling_key!r} = {describe(meta[scaling_key])}: RoPE scaling is not supported "
                          "yet; use a file without it (the model's native context length needs none)")
-    n_ff = get_int("feed_forward_length")
+    spec = ARCHITECTURES[arch]
+    n_expert = n_expert_used = 0
+    if spec.moe:
+        n_expert, n_expert_used = get_int("expert_count"), get_int("expert_used_count")
+        if n_expert_used > n_expert:
+            raise ValueError(f"{arch}.expert_used_count ({n_expert_used}) exceeds expert_count ({n_expert})")
+        # One expert's FFN size; llama.cpp falls back to feed_forward_length / expert_used_count.
+        if f"{arch}.expert_feed_forward_length" in meta:
+            n_ff = get_int("expert_feed_forward_length")
+        else:
+            n_ff = max(1, get_int("feed_forward_length") // n_expert_used)
+    else:
+        n_ff = get_int("feed_forward_length")
     n_ctx_train = get_int("context_length")
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = get_int("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
@@ -149,11 +169,10 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     rope_base = _finite(base_key, _require(meta, base_key, float), 1.0, 1e30) if base_key in meta else 10000.0
     if use_rope and (rope_dim > head_dim or rope_dim % 2):
         raise ValueError(f"{arch}.rope.dimension_count ({rope_dim}) must be even and at most the head size ({head_dim})")
-    spec = ARCHITECTURES[arch]
     return ModelHParams(
         rope_style=spec.rope_style, qkv_bias=spec.qkv_bias, qk_norm=spec.qk_norm, arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
         n_ff=n_ff, n_vocab=n_vocab, n_ctx_train=n_ctx_train, rms_eps=rms_eps, use_rope=use_rope,
-        rope_dim=rope_dim if use_rope else 0, rope_base=rope_base,
+        rope_dim=rope_dim if use_rope else 0, rope_base=rope_base, n_expert=n_expert, n_expert_used=n_expert_used,
     )
 
 
@@ -169,10 +188,13 @@ def layer_tensor_shapes(hp: ModelHParams, i: int) -> dict[str, tuple[int, ...]]:
         p + "attn_v.weight": (D, nkv),
         p + "attn_output.weight": (nq, D),
         p + "ffn_norm.weight": (D,),
-        p + "ffn_gate.weight": (D, F),
-        p + "ffn_up.weight": (D, F),
-        p + "ffn_down.weight": (F, D),
     }
+    if hp.n_expert:  # the router and each expert's matrices, one 3-D tensor per kind
+        E = hp.n_expert
+        shapes.update({p + "ffn_gate_inp.weight": (D, E), p + "ffn_gate_exps.weight": (D, F, E),
+                       p + "ffn_up_exps.weight": (D, F, E), p + "ffn_down_exps.weight": (F, D, E)})
+    else:
+        shapes.update({p + "ffn_gate.weight": (D, F), p + "ffn_up.weight": (D, F), p + "ffn_down.weight": (F, D)})
     if hp.qkv_bias:
         shapes.update({p + "attn_q.bias": (nq,), p + "attn_k.bias": (nkv,), p + "attn_v.bias": (nkv,)})
     if hp.qk_norm:

@@ -33,6 +33,10 @@ LAYER_ROLES = {
     "ffn_gate.weight": Role.FFN_GATE,
     "ffn_up.weight": Role.FFN_UP,
     "ffn_down.weight": Role.FFN_DOWN,
+    "ffn_gate_inp.weight": Role.FFN_GATE_INP,
+    "ffn_gate_exps.weight": Role.FFN_GATE_EXPS,
+    "ffn_up_exps.weight": Role.FFN_UP_EXPS,
+    "ffn_down_exps.weight": Role.FFN_DOWN_EXPS,
 }
 _ROPE_STYLES = {"pairs": _native.RopeStyle.PAIRS, "halves": _native.RopeStyle.HALVES}
 
@@ -50,6 +54,9 @@ def hparams_desc(hp: ModelHParams, n_ctx: int) -> _native.ModelDesc:
     d.positions = _native.Positions.ROPE if hp.use_rope else _native.Positions.ALIBI
     d.rope_style = _ROPE_STYLES[hp.rope_style]
     d.rope_dim = hp.rope_dim
+    if hp.n_expert:
+        d.ffn = _native.FfnKind.MOE
+        d.n_expert, d.n_expert_used = hp.n_expert, hp.n_expert_used
     return d
 
 

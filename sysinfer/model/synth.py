@@ -44,6 +44,8 @@ class SynthSpec:
     # Per-matrix types over matrix_type, by short name ("attn_v", "ffn_down", ...): a (layer -> type)
     # function, as llama.cpp's mixes (Q4_K_M: Q6_K for some layers' attn_v / ffn_down) vary by layer.
     type_overrides: dict[str, Any] = field(default_factory=dict)
+    n_expert: int = 0                  # MoE (qwen3moe): experts per layer; n_ff is then one expert's size
+    n_expert_used: int = 0
     name: str = "synthetic"
     metadata: dict[str, Any] = field(default_factory=dict)  # extra keys (e.g. a real tokenizer)
 
@@ -136,7 +138,12 @@ def _add_metadata(w: GGUFWriter, spec: SynthSpec) -> None:
     w.add_uint32(f"{a}.block_count", spec.n_layer)
     w.add_uint32(f"{a}.context_length", spec.n_ctx)
     w.add_uint32(f"{a}.embedding_length", spec.n_embd)
-    w.add_uint32(f"{a}.feed_forward_length", spec.n_ff)
+    # MoE: feed_forward_length is the dense equivalent (Qwen3-30B-A3B: 6144 = 8 x 768), as real files have it.
+    w.add_uint32(f"{a}.feed_forward_length", spec.n_ff * spec.n_expert_used if spec.n_expert else spec.n_ff)
+    if spec.n_expert:
+        w.add_uint32(f"{a}.expert_count", spec.n_expert)
+        w.add_uint32(f"{a}.expert_used_count", spec.n_expert_used)
+        w.add_uint32(f"{a}.expert_feed_forward_length", spec.n_ff)
     w.add_uint32(f"{a}.attention.head_count", spec.n_head)
     w.add_uint32(f"{a}.attention.head_count_kv", spec.n_head_kv)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", spec.rms_eps)
@@ -144,7 +151,7 @@ def _add_metadata(w: GGUFWriter, spec: SynthSpec) -> None:
     if llama_keys:
         w.add_uint32(f"{a}.rope.dimension_count", head_dim(spec))
         w.add_uint32(f"{a}.vocab_size", spec.n_vocab)
-    if spec.head_dim is not None or a == "qwen3":
+    if spec.head_dim is not None or a in ("qwen3", "qwen3moe"):
         w.add_uint32(f"{a}.attention.key_length", head_dim(spec))
         w.add_uint32(f"{a}.attention.value_length", head_dim(spec))
     # A given tokenizer replaces the minimal one whole (a stray gpt2 key would confuse readers).
@@ -179,6 +186,18 @@ def matrix_type(spec: SynthSpec, name: str, layer: int) -> QT:
     return t(layer) if callable(t) else t
 
 
+def _add_experts(w: GGUFWriter, rng: np.random.Generator, spec: SynthSpec, i: int, branch: float) -> None:
+    """Layer i's router (F32, as llama.cpp's quantizer keeps it) and expert tensors [E][rows][cols].
+    The router's logits have a standard deviation of ~2, so routing is decided, as a trained one's is."""
+    D, F, E = spec.n_embd, spec.n_ff, spec.n_expert
+    _add(w, f"blk.{i}.ffn_gate_inp.weight", random_matrix_bytes(rng, QT.F32, E, D, 2 / np.sqrt(D)), QT.F32)
+    for name, rows, cols, std in (("ffn_gate_exps", F, D, 1 / np.sqrt(D)), ("ffn_up_exps", F, D, 1 / np.sqrt(D)),
+                                  ("ffn_down_exps", D, F, branch / np.sqrt(F))):
+        qtype = matrix_type(spec, name, i)
+        data = random_matrix_bytes(rng, qtype, E * rows, cols, std)
+        _add(w, f"blk.{i}.{name}.weight", data.reshape(E, rows, -1), qtype)
+
+
 def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
     """Write a random-weight model (a baichuan with 40 layers loads as ALiBi); activations stay finite through all layers (norms are ~1 and
     every matrix has std 1/sqrt(fan-in), down-scaled with depth as residual branches add up)."""
@@ -206,7 +225,12 @@ def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
         "ffn_up": (F, D, 1 / np.sqrt(D)),
         "ffn_down": (D, F, branch / np.sqrt(F)),
     }
+    if spec.n_expert:  # the FFN is the router and one 3-D tensor per kind of expert matrix
+        for name in ("ffn_gate", "ffn_up", "ffn_down"):
+            del shapes[name]
     for i in range(spec.n_layer):
+        if spec.n_expert:
+            _add_experts(w, rng, spec, i, branch)
         _add(w, f"blk.{i}.attn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
         _add(w, f"blk.{i}.ffn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
         for name, (rows, cols, std) in shapes.items():

@@ -44,6 +44,10 @@ TINY_SPECS = {
     "qwen3": SynthSpec(arch="qwen3", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, head_dim=64, n_ff=256,
                        n_vocab=256, rope_base=1e6, rms_eps=1e-6, matrix_type=QT.Q4_0, embd_type=QT.Q4_0,
                        output_type=QT.Q8_0),
+    # Qwen3-MoE: qwen3's attention, 16 experts of 128 (4 per token) in place of the FFN, F32 router
+    "qwen3moe": SynthSpec(arch="qwen3moe", n_layer=2, n_embd=128, n_head=4, n_head_kv=2, head_dim=64, n_ff=128,
+                          n_expert=16, n_expert_used=4, n_vocab=256, rope_base=1e6, rms_eps=1e-6,
+                          matrix_type=QT.Q4_0, embd_type=QT.Q4_0, output_type=QT.Q8_0),
     # Every other type (issue 23), mixed inside layers as llama.cpp's K-quant files are: 256-wide
     # rows for the super-block types, then 64-wide rows (Q5_0 / Q5_1 / IQ4_NL, as llama.cpp falls back
     # to for rows that are not a multiple of 256) with BF16 embeddings.

@@ -58,6 +58,31 @@ class ReferenceModel:
             self.w64[name] = self.w[name].astype(np.float64)  # [rows, cols], converted once
         return (x.astype(np.float64) @ self.w64[name].T).astype(np.float32)
 
+    def expert_matmul(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
+        """x through expert e's matrix of the 3-D tensor name ([E][rows][cols] in numpy order)."""
+        x = self.q8(x) if name in self.quantized else x
+        if name not in self.w64:
+            self.w64[name] = self.w[name].astype(np.float64)
+        return (x.astype(np.float64) @ self.w64[name][e].T).astype(np.float32)
+
+    def moe(self, h: np.ndarray, p: str) -> np.ndarray:
+        """Qwen3-MoE's feed-forward of rows h [T, D]: softmax over the router's logits, the top
+        n_expert_used experts (highest first, the lower index on a tie), their probabilities
+        renormalised to sum to one; the weighted sum of those experts' SwiGLU outputs."""
+        logits = self.matmul(h, p + "ffn_gate_inp.weight").astype(np.float64)  # [T, E]
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        out = np.zeros_like(h)
+        for t in range(h.shape[0]):
+            chosen = np.argsort(-probs[t], kind="stable")[: self.hp.n_expert_used]
+            weights = probs[t, chosen] / max(probs[t, chosen].sum(), 6.103515625e-5)
+            row = h[t : t + 1]
+            for e, wt in zip(chosen, weights):
+                gate = self.expert_matmul(row, p + "ffn_gate_exps.weight", e)
+                up = self.expert_matmul(row, p + "ffn_up_exps.weight", e)
+                out[t] += np.float32(wt) * self.expert_matmul(gate / (1 + np.exp(-gate)) * up, p + "ffn_down_exps.weight", e)[0]
+        return out
+
     def projection(self, x: np.ndarray, name: str) -> np.ndarray:
         """x through matrix name.weight, plus name.bias where the file has one (Qwen2's Q/K/V)."""
         y = self.matmul(x, name + ".weight")
@@ -129,6 +154,9 @@ class ReferenceModel:
                 k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
             x = x + self.matmul(self.attention(q, k, v), p + "attn_output.weight")
             h = self.rms_norm(x, w[p + "ffn_norm.weight"])
+            if hp.n_expert:
+                x = x + self.moe(h, p)
+                continue
             gate, up = self.matmul(h, p + "ffn_gate.weight"), self.matmul(h, p + "ffn_up.weight")
             x = x + self.matmul(gate / (1 + np.exp(-gate)) * up, p + "ffn_down.weight")
         return self.matmul(self.rms_norm(x, w["output_norm.weight"]), "output.weight")

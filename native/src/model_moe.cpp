@@ -1,0 +1,224 @@
+// Mixture of experts (qwen3moe): a router picks n_expert_used of n_expert SwiGLU experts per token
+// (softmax over the router's logits, the top k, their probabilities renormalised to sum to one) and
+// the layer's output is the weighted sum of those experts' outputs.
+//
+// A step groups its rows by expert: every (token, chosen expert) pair is one "expert row", and the
+// rows of one expert are laid side by side so each expert's weights are read once per step, by one
+// GEMM over its rows. A decode step of one token reads only its k experts' weights: that is what
+// makes a 30B-A3B model run at the speed of its 3B active parameters. Each NUMA node holds its FFN
+// columns of every expert (the same cut as a dense FFN), so every node works on every active expert.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "model.h"
+#include "model_internal.h"
+
+namespace sysinfer {
+
+// Layer `layer`'s router and expert tensors (t: router [E][D], gate_exps and up_exps [E][F][D],
+// down_exps [E][D][F], GGUF layout, one expert's matrix after another): the router is shared, every
+// node packs its FFN columns of each expert (gate and up rows fused into one matrix when they share
+// a type; down's columns gathered from every row).
+void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[4]) {
+  const int D = cfg_.n_embd, F = cfg_.n_ff, E = cfg_.n_expert;
+  const std::string at = "blk." + std::to_string(layer) + ".";
+  for (int i = 0; i < 4; ++i)
+    if (!t[i]) bad_input("load: missing " + at + role_name(Role(int(Role::FfnRouter) + i)));
+  layers_[layer].router = make_matrix(t[0]->type, E, D, data[0], nullptr);
+  const WType tg = t[1]->type, tu = t[2]->type, td = t[3]->type;
+  const size_t g_row = gguf_row_bytes(tg, D), u_row = gguf_row_bytes(tu, D), d_row = gguf_row_bytes(td, F);
+  const int bd = block_size_of(td);
+  std::vector<uint8_t> buf;
+  for (size_t ni = 0; ni < nodes_.size(); ++ni) {
+    Node& n = nodes_[ni];
+    if (n.nf == 0) continue;
+    if (n.ff0 % bd || (n.nf % bd && n.ff0 + n.nf != F))
+      bad_input(at + "ffn_down_exps: node " + std::to_string(ni) + "'s columns do not fall on whole blocks of "
+                "the matrix's type; use another node count or --numa off");
+    NodeLayer& L = n.layers[layer];
+    L.exp_gate_up.assign(E, MatrixGroup());
+    L.exp_down.assign(E, MatrixGroup());
+    L.up_off = n.nf;  // nf is a multiple of 32: the gate part fills whole tiles either way
+    for (int e = 0; e < E; ++e) {
+      const uint8_t* gate = data[1] + (size_t(e) * F + n.ff0) * g_row;  // [nf][D] this node's rows
+      const uint8_t* up = data[2] + (size_t(e) * F + n.ff0) * u_row;
+      if (tg == tu) {  // one matrix [2 nf][D]: gate rows, then up rows
+        buf.resize(size_t(n.nf) * (g_row + u_row));
+        std::memcpy(buf.data(), gate, size_t(n.nf) * g_row);
+        std::memcpy(buf.data() + size_t(n.nf) * g_row, up, size_t(n.nf) * u_row);
+        L.exp_gate_up[e].add(make_matrix(tg, 2 * n.nf, D, buf.data(), &n));
+      } else {
+        L.exp_gate_up[e].add(make_matrix(tg, n.nf, D, gate, &n));
+        L.exp_gate_up[e].add(make_matrix(tu, n.nf, D, up, &n));
+      }
+      // down: [D][nf] this node's columns of every row of expert e.
+      const uint8_t* down = data[3] + size_t(e) * D * d_row;
+      const size_t off = gguf_row_bytes(td, n.ff0), len = gguf_row_bytes(td, n.nf);
+      buf.resize(len * D);
+      for (int r = 0; r < D; ++r) std::memcpy(buf.data() + len * r, down + d_row * r + off, len);
+      L.exp_down[e].add(make_matrix(td, D, n.nf, buf.data(), &n));
+    }
+  }
+}
+
+void Model::check_experts(int layer) const {
+  const std::string at = "layer " + std::to_string(layer);
+  const Matrix& r = layers_[layer].router;
+  if (r.rows != cfg_.n_expert || r.cols != cfg_.n_embd) bad_input(at + ": router missing or of the wrong shape");
+  for (const Node& n : nodes_) {
+    if (n.nf == 0) continue;
+    const NodeLayer& L = n.layers[layer];
+    if (int(L.exp_gate_up.size()) != cfg_.n_expert || int(L.exp_down.size()) != cfg_.n_expert)
+      bad_input(at + ": experts missing");
+    // Every expert's matrices alike (one 3-D tensor each): moe_matmul counts tiles per expert.
+    for (int e = 0; e < cfg_.n_expert; ++e)
+      if (L.exp_gate_up[e].tiles != L.exp_gate_up[0].tiles || L.exp_down[e].tiles != L.exp_down[0].tiles ||
+          L.exp_gate_up[e].width != 2 * n.nf)
+        bad_input(at + ": experts of different shapes");
+  }
+}
+
+void Model::init_moe_scratch(int T) {
+  const int k = cfg_.n_expert_used, E = cfg_.n_expert, D = cfg_.n_embd, S = T * k;
+  bool any_float = false;
+  for (const Node& n : nodes_)
+    for (const NodeLayer& L : n.layers)
+      for (const MatrixGroup& g : L.exp_gate_up) any_float = any_float || g.any_float();
+  router_logits_.assign(size_t(T) * padded_rows(E), 0.f);
+  router_probs_.assign(E, 0.f);
+  router_order_.assign(E, 0);
+  slot_of_.assign(S, 0);
+  slot_weight_.assign(S, 0.f);
+  slot_token_.assign(S, 0);
+  active_.assign(E, 0);
+  expert_rows_.assign(E + 1, 0);
+  expert_cursor_.assign(E, 0);
+  moe_xq_.assign(size_t(S) * D / QK, ActBlock{});
+  moe_x_.assign(any_float ? size_t(S) * D : 0, 0.f);
+}
+
+// The routing of a step (one thread): each token's top k experts and their weights, then the expert
+// rows grouped by expert (tokens in order within an expert) and the FFN input gathered in that order.
+void Model::moe_route(int n_tok) {
+  const int k = cfg_.n_expert_used, E = cfg_.n_expert, D = cfg_.n_embd, ldr = padded_rows(E);
+  std::fill(expert_rows_.begin(), expert_rows_.end(), 0);
+  for (int t = 0; t < n_tok; ++t) {
+    const float* lg = router_logits_.data() + size_t(t) * ldr;
+    const float mx = *std::max_element(lg, lg + E);
+    float* p = router_probs_.data();
+    for (int e = 0; e < E; ++e) p[e] = std::exp(lg[e] - mx);  // softmax; its sum cancels in the renormalisation
+    for (int e = 0; e < E; ++e) router_order_[e] = e;
+    // The k most probable, highest first (the lower index first on a tie).
+    std::partial_sort(router_order_.begin(), router_order_.begin() + k, router_order_.end(),
+                      [p](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+    double sum = 0;
+    for (int j = 0; j < k; ++j) sum += p[router_order_[j]];
+    // The k weights sum to one (llama.cpp clamps the sum at fp16's smallest normal; a softmax's top
+    // entry is never below 1 / E of the total here, so the clamp only guards against underflow).
+    const float inv = 1.f / std::max(float(sum), 6.103515625e-5f);
+    for (int j = 0; j < k; ++j) {
+      slot_of_[size_t(t) * k + j] = router_order_[j];  // the expert, until it becomes the row below
+      slot_weight_[size_t(t) * k + j] = p[router_order_[j]] * inv;
+      ++expert_rows_[router_order_[j] + 1];
+    }
+  }
+  n_active_ = 0;
+  for (int e = 0; e < E; ++e) {
+    if (expert_rows_[e + 1] > 0) active_[n_active_++] = e;
+    expert_rows_[e + 1] += expert_rows_[e];
+    expert_cursor_[e] = expert_rows_[e];
+  }
+  const int nb = D / QK;
+  for (int t = 0; t < n_tok; ++t)
+    for (int j = 0; j < k; ++j) {
+      int& slot = slot_of_[size_t(t) * k + j];
+      const int s = expert_cursor_[slot]++;
+      slot = s;
+      slot_token_[s] = t;
+      std::copy(xq_.data() + size_t(t) * nb, xq_.data() + size_t(t + 1) * nb, moe_xq_.data() + size_t(s) * nb);
+      if (!moe_x_.empty()) std::copy(xn_.data() + size_t(t) * D, xn_.data() + size_t(t + 1) * D, moe_x_.data() + size_t(s) * D);
+    }
+}
+
+// y[row] = expert(row)'s group applied to x[row] for every grouped expert row, on node n's threads.
+// The work is the active experts' tiles laid end to end (every expert has as many), taken in chunks
+// as matmul takes them; a chunk may run over two experts. xq rows are cols / 32 blocks, x rows
+// x_stride floats.
+void Model::moe_matmul(Node& n, int op, const std::vector<MatrixGroup>& groups, const float* x, const ActBlock* xq,
+                       int x_stride, float* y, int ldy) {
+  const int per = groups[active_[0]].tiles;
+  for_tile_chunks(n, op, n_active_ * per, [&](int c0, int c1) {
+    for (int a = c0 / per; a < n_active_ && a * per < c1; ++a) {
+      const int e = active_[a], lo = std::max(c0 - a * per, 0), hi = std::min(c1 - a * per, per);
+      const int r0 = expert_rows_[e], rows = expert_rows_[e + 1] - r0;
+      const MatrixGroup& g = groups[e];
+      int first = 0;
+      for (size_t i = 0; i < g.parts.size(); ++i) {
+        const Matrix& m = g.parts[i];
+        const int tlo = std::max(lo - first, 0), thi = std::min(hi - first, m.tiles());
+        if (tlo < thi) {
+          const void* in = m.quantized() ? static_cast<const void*>(xq + size_t(r0) * (m.cols / QK))
+                                         : static_cast<const void*>(x + size_t(r0) * x_stride);
+          kernels_->gemm(m.type, m.data.get(), m.cols, tlo, thi, in, rows, y + size_t(r0) * ldy + g.offsets[i], ldy);
+        }
+        first += m.tiles();
+      }
+    }
+  });
+}
+
+// The MoE feed-forward of layer l (every thread of every node calls it): router logits of the normed
+// rows (xn_ / xq_), routing, then on each node its columns of every active expert: gate/up, SwiGLU,
+// down, and the weighted sum of each token's k expert rows into the node's partial sum n.part.
+void Model::moe_ffn(int tid, Node& n, int rank, int l, int op, int T) {
+  const int D = cfg_.n_embd, k = cfg_.n_expert_used, nt = pool_->size();
+  const Matrix& router = layers_[l].router;
+  {  // the router's tile pairs split over all threads
+    const int pairs = (router.tiles() + 1) / 2;
+    int p0, p1;
+    split_range(pairs, tid, nt, &p0, &p1);
+    const int t0 = 2 * p0, t1 = std::min(router.tiles(), 2 * p1);
+    if (t0 < t1)
+      kernels_->gemm(router.type, router.data.get(), D, t0, t1,
+                     router.quantized() ? static_cast<const void*>(xq_.data()) : xn_.data(), T,
+                     router_logits_.data(), padded_rows(cfg_.n_expert));
+  }
+  pool_->barrier(tid);
+  if (tid == 0) moe_route(T);
+  pool_->barrier(tid);
+  if (n.nf == 0) return;
+  const NodeLayer& L = n.layers[l];
+  const int S = T * k, F = n.nf, gw = L.exp_gate_up[0].width;
+  moe_matmul(n, op, L.exp_gate_up, moe_x_.data(), moe_xq_.data(), D, n.gate_up.get(), gw);
+  pool_->group_barrier(tid);
+  // SwiGLU of every expert row, a = silu(gate) * up ([S][nf]), quantized for down where it takes Q8_0.
+  const bool quantize = L.exp_down[0].any_quantized();
+  const int blocks_per_row = F / QK;
+  int b0, b1;
+  split_range(S * blocks_per_row, rank, n.n_threads, &b0, &b1);
+  for (int blk = b0; blk < b1; ++blk) {  // block blk: expert row r, columns [i0, i0 + QK)
+    const int r = blk / blocks_per_row, i0 = (blk % blocks_per_row) * QK;
+    const float* g = n.gate_up.get() + size_t(r) * gw;  // [gate | up] of expert row r
+    float* a = n.act.get() + size_t(r) * F;
+    for (int i = i0; i < i0 + QK; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
+    if (quantize) kernels_->quantize_act(a + i0, n.xq.get() + blk, QK);
+  }
+  pool_->group_barrier(tid);
+  moe_matmul(n, op + 1, L.exp_down, n.act.get(), n.xq.get(), F, n.moe_out.get(), D);
+  pool_->group_barrier(tid);
+  // part[t] = sum_j w[t][j] * out[row of (t, j)], in the router's order (highest weight first).
+  int t0, t1;
+  split_range(T, rank, n.n_threads, &t0, &t1);
+  for (int t = t0; t < t1; ++t) {
+    float* p = n.part.get() + size_t(t) * D;
+    std::fill(p, p + D, 0.f);
+    for (int j = 0; j < k; ++j) {
+      const float w = slot_weight_[size_t(t) * k + j];
+      const float* o = n.moe_out.get() + size_t(slot_of_[size_t(t) * k + j]) * D;
+      for (int i = 0; i < D; ++i) p[i] += w * o[i];
+    }
+  }
+}
+
+}  // namespace sysinfer
