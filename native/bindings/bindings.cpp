@@ -23,6 +23,8 @@
 namespace nb = nanobind;
 using namespace sysinfer;
 
+void bind_encoder(nb::module_& mod);  // encoder_bindings.cpp
+
 namespace {
 
 using I32 = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -287,6 +289,9 @@ NB_MODULE(_native, mod) {
   nb::enum_<Positions>(mod, "Positions")
       .value("ROPE", Positions::Rope).value("ALIBI", Positions::Alibi).value("ABSOLUTE", Positions::Absolute);
   nb::enum_<RopeStyle>(mod, "RopeStyle").value("PAIRS", RopeStyle::Pairs).value("HALVES", RopeStyle::Halves);
+  nb::enum_<Pooling>(mod, "Pooling")
+      .value("NONE", Pooling::None).value("MEAN", Pooling::Mean).value("CLS", Pooling::Cls)
+      .value("LAST", Pooling::Last).value("RANK", Pooling::Rank);
   nb::enum_<FfnKind>(mod, "FfnKind").value("SWIGLU", FfnKind::SwiGLU).value("GELU", FfnKind::GELU).value("MOE", FfnKind::MoE);
 
   nb::class_<TensorDesc>(mod, "TensorDesc", "One tensor: its role, layer (-1: model-wide), GGML type id, GGUF shape.")
@@ -323,6 +328,9 @@ NB_MODULE(_native, mod) {
       .def_rw("ffn", &ModelDesc::ffn)
       .def_rw("n_expert", &ModelDesc::n_expert)
       .def_rw("n_expert_used", &ModelDesc::n_expert_used)
+      .def_rw("n_token_types", &ModelDesc::n_token_types)
+      .def_rw("n_cls_out", &ModelDesc::n_cls_out)
+      .def_rw("pooling", &ModelDesc::pooling)
       .def_rw("tensors", &ModelDesc::tensors)
       .def("check", &check_description, "Raises ValueError naming what is wrong with the description.");
 
@@ -350,4 +358,5 @@ NB_MODULE(_native, mod) {
       .def_prop_ro("n_blocks", &Model::n_blocks)
       .def_prop_ro("block_size", &Model::block_size)
       .def_prop_ro("max_step_tokens", &Model::max_step_tokens);
+  bind_encoder(mod);
 }

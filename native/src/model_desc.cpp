@@ -16,12 +16,15 @@ constexpr const char* kRoleNames[] = {
     "attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_q_norm", "attn_k_norm", "attn_output", "ffn_norm",
     "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps",
     "position_embd", "token_types", "token_embd_norm", "token_embd_norm.bias", "attn_norm.bias",
-    "attn_output.bias", "ffn_norm.bias", "ffn_up.bias", "ffn_down.bias"};
+    "attn_output.bias", "ffn_norm.bias", "ffn_up.bias", "ffn_down.bias", "attn_output_norm",
+    "attn_output_norm.bias", "layer_output_norm", "layer_output_norm.bias", "cls", "cls.bias", "cls.output",
+    "cls.output.bias"};
 static_assert(sizeof(kRoleNames) / sizeof(kRoleNames[0]) == size_t(Role::kCount), "a name per role");
 
 bool model_wide(Role r) {
   return r == Role::TokenEmbd || r == Role::Output || r == Role::OutputNorm || r == Role::RopeFreqs ||
-         r == Role::PosEmbd || r == Role::TokenTypeEmbd || r == Role::EmbdNorm || r == Role::EmbdNormBias;
+         r == Role::PosEmbd || r == Role::TokenTypeEmbd || r == Role::EmbdNorm || r == Role::EmbdNormBias ||
+         r == Role::Cls || r == Role::ClsBias || r == Role::ClsOut || r == Role::ClsOutBias;
 }
 
 // Roles the forward pass runs today; the others are described so that their architectures fit,
@@ -43,6 +46,8 @@ std::string shape_text(const std::vector<int64_t>& s) {
 }
 
 }  // namespace
+
+bool is_model_wide(Role r) { return model_wide(r); }
 
 const char* role_name(Role r) { return int(r) >= 0 && r < Role::kCount ? kRoleNames[int(r)] : "?"; }
 
@@ -72,8 +77,11 @@ std::vector<int64_t> expected_shape(const ModelDesc& d, Role r) {
     case Role::FfnGateExps: case Role::FfnUpExps: return {D, F, E};
     case Role::FfnDownExps: return {F, D, E};
     case Role::PosEmbd: return {D, d.n_ctx};
-    case Role::TokenTypeEmbd: return {D, 2};
+    case Role::TokenTypeEmbd: return {D, d.n_token_types};
     case Role::FfnUpBias: return {F};
+    case Role::Cls: return {D, D};
+    case Role::ClsOut: return {D, d.n_cls_out};
+    case Role::ClsOutBias: return {d.n_cls_out};
     default: return {D};  // the norms and the D-wide biases
   }
 }

@@ -52,14 +52,28 @@ enum class Role : int {
   FfnNormBias,   // [D]
   FfnUpBias,     // [n_ff]
   FfnDownBias,   // [D]
+  // BERT's post-norm layers (encoder.h): LayerNorm after the attention residual and after the FFN
+  // residual; the rank head of rerankers (dense + tanh, then the score row(s)).
+  AttnOutNorm,     // [D]
+  AttnOutNormBias, // [D]
+  LayerOutNorm,    // [D]
+  LayerOutNormBias,// [D]
+  Cls,           // [D][D]
+  ClsBias,       // [D]
+  ClsOut,        // [n_cls_out][D]
+  ClsOutBias,    // [n_cls_out]
   kCount
 };
 const char* role_name(Role r);
+bool is_model_wide(Role r);  // layer -1 roles
 
 enum class NormKind : int { RMS, Layer };            // RMSNorm; LayerNorm (mean removed, bias) for encoders
 enum class Positions : int { Rope, Alibi, Absolute }; // Absolute: PosEmbd added to the embeddings
 enum class RopeStyle : int { Pairs, Halves };        // rotate (2i, 2i + 1) (llama); (i, i + rope_dim / 2) (NEOX)
 enum class FfnKind : int { SwiGLU, GELU, MoE };      // down(silu(gate) * up); down(gelu(up)); routed SwiGLU experts
+// An encoder's output per sequence: none (decoders), the mean of its tokens, its first token, its
+// last token, or rank (the first token through the classification head: a score).
+enum class Pooling : int { None, Mean, Cls, Last, Rank };
 
 struct TensorDesc {
   Role role = Role::TokenEmbd;
@@ -91,6 +105,9 @@ struct ModelDesc {
   bool causal = true;  // false: every token sees the whole sequence (encoders)
   FfnKind ffn = FfnKind::SwiGLU;
   int n_expert = 0, n_expert_used = 0;
+  int n_token_types = 2;  // rows of TokenTypeEmbd (encoders)
+  int n_cls_out = 1;      // rows of ClsOut (rerankers' scores; the first is the relevance score)
+  Pooling pooling = Pooling::None;
   std::vector<TensorDesc> tensors;  // model-wide ones and every layer's, any order
 };
 

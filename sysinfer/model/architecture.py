@@ -214,3 +214,93 @@ def expected_tensor_shapes(hp: ModelHParams) -> tuple[dict[str, tuple[int, ...]]
     if hp.use_rope:
         optional["rope_freqs.weight"] = (hp.rope_dim // 2,)
     return required, optional
+
+
+# ---- Encoders (llama.cpp's `bert` architecture: BERT, and XLM-RoBERTa as bge-m3 / bge-reranker-v2-m3
+# are stored) ----
+
+ENCODER_ARCHITECTURES = ("bert",)
+# bert.pooling_type as llama.cpp numbers it (0, none, and a missing key: see encoder_hparams_from_metadata)
+POOLING_TYPES = {1: "mean", 2: "cls", 3: "last", 4: "rank"}
+MAX_TOKEN_TYPES = 1 << 10
+
+
+@dataclass(frozen=True)
+class EncoderHParams:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int      # rows of position_embd: the longest input
+    norm_eps: float
+    pooling: str          # "mean" | "cls" | "last" | "rank"
+    n_token_types: int    # rows of token_types (0: the file has none)
+    has_rank_head: bool   # cls.output present
+
+
+def encoder_hparams_from_metadata(meta: dict[str, Any], has_rank_head: bool, n_token_types: int) -> EncoderHParams:
+    """Hyperparameters of an encoder file. has_rank_head / n_token_types: what the file's tensors say
+    (cls.output present; rows of token_types, 0 if absent). A missing key or an out-of-range value is a
+    KeyError / ValueError naming it. Pooling: the file's bert.pooling_type; where it is missing or none
+    (converters write it only for sentence-transformers models), rank for a file with a classification
+    head (rerankers, as `llama-server --rerank` runs them), mean otherwise."""
+    arch = meta.get("general.architecture")
+    if arch not in ENCODER_ARCHITECTURES:
+        raise ValueError(f"architecture {describe(arch)} (general.architecture) is not an encoder; supported: {ENCODER_ARCHITECTURES}")
+
+    def get_int(name: str, default: int | None = None) -> int:
+        key = f"{arch}.{name}"
+        if default is not None and key not in meta:
+            return default
+        return _positive(key, int(_require(meta, key, int)), MAX_HPARAM[name])
+
+    n_layer = get_int("block_count")
+    n_embd = get_int("embedding_length")
+    n_head = get_int("attention.head_count")
+    n_head_kv = get_int("attention.head_count_kv", n_head)
+    if n_embd % n_head or n_head % n_head_kv:
+        raise ValueError(f"{arch}.embedding_length ({n_embd}) must be a multiple of attention.head_count ({n_head}), "
+                         f"and that of attention.head_count_kv ({n_head_kv})")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    n_vocab = get_int("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
+    eps_key = f"{arch}.attention.layer_norm_epsilon"
+    norm_eps = _finite(eps_key, _require(meta, eps_key, float), 1e-30, 1.0)
+    if meta.get(f"{arch}.attention.causal", False) is True:
+        raise ValueError(f"metadata key '{arch}.attention.causal' is true: a causal encoder is not supported")
+    pool_key = f"{arch}.pooling_type"
+    pooling_id = meta.get(pool_key, 0)
+    if isinstance(pooling_id, bool) or not isinstance(pooling_id, int) or pooling_id not in (0, *POOLING_TYPES):
+        raise ValueError(f"metadata key {pool_key!r} = {describe(pooling_id)}: supported are 1 (mean), 2 (cls), 3 (last), 4 (rank)")
+    pooling = POOLING_TYPES.get(pooling_id) or ("rank" if has_rank_head else "mean")
+    if pooling == "rank" and not has_rank_head:
+        raise ValueError(f"{pool_key} is 4 (rank) but the file has no classification head (cls.output.weight)")
+    return EncoderHParams(arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                          head_dim=n_embd // n_head, n_ff=get_int("feed_forward_length"), n_vocab=n_vocab,
+                          n_ctx_train=get_int("context_length"), norm_eps=norm_eps, pooling=pooling,
+                          n_token_types=n_token_types, has_rank_head=has_rank_head)
+
+
+def encoder_tensor_shapes(hp: EncoderHParams, n_cls_out: int) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(required, optional) encoder tensors, each name -> GGUF shape (ne0 first)."""
+    D, F, nkv = hp.n_embd, hp.n_ff, hp.n_head_kv * hp.head_dim
+    required: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (D, hp.n_vocab), "position_embd.weight": (D, hp.n_ctx_train),
+        "token_embd_norm.weight": (D,), "token_embd_norm.bias": (D,),
+    }
+    optional: dict[str, tuple[int, ...]] = {"token_types.weight": (D, max(hp.n_token_types, 1))}
+    if hp.pooling == "rank":
+        optional.update({"cls.weight": (D, D), "cls.bias": (D,), "cls.output.bias": (n_cls_out,)})
+        required["cls.output.weight"] = (D, n_cls_out)
+    for i in range(hp.n_layer):
+        p = f"blk.{i}."
+        required.update({p + "attn_q.weight": (D, D), p + "attn_k.weight": (D, nkv), p + "attn_v.weight": (D, nkv),
+                         p + "attn_output.weight": (D, D), p + "attn_output_norm.weight": (D,),
+                         p + "attn_output_norm.bias": (D,), p + "ffn_up.weight": (D, F), p + "ffn_down.weight": (F, D),
+                         p + "layer_output_norm.weight": (D,), p + "layer_output_norm.bias": (D,)})
+        optional.update({p + "attn_q.bias": (D,), p + "attn_k.bias": (nkv,), p + "attn_v.bias": (nkv,),
+                         p + "attn_output.bias": (D,), p + "ffn_up.bias": (F,), p + "ffn_down.bias": (D,)})
+    return required, optional

@@ -6,7 +6,7 @@ role, so no tensor names cross into C++."""
 from __future__ import annotations
 
 from .. import _native
-from .architecture import ModelHParams, layer_tensor_shapes
+from .architecture import EncoderHParams, ModelHParams, layer_tensor_shapes
 from .model_file import GGUFModelFile
 
 Role = _native.Role
@@ -80,3 +80,72 @@ def describe(mf: GGUFModelFile, n_ctx: int) -> tuple[_native.ModelDesc, list[str
             add(name, LAYER_ROLES[name.split(".", 2)[2]], i)
     desc.tensors = tensors
     return desc, names
+
+
+# Encoders (llama.cpp's bert): GGUF name -> role.
+ENCODER_MODEL_ROLES = {
+    "token_embd.weight": Role.TOKEN_EMBD,
+    "position_embd.weight": Role.POSITION_EMBD,
+    "token_types.weight": Role.TOKEN_TYPES,
+    "token_embd_norm.weight": Role.TOKEN_EMBD_NORM,
+    "token_embd_norm.bias": Role.TOKEN_EMBD_NORM_BIAS,
+    "cls.weight": Role.CLS,
+    "cls.bias": Role.CLS_BIAS,
+    "cls.output.weight": Role.CLS_OUTPUT,
+    "cls.output.bias": Role.CLS_OUTPUT_BIAS,
+}
+ENCODER_LAYER_ROLES = {
+    "attn_q.weight": Role.ATTN_Q,
+    "attn_k.weight": Role.ATTN_K,
+    "attn_v.weight": Role.ATTN_V,
+    "attn_q.bias": Role.ATTN_Q_BIAS,
+    "attn_k.bias": Role.ATTN_K_BIAS,
+    "attn_v.bias": Role.ATTN_V_BIAS,
+    "attn_output.weight": Role.ATTN_OUTPUT,
+    "attn_output.bias": Role.ATTN_OUTPUT_BIAS,
+    "attn_output_norm.weight": Role.ATTN_OUTPUT_NORM,
+    "attn_output_norm.bias": Role.ATTN_OUTPUT_NORM_BIAS,
+    "ffn_up.weight": Role.FFN_UP,
+    "ffn_up.bias": Role.FFN_UP_BIAS,
+    "ffn_down.weight": Role.FFN_DOWN,
+    "ffn_down.bias": Role.FFN_DOWN_BIAS,
+    "layer_output_norm.weight": Role.LAYER_OUTPUT_NORM,
+    "layer_output_norm.bias": Role.LAYER_OUTPUT_NORM_BIAS,
+}
+_POOLING = {"mean": _native.Pooling.MEAN, "cls": _native.Pooling.CLS, "last": _native.Pooling.LAST,
+            "rank": _native.Pooling.RANK}
+
+
+def describe_encoder(hp: EncoderHParams, tensors: dict, n_cls_out: int) -> tuple[_native.ModelDesc, list[str]]:
+    """An encoder's description (LayerNorm, absolute positions, bidirectional attention, GELU, its
+    pooling) and the GGUF name of each described tensor. tensors: name -> TensorData, already checked
+    against architecture.encoder_tensor_shapes; the rank head is left out unless the pooling is rank."""
+    d = _native.ModelDesc()
+    d.arch = hp.arch
+    for key in ("n_layer", "n_embd", "n_head", "n_head_kv", "head_dim", "n_ff", "n_vocab"):
+        setattr(d, key, getattr(hp, key))
+    d.n_ctx = hp.n_ctx_train
+    d.norm = _native.NormKind.LAYER
+    d.norm_eps = hp.norm_eps
+    d.positions = _native.Positions.ABSOLUTE
+    d.causal = False
+    d.ffn = _native.FfnKind.GELU
+    d.pooling = _POOLING[hp.pooling]
+    d.n_token_types = max(hp.n_token_types, 1)
+    d.n_cls_out = n_cls_out
+    described, names = [], []
+
+    def add(name: str, role, layer: int) -> None:
+        t = tensors[name]
+        described.append(_native.TensorDesc(role, layer, int(t.type), list(t.shape)))
+        names.append(name)
+
+    for name, role in ENCODER_MODEL_ROLES.items():
+        if name in tensors and (hp.pooling == "rank" or not name.startswith("cls.")):
+            add(name, role, -1)
+    for i in range(hp.n_layer):
+        for suffix, role in ENCODER_LAYER_ROLES.items():
+            if f"blk.{i}.{suffix}" in tensors:
+                add(f"blk.{i}.{suffix}", role, i)
+    d.tensors = described
+    return d, names

@@ -307,25 +307,30 @@ def minilm_tokenizer_json() -> str:
 def bert_vocab_model() -> str:
     """all-MiniLM-L6-v2's WordPiece vocabulary as llama.cpp's converter stores it (tokenizer.ggml.model
     bert; the phantom-space vocabulary: `▁word`, continuations without `##`, control tokens as they are)."""
-    import json
-
     path = cache_dir() / "bert-minilm-vocab.gguf"
     if not path.exists():
-        data = json.loads(Path(minilm_tokenizer_json()).read_text(encoding="utf-8"))
-        vocab = data["model"]["vocab"]
-        control = {t["id"] for t in data["added_tokens"] if t.get("special")}
-        tokens = [""] * len(vocab)
-        for text, i in vocab.items():
-            tokens[i] = text if i in control else text[2:] if text.startswith("##") else "\u2581" + text
-        ids = {t["content"]: t["id"] for t in data["added_tokens"]}
-        write_vocab_gguf(path, "bert", {
-            "tokenizer.ggml.model": "bert", "tokenizer.ggml.pre": "default",
-            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [3 if i in control else 1 for i in range(len(tokens))],
-            "tokenizer.ggml.unknown_token_id": ids["[UNK]"], "tokenizer.ggml.seperator_token_id": ids["[SEP]"],
-            "tokenizer.ggml.padding_token_id": ids["[PAD]"], "tokenizer.ggml.cls_token_id": ids["[CLS]"],
-            "tokenizer.ggml.mask_token_id": ids["[MASK]"],
-        })
+        write_vocab_gguf(path, "bert", minilm_vocab_meta())
     return str(path)
+
+
+def minilm_vocab_meta() -> dict:
+    """all-MiniLM-L6-v2's tokenizer metadata as llama.cpp's converter writes it (phantom-space pieces)."""
+    import json
+
+    data = json.loads(Path(minilm_tokenizer_json()).read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    control = {t["id"] for t in data["added_tokens"] if t.get("special")}
+    tokens = [""] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text if i in control else text[2:] if text.startswith("##") else "\u2581" + text
+    ids = {t["content"]: t["id"] for t in data["added_tokens"]}
+    return {
+        "tokenizer.ggml.model": "bert", "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [3 if i in control else 1 for i in range(len(tokens))],
+        "tokenizer.ggml.unknown_token_id": ids["[UNK]"], "tokenizer.ggml.seperator_token_id": ids["[SEP]"],
+        "tokenizer.ggml.padding_token_id": ids["[PAD]"], "tokenizer.ggml.cls_token_id": ids["[CLS]"],
+        "tokenizer.ggml.mask_token_id": ids["[MASK]"],
+    }
 
 
 def unigram_trained_model() -> tuple[str, str]:
