@@ -181,8 +181,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import create_app, exit_status, exit_status_on_signals
-    from .connections import bounded_protocol
+    from .server.app import create_app
+    from .server.connections import bounded_protocol
+    from .server.lifecycle import exit_status, exit_status_on_signals
 
     cfg = ServerConfig.from_env(
         model=args.model, model_name=args.model_name, host=args.host, port=args.port, threads=args.threads,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .engine.request_state import Delta, Usage
-from .engine.sampling import SamplingParams
+from ..engine.request_state import Delta, Usage
+from ..engine.sampling import SamplingParams
 from .logprob_format import LogprobFormatter
-from .protocol import ChoiceResult
+from .shaping import ChoiceResult
 
 _SEEDS = 2**64  # the sampler's seed space: seeds wrap around in it
 

@@ -15,7 +15,7 @@ a protocol object. Here:
   but reads and parses the request first, and keeps the connection).
 
 `sysinfer serve` uses it with the server's configuration; with plain uvicorn, pass
-`--http sysinfer.connections:BoundedH11Protocol` (limits from SYSINFER_HEADER_TIMEOUT and
+`--http sysinfer.server.connections:BoundedH11Protocol` (limits from SYSINFER_HEADER_TIMEOUT and
 SYSINFER_MAX_CONNECTIONS).
 """
 
@@ -26,7 +26,7 @@ import logging
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-log = logging.getLogger("sysinfer.connections")
+log = logging.getLogger("sysinfer.server.connections")
 
 _TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\n"
              b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
@@ -49,7 +49,7 @@ class BoundedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         cls = type(self)
         if cls.header_timeout is None or cls.max_connections is None:
-            from .config import ServerConfig
+            from ..config import ServerConfig
 
             cfg = ServerConfig.from_env()
             cls.header_timeout, cls.max_connections = cfg.header_timeout, cfg.max_connections

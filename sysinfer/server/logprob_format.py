@@ -19,7 +19,7 @@ from __future__ import annotations
 import codecs
 from typing import Any
 
-from .engine.logprobs import TokenLogprob
+from ..engine.logprobs import TokenLogprob
 
 FLOOR = -9999.0  # what OpenAI reports for a token with no probability at all (keeps the JSON finite)
 

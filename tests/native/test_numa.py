@@ -392,7 +392,7 @@ def test_replicate_lanes_equal_one_node_and_spread():
 def test_replicate_request_with_n_choices_equals_one_node():
     """With --numa replicate every request with n >= 2 answered 500 (Lanes had no check_prompt): the
     three greedy choices now equal the one-node answer."""
-    from sysinfer.choices import choice_params
+    from sysinfer.server.choices import choice_params
 
     two, one, tok = replicated_smollm2()
     prompt = chat_ids(tok, QUESTIONS[0])
@@ -474,7 +474,7 @@ def test_replicate_failed_lane_step_ends_only_its_requests():
 
 
 def test_lane_metrics():
-    from sysinfer.metrics import Metrics
+    from sysinfer.server.metrics import Metrics
 
     two, _, tok = replicated_smollm2()
     engine = AsyncEngine(two, tok, max_batch=2)

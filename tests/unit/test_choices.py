@@ -7,7 +7,7 @@ import anyio
 import pytest
 
 from fake_model import FakeModel, FakeTokenizer, expected_tokens
-from sysinfer.choices import ChoiceCollector, choice_params
+from sysinfer.server.choices import ChoiceCollector, choice_params
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.errors import QueueFullError, TooManyChoicesError
 from sysinfer.engine.sampling import Sampler, SamplingParams
@@ -160,7 +160,7 @@ def test_one_failed_choice_and_abort_request_end_them_all(monkeypatch):
 
 
 def test_usage_total_counts_the_prompt_once_and_sums_completions_and_drafts():
-    from sysinfer.choices import UsageTotal
+    from sysinfer.server.choices import UsageTotal
     from sysinfer.engine.request_state import Delta, Usage
     total = UsageTotal()
     assert total.usage() is None

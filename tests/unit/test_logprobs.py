@@ -12,7 +12,7 @@ from sysinfer.engine import request_state
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.logprobs import token_logprob
 from sysinfer.engine.sampling import Sampler, SamplingParams
-from sysinfer.logprob_format import LogprobFormatter
+from sysinfer.server.logprob_format import LogprobFormatter
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.tokenizer import Tokenizer
 

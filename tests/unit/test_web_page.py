@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from sysinfer.web import content_security_policy, page_url
+from sysinfer.server.web import content_security_policy, page_url
 
 
 def test_policy_allows_each_inline_block_by_its_hash_and_nothing_else():
