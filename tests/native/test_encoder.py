@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoder_files import minilm_dir, minilm_gguf, minilm_weights, xlmr_gguf, XLMR_SHAPE
+from encoder_files import llama_quantized, minilm_dir, minilm_gguf, minilm_weights, xlmr_gguf, XLMR_SHAPE
 from reference_encoder import cosine, embedding, gguf_weights, rank_score
 from sysinfer import _native
 from sysinfer.model.encoder_model import load_encoder
@@ -32,7 +32,7 @@ TEXTS = [
     " ".join(["The quick brown fox jumps over the lazy dog near the riverbank at dawn."] * 8),  # ~130 tokens
     "a",
 ]
-COSINE_MIN = {"F32": 0.9999, "F16": 0.999, "Q8_0": 0.99}
+COSINE_MIN = {"F32": 0.9999, "F16": 0.999, "Q8_0": 0.99, "Q4_K": 0.97}
 
 
 @pytest.fixture(scope="module", params=["F32", "F16", "Q8_0"])
@@ -115,6 +115,18 @@ def test_bad_input_is_a_clear_error():
     assert m.embed([[101, 102]]).shape == (1, 384)  # still serves after the errors
 
 
+def test_many_inputs_in_one_call():
+    """2,048 short inputs (EulerCopilot's largest request shape) in one embed call: every vector as
+    when computed alone."""
+    m = load_encoder(minilm_gguf("Q8_0"), threads=2)
+    words = ["alpha", "beta", "检索", "query", "", "a b c d e f g"]
+    ids = [m.tokenize(f"{words[i % len(words)]} {i}") for i in range(2048)]
+    got = m.embed(ids)
+    assert got.shape == (2048, 384) and np.all(np.isfinite(got))
+    for i in (0, 5, 1023, 2047):
+        np.testing.assert_allclose(got[i], m.embed([ids[i]])[0], atol=2e-6)
+
+
 def test_gelu_matches_exact_erf():
     xs = np.linspace(-10, 10, 4001)
     got = np.array([_native.encoder_gelu(float(x)) for x in xs])
@@ -154,7 +166,7 @@ def test_not_an_encoder_file(tmp_path):
 XLMR_TEXTS = ["自然语言处理是人工智能的一个重要方向。", "The quick brown fox jumps over the lazy dog.", "Hello world", ""]
 
 
-@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_K"])
 def test_xlmr_embedding_against_reference(qtype):
     path = xlmr_gguf("embed", qtype)
     m = load_encoder(path, threads=2)
@@ -210,6 +222,27 @@ def test_minilm_against_llama_embedding(kind):
     ours = m.embed([m.tokenize(t) for t in texts])
     for i in range(len(texts)):
         assert cosine(ours[i], np.array(theirs[i])) >= (0.99 if kind == "Q8_0" else 0.999), (kind, i)
+
+
+def test_llama_quantized_q4_k_m_file():
+    """A file llama.cpp's own quantizer wrote (Q4_K_M: Q4_K / Q6_K where rows are whole super-blocks, its
+    fallbacks elsewhere: what users bring) loads, and meets the float64 reference and llama-embedding."""
+    path = llama_quantized(minilm_gguf("F32"), "Q4_K_M", LLAMA_BIN)
+    if path is None:
+        pytest.skip(f"{LLAMA_BIN / 'llama-quantize'} is absent (llama.cpp is not built here)")
+    w = {k: v for k, v in minilm_weights().items()}
+    m = load_encoder(path, threads=2)
+    texts = TEXTS[:4]
+    ours = m.embed([m.tokenize(t) for t in texts])
+    for i, t in enumerate(texts):
+        assert cosine(ours[i], embedding(w, m.tokenize(t), 6, 12, 1e-12, "mean")) >= 0.97, i
+    r = subprocess.run([str(LLAMA_BIN / "llama-embedding"), "-m", path, "-p", "\n".join(texts), "--embd-output-format",
+                        "json", "--embd-normalize", "2", "-t", "2", "-c", "512", "-b", "512", "-ub", "512"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = [d["embedding"] for d in json.loads(r.stdout)["data"]]
+    for i in range(len(texts)):
+        assert cosine(ours[i], np.array(theirs[i])) >= 0.99, i
 
 
 def _free_port() -> int:

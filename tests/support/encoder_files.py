@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFWriter
-from gguf.quants import quantize
-
-from model_files import cache_dir, minilm_vocab_meta, unigram_trained_model
+from model_files import _quantized, cache_dir, minilm_vocab_meta, unigram_trained_model
 from sysinfer.model.gguf_header import read_gguf_header
 
-MINILM_TYPES = {"F32": QT.F32, "F16": QT.F16, "Q8_0": QT.Q8_0}
+MINILM_TYPES = {"F32": QT.F32, "F16": QT.F16, "Q8_0": QT.Q8_0, "Q4_K": QT.Q4_K}
 # Matrices llama.cpp's converter always writes as F32 (its graph adds token_types' row 0 as F32)
 F32_ALWAYS = {"position_embd.weight", "token_types.weight"}
 
@@ -90,7 +88,7 @@ def _write(path: Path, arch: str, meta: dict, weights: dict[str, np.ndarray], qt
         elif qtype == QT.F16:
             w.add_tensor(name, v.astype(np.float16))
         else:
-            q = quantize(v, qtype)
+            q = _quantized(v, qtype)
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -117,8 +115,9 @@ def minilm_gguf(kind: str) -> str:
     return str(path)
 
 
-# The XLM-R synth: bge-m3's layout at a small size (bge-m3: 24 layers, 1024 wide, 16 heads, 4096 FFN).
-XLMR_SHAPE = dict(n_layer=2, n_embd=64, n_head=4, n_ff=128, n_ctx=128)
+# The XLM-R synth: bge-m3's layout at a small size (bge-m3: 24 layers, 1024 wide, 16 heads of 64, 4096
+# FFN); 256 wide so K-quant super-blocks fit its rows.
+XLMR_SHAPE = dict(n_layer=2, n_embd=256, n_head=4, n_ff=512, n_ctx=128)
 
 
 def _xlmr_vocab_meta() -> dict:
@@ -179,3 +178,19 @@ def xlmr_gguf(kind: str, qtype: str = "F32") -> str:
         _write(path, "bert", meta, xlmr_weights(kind == "rerank", seed=7 if kind == "rerank" else 5),
                MINILM_TYPES[qtype])
     return str(path)
+
+
+def llama_quantized(path: str, kind: str, llama_bin: Path) -> str | None:
+    """path requantized by llama.cpp's llama-quantize to kind (e.g. Q4_K_M: Q4_K with the Q5_0 / Q8_0
+    fallbacks for rows that are not whole super-blocks, as users' files are), or None without it."""
+    exe = llama_bin / "llama-quantize"
+    if not exe.exists():
+        return None
+    out = cache_dir() / (Path(path).stem.rsplit(".", 1)[0] + f".llama-{kind}.gguf")
+    if not out.exists():
+        import subprocess
+
+        tmp = out.with_suffix(".tmp")
+        subprocess.run([str(exe), path, str(tmp), kind, "2"], check=True, capture_output=True, timeout=600)
+        tmp.rename(out)
+    return str(out)
