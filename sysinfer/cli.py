@@ -193,7 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
         speculative=args.speculative, numa=args.numa, draft_model=args.draft_model,
         draft_lookup=False if args.no_draft_lookup else None, draft_policy=args.draft_policy,
-        reasoning_format=args.reasoning_format, reasoning_budget=args.reasoning_budget)
+        reasoning_format=args.reasoning_format, reasoning_budget=args.reasoning_budget,
+        **encoder_overrides(args))
     _warn_if_exposed(cfg)
     try:  # bound before anything starts: a port in use ends here, with no "serving" announced
         sock = bind_socket(cfg.host, cfg.port)
@@ -319,7 +320,30 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reasoning-budget", type=bounded(int, "reasoning_budget"),
                    help="reasoning tokens before the server closes the thinking section itself (-1 = no limit, "
                         "the default; a request's thinking_budget takes precedence; env SYSINFER_REASONING_BUDGET)")
+    add_encoder_arguments(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """Embedding and rerank models served beside the chat model, on the same port (issue 26)."""
+    d = default_of
+    p.add_argument("--embedding-model", metavar="EMB.gguf",
+                   help="an embedding model (BERT family) to serve on /v1/embeddings, /embed and Ollama's /api/embed; "
+                        "given without a chat model, the server serves embeddings only")
+    p.add_argument("--embedding-model-name", help="its id in /v1/models (default: the file name)")
+    p.add_argument("--rerank-model", metavar="RR.gguf", help="a reranker (e.g. bge-reranker-v2-m3) to serve on /v1/rerank")
+    p.add_argument("--rerank-model-name", help="its id in /v1/models (default: the file name)")
+    p.add_argument("--encoder-slice-tokens", type=bounded(int, "encoder_slice_tokens"),
+                   help="encoder tokens per native call: the longest a chat step waits for embedding work "
+                        f"(default {d('encoder_slice_tokens')})")
+    p.add_argument("--encoder-share", type=bounded(float, "encoder_share"),
+                   help="the share of the time embedding and rerank work may take while chat streams run "
+                        f"(default {d('encoder_share'):g}; 1 = no limit)")
+
+
+def encoder_overrides(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name, None) for name in ("embedding_model", "embedding_model_name", "rerank_model",
+                                                         "rerank_model_name", "encoder_slice_tokens", "encoder_share")}
 
 
 def server_main(argv: list[str] | None = None) -> int:

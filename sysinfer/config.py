@@ -12,10 +12,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from . import limits
-from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
+from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_ENCODER_SHARE, DEFAULT_ENCODER_SLICE_TOKENS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
                      DRAFT_POLICIES, NUMA_MODES, REASONING_FORMATS)
 
-__all__ = ["EngineConfig", "ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
+__all__ = ["EncoderConfig", "EngineConfig", "ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
 
 # The draft model's two conditions, checked at start-up (ServerConfig.validate) and by the engine.
 DRAFT_NEEDS_SPECULATION = "draft_model needs speculative decoding"
@@ -47,6 +47,17 @@ class EngineConfig:
     def with_fields(cls, config: "EngineConfig | None", fields: dict[str, Any]) -> "EngineConfig":
         """config (default: the defaults) with some fields replaced; an unknown name is a TypeError."""
         return replace(config or cls(), **fields) if fields else (config or cls())
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How encoder work (embeddings, rerank) shares the cores with chat (engine/encoder_runner.py)."""
+    slice_tokens: int = DEFAULT_ENCODER_SLICE_TOKENS  # tokens per native call: the longest a chat step waits
+    share: float = DEFAULT_ENCODER_SHARE              # of the time encoders may take while chat has work
+
+    def __post_init__(self):
+        limits.check("encoder_slice_tokens", self.slice_tokens)
+        limits.check("encoder_share", self.share)
 
 
 @dataclass
@@ -81,6 +92,12 @@ class ServerConfig:
     stall_timeout: float = 60.0       # seconds a streaming client may leave tokens unread before it is dropped
     drain_seconds: float = 8.0        # on SIGTERM, seconds running requests may go on before they are ended
     numa: str | None = None           # auto | tp | replicate | off (sysinfer/topology.py); None = auto
+    embedding_model: str | None = None  # GGUF of an embedding model served beside the chat model (/v1/embeddings)
+    embedding_model_name: str | None = None  # its id (default: the file's name)
+    rerank_model: str | None = None   # GGUF of a reranker (/v1/rerank)
+    rerank_model_name: str | None = None
+    encoder_slice_tokens: int = DEFAULT_ENCODER_SLICE_TOKENS  # encoder tokens per native call (chat waits at most one)
+    encoder_share: float = DEFAULT_ENCODER_SHARE  # of the time encoders may take while chat streams run
 
     def validate(self) -> "ServerConfig":
         for name in limits.BOUNDS:  # the ranges the CLI's flags check too (limits.py)
@@ -108,6 +125,15 @@ class ServerConfig:
                             enable_prefix_cache=self.prefix_cache, speculative=self.speculation,
                             lookup_first=self.draft_lookup, draft_policy=self.draft_policy, max_queue=self.max_queue,
                             request_timeout=self.request_timeout, stall_timeout=self.stall_timeout)
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(slice_tokens=self.encoder_slice_tokens, share=self.encoder_share)
+
+    @property
+    def serves_chat(self) -> bool:
+        """A chat model is served unless only encoders were named: `--embedding-model E.gguf` alone
+        serves embeddings only (no chat model; without any model the bundled SmolLM2 is served)."""
+        return self.model is not None or not (self.embedding_model or self.rerank_model)
 
     @property
     def speculation(self) -> bool:

@@ -23,6 +23,11 @@ REASONING_FORMATS = ("deepseek", "none")  # llama.cpp's names: reasoning_content
 MAX_TEMPERATURE = 2.0   # OpenAI's range is [0, 2]; one bound for requests, defaults and the CLI
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values is [-100, 100]
 MAX_LOGPROBS = 20       # top log probabilities per token (OpenAI's top_logprobs limit)
+MAX_ENCODER_INPUTS = 2048  # inputs of one embedding request, documents of one rerank (OpenAI's limit for `input`)
+
+# ---- encoders (embeddings, rerank) beside the chat model (engine/encoder_runner.py) ----
+DEFAULT_ENCODER_SLICE_TOKENS = 256  # tokens per native encoder call: the longest a chat step waits for one
+DEFAULT_ENCODER_SHARE = 0.25        # of the time encoders may take while chat has work (chat keeps >= ~75 %)
 
 # ---- engine ----
 K_MAX = 8  # speculative tokens drafted per sequence and step at most (sizes the grammar's mask rows too)
@@ -64,6 +69,8 @@ BOUNDS: dict[str, Bound] = {
     "stall_timeout": Bound(0, low_open=True, unit=" s"),
     "drain_seconds": Bound(0, 3600, unit=" s"),
     "reasoning_budget": Bound(-1),  # -1: no limit
+    "encoder_slice_tokens": Bound(1),
+    "encoder_share": Bound(0, 1, low_open=True),
 }
 
 

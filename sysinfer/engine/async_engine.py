@@ -106,6 +106,16 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         return self.core.stats
 
+    @property
+    def compute_limiter(self) -> anyio.CapacityLimiter:
+        """The step thread's limiter: other native work (encoder calls) takes it too, so it never runs
+        during a step and takes turns with the steps in order of arrival."""
+        return self._step_thread
+
+    def has_work(self) -> bool:
+        """Sequences are running or waiting (encoders keep to their share of the time while so)."""
+        return self.core.has_work()
+
     # ---- requests ----
     def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
                more_choices: list[SamplingParams] | None = None) -> Sequence:
