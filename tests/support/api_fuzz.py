@@ -189,3 +189,59 @@ def check_answer(client: httpx.Client, path: str, body: dict, busy: bool = False
     else:
         assert all(c["finish_reason"] in ("stop", "length") for c in json.loads(raw)["choices"])
     return r.status_code
+
+
+# ---- encoder routes (issue 26): /v1/embeddings, /embed, /v1/rerank (and TEI's rerank), /api/embed ----
+def _maybe(plausible: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(plausible, plausible, json_values)
+
+
+_ids = st.integers(-3, 1100)  # the fuzz encoders' vocabularies are about 1,000 ids: some fall outside
+_inputs = st.one_of(texts, st.lists(texts, max_size=5), st.lists(_ids, min_size=0, max_size=6),
+                    st.lists(st.lists(_ids, max_size=5), max_size=3), st.lists(st.one_of(texts, _ids), max_size=3))
+embedding_bodies = st.fixed_dictionaries({"input": _maybe(_inputs)}, optional={
+    "model": _maybe(texts), "encoding_format": _maybe(st.sampled_from(["float", "base64"])),
+    "dimensions": _maybe(st.integers(-1, 20)), "truncate": _maybe(st.booleans()), "user": _maybe(texts)})
+tei_bodies = st.fixed_dictionaries({"inputs": _maybe(st.one_of(texts, st.lists(texts, max_size=5)))}, optional={
+    "normalize": _maybe(st.booleans()), "truncate": _maybe(st.booleans()),
+    "truncation_direction": _maybe(st.sampled_from(["Right", "Left", "up"])), "dimensions": _maybe(st.integers(-1, 20))})
+_documents = st.lists(st.one_of(texts, st.fixed_dictionaries({"text": _maybe(texts)})), max_size=5)
+rerank_bodies = st.one_of(
+    st.fixed_dictionaries({"query": _maybe(texts), "documents": _maybe(_documents)}, optional={
+        "top_n": _maybe(st.integers(-1, 8)), "return_documents": _maybe(st.booleans()),
+        "truncate": _maybe(st.booleans()), "model": _maybe(texts)}),
+    st.fixed_dictionaries({"query": _maybe(texts), "texts": _maybe(st.lists(texts, max_size=5))}, optional={
+        "raw_scores": _maybe(st.booleans()), "return_text": _maybe(st.booleans()), "top_n": _maybe(st.integers(-1, 8))}))
+ollama_embed_bodies = st.fixed_dictionaries({"model": _maybe(st.sampled_from(["fuzz-embed", "fuzz-embed:latest"])),
+                                             "input": _maybe(st.one_of(texts, st.lists(texts, max_size=4)))},
+                                            optional={"truncate": _maybe(st.booleans()),
+                                                      "dimensions": _maybe(st.integers(-1, 20))})
+ENCODER_BODIES = {"/v1/embeddings": embedding_bodies, "/embed": tei_bodies, "/v1/rerank": rerank_bodies,
+                  "/api/embed": ollama_embed_bodies}
+
+
+def check_encoder_answer(client, path: str, body: dict) -> int:
+    """One body to an encoder route: a 200 of the route's shape, or a 4xx whose error names its reason
+    (OpenAI's shape; Ollama's {"error": "..."} on /api/*); never a 5xx or a traceback."""
+    r = client.post(path, content=encode(body), headers={"content-type": "application/json"})
+    raw = r.text
+    assert r.status_code in (200, 400, 404, 413), f"{r.status_code} for {body!r:.300}: {raw[:300]}"
+    assert "Traceback" not in raw and "site-packages" not in raw and 'File "' not in raw, raw[:500]
+    answer = json.loads(raw)
+    if r.status_code != 200:
+        err = answer["error"]
+        message = err if path.startswith("/api/") else err["message"]
+        assert isinstance(message, str) and 0 < len(message) <= 1000, err
+        if not path.startswith("/api/"):
+            assert isinstance(err["code"], str) and err["code"], err
+    elif path == "/v1/embeddings":
+        assert [d["index"] for d in answer["data"]] == list(range(len(answer["data"]))) and answer["data"]
+    elif path == "/embed":
+        assert isinstance(answer, list) and all(isinstance(v, list) for v in answer)
+    elif path == "/v1/rerank":
+        scores = [x["score" if isinstance(answer, list) else "relevance_score"]
+                  for x in (answer if isinstance(answer, list) else answer["results"])]
+        assert scores == sorted(scores, reverse=True)
+    else:
+        assert isinstance(answer["embeddings"], list)
+    return r.status_code
