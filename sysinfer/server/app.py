@@ -12,14 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ..config import ServerConfig
-from . import ollama_routes, openai_routes, service_routes
+from . import encoder_routes, ollama_routes, openai_routes, service_routes
 from .intake import ApiError
 from .lifecycle import drain_on_signals, load_and_run
 from .shaping import error_body
 from .state import ServerState
 
 # The route modules. A new API (embeddings, rerank) is a module with a `router` of its own, added here.
-ROUTERS = (service_routes.router, openai_routes.router, ollama_routes.router)
+ROUTERS = (service_routes.router, openai_routes.router, encoder_routes.router, ollama_routes.router)
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ..limits import MAX_ENCODER_INPUTS
 
@@ -35,14 +36,14 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
-    truncate: bool = False           # sysinfer's (and vLLM's truncate_prompt_tokens' spirit): cut, don't refuse
+    truncate: StrictBool = False           # sysinfer's (and vLLM's truncate_prompt_tokens' spirit): cut, don't refuse
 
 
 class TeiEmbedRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     inputs: Any = None
-    normalize: bool = True
-    truncate: bool = False
+    normalize: StrictBool = True
+    truncate: StrictBool = False
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
     dimensions: int | None = Field(default=None, ge=1)
 
@@ -55,17 +56,17 @@ class RerankRequest(BaseModel):
     documents: Any = None
     texts: Any = None                # TEI's name for the documents
     top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = True    # Jina's default (vLLM always returns them); Cohere clients say false
-    truncate: bool = False
-    raw_scores: bool = False         # TEI's: False applies the sigmoid (TEI's default)
-    return_text: bool = False        # TEI's
+    return_documents: StrictBool = True    # Jina's default (vLLM always returns them); Cohere clients say false
+    truncate: StrictBool = False
+    raw_scores: StrictBool = False         # TEI's: False applies the sigmoid (TEI's default)
+    return_text: StrictBool = False        # TEI's
 
 
 class OllamaEmbedRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1)
     input: Any = None
-    truncate: bool = True            # Ollama's default: cut each input to the context
+    truncate: StrictBool = True            # Ollama's default: cut each input to the context
     dimensions: int | None = Field(default=None, ge=1)
     keep_alive: Any = None
     options: Any = None
@@ -138,6 +139,15 @@ def _mixed(value: list, field: str, allow_ids: bool) -> Inputs:
             bad = next(i for i, v in enumerate(value) if not fits(v))
             raise InputError(f"{field}[{bad}] must be {what}, as {field}[0] is", f"{field}[{bad}]", "invalid_type")
     raise InputError(f"{field}[0] must be " + (" or ".join(w for w, _ in kinds)), f"{field}[0]", "invalid_type")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean(text: str) -> str:
+    """The text with lone surrogates (JSON allows "\\ud800"; UTF-8 can't hold it) as U+FFFD, as a
+    UTF-8 decoder would read their bytes."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
 
 
 def _text_ok(text: str, field: str, allow_empty: bool) -> None:

@@ -8,16 +8,19 @@ between the chat engine's steps."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from .embedding_protocol import (EmbeddingRequest, InputError, OllamaEmbeddingsRequest, OllamaEmbedRequest,
+from .embedding_protocol import (EmbeddingRequest, clean, InputError, OllamaEmbeddingsRequest, OllamaEmbedRequest,
                                  RerankRequest, TeiEmbedRequest, check_ids, cut_dimensions, embedding_inputs, fit,
                                  l2_normalize, ollama_embed_answer, openai_embeddings, rerank_answer,
                                  rerank_documents, rerank_results, tei_rerank_results)
 from .encoders import ServedEncoder
+from .ollama_shapes import timestamp
 from .intake import ApiError, check_key, guarded, in_thread, read_body, validate
 from .state import RETRY_AFTER_SECONDS, ServerState, state_of
 
@@ -57,7 +60,7 @@ def _tokenized(enc: ServedEncoder, texts, ids, truncate: bool, field: str, left:
         check_ids(ids, getattr(model, "n_vocab", None), field)
         rows = ids
     else:
-        rows = [model.tokenize(t) for t in texts]
+        rows = [model.tokenize(clean(t)) for t in texts]
     return [fit(row, model.n_ctx, truncate, f"{field}[{i}]", left) for i, row in enumerate(rows)]
 
 
@@ -120,6 +123,7 @@ async def tei_embed(request: Request):
 async def rerank(request: Request):
     state, enc, req = await _intake(request, "rerank", RerankRequest)
     query, docs, tei = rerank_documents(req)
+    query, docs = clean(query), [clean(d) for d in docs]  # the answer may quote the documents
     field = "texts" if tei else "documents"
     model = enc.model
     rows = await in_thread(state, lambda: [fit(model.tokenize_pair(query, d), model.n_ctx, req.truncate, f"{field}[{i}]")
@@ -151,6 +155,17 @@ def ollama_names(name: str) -> tuple[str, str]:
     """(name as Ollama lists it, without its tag): `all-MiniLM-L6-v2` is listed as `all-MiniLM-L6-v2:latest`."""
     listed = name if ":" in name else f"{name}:latest"
     return listed, listed.removesuffix(":latest")
+
+
+def encoder_entry(enc: ServedEncoder) -> dict:
+    """An encoder as Ollama's /api/tags lists a model (details: the file's kind of model, no metadata read)."""
+    listed = ollama_names(enc.name)[0]
+    mtime = os.path.getmtime(enc.path) if os.path.exists(enc.path) else 0.0
+    digest = hashlib.sha256(f"{enc.path}\0{enc.file_bytes}\0{mtime}".encode()).hexdigest()
+    details = {"parent_model": "", "format": "gguf", "family": "bert", "families": ["bert"], "parameter_size": "",
+               "quantization_level": ""}
+    return {"name": listed, "model": listed, "modified_at": timestamp(mtime), "size": enc.file_bytes,
+            "digest": digest, "details": details}
 
 
 def _resolve(state: ServerState, enc: ServedEncoder, asked: str) -> None:

@@ -85,6 +85,10 @@ async def in_thread(state: ServerState, fn, *args):
 async def parse(state: ServerState, request: Request, kind):
     """The request's body as the pydantic model `kind`, after the key, readiness, drain and size checks."""
     check_key(state, request)
+    if state.ready and state.engine is None:  # started with encoders only
+        raise ApiError(404, "this server serves no chat model (it was started with only "
+                            f"{' and '.join(k + ' models' for k in state.encoders) or 'encoder models'}; "
+                            "give a chat model's GGUF to `sysinfer serve`)", code="model_not_found")
     if not state.ready or state.engine.failure:
         raise ApiError(503, _not_ready_message(state), "server_error", code="model_not_ready",
                        headers={"Retry-After": RETRY_AFTER_SECONDS})
@@ -104,7 +108,7 @@ def _refuse_while_draining(state: ServerState) -> None:
 def _not_ready_message(state: ServerState) -> str:
     if state.load_error:
         return f"the model failed to load: {state.load_error}"
-    if state.engine is None:
+    if not state.ready:
         return "the model is still loading"
     return "the engine has stopped after an internal error"
 

@@ -10,17 +10,21 @@ from contextlib import contextmanager
 import anyio
 
 from ..engine.async_engine import AsyncEngine
+from .encoders import load_encoders, start_runners
 from .state import ServerState
 from .web import page_url
 
 
 def _load(state: ServerState) -> None:
-    """Runs in a worker thread: validate and load the model, build tokenizer and engine."""
+    """Runs in a worker thread: validate and load the models (the chat model unless only encoders were
+    named, then the encoders), build tokenizer and engine."""
     from ..startup import load_serving_model
 
-    loaded = load_serving_model(state.config)
-    state.tokenizer, state.model, state.model_name = loaded.tokenizer, loaded.model, loaded.name
-    state.draft = loaded.draft
+    if state.serves_chat:
+        loaded = load_serving_model(state.config)
+        state.tokenizer, state.model, state.model_name = loaded.tokenizer, loaded.model, loaded.name
+        state.draft = loaded.draft
+    state.encoders = load_encoders(state.config)
 
 
 def _draft_note(draft) -> str:
@@ -37,14 +41,27 @@ async def load_and_run(state: ServerState) -> None:
             state.on_load_error()
         return
     cfg = state.config
-    state.engine = AsyncEngine(state.model, state.tokenizer, cfg.engine_config(), draft_model=state.draft)
+    if state.serves_chat:
+        state.engine = AsyncEngine(state.model, state.tokenizer, cfg.engine_config(), draft_model=state.draft)
+    start_runners(state.encoders, cfg, state.engine)  # encoder work takes turns with the engine's steps
+    state.loaded = True
     # The address is known only when sysinfer's CLI started uvicorn with this config; `uvicorn
     # sysinfer.api:app --port N` binds where its own flags say (its "Uvicorn running on" line).
     where = (f"on port {cfg.port}; chat page: {page_url(cfg.host, cfg.port)}" if state.address_known
              else "; chat page: / on the address uvicorn listens on")
-    print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
-          f"{state.model.n_kv_blocks} KV blocks{_draft_note(state.draft)}) {where}", flush=True)
-    await state.engine.run()
+    if state.engine is not None:
+        print(f"sysinfer: serving {state.model_name} ({state.model.kernels} kernels, {state.model.n_threads} threads, "
+              f"{state.model.n_kv_blocks} KV blocks{_draft_note(state.draft)}){_encoder_note(state)} {where}", flush=True)
+        await state.engine.run()
+    else:
+        print(f"sysinfer: serving {_encoder_note(state).removeprefix(', with ')} (no chat model) on port {cfg.port}",
+              flush=True)
+
+
+def _encoder_note(state: ServerState) -> str:
+    served = [f"{e.kind} model {e.name} ({e.model.dim} dimensions, context {e.model.n_ctx})"
+              for e in state.encoders.values()]
+    return ", with " + " and ".join(served) if served else ""
 
 
 async def drain_on_signals(state: ServerState) -> None:

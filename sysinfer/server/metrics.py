@@ -17,6 +17,11 @@ class Metrics:
                              buckets=_LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("sysinfer_prompt_tokens", "Prompt tokens received", registry=r)
         self.generated_tokens = Counter("sysinfer_generated_tokens", "Tokens generated", registry=r)
+        # Encoder work (--embedding-model, --rerank-model): requests answered and input tokens run, by kind
+        self.encoder_requests = Counter("sysinfer_encoder_requests", "Embedding and rerank requests answered",
+                                        ["kind"], registry=r)
+        self.encoder_tokens = Counter("sysinfer_encoder_tokens", "Tokens run through the embedding and rerank "
+                                      "models", ["kind"], registry=r)
         self.running = Gauge("sysinfer_running_sequences", "Sequences in the running batch", registry=r)
         self.waiting = Gauge("sysinfer_waiting_sequences", "Sequences waiting for admission", registry=r)
         self.kv_used = Gauge("sysinfer_kv_blocks_used", "KV cache blocks in use", registry=r)

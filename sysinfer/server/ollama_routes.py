@@ -26,6 +26,7 @@ from .ollama_shapes import (MANAGEMENT, OLLAMA_API_VERSION, ChatBody, GenerateBo
                             timestamp)
 from .preparation import prepare_completion, sampling_params
 from .protocol import ChatCompletionRequest, CompletionRequest
+from .encoder_routes import encoder_entry
 from .state import state_of
 from .streaming import abort_on_disconnect, submit, timed
 
@@ -67,7 +68,10 @@ async def version(request: Request):
 async def tags(request: Request):
     state = state_of(request)
     check_key(state, request)
-    return {"models": [await in_thread(state, model_entry, state)] if state.ready else []}
+    if not state.ready:
+        return {"models": []}
+    chat = [await in_thread(state, model_entry, state)] if state.engine is not None else []
+    return {"models": chat + [encoder_entry(e) for e in state.encoders.values()]}
 
 
 @router.get("/api/ps")
@@ -77,10 +81,13 @@ async def ps(request: Request):
     check_key(state, request)
     if not state.ready:
         return {"models": []}
-    entry = await in_thread(state, model_entry, state)
-    del entry["modified_at"]
-    return {"models": [entry | {"expires_at": "2318-01-01T00:00:00Z", "size_vram": 0,
-                                "context_length": state.engine.max_total_tokens}]}
+    running = []
+    if state.engine is not None:
+        running.append(await in_thread(state, model_entry, state) | {"context_length": state.engine.max_total_tokens})
+    running += [encoder_entry(e) | {"context_length": e.model.n_ctx} for e in state.encoders.values()]
+    for entry in running:
+        del entry["modified_at"]
+    return {"models": [entry | {"expires_at": "2318-01-01T00:00:00Z", "size_vram": 0} for entry in running]}
 
 
 @router.post("/api/show")
@@ -147,14 +154,7 @@ for _name in MANAGEMENT:
                          include_in_schema=False)
 
 
-@router.post("/api/embed")
-@router.post("/api/embeddings")
-@ollama_errors
-async def embed(request: Request):
-    state = state_of(request)
-    check_key(state, request)
-    raise ApiError(501, f"{request.url.path}: this server serves no embedding model "
-                        f"({state.model_name} generates text)")
+# /api/embed and /api/embeddings: encoder_routes.py
 
 
 # ---- the answer ----

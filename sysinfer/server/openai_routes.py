@@ -16,6 +16,7 @@ from .choices import ChoiceCollector, choice_params
 from .intake import ApiError, check_key, guarded, in_thread, parse
 from .logprob_format import LogprobFormatter
 from .preparation import prepare_chat, prepare_completion, sampling_params
+from .service_routes import served_models
 from .protocol import ChatCompletionRequest, CommonRequest, CompletionRequest
 from .shaping import ResponseShaper, now
 from .state import ServerState, state_of
@@ -30,7 +31,9 @@ router = APIRouter()
 async def models(request: Request):
     state = state_of(request)
     check_key(state, request)
-    listed = [{"id": state.model_name, "object": "model", "created": now(), "owned_by": "sysinfer"}]
+    # each with its kind (chat, embedding, rerank): one server may serve all three
+    listed = [{"id": m["id"], "object": "model", "created": now(), "owned_by": "sysinfer", "kind": m["kind"]}
+              for m in served_models(state)]
     return {"object": "list", "data": listed if state.ready else []}  # none while loading or failed
 
 

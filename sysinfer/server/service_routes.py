@@ -24,21 +24,31 @@ async def health(request: Request):
         return JSONResponse({"status": "error", "error": state.load_error}, status_code=503)
     if not state.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
-    if state.engine.failure:
-        return JSONResponse({"status": "error", "error": f"engine stopped: {state.engine.failure}"},
+    engine = state.engine  # None when only encoders are served
+    if engine is not None and engine.failure:
+        return JSONResponse({"status": "error", "error": f"engine stopped: {engine.failure}"},
                             status_code=503)
     if state.draining:
         return JSONResponse({"status": "shutting_down"}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_SECONDS})
-    lanes = len(getattr(state.engine.core, "lanes", ())) or 1  # --numa replicate: one per node
-    return {"status": "ok", "model": state.model_name} | ({"lanes": lanes} if lanes > 1 else {})
+    lanes = len(getattr(engine.core, "lanes", ())) or 1 if engine is not None else 1  # --numa replicate: one per node
+    answer = {"status": "ok", "model": state.model_name if engine is not None else None}
+    if state.encoders:  # each served model with its kind (the chat model first)
+        answer["models"] = served_models(state)
+    return answer | ({"lanes": lanes} if lanes > 1 else {})
+
+
+def served_models(state) -> list[dict]:
+    """[{"id", "kind"}] of every model the server answers with: chat, embedding, rerank."""
+    chat = [{"id": state.model_name, "kind": "chat"}] if state.engine is not None else []
+    return chat + [{"id": e.name, "kind": e.kind} for e in state.encoders.values()]
 
 
 @router.api_route("/metrics", methods=["GET", "HEAD"])
 async def metrics(request: Request):
     """As Prometheus scrapes it: counts and gauges only, no request content."""
     state = state_of(request)
-    if state.ready:
+    if state.ready and state.engine is not None:
         state.metrics.observe_engine(state.engine.snapshot())
         state.metrics.observe_lanes(state.engine.lane_snapshots())
         state.metrics.observe_phases(state.engine.phase_seconds)

@@ -24,10 +24,17 @@ class ServerState:
         self.draining = False            # SIGTERM received: finishing what runs, refusing new requests
         self.drain_cut = 0               # requests the drain had to end before they finished
         self.prepare_limiter = anyio.CapacityLimiter(2)  # threads parsing / templating / tokenizing requests
+        self.encoders: dict = {}         # kind ("embedding", "rerank") -> encoders.ServedEncoder
+        self.loaded = False              # every model the config names is loaded (and the engine made, if chat)
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        """Every model is loaded. `engine` is None after that only when no chat model is served."""
+        return self.loaded
+
+    @property
+    def serves_chat(self) -> bool:
+        return self.config.serves_chat
 
 
 def state_of(request: Request) -> ServerState:

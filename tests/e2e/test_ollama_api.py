@@ -144,8 +144,8 @@ def test_errors_in_ollamas_shape(client, server):
         client.delete(NAME)
     assert e.value.status_code == 501
     with pytest.raises(ollama.ResponseError) as e:
-        client.embed(model=NAME, input="hello")
-    assert e.value.status_code == 501 and "no embedding model" in e.value.error
+        client.embed(model=NAME, input="hello")  # no --embedding-model: the route says which flag serves one
+    assert e.value.status_code == 404 and "no embedding model" in e.value.error and "--embedding-model" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="llama3:8b", messages=HI)
     assert e.value.status_code == 404 and "llama3:8b" in e.value.error and f"{NAME}:latest" in e.value.error

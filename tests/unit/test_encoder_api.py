@@ -162,3 +162,11 @@ def test_metrics_count_encoder_work(client):
     lines = {l.split(" ")[0]: float(l.split(" ")[1]) for l in text.splitlines() if l.startswith("sysinfer_encoder")}
     assert lines['sysinfer_encoder_requests_total{kind="embedding"}'] >= 1
     assert lines['sysinfer_encoder_tokens_total{kind="rerank"}'] >= 8
+
+
+def test_lone_surrogates_are_read_as_replacement_characters(client):
+    """JSON may carry "\\ud800", which UTF-8 can't hold: the tokenizer reads U+FFFD (a 500 before)."""
+    r = client.post("/v1/embeddings", content=b'{"input": ["a \\ud800 b", "\\udfff"]}', headers=AUTH)
+    assert r.status_code == 200 and len(r.json()["data"]) == 2
+    r = client.post("/v1/rerank", content=b'{"query": "\\ud800", "documents": ["x \\udc00"]}', headers=AUTH)
+    assert r.status_code == 200
