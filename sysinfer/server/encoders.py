@@ -45,9 +45,9 @@ def wanted(cfg: ServerConfig) -> list[tuple[str, str, str]]:
 def load_encoders(cfg: ServerConfig, loader=None) -> dict[str, ServedEncoder]:
     """Runs in a worker thread at start-up. `loader(path, threads)`: the encoder loader (tests pass a
     fake). A file whose kind is not the one its flag says is a load error naming the flag."""
-    loader = loader or _encoder_loader()
     served = {}
     for kind, path, name in wanted(cfg):
+        loader = loader or _encoder_loader()
         began = time.perf_counter()
         try:
             model = loader(path, threads=cfg.threads)

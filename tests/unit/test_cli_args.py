@@ -14,6 +14,7 @@ BAD_SERVE_VALUES = {
     "--port": "99999", "--threads": "0", "--max-batch": "0", "--max-queue": "-1", "--ctx-size": "0",
     "--kv-blocks": "0", "--kv-cache-gb": "0", "--max-tokens": "0", "--temperature": "2.5",
     "--request-timeout": "0", "--stall-timeout": "-3", "--drain-seconds": "4000", "--reasoning-budget": "-2",
+    "--encoder-slice-tokens": "0", "--encoder-share": "1.5",
 }
 
 
@@ -77,3 +78,17 @@ def test_an_out_of_range_variable_is_named_as_set():
         ServerConfig.from_env({"SYSINFER_PORT": "70000"}, port=None)  # as `serve` passes a flag not given
     # a flag given on the command line wins over the variable (already checked by argparse)
     assert ServerConfig.from_env({"SYSINFER_PORT": "70000"}, port=8000).port == 8000
+
+
+def test_encoder_flags_reach_the_config(monkeypatch):
+    """--embedding-model alone means no chat model; with a chat file both are served."""
+    from sysinfer.cli import encoder_overrides
+
+    args = build_parser().parse_args(["serve", "--embedding-model", "e.gguf", "--embedding-model-name", "emb",
+                                      "--rerank-model", "r.gguf", "--encoder-share", "0.5"])
+    cfg = ServerConfig(model=args.model, **{k: v for k, v in encoder_overrides(args).items() if v is not None})
+    assert (cfg.embedding_model, cfg.embedding_model_name, cfg.rerank_model, cfg.encoder_share) == (
+        "e.gguf", "emb", "r.gguf", 0.5)
+    assert not cfg.serves_chat and cfg.encoder_config().share == 0.5
+    assert ServerConfig(model="chat.gguf", embedding_model="e.gguf").serves_chat
+    assert ServerConfig().serves_chat  # no file at all: the bundled chat model
