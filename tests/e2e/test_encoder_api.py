@@ -82,7 +82,7 @@ def test_tei_embed_and_many_inputs(server, local):
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     assert r.status_code == 200 and len(r.json()) == 1 and len(r.json()[0]) == 384
     assert _cos(r.json()[0], m.embed([m.tokenize(TEXTS[0])], True)[0]) > 0.9999
-    # many inputs in one request, in several slices (the 2,048 limit itself: tests/unit/test_encoder_api.py,
+    # many inputs in one request, in several slices (the 2,048 limit itself: tests/unit/test_encoder_routes.py,
     # over a fake encoder: 2,048 real inputs take seconds on a loaded CI machine)
     many = [f"item {i}" for i in range(300)]
     r = httpx.post(server + "/v1/embeddings", json={"input": many}, headers={"Authorization": f"Bearer {KEY}"},
