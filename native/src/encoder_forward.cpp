@@ -15,6 +15,7 @@ namespace {
 constexpr int kTokChunk = 64;   // tokens per matmul work item: the item's weights stay in cache across them
 constexpr int kTileChunk = 4;   // tiles (of ROW_TILE rows) per matmul work item
 enum Act { kNone, kGelu, kTanh };
+constexpr int kQueryTile = 32;  // query rows of one attention tile (scores [kQueryTile][n] in scratch)
 
 // erf(x) by a rational approximation on x clamped to [-4, 4] (the coefficients of Eigen's fast float
 // erf): |error| < 5e-7 against the exact erf in float32 over the reals (checked in a test), and, unlike
@@ -199,41 +200,46 @@ void Encoder::residual_norm(int tid, const float* y, int ldy, const std::vector<
 }
 
 // Bidirectional attention: every token of a sequence sees the whole sequence. One work item is a
-// (sequence, head): its keys transposed into the thread's scratch ([hd][n]), then for each query row
-// the scores over all keys (q pre-scaled by 1 / sqrt(hd)), the table's softmax, the values summed.
+// (sequence, head): its keys (transposed, [hd][n]) and values ([n][hd]) converted to fp16 in the
+// thread's scratch as one block of the layout the kernel table's attention reads (kernels.h: the KV
+// cache's block with bs = n), then kQueryTile query rows at a time: scores (attn_scores), scaled by
+// 1 / sqrt(hd), the table's softmax, the values summed (attn_accum) and divided by the softmax's sum.
 void Encoder::attention(int tid, const Call& c, const EncoderLayer& L) {
   const int hd = cfg_.head_dim, nh = cfg_.n_head, group = cfg_.n_head / cfg_.n_head_kv;
   const int nq = nh * hd, W = L.qkv.width;
   const float scale = 1.f / std::sqrt(float(hd));
-  float* kt = scratch_.data() + size_t(tid) * scratch_per_thread_;
+  const int32_t block0 = 0;
+  float* base_scratch = scratch_.data() + size_t(tid) * scratch_per_thread_;
   std::atomic<int>& next = next_[size_t(5 * (&L - layers_.data()) + 1)];
   for (int it = next.fetch_add(1, std::memory_order_relaxed); it < c.n_seq * nh;
        it = next.fetch_add(1, std::memory_order_relaxed)) {
     const int s = it / nh, h = it % nh, kvh = h / group;
     const int t0 = c.seq_starts[s], n = c.seq_starts[s + 1] - t0;
-    const float* base = qkv_.data() + size_t(t0) * W;  // the sequence's first row
-    float* sc = kt + size_t(hd) * n;                    // [n] one query's scores
-    for (int j = 0; j < n; ++j) {
-      const float* k = base + size_t(j) * W + L.k_off + kvh * hd;
-      for (int i = 0; i < hd; ++i) kt[size_t(i) * n + j] = k[i];
+    const float* base = qkv_.data() + size_t(t0) * W;     // the sequence's first row
+    float* sc = base_scratch;                                // [kQueryTile][n] scores
+    float* row = sc + size_t(kQueryTile) * n;                // [n] one dim of the keys, as float
+    uint16_t* k16 = reinterpret_cast<uint16_t*>(row + n);    // [hd][n] keys, transposed
+    uint16_t* v16 = k16 + size_t(hd) * n;                    // [n][hd] values
+    for (int i = 0; i < hd; ++i) {
+      for (int j = 0; j < n; ++j) row[j] = base[size_t(j) * W + L.k_off + kvh * hd + i];
+      kernels_->f32_to_f16(row, k16 + size_t(i) * n, n);
     }
-    for (int qi = 0; qi < n; ++qi) {
-      const float* q = base + size_t(qi) * W + L.q_off + h * hd;
-      std::fill(sc, sc + n, 0.f);
-      for (int i = 0; i < hd; ++i) {
-        const float qv = q[i] * scale;
-        const float* kr = kt + size_t(i) * n;
-        for (int j = 0; j < n; ++j) sc[j] += qv * kr[j];
+    for (int j = 0; j < n; ++j) kernels_->f32_to_f16(base + size_t(j) * W + L.v_off + kvh * hd, v16 + size_t(j) * hd, hd);
+    for (int q0 = 0; q0 < n; q0 += kQueryTile) {
+      const int rows = std::min(kQueryTile, n - q0);
+      const float* q = base + size_t(q0) * W + L.q_off + h * hd;
+      kernels_->attn_scores(q, W, rows, k16, &block0, n, hd, n, sc, n);
+      float inv_sum[kQueryTile];
+      for (int r = 0; r < rows; ++r) {
+        float* p = sc + size_t(r) * n;
+        for (int j = 0; j < n; ++j) p[j] *= scale;
+        float mx;
+        inv_sum[r] = 1.f / kernels_->softmax(p, n, &mx);
       }
-      float mx;
-      const float inv = 1.f / kernels_->softmax(sc, n, &mx);
-      float* o = attn_.data() + size_t(t0 + qi) * nq + h * hd;
-      std::fill(o, o + hd, 0.f);
-      for (int j = 0; j < n; ++j) {
-        const float p = sc[j] * inv;
-        const float* v = base + size_t(j) * W + L.v_off + kvh * hd;
-        for (int i = 0; i < hd; ++i) o[i] += p * v[i];
-      }
+      float* o = attn_.data() + size_t(t0 + q0) * nq + h * hd;
+      kernels_->attn_accum(sc, n, rows, v16, &block0, n, hd, n, o, nq);
+      for (int r = 0; r < rows; ++r)
+        for (int i = 0; i < hd; ++i) o[size_t(r) * nq + i] *= inv_sum[r];
     }
   }
 }

@@ -241,8 +241,9 @@ void Encoder::reserve(int max_tokens) {
   head_.assign(cfg_.pooling == Pooling::Rank ? T * proj_w : 0, 0.f);
   scores_.assign(cfg_.pooling == Pooling::Rank ? T * size_t(std::max(cls_out_.width, 1)) : 0, 0.f);
   const size_t ctx = size_t(std::min(cfg_.n_ctx, max_tokens));
-  // keys transposed and one query's scores (16: a SIMD tail); at least a row for the embeddings
-  scratch_per_thread_ = std::max(hd * ctx + ctx + 16, D);
+  // attention (encoder_forward.cpp): scores [kQueryTile = 32][ctx], a float row [ctx], fp16 keys and
+  // values [hd][ctx] each (in floats: hd * ctx); 64 floats of slack to align; at least an embedding row
+  scratch_per_thread_ = std::max(32 * ctx + ctx + hd * ctx + 64, D);
   scratch_.assign(scratch_per_thread_ * size_t(pool_->size()), 0.f);
   next_ = std::make_unique<std::atomic<int>[]>(size_t(5 * cfg_.n_layer + 2));
   arena_bytes_ = (x_.size() + qkv_.size() + attn_.size() + ff_.size() + proj_.size() + head_.size() + scores_.size() +

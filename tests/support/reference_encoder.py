@@ -34,13 +34,27 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     return (x - mean) / np.sqrt(var + eps) * w + b
 
 
-def _linear(w: dict, name: str, x: np.ndarray) -> np.ndarray:
-    y = x @ w[name + ".weight"].T
+def q8(x: np.ndarray) -> np.ndarray:
+    """x [..., n] through a Q8_0 round trip (blocks of 32, scale max|x| / 127, round half away from
+    zero), as the native core quantizes the input of a quantized matrix."""
+    x = x.astype(np.float32)
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
+    safe = np.where(d == 0, 1, d)
+    q = np.where(d == 0, 0, np.trunc(blocks * (np.float32(1) / safe) + np.copysign(np.float32(0.5), blocks)))
+    return (q * d).astype(np.float64).reshape(x.shape)
+
+
+def _linear(w: dict, name: str, x: np.ndarray, quantized: bool = False) -> np.ndarray:
+    y = (q8(x) if quantized else x) @ w[name + ".weight"].T
     return y + w[name + ".bias"] if name + ".bias" in w else y
 
 
-def hidden_states(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float) -> np.ndarray:
-    """[n, D] the last layer's output for one sequence."""
+def hidden_states(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float, fp16_kv: bool = False,
+                  quantized: bool = False) -> np.ndarray:
+    """[n, D] the last layer's output for one sequence. Two switches mirror what the native core does,
+    for tight comparisons: fp16_kv rounds keys and values to fp16 (its attention reads them so), and
+    quantized rounds every matmul input through Q8_0 (its input of quantized matrices)."""
     w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
     n = len(ids)
     x = w["token_embd.weight"][ids] + w["position_embd.weight"][:n]
@@ -51,16 +65,19 @@ def hidden_states(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float
     hd = D // n_head
     for i in range(n_layer):
         p = f"blk.{i}."
-        q, k, v = (_linear(w, p + t, x).reshape(n, n_head, hd).transpose(1, 0, 2) for t in ("attn_q", "attn_k", "attn_v"))
+        q, k, v = (_linear(w, p + t, x, quantized).reshape(n, n_head, hd).transpose(1, 0, 2)
+                   for t in ("attn_q", "attn_k", "attn_v"))
+        if fp16_kv:
+            k, v = (t.astype(np.float16).astype(np.float64) for t in (k, v))
         s = q @ k.transpose(0, 2, 1) / math.sqrt(hd)          # [heads, n, n], no mask
         s = np.exp(s - s.max(-1, keepdims=True))
         s /= s.sum(-1, keepdims=True)
         a = (s @ v).transpose(1, 0, 2).reshape(n, D)
-        x = _layer_norm(x + _linear(w, p + "attn_output", a), w[p + "attn_output_norm.weight"],
+        x = _layer_norm(x + _linear(w, p + "attn_output", a, quantized), w[p + "attn_output_norm.weight"],
                         w[p + "attn_output_norm.bias"], eps)
-        h = _linear(w, p + "ffn_up", x)
+        h = _linear(w, p + "ffn_up", x, quantized)
         h = 0.5 * h * (1 + _erf(h / math.sqrt(2)).astype(np.float64))
-        x = _layer_norm(x + _linear(w, p + "ffn_down", h), w[p + "layer_output_norm.weight"],
+        x = _layer_norm(x + _linear(w, p + "ffn_down", h, quantized), w[p + "layer_output_norm.weight"],
                         w[p + "layer_output_norm.bias"], eps)
     return x
 
@@ -71,13 +88,14 @@ def embedding(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float, po
     return v / np.linalg.norm(v) if normalize else v
 
 
-def rank_score(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float) -> float:
+def rank_score(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float, fp16_kv: bool = False,
+               quantized: bool = False) -> float:
     """The classification head on the first token: cls.output(tanh(cls(h0))) (RoBERTa's head)."""
-    h = hidden_states(w, ids, n_layer, n_head, eps)[0]
+    h = hidden_states(w, ids, n_layer, n_head, eps, fp16_kv, quantized)[0]
     w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items() if k.startswith("cls")}
     if "cls.weight" in w:
-        h = np.tanh(_linear(w, "cls", h))
-    return float(_linear(w, "cls.output", h)[0])
+        h = np.tanh(_linear(w, "cls", h, quantized))
+    return float(_linear(w, "cls.output", h, quantized)[0])
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
