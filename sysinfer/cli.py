@@ -378,8 +378,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .model.synth_presets import describe_types, synth_like, synth_spec
 
-    synth_like(args.like, args.output, quant=args.quant, seed=args.seed)
-    print(f"wrote {args.output}: {args.like} shapes, random weights; {describe_types(synth_spec(args.like, args.quant))}")
+    synth_like(args.like, args.output, quant=args.quant, seed=args.seed, layers=args.layers)
+    print(f"wrote {args.output}: {args.like} shapes{f' (first {args.layers} layers)' if args.layers else ''}, "
+          f"random weights; {describe_types(synth_spec(args.like, args.quant))}")
     return 0
 
 
@@ -429,7 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("synth", help="write a random-weight GGUF with a real model's exact shapes")
-    p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b", "qwen2.5-7b", "qwen3-8b", "deepseek-llm-7b"])
+    p.add_argument("--like", required=True, choices=["llama3-8b", "baichuan2-13b", "smollm2-135m", "baichuan2-7b", "qwen2.5-7b",
+                                                     "qwen3-8b", "qwen3-30b-a3b", "qwen3moe-mini", "deepseek-llm-7b"])
+    p.add_argument("--layers", type=int,
+                   help="keep only the first N layers (a cut of the same shape, e.g. to fit a big MoE in memory)")
     p.add_argument("--quant", choices=["q4_0", "q4_1", "q8_0"],
                    help="the matrices' type (default: the real file's: q4_1 for smollm2-135m, q4_0 for the others)")
     p.add_argument("--seed", type=int, default=0)

@@ -326,6 +326,8 @@ NB_MODULE(_native, mod) {
       .def_rw("alibi_max_bias", &ModelDesc::alibi_max_bias)
       .def_rw("causal", &ModelDesc::causal)
       .def_rw("ffn", &ModelDesc::ffn)
+      .def_rw("rope_freq_mul", &ModelDesc::rope_freq_mul)
+      .def_rw("rope_mscale", &ModelDesc::rope_mscale)
       .def_rw("n_expert", &ModelDesc::n_expert)
       .def_rw("n_expert_used", &ModelDesc::n_expert_used)
       .def_rw("n_token_types", &ModelDesc::n_token_types)

@@ -169,6 +169,8 @@ class Model {
   void rope_tables();
   // Mixture of experts (model_moe.cpp).
   void load_experts(int layer, const TensorDesc* parts[4], const uint8_t* data[4]);
+  Matrix arena_matrix(const std::shared_ptr<uint8_t>& arena, size_t* at, WType type, int rows, int cols,
+                      const uint8_t* gguf_data, Node& owner);
   void check_experts(int layer) const;
   void init_moe_scratch(int max_step_tokens);
   void moe_ffn(int tid, Node& n, int rank, int layer, int op, int n_tok);

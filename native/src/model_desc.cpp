@@ -102,6 +102,11 @@ void check_description(const ModelDesc& d) {
   if (d.norm != NormKind::RMS || d.positions == Positions::Absolute || !d.causal || d.ffn == FfnKind::GELU)
     bad(d.arch + ": LayerNorm, absolute positions, bidirectional attention and GELU feed-forward are not "
         "run by this forward pass yet");
+  if (!d.rope_freq_mul.empty() && int(d.rope_freq_mul.size()) != d.rope_dim / 2)
+    bad("rope_freq_mul must hold rope_dim / 2 multipliers or none");
+  for (float m : d.rope_freq_mul)
+    if (!(m > 0.f && m < 1e30f)) bad("rope_freq_mul must be positive and finite");
+  if (!(d.rope_mscale > 0.f && d.rope_mscale < 1e30f)) bad("rope_mscale must be positive and finite");
   const bool moe = d.ffn == FfnKind::MoE;
   if (moe && !(d.n_expert > 0 && d.n_expert_used > 0 && d.n_expert_used <= d.n_expert))
     bad("a mixture of experts needs 0 < n_expert_used <= n_expert (got " + std::to_string(d.n_expert_used) +

@@ -101,6 +101,11 @@ struct ModelDesc {
   RopeStyle rope_style = RopeStyle::Pairs;
   int rope_dim = 0;    // leading dims of each head that RoPE rotates
   float rope_base = 10000.f;
+  // RoPE scaling (YaRN): each frequency multiplied by rope_freq_mul[i] ([rope_dim / 2], or empty: none)
+  // and cos / sin by rope_mscale (the attention's magnitude correction). Python computes both from
+  // the file's rope.scaling keys (sysinfer/model/rope_scaling.py).
+  std::vector<float> rope_freq_mul;
+  float rope_mscale = 1.f;
   float alibi_max_bias = 8.f;
   bool causal = true;  // false: every token sees the whole sequence (encoders)
   FfnKind ffn = FfnKind::SwiGLU;

@@ -137,8 +137,8 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
       float* cs = rope_cs_.data() + size_t(t) * cfg_.rope_dim;
       for (int i = 0; i < cfg_.rope_dim / 2; ++i) {
         const float angle = float(b.positions[t]) * inv_freq_[i];
-        cs[2 * i] = std::cos(angle);
-        cs[2 * i + 1] = std::sin(angle);
+        cs[2 * i] = std::cos(angle) * cfg_.rope_mscale;  // mscale: 1 but for YaRN
+        cs[2 * i + 1] = std::sin(angle) * cfg_.rope_mscale;
       }
     }
   }

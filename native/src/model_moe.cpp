@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "model.h"
+#include "numa.h"
 #include "model_internal.h"
 
 namespace sysinfer {
@@ -20,6 +21,34 @@ namespace sysinfer {
 // down_exps [E][D][F], GGUF layout, one expert's matrix after another): the router is shared, every
 // node packs its FFN columns of each expert (gate and up rows fused into one matrix when they share
 // a type; down's columns gathered from every row).
+namespace {
+constexpr size_t kArenaAlign = 64;
+size_t aligned(size_t n) { return (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
+}  // namespace
+
+// A matrix packed into `arena` at byte `*at` (advanced past it): every expert of a layer lives in
+// one allocation per node, big enough for 2 MB pages (an expert's matrices alone, ~1 MB each in
+// Qwen3-30B-A3B, would each fall back to 4 KB pages and their TLB misses).
+Matrix Model::arena_matrix(const std::shared_ptr<uint8_t>& arena, size_t* at, WType type, int rows, int cols,
+                           const uint8_t* gguf_data, Node& owner) {
+  if (cols % block_size_of(type) || cols % QK) bad_input("matrix columns must be a multiple of 32 and of the type's block size");
+  Matrix m;
+  m.type = type;
+  m.rows = rows;
+  m.cols = cols;
+  const size_t bytes = packed_bytes(type, rows, cols);
+  m.data = std::shared_ptr<uint8_t>(arena, arena.get() + *at);  // shares the arena's lifetime
+  pack_matrix(type, gguf_data, rows, cols, m.data.get());
+  *at += aligned(bytes);
+  weight_bytes_ += bytes;
+  owner.weight_bytes += bytes;
+  return m;
+}
+
+// Layer `layer`'s router and expert tensors (t: router [E][D], gate_exps and up_exps [E][F][D],
+// down_exps [E][D][F], GGUF layout, one expert's matrix after another): the router is shared, every
+// node packs its FFN columns of each expert (gate and up rows fused into one matrix when they share
+// a type; down's columns gathered from every row) into one arena of its memory.
 void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[4]) {
   const int D = cfg_.n_embd, F = cfg_.n_ff, E = cfg_.n_expert;
   const std::string at = "blk." + std::to_string(layer) + ".";
@@ -40,6 +69,13 @@ void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[
     L.exp_gate_up.assign(E, MatrixGroup());
     L.exp_down.assign(E, MatrixGroup());
     L.up_off = n.nf;  // nf is a multiple of 32: the gate part fills whole tiles either way
+    const size_t per_expert = (tg == tu ? aligned(packed_bytes(tg, 2 * n.nf, D))
+                                        : aligned(packed_bytes(tg, n.nf, D)) + aligned(packed_bytes(tu, n.nf, D))) +
+                              aligned(packed_bytes(td, D, n.nf));
+    BindStatus st = BindStatus::kNotAsked;
+    std::shared_ptr<uint8_t> arena = node_array<uint8_t>(per_expert * E, n.spec.mem_node, &st);
+    n.bind = std::max(n.bind, st);
+    size_t off = 0;
     for (int e = 0; e < E; ++e) {
       const uint8_t* gate = data[1] + (size_t(e) * F + n.ff0) * g_row;  // [nf][D] this node's rows
       const uint8_t* up = data[2] + (size_t(e) * F + n.ff0) * u_row;
@@ -47,17 +83,17 @@ void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[
         buf.resize(size_t(n.nf) * (g_row + u_row));
         std::memcpy(buf.data(), gate, size_t(n.nf) * g_row);
         std::memcpy(buf.data() + size_t(n.nf) * g_row, up, size_t(n.nf) * u_row);
-        L.exp_gate_up[e].add(make_matrix(tg, 2 * n.nf, D, buf.data(), &n));
+        L.exp_gate_up[e].add(arena_matrix(arena, &off, tg, 2 * n.nf, D, buf.data(), n));
       } else {
-        L.exp_gate_up[e].add(make_matrix(tg, n.nf, D, gate, &n));
-        L.exp_gate_up[e].add(make_matrix(tu, n.nf, D, up, &n));
+        L.exp_gate_up[e].add(arena_matrix(arena, &off, tg, n.nf, D, gate, n));
+        L.exp_gate_up[e].add(arena_matrix(arena, &off, tu, n.nf, D, up, n));
       }
       // down: [D][nf] this node's columns of every row of expert e.
       const uint8_t* down = data[3] + size_t(e) * D * d_row;
-      const size_t off = gguf_row_bytes(td, n.ff0), len = gguf_row_bytes(td, n.nf);
+      const size_t col0 = gguf_row_bytes(td, n.ff0), len = gguf_row_bytes(td, n.nf);
       buf.resize(len * D);
-      for (int r = 0; r < D; ++r) std::memcpy(buf.data() + len * r, down + d_row * r + off, len);
-      L.exp_down[e].add(make_matrix(td, D, n.nf, buf.data(), &n));
+      for (int r = 0; r < D; ++r) std::memcpy(buf.data() + len * r, down + d_row * r + col0, len);
+      L.exp_down[e].add(arena_matrix(arena, &off, td, D, n.nf, buf.data(), n));
     }
   }
 }

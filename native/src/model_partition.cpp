@@ -75,7 +75,8 @@ void Model::rope_tables() {
   if (cfg_.positions == Positions::Rope) {
     inv_freq_.resize(cfg_.rope_dim / 2);
     for (int i = 0; i < cfg_.rope_dim / 2; ++i)
-      inv_freq_[i] = std::pow(cfg_.rope_base, -2.f * i / cfg_.rope_dim);
+      inv_freq_[i] = std::pow(cfg_.rope_base, -2.f * i / cfg_.rope_dim) *
+                     (cfg_.rope_freq_mul.empty() ? 1.f : cfg_.rope_freq_mul[i]);
   } else if (cfg_.positions == Positions::Alibi) {
     // ALiBi slopes: geometric in the nearest power of two of the head count, interleaved beyond.
     const int n = cfg_.n_head;

