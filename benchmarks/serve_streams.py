@@ -34,6 +34,16 @@ tokens plus one decode step and the HTTP round trip.
 
 --llama-omp-passive adds a third server, llama-server under OMP_WAIT_POLICY=passive (its OpenMP
 threads sleep instead of spinning between graph nodes), measured in the same alternation.
+
+--variant NAME=ARGS (repeatable) adds a sysinfer server started with these extra arguments, named
+"sysinfer NAME", in the same alternation: e.g. `--variant "greedy=--chunk-policy greedy"` for the
+scheduler's prompt chunks before the cost model (the ratio column is sysinfer's over each).
+
+--requests-per-stream M: each of the N streams sends M requests one after another (a closed loop),
+request j of stream i with max_tokens between --tokens/2 and --tokens (varied by i and j), so the
+streams drift apart and new prompts arrive while the others decode (with --prompt-tokens, each a
+long prompt): the steps where a prompt chunk goes beside decoding rows. "stall" is the longest gap
+between two content chunks of one request (its decoding held up), median and max over requests.
 """
 
 from __future__ import annotations
@@ -188,15 +198,16 @@ class Server:
             return ""
 
 
-def sysinfer_server(model: str, streams: int, ctx: int, threads: int) -> Server:
+def sysinfer_server(model: str, streams: int, ctx: int, threads: int, name: str = "sysinfer",
+                    extra: list[str] | None = None) -> Server:
     port = free_port()
     # --max-batch N: all N streams decode together; --ctx-size: one stream's prompt + reply (the KV cache
     # is sized for N such contexts); prefix cache and the rest at their defaults (speculation is off
     # at max_batch > 1; at N = 1 it is on by default, as a user would run it).
     argv = [sys.executable, "-c", "import sys; from sysinfer.cli import main; sys.exit(main())", "serve", model,
             "--port", str(port), "--threads", str(threads), "--max-batch", str(streams), "--ctx-size", str(ctx),
-            "--max-queue", str(max(256, 2 * streams)), "--log-level", "warning"]
-    return Server("sysinfer", argv, {}, port, "/health", step_metrics=True)
+            "--max-queue", str(max(256, 2 * streams)), "--log-level", "warning"] + (extra or [])
+    return Server(name, argv, {}, port, "/health", step_metrics=True)
 
 
 def llama_server(path: str, model: str, streams: int, ctx: int, threads: int, passive: bool) -> Server:
@@ -217,13 +228,15 @@ class StreamResult:
     chunk_tokens: int      # chunks that carried content (a cross-check: a chunk may hold several tokens)
     prompt_tokens: int = -1  # usage.prompt_tokens (-1: the server sent none)
     cached_tokens: int = -1  # of them, reused from the server's prompt cache (-1: not reported)
+    stall: float = 0.0     # the longest gap between two content chunks
 
 
 async def one_stream(client: AsyncOpenAI, question: str, max_tokens: int, long_prompt: str | None = None
                      ) -> StreamResult:
     """A streamed chat request for `question`, or with `long_prompt` a streamed completion of it."""
     sent = time.perf_counter()
-    first = None
+    first = last = None
+    stall = 0.0
     usage_tokens, chunk_tokens, prompt_tokens, cached_tokens = -1, 0, -1, -1
     common = dict(model="default", max_tokens=max_tokens, temperature=0, stream=True,
                   stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
@@ -240,10 +253,15 @@ async def one_stream(client: AsyncOpenAI, question: str, max_tokens: int, long_p
             if chunk.choices else None
         if text:
             chunk_tokens += 1
+            now = time.perf_counter()
             if first is None:
-                first = time.perf_counter()
+                first = now
+            else:
+                stall = max(stall, now - last)
+            last = now
     end = time.perf_counter()
-    return StreamResult((first or end) - sent, end - sent, usage_tokens, chunk_tokens, prompt_tokens, cached_tokens)
+    return StreamResult((first or end) - sent, end - sent, usage_tokens, chunk_tokens, prompt_tokens, cached_tokens,
+                        stall)
 
 
 @dataclass
@@ -260,6 +278,8 @@ class RoundResult:
     steps: int = 0         # sysinfer: engine steps in the round (from /metrics)
     native_seconds: float = 0.0  # sysinfer: their native part (building the inputs and the native call)
     phases: dict[str, float] = field(default_factory=dict)  # sysinfer: seconds in each engine loop phase
+    stall_median: float = 0.0  # the requests' longest gaps between content chunks: median
+    stall_max: float = 0.0     # and max
 
     @property
     def python_ms_per_step(self) -> float:
@@ -295,18 +315,33 @@ def p90(values: list[float]) -> float:
     return s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
 
 
-async def load_round(base_url: str, n: int, max_tokens: int, long_prompts: LongPrompts | None = None) -> RoundResult:
-    prompts = [long_prompts.make() if long_prompts else None for _ in range(n)]
+def request_tokens(max_tokens: int, n: int, i: int, j: int, per_stream: int) -> int:
+    """max_tokens of stream i's request j: all --tokens in one-request rounds; in closed loops between
+    max_tokens/2 and max_tokens, varied so the streams' requests end at different steps."""
+    if per_stream <= 1:
+        return max_tokens
+    return max_tokens // 2 + (max_tokens // 2) * ((i * 5 + j * 3) % (2 * n + 1)) // (2 * n)
+
+
+async def load_round(base_url: str, n: int, max_tokens: int, long_prompts: LongPrompts | None = None,
+                     per_stream: int = 1) -> RoundResult:
+    prompts = [[long_prompts.make() if long_prompts else None for _ in range(per_stream)] for _ in range(n)]
+
+    async def stream(client: AsyncOpenAI, i: int) -> list[StreamResult]:
+        return [await one_stream(client, question(i + j * n), request_tokens(max_tokens, n, i, j, per_stream),
+                                 prompts[i][j]) for j in range(per_stream)]
+
     async with AsyncOpenAI(base_url=base_url + "/v1", api_key="none", timeout=1800.0, max_retries=0) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, question(i), max_tokens, prompts[i]) for i in range(n)))
+        results = [r for rs in await asyncio.gather(*(stream(client, i) for i in range(n))) for r in rs]
         wall = time.perf_counter() - start
     by_usage = all(r.usage_tokens >= 0 for r in results)
-    per_stream = [r.usage_tokens if by_usage else r.chunk_tokens for r in results]
-    ttfts = [r.ttft for r in results]
-    return RoundResult(sum(per_stream) / wall, statistics.median(ttfts), p90(ttfts), sum(per_stream), per_stream,
+    per_request = [r.usage_tokens if by_usage else r.chunk_tokens for r in results]
+    ttfts, stalls = [r.ttft for r in results], [r.stall for r in results]
+    return RoundResult(sum(per_request) / wall, statistics.median(ttfts), p90(ttfts), sum(per_request), per_request,
                        wall, "usage" if by_usage else "chunks", [r.prompt_tokens for r in results],
-                       [r.cached_tokens for r in results])
+                       [r.cached_tokens for r in results], stall_median=statistics.median(stalls),
+                       stall_max=max(stalls))
 
 
 # ---- the comparison ----
@@ -322,7 +357,7 @@ class Row:
 
 
 def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_tokens: int,
-            long_prompts: LongPrompts | None = None) -> list[Row]:
+            long_prompts: LongPrompts | None = None, per_stream: int = 1) -> list[Row]:
     rows = [Row(n, s.name) for s in servers]
     for s in servers:  # warm-up: the first request pays one-off costs (page faults, caches, code paths)
         asyncio.run(load_round(s.base_url, n, warmup_tokens, long_prompts))
@@ -333,7 +368,7 @@ def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_
         for i in order:
             others = [(j, cpu_seconds(servers[j].proc.pid)) for j in range(len(servers)) if j != i]
             counters = step_counters(servers[i].base_url) if servers[i].step_metrics else None
-            result = asyncio.run(load_round(servers[i].base_url, n, max_tokens, long_prompts))
+            result = asyncio.run(load_round(servers[i].base_url, n, max_tokens, long_prompts, per_stream))
             if counters is not None:
                 after = step_counters(servers[i].base_url)
                 added = {k: v - counters.get(k, 0.0) for k, v in after.items()}
@@ -347,16 +382,17 @@ def measure(servers: list[Server], n: int, max_tokens: int, rounds: int, warmup_
             prompt = (f"; prompts of {sorted(set(result.prompt_tokens))} tokens, cached "
                       f"{sorted(set(result.cached_tokens))}" if long_prompts else "")
             print(f"  N={n:<3d} round {r + 1} {servers[i].name:28s} {result.tok_s:8.1f} tok/s  "
-                  f"TTFT median {result.ttft_median * 1000:7.0f} ms  ({result.tokens} tokens by {result.counted_by} "
+                  f"TTFT median {result.ttft_median * 1000:7.0f} ms  stall median/max {result.stall_median * 1000:.0f}/"
+                  f"{result.stall_max * 1000:.0f} ms  ({result.tokens} tokens by {result.counted_by} "
                   f"in {result.wall:.2f} s{split}{prompt})", flush=True)
     return rows
 
 
 def print_table(rows: list[Row], ours_name: str = "sysinfer") -> None:
     print()
-    print("| streams | server | aggregate tok/s | sysinfer / this | TTFT median ms | TTFT p90 ms | idle CPU s/round "
-          "| native share of wall | Python ms/step |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| streams | server | aggregate tok/s | per stream tok/s | sysinfer / this | TTFT median ms | TTFT p90 ms "
+          "| stall median / max ms | idle CPU s/round | native share of wall | Python ms/step |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         ours = next((b for b in rows if b.streams == row.streams and b.server == ours_name), None)
         ratio = f"{ours.median('tok_s') / row.median('tok_s'):.2f}x" if ours is not None and ours is not row else ""
@@ -365,8 +401,9 @@ def print_table(rows: list[Row], ours_name: str = "sysinfer") -> None:
         if all(r.steps for r in row.rounds):
             share = statistics.median(r.native_seconds / r.wall for r in row.rounds)
             split = f"{share:.0%} | {statistics.median(r.python_ms_per_step for r in row.rounds):.2f}"
-        print(f"| {row.streams} | {row.server} | {row.median('tok_s'):.1f} | {ratio} | "
-              f"{row.median('ttft_median') * 1000:.0f} | {row.median('ttft_p90') * 1000:.0f} | {idle} | "
+        print(f"| {row.streams} | {row.server} | {row.median('tok_s'):.1f} | {row.median('tok_s') / row.streams:.2f} "
+              f"| {ratio} | {row.median('ttft_median') * 1000:.0f} | {row.median('ttft_p90') * 1000:.0f} | "
+              f"{row.median('stall_median') * 1000:.0f} / {row.median('stall_max') * 1000:.0f} | {idle} | "
               f"{split or ' | '} |")
 
 
@@ -414,8 +451,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run llama-server with OMP_WAIT_POLICY=passive, as a third server")
     ap.add_argument("--prompt-tokens", type=int, default=0,
                     help="long-prompt TTFT: completions of prompts of this many tokens instead of chat questions")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="also a sysinfer server with these extra arguments (e.g. 'greedy=--chunk-policy greedy')")
+    ap.add_argument("--requests-per-stream", type=int, default=1,
+                    help="closed loop: each stream sends this many requests in turn (max_tokens varied)")
     ap.add_argument("--json", help="write the results as JSON")
     args = ap.parse_args(argv)
+    variants = [(name, extra.split()) for name, _, extra in (v.partition("=") for v in args.variant)]
     counts = [int(s) for s in args.streams.split(",")]
     model = args.model or smollm2_q4_0()
     long_prompts = LongPrompts(model, args.prompt_tokens) if args.prompt_tokens > 0 else None
@@ -432,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for n in counts:
         servers = [sysinfer_server(model, n, args.ctx, args.threads)]
+        servers += [sysinfer_server(model, n, args.ctx, args.threads, f"sysinfer {name}", extra)
+                    for name, extra in variants]
         if args.llama_server:
             servers.append(llama_server(args.llama_server, model, n, args.ctx, args.threads, passive=False))
             if args.llama_omp_passive:
@@ -439,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for s in servers:
                 s.start()
-            rows += measure(servers, n, args.tokens, args.rounds, args.warmup_tokens, long_prompts)
+            rows += measure(servers, n, args.tokens, args.rounds, args.warmup_tokens, long_prompts,
+                            args.requests_per_stream)
         finally:
             for s in servers:
                 s.stop()
@@ -447,13 +492,15 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print_split(rows)
     print(f"\nCPU {cpu}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
-    short = [(row.server, row.streams) for row in rows for r in row.rounds if min(r.per_stream_tokens) < args.tokens]
+    short = [(row.server, row.streams) for row in rows for r in row.rounds
+             if args.requests_per_stream == 1 and min(r.per_stream_tokens) < args.tokens]
     if short:
         print(f"note: some streams generated fewer than {args.tokens} tokens: {sorted(set(short))}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "cpu": cpu, "model": model, "threads": args.threads, "max_tokens": args.tokens, "rounds": args.rounds,
-            "prompt_tokens": args.prompt_tokens,
+            "prompt_tokens": args.prompt_tokens, "requests_per_stream": args.requests_per_stream,
+            "variants": args.variant,
             "load_average_before": load_before, "load_average_after": load_after,
             "rows": [{**asdict(row), "median_tok_s": row.median("tok_s"),
                       "median_ttft_median": row.median("ttft_median"), "median_ttft_p90": row.median("ttft_p90"),

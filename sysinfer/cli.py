@@ -193,6 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout, stall_timeout=args.stall_timeout, drain_seconds=args.drain_seconds,
         speculative=args.speculative, numa=args.numa, draft_model=args.draft_model,
         draft_lookup=False if args.no_draft_lookup else None, draft_policy=args.draft_policy,
+        chunk_policy=args.chunk_policy,
         reasoning_format=args.reasoning_format, reasoning_budget=args.reasoning_budget,
         **encoder_overrides(args))
     _warn_if_exposed(cfg)
@@ -293,6 +294,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="compute threads (default: OMP_NUM_THREADS, else all CPUs)")
     p.add_argument("--max-batch", type=bounded(int, "max_batch"),
                    help=f"sequences decoded together (default {d('max_batch')}: single batch)")
+    p.add_argument("--chunk-policy", choices=["cost", "greedy"],
+                   help="cost (default): a prompt chunk beside decoding streams is the smallest that keeps the "
+                        "work per second within 5 %% of the best, as this machine's step timings show (the "
+                        "decoders wait less); greedy: as many prompt tokens as a step allows; "
+                        "env SYSINFER_CHUNK_POLICY")
     p.add_argument("--max-queue", type=bounded(int, "max_queue"),
                    help=f"sequences allowed to wait; beyond it: HTTP 429 (default {d('max_queue')})")
     p.add_argument("--ctx-size", type=bounded(int, "ctx_size"),

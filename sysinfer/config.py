@@ -13,7 +13,7 @@ from typing import Any
 
 from . import limits
 from .limits import (DEFAULT_BLOCK_SIZE, DEFAULT_ENCODER_SHARE, DEFAULT_ENCODER_SLICE_TOKENS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
-                     DRAFT_POLICIES, NUMA_MODES, REASONING_FORMATS)
+                     CHUNK_POLICIES, DRAFT_POLICIES, NUMA_MODES, REASONING_FORMATS)
 
 __all__ = ["EncoderConfig", "EngineConfig", "ServerConfig", "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_STEP_TOKENS", "DEFAULT_PORT"]
 
@@ -33,6 +33,7 @@ class EngineConfig:
     speculative: bool = False           # draft and verify (resolved: ServerConfig.speculation)
     lookup_first: bool = True           # with a draft model: prompt lookup first
     draft_policy: str = "cost"          # cost: draft where it pays (engine/spec_policy.py); always: every draft found
+    chunk_policy: str = "cost"          # cost: prompt chunks beside decoders sized by step cost (chunk_policy.py); greedy
     max_queue: int = DEFAULT_MAX_QUEUE  # sequences allowed to wait
     request_timeout: float = math.inf   # seconds one request may live, queued and running
     stall_timeout: float = math.inf     # seconds a streaming client may leave its deltas unread
@@ -42,6 +43,8 @@ class EngineConfig:
             limits.check(name, getattr(self, name))
         if self.draft_policy not in DRAFT_POLICIES:
             raise ValueError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {self.draft_policy!r}")
+        if self.chunk_policy not in CHUNK_POLICIES:
+            raise ValueError(f"chunk_policy must be one of {', '.join(CHUNK_POLICIES)}, got {self.chunk_policy!r}")
 
     @classmethod
     def with_fields(cls, config: "EngineConfig | None", fields: dict[str, Any]) -> "EngineConfig":
@@ -79,6 +82,7 @@ class ServerConfig:
     draft_model: str | None = None    # GGUF of a small model with the same vocabulary: drafts where prompt lookup finds none
     draft_lookup: bool = True         # with draft_model: prompt lookup first (False: the model drafts every time)
     draft_policy: str = "cost"        # cost: draft only where accepted drafts pay for their rows (timed as it runs); always
+    chunk_policy: str = "cost"        # cost: prompt chunks beside decoders sized by measured step cost; greedy: the budget
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = DEFAULT_MAX_TOKENS  # default max tokens per reply (the reference's -n 4096)
     reasoning_format: str = "deepseek"  # a thinking section as reasoning_content (deepseek) or left in the text (none)
@@ -105,6 +109,8 @@ class ServerConfig:
         self.speculative = _speculative_mode(self.speculative)
         if self.draft_policy not in DRAFT_POLICIES:
             raise ValueError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {self.draft_policy!r}")
+        if self.chunk_policy not in CHUNK_POLICIES:
+            raise ValueError(f"chunk_policy must be one of {', '.join(CHUNK_POLICIES)}, got {self.chunk_policy!r}")
         if self.reasoning_format not in REASONING_FORMATS:
             raise ValueError(f"reasoning_format must be deepseek or none, got {self.reasoning_format!r}")
         if self.numa is not None and self.numa not in NUMA_MODES:
@@ -124,6 +130,7 @@ class ServerConfig:
         return EngineConfig(max_batch=self.max_batch, max_step_tokens=self.max_step_tokens,
                             enable_prefix_cache=self.prefix_cache, speculative=self.speculation,
                             lookup_first=self.draft_lookup, draft_policy=self.draft_policy, max_queue=self.max_queue,
+                            chunk_policy=self.chunk_policy,
                             request_timeout=self.request_timeout, stall_timeout=self.stall_timeout)
 
     def encoder_config(self) -> EncoderConfig:

@@ -17,6 +17,7 @@ GENERATE_MAX_TOKENS = 256        # `sysinfer generate`'s, and a SamplingParams m
 DEFAULT_MAX_QUEUE = 256          # sequences allowed to wait; beyond: 429
 NUMA_MODES = ("auto", "tp", "replicate", "off")
 DRAFT_POLICIES = ("cost", "always")  # when to verify drafts: where they pay (engine/spec_policy.py), or always
+CHUNK_POLICIES = ("cost", "greedy")  # prompt chunks beside decoders: sized by step cost (engine/chunk_policy.py), or the budget
 REASONING_FORMATS = ("deepseek", "none")  # llama.cpp's names: reasoning_content apart, or the text untouched
 
 # ---- request bounds (OpenAI's where it has one) ----

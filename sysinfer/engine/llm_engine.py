@@ -29,6 +29,7 @@ from .sampling import SamplingError, SamplingParams
 from .scheduler import ScheduledChunk, Scheduler
 from .sequence import Sequence
 from .spec_policy import DraftPolicy
+from .step_cost import StepCost
 
 log = logging.getLogger("sysinfer.engine")
 _ids = itertools.count()
@@ -73,8 +74,10 @@ class LLMEngine:
         # with one sequence at a time there is nobody to preempt, and the whole cache is usable.
         watermark = 0.01 if max_batch > 1 else 0.0
         self.blocks = BlockManager(model.n_kv_blocks, model.block_size, config.enable_prefix_cache, watermark)
+        # Every step's time by the tokens it computes: sizes prompt chunks beside decoders (chunk_policy.py).
+        self.step_cost = StepCost(bucketed=True) if config.chunk_policy == "cost" else None
         self.scheduler = Scheduler(self.blocks, max_batch, min(max_step_tokens or model.max_step_tokens,
-                                                                model.max_step_tokens))
+                                                                model.max_step_tokens), self.step_cost)
         self.runner = ModelRunner(model)
         # Drafted tokens per sequence and step: the logits rows (1 + k per sequence) must fit the model's.
         self.draft_limit = min(K_MAX, model.max_out_rows // max_batch - 1) if speculative else 0
@@ -167,8 +170,11 @@ class LLMEngine:
             inputs = self.runner.build(plan)
             t0 = self.clock()
             logits = self.runner.run(inputs)
+            seconds = self.clock() - t0
             if all(c.is_decode for c in plan):  # what a step of this many decode rows costs
-                self.policy.observe(len(inputs.token_ids), self.clock() - t0)
+                self.policy.observe(len(inputs.token_ids), seconds)
+            if self.step_cost is not None:
+                self.step_cost.observe(len(inputs.token_ids), seconds)
         finally:
             if masks is not None:
                 masks.result()

@@ -6,6 +6,12 @@ when prefilling (chunked prefill: a long prompt never holds the others up for mo
 Waiting sequences are admitted in arrival order while a slot, token budget and KV blocks (above a
 watermark) remain. When blocks run out mid-decode the newest running sequence is preempted: its
 blocks are freed and it waits at the head of the queue to be recomputed, its output so far kept.
+
+Beside decoding rows, a prompt chunk is sized by what steps cost on this machine (chunk_policy.py,
+from `cost`, the engine's table of its own step timings): the smallest chunk that keeps the work
+per second within 5 % of the best, so the decoders' next token is not held up by a chunk that
+gains nothing. Without decoders in the step, or without a cost table (chunk_policy "greedy"), a
+chunk is as many prompt tokens as the step's budget allows.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from .block_manager import BlockManager
+from .chunk_policy import chunk_size
 from .sequence import Sequence, Status
+from .step_cost import StepCost
 
 
 @dataclass
@@ -52,10 +60,14 @@ class ScheduledChunk:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_batch: int = 1, max_step_tokens: int = 512):
+    def __init__(self, blocks: BlockManager, max_batch: int = 1, max_step_tokens: int = 512,
+                 cost: StepCost | None = None):
+        """cost: step timings by tokens computed (bucketed), for sizing prompt chunks beside decoders;
+        None: greedy chunks."""
         if max_batch < 1 or max_step_tokens < 1:
             raise ValueError("max_batch and max_step_tokens must be at least 1")
         self.blocks = blocks
+        self.cost = cost
         self.max_batch = max_batch
         self.max_step_tokens = max_step_tokens
         self.waiting: deque[Sequence] = deque()
@@ -72,12 +84,18 @@ class Scheduler:
     def schedule(self) -> list[ScheduledChunk]:
         budget = self.max_step_tokens
         plan: list[ScheduledChunk] = []
+        # Rows the step holds whatever its prompt chunks: the decoders' tokens and drafts. Beside them
+        # the step's prompt tokens, all chunks together, are sized once (_chunk) when the first is planned.
+        self._decoding = sum(1 + len(s.draft_ids) for s in self.running if s.num_pending == 1)
+        self._prompt_room: int | None = None
         for seq in list(self.running):  # oldest first
             if budget == 0:
                 break
             if seq not in self.running:  # preempted below to make room for an older one
                 continue
-            count = min(seq.num_pending, budget)
+            count = self._chunk(seq, budget)
+            if count == 0:
+                continue  # a prompt, and this step's prompt tokens are spoken for
             n_draft = len(seq.draft_ids) if count == seq.num_pending == 1 else 0
             n_draft = min(n_draft, budget - count)
             # Slots past the sequence's tokens this step writes: a decode token's (and its drafts'); a
@@ -91,7 +109,7 @@ class Scheduler:
             self.blocks.append_slots(seq, n_new)
             plan.append(ScheduledChunk(seq, seq.num_computed, count + n_draft, n_draft))
             budget -= count + n_draft
-        while self.waiting and budget > 0 and len(self.running) < self.max_batch:
+        while self.waiting and budget > 0 and len(self.running) < self.max_batch and self._prompt_room != 0:
             seq = self.waiting[0]
             if not self.blocks.can_allocate(seq):
                 break  # FIFO: nobody overtakes the head of the queue
@@ -99,10 +117,22 @@ class Scheduler:
             self.blocks.allocate(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
-            count = min(seq.num_pending, budget)
+            count = self._chunk(seq, budget)
             plan.append(ScheduledChunk(seq, seq.num_computed, count))
             budget -= count
         return plan
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        """Tokens of seq to compute this step: a decoder's one, or a prompt chunk. Beside decoders, the
+        step's prompt tokens (every chunk's together) are what chunk_policy.py finds worth their wait."""
+        count = min(seq.num_pending, budget)
+        if seq.num_pending == 1 or self.cost is None or not self._decoding:
+            return count
+        if self._prompt_room is None:
+            self._prompt_room = chunk_size(self.cost, self._decoding, budget)
+        count = min(count, self._prompt_room)
+        self._prompt_room -= count
+        return count
 
     def _make_room(self, seq: Sequence, count: int) -> bool:
         """Preempt newer sequences until seq's next `count` tokens have blocks; False if seq itself
