@@ -167,16 +167,28 @@ inline void q4_1_block(const Q4Unpacked& w, float32x4_t d0, float32x4_t d1, floa
   q4_1_scale(s0, s1, d0, d1, m0, m1, a, acc);
 }
 
-// acc += one Q8_0 tile block times activation block a (8-bit weights need no unpacking).
-inline void q8_0_block(const TileQ8_0& t, const ActBlock& a, TileAcc& acc) {
-  int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
-  for (int g = 0; g < 8; ++g) {
-    const int8x16_t av = dup4(a.qs + 4 * g);
-    s0 = dot4_wide(s0, vld1q_s8(t.q[g][0]), av);
-    s1 = dot4_wide(s1, vld1q_s8(t.q[g][4]), av);
+// One Q8_0 tile block in registers: w[g][h], group g (columns 4g..4g+3), rows 4h..4h+3 (8-bit weights
+// need no unpacking; loaded once for every token of a few-row step, as Q4Unpacked is), and its scales.
+struct Q8Loaded {
+  int8x16_t w[8][2];
+  float32x4_t d0, d1;
+  explicit Q8Loaded(const TileQ8_0& t) : d0(fp16x4(t.d)), d1(fp16x4(t.d + 4)) {
+    for (int g = 0; g < 8; ++g) {
+      w[g][0] = vld1q_s8(t.q[g][0]);
+      w[g][1] = vld1q_s8(t.q[g][4]);
+    }
   }
-  q8_0_scale(s0, s1, fp16x4(t.d), fp16x4(t.d + 4), a, acc);
-}
+  // acc += this block times activation block a (the integer sums in the order they always had).
+  void block(const ActBlock& a, TileAcc& acc) const {
+    int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+    for (int g = 0; g < 8; ++g) {
+      const int8x16_t av = dup4(a.qs + 4 * g);
+      s0 = dot4_wide(s0, w[g][0], av);
+      s1 = dot4_wide(s1, w[g][1], av);
+    }
+    q8_0_scale(s0, s1, d0, d1, a, acc);
+  }
+};
 
 struct GemmQ4_0 : simd::WeightType<TileQ4_0, TileAcc> {  // see kernels_simd.h for what a weight type supplies
   template <int NT>
@@ -199,7 +211,8 @@ struct GemmQ4_1 : simd::WeightType<TileQ4_1, TileAcc> {
 struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   template <int NT>
   static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
-    for (int i = 0; i < NT; ++i) q8_0_block(b, a[i * a_stride], acc[i]);
+    const Q8Loaded w(b);
+    for (int i = 0; i < NT; ++i) w.block(a[i * a_stride], acc[i]);
   }
 };
 
