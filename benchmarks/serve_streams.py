@@ -36,8 +36,9 @@ tokens plus one decode step and the HTTP round trip.
 threads sleep instead of spinning between graph nodes), measured in the same alternation.
 
 --variant NAME=ARGS (repeatable) adds a sysinfer server started with these extra arguments, named
-"sysinfer NAME", in the same alternation: e.g. `--variant "greedy=--chunk-policy greedy"` for the
-scheduler's prompt chunks before the cost model (the ratio column is sysinfer's over each).
+"sysinfer NAME", in the same alternation: e.g. `--variant "cost=--chunk-policy cost"` for prompt
+chunks sized by the step-cost model beside the default greedy ones (the ratio column is sysinfer's
+over each).
 
 --requests-per-stream M: each of the N streams sends M requests one after another (a closed loop),
 request j of stream i with max_tokens between --tokens/2 and --tokens (varied by i and j), so the

@@ -295,10 +295,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=bounded(int, "max_batch"),
                    help=f"sequences decoded together (default {d('max_batch')}: single batch)")
     p.add_argument("--chunk-policy", choices=["cost", "greedy"],
-                   help="cost (default): a prompt chunk beside decoding streams is the smallest that keeps the "
-                        "work per second within 5 %% of the best, as this machine's step timings show (the "
-                        "decoders wait less); greedy: as many prompt tokens as a step allows; "
-                        "env SYSINFER_CHUNK_POLICY")
+                   help="greedy (default): as many prompt tokens per step as it allows; cost: a prompt chunk "
+                        "beside decoding streams is the smallest that keeps the step's work per second within "
+                        "5 %% of the best, as this machine's step timings show (shorter waits for the decoders; "
+                        "measured no faster here: docs/benchmarks.md); env SYSINFER_CHUNK_POLICY")
     p.add_argument("--max-queue", type=bounded(int, "max_queue"),
                    help=f"sequences allowed to wait; beyond it: HTTP 429 (default {d('max_queue')})")
     p.add_argument("--ctx-size", type=bounded(int, "ctx_size"),

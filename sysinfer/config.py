@@ -33,7 +33,7 @@ class EngineConfig:
     speculative: bool = False           # draft and verify (resolved: ServerConfig.speculation)
     lookup_first: bool = True           # with a draft model: prompt lookup first
     draft_policy: str = "cost"          # cost: draft where it pays (engine/spec_policy.py); always: every draft found
-    chunk_policy: str = "cost"          # cost: prompt chunks beside decoders sized by step cost (chunk_policy.py); greedy
+    chunk_policy: str = "greedy"        # greedy: prompt chunks as big as the step allows; cost: sized by step cost (chunk_policy.py)
     max_queue: int = DEFAULT_MAX_QUEUE  # sequences allowed to wait
     request_timeout: float = math.inf   # seconds one request may live, queued and running
     stall_timeout: float = math.inf     # seconds a streaming client may leave its deltas unread
@@ -82,7 +82,7 @@ class ServerConfig:
     draft_model: str | None = None    # GGUF of a small model with the same vocabulary: drafts where prompt lookup finds none
     draft_lookup: bool = True         # with draft_model: prompt lookup first (False: the model drafts every time)
     draft_policy: str = "cost"        # cost: draft only where accepted drafts pay for their rows (timed as it runs); always
-    chunk_policy: str = "cost"        # cost: prompt chunks beside decoders sized by measured step cost; greedy: the budget
+    chunk_policy: str = "greedy"      # greedy: prompt chunks as big as a step allows; cost: beside decoders, sized by measured step cost
     temperature: float = 0.0          # default when a request gives none (the reference's -t 0.0)
     max_tokens: int = DEFAULT_MAX_TOKENS  # default max tokens per reply (the reference's -n 4096)
     reasoning_format: str = "deepseek"  # a thinking section as reasoning_content (deepseek) or left in the text (none)

@@ -7,11 +7,12 @@ Waiting sequences are admitted in arrival order while a slot, token budget and K
 watermark) remain. When blocks run out mid-decode the newest running sequence is preempted: its
 blocks are freed and it waits at the head of the queue to be recomputed, its output so far kept.
 
-Beside decoding rows, a prompt chunk is sized by what steps cost on this machine (chunk_policy.py,
-from `cost`, the engine's table of its own step timings): the smallest chunk that keeps the work
-per second within 5 % of the best, so the decoders' next token is not held up by a chunk that
-gains nothing. Without decoders in the step, or without a cost table (chunk_policy "greedy"), a
-chunk is as many prompt tokens as the step's budget allows.
+With chunk_policy "cost", a prompt chunk beside decoding rows is sized by what steps cost on this
+machine (chunk_policy.py, from `cost`, the engine's table of its own step timings): the smallest
+chunk that keeps the work per second within 5 % of the best, so the decoders' next token is not
+held up by a chunk that gains nothing. Otherwise ("greedy", the default: measured no slower, and
+it grows the decoding batch soonest), and in any step without decoders, a chunk is as many prompt
+tokens as the step's budget allows.
 """
 
 from __future__ import annotations

@@ -102,6 +102,18 @@ def test_bucketed_table_keeps_each_bucket_at_its_own_rows():
     assert cost.estimate(150) == pytest.approx(15.0) and cost.estimate(120) == pytest.approx(12.0)
 
 
+def test_the_policy_is_a_setting():
+    from sysinfer.config import ServerConfig
+
+    assert ServerConfig().validate().engine_config().chunk_policy == "greedy"
+    assert ServerConfig.from_env({"SYSINFER_CHUNK_POLICY": "cost"}).engine_config().chunk_policy == "cost"
+    with pytest.raises(ValueError, match="chunk_policy"):
+        ServerConfig(chunk_policy="eager").validate()
+    engine = LLMEngine(CostedModel(FakeClock(), compute_bound), FakeTokenizer(), chunk_policy="cost")
+    assert engine.scheduler.cost is engine.step_cost is not None
+    assert LLMEngine(CostedModel(FakeClock(), compute_bound), FakeTokenizer()).scheduler.cost is None
+
+
 def _seq(i, n_prompt):
     return Sequence(f"r{i}", list(range(1, n_prompt + 1)), SamplingParams(max_tokens=50))
 
