@@ -19,15 +19,12 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from encoder_files import minilm_gguf  # noqa: E402
-from sysinfer.model.encoder_model import load_encoder  # noqa: E402
+from support.encoder_files import minilm_gguf
+from sysinfer.model.encoder_model import load_encoder
 
 SENTENCE = ("Retrieval augmented generation finds the passages closest to a question by comparing "
             "their embedding vectors, then hands them to the language model as context. ")

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from model_files import smollm2_q4_0  # noqa: E402
-from sysinfer.engine.async_engine import AsyncEngine  # noqa: E402
-from sysinfer.engine.sampling import SamplingParams  # noqa: E402
-from sysinfer.model.native_model import load_model  # noqa: E402
-from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
+from support.model_files import smollm2_q4_0
+from sysinfer.engine.async_engine import AsyncEngine
+from sysinfer.engine.sampling import SamplingParams
+from sysinfer.model.native_model import load_model
+from sysinfer.model.tokenizer import Tokenizer
 
 QUESTIONS = ["What is the capital of France?", "Name a primary color.", "What is 2+2?", "Say hello in French.",
              "What is water made of?", "Who wrote Hamlet?", "What is the largest planet?", "Count to five."]

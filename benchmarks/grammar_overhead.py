@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from model_files import smollm2_q4_0  # noqa: E402
-from sysinfer.engine.llm_engine import LLMEngine  # noqa: E402
-from sysinfer.engine.sampling import SamplingParams  # noqa: E402
-from sysinfer.model.native_model import load_model  # noqa: E402
-from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
-from sysinfer.structured.constraints import compile_constraint, from_request  # noqa: E402
-from sysinfer.structured.grammar_state import GrammarState  # noqa: E402
-from sysinfer.structured.vocabulary import grammar_tokenizer  # noqa: E402
+from support.model_files import smollm2_q4_0
+from sysinfer.engine.llm_engine import LLMEngine
+from sysinfer.engine.sampling import SamplingParams
+from sysinfer.model.native_model import load_model
+from sysinfer.model.tokenizer import Tokenizer
+from sysinfer.structured.constraints import compile_constraint, from_request
+from sysinfer.structured.grammar_state import GrammarState
+from sysinfer.structured.vocabulary import grammar_tokenizer
 
 SCHEMA = {"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": 200}
 

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUPPORT = HERE.parent / "tests" / "support"
 
 # model key -> (prefill tokens, decode tokens)
 CASES = {"smollm2": (512, 64), "llama3-8b": (128, 16)}
@@ -35,10 +34,8 @@ CASES = {"smollm2": (512, 64), "llama3-8b": (128, 16)}
 
 def child(model_key: str, threads: int) -> None:
     """In the variant's process: one measurement of one model, as a JSON line on stdout."""
-    sys.path.insert(0, str(SUPPORT))
-    sys.path.insert(0, str(HERE))
     from decode_speed import llama3_8b_file  # noqa: PLC0415
-    from model_files import smollm2_q4_0  # noqa: PLC0415
+    from support.model_files import smollm2_q4_0  # noqa: PLC0415
     from sysinfer.bench import bench_engine, time_request  # noqa: PLC0415
     from sysinfer.model.native_model import load_model  # noqa: PLC0415
     from sysinfer.model.tokenizer import Tokenizer  # noqa: PLC0415

@@ -19,15 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from model_files import smollm2_q4_0  # noqa: E402
-from sysinfer.engine.llm_engine import LLMEngine  # noqa: E402
-from sysinfer.engine.logprobs import token_logprob  # noqa: E402
-from sysinfer.engine.sampling import Sampler, SamplingParams  # noqa: E402
-from sysinfer.model.native_model import load_model  # noqa: E402
-from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
-from sysinfer.model.gguf_header import read_gguf_header  # noqa: E402
+from support.model_files import smollm2_q4_0
+from sysinfer.engine.llm_engine import LLMEngine
+from sysinfer.engine.logprobs import token_logprob
+from sysinfer.engine.sampling import Sampler, SamplingParams
+from sysinfer.model.native_model import load_model
+from sysinfer.model.tokenizer import Tokenizer
+from sysinfer.model.gguf_header import read_gguf_header
 
 
 def median_us(fn, calls: int = 200) -> float:

@@ -27,8 +27,7 @@ def main() -> int:
     args = p.parse_args()
     path = args.model
     if path is None:
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
-        from model_files import smollm2_q4_0
+        from support.model_files import smollm2_q4_0
 
         path = smollm2_q4_0()
     kw = dict(threads=args.threads, n_ctx=args.length + 16, max_step_tokens=512)

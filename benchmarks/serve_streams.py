@@ -69,9 +69,7 @@ import itertools
 import httpx
 from openai import AsyncOpenAI
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from model_files import smollm2_q4_0  # noqa: E402
+from support.model_files import smollm2_q4_0
 
 # Questions that each lead to a long answer; with ignore_eos every request generates max_tokens anyway.
 QUESTIONS = [

@@ -41,19 +41,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from model_files import smollm2_q4_0  # noqa: E402
-from spec_prompts import CHINESE, CONSTRAINED, EXTRACTIVE, NO_MATCH, OPEN_CHAT  # noqa: E402
-from sysinfer.engine.llm_engine import LLMEngine  # noqa: E402
-from sysinfer.engine.prompt_lookup import K_MAX  # noqa: E402
-from sysinfer.engine.sampling import SamplingParams  # noqa: E402
-from sysinfer.limits import DRAFT_POLICIES  # noqa: E402
-from sysinfer.model.model_file import read_model_file  # noqa: E402
-from sysinfer.model.native_model import load_model  # noqa: E402
-from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
-from sysinfer.model.vocab_check import check_same_vocabulary  # noqa: E402
-from sysinfer.structured.constraints import compile_constraint, from_request  # noqa: E402
+from support.model_files import smollm2_q4_0
+from support.spec_prompts import CHINESE, CONSTRAINED, EXTRACTIVE, NO_MATCH, OPEN_CHAT
+from sysinfer.engine.llm_engine import LLMEngine
+from sysinfer.engine.prompt_lookup import K_MAX
+from sysinfer.engine.sampling import SamplingParams
+from sysinfer.limits import DRAFT_POLICIES
+from sysinfer.model.model_file import read_model_file
+from sysinfer.model.native_model import load_model
+from sysinfer.model.tokenizer import Tokenizer
+from sysinfer.model.vocab_check import check_same_vocabulary
+from sysinfer.structured.constraints import compile_constraint, from_request
 
 SETS = {"extractive": EXTRACTIVE, "open chat": OPEN_CHAT, "chinese": CHINESE, "no match": NO_MATCH,
         "constrained": CONSTRAINED}
@@ -124,7 +122,7 @@ def run_servers(args) -> int:
 
     import openai
 
-    from servers import start_server
+    from support.servers import start_server
 
     modes = args.modes.split(",")
     env = {"SYSINFER_THREADS": str(args.threads), "SYSINFER_CTX_SIZE": "2048"}

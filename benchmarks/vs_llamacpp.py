@@ -49,13 +49,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from model_files import cache_dir, smollm2_q4_0  # noqa: E402
-from sysinfer.bench import bench_engine, read_bandwidth_gbs, run_length, time_request  # noqa: E402
-from sysinfer.model.native_model import load_model  # noqa: E402
-from sysinfer.model.tokenizer import Tokenizer  # noqa: E402
-from sysinfer.model.synth_presets import synth_like  # noqa: E402
+from support.model_files import cache_dir, smollm2_q4_0
+from sysinfer.bench import bench_engine, read_bandwidth_gbs, run_length, time_request
+from sysinfer.model.native_model import load_model
+from sysinfer.model.tokenizer import Tokenizer
+from sysinfer.model.synth_presets import synth_like
 
 
 @dataclass

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from disconnects import run_disconnects  # noqa: E402
-from servers import start_server  # noqa: E402
+from support.disconnects import run_disconnects
+from support.servers import start_server
 
 
 def main() -> int:

@@ -131,8 +131,7 @@ class Harness:
 
 def seed_files() -> list[str]:
     """The real SmolLM2 file (when its package is installed) and the tiny test models."""
-    sys.path.insert(0, str(ROOT / "tests" / "support"))
-    from model_files import TINY_SPECS, spm_trained_model, tiny_model
+    from support.model_files import TINY_SPECS, spm_trained_model, tiny_model
 
     files = [tiny_model(k) for k in TINY_SPECS] + [spm_trained_model()[1]]
     from sysinfer.model.default_model import default_model_path
@@ -287,8 +286,7 @@ def regression_inputs() -> dict[str, bytes]:
     bytes it replaces (hex, checked), new: the bytes put there (hex)}."""
     import json
 
-    sys.path.insert(0, str(ROOT / "tests" / "support"))
-    from model_files import tiny_model
+    from support.model_files import tiny_model
 
     base = header_bytes(tiny_model("llama"))
     fields = layout(base)

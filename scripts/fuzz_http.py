@@ -20,15 +20,12 @@ import random
 import socket
 import sys
 import time
-from pathlib import Path
 
 import httpx
 from hypothesis import HealthCheck, given, seed, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from api_fuzz import FUZZ_MAX_QUEUE, chat_bodies, check_answer, completion_bodies, constrained_bodies  # noqa: E402
-from servers import start_server  # noqa: E402
+from support.api_fuzz import FUZZ_MAX_QUEUE, chat_bodies, check_answer, completion_bodies, constrained_bodies
+from support.servers import start_server
 
 
 def campaign(client: httpx.Client, path: str, bodies, cases: int, seed_: int, tally: collections.Counter,

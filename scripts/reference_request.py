@@ -10,16 +10,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-
-from reference_request import run_request_script, start_cli_server  # noqa: E402
+from support.reference_request import run_request_script, start_cli_server
 
 
 def main() -> int:
     if len(sys.argv) > 1:
         model = sys.argv[1]
     else:
-        from model_files import smollm2_q4_0
+        from support.model_files import smollm2_q4_0
         model = smollm2_q4_0()
     failures = 0
     for argv in (["sysinfer", "serve"], ["sysinfer-server", model, "-t", "0.0", "-n", "4096"]):

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from disconnects import wait_idle  # noqa: E402
-from servers import start_server  # noqa: E402
+from support.disconnects import wait_idle
+from support.servers import start_server
 
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtest" / "locustfile.py"
 

@@ -5,7 +5,8 @@
 - e2e/: real servers and the CLI (API with the openai client, hostile input, fuzzing, disconnects,
   locust, README examples).
 Helpers live in support/ (model files generated into a cache dir, the fake model, the numpy
-reference, servers, kernel builds), which is put on sys.path here."""
+reference, servers, kernel builds): the package `support`, found through pyproject.toml's
+`pythonpath = ["tests"]` (support/__init__.py says how scripts find it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 
 _FOLDER_MARKERS = {"unit": ("unit",), "native": ("native", "slow"), "e2e": ("e2e", "slow")}

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from servers import SUPPORT_DIR, free_port, start_server
+from support.servers import SUPPORT_DIR, free_port, start_server
 
 API_KEY = "test-key-123"
 

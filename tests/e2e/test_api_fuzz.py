@@ -8,8 +8,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from api_fuzz import FUZZ_MAX_QUEUE, chat_bodies, check_answer, completion_bodies, constrained_bodies
-from servers import start_server
+from support.api_fuzz import FUZZ_MAX_QUEUE, chat_bodies, check_answer, completion_bodies, constrained_bodies
+from support.servers import start_server
 
 CASES = 250  # per endpoint in CI; about 30 s each on 2 cores
 CONSTRAINED_CASES = 25  # output constraints (compiling a hostile one takes up to 0.6 s)

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from servers import start_server
+from support.servers import start_server
 from sysinfer.config import ServerConfig
 
 CHAT = "/v1/chat/completions"

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from servers import start_server
-from spec_prompts import DOCUMENT
+from support.servers import start_server
+from support.spec_prompts import DOCUMENT
 
 QUESTION = DOCUMENT[:1500] + "\nQuote section 2 of the handbook above word for word."
 

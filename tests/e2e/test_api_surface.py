@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from servers import start_server
+from support.servers import start_server
 
 KEY = "surface-key"
 
@@ -163,7 +163,7 @@ def test_logit_bias_bans_and_forces(client):
 
 def _token_id(client, token: str) -> int:
     """The id of a one-token text in SmolLM2's vocabulary."""
-    from model_files import smollm2_q4_0
+    from support.model_files import smollm2_q4_0
     from sysinfer.model.gguf_header import read_gguf_header
     from sysinfer.model.tokenizer import Tokenizer
 

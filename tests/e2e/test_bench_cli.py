@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 
-from model_files import tiny_model
+from support.model_files import tiny_model
 
 
 def test_bench_table_json_and_plot(tmp_path):

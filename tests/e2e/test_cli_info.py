@@ -6,7 +6,7 @@ import re
 import shutil
 import subprocess
 
-from model_files import smollm2_q4_1, tiny_model
+from support.model_files import smollm2_q4_1, tiny_model
 from sysinfer import native_info
 from sysinfer.model.model_file import read_model_file
 

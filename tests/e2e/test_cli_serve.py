@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 
-from servers import free_port
+from support.servers import free_port
 
 
 def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

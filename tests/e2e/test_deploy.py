@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from servers import start_server
+from support.servers import start_server
 
 N_STREAMS = 4
 
@@ -87,8 +87,8 @@ def test_container_build_and_runtime_scripts(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from model_files import smollm2_q4_0
-    from servers import free_port
+    from support.model_files import smollm2_q4_0
+    from support.servers import free_port
 
     repo = Path(__file__).resolve().parents[2]
     wheels, prefix = tmp_path / "wheels", tmp_path / "opt-sysinfer"

@@ -4,8 +4,8 @@ it gets alone."""
 
 from __future__ import annotations
 
-from disconnects import run_disconnects
-from servers import start_server
+from support.disconnects import run_disconnects
+from support.servers import start_server
 
 
 def test_random_disconnects_leak_nothing():

@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 
-from model_files import smollm2_q4_0, tiny_draft_model, tiny_model
-from servers import start_server
-from spec_prompts import DOCUMENT
+from support.model_files import smollm2_q4_0, tiny_draft_model, tiny_model
+from support.servers import start_server
+from support.spec_prompts import DOCUMENT
 
 QUESTION = DOCUMENT[:1200] + "\nWhat does section 2 of the handbook above say? Quote it."
 

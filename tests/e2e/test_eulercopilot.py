@@ -29,7 +29,7 @@ import openai
 import pytest
 import yaml
 
-from servers import start_server
+from support.servers import start_server
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}  # EulerCopilot's default system message
@@ -181,7 +181,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 
 @pytest.fixture(scope="module")
 def thinking(answer):
-    from model_files import smollm2_thinking
+    from support.model_files import smollm2_thinking
 
     proc, base, _ = start_server(SYSINFER_MODEL=smollm2_thinking(), SYSINFER_API_KEY=answer["key"],
                                  SYSINFER_MODEL_NAME=answer["name"], SYSINFER_REASONING_BUDGET=str(THINK_BUDGET))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from model_files import smollm2_chat_ids, smollm2_q4_0, smollm2_q4_1
-from reference_forward import ReferenceModel
+from support.model_files import smollm2_chat_ids, smollm2_q4_0, smollm2_q4_1
+from support.reference_forward import ReferenceModel
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import SamplingParams
 from sysinfer.model.tokenizer import Tokenizer

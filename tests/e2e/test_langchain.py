@@ -11,7 +11,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from servers import start_server
+from support.servers import start_server
 
 langchain_openai = pytest.importorskip("langchain_openai")
 from langchain_core.messages import HumanMessage, ToolMessage  # noqa: E402
@@ -77,7 +77,7 @@ def test_streamed_tool_calls_through_langchain(llm):
 
 @pytest.fixture(scope="module")
 def thinking_llm():
-    from model_files import smollm2_thinking
+    from support.model_files import smollm2_thinking
 
     proc, base, _ = start_server(SYSINFER_MODEL=smollm2_thinking(), SYSINFER_REASONING_BUDGET="12")
     yield langchain_openai.ChatOpenAI(base_url=base + "/v1", api_key="none", model="m", temperature=0,

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from servers import start_server
+from support.servers import start_server
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
 

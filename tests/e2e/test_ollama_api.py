@@ -11,7 +11,7 @@ import jsonschema
 import ollama
 import pytest
 
-from servers import start_server
+from support.servers import start_server
 
 KEY = "sk-ollama-test"
 NAME = "smollm2"  # served as smollm2:latest
@@ -188,7 +188,7 @@ def test_root_answers_head_and_keeps_the_chat_page(server):
 def thinking_client():
     """SmolLM2 with a reasoning model's template (model_files.smollm2_thinking: the generation prompt
     opens <think>, enable_thinking=false writes an empty section)."""
-    from model_files import smollm2_thinking
+    from support.model_files import smollm2_thinking
 
     proc, base, _ = start_server(SYSINFER_MODEL=smollm2_thinking(), SYSINFER_MODEL_NAME=NAME)
     yield ollama.Client(host=base)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from servers import free_port
+from support.servers import free_port
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from model_files import smollm2_q4_0
-from reference_request import run_request_script, start_cli_server
+from support.model_files import smollm2_q4_0
+from support.reference_request import run_request_script, start_cli_server
 
 SERVERS = {
     "sysinfer serve (defaults)": lambda: ["sysinfer", "serve"],

@@ -15,7 +15,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from servers import start_server
+from support.servers import start_server
 
 
 @pytest.fixture(scope="module")

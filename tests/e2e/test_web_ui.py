@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers import start_server
+from support.servers import start_server
 
 API_KEY = "web-ui-test-key"
 ARTIFACTS = Path(os.environ.get("SYSINFER_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "build" /

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from model_files import smollm2_q4_0, tiny_draft_model, tiny_model
-from spec_prompts import CHINESE, EXTRACTIVE
+from support.model_files import smollm2_q4_0, tiny_draft_model, tiny_model
+from support.spec_prompts import CHINESE, EXTRACTIVE
 from sysinfer.config import ServerConfig
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.prompt_lookup import K_MAX

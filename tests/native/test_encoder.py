@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoder_files import llama_quantized, minilm_dir, minilm_gguf, minilm_weights, xlmr_gguf, XLMR_SHAPE
-from reference_encoder import cosine, embedding, gguf_weights, rank_score
+from support.encoder_files import llama_quantized, minilm_dir, minilm_gguf, minilm_weights, xlmr_gguf, XLMR_SHAPE
+from support.reference_encoder import cosine, embedding, gguf_weights, rank_score
 from sysinfer import _native
 from sysinfer.model.encoder_model import load_encoder
 from sysinfer.model.model_file import ModelLoadError
@@ -155,7 +155,7 @@ def test_encoder_description_refusals():
 
 
 def test_not_an_encoder_file(tmp_path):
-    from model_files import tiny_model
+    from support.model_files import tiny_model
 
     with pytest.raises(ModelLoadError, match="not an encoder"):
         load_encoder(tiny_model("llama"))

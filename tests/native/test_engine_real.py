@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import numpy as np
 
-from model_files import smollm2_q4_0
+from support.model_files import smollm2_q4_0
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.sampling import SamplingParams
 from sysinfer.model.tokenizer import Tokenizer

@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_files import (LLAMA_QUANTIZED_TYPES, TINY_SPECS, llama_quantized_smollm2, smollm2_chat_ids,
+from support.model_files import (LLAMA_QUANTIZED_TYPES, TINY_SPECS, llama_quantized_smollm2, smollm2_chat_ids,
                          smollm2_hf_tokenizer, smollm2_kmix, smollm2_q4_0, smollm2_q4_1, tiny_model)
-from reference_forward import ReferenceModel
+from support.reference_forward import ReferenceModel
 
 PROMPT_LEN = 64
 GREEDY_TOKENS = 32

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
-from model_files import TINY_SPECS, tiny_model
+from support.model_files import TINY_SPECS, tiny_model
 from sysinfer.model.model_file import ModelLoadError, read_model_file
 from sysinfer.model.synth import SynthSpec, write_synthetic_gguf
 
@@ -258,7 +258,7 @@ def smollm2_header() -> "Header":
 
 
 def smollm2_path() -> str:
-    from model_files import smollm2_q4_1
+    from support.model_files import smollm2_q4_1
 
     try:
         return smollm2_q4_1()

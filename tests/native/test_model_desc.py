@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_files import tiny_model
+from support.model_files import tiny_model
 from sysinfer import _native
 from sysinfer.model.description import describe
 from sysinfer.model.model_file import read_model_file

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_files import TINY_SPECS, tiny_model
-from reference_forward import ReferenceModel
+from support.model_files import TINY_SPECS, tiny_model
+from support.reference_forward import ReferenceModel
 from sysinfer import _native
 from sysinfer.model.description import describe
 from sysinfer.model.model_file import read_model_file

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sysinfer import _native
-from kernel_builds import CROSS_TOOLS, REPO, build_test_kernels, run_and_check
+from support.kernel_builds import CROSS_TOOLS, REPO, build_test_kernels, run_and_check
 from sysinfer.model.synth import random_matrix_bytes
 
 @pytest.fixture(scope="module")

@@ -153,8 +153,8 @@ def test_plan_small_heads_cut_on_whole_blocks():
 
 # ---- the forced split of the native step (any machine) ----
 
-from model_files import tiny_model  # noqa: E402
-from reference_forward import ReferenceModel  # noqa: E402
+from support.model_files import tiny_model  # noqa: E402
+from support.reference_forward import ReferenceModel  # noqa: E402
 from test_forward import FLIP_SENSITIVE, assert_close_to_reference, native_greedy, prompt_tokens, run_prefill  # noqa: E402
 
 _models: dict = {}
@@ -328,7 +328,7 @@ def replicated_smollm2():
     if not _replicated:
         import os
 
-        from model_files import smollm2_q4_0
+        from support.model_files import smollm2_q4_0
 
         from sysinfer.model.native_model import load_model
 
@@ -489,7 +489,7 @@ def test_lane_metrics():
 
 
 def test_info_plan_for_replicate(monkeypatch):
-    from model_files import tiny_model
+    from support.model_files import tiny_model
 
     from sysinfer.cli import _numa_rows
     from sysinfer.model.model_file import read_model_file

@@ -58,7 +58,7 @@ def test_inside_topology_from_real_sysfs():
 
 
 def _load(kind: str, numa: str):
-    from model_files import tiny_model
+    from support.model_files import tiny_model
 
     from sysinfer.model.native_model import load_model
 
@@ -147,7 +147,7 @@ def vm_command(pytest_args: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def test_two_node_kernel():
     """Boots the guest (software emulation: ~30-50 s) and runs the `inside` tests there."""
-    from model_files import tiny_model
+    from support.model_files import tiny_model
 
     for kind in VM_KINDS:
         tiny_model(kind)  # generated here: the guest's filesystem is read-only

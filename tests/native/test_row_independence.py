@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_files import smollm2_q4_0
+from support.model_files import smollm2_q4_0
 
 K = 6            # drafted tokens verified in one step
 N_CTX = 2048

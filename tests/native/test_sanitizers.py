@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_builds import BUILD_ROOT, REPO, build_test_kernels, run_and_check
+from support.kernel_builds import BUILD_ROOT, REPO, build_test_kernels, run_and_check
 from sysinfer import _native
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from model_files import smollm2_q4_0
-from spec_prompts import CHINESE, EXTRACTIVE, OPEN_CHAT
+from support.model_files import smollm2_q4_0
+from support.spec_prompts import CHINESE, EXTRACTIVE, OPEN_CHAT
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.prompt_lookup import K_MAX
 from sysinfer.engine.sampling import SamplingParams

@@ -12,7 +12,7 @@ import re
 import jsonschema
 import pytest
 
-from model_files import smollm2_q4_0
+from support.model_files import smollm2_q4_0
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.prompt_lookup import K_MAX
 from sysinfer.engine.sampling import SamplingParams

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFWriter
-from model_files import _quantized, cache_dir, minilm_vocab_meta, unigram_trained_model
+from .model_files import _quantized, cache_dir, minilm_vocab_meta, unigram_trained_model
 from sysinfer.model.gguf_header import read_gguf_header
 
 MINILM_TYPES = {"F32": QT.F32, "F16": QT.F16, "Q8_0": QT.Q8_0, "Q4_K": QT.Q4_K}

@@ -157,7 +157,7 @@ def _requantized_smollm2(path: Path, retype) -> str:
 
 def _quantized(w: np.ndarray, qtype: QT) -> np.ndarray:
     """gguf-py's quantizer where it has one for qtype, else kquant_quantize's round-to-nearest."""
-    from kquant_quantize import QUANTIZERS, quantize_k
+    from .kquant_quantize import QUANTIZERS, quantize_k
 
     return quantize_k(w, qtype) if qtype in QUANTIZERS else quantize(w, qtype)
 
@@ -355,7 +355,7 @@ def unigram_trained_model() -> tuple[str, str]:
     folder = cache_dir()
     model, gguf_path = folder / "unigram-test.model", folder / "unigram-xlmr.gguf"
     if not model.exists():
-        from text_corpus import corpus as text_corpus
+        from .text_corpus import corpus as text_corpus
 
         corpus = folder / "unigram-corpus.txt"
         lines = [f"{a} {b}" for a in SPM_TRAINING_TEXT for b in SPM_TRAINING_TEXT] + [s for s in text_corpus() if s.strip()]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from servers import free_port
+from .servers import free_port
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from model_files import smollm2_q4_0
+from .model_files import smollm2_q4_0
 
 SUPPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from model_files import llama3_vocab_model, smollm2_q4_1, spm_trained_model
+from support.model_files import llama3_vocab_model, smollm2_q4_1, spm_trained_model
 from sysinfer.model.chat_template import ChatTemplateError, render_chat
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.tokenizer import Tokenizer

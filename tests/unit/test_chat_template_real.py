@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from model_files import qwen_vocab_model
+from support.model_files import qwen_vocab_model
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.hf_tokenizer import qwen_tokenizer_json
 from sysinfer.model.tokenizer import TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED, Tokenizer

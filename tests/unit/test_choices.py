@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from fake_model import FakeModel, FakeTokenizer, expected_tokens
+from support.fake_model import FakeModel, FakeTokenizer, expected_tokens
 from sysinfer.server.choices import ChoiceCollector, choice_params
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.errors import QueueFullError, TooManyChoicesError

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_files import llama3_vocab_model, smollm2_q4_1, spm_trained_model
+from support.model_files import llama3_vocab_model, smollm2_q4_1, spm_trained_model
 from sysinfer.engine.detokenizer import IncrementalDetokenizer, StopChecker
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.tokenizer import Tokenizer
-from text_corpus import CHINESE, corpus
+from support.text_corpus import CHINESE, corpus
 
 TEXTS = CHINESE + [s for s in corpus(60, seed=4) if s] + ["中文😀" * 5, "🇺🇸🇨🇳 flags", "naïve café ünïcödé"]
 

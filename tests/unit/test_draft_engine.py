@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fake_model import FakeModel, FakeTokenizer, expected_tokens
+from support.fake_model import FakeModel, FakeTokenizer, expected_tokens
 from test_engine import assert_idle, run_requests
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.llm_engine import LLMEngine

@@ -11,7 +11,7 @@ from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import Sampler, SamplingParams
 from test_speculative_sampling import (V, MarkovModel, chi2_999, chi_square, exact_joint,
                                       sampled_joint_counts)
-from fake_model import FakeTokenizer
+from support.fake_model import FakeTokenizer
 
 # The draft's next-token table: another random chain over the same vocabulary, so q != p on every row.
 _rng = np.random.default_rng(11)

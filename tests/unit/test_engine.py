@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fake_model import FakeModel, FakeReplicas, FakeTokenizer, expected_tokens
+from support.fake_model import FakeModel, FakeReplicas, FakeTokenizer, expected_tokens
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.block_manager import BlockManager
 from sysinfer.engine.errors import ContextLengthError, EngineClosedError, QueueFullError

@@ -9,7 +9,7 @@ import time
 import anyio
 import pytest
 
-from fake_model import FakeModel, FakeTokenizer
+from support.fake_model import FakeModel, FakeTokenizer
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.errors import ContextLengthError, QueueFullError, TooManyChoicesError
 from sysinfer.engine.sampling import SamplingParams

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from fake_model import FakeModel, FakeReplicas, FakeTokenizer
+from support.fake_model import FakeModel, FakeReplicas, FakeTokenizer
 from sysinfer import limits
 from sysinfer.config import EngineConfig, ServerConfig
 from sysinfer.engine.async_engine import AsyncEngine

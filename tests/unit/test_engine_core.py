@@ -10,7 +10,7 @@ import inspect
 import anyio
 import pytest
 
-from fake_model import FakeModel, FakeReplicas, FakeTokenizer, expected_tokens
+from support.fake_model import FakeModel, FakeReplicas, FakeTokenizer, expected_tokens
 from sysinfer.engine.async_engine import AsyncEngine
 from sysinfer.engine.core import EngineCore
 from sysinfer.engine.errors import ContextLengthError

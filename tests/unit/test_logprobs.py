@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fake_model import FakeModel, FakeTokenizer, expected_tokens
-from model_files import smollm2_q4_1
+from support.fake_model import FakeModel, FakeTokenizer, expected_tokens
+from support.model_files import smollm2_q4_1
 from sysinfer.engine import request_state
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.logprobs import token_logprob

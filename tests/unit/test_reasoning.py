@@ -128,7 +128,7 @@ class ScriptModel:
     """Prefers script[i] at the reply's i-th token (the engine's masks may force another)."""
 
     def __init__(self, script: list[int], n_prompt: int, n_vocab: int):
-        from fake_model import FakeModel
+        from support.fake_model import FakeModel
 
         self.inner = FakeModel(n_vocab=n_vocab, n_ctx=512)
         self.script, self.n_prompt = script, n_prompt

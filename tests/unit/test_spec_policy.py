@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from fake_model import CostedModel, FakeClock, FakeModel, FakeTokenizer, expected_tokens
+from support.fake_model import CostedModel, FakeClock, FakeModel, FakeTokenizer, expected_tokens
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import SamplingParams
 from sysinfer.engine.spec_policy import Acceptance, DraftPolicy

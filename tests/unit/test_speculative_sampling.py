@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from fake_model import FakeModel, FakeTokenizer
+from support.fake_model import FakeModel, FakeTokenizer
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import SamplingParams
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fake_model import FakeModel
+from support.fake_model import FakeModel
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import Sampler, SamplingError, SamplingParams
 from sysinfer.structured import tools as T

@@ -39,7 +39,7 @@ def test_bad_values_are_clear_errors():
 
 
 def test_native_pool_is_pinned(load):
-    from model_files import tiny_model
+    from support.model_files import tiny_model
 
     model = load(tiny_model("llama"), threads=2)
     assert model.n_threads == 2

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from model_files import llama3_vocab_model, smollm2_hf_tokenizer, smollm2_q4_1
+from support.model_files import llama3_vocab_model, smollm2_hf_tokenizer, smollm2_q4_1
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.hf_tokenizer import llama3_tokenizer_json
 from sysinfer.model.tokenizer import Tokenizer
-from text_corpus import CHINESE, corpus
+from support.text_corpus import CHINESE, corpus
 
 STRINGS = corpus()
 

@@ -13,11 +13,11 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, normalizers, pre_tokenizers
 
-from model_files import bert_vocab_model, minilm_tokenizer_json, unigram_trained_model
+from support.model_files import bert_vocab_model, minilm_tokenizer_json, unigram_trained_model
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.model_file import ModelLoadError
 from sysinfer.model.tokenizer import Tokenizer
-from text_corpus import CHINESE, corpus
+from support.text_corpus import CHINESE, corpus
 
 ENCODER_CASES = [
     # accents, case, compatibility forms (NFKC for the unigram model), full-width text

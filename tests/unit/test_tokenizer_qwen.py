@@ -10,14 +10,14 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import normalizers, pre_tokenizers
 
-from model_files import deepseek_tokenizer_json, llama3_vocab_model, qwen_vocab_model, smollm2_q4_1
+from support.model_files import deepseek_tokenizer_json, llama3_vocab_model, qwen_vocab_model, smollm2_q4_1
 from sysinfer.model.bpe_tokenizer import byte_decoder
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.hf_tokenizer import bpe_metadata_from_tokenizer_json, qwen_tokenizer_json
 from sysinfer.model.model_file import ModelLoadError
 from sysinfer.model.pretokenizers import DEEPSEEK_CODER_STAGES, DEEPSEEK_LLM_STAGES, PRE_TOKENIZERS
 from sysinfer.model.tokenizer import Tokenizer
-from text_corpus import CHINESE, corpus
+from support.text_corpus import CHINESE, corpus
 
 QWEN_CASES = [
     # digits: Qwen splits every digit alone, DeepSeek keeps runs

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import sentencepiece as spm
 
-from model_files import spm_trained_model
+from support.model_files import spm_trained_model
 from sysinfer.model.gguf_header import read_gguf_header
 from sysinfer.model.tokenizer import Tokenizer
-from text_corpus import CHINESE, corpus
+from support.text_corpus import CHINESE, corpus
 
 STRINGS = [s for s in corpus(n_random=300, seed=1) if s.strip()] + CHINESE
 
