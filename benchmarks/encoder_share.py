@@ -25,9 +25,7 @@ import time
 
 import httpx
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
-
-from servers import free_port  # noqa: E402
+from support.servers import free_port
 
 WORDS = ("the system schedules work across cores while the kernel keeps memory pages close to the threads that "
          "read them and the server answers requests from many clients at once with vectors for retrieval").split()

@@ -17,8 +17,8 @@ import numpy as np
 import openai
 import pytest
 
-from encoder_files import minilm_gguf, xlmr_gguf
-from servers import free_port, start_server
+from support.encoder_files import minilm_gguf, xlmr_gguf
+from support.servers import free_port, start_server
 
 KEY = "sk-embed-test"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from fake_encoder import FakeEncoder
+from support.fake_encoder import FakeEncoder
 from sysinfer.config import ServerConfig
 from sysinfer.limits import MAX_ENCODER_INPUTS
 from sysinfer.server import encoders

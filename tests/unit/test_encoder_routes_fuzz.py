@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from api_fuzz import ENCODER_BODIES, check_encoder_answer
-from fake_encoder import FakeEncoder
+from support.api_fuzz import ENCODER_BODIES, check_encoder_answer
+from support.fake_encoder import FakeEncoder
 from sysinfer.config import ServerConfig
 from sysinfer.server import encoders
 from sysinfer.server.app import create_app

@@ -10,7 +10,7 @@ import anyio
 import numpy as np
 import pytest
 
-from fake_encoder import FakeEncoder
+from support.fake_encoder import FakeEncoder
 from sysinfer.engine.encoder_runner import EncoderRunner, slices
 
 
