@@ -152,7 +152,7 @@ def test_qwen2_file_without_a_bias_is_refused():
 # ---- YaRN RoPE scaling (Qwen2.5 / Qwen3 long-context files) ----
 
 def _yarn_file(factor: float, original: int, attn_factor: float | None = None) -> str:
-    from model_files import TINY_SPECS, cache_dir
+    from support.model_files import TINY_SPECS, cache_dir
     from sysinfer.model.synth import SynthSpec, write_synthetic_gguf
 
     extra = {"qwen3.rope.scaling.type": "yarn", "qwen3.rope.scaling.factor": float(factor),
@@ -173,7 +173,7 @@ def test_yarn_matches_the_reference(load, factor, original, attn_factor):
     reference of transformers' YaRN formulas, positions past the original context included; the same
     weights without scaling give other logits, so the scaling is really applied."""
     import numpy as np
-    from reference_forward import ReferenceModel
+    from support.reference_forward import ReferenceModel
 
     path = _yarn_file(factor, original, attn_factor)
     model = load(path, max_out_rows=256)

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from model_files import qwen3moe_mini
-from reference_forward import ReferenceModel
-from servers import free_port
+from support.model_files import qwen3moe_mini
+from support.reference_forward import ReferenceModel
+from support.servers import free_port
 
 LLAMA_SERVER = os.environ.get("SYSINFER_LLAMA_SERVER") or shutil.which("llama-server")
 pytestmark = pytest.mark.skipif(not LLAMA_SERVER, reason="no llama-server ($SYSINFER_LLAMA_SERVER)")
