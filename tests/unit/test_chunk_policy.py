@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fake_model import CostedModel, FakeClock, FakeTokenizer, expected_tokens
+from support.fake_model import CostedModel, FakeClock, FakeTokenizer, expected_tokens
 from sysinfer.engine.block_manager import BlockManager
 from sysinfer.engine.chunk_policy import MARGIN, candidates, chunk_size
 from sysinfer.engine.llm_engine import LLMEngine
