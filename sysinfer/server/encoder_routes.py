@@ -12,8 +12,9 @@ import hashlib
 import os
 import time
 
+import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from .embedding_protocol import (EmbeddingRequest, clean, InputError, OllamaEmbeddingsRequest, OllamaEmbedRequest,
                                  RerankRequest, TeiEmbedRequest, check_ids, cut_dimensions, embedding_inputs, fit,
@@ -64,8 +65,31 @@ def _tokenized(enc: ServedEncoder, texts, ids, truncate: bool, field: str, left:
     return [fit(row, model.n_ctx, truncate, f"{field}[{i}]", left) for i, row in enumerate(rows)]
 
 
-async def _embed(state: ServerState, enc: ServedEncoder, rows: list[list[int]], normalize: bool):
-    vectors = await enc.runner.embed(rows, normalize) if rows else _empty(enc)
+class ClientGone(Exception):
+    """The client left while its inputs ran: the rest of them were not run."""
+
+
+async def _unless_gone(request: Request, work):
+    """await work(), but a client that leaves ends it at the next slice (the slice running finishes: a
+    native call can't be cut), so a timed-out 2,048-input request stops taking the cores."""
+    result, gone = None, False
+    async with anyio.create_task_group() as tg:
+        async def watch():
+            nonlocal gone
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            tg.cancel_scope.cancel()
+        tg.start_soon(watch)
+        result = await work()
+        tg.cancel_scope.cancel()
+    if gone:
+        raise ClientGone()
+    return result
+
+
+async def _embed(request: Request, state: ServerState, enc: ServedEncoder, rows: list[list[int]], normalize: bool):
+    vectors = await _unless_gone(request, lambda: enc.runner.embed(rows, normalize)) if rows else _empty(enc)
     _count(state, enc, rows)
     return vectors
 
@@ -88,6 +112,9 @@ def _checked(fn):
             return await fn(request)
         except InputError as e:
             raise _api_error(e) from None
+        except ClientGone:  # nobody to answer
+            state_of(request).metrics.requests.labels(status="499").inc()
+            return Response(status_code=499)
     return guarded(wrapped)
 
 
@@ -98,7 +125,7 @@ async def embeddings(request: Request):
     state, enc, req = await _intake(request, "embedding", EmbeddingRequest)
     inputs = embedding_inputs(req.input, "input")
     rows = await in_thread(state, _tokenized, enc, inputs.texts, inputs.ids, req.truncate, "input")
-    vectors = cut_dimensions(await _embed(state, enc, rows, True), req.dimensions, enc.model.dim, True)
+    vectors = cut_dimensions(await _embed(request, state, enc, rows, True), req.dimensions, enc.model.dim, True)
     state.metrics.requests.labels(status="200").inc()
     return _json(openai_embeddings(vectors, enc.name, sum(map(len, rows)), req.encoding_format))
 
@@ -111,7 +138,7 @@ async def tei_embed(request: Request):
     inputs = embedding_inputs(req.inputs, "inputs", allow_ids=False, allow_empty_text=True)
     rows = await in_thread(state, _tokenized, enc, inputs.texts, None, req.truncate, "inputs",
                            req.truncation_direction.lower() == "left")
-    vectors = cut_dimensions(await _embed(state, enc, rows, req.normalize), req.dimensions, enc.model.dim,
+    vectors = cut_dimensions(await _embed(request, state, enc, rows, req.normalize), req.dimensions, enc.model.dim,
                              req.normalize)
     state.metrics.requests.labels(status="200").inc()
     return _json(vectors.tolist())
@@ -128,7 +155,7 @@ async def rerank(request: Request):
     model = enc.model
     rows = await in_thread(state, lambda: [fit(model.tokenize_pair(query, d), model.n_ctx, req.truncate, f"{field}[{i}]")
                                            for i, d in enumerate(docs)])
-    scores = await enc.runner.rerank(rows)
+    scores = await _unless_gone(request, lambda: enc.runner.rerank(rows))
     _count(state, enc, rows)
     state.metrics.requests.labels(status="200").inc()
     if tei:
@@ -188,7 +215,7 @@ async def ollama_embed(request: Request):
     inputs = embedding_inputs(value, "input", allow_ids=False) if value != [] else None
     texts = inputs.texts if inputs else []
     rows = await in_thread(state, _tokenized, enc, texts, None, req.truncate, "input")
-    vectors = cut_dimensions(await _embed(state, enc, rows, True), req.dimensions, enc.model.dim, True)
+    vectors = cut_dimensions(await _embed(request, state, enc, rows, True), req.dimensions, enc.model.dim, True)
     state.metrics.requests.labels(status="200").inc()
     return _json(ollama_embed_answer(vectors, req.model, sum(map(len, rows)), received))
 
@@ -203,7 +230,7 @@ async def ollama_embeddings(request: Request):
     if not req.prompt:
         return {"embedding": []}
     rows = await in_thread(state, _tokenized, enc, [req.prompt], None, True, "prompt")
-    vectors = await _embed(state, enc, rows, False)
+    vectors = await _embed(request, state, enc, rows, False)
     state.metrics.requests.labels(status="200").inc()
     return _json({"embedding": vectors[0].tolist()})
 

@@ -170,3 +170,27 @@ def test_lone_surrogates_are_read_as_replacement_characters(client):
     assert r.status_code == 200 and len(r.json()["data"]) == 2
     r = client.post("/v1/rerank", content=b'{"query": "\\ud800", "documents": ["x \\udc00"]}', headers=AUTH)
     assert r.status_code == 200
+
+
+def test_a_client_that_leaves_ends_its_batch_at_the_next_slice():
+    """The runner stops between slices once the client is gone (before, a timed-out 2,048-input
+    request kept the cores to the end)."""
+    import anyio
+
+    from sysinfer.engine.encoder_runner import EncoderRunner
+    from sysinfer.server.encoder_routes import ClientGone, _unless_gone
+
+    enc = FakeEncoder(seconds_per_token=0.002)
+    runner = EncoderRunner(enc, slice_tokens=10)
+
+    class Leaving:  # a request whose client disconnects after 50 ms
+        async def receive(self):
+            await anyio.sleep(0.05)
+            return {"type": "http.disconnect"}
+
+    async def main():
+        with pytest.raises(ClientGone):
+            await _unless_gone(Leaving(), lambda: runner.embed([[1] * 10] * 50, normalize=False))
+
+    anyio.run(main)
+    assert 1 <= runner.slices_run <= 5  # 50 slices of 20 ms were asked
