@@ -23,7 +23,7 @@ By default prompt lookup still drafts first and the model drafts only where look
 calls are saved (measured in docs/benchmarks.md); `--no-draft-lookup` drafts with the model only.
 The model's calls are
 extra native calls (k per step: unavoidable, each depends on the previous token), each on the
-draft's own pinned thread pool with the GIL released, over step arrays allocated here once. The
+draft's own pinned thread pool with the GIL released, over step arrays its ModelRunner allocates once. The
 draft's pool is separate from the target's: they never run at the same time (the target's step
 waits for the drafts), and an idle pool's workers sleep after 300 us, so two pools cost no cores.
 """
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .block_manager import BlockManager
+from .model_runner import ModelRunner, StepPart
 from .prompt_lookup import K_MAX
 from .sampling import SamplingError
 from .scheduler import ScheduledChunk
@@ -91,15 +92,9 @@ class DraftModel:
         self.stats = DraftStats()
         self.policy = policy if policy is not None else DraftPolicy()
         self.cost, self.clock = StepCost(), clock  # what the draft model's steps cost, by tokens per call
-        width = self.blocks.blocks_for(model.n_ctx + K_MAX)
-        n_tok = model.max_step_tokens
-        # The draft steps' arrays, filled in place (Model.step in native/src/model.h):
-        self._tokens = np.zeros(n_tok, dtype=np.int32)          # [max_step_tokens]
-        self._positions = np.zeros(n_tok, dtype=np.int32)       # [max_step_tokens]
-        self._starts = np.zeros(max_batch + 1, dtype=np.int32)  # [max_batch + 1]
-        self._tables = np.full((max_batch, width), -1, dtype=np.int32)  # [max_batch, blocks for n_ctx + K_MAX]
-        self._lens = np.zeros(max_batch, dtype=np.int32)        # [max_batch] context after the step
-        self._rows = np.zeros(max_batch, dtype=np.int32)        # [max_batch] rows that sample
+        # The draft steps' arrays, allocated once and filled in place (model_runner.py): any step holds at
+        # most max_step_tokens tokens of max_batch sequences, each with the blocks of n_ctx + K_MAX tokens.
+        self.runner = ModelRunner(model, (model.max_step_tokens, max_batch, self.blocks.blocks_for(model.n_ctx + K_MAX)))
 
     # ---- plan (event loop) ----
     def reserve(self, seq: Sequence, limit: int) -> list[int]:
@@ -184,7 +179,7 @@ class DraftModel:
         """Runs every token of the jobs' sequences the draft has not seen, in as few calls as the
         draft's step size allows; the row of each sequence's last token gives its draft 1."""
         todo = {id(track): (chunk.seq, track) for chunk, track in jobs}
-        budget_total = len(self._tokens)
+        budget_total = self.model.max_step_tokens
         while todo:
             parts, budget = [], budget_total
             for seq, track in list(todo.values()):
@@ -205,26 +200,12 @@ class DraftModel:
     def _run(self, parts: list[tuple[DraftTrack, int, list[int], bool]]) -> np.ndarray:
         """One native draft step: parts are (track, first position, tokens, whether its last row samples).
         Returns the logits of the sampling rows [n, n_vocab] (a view the next call overwrites)."""
-        n_seq, n_tok, n_rows = len(parts), 0, 0
-        for s, (track, pos, tokens, samples) in enumerate(parts):
-            count = len(tokens)
-            self._starts[s] = n_tok
-            self._tokens[n_tok : n_tok + count] = tokens
-            self._positions[n_tok : n_tok + count] = np.arange(pos, pos + count, dtype=np.int32)
-            table = self._tables[s]
-            table[: len(track.block_table)] = track.block_table
-            table[len(track.block_table) :] = -1
-            self._lens[s] = pos + count
-            n_tok += count
-            if samples:
-                self._rows[n_rows] = n_tok - 1
-                n_rows += 1
-        self._starts[n_seq] = n_tok
+        inputs = self.runner.build([StepPart(tokens, pos, track.block_table, int(samples))
+                                    for track, pos, tokens, samples in parts])
         self.stats.calls += 1
         t0 = self.clock()
-        rows = self.model.step(self._tokens[:n_tok], self._positions[:n_tok], self._starts[: n_seq + 1],
-                               self._tables[:n_seq], self._lens[:n_seq], self._rows[:n_rows])
-        self.cost.observe(n_tok, self.clock() - t0)
+        rows = self.model.step(*inputs)
+        self.cost.observe(len(inputs.token_ids), self.clock() - t0)
         return rows
 
     def _pick(self, seq: Sequence, track: DraftTrack, row: np.ndarray, i: int) -> int:

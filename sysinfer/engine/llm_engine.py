@@ -22,7 +22,7 @@ from . import core
 from .block_manager import BlockManager
 from .draft_model import DraftModel
 from .errors import ContextLengthError
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, plan_parts
 from .prompt_lookup import K_MAX
 from .request_state import Delta, RequestState, Usage
 from .sampling import SamplingError, SamplingParams
@@ -167,7 +167,7 @@ class LLMEngine:
             self.drafter.propose(plan)  # (which are computed for the drafts it settles on)
         masks = self._masks_ahead(plan)
         try:
-            inputs = self.runner.build(plan)
+            inputs = self.runner.build(plan_parts(plan))
             t0 = self.clock()
             logits = self.runner.run(inputs)
             seconds = self.clock() - t0
