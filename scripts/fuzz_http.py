@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Long fuzzing campaign of the HTTP API (CI runs a bounded slice: tests/e2e/test_api_fuzz.py).
 
-    python scripts/fuzz_http.py [--cases 5000] [--constrained 1000] [--connections 300] [--model FILE.gguf] [--seed 0]
+    python scripts/fuzz_http.py [--cases 5000] [--constrained 1000] [--encoder-cases 500] [--connections 300]
+                                [--model FILE.gguf] [--seed 0]
 
 Starts `sysinfer serve` on a free loopback port (--max-queue 4, a 2 s header timeout, at most 64
 connections), sends --cases hostile bodies to each completion endpoint and --constrained hostile
-output constraints to chat (strategies in tests/support/api_fuzz.py), checks every answer, then
+output constraints to chat and --encoder-cases bodies to each encoder route (strategies in
+tests/support/api_fuzz.py), checks every answer, then
 --connections raw-socket cases (partial request lines, trickled or oversized headers, garbage,
 silence, floods past the connection limit: each must be answered 408/503/400 or closed within the
 header timeout), then checks the server still serves a normal request, reports healthy and has
@@ -24,7 +26,8 @@ import time
 import httpx
 from hypothesis import HealthCheck, given, seed, settings
 
-from support.api_fuzz import FUZZ_MAX_QUEUE, chat_bodies, check_answer, completion_bodies, constrained_bodies
+from support.api_fuzz import (ENCODER_BODIES, FUZZ_MAX_QUEUE, chat_bodies, check_answer, check_encoder_answer,
+                              completion_bodies, constrained_bodies)
 from support.servers import start_server
 
 
@@ -34,7 +37,8 @@ def campaign(client: httpx.Client, path: str, bodies, cases: int, seed_: int, ta
     @settings(max_examples=cases, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(body=bodies)
     def run(body):
-        tally[(label or path, check_answer(client, path, body))] += 1
+        check = check_encoder_answer if path in ENCODER_BODIES else check_answer
+        tally[(label or path, check(client, path, body))] += 1
 
     run()
 
@@ -87,11 +91,18 @@ def main() -> int:
     ap.add_argument("--model", help="GGUF file (default: SmolLM2 Q4_0 from the test cache)")
     ap.add_argument("--constrained", type=int, default=1000, help="hostile output constraints (chat)")
     ap.add_argument("--connections", type=int, default=300, help="raw-socket cases")
+    ap.add_argument("--encoder-cases", type=int, default=500,
+                    help="bodies per encoder route (/v1/embeddings, /embed, /v1/rerank, /api/embed), served by "
+                         "all-MiniLM-L6-v2 and a random reranker from the test cache (0: none, no encoders loaded)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     env = {"SYSINFER_MAX_BATCH": "4", "SYSINFER_MAX_QUEUE": str(FUZZ_MAX_QUEUE),
            "SYSINFER_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "SYSINFER_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}
     env |= {"SYSINFER_MODEL": args.model} if args.model else {}
+    if args.encoder_cases:
+        from support.encoder_files import minilm_gguf, xlmr_gguf
+        env |= {"SYSINFER_EMBEDDING_MODEL": minilm_gguf("F16"), "SYSINFER_EMBEDDING_MODEL_NAME": "fuzz-embed",
+                "SYSINFER_RERANK_MODEL": xlmr_gguf("rerank")}
     proc, base, _ = start_server(cli=True, **env)
     tally: collections.Counter = collections.Counter()
     start = time.time()
@@ -101,6 +112,8 @@ def main() -> int:
                 campaign(client, path, bodies, args.cases, args.seed, tally)
             campaign(client, "/v1/chat/completions", constrained_bodies, args.constrained, args.seed, tally,
                      "constrained")
+            for path, bodies in (ENCODER_BODIES.items() if args.encoder_cases else ()):
+                campaign(client, path, bodies, args.encoder_cases, args.seed, tally)
             port, rng = int(base.rsplit(":", 1)[1]), random.Random(args.seed)
             for _ in range(args.connections):
                 connection_case(port, rng, tally)

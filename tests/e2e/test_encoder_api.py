@@ -174,3 +174,25 @@ def test_embeddings_only_server(files):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_eulercopilot_embedding_calls_replayed(server, local):
+    """EulerCopilot's two embedding clients as its framework writes them (apps/llm/embedding.py and
+    providers/tei.py): type "openai" posts {endpoint}/embeddings with `input` a list and
+    `encoding_format` "float" and reads data[i].embedding; type "mindie" (provider "tei") posts
+    {endpoint}/embed one text at a time with normalize true and reads json[0]. The endpoints as the
+    deployment guide gives them: with /v1 for openai, without for TEI. Its rerank URL ends in /v1/rerank."""
+    m = local["embed"]
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    texts = ["测试文本", "openEuler 是一个开源操作系统。"]  # its dimension probe embeds "测试文本"
+    want = m.embed([m.tokenize(t) for t in texts], True)
+    r = httpx.post(server + "/v1" + "/embeddings", json={"input": texts, "model": "minilm", "encoding_format": "float"},
+                   headers=headers, timeout=60)
+    got = [item["embedding"] for item in r.json()["data"]]
+    assert [_cos(g, w) for g, w in zip(got, want)] == pytest.approx([1, 1], abs=1e-4)
+    for text, w in zip(texts, want):
+        r = httpx.post(server + "/embed", json={"inputs": text, "normalize": True}, headers=headers, timeout=60)
+        assert _cos(r.json()[0], w) > 0.9999
+    r = httpx.post(server + "/v1/rerank", json={"model": "reranker", "query": "操作系统", "documents": texts, "top_n": 2},
+                   headers=headers, timeout=60)
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
