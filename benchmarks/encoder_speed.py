@@ -1,7 +1,7 @@
 """Embedding throughput: 64 documents of about 200 tokens in one call, sysinfer's encoder against
 `llama-server --embeddings` on the same GGUF and threads (a benchmark, not a test).
 
-    python benchmarks/encoder_speed.py [--model FILE.gguf ...] [--threads 2] [--rounds 5] [--docs 64]
+    python benchmarks/encoder_speed.py [--model FILE.gguf ...] [--threads 2] [--rounds 5] [--docs 64] [--bge-m3-shape]
                                        [--llama-server /work/llama/build/bin/llama-server]
 
 With no --model it measures all-MiniLM-L6-v2 at F16 and Q8_0 (converted into the test cache from PyPI
@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from support.encoder_files import minilm_gguf
+from support.encoder_files import BGE_M3_SHAPE, llama_quantized, minilm_gguf, xlmr_gguf
 from sysinfer.model.encoder_model import load_encoder
 
 SENTENCE = ("Retrieval augmented generation finds the passages closest to a question by comparing "
@@ -71,9 +71,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--docs", type=int, default=64)
+    ap.add_argument("--bge-m3-shape", action="store_true",
+                    help="also a random file with bge-m3's exact layer shapes, Q4_K_M by llama-quantize (F16 without it)")
     ap.add_argument("--llama-server", default=os.environ.get("SYSINFER_LLAMA_BIN", "/work/llama/build/bin") + "/llama-server")
     args = ap.parse_args()
     models = args.model or [minilm_gguf("F16"), minilm_gguf("Q8_0")]
+    if args.bge_m3_shape:
+        f16 = xlmr_gguf("embed", "F16", BGE_M3_SHAPE, tag="-bge-m3-shape")
+        models.append(llama_quantized(f16, "Q4_K_M", Path(args.llama_server).parent) or f16)
     docs = documents(args.docs)
     for path in models:
         m = load_encoder(path, threads=args.threads)

@@ -140,7 +140,10 @@ def describe_encoder(hp: EncoderHParams, tensors: dict, n_cls_out: int) -> tuple
 
     def add(name: str, role, layer: int) -> None:
         t = tensors[name]
-        described.append(_native.TensorDesc(role, layer, int(t.type), list(t.shape)))
+        shape = list(t.shape)
+        if role in (Role.TOKEN_TYPES, Role.CLS_OUTPUT) and len(shape) == 1:
+            shape.append(1)  # one row, written 1-D by llama-quantize: the same bytes
+        described.append(_native.TensorDesc(role, layer, int(t.type), shape))
         names.append(name)
 
     for name, role in ENCODER_MODEL_ROLES.items():

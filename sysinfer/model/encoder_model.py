@@ -45,6 +45,15 @@ MAX_ARENA_TOKENS = 8192   # default arena: the file's context (at least MIN_AREN
 MIN_ARENA_TOKENS = 2048
 
 
+def _squeezed(shape) -> tuple[int, ...]:
+    """A GGUF shape without trailing 1s: ggml counts a tensor's dimensions up to its last one above 1, so
+    llama-quantize rewrites XLM-R's token_types [D, 1] and a one-score cls.output [D, 1] as [D]."""
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
 def _check_tensors(path: str, tensors: dict, hp: EncoderHParams, n_cls_out: int) -> None:
     required, optional = encoder_tensor_shapes(hp, n_cls_out)
     for name, shape in required.items():
@@ -54,7 +63,7 @@ def _check_tensors(path: str, tensors: dict, hp: EncoderHParams, n_cls_out: int)
         want = required.get(name, optional.get(name))
         if want is None:
             continue  # tensors the encoder does not use (a pooler, an MLM head) are ignored
-        if tuple(t.shape) != tuple(want):
+        if _squeezed(t.shape) != _squeezed(want):  # llama-quantize writes a [D, 1] matrix as [D]
             raise ModelLoadError(f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(want)}")
         if t.type not in SUPPORTED_TYPES:
             raise ModelLoadError(f"{path}: tensor {name!r} has unsupported type {t.type.name}")

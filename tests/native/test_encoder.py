@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from support.encoder_files import llama_quantized, minilm_dir, minilm_gguf, minilm_weights, xlmr_gguf, XLMR_SHAPE
-from support.reference_encoder import cosine, embedding, gguf_weights, rank_score
+from support.reference_encoder import cosine, embedding, gguf_weights, quantized_names, rank_score
 from sysinfer import _native
 from sysinfer.model.encoder_model import load_encoder
 from sysinfer.model.model_file import ModelLoadError
@@ -201,6 +201,36 @@ def test_xlmr_rerank_against_reference(qtype):
     assert list(np.argsort(got)) == list(np.argsort(mirror))
     with pytest.raises(ValueError, match="is a reranker"):
         m.embed(pairs)
+
+
+@pytest.mark.parametrize("kind", ["embed", "rerank"])
+def test_one_row_matrices_written_1d(kind):
+    """llama-quantize writes XLM-R's one-row token_types [D, 1] (and a one-score cls.output) as 1-D [D]
+    (ggml drops trailing 1s): every bge-m3 / bge-reranker-v2-m3 Q4_K_M file has them so. They load, and
+    give what the 2-D file gives (this refused to load before)."""
+    one_d, two_d = xlmr_gguf(kind, "F32", one_row_1d=True), xlmr_gguf(kind, "F32")
+    a, b = load_encoder(one_d, threads=2), load_encoder(two_d, threads=2)
+    ids = [a.tokenize_pair("query", t) for t in XLMR_TEXTS] if kind == "rerank" else [a.tokenize(t) for t in XLMR_TEXTS]
+    if kind == "rerank":
+        np.testing.assert_array_equal(a.rerank(ids), b.rerank(ids))
+    else:
+        np.testing.assert_array_equal(a.embed(ids), b.embed(ids))
+
+
+def test_llama_quantized_xlmr_reranker():
+    """bge-reranker-v2-m3's layout through llama-quantize (Q8_0; its one-row tensors then 1-D) against the
+    reference with the core's roundings."""
+    path = llama_quantized(xlmr_gguf("rerank", "F32"), "Q8_0", LLAMA_BIN)
+    if path is None:
+        pytest.skip(f"{LLAMA_BIN / 'llama-quantize'} is absent (llama.cpp is not built here)")
+    m = load_encoder(path, threads=2)
+    pairs = [m.tokenize_pair("什么是人工智能？", d) for d in XLMR_TEXTS]
+    w = gguf_weights(path)
+    q = quantized_names(path)
+    assert "cls.output.weight" not in q  # 1-D, so left F32 by llama-quantize: its input stays float
+    want = np.array([rank_score(w, p, XLMR_SHAPE["n_layer"], XLMR_SHAPE["n_head"], 1e-5, fp16_kv=True, quantized=q)
+                     for p in pairs])
+    np.testing.assert_allclose(m.rerank(pairs), want, atol=1e-2 * max(1, np.abs(want).max()))
 
 
 # ---- against llama.cpp on the same files (skipped where it is not built: CI has none) ----

@@ -130,11 +130,12 @@ def _xlmr_vocab_meta() -> dict:
     return meta
 
 
-def xlmr_weights(rank: bool, seed: int) -> dict[str, np.ndarray]:
+def xlmr_weights(rank: bool, seed: int, shape: dict | None = None) -> dict[str, np.ndarray]:
     """Random weights of an XLM-R encoder (scaled so activations stay in a trained model's range)."""
+    shape = shape or XLMR_SHAPE
     n_vocab = len(_xlmr_vocab_meta()["tokenizer.ggml.tokens"])
     rng = np.random.default_rng(seed)
-    D, F, L, C = XLMR_SHAPE["n_embd"], XLMR_SHAPE["n_ff"], XLMR_SHAPE["n_layer"], XLMR_SHAPE["n_ctx"]
+    D, F, L, C = shape["n_embd"], shape["n_ff"], shape["n_layer"], shape["n_ctx"]
 
     def mat(rows: int, cols: int) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
@@ -157,16 +158,23 @@ def xlmr_weights(rank: bool, seed: int) -> dict[str, np.ndarray]:
     return w
 
 
-def xlmr_gguf(kind: str, qtype: str = "F32") -> str:
+# bge-m3's exact layer shapes (the vocabulary is the small test one: it changes no arithmetic but the
+# lookup), for speed figures at real size.
+BGE_M3_SHAPE = dict(n_layer=24, n_embd=1024, n_head=16, n_ff=4096, n_ctx=8192)
+
+
+def xlmr_gguf(kind: str, qtype: str = "F32", shape: dict | None = None, tag: str = "", one_row_1d: bool = False) -> str:
     """A random XLM-R of bge-m3's layout: kind "embed" (CLS pooling, as bge-m3) or "rerank" (the head,
-    no pooling key, as bge-reranker-v2-m3 converts)."""
-    path = cache_dir() / f"xlmr-{kind}.{qtype}.gguf"
+    no pooling key, as bge-reranker-v2-m3 converts). shape: XLMR_SHAPE unless given (tag names it)."""
+    shape = shape or XLMR_SHAPE
+    tag += "-1d" if one_row_1d else ""
+    path = cache_dir() / f"xlmr{tag}-{kind}.{qtype}.gguf"
     if not path.exists():
         meta = {
-            "general.name": f"xlmr-{kind}-synth",
-            "bert.context_length": XLMR_SHAPE["n_ctx"], "bert.embedding_length": XLMR_SHAPE["n_embd"],
-            "bert.feed_forward_length": XLMR_SHAPE["n_ff"], "bert.attention.head_count": XLMR_SHAPE["n_head"],
-            "bert.attention.layer_norm_epsilon": 1e-5, "bert.block_count": XLMR_SHAPE["n_layer"],
+            "general.name": f"xlmr{tag}-{kind}-synth",
+            "bert.context_length": shape["n_ctx"], "bert.embedding_length": shape["n_embd"],
+            "bert.feed_forward_length": shape["n_ff"], "bert.attention.head_count": shape["n_head"],
+            "bert.attention.layer_norm_epsilon": 1e-5, "bert.block_count": shape["n_layer"],
             "bert.attention.causal": False, "tokenizer.ggml.token_type_count": 1,
             # what gguf-py writes for XLM-R's RobertaProcessing: pairs as <s> q </s></s> d </s>
             "tokenizer.ggml.add_sep_token": True, "tokenizer.ggml.seperator_token_id": 2,
@@ -175,8 +183,12 @@ def xlmr_gguf(kind: str, qtype: str = "F32") -> str:
         }
         if kind == "embed":
             meta["bert.pooling_type"] = 2  # CLS, as bge-m3's 1_Pooling
-        _write(path, "bert", meta, xlmr_weights(kind == "rerank", seed=7 if kind == "rerank" else 5),
-               MINILM_TYPES[qtype])
+        weights = xlmr_weights(kind == "rerank", seed=7 if kind == "rerank" else 5, shape=shape)
+        if one_row_1d:  # as llama-quantize rewrites them: [D, 1] -> [D]
+            for name in ("token_types.weight", "cls.output.weight"):
+                if name in weights:
+                    weights[name] = weights[name].reshape(-1)
+        _write(path, "bert", meta, weights, MINILM_TYPES[qtype])
     return str(path)
 
 

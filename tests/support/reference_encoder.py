@@ -24,6 +24,8 @@ def gguf_weights(path: str) -> dict[str, np.ndarray]:
             a = np.asarray(t.data, dtype=np.float64)
         else:
             a = dequantize(t.raw_bytes(), t.type).astype(np.float64)
+        if name in ("token_types.weight", "cls.output.weight") and len(shape) == 1:
+            shape = (1, shape[0])  # one row written 1-D (llama-quantize does)
         out[name] = a.reshape(shape)
     return out
 
@@ -45,13 +47,21 @@ def q8(x: np.ndarray) -> np.ndarray:
     return (q * d).astype(np.float64).reshape(x.shape)
 
 
-def _linear(w: dict, name: str, x: np.ndarray, quantized: bool = False) -> np.ndarray:
-    y = (q8(x) if quantized else x) @ w[name + ".weight"].T
+def quantized_names(path: str) -> set[str]:
+    """Names of a file's quantized matrices (the native core rounds their inputs through Q8_0)."""
+    return {n for n, t in read_encoder_file(path)[0].tensors.items() if t.type not in (QT.F32, QT.F16, QT.BF16)}
+
+
+def _linear(w: dict, name: str, x: np.ndarray, quantized: bool | set = False) -> np.ndarray:
+    """quantized: True (every input) or the set of quantized weight names (quantized_names)."""
+    if quantized is True or (quantized and name + ".weight" in quantized):
+        x = q8(x)
+    y = x @ w[name + ".weight"].T
     return y + w[name + ".bias"] if name + ".bias" in w else y
 
 
 def hidden_states(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float, fp16_kv: bool = False,
-                  quantized: bool = False) -> np.ndarray:
+                  quantized: bool | set = False) -> np.ndarray:
     """[n, D] the last layer's output for one sequence. Two switches mirror what the native core does,
     for tight comparisons: fp16_kv rounds keys and values to fp16 (its attention reads them so), and
     quantized rounds every matmul input through Q8_0 (its input of quantized matrices)."""
@@ -89,7 +99,7 @@ def embedding(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float, po
 
 
 def rank_score(w: dict, ids: list[int], n_layer: int, n_head: int, eps: float, fp16_kv: bool = False,
-               quantized: bool = False) -> float:
+               quantized: bool | set = False) -> float:
     """The classification head on the first token: cls.output(tanh(cls(h0))) (RoBERTa's head)."""
     h = hidden_states(w, ids, n_layer, n_head, eps, fp16_kv, quantized)[0]
     w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items() if k.startswith("cls")}
