@@ -242,16 +242,25 @@ def _llama(tool: str) -> Path:
     return exe
 
 
+def _llama_embeddings(exe: Path, path: str, texts: list[str]) -> list[list[float]]:
+    """llama-embedding's L2-normalized vectors of texts (one per line), in order."""
+    r = subprocess.run([str(exe), "-m", path, "-p", "\n".join(texts), "--embd-output-format", "json",
+                        "--embd-normalize", "2", "-t", "2", "-c", "512", "-b", "512", "-ub", "512"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    try:
+        return [d["embedding"] for d in json.loads(r.stdout)["data"]]
+    except (ValueError, KeyError) as e:  # seen once under heavy load: say what it printed
+        raise AssertionError(f"llama-embedding's output is not its JSON ({e}): stdout {r.stdout[:500]!r} ... "
+                             f"{r.stdout[-300:]!r}; stderr {r.stderr[-1000:]!r}") from None
+
+
 @pytest.mark.parametrize("kind", ["F32", "F16", "Q8_0"])
 def test_minilm_against_llama_embedding(kind):
     exe = _llama("llama-embedding")
     path = minilm_gguf(kind)
     texts = [t for t in TEXTS if t.strip()]
-    r = subprocess.run([str(exe), "-m", path, "-p", "\n".join(texts), "--embd-output-format", "json",
-                        "--embd-normalize", "2", "-t", "2", "-c", "512", "-b", "512", "-ub", "512"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    theirs = [d["embedding"] for d in json.loads(r.stdout)["data"]]
+    theirs = _llama_embeddings(exe, path, texts)
     m = load_encoder(path, threads=2)
     ours = m.embed([m.tokenize(t) for t in texts])
     for i in range(len(texts)):
@@ -270,11 +279,7 @@ def test_llama_quantized_q4_k_m_file():
     ours = m.embed([m.tokenize(t) for t in texts])
     for i, t in enumerate(texts):
         assert cosine(ours[i], embedding(w, m.tokenize(t), 6, 12, 1e-12, "mean")) >= 0.97, i
-    r = subprocess.run([str(LLAMA_BIN / "llama-embedding"), "-m", path, "-p", "\n".join(texts), "--embd-output-format",
-                        "json", "--embd-normalize", "2", "-t", "2", "-c", "512", "-b", "512", "-ub", "512"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    theirs = [d["embedding"] for d in json.loads(r.stdout)["data"]]
+    theirs = _llama_embeddings(LLAMA_BIN / "llama-embedding", path, texts)
     for i in range(len(texts)):
         assert cosine(ours[i], np.array(theirs[i])) >= 0.99, i
 
