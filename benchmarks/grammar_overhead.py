@@ -76,7 +76,7 @@ def main() -> None:
     state = GrammarState(matcher, tok.vocab_size)
     for t in tok.encode('["apple", "pear", "carrot", "leek", "plum", "fig", "kale"'):
         start = time.perf_counter()
-        state.compute_mask()
+        state.compute_masks()
         masks.append(time.perf_counter() - start)
         state.consume(t)
     free = statistics.median(times["free"])

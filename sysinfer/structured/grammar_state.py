@@ -36,11 +36,6 @@ class GrammarState:
         self._rows = 0       # rows computed (fewer than 1 + drafts when the grammar ends inside the draft)
         self._consumed = 0   # tokens consumed since, all equal to the drafts' start
 
-    @property
-    def bitmask(self) -> np.ndarray:
-        """[ceil(n_vocab / 32)] the next token's mask (row 0)."""
-        return self.bitmasks[0]
-
     def compute_masks(self, drafts: list[int] | tuple[int, ...] = ()) -> None:
         """Masks for the next token and, with drafts, for the token after each of them (runs in the
         mask thread, GIL released inside). The drafts must be ones `valid_prefix` accepted."""
@@ -63,10 +58,6 @@ class GrammarState:
             if consumed and not self.matcher.rollback(consumed):
                 raise GrammarError(f"the output grammar could not roll back a draft: {self.matcher.get_error()[:200]}")
         self._masks_for, self._rows = drafts, 1 + consumed
-
-    def compute_mask(self) -> None:
-        """The next token's mask alone (no drafts)."""
-        self.compute_masks(())
 
     def _compute_row(self, i: int) -> None:
         row = self.bitmasks[i]
@@ -100,11 +91,6 @@ class GrammarState:
         """Up to `limit` tokens the grammar forces next (e.g. a JSON key and its quotes): a draft
         that costs no lookup and that the model accepts unless it spells the same bytes otherwise."""
         return self.matcher.compute_ff_tokens()[:limit] if limit > 0 else []
-
-    @property
-    def fresh(self) -> bool:
-        """The masks for the current state are computed (by the mask thread, during the step)."""
-        return self._masks_for is not None and self._consumed < self._rows
 
     @property
     def done(self) -> bool:

@@ -81,20 +81,43 @@ def test_greedy_choice_regex_and_length():
     assert reason == "length" and len(text) == 3
 
 
+class CountingMatcher:
+    """A request's llguidance matcher that counts the masks computed with it (GrammarState computes
+    each row's mask with unsafe_compute_mask_ptr)."""
+
+    def __init__(self, inner):
+        self.inner, self.masks = inner, 0
+
+    def unsafe_compute_mask_ptr(self, *args):
+        self.masks += 1
+        return self.inner.unsafe_compute_mask_ptr(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _counted(state):
+    state.matcher = CountingMatcher(state.matcher)
+    return state.matcher
+
+
 def test_masks_are_ready_for_every_verify_row_when_the_step_returns():
     eng = LLMEngine(FakeModel(n_vocab=N_VOCAB), TOK, speculative=True, draft_policy="always")
     grammar = compile_constraint(TOK, from_request(guided_json=SCHEMA))
     seq = eng.add_request([1, 2, 3, 1, 2, 3, 1, 2], SamplingParams(max_tokens=50, grammar=grammar))
+    counted = _counted(seq.state.grammar)
     drafted_steps = 0
     while not seq.finished:
+        before = counted.masks
         plan = eng.plan()
         n_draft = plan[0].n_draft
         logits = eng.execute(plan)
-        state = seq.state.grammar
-        assert state.fresh and state._rows == 1 + n_draft  # computed in the mask thread during the step
+        # one mask per verify row, computed in the mask thread during the step (not before it)
+        assert counted.masks - before == 1 + n_draft
         drafted_steps += n_draft > 0
+        before = counted.masks
         eng.postprocess(plan, logits)
-        assert seq.finished or not state.fresh or state._consumed > 0  # the sampled tokens moved it on
+        assert counted.masks == before  # sampling and verifying used the rows computed ahead
     assert drafted_steps > 3  # the schema forces keys and punctuation: those are drafted
 
 
@@ -106,26 +129,36 @@ def test_mask_rows_are_the_masks_after_each_draft_and_the_state_rolls_back():
     state.consume(text[0])
     drafts = text[1:8]
     assert state.valid_prefix(drafts + TOK.encode("}")) == len(drafts)  # '}' is forbidden before "n"
+    counted = _counted(state)
     state.compute_masks(drafts)
-    rows = state.bitmasks[: 1 + len(drafts)].copy()
+    assert counted.masks == 1 + len(drafts)
     stepwise = GrammarState(matcher, N_VOCAB)
     stepwise.consume(text[0])
     for i, token in enumerate(drafts + [None]):
         assert np.array_equal(state.allowed(), stepwise.allowed()), i  # row i, without recomputing
-        assert np.array_equal(rows[i], stepwise.bitmask), i
+        assert counted.masks == 1 + len(drafts), i
         if token is not None:
             state.consume(token)
             stepwise.consume(token)
-            stepwise.compute_mask()
     # a draft that leaves the draft's path: the rows are stale and the next mask is computed afresh
     other = GrammarState(matcher, N_VOCAB)
+    counted = _counted(other)
     other.compute_masks(TOK.encode('{"ki'))
     other.consume(TOK.encode("{")[0])
     other.consume(TOK.encode('"')[0])
-    assert other.fresh
+    computed = counted.masks
     lone = GrammarState(matcher, N_VOCAB)
     lone.consume(TOK.encode("{")[0]); lone.consume(TOK.encode('"')[0])
     assert np.array_equal(other.allowed(), lone.allowed())
+    assert counted.masks == computed  # still on the draft's path: its row, not a new mask
+    off = GrammarState(matcher, N_VOCAB)
+    counted = _counted(off)
+    off.compute_masks(TOK.encode('{ "k'))
+    off.consume(TOK.encode("{")[0])
+    off.consume(TOK.encode('"')[0])  # off the draft's path ('{"' where it had '{ ')
+    computed = counted.masks
+    assert np.array_equal(off.allowed(), lone.allowed())
+    assert counted.masks == computed + 1
 
 
 def test_a_draft_through_the_grammars_end_stops_there():
@@ -133,8 +166,9 @@ def test_a_draft_through_the_grammars_end_stops_there():
     state = GrammarState(compile_constraint(TOK, from_request(guided_choice=["cat dog"])), N_VOCAB)
     draft = TOK.encode("cat dog") + [0]
     assert state.valid_prefix(draft) == len(draft)
+    counted = _counted(state)
     state.compute_masks(draft)
-    assert state._rows == len(draft)  # no row after the grammar's end
+    assert counted.masks == len(draft)  # no row after the grammar's end
     for token in TOK.encode("cat dog"):
         assert state.allowed()[token]
         state.consume(token)
