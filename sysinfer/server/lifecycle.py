@@ -20,11 +20,13 @@ def _load(state: ServerState) -> None:
     named, then the encoders), build tokenizer and engine."""
     from ..startup import load_serving_model
 
+    # The encoders first: the chat model's KV cache is sized from the memory still available
+    # (config.kv_blocks_for), which must already count the encoders' weights.
+    state.encoders = load_encoders(state.config)
     if state.serves_chat:
         loaded = load_serving_model(state.config)
         state.tokenizer, state.model, state.model_name = loaded.tokenizer, loaded.model, loaded.name
         state.draft = loaded.draft
-    state.encoders = load_encoders(state.config)
 
 
 def _draft_note(draft) -> str:

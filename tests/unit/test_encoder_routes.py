@@ -194,3 +194,28 @@ def test_a_client_that_leaves_ends_its_batch_at_the_next_slice():
 
     anyio.run(main)
     assert 1 <= runner.slices_run <= 5  # 50 slices of 20 ms were asked
+
+
+def test_encoders_load_before_the_chat_model(monkeypatch):
+    """The chat model's KV cache is sized from the memory still available: the encoders' weights must
+    be in memory by then (they loaded after it before, so the KV cap did not count them)."""
+    from sysinfer import startup
+    from sysinfer.server import lifecycle
+    from sysinfer.server.state import ServerState
+
+    order = []
+
+    def fake_encoder(path, threads=None):
+        order.append("encoder")
+        return FakeEncoder()
+
+    def fake_chat(cfg):
+        order.append("chat")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(encoders, "_encoder_loader", lambda: fake_encoder)
+    monkeypatch.setattr(startup, "load_serving_model", fake_chat)
+    state = ServerState(ServerConfig(model="chat.gguf", embedding_model="/m/e.gguf").validate())
+    with pytest.raises(RuntimeError, match="stop here"):
+        lifecycle._load(state)
+    assert order == ["encoder", "chat"]
