@@ -195,6 +195,19 @@ def encoder_entry(enc: ServedEncoder) -> dict:
             "digest": digest, "details": details}
 
 
+def encoder_show(state: ServerState, asked: str) -> dict | None:
+    """Ollama's /api/show of the encoder named `asked` (None: no encoder has that name)."""
+    enc = next((e for e in state.encoders.values() if asked in ollama_names(e.name)), None)
+    if enc is None:
+        return None
+    entry = encoder_entry(enc)
+    info = {"general.architecture": "bert", "general.basename": enc.name, "bert.context_length": enc.model.n_ctx,
+            "bert.embedding_length": enc.model.dim, "bert.pooling_type": enc.model.pooling}
+    return {"license": "", "modelfile": f"FROM {enc.path}\n", "parameters": "", "template": "",
+            "details": entry["details"], "model_info": info, "modified_at": entry["modified_at"],
+            "capabilities": ["embedding"] if enc.kind == "embedding" else ["rerank"]}
+
+
 def _resolve(state: ServerState, enc: ServedEncoder, asked: str) -> None:
     if asked in ollama_names(enc.name):
         return

@@ -20,13 +20,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..structured import tools as tool_calls
-from .intake import ApiError, check_key, guarded, in_thread, parse
+from .intake import ApiError, check_key, guarded, in_thread, parse, read_body, validate
 from .ollama_shapes import (MANAGEMENT, OLLAMA_API_VERSION, ChatBody, GenerateBody, ModelBody, loaded, model_entry,
                             openai_chat, openai_fields, openai_request, prepare_ollama_chat, renamed, resolve, show_model,
                             timestamp)
 from .preparation import prepare_completion, sampling_params
 from .protocol import ChatCompletionRequest, CompletionRequest
-from .encoder_routes import encoder_entry
+from .encoder_routes import encoder_entry, encoder_show, ollama_names
 from .state import state_of
 from .streaming import abort_on_disconnect, submit, timed
 
@@ -94,7 +94,17 @@ async def ps(request: Request):
 @ollama_errors
 async def show(request: Request):
     state = state_of(request)
-    body = await parse(state, request, ModelBody)
+    if state.ready and state.encoders:  # an encoder's name answers with what the server knows of it
+        check_key(state, request)
+        body = await in_thread(state, validate, ModelBody, await read_body(state, request))
+        shown = encoder_show(state, body.asked())
+        if shown is not None:
+            return shown
+        if state.engine is None:
+            raise ApiError(404, f"model {body.asked()[:200]!r} not found: this server serves "
+                                f"{', '.join(repr(ollama_names(e.name)[0]) for e in state.encoders.values())}")
+    else:
+        body = await parse(state, request, ModelBody)
     resolve(state, body.asked())
     return await in_thread(state, show_model, state)
 

@@ -126,6 +126,9 @@ def test_ollama_client_and_langchain(server, local):
     assert _cos(out.embeddings[0], m.embed([m.tokenize(TEXTS[0])], True)[0]) > 0.9999
     listed = {x.model for x in c.list().models}
     assert {"minilm:latest", "reranker:latest"} <= listed
+    assert c.show("minilm").capabilities == ["embedding"]
+    chat = (listed - {"minilm:latest", "reranker:latest"}).pop()  # the chat model's show is unchanged beside them
+    assert c.show(chat).details.family == "llama" and "completion" in c.show(chat).capabilities
     try:
         from langchain_ollama import OllamaEmbeddings
     except ImportError:

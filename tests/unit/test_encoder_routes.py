@@ -219,3 +219,12 @@ def test_encoders_load_before_the_chat_model(monkeypatch):
     with pytest.raises(RuntimeError, match="stop here"):
         lifecycle._load(state)
     assert order == ["encoder", "chat"]
+
+
+def test_ollama_show_of_an_encoder(client):
+    shown = _post(client, "/api/show", {"model": "mini-embed:latest"})
+    assert shown["capabilities"] == ["embedding"] and shown["model_info"]["bert.context_length"] == 16
+    assert shown["model_info"]["bert.embedding_length"] == 8 and shown["details"]["family"] == "bert"
+    assert _post(client, "/api/show", {"model": "mini-rerank"})["capabilities"] == ["rerank"]
+    r = client.post("/api/show", json={"model": "llama3"}, headers=AUTH)
+    assert r.status_code == 404 and "mini-embed:latest" in r.json()["error"]
