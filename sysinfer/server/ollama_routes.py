@@ -63,31 +63,30 @@ async def version(request: Request):
     return {"version": OLLAMA_API_VERSION}
 
 
-@router.get("/api/tags")
-@ollama_errors
-async def tags(request: Request):
+async def _served(request: Request) -> list[tuple[dict[str, Any], int]]:
+    """(entry, context length) of each model served (none while loading), once the key is checked."""
     state = state_of(request)
     check_key(state, request)
     if not state.ready:
-        return {"models": []}
-    chat = [await in_thread(state, model_entry, state)] if state.engine is not None else []
-    return {"models": chat + [encoder_entry(e) for e in state.encoders.values()]}
+        return []
+    served = []
+    if state.engine is not None:
+        served.append((await in_thread(state, model_entry, state), state.engine.max_total_tokens))
+    return served + [(encoder_entry(e), e.model.n_ctx) for e in state.encoders.values()]
+
+
+@router.get("/api/tags")
+@ollama_errors
+async def tags(request: Request):
+    return {"models": [entry for entry, _ in await _served(request)]}
 
 
 @router.get("/api/ps")
 @ollama_errors
 async def ps(request: Request):
-    state = state_of(request)
-    check_key(state, request)
-    if not state.ready:
-        return {"models": []}
-    running = []
-    if state.engine is not None:
-        running.append(await in_thread(state, model_entry, state) | {"context_length": state.engine.max_total_tokens})
-    running += [encoder_entry(e) | {"context_length": e.model.n_ctx} for e in state.encoders.values()]
-    for entry in running:
-        del entry["modified_at"]
-    return {"models": [entry | {"expires_at": "2318-01-01T00:00:00Z", "size_vram": 0} for entry in running]}
+    return {"models": [{k: v for k, v in entry.items() if k != "modified_at"}
+                       | {"context_length": n_ctx, "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0}
+                       for entry, n_ctx in await _served(request)]}
 
 
 @router.post("/api/show")
@@ -109,13 +108,19 @@ async def show(request: Request):
     return await in_thread(state, show_model, state)
 
 
+async def _generating(request: Request, kind):
+    """(state, body) of a request to generate: checked, parsed and naming the served model."""
+    state = state_of(request)
+    body = await parse(state, request, kind)
+    resolve(state, body.model)
+    return state, body
+
+
 @router.post("/api/chat")
 @ollama_errors
 async def chat(request: Request):
     received = time.perf_counter()
-    state = state_of(request)
-    body = await parse(state, request, ChatBody)
-    resolve(state, body.model)
+    state, body = await _generating(request, ChatBody)
     if not body.messages:  # as Ollama: an empty chat only loads the model
         return loaded(body, chat=True)
     req = openai_chat(body)
@@ -127,9 +132,7 @@ async def chat(request: Request):
 @ollama_errors
 async def generate(request: Request):
     received = time.perf_counter()
-    state = state_of(request)
-    body = await parse(state, request, GenerateBody)
-    resolve(state, body.model)
+    state, body = await _generating(request, GenerateBody)
     if body.images:
         raise ApiError(400, "images: this server's model reads text only; images are not supported")
     if body.suffix:
