@@ -260,14 +260,28 @@ def qwen_vocab_model() -> str:
     return str(path)
 
 
-def qwen3moe_mini() -> str:
-    """`sysinfer synth --like qwen3moe-mini`: a 4-layer Qwen3-MoE with Qwen3's real vocabulary (so
-    llama.cpp loads it too), written once into the cache."""
-    from sysinfer.model.synth_presets import synth_like
+# YaRN keys as llama.cpp's converter writes them for a long-context Qwen file, scaled down: an original
+# context of 8 positions (factor 16), so the test prompts (40 tokens) run far past it.
+QWEN3MOE_MINI_YARN = {"qwen3moe.rope.scaling.type": "yarn", "qwen3moe.rope.scaling.factor": 16.0,
+                      "qwen3moe.rope.scaling.original_context_length": 8}
 
-    path = cache_dir() / "qwen3moe-mini.gguf"
+
+def qwen3moe_mini(yarn: bool = False) -> str:
+    """`sysinfer synth --like qwen3moe-mini`: a 4-layer Qwen3-MoE with Qwen3's real vocabulary (so
+    llama.cpp loads it too), written once into the cache; yarn: the same weights with YaRN keys."""
+    from sysinfer.model.synth import write_synthetic_gguf
+    from sysinfer.model.synth_presets import synth_like, synth_spec
+
+    path = cache_dir() / f"qwen3moe-mini{'-yarn' if yarn else ''}.gguf"
     if not path.exists():
-        synth_like("qwen3moe-mini", str(path.with_suffix(".tmp")), seed=5)
+        if yarn:
+            from sysinfer.model.hf_tokenizer import qwen_metadata
+
+            spec = synth_spec("qwen3moe-mini")
+            spec.metadata = {**qwen_metadata(n_vocab=spec.n_vocab), **QWEN3MOE_MINI_YARN}
+            write_synthetic_gguf(str(path.with_suffix(".tmp")), spec, seed=5)
+        else:
+            synth_like("qwen3moe-mini", str(path.with_suffix(".tmp")), seed=5)
         path.with_suffix(".tmp").rename(path)
     return str(path)
 
