@@ -110,3 +110,19 @@ def test_expert_counts_are_checked_at_load(tmp_path):
     del meta["qwen3moe.expert_count"]
     with pytest.raises(KeyError, match="qwen3moe.expert_count"):
         hparams_from_metadata(meta)
+
+
+def test_node_plan_counts_every_expert():
+    """The NUMA plan's weight bytes (sysinfer info's memory plan) hold every expert's gate, up and down
+    slices: one node holds all the layer matrices (the router, token_embd and vectors aside) and the
+    output; two nodes split them evenly."""
+    from sysinfer.topology import plan_shares
+
+    mf = read_model_file(tiny_model("qwen3moe"))
+    types = {name: int(t.type) for name, t in mf.tensors.items()}
+    matrices = sum(t.data.nbytes for name, t in mf.tensors.items()
+                   if name.startswith("blk.") and len(t.shape) >= 2 and "gate_inp" not in name)
+    (one,) = plan_shares(mf.hparams, types, 1)
+    assert one.weight_bytes == matrices + mf.tensors["output.weight"].data.nbytes
+    two = plan_shares(mf.hparams, types, 2)
+    assert sum(s.weight_bytes for s in two) == one.weight_bytes and (two[0].ff0, two[0].ff1) == (0, 64)
