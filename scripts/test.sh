@@ -41,4 +41,5 @@ if ! kubectl version --client 2>/dev/null | grep -Eq '^Kustomize Version: v([5-9
 fi
 # The pytest script (not `python -m pytest`, which would put ./ on sys.path) imports the installed
 # package with its compiled core, not the source folder ./sysinfer.
-pytest -p no:cacheprovider "$@" tests
+# --durations=25: every log shows where the time goes (the whole run must stay well under 30 minutes).
+pytest -p no:cacheprovider --durations=25 "$@" tests
