@@ -85,7 +85,8 @@ class ReasoningTracker:
 
     BEFORE: nothing but whitespace yet; the reply may still open a section. INSIDE: in a section.
     ANSWER: the answer; another `<think>` there opens another section unless the answer is locked
-    (under an output grammar every character is the answer's, tags in JSON strings included).
+    (under an output grammar every character is the answer's, tags in JSON strings included), and a
+    stray `</think>` (no section open) is dropped, never left in the answer.
     Whitespace right after a tag (the template's separator) goes to neither side."""
 
     def __init__(self, markers: Markers, inside: bool = False):
@@ -127,10 +128,19 @@ class ReasoningTracker:
                 answer.append(buf)
                 break
             at = buf.find(self.markers.start)
+            stray = buf.find(self.markers.end)
+            if stray >= 0 and (at < 0 or stray < at):
+                # A closing tag with no section open (a small model writes one again after its
+                # answer began): a marker, never the answer's text; dropped with the whitespace after it.
+                answer.append(buf[:stray])
+                buf = buf[stray + len(self.markers.end):]
+                self.state, self.strip = ANSWER, True
+                continue
             if at < 0:
                 if self.state == BEFORE and not self.markers.start.startswith(buf):
                     self.state = ANSWER
-                keep = len(buf) if self.state == BEFORE else _partial_tail(buf, self.markers.start)
+                keep = len(buf) if self.state == BEFORE else \
+                    max(_partial_tail(buf, self.markers.start), _partial_tail(buf, self.markers.end))
                 answer.append(buf[: len(buf) - keep])
                 self.held = buf[len(buf) - keep:]
                 break

@@ -70,7 +70,11 @@ CASES = [  # (reply text, starts inside, reasoning, answer)
     ("Plain answer with a <b>tag</b> and a <thin", False, "", "Plain answer with a <b>tag</b> and a <thin"),
     ("<think>never closed </thi", False, "never closed </thi", ""),     # max_tokens inside the section
     ("<think>\n</think>\n\n", False, "", ""),
-    ("x</think>y", False, "", "x</think>y"),                            # a stray closing tag is text
+    # a stray closing tag (no section open) is a marker, never the answer's text (issue 25's leftover)
+    ("x</think>y", False, "", "xy"),
+    ("<think>a</think>Paris.</think>\n\nParis.", False, "a", "Paris.Paris."),
+    ("</think>\nok <b>", False, "", "ok <b>"),
+    ("a </thin", False, "", "a </thin"),                                # a tag never finished stays text
 ]
 
 
