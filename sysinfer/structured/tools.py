@@ -371,9 +371,27 @@ def _members(text: str) -> dict[str, tuple[int, int]] | None:
     return out
 
 
+def compact_json(text: str) -> str:
+    """JSON text on one line, as json.dumps writes it (", " and ": ", no other whitespace outside
+    strings); strings and numbers stay exactly as written. The grammar lets a model break lines and
+    indent (JSON_OPTIONS), and SmolLM2 does; a client shows the arguments as OpenAI's are, compact."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            end = _string_end(text, i) or len(text)
+            out.append(text[i:end])
+            i = end
+            continue
+        if c not in " \t\r\n":
+            out.append(c + " " if c in ",:" else c)
+        i += 1
+    return "".join(out)
+
+
 def complete_call(text: str, args_key: str) -> tuple[str, str] | None:
-    """(name, arguments text exactly as written) of one call's complete JSON object, or None when
-    it is not a whole call: a name string and arguments that parse as a JSON object."""
+    """(name, arguments text as written, made compact: compact_json) of one call's complete JSON
+    object, or None when it is not a whole call: a name string and arguments that parse as a JSON object."""
     try:
         members = _members(text)
         if members is None or "name" not in members or args_key not in members:
@@ -385,7 +403,7 @@ def complete_call(text: str, args_key: str) -> tuple[str, str] | None:
         return None
     if not isinstance(name, str) or not isinstance(args, dict):
         return None
-    return name, args_text
+    return name, compact_json(args_text)
 
 
 @dataclass
@@ -399,7 +417,7 @@ class ToolCallDelta:
 class ToolCallParser:
     """Text of the reply in, content and tool calls out, as they become certain: the same parser
     serves streamed replies (feed per delta) and whole ones (one feed), so both give the same calls,
-    with the arguments exactly as the model wrote them.
+    with the arguments as the model wrote them, on one line (compact_json).
 
     A call goes out once its JSON object is complete and its arguments parse as a JSON object, in
     one delta (index, id, name, arguments): a call cut off by max_tokens is never sent, streamed or
@@ -414,6 +432,7 @@ class ToolCallParser:
         self.calls_from: int | None = None if self.auto else 0  # where the calls start in text
         self.calls: list[tuple[str, str]] = []  # (name, arguments) of each call sent
         self.resolved = 0       # call segments whose JSON is complete (sent as calls, or not a call)
+        self.repeated = False   # a complete call equal to one already sent: the reply should end here
 
     @property
     def called(self) -> bool:
@@ -476,7 +495,11 @@ class ToolCallParser:
                 break
             self.resolved += 1
             call = complete_call(obj, self.syntax.args_key)
-            if call is not None:
+            if call is not None and call in self.calls:
+                # The same call again: a small model allowed several calls repeats its call until
+                # max_tokens. Never sent twice; the caller ends the reply (`repeated`).
+                self.repeated = True
+            elif call is not None:
                 deltas.append(ToolCallDelta(len(self.calls), new_call_id(), call[0], call[1]))
                 self.calls.append(call)
         return deltas
