@@ -1,7 +1,8 @@
 """A plain numpy forward pass over dequantized weights: the numerical oracle of the native core.
 
-Written for clarity, never for speed: float32 activations (matmuls summed in float64), the whole
-sequence recomputed each time.
+Written for clarity, never for speed: float32 activations (matmuls summed in float64). `forward`
+computes a whole sequence; greedy decoding keeps each layer's keys and values (`past`) so each new
+token is one more row, as the same arithmetic per row gives the same logits.
 Two switches make it compute what the native core computes, so the two can be compared tightly:
 `quantize_activations` rounds every matmul input through Q8_0 (blocks of 32, scale max|x|/127, round
 half away from zero), and `fp16_kv` rounds keys and values to fp16 as the KV cache stores them.
@@ -144,25 +145,29 @@ class ReferenceModel:
         return np.array([m0 ** (h + 1) if h < pow2 else m1 ** (2 * (h - pow2) + 1) for h in range(n)], np.float32)
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """q [T, H, hd], k/v [T, Hkv, hd] -> [T, H * hd], causal, GQA by repeating K/V heads."""
+        """q [T, H, hd], k/v [S, Hkv, hd] -> [T, H * hd], causal, GQA by repeating K/V heads. The queries
+        are the last T of the S positions (S > T: the earlier keys and values come from `past`)."""
         T, H, hd = q.shape
+        S = k.shape[0]
         group = H // k.shape[1]
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
-        scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd)  # [H, T, T]
+        scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd)  # [H, T, S]
         if not self.hp.use_rope:
-            distance = np.arange(T)[:, None] - np.arange(T)[None, :]  # query pos - key pos
+            distance = np.arange(S - T, S)[:, None] - np.arange(S)[None, :]  # query pos - key pos
             scores = scores - self.alibi_slopes()[:, None, None] * distance[None]
-        scores = np.where(np.tril(np.ones((T, T), bool))[None], scores, -np.inf)
+        scores = np.where(np.tril(np.ones((T, S), bool), k=S - T)[None], scores, -np.inf)
         p = np.exp(scores - scores.max(axis=-1, keepdims=True))
         p /= p.sum(axis=-1, keepdims=True)
         return np.einsum("hts,shd->thd", p, v).reshape(T, H * hd)
 
-    def forward(self, tokens: list[int]) -> np.ndarray:
-        """Logits [T, n_vocab] for every position of the sequence."""
+    def forward(self, tokens: list[int], past: list | None = None) -> np.ndarray:
+        """Logits [T, n_vocab] for every position of the sequence. past: each layer's (keys, values)
+        [S, Hkv, hd] of the S positions before `tokens`, extended in place ([] to start one)."""
         hp, w = self.hp, self.w
         T, hd = len(tokens), hp.head_dim
-        positions = np.arange(T)
+        start = past[0][0].shape[0] if past else 0
+        positions = np.arange(start, start + T)
         x = w["token_embd.weight"][np.asarray(tokens)]  # [T, D]
         for i in range(hp.n_layer):
             p = f"blk.{i}."
@@ -175,6 +180,10 @@ class ReferenceModel:
                 q, k = self.rope(q, positions), self.rope(k, positions)
             if self.fp16_kv:
                 k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+            if past is not None:
+                if start:
+                    k, v = np.concatenate([past[i][0], k]), np.concatenate([past[i][1], v])
+                past[i:i + 1] = [(k, v)]
             x = x + self.matmul(self.attention(q, k, v), p + "attn_output.weight")
             h = self.rms_norm(x, w[p + "ffn_norm.weight"])
             if hp.n_expert:
@@ -185,7 +194,9 @@ class ReferenceModel:
         return self.matmul(self.rms_norm(x, w["output_norm.weight"]), "output.weight")
 
     def greedy(self, prompt: list[int], n: int) -> list[int]:
-        tokens = list(prompt)
-        for _ in range(n):
-            tokens.append(int(np.argmax(self.forward(tokens)[-1])))
-        return tokens[len(prompt):]
+        """n greedy tokens after prompt: the prompt in one forward pass, then one row per token."""
+        past: list = []
+        out = [int(np.argmax(self.forward(list(prompt), past)[-1]))]
+        while len(out) < n:
+            out.append(int(np.argmax(self.forward([out[-1]], past)[-1])))
+        return out[:n]
