@@ -295,14 +295,16 @@ def check_function_reply(backend: str, r) -> None:
         assert document in ({"answer": "yes"}, {"answer": "no"})
 
 
-@pytest.mark.parametrize("backend", ["vllm", "json_mode", "structured_output", "function_call"])
-def test_function_call_backends_after_thinking(thinking, answer, backend):
+def test_function_call_backend_function_call_after_thinking(thinking, answer):
+    """The function_call backend (tools without tool_choice); the other backends' requests are the
+    shell's probes (next test), the same requests and checks: not sent twice."""
     client = openai.OpenAI(base_url=thinking, api_key=answer["key"], max_retries=0)
-    check_function_reply(backend, function_call(client, answer, backend))
+    check_function_reply("function_call", function_call(client, answer, "function_call"))
 
 
 def test_the_shells_probe_order(thinking, answer):
-    """The deployment shell's server check, in its order, against the thinking model."""
+    """The deployment shell's server check, in its order, against the thinking model; its probes are
+    the vllm, structured_output and json_mode backends' requests too."""
     client = openai.OpenAI(base_url=thinking, api_key=answer["key"], max_retries=0)
     for backend in ("tools_auto", "structured_output", "json_mode", "vllm"):
         check_function_reply(backend, function_call(client, answer, backend))
@@ -321,3 +323,73 @@ def test_a_required_call_follows_the_thinking_as_tool_calls(thinking, answer):
     assert [(c.function.name, c.function.arguments) for c in calls] == \
         [(c.function.name, c.function.arguments) for c in r.choices[0].message.tool_calls]
     assert euler_reads(chunks)[0] == r.choices[0].message.reasoning_content
+
+
+# ---- the function-call client with backend "ollama" (issue 27): Ollama's /api/chat replayed ----
+#
+# What euler-copilot-framework sends with `functionCall.backend: ollama` (read in its source):
+# - FunctionLLM._call_ollama (apps/llm/function.py, 0.9.x and master): `ollama.AsyncClient(host=endpoint,
+#   headers={"Authorization": "Bearer KEY"})`, then `chat(model, messages=[system: the JSON-generation
+#   prompt with the schema, user: "please generate a JSON response ..."], options={temperature,
+#   num_predict: max_tokens} (0.9.x also num_ctx: max_tokens), format=schema)`, not streamed; it keeps
+#   what follows the last `</think>` of message.content and parses it as JSON (fenced or bracketed
+#   JSON as fallbacks). (Master's version also passes extra_body, which the ollama client refuses
+#   before anything is sent; the request is replayed as the client can send it.)
+# - the newer provider (apps/llm/providers/ollama.py): `chat(model, messages, options={temperature,
+#   num_predict}, stream=True, tools=[{"type": "function", "function": {name, description, parameters}}])`;
+#   it reads message.thinking, message.content and message.tool_calls (name -> arguments, an object)
+#   of every chunk, and prompt_eval_count / eval_count of the last (done) one as its token usage.
+
+JSON_PROMPT = ("You are a helpful assistant. Answer the question with a JSON object that fits this JSON "
+               "schema:\n" + json.dumps(SCHEMA) + "\nQuestion: Is the sky blue?")
+
+
+def euler_json(content: str) -> dict:
+    """EulerCopilot's process_response, its first path: the text after the last </think>, parsed."""
+    return json.loads(content.split("</think>")[-1].strip())
+
+
+async def ollama_function_call(host: str, values: dict) -> "ollama.ChatResponse":
+    import ollama
+
+    client = ollama.AsyncClient(host=host, headers={"Authorization": f"Bearer {values['key']}"})
+    return await client.chat(
+        model=values["name"], options={"temperature": 0.7, "num_ctx": 96, "num_predict": 96, "seed": 7},
+        format=SCHEMA, messages=[{"role": "system", "content": JSON_PROMPT},
+                                 {"role": "user", "content": "please generate a JSON response based on the above "
+                                                             "information and schema."}])
+
+
+@pytest.mark.parametrize("model", ["plain", "thinking"])
+def test_function_call_backend_ollama_gets_json_that_fits_the_schema(request, answer, model):
+    """`format` (a JSON schema) is enforced by the grammar after any thinking: content is the JSON alone."""
+    host = request.getfixturevalue("server" if model == "plain" else "thinking").removesuffix("/v1")
+    r = asyncio.run(ollama_function_call(host, answer))
+    assert r.done and r.done_reason == "stop", r
+    assert euler_json(r.message.content) in ({"answer": "yes"}, {"answer": "no"})
+    assert "<think>" not in r.message.content and bool(r.message.thinking) is (model == "thinking")
+    assert r.prompt_eval_count > 10 and 0 < r.eval_count <= 96
+
+
+def test_ollama_provider_streams_tools_and_usage(thinking, answer):
+    """The newer provider's streamed chat with tools, against the thinking model: thinking apart,
+    calls as objects that fit the schema, usage in the last chunk."""
+    import ollama
+
+    async def provider_chat():
+        client = ollama.AsyncClient(host=thinking.removesuffix("/v1"), verify=False,
+                                    headers={"Authorization": f"Bearer {answer['key']}"})
+        stream = await client.chat(model=answer["name"], options={"temperature": 0.7, "num_predict": 96, "seed": 7},
+                                   stream=True, tools=[WEATHER],
+                                   messages=[SYSTEM, {"role": "user", "content": "What is the weather in Paris?"}])
+        return [chunk async for chunk in stream]
+
+    chunks = asyncio.run(provider_chat())
+    thinking_text = "".join(c.message.thinking or "" for c in chunks)
+    content = "".join(c.message.content or "" for c in chunks)
+    calls = {tc.function.name: tc.function.arguments for c in chunks for tc in c.message.tool_calls or []}
+    assert thinking_text.strip() and "<think>" not in content + thinking_text and "<tool_call>" not in content
+    assert all(name == "get_weather" and isinstance(args["city"], str) for name, args in calls.items())
+    assert calls or content.strip()  # Ollama has no tool_choice: a call, or an answer in words
+    assert chunks[-1].done and chunks[-1].prompt_eval_count > 10 and chunks[-1].eval_count > 0
+    assert all(not c.done for c in chunks[:-1])
