@@ -5,9 +5,9 @@
                                 [--model FILE.gguf] [--seed 0]
 
 Starts `sysinfer serve` on a free loopback port (--max-queue 4, a 2 s header timeout, at most 64
-connections), sends --cases hostile bodies to each completion endpoint and --constrained hostile
-output constraints to chat and --encoder-cases bodies to each encoder route (strategies in
-tests/support/api_fuzz.py), checks every answer, then
+connections), sends --cases hostile bodies to each completion endpoint (OpenAI's two and Ollama's
+/api/chat and /api/generate) and --constrained hostile output constraints to chat and --encoder-cases
+bodies to each encoder route (strategies in tests/support/api_fuzz.py), checks every answer, then
 --connections raw-socket cases (partial request lines, trickled or oversized headers, garbage,
 silence, floods past the connection limit: each must be answered 408/503/400 or closed within the
 header timeout), then checks the server still serves a normal request, reports healthy and has
@@ -26,18 +26,21 @@ import time
 import httpx
 from hypothesis import HealthCheck, given, seed, settings
 
-from support.api_fuzz import (ENCODER_BODIES, FUZZ_MAX_QUEUE, chat_bodies, check_answer, check_encoder_answer,
-                              completion_bodies, constrained_bodies)
+from support.api_fuzz import (ENCODER_BODIES, FUZZ_MAX_QUEUE, OLLAMA_MODEL, chat_bodies, check_answer,
+                              check_encoder_answer, check_ollama_answer, completion_bodies, constrained_bodies,
+                              ollama_chat_bodies, ollama_generate_bodies)
 from support.servers import start_server
 
 
 def campaign(client: httpx.Client, path: str, bodies, cases: int, seed_: int, tally: collections.Counter,
              label: str | None = None) -> None:
+    check = (check_encoder_answer if path in ENCODER_BODIES else
+             check_ollama_answer if path in ("/api/chat", "/api/generate") else check_answer)
+
     @seed(seed_)
     @settings(max_examples=cases, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(body=bodies)
     def run(body):
-        check = check_encoder_answer if path in ENCODER_BODIES else check_answer
         tally[(label or path, check(client, path, body))] += 1
 
     run()
@@ -97,7 +100,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     env = {"SYSINFER_MAX_BATCH": "4", "SYSINFER_MAX_QUEUE": str(FUZZ_MAX_QUEUE),
-           "SYSINFER_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "SYSINFER_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}
+           "SYSINFER_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "SYSINFER_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+           "SYSINFER_MODEL_NAME": OLLAMA_MODEL}
     env |= {"SYSINFER_MODEL": args.model} if args.model else {}
     if args.encoder_cases:
         from support.encoder_files import minilm_gguf, xlmr_gguf
@@ -108,7 +112,8 @@ def main() -> int:
     start = time.time()
     try:
         with httpx.Client(base_url=base, timeout=120) as client:
-            for path, bodies in (("/v1/chat/completions", chat_bodies), ("/v1/completions", completion_bodies)):
+            for path, bodies in (("/v1/chat/completions", chat_bodies), ("/v1/completions", completion_bodies),
+                                 ("/api/chat", ollama_chat_bodies), ("/api/generate", ollama_generate_bodies)):
                 campaign(client, path, bodies, args.cases, args.seed, tally)
             campaign(client, "/v1/chat/completions", constrained_bodies, args.constrained, args.seed, tally,
                      "constrained")

@@ -6,7 +6,8 @@ nesting, lone surrogates, NUL characters, typed special tokens, many stop string
 Two classes of their own (issue 29): output constraints (`constrained_bodies`: nested repeats in
 regexes and patterns, self- and mutually recursive `$ref`s, refs that point nowhere, tool parameters
 with `$defs`, recursive Lark rules), and queue admission (`n` past the fuzz server's --max-queue
-of FUZZ_MAX_QUEUE: a 400 naming `n`, never a 429 from an idle server).
+of FUZZ_MAX_QUEUE: a 400 naming `n`, never a 429 from an idle server). Ollama's own bodies (issue 27)
+for /api/chat and /api/generate, answered in Ollama's error shape.
 """
 
 from __future__ import annotations
@@ -152,6 +153,92 @@ def _constrained(draw) -> dict:
 
 
 constrained_bodies = _constrained()
+
+
+# ---- Ollama's /api/chat and /api/generate (issue 27) ----
+OLLAMA_MODEL = "fuzz"  # the fuzz servers' --model-name (Ollama's clients add ":latest")
+
+
+def _ollama_bodies(chat: bool, hostile: bool) -> st.SearchStrategy:
+    """Ollama's field names and shapes: options, format ("json" or a schema), think, keep_alive,
+    images, tool turns; hostile ones put garbage in any field, options included."""
+    def field(plausible: st.SearchStrategy) -> st.SearchStrategy:
+        return st.one_of(plausible, plausible, json_values) if hostile else plausible
+
+    options = st.fixed_dictionaries({}, optional={
+        "temperature": field(st.floats(0, 2)), "top_p": field(st.floats(0.01, 1)), "top_k": field(st.integers(0, 50)),
+        "min_p": field(st.floats(0, 1)), "seed": field(st.integers(-2**63, 2**64 - 1)),
+        "num_predict": field(st.integers(-2, 4)), "num_ctx": field(st.integers(-1, 10**6)),
+        "stop": field(st.one_of(texts.filter(bool), st.lists(texts.filter(bool), max_size=8))),
+        "repeat_penalty": field(st.floats(0.01, 10)), "presence_penalty": field(st.floats(-2, 2)),
+        "frequency_penalty": field(st.floats(-2, 2)), "mirostat": field(st.integers(0, 2))})
+    common = {
+        # hostile schemas are constrained_bodies' class (format becomes the same response_format)
+        "format": field(st.sampled_from(["json", "", {"type": "object", "properties": {"a": {"type": "integer"}},
+                                                      "required": ["a"]}])),
+        "options": field(options), "stream": field(st.booleans()),
+        "think": field(st.one_of(st.booleans(), st.sampled_from(["low", "high"]))),
+        "keep_alive": field(st.one_of(st.integers(-1, 600), st.just("5m"))),
+    }
+    model = field(st.sampled_from([OLLAMA_MODEL, OLLAMA_MODEL + ":latest", "other:7b"]))
+    if chat:
+        message = st.fixed_dictionaries(
+            {"role": field(st.sampled_from(["system", "user", "assistant", "tool"])), "content": field(texts)},
+            optional={"images": field(st.just(["aGk="])), "thinking": field(texts), "tool_name": field(texts),
+                      "tool_calls": field(st.just([{"function": {"name": "f", "arguments": {"x": "1"}}}]))})
+        common["tools"] = field(st.just([_tool({"type": "string"})]))
+        return st.fixed_dictionaries({"model": model, "messages": field(
+            st.lists(message, min_size=0 if hostile else 1, max_size=3))}, optional=common)
+    common |= {"system": field(texts), "raw": field(st.booleans()), "suffix": field(texts),
+               "images": field(st.just(["aGk="]))}
+    return st.fixed_dictionaries({"model": model, "prompt": field(texts)}, optional=common)
+
+
+ollama_chat_bodies = st.one_of(_ollama_bodies(True, False), _ollama_bodies(True, True))
+ollama_generate_bodies = st.one_of(_ollama_bodies(False, False), _ollama_bodies(False, True))
+
+
+def _as_number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+def bounded_ollama(body: dict) -> dict:
+    """Keeps a run's cost bounded: options.num_predict stays within 1..4 when it reads as a number
+    (Ollama's -1 and -2, and no value, mean the server's default: the whole context)."""
+    options = body.get("options")
+    if options is None:
+        options = {}
+    if isinstance(options, dict):
+        n = _as_number(options.get("num_predict", 0))
+        if n is not None and not 1 <= n <= 4:
+            body = {**body, "options": {**options, "num_predict": 4}}
+    return body
+
+
+def check_ollama_answer(client: httpx.Client, path: str, body: dict) -> int:
+    """Sends one Ollama body and checks the answer: a 200 of JSON lines (one when not streamed) whose
+    last says done and whose others don't, none an error; or an error in Ollama's shape
+    ({"error": "..."}, short, no traceback) with 400 (a bad field), 404 (no such model) or 413."""
+    with client.stream("POST", path, content=encode(bounded_ollama(body)),
+                       headers={"content-type": "application/json"}) as r:
+        raw = r.read().decode("utf-8", errors="replace")
+    assert r.status_code in (200, 400, 404, 413), f"{r.status_code} for {body!r:.300}: {raw[:300]}"
+    assert "Traceback" not in raw and "site-packages" not in raw and 'File "' not in raw, raw[:500]
+    lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    if r.status_code != 200:
+        assert len(lines) == 1 and set(lines[0]) == {"error"}, raw[:300]
+        assert isinstance(lines[0]["error"], str) and 0 < len(lines[0]["error"]) <= 1000, lines[0]
+        assert "%json" not in lines[0]["error"] and "start:" not in lines[0]["error"], lines[0]
+        return r.status_code
+    assert lines and not any("error" in x for x in lines), raw[-300:]
+    assert [x["done"] for x in lines] == [False] * (len(lines) - 1) + [True], raw[-300:]
+    assert lines[-1]["done_reason"] in ("stop", "length", "load"), lines[-1]
+    return r.status_code
 
 
 def bounded(body: dict) -> dict:
