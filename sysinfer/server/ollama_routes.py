@@ -19,7 +19,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..structured import tools as tool_calls
+from ..structured.tool_parser import ToolCallParser
 from .intake import ApiError, check_key, guarded, in_thread, parse, read_body, validate
 from .ollama_shapes import (MANAGEMENT, OLLAMA_API_VERSION, ChatBody, GenerateBody, ModelBody, loaded, model_entry,
                             openai_chat, openai_fields, openai_request, prepare_ollama_chat, renamed, resolve, show_model,
@@ -220,7 +220,7 @@ async def _answer(state, request: Request, req, body, prompt_ids, grammar, tools
     clock = _Clock(received)
     clock.submitted = time.perf_counter()
     deltas = timed(state, state.engine.stream(seq), received)
-    parser = tool_calls.ToolCallParser(*tools) if tools else None
+    parser = ToolCallParser(*tools) if tools else None
     if body.stream:
         state.metrics.requests.labels(status="200").inc()
         return StreamingResponse(_ndjson(deltas, body, chat, parser, clock), media_type=NDJSON,

@@ -11,7 +11,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..structured import tools as tool_calls
+from ..structured.tool_parser import ToolCallParser, whole_calls
 from .choices import ChoiceCollector, choice_params
 from .intake import ApiError, check_key, guarded, in_thread, parse
 from .logprob_format import LogprobFormatter
@@ -77,7 +77,7 @@ async def complete(state: ServerState, request: Request, req: CommonRequest, pro
         formatters = [LogprobFormatter(state.tokenizer, chat) for _ in params] if logprobs else None
         # Starlette watches for the client leaving while it streams; leaving cancels sse(), which aborts.
         stop = functools.partial(state.engine.abort_request, seq.request_id)
-        parsers = [tool_calls.ToolCallParser(*tools) for _ in params] if tools else None
+        parsers = [ToolCallParser(*tools) for _ in params] if tools else None
         return StreamingResponse(sse(deltas, shaper, include_usage, len(params), formatters, stop, parsers),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -101,6 +101,6 @@ async def complete(state: ServerState, request: Request, req: CommonRequest, pro
     choices = collected.choices()
     if tools:
         for c in choices:
-            c.text, calls = tool_calls.whole_calls(tool_calls.ToolCallParser(*tools), c.text)
+            c.text, calls = whole_calls(ToolCallParser(*tools), c.text)
             c.tool_calls, c.finish_reason = calls or None, tool_finish(c.finish_reason, bool(calls))
     return shaper.whole(choices, collected.total.usage())

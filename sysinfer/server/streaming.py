@@ -15,7 +15,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.errors import ContextLengthError, EngineClosedError, QueueFullError, TooManyChoicesError
 from ..engine.request_state import Delta
 from ..engine.sampling import SamplingParams
-from ..structured import tools as tool_calls
+from ..structured.tool_parser import ToolCallParser
 from .choices import UsageTotal
 from .intake import ApiError
 from .logprob_format import LogprobFormatter
@@ -103,7 +103,7 @@ def _tool_events(shaper: ResponseShaper, parser, d: Delta, logprobs, include_usa
 
 async def sse(deltas: AsyncIterator[Delta], shaper: ResponseShaper, include_usage: bool, n: int = 1,
                formatters: list[LogprobFormatter] | None = None, stop=None,
-               tools: "list[tool_calls.ToolCallParser] | None" = None) -> AsyncIterator[str]:
+               tools: list[ToolCallParser] | None = None) -> AsyncIterator[str]:
     """The stream's events; whatever happens, it ends with a last chunk of each choice (or an error
     event) and [DONE]. The n choices' chunks interleave, each naming its index. formatters: one per
     choice when the request asked for logprobs; stop(): ends the request's other choices after an error;

@@ -8,6 +8,7 @@ import pytest
 from sysinfer.server import ollama_routes, ollama_shapes
 from sysinfer.server.intake import ApiError
 from sysinfer.structured import tools as tool_calls
+from sysinfer.structured.tool_parser import ToolCallParser
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -15,7 +16,7 @@ REPLY = 'Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": 
 
 
 def _parser():
-    return tool_calls.ToolCallParser(tool_calls.HERMES, tool_calls.plan_from_request([WEATHER], None, None))
+    return ToolCallParser(tool_calls.HERMES, tool_calls.plan_from_request([WEATHER], None, None))
 
 
 def test_tool_calls_in_ollamas_shape_whole_and_streamed():

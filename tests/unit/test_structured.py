@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from support.fake_model import FakeModel
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.sampling import Sampler, SamplingError, SamplingParams
+from sysinfer.structured import tool_parser as P
 from sysinfer.structured import tools as T
 from sysinfer.structured.constraints import ConstraintError, compile_constraint, from_request
 
@@ -265,7 +266,7 @@ def test_forced_tool_calls_parse_and_validate(syntax, choice):
     plan = T.plan_from_request(FNS, choice, False)
     text, reason = run(T.tool_grammar(syntax, plan), temperature=1.0, seed=4)
     assert reason == "stop"
-    content, calls = T.whole_calls(T.ToolCallParser(syntax, plan), text)
+    content, calls = P.whole_calls(P.ToolCallParser(syntax, plan), text)
     assert not content and len(calls) == 1
     name = calls[0]["function"]["name"]
     assert name == "add" or (name == "now" and choice == "required")
@@ -287,8 +288,8 @@ OUTPUTS = [
 def test_streamed_calls_equal_whole_calls_for_any_chunking(case, cuts):
     syntax, text = case
     plan = T.plan_from_request(FNS, "auto", True)
-    content_whole, calls_whole = T.whole_calls(T.ToolCallParser(syntax, plan), text)
-    parser, content, calls = T.ToolCallParser(syntax, plan), "", {}
+    content_whole, calls_whole = P.whole_calls(P.ToolCallParser(syntax, plan), text)
+    parser, content, calls = P.ToolCallParser(syntax, plan), "", {}
     points = sorted({c for c in cuts if c < len(text)}) + [len(text)]
     start = 0
     for end in points:
@@ -411,10 +412,10 @@ def test_a_call_cut_off_is_never_returned(syntax, text):
     """A reply cut by max_tokens inside a call: the complete calls before it are returned, the cut one
     is not (neither whole nor streamed: no delta of it is ever sent)."""
     plan = T.plan_from_request(FNS, "required", True)
-    _, calls = T.whole_calls(T.ToolCallParser(syntax, plan), text)
+    _, calls = P.whole_calls(P.ToolCallParser(syntax, plan), text)
     assert [c["function"]["name"] for c in calls] == ["add"]
     assert json.loads(calls[0]["function"]["arguments"]) == {"a": 1, "b": 2}
-    parser, streamed = T.ToolCallParser(syntax, plan), []
+    parser, streamed = P.ToolCallParser(syntax, plan), []
     for i in range(len(text)):
         streamed += parser.feed(text[i], final=i == len(text) - 1)[1]
     assert [(d.index, d.name) for d in streamed] == [(0, "add")] and json.loads(streamed[0].arguments)
