@@ -426,10 +426,10 @@ def test_arguments_come_back_compact_whatever_whitespace_the_model_wrote():
     them); the arguments go out on one line as the README shows them, strings untouched."""
     plan = T.plan_from_request(FNS, "required", None)
     text = '<tool_call>\n{"name": "add", "arguments": {\n  "a": 1,\n  "b":2 , "c" : " x :\\" ,\\n "}\n}\n</tool_call>'
-    _, calls = T.whole_calls(T.ToolCallParser(T.HERMES, plan), text)
+    _, calls = P.whole_calls(P.ToolCallParser(T.HERMES, plan), text)
     assert calls[0]["function"]["arguments"] == '{"a": 1, "b": 2, "c": " x :\\" ,\\n "}'
     assert json.loads(calls[0]["function"]["arguments"]) == {"a": 1, "b": 2, "c": ' x :" ,\n '}
-    assert T.compact_json('[1 ,\n\t2.50e3,{"k" :[ ]}]') == '[1, 2.50e3, {"k": []}]'
+    assert P.compact_json('[1 ,\n\t2.50e3,{"k" :[ ]}]') == '[1, 2.50e3, {"k": []}]'
 
 
 @pytest.mark.parametrize("syntax, call, other", [
@@ -440,9 +440,9 @@ def test_a_repeated_call_is_not_sent_again_and_says_so(syntax, call, other):
     """Parallel calls allowed: a different call goes out, the same call again (whitespace aside) is
     held back and `repeated` tells the server to end the reply (issue 25: a small model loops)."""
     plan = T.plan_from_request(FNS, "required", True)
-    parser = T.ToolCallParser(syntax, plan)
-    _, calls = T.whole_calls(parser, call + "\n" + other + "\n" + call.replace(", ", ",\n  "))
+    parser = P.ToolCallParser(syntax, plan)
+    _, calls = P.whole_calls(parser, call + "\n" + other + "\n" + call.replace(", ", ",\n  "))
     assert [json.loads(c["function"]["arguments"])["a"] for c in calls] == [1, 2] and parser.repeated
-    parser = T.ToolCallParser(syntax, plan)
-    T.whole_calls(parser, call + "\n" + other)
+    parser = P.ToolCallParser(syntax, plan)
+    P.whole_calls(parser, call + "\n" + other)
     assert not parser.repeated
