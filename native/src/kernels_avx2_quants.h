@@ -1,4 +1,5 @@
-// AVX2 arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K.
+// AVX2 arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K,
+// IQ4_NL, IQ4_XS.
 // Included after kernels_avx2_impl.h by kernels_avx2.cpp and by kernels_avx512.cpp (the AVX-512
 // table runs these 256-bit kernels: the tests here check them, and no AVX-512 machine is at hand).
 // Twin of kernels_generic.cpp's decoded form; the loops are kernels_simd.h's.
@@ -180,6 +181,75 @@ struct GemmQ5_K : simd::WeightType<TileQ5_K, TileAcc> {
                       }, sa, sm);
     }
     k_finish<NT>(t, sa, sm, acc);
+  }
+};
+
+// ---- IQ4_NL / IQ4_XS: 4-bit indices into a 16-entry signed code book (kIQ4NL) ----
+//
+// `pshufb` looks the 16 levels up for 32 nibbles at once; the levels are signed (-127..113), so as
+// for Q8_0 `maddubs` takes |w| and the activation carries w's sign. A pair reaches 2 * 127 * 127,
+// so each `maddubs` is widened to int32 before it is added. Exact integers.
+
+inline __m256i iq4_levels() {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NL)));
+}
+
+// Per-row int32 dots of one IQ4 tile block (the Q4_0 layout: 4 groups of 8 rows x 4 bytes, low
+// nibbles elements 4g + k, high 16 + 4g + k) with NT tokens' activation blocks (a[i * a_stride]).
+template <int NT>
+inline void iq4_tile_dots(const uint8_t (*q)[8][4], const ActBlock* a, size_t a_stride, __m256i s32[NT]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), levels = iq4_levels();
+  for (int g = 0; g < 4; ++g) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[g]));
+    const __m256i wl = _mm256_shuffle_epi8(levels, _mm256_and_si256(v, m4));
+    const __m256i wh = _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    const __m256i al = _mm256_sign_epi8(wl, wl), ah = _mm256_sign_epi8(wh, wh);
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* qs = a[i * a_stride].qs;
+      const __m256i p = _mm256_add_epi32(widen_sum(_mm256_maddubs_epi16(al, _mm256_sign_epi8(bcast4(qs + 4 * g), wl))),
+                                         widen_sum(_mm256_maddubs_epi16(ah, _mm256_sign_epi8(bcast4(qs + 16 + 4 * g), wh))));
+      s32[i] = g == 0 ? p : _mm256_add_epi32(s32[i], p);
+      keep(s32[i]);
+    }
+  }
+}
+
+struct GemmIQ4_NL : simd::WeightType<TileIQ4_NL, TileAcc> {  // x = d * kIQ4NL[q]
+  static constexpr WType kType = WType::IQ4_NL;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256i s32[NT];
+    iq4_tile_dots<NT>(b.q, a, a_stride, s32);
+    const __m256 dw = load_fp16x8(b.d);
+    for (int i = 0; i < NT; ++i)
+      acc[i].v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), _mm256_mul_ps(dw, _mm256_set1_ps(a[i * a_stride].d)), acc[i].v);
+  }
+};
+
+// IQ4_XS: 8 IQ4_NL-shaped sub-blocks with 6-bit scales ls_j - 32 (kernels.h), for each token
+// sa += a_j.d * (sc_j * dot_j) (the int product exact, as the generic kernel's), then acc += d * sa.
+struct GemmIQ4_XS : simd::WeightType<TileIQ4_XS, TileAcc> {
+  static constexpr WType kType = WType::IQ4_XS;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    uint64_t lo_words[4];
+    std::memcpy(lo_words, t.scales_l, sizeof lo_words);  // word j / 2: byte r is row r's scales_l[j / 2]
+    const __m256i hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t.scales_h)));
+    const __m256i m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3), bias = _mm256_set1_epi32(32);
+    __m256 sa[NT];
+    for (int i = 0; i < NT; ++i) sa[i] = _mm256_setzero_ps();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i l4 = _mm256_and_si256(_mm256_srli_epi32(bytes_to_i32(lo_words[j / 2]), 4 * (j % 2)), m4);
+      const __m256i h2 = _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 2 * j), m2), 4);
+      const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(l4, h2), bias);
+      __m256i s32[NT];
+      iq4_tile_dots<NT>(t.q[j], a + j, a_stride, s32);
+      for (int i = 0; i < NT; ++i)
+        sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(s32[i], sc)), _mm256_set1_ps(a[i * a_stride + j].d),
+                                sa[i]);
+    }
+    const __m256 d = load_fp16x8(t.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = _mm256_fmadd_ps(d, sa[i], acc[i].v);
   }
 };
 

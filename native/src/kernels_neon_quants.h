@@ -1,4 +1,5 @@
-// NEON arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K.
+// NEON arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K,
+// IQ4_NL, IQ4_XS.
 // Included by kernels_neon_impl.h (after its Q4_0 arithmetic, whose RowDot, dup4, fp16x4 and TileAcc
 // it uses), so the neon, neon-dotprod and neon-i8mm tables all have it (i8mm with dotprod's `sdot`).
 // Twin of kernels_generic.cpp's decoded form and of kernels_avx2_quants.h; the loops are
@@ -172,6 +173,85 @@ struct GemmQ5_K : simd::WeightType<TileQ5_K, TileAcc> {
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
     k_quant_block<NT, true>(t, t.qh, a, a_stride, acc);
+  }
+};
+
+// ---- IQ4_NL / IQ4_XS: 4-bit indices into kIQ4NL's 16 signed levels (`tbl` looks them up) ----
+
+// One IQ4 tile block (the Q4_0 layout) as signed levels: w[g][h][n], group g, rows 4h..4h+3, low
+// (n = 0) or high (n = 1) nibbles.
+struct IQ4Unpacked {
+  int8x16_t w[4][2][2];
+  explicit IQ4Unpacked(const uint8_t (*q)[8][4]) {
+    const int8x16_t levels = vld1q_s8(kIQ4NL);
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    for (int g = 0; g < 4; ++g)
+      for (int h = 0; h < 2; ++h) {
+        const uint8x16_t v = vld1q_u8(q[g][4 * h]);
+        w[g][h][0] = vqtbl1q_s8(levels, vandq_u8(v, m4));
+        w[g][h][1] = vqtbl1q_s8(levels, vshrq_n_u8(v, 4));
+      }
+  }
+  // Rows 0-3 and 4-7's int32 dots with activation block a (products up to 127 * 127: dot4_wide).
+  void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
+    int32x4_t s[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
+    for (int g = 0; g < 4; ++g) {
+      const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
+      for (int h = 0; h < 2; ++h) s[h] = dot4_wide(dot4_wide(s[h], w[g][h][0], alo), w[g][h][1], ahi);
+    }
+    *r03 = s[0];
+    *r47 = s[1];
+  }
+};
+
+struct GemmIQ4_NL : simd::WeightType<TileIQ4_NL, TileAcc> {  // x = d * kIQ4NL[q]
+  static constexpr WType kType = WType::IQ4_NL;
+  template <int NT>
+  static void block(const Tile& b, const ActBlock* a, size_t a_stride, Acc* acc) {
+    const IQ4Unpacked w(b.q);
+    const float32x4_t d0 = fp16x4(b.d), d1 = fp16x4(b.d + 4);
+    for (int i = 0; i < NT; ++i) {
+      int32x4_t s0, s1;
+      w.dot(a[i * a_stride], &s0, &s1);
+      q8_0_scale(s0, s1, d0, d1, a[i * a_stride], acc[i]);  // the same float step as Q8_0
+    }
+  }
+};
+
+// IQ4_XS: 8 IQ4_NL-shaped sub-blocks with 6-bit scales ls_j - 32: sa += a_j.d * (sc_j * dot_j),
+// then acc += d * sa (as kernels_avx2_quants.h).
+struct GemmIQ4_XS : simd::WeightType<TileIQ4_XS, TileAcc> {
+  static constexpr WType kType = WType::IQ4_XS;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    uint64_t lo_words[4];
+    std::memcpy(lo_words, t.scales_l, sizeof lo_words);  // word j / 2: byte r is row r's scales_l[j / 2]
+    const uint16x8_t hi16 = vld1q_u16(t.scales_h);
+    const int32x4_t hi[2] = {vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(hi16))),
+                             vreinterpretq_s32_u32(vmovl_high_u16(hi16))};
+    float32x4_t sa[NT][2];
+    for (int i = 0; i < NT; ++i) sa[i][0] = sa[i][1] = vdupq_n_f32(0.f);
+    for (int j = 0; j < 8; ++j) {
+      int32x4_t l[2], sc[2];
+      bytes_to_i32(lo_words[j / 2] >> (4 * (j % 2)), &l[0], &l[1]);
+      for (int h = 0; h < 2; ++h) {
+        const int32x4_t h2 = vandq_s32(vshlq_s32(hi[h], vdupq_n_s32(-2 * j)), vdupq_n_s32(3));
+        sc[h] = vsubq_s32(vorrq_s32(vandq_s32(l[h], vdupq_n_s32(15)), vshlq_n_s32(h2, 4)), vdupq_n_s32(32));
+      }
+      const IQ4Unpacked w(t.q[j]);
+      for (int i = 0; i < NT; ++i) {
+        const ActBlock& aj = a[i * a_stride + j];
+        int32x4_t s0, s1;
+        w.dot(aj, &s0, &s1);
+        sa[i][0] = vfmaq_n_f32(sa[i][0], vcvtq_f32_s32(vmulq_s32(s0, sc[0])), aj.d);
+        sa[i][1] = vfmaq_n_f32(sa[i][1], vcvtq_f32_s32(vmulq_s32(s1, sc[1])), aj.d);
+      }
+    }
+    const float32x4_t d0 = fp16x4(t.d), d1 = fp16x4(t.d + 4);
+    for (int i = 0; i < NT; ++i) {
+      acc[i].r03 = vfmaq_f32(acc[i].r03, d0, sa[i][0]);
+      acc[i].r47 = vfmaq_f32(acc[i].r47, d1, sa[i][1]);
+    }
   }
 };
 

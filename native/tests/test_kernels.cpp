@@ -612,8 +612,9 @@ struct BenchMatrix {
 void bench(bool all_types, int ntok) {
   const std::vector<const Kernels*> tables = runnable_tables();
   std::vector<WType> types = {WType::Q4_0};
-  if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q5_0, WType::Q5_1, WType::Q8_0, WType::Q4_K, WType::Q5_K,
-                          WType::Q6_K, WType::F16};
+  if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q5_0,   WType::Q5_1, WType::Q8_0, WType::IQ4_NL,
+                          WType::Q2_K, WType::Q3_K, WType::Q4_K,   WType::Q5_K, WType::Q6_K, WType::IQ4_XS,
+                          WType::F16};
   for (WType type : types) {
     const int rows = 14336, cols = 4096, prows = 4096;
     const BenchMatrix m(type, rows, cols, ntok);
@@ -667,8 +668,8 @@ void bench_gemm_shape(int rows, int cols, int ntok, WType type) {
         k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
       t = std::min(t, (cpu_now() - t0) / calls);
     }
-    std::printf("  %-13s %s %d tok x %dx%d: %8.3f ms, %6.1f GOPS\n", k->name, type_name(type), ntok, rows, cols, t * 1e3,
-                2.0 * rows * cols * ntok / t / 1e9);
+    std::printf("  %-13s %s %d tok x %dx%d: %8.3f ms, %6.1f GOPS, %5.1f GB/s of weights\n", k->name, type_name(type), ntok,
+                rows, cols, t * 1e3, 2.0 * rows * cols * ntok / t / 1e9, packed.size() / t / 1e9);
   }
 }
 
@@ -919,7 +920,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--bench-gemm") && i + 3 < argc) {
       WType type = WType::Q4_0;
       if (i + 4 < argc)
-        for (WType t : {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K})
+        for (WType t : kAllTypes)
           if (!std::strcmp(argv[i + 4], type_name(t))) type = t;
       bench_gemm_shape(std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::max(1, std::atoi(argv[i + 3])), type);
       return 0;
