@@ -440,8 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "qwen3-8b", "qwen3-30b-a3b", "qwen3moe-mini", "deepseek-llm-7b"])
     p.add_argument("--layers", type=int,
                    help="keep only the first N layers (a cut of the same shape, e.g. to fit a big MoE in memory)")
-    p.add_argument("--quant", choices=["q4_0", "q4_1", "q8_0"],
-                   help="the matrices' type (default: the real file's: q4_1 for smollm2-135m, q4_0 for the others)")
+    p.add_argument("--type", "--quant", dest="quant", choices=["q4_0", "q4_1", "q8_0", "q4_k_m", "q5_k_m"],
+                   help="the matrices' type, or q4_k_m / q5_k_m: llama-quantize's mix of those names (Q4_K or Q5_K, "
+                        "Q6_K output and some layers' attn_v / ffn_down) (default: the real file's: q4_1 for "
+                        "smollm2-135m, q4_0 for the others)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_synth)

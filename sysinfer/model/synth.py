@@ -179,11 +179,23 @@ def _add(w: GGUFWriter, name: str, data: np.ndarray, qtype: QT) -> None:
         w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
 
 
-def matrix_type(spec: SynthSpec, name: str, layer: int) -> QT:
+# What llama.cpp's quantizer writes instead of a 256-wide type when a matrix's rows are not a
+# multiple of 256 long (so SmolLM2's 576-wide rows of a Q4_K_M file are Q5_0).
+_FALLBACK_256 = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0, QT.Q2_K: QT.IQ4_NL, QT.Q3_K: QT.IQ4_NL,
+                 QT.IQ4_XS: QT.IQ4_NL}
+
+
+def block_fallback(qtype: QT, cols: int) -> QT:
+    """qtype, or its 32-wide fallback when rows of `cols` values do not split into 256-value blocks."""
+    return _FALLBACK_256.get(qtype, qtype) if cols % 256 else qtype
+
+
+def matrix_type(spec: SynthSpec, name: str, layer: int, cols: int | None = None) -> QT:
     """The type of layer `layer`'s matrix `name` ("attn_q", ...): an override (a type, or a function of
-    the layer) or spec.matrix_type."""
+    the layer) or spec.matrix_type; with cols, its block_fallback for rows that long."""
     t = spec.type_overrides.get(name, spec.matrix_type)
-    return t(layer) if callable(t) else t
+    t = t(layer) if callable(t) else t
+    return t if cols is None else block_fallback(t, cols)
 
 
 def _add_experts(w: GGUFWriter, rng: np.random.Generator, spec: SynthSpec, i: int, branch: float) -> None:
@@ -193,7 +205,7 @@ def _add_experts(w: GGUFWriter, rng: np.random.Generator, spec: SynthSpec, i: in
     _add(w, f"blk.{i}.ffn_gate_inp.weight", random_matrix_bytes(rng, QT.F32, E, D, 2 / np.sqrt(D)), QT.F32)
     for name, rows, cols, std in (("ffn_gate_exps", F, D, 1 / np.sqrt(D)), ("ffn_up_exps", F, D, 1 / np.sqrt(D)),
                                   ("ffn_down_exps", D, F, branch / np.sqrt(F))):
-        qtype = matrix_type(spec, name, i)
+        qtype = matrix_type(spec, name, i, cols)
         data = random_matrix_bytes(rng, qtype, E * rows, cols, std)
         _add(w, f"blk.{i}.{name}.weight", data.reshape(E, rows, -1), qtype)
 
@@ -208,11 +220,12 @@ def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
     D, F, hd = spec.n_embd, spec.n_ff, head_dim(spec)
     w = GGUFWriter(path, spec.arch)
     _add_metadata(w, spec)
-    _add(w, "token_embd.weight", random_matrix_bytes(rng, spec.embd_type, spec.n_vocab, D, 1.0), spec.embd_type)
+    embd_type = block_fallback(spec.embd_type, D)
+    _add(w, "token_embd.weight", random_matrix_bytes(rng, embd_type, spec.n_vocab, D, 1.0), embd_type)
     _add(w, "output_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
     if spec.output_type is not None:
-        _add(w, "output.weight", random_matrix_bytes(rng, spec.output_type, spec.n_vocab, D, 1 / np.sqrt(D)),
-             spec.output_type)
+        out_type = block_fallback(spec.output_type, D)
+        _add(w, "output.weight", random_matrix_bytes(rng, out_type, spec.n_vocab, D, 1 / np.sqrt(D)), out_type)
     if spec.rope_freqs:
         _add(w, "rope_freqs.weight", rng.uniform(1.0, 8.0, hd // 2).astype(np.float32), QT.F32)
     branch = 1 / np.sqrt(2 * spec.n_layer)
@@ -234,7 +247,7 @@ def write_synthetic_gguf(path: str, spec: SynthSpec, seed: int = 0) -> str:
         _add(w, f"blk.{i}.attn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
         _add(w, f"blk.{i}.ffn_norm.weight", rng.uniform(0.8, 1.2, D).astype(np.float32), QT.F32)
         for name, (rows, cols, std) in shapes.items():
-            qtype = matrix_type(spec, name, i)
+            qtype = matrix_type(spec, name, i, cols)
             _add(w, f"blk.{i}.{name}.weight", random_matrix_bytes(rng, qtype, rows, cols, std), qtype)
             if arch.qkv_bias and name in ("attn_q", "attn_k", "attn_v"):  # Qwen2: sizeable, as trained ones are
                 _add(w, f"blk.{i}.{name}.bias", rng.normal(0, 0.5, rows).astype(np.float32), QT.F32)

