@@ -1,5 +1,5 @@
 // AVX2 arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K,
-// IQ4_NL, IQ4_XS.
+// IQ4_NL, IQ4_XS, Q2_K, Q3_K.
 // Included after kernels_avx2_impl.h by kernels_avx2.cpp and by kernels_avx512.cpp (the AVX-512
 // table runs these 256-bit kernels: the tests here check them, and no AVX-512 machine is at hand).
 // Twin of kernels_generic.cpp's decoded form; the loops are kernels_simd.h's.
@@ -250,6 +250,100 @@ struct GemmIQ4_XS : simd::WeightType<TileIQ4_XS, TileAcc> {
     }
     const __m256 d = load_fp16x8(t.d);
     for (int i = 0; i < NT; ++i) acc[i].v = _mm256_fmadd_ps(d, sa[i], acc[i].v);
+  }
+};
+
+// ---- Q2_K / Q3_K: rows are whole super-blocks (not interleaved), as Q6_K ----
+//
+// Group j = 4n + s of a row's block (32 weights, activation block j) holds (qs[32n + l] >> 2s) & 3,
+// with Q3_K's hmask bit j of byte l as bit 2: unsigned u, 0..3 or 0..7 (Q3_K's q = u - 4). Then
+// Q6_K's arithmetic unchanged (q6_group: maddubs, madd by the group's two 16-weight scales, by a_j.d
+// into four float chains), with once per super-block Q3_K's offset (4 * sc by the activation half
+// sums) or Q2_K's minimums (dmin * mn by the half sums). Lanes summed once at the end (RowSums).
+
+// Group j's unsigned quants (hm: Q3_K's 32 hmask bytes).
+template <bool Q3>
+inline __m256i q23_group(const uint8_t* qs, __m256i hm, int j) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * (j / 4)));
+  __m256i u = _mm256_and_si256(_mm256_srli_epi16(v, 2 * (j % 4)), _mm256_set1_epi8(3));
+  if constexpr (Q3) {  // bit j of each hmask byte -> bit 2
+    const __m256i hb = j <= 2 ? _mm256_slli_epi16(hm, 2 - j) : _mm256_srli_epi16(hm, j - 2);
+    u = _mm256_or_si256(u, _mm256_and_si256(hb, _mm256_set1_epi8(4)));
+  }
+  return u;
+}
+
+// Q3_K's 16 scales s_i - 32 (kernels.h's packing: low 4 bits in bytes 0-7, high 2 in bytes 8-11) as
+// int16, unpacked on 64-bit words: byte i of lo / hi is scale i / 8 + i.
+inline __m256i q3_scales16(const uint8_t* s) {
+  uint64_t w;
+  uint32_t h;
+  std::memcpy(&w, s, 8);
+  std::memcpy(&h, s + 8, 4);
+  const uint64_t m4 = 0x0F0F0F0F0F0F0F0Full;
+  const uint32_t m2 = 0x03030303u;
+  const uint64_t hlo = (h & m2) | uint64_t((h >> 2) & m2) << 32, hhi = ((h >> 4) & m2) | uint64_t((h >> 6) & m2) << 32;
+  const __m128i b = _mm_set_epi64x(int64_t(((w >> 4) & m4) | (hhi << 4)), int64_t((w & m4) | (hlo << 4)));
+  return _mm256_cvtepi8_epi16(_mm_sub_epi8(b, _mm_set1_epi8(32)));
+}
+
+// acc (lanes of one row) += one Q2_K / Q3_K super-block (quants qs / hmask, int16 scales sc16 and
+// Q2_K's minimums mn16) times 8 activation blocks a (their d and half sums gathered in ad / asum).
+template <bool Q3>
+inline __m256 q23_row(const uint8_t* qs, const uint8_t* hmask, __m256i sc16, __m256i mn16, float d, float dmin,
+                      const ActBlock* a, __m256 ad, __m256i asum, __m256 acc) {
+  const __m256i half16[2] = {_mm256_permute4x64_epi64(sc16, 0x44), _mm256_permute4x64_epi64(sc16, 0xEE)};
+  const __m256i hm = Q3 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hmask)) : _mm256_setzero_si256();
+  __m256 s[4];
+  for (int j = 0; j < 8; ++j) q6_group(q23_group<Q3>(qs, hm, j), q6_group_scales(half16[j / 4], j % 4), a[j], j, s);
+  const __m256 sum = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
+  if constexpr (Q3) {  // q = u - 4
+    const __m256 off = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, asum)), _mm256_mul_ps(ad, _mm256_set1_ps(4.f)));
+    return _mm256_fmadd_ps(_mm256_sub_ps(sum, off), _mm256_set1_ps(d), acc);
+  }
+  const __m256 mins = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn16, asum)), ad);
+  return _mm256_fnmadd_ps(mins, _mm256_set1_ps(dmin), _mm256_fmadd_ps(sum, _mm256_set1_ps(d), acc));
+}
+
+// The 8 activation blocks' d as a vector and their 16 half sums (q6_act_gather's, without the 32).
+inline void q23_act_gather(const ActBlock* a, __m256* ad, __m256i* asum) {
+  q6_act_gather(a, ad, asum);
+  *ad = _mm256_mul_ps(*ad, _mm256_set1_ps(1.f / 32));  // exact: a power of two
+}
+
+struct GemmQ2_K : simd::WeightType<TileQ2_K, simd::RowSums<F32x8>> {  // x = d * sc * q - dmin * mn
+  static constexpr WType kType = WType::Q2_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256 ad[NT];
+    __m256i asum[NT];
+    for (int i = 0; i < NT; ++i) q23_act_gather(a + i * a_stride, &ad[i], &asum[i]);
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ2_K& b = t.b[r];
+      const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
+      const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
+      const __m256i mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)));
+      const float d = _cvtsh_ss(b.d), dmin = _cvtsh_ss(b.dmin);
+      for (int i = 0; i < NT; ++i)
+        acc[i].r[r] = q23_row<false>(b.qs, nullptr, sc16, mn16, d, dmin, a + i * a_stride, ad[i], asum[i], acc[i].r[r]);
+    }
+  }
+};
+
+struct GemmQ3_K : simd::WeightType<TileQ3_K, simd::RowSums<F32x8>> {  // x = d * (s - 32) * (u - 4)
+  static constexpr WType kType = WType::Q3_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256 ad[NT];
+    __m256i asum[NT];
+    for (int i = 0; i < NT; ++i) q23_act_gather(a + i * a_stride, &ad[i], &asum[i]);
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ3_K& b = t.b[r];
+      const __m256i sc16 = q3_scales16(b.scales);
+      const float d = _cvtsh_ss(b.d);
+      for (int i = 0; i < NT; ++i)
+        acc[i].r[r] = q23_row<true>(b.qs, b.hmask, sc16, sc16, d, 0.f, a + i * a_stride, ad[i], asum[i], acc[i].r[r]);
+    }
   }
 };
 

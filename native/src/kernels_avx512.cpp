@@ -264,7 +264,7 @@ void quantize_act512(const float* x, ActBlock* out, int n) {
 }
 
 constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512, GemmQ5_0,
-                                            GemmQ5_1, GemmQ4_K, GemmQ5_K, GemmIQ4_NL, GemmIQ4_XS>(
+                                            GemmQ5_1, GemmQ4_K, GemmQ5_K, GemmIQ4_NL, GemmIQ4_XS, GemmQ2_K, GemmQ3_K>(
     "avx512", quantize_act512, f16_to_f32, f32_to_f16);
 
 }  // namespace

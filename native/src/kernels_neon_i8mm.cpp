@@ -141,7 +141,7 @@ struct MmlaQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 
 const sysinfer::Kernels* sysinfer::neon_i8mm_kernels() {
   static constexpr Kernels k = simd::table<MmlaQ4_0, MmlaQ4_1, MmlaQ8_0, GemmQ6_K, GemmFloat, Attention, GemmQ5_0,
-                                                 GemmQ5_1, GemmQ4_K, GemmQ5_K, GemmIQ4_NL, GemmIQ4_XS>(
+                                                 GemmQ5_1, GemmQ4_K, GemmQ5_K, GemmIQ4_NL, GemmIQ4_XS, GemmQ2_K, GemmQ3_K>(
       "neon-i8mm", quantize_act, f16_to_f32, f32_to_f16);
   return &k;
 }

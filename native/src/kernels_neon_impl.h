@@ -387,14 +387,14 @@ void f32_to_f16(const float* src, uint16_t* dst, int n) {
 }  // namespace
 }  // namespace sysinfer
 
-#include "kernels_neon_quants.h"  // Q5_0, Q5_1, Q4_K, Q5_K, IQ4_NL, IQ4_XS (the others: generic)
+#include "kernels_neon_quants.h"  // Q5_0, Q5_1, Q4_K, Q5_K, IQ4_NL, IQ4_XS, Q2_K, Q3_K
 
 namespace sysinfer {
 namespace {
 
 constexpr Kernels neon_table(const char* name) {
   return simd::table<GemmQ4_0, GemmQ4_1, GemmQ8_0, GemmQ6_K, GemmFloat, Attention, GemmQ5_0, GemmQ5_1, GemmQ4_K,
-                     GemmQ5_K, GemmIQ4_NL, GemmIQ4_XS>(name, quantize_act, f16_to_f32, f32_to_f16);
+                     GemmQ5_K, GemmIQ4_NL, GemmIQ4_XS, GemmQ2_K, GemmQ3_K>(name, quantize_act, f16_to_f32, f32_to_f16);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // NEON arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K,
-// IQ4_NL, IQ4_XS.
+// IQ4_NL, IQ4_XS, Q2_K, Q3_K.
 // Included by kernels_neon_impl.h (after its Q4_0 arithmetic, whose RowDot, dup4, fp16x4 and TileAcc
 // it uses), so the neon, neon-dotprod and neon-i8mm tables all have it (i8mm with dotprod's `sdot`).
 // Twin of kernels_generic.cpp's decoded form and of kernels_avx2_quants.h; the loops are
@@ -251,6 +251,118 @@ struct GemmIQ4_XS : simd::WeightType<TileIQ4_XS, TileAcc> {
     for (int i = 0; i < NT; ++i) {
       acc[i].r03 = vfmaq_f32(acc[i].r03, d0, sa[i][0]);
       acc[i].r47 = vfmaq_f32(acc[i].r47, d1, sa[i][1]);
+    }
+  }
+};
+
+// ---- Q2_K / Q3_K: rows are whole super-blocks (not interleaved), as Q6_K ----
+//
+// Group j = 4n + s (activation block j) holds (qs[32n + l] >> 2s) & 3, with Q3_K's hmask bit j of
+// byte l as bit 2: unsigned u (Q3_K's q = u - 4). Q6_K's arithmetic (q6_superblock's loop) on u, then
+// once per super-block Q3_K's offset (4 * sc by the activation half sums) or Q2_K's minimums (mn by
+// the half sums, times dmin). Twin of kernels_avx2_quants.h's.
+
+// q[j][h]: group j's 16 quants of weights 16h..16h+15 (hmask: Q3_K's, else nullptr).
+template <bool Q3>
+inline void unpack_q23(const uint8_t* qs, const uint8_t* hmask, int8x16_t q[8][2]) {
+  const uint8x16_t m3 = vdupq_n_u8(3), bit2 = vdupq_n_u8(4);
+  for (int h = 0; h < 2; ++h) {
+    const uint8x16_t hm = Q3 ? vld1q_u8(hmask + 16 * h) : vdupq_n_u8(0);
+    for (int n = 0; n < 2; ++n) {
+      const uint8x16_t v = vld1q_u8(qs + 32 * n + 16 * h);
+      for (int s = 0; s < 4; ++s) {
+        const int j = 4 * n + s;
+        uint8x16_t u = vandq_u8(vshlq_u8(v, vdupq_n_s8(int8_t(-2 * s))), m3);
+        if constexpr (Q3) u = vorrq_u8(u, vandq_u8(vshlq_u8(hm, vdupq_n_s8(int8_t(2 - j))), bit2));
+        q[j][h] = vreinterpretq_s8_u8(u);
+      }
+    }
+  }
+}
+
+// sum_j a_j.d * sum_k u_jk * sc(j, k) * a_jk over one row's super-block, as 4 float lanes (as
+// q6_superblock, without its offset).
+inline float32x4_t q23_dots(const int8x16_t q[8][2], const int8_t* sc, const ActBlock* a) {
+  float32x4_t s = vdupq_n_f32(0.f);
+  for (int j = 0; j < 8; ++j) {
+    const int32x4_t h0 = dot4_wide(vdupq_n_s32(0), q[j][0], vld1q_s8(a[j].qs));
+    const int32x4_t h1 = dot4_wide(vdupq_n_s32(0), q[j][1], vld1q_s8(a[j].qs + 16));
+    const int32x4_t p = vmlaq_n_s32(vmulq_n_s32(h0, sc[2 * j]), h1, sc[2 * j + 1]);
+    s = vfmaq_n_f32(s, vcvtq_f32_s32(p), a[j].d);
+  }
+  return s;
+}
+
+// sum_j a_j.d * (k16[2j] * a_j.sum[0] + k16[2j + 1] * a_j.sum[1]), as 4 float lanes (act: Q6Act's
+// gathered sums and 32 * a_j.d).
+inline float32x4_t q23_half_sums(const int16x8_t k16[2], const Q6Act& act) {
+  float32x4_t s = vdupq_n_f32(0.f);
+  for (int k = 0; k < 2; ++k) {
+    const int32x4_t c = vpaddq_s32(vmull_s16(vget_low_s16(k16[k]), vget_low_s16(act.sums[k])),
+                                   vmull_high_s16(k16[k], act.sums[k]));
+    s = vfmaq_f32(s, vcvtq_f32_s32(c), vmulq_n_f32(act.d32[k], 1.f / 32));  // exact: a power of two
+  }
+  return s;
+}
+
+inline void widen_s8(int8x16_t v, int16x8_t out[2]) {
+  out[0] = vmovl_s8(vget_low_s8(v));
+  out[1] = vmovl_high_s8(v);
+}
+
+struct GemmQ2_K : simd::WeightType<TileQ2_K, simd::RowSums<F32x4>> {  // x = d * sc * q - dmin * mn
+  static constexpr WType kType = WType::Q2_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    Q6Act act[NT];
+    for (int i = 0; i < NT; ++i) act[i].load(a + i * a_stride);
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ2_K& b = t.b[r];
+      int8x16_t q[8][2];
+      unpack_q23<false>(b.qs, nullptr, q);
+      const uint8x16_t raw = vld1q_u8(b.scales);
+      int8_t sc[16];
+      vst1q_s8(sc, vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0F))));
+      int16x8_t mn16[2];
+      widen_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), mn16);
+      const float32x4_t d = vdupq_n_f32(fp16_scalar(b.d)), dmin = vdupq_n_f32(fp16_scalar(b.dmin));
+      for (int i = 0; i < NT; ++i) {
+        const float32x4_t main = q23_dots(q, sc, a + i * a_stride);
+        acc[i].r[r] = vfmsq_f32(vfmaq_f32(acc[i].r[r], main, d), q23_half_sums(mn16, act[i]), dmin);
+      }
+    }
+  }
+};
+
+struct GemmQ3_K : simd::WeightType<TileQ3_K, simd::RowSums<F32x4>> {  // x = d * (s - 32) * (u - 4)
+  static constexpr WType kType = WType::Q3_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    Q6Act act[NT];
+    for (int i = 0; i < NT; ++i) act[i].load(a + i * a_stride);
+    for (int r = 0; r < ROW_TILE; ++r) {
+      const BlockQ3_K& b = t.b[r];
+      int8x16_t q[8][2];
+      unpack_q23<true>(b.qs, b.hmask, q);
+      // the 16 6-bit scales (kernels.h's packing) on 64-bit words: byte i of lo / hi is scale i / 8 + i
+      uint64_t w;
+      uint32_t h;
+      std::memcpy(&w, b.scales, 8);
+      std::memcpy(&h, b.scales + 8, 4);
+      const uint64_t m4 = 0x0F0F0F0F0F0F0F0Full;
+      const uint32_t m2 = 0x03030303u;
+      const uint64_t hlo = (h & m2) | uint64_t((h >> 2) & m2) << 32, hhi = ((h >> 4) & m2) | uint64_t((h >> 6) & m2) << 32;
+      const int8x16_t scv = vsubq_s8(vcombine_s8(vcreate_s8((w & m4) | (hlo << 4)), vcreate_s8(((w >> 4) & m4) | (hhi << 4))),
+                                     vdupq_n_s8(32));
+      int8_t sc[16];
+      vst1q_s8(sc, scv);
+      int16x8_t sc16[2];
+      widen_s8(scv, sc16);
+      const float32x4_t d = vdupq_n_f32(fp16_scalar(b.d)), four = vdupq_n_f32(4.f);
+      for (int i = 0; i < NT; ++i) {
+        const float32x4_t main = q23_dots(q, sc, a + i * a_stride);
+        acc[i].r[r] = vfmaq_f32(acc[i].r[r], vfmsq_f32(main, q23_half_sums(sc16, act[i]), four), d);  // q = u - 4
+      }
     }
   }
 };

@@ -173,6 +173,8 @@ template <> constexpr int act_blocks<TileQ6_K> = QK_K / QK;
 template <> constexpr int act_blocks<TileQ4_K> = QK_K / QK;
 template <> constexpr int act_blocks<TileQ5_K> = QK_K / QK;
 template <> constexpr int act_blocks<TileIQ4_XS> = QK_K / QK;
+template <> constexpr int act_blocks<TileQ2_K> = QK_K / QK;
+template <> constexpr int act_blocks<TileQ3_K> = QK_K / QK;
 
 template <class TileT, class AccT>
 struct WeightType {
