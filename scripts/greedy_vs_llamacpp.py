@@ -14,7 +14,11 @@ weights, no activation rounding) arbitrates: the two picks' reference logits dif
 deviations of that position's logits. Both engines round activations (llama.cpp to Q8_K / Q8_0 / Q8_1
 by type, sysinfer to its own forms), so when gap < --threshold (0.05 std, the project's near-tie
 bound, tests/native/test_forward.py) the divergence is a near-tie that rounding may decide either way;
-otherwise it is a clear divergence, a bug in one engine. After a divergence both continue from the
+otherwise the reference says which engine picked its top token: sysinfer's pick within the threshold
+of the reference's top (`ours_short`, the project's rule for greedy divergences from the reference)
+is fine, and one further below is a clear divergence, a bug to find. (Both engines round activations
+to 8 bits, llama.cpp per 256 values for the K-quants (Q8_K), sysinfer per 32, so two picks can lie
+further apart than either lies from the reference.) After a divergence both continue from the
 common prefix plus llama.cpp's token, so one near-tie does not end the comparison: the table counts
 every token compared, the divergences, and how many were near-ties.
 """
@@ -57,7 +61,10 @@ class Divergence:
     ours: int
     theirs: int
     gap: float        # |ref[ours] - ref[theirs]| / std(ref) at that position
-    near_tie: bool
+    ours_short: float    # (max(ref) - ref[ours]) / std(ref): how far below the reference's top
+    theirs_short: float  # the same for llama.cpp's pick
+    near_tie: bool       # gap < threshold: rounding may decide it either way
+    ok: bool             # near_tie, or sysinfer's pick within threshold of the reference's top
 
 
 @dataclass
@@ -68,8 +75,8 @@ class FileResult:
     divergences: list[Divergence] = field(default_factory=list)
 
     @property
-    def clear(self) -> int:
-        return sum(not d.near_tie for d in self.divergences)
+    def clear(self) -> int:  # divergences where sysinfer's pick is clearly below the reference's top
+        return sum(not d.ok for d in self.divergences)
 
 
 def free_port() -> int:
@@ -152,8 +159,11 @@ def compare_file(name: str, path: str, server: str, prompts: list[str], n: int, 
                     res.compared += len(theirs)
                     break
                 logits = ref.forward(prompt + theirs[:at])[-1]
-                gap = abs(float(logits[ours[at]] - logits[theirs[at]])) / float(logits.std())
-                res.divergences.append(Divergence(p, done + at, ours[at], theirs[at], gap, gap < threshold))
+                std, top = float(logits.std()), float(logits.max())
+                gap = abs(float(logits[ours[at]] - logits[theirs[at]])) / std
+                ours_short, theirs_short = (top - float(logits[ours[at]])) / std, (top - float(logits[theirs[at]])) / std
+                res.divergences.append(Divergence(p, done + at, ours[at], theirs[at], gap, ours_short, theirs_short,
+                                                  gap < threshold, gap < threshold or ours_short < threshold))
                 res.compared += at + 1
                 prompt, done = prompt + theirs[:at + 1], done + at + 1  # resume from llama.cpp's pick
     return res
@@ -169,12 +179,16 @@ def default_files() -> dict[str, str]:
 
 
 def table(results: list[FileResult], n_prompts: int) -> str:
-    rows = ["| file | prompts | tokens compared | divergences | near-ties (gap < threshold) | clear | largest gap (std) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| file | prompts | tokens compared | divergences | near-ties | sysinfer nearer the reference's top | "
+            "llama.cpp nearer | clear (sysinfer off) | largest sysinfer shortfall (std) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        largest = max((d.gap for d in r.divergences), default=0.0)
-        rows.append(f"| {r.name} | {n_prompts} | {r.compared} | {len(r.divergences)} | "
-                    f"{len(r.divergences) - r.clear} | {r.clear} | {largest:.3f} |")
+        ties = [d for d in r.divergences if d.near_tie]
+        rest = [d for d in r.divergences if not d.near_tie]
+        ours_nearer = sum(d.ours_short < d.theirs_short for d in rest)
+        worst = max((d.ours_short for d in r.divergences), default=0.0)
+        rows.append(f"| {r.name} | {n_prompts} | {r.compared} | {len(r.divergences)} | {len(ties)} | {ours_nearer} | "
+                    f"{len(rest) - ours_nearer} | {r.clear} | {worst:.3f} |")
     return "\n".join(rows)
 
 
@@ -196,8 +210,10 @@ def main() -> int:
     for name, path in files.items():
         r = compare_file(name, path, args.llama_server, prompts, args.tokens, args.threshold, args.threads)
         for d in r.divergences:
-            print(f"  {name}: prompt {d.prompt} token {d.at}: ours {d.ours} llama.cpp {d.theirs}, "
-                  f"gap {d.gap:.4f} std -> {'near-tie' if d.near_tie else 'CLEAR'}", flush=True)
+            verdict = "near-tie" if d.near_tie else "sysinfer at the top" if d.ok else "CLEAR"
+            print(f"  {name}: prompt {d.prompt} token {d.at}: ours {d.ours} llama.cpp {d.theirs}, gap {d.gap:.4f} std, "
+                  f"below the reference's top: ours {d.ours_short:.4f}, llama.cpp {d.theirs_short:.4f} -> {verdict}",
+                  flush=True)
         results.append(r)
     print(table(results, len(prompts)))
     if args.json:
