@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "greedy_vs_llamacpp.p
 def _script():
     spec = importlib.util.spec_from_file_location("greedy_vs_llamacpp", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
