@@ -14,9 +14,10 @@ weights, no activation rounding) arbitrates: the two picks' reference logits dif
 deviations of that position's logits. Both engines round activations (llama.cpp to Q8_K / Q8_0 / Q8_1
 by type, sysinfer to its own forms), so when gap < --threshold (0.05 std, the project's near-tie
 bound, tests/native/test_forward.py) the divergence is a near-tie that rounding may decide either way;
-otherwise the reference says which engine picked its top token: sysinfer's pick within the threshold
-of the reference's top (`ours_short`, the project's rule for greedy divergences from the reference)
-is fine, and one further below is a clear divergence, a bug to find. (Both engines round activations
+otherwise the reference says which engine picked nearer its top token: sysinfer's pick within
+--top-threshold (0.1 std, twice the Q8_0 noise: the bound of tests/native/test_forward.py's argmax
+check) of the reference's top (`ours_short`) is fine, one further below is a clear divergence, a bug
+to find. (Both engines round activations
 to 8 bits, llama.cpp per 256 values for the K-quants (Q8_K), sysinfer per 32, so two picks can lie
 further apart than either lies from the reference.) After a divergence both continue from the
 common prefix plus llama.cpp's token, so one near-tie does not end the comparison: the table counts
@@ -38,11 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-
-from model_files import LLAMA_QUANTIZED_TYPES, llama_quantized_smollm2, smollm2_chat_ids, smollm2_q4_1  # noqa: E402
-from reference_forward import ReferenceModel  # noqa: E402
-from sysinfer.model.native_model import load_model  # noqa: E402
+from support.model_files import LLAMA_QUANTIZED_TYPES, llama_quantized_smollm2, smollm2_chat_ids, smollm2_q4_1
+from support.reference_forward import ReferenceModel
+from sysinfer.model.native_model import load_model
 
 PROMPTS = [
     "What is the capital of France?",
@@ -144,7 +143,7 @@ def native_greedy(model, prompt: list[int], n: int) -> list[int]:
 
 
 def compare_file(name: str, path: str, server: str, prompts: list[str], n: int, threshold: float,
-                 threads: int) -> FileResult:
+                 top_threshold: float, threads: int) -> FileResult:
     res = FileResult(name, path)
     model = load_model(path, threads=threads, n_ctx=1024, kv_blocks=64)
     ref = ReferenceModel(path, quantize_activations=False, fp16_kv=False)
@@ -163,7 +162,7 @@ def compare_file(name: str, path: str, server: str, prompts: list[str], n: int, 
                 gap = abs(float(logits[ours[at]] - logits[theirs[at]])) / std
                 ours_short, theirs_short = (top - float(logits[ours[at]])) / std, (top - float(logits[theirs[at]])) / std
                 res.divergences.append(Divergence(p, done + at, ours[at], theirs[at], gap, ours_short, theirs_short,
-                                                  gap < threshold, gap < threshold or ours_short < threshold))
+                                                  gap < threshold, gap < threshold or ours_short < top_threshold))
                 res.compared += at + 1
                 prompt, done = prompt + theirs[:at + 1], done + at + 1  # resume from llama.cpp's pick
     return res
@@ -198,7 +197,9 @@ def main() -> int:
     ap.add_argument("--files", help="NAME=PATH,... (default: shipped Q4_1 + the llama-quantize copies found)")
     ap.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts")
-    ap.add_argument("--threshold", type=float, default=0.05, help="near-tie bound, in std of the logits")
+    ap.add_argument("--threshold", type=float, default=0.05, help="near-tie bound between the two picks, in std")
+    ap.add_argument("--top-threshold", type=float, default=0.1,
+                    help="how far below the reference's top sysinfer's pick may lie, in std")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
@@ -208,7 +209,8 @@ def main() -> int:
     prompts = PROMPTS[:args.prompts]
     results = []
     for name, path in files.items():
-        r = compare_file(name, path, args.llama_server, prompts, args.tokens, args.threshold, args.threads)
+        r = compare_file(name, path, args.llama_server, prompts, args.tokens, args.threshold, args.top_threshold,
+                         args.threads)
         for d in r.divergences:
             verdict = "near-tie" if d.near_tie else "sysinfer at the top" if d.ok else "CLEAR"
             print(f"  {name}: prompt {d.prompt} token {d.at}: ours {d.ours} llama.cpp {d.theirs}, gap {d.gap:.4f} std, "

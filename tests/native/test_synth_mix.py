@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader
 
-from model_files import llama_quantized_smollm2
-from reference_forward import ReferenceModel
+from support.model_files import llama_quantized_smollm2
+from support.reference_forward import ReferenceModel
 from sysinfer.model.synth import SynthSpec, write_synthetic_gguf
 from sysinfer.model.synth_presets import _use_more_bits, k_mix_spec, synth_like
 
