@@ -115,6 +115,23 @@ def _finite(key: str, value: float, low: float, high: float) -> float:
     return value
 
 
+def _int_reader(meta: dict[str, Any], arch: str):
+    """get_int(name, default=None): metadata key `{arch}.{name}` as an int in 1..MAX_HPARAM[name], or the
+    default where the key is absent (required where no default is given)."""
+    def get_int(name: str, default: int | None = None) -> int:
+        key = f"{arch}.{name}"
+        if default is not None and key not in meta:
+            return default
+        return _positive(key, int(_require(meta, key, int)), MAX_HPARAM[name])
+    return get_int
+
+
+def _layer_shape(get_int) -> tuple[int, int, int, int]:
+    """(n_layer, n_embd, n_head, n_head_kv), decoders and encoders alike; head_count_kv defaults to head_count."""
+    n_layer, n_embd, n_head = get_int("block_count"), get_int("embedding_length"), get_int("attention.head_count")
+    return n_layer, n_embd, n_head, get_int("attention.head_count_kv", n_head)
+
+
 def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     arch = meta.get("general.architecture")
     if arch is None:
@@ -124,16 +141,8 @@ def hparams_from_metadata(meta: dict[str, Any]) -> ModelHParams:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"architecture {describe(arch)} (general.architecture) is not supported; supported: {SUPPORTED_ARCHITECTURES}")
 
-    def get_int(name: str, default: int | None = None) -> int:
-        key = f"{arch}.{name}"
-        if default is not None and key not in meta:
-            return default
-        return _positive(key, int(_require(meta, key, int)), MAX_HPARAM[name])
-
-    n_layer = get_int("block_count")
-    n_embd = get_int("embedding_length")
-    n_head = get_int("attention.head_count")
-    n_head_kv = get_int("attention.head_count_kv", n_head)
+    get_int = _int_reader(meta, arch)
+    n_layer, n_embd, n_head, n_head_kv = _layer_shape(get_int)
     if n_head % n_head_kv:
         raise ValueError(f"{arch}.attention.head_count ({n_head}) is not a multiple of head_count_kv ({n_head_kv})")
     if n_embd % n_head and f"{arch}.attention.key_length" not in meta:
@@ -252,16 +261,8 @@ def encoder_hparams_from_metadata(meta: dict[str, Any], has_rank_head: bool, n_t
     if arch not in ENCODER_ARCHITECTURES:
         raise ValueError(f"architecture {describe(arch)} (general.architecture) is not an encoder; supported: {ENCODER_ARCHITECTURES}")
 
-    def get_int(name: str, default: int | None = None) -> int:
-        key = f"{arch}.{name}"
-        if default is not None and key not in meta:
-            return default
-        return _positive(key, int(_require(meta, key, int)), MAX_HPARAM[name])
-
-    n_layer = get_int("block_count")
-    n_embd = get_int("embedding_length")
-    n_head = get_int("attention.head_count")
-    n_head_kv = get_int("attention.head_count_kv", n_head)
+    get_int = _int_reader(meta, arch)
+    n_layer, n_embd, n_head, n_head_kv = _layer_shape(get_int)
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError(f"{arch}.embedding_length ({n_embd}) must be a multiple of attention.head_count ({n_head}), "
                          f"and that of attention.head_count_kv ({n_head_kv})")
