@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.kernel_builds import BUILD_ROOT, REPO, build_test_kernels, run_and_check
+from support.kernel_builds import BUILD_ROOT, REPO, run_and_check
 from sysinfer import _native
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
@@ -26,30 +26,34 @@ def runtime_library(name: str) -> str:
     return path
 
 
-def test_kernels_under_asan_ubsan():
-    binary = build_test_kernels("asan", f"-DCMAKE_CXX_FLAGS={SANITIZE}",
-                                "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined")
-    expected = _native.info()["kernels"]
-    run_and_check([str(binary), "--expect", expected], expect_tables=len(_native.info()["runnable"]) - 1,
-                  env={**os.environ, **SAN_ENV, "ASAN_OPTIONS": "abort_on_error=1:detect_leaks=1"})
-
-
 @pytest.fixture(scope="module")
-def sanitized_site() -> Path:
-    """The package built with the sanitizers, installed into a folder of its own."""
-    site = BUILD_ROOT / "asan-site"
+def sanitized_build() -> tuple[Path, Path]:
+    """The package built with the sanitizers, installed into a folder of its own, and the kernel test
+    binary from the same build (SYSINFER_BUILD_TESTS): the native core is compiled once for both."""
+    site, build = BUILD_ROOT / "asan-site", BUILD_ROOT / "asan-wheel"
     shutil.rmtree(site, ignore_errors=True)
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site),
          f"--config-settings=cmake.define.CMAKE_CXX_FLAGS={SANITIZE}",
          "--config-settings=cmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined",
-         f"--config-settings=build-dir={BUILD_ROOT / 'asan-wheel'}", str(REPO)],
+         "--config-settings=cmake.define.CMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined",
+         "--config-settings=cmake.define.SYSINFER_BUILD_TESTS=ON",
+         f"--config-settings=build-dir={build}", str(REPO)],
         capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return site
+    return site, build / "native" / "test_kernels"
 
 
-def test_forward_passes_under_asan_ubsan(sanitized_site, tmp_path):
+def test_kernels_under_asan_ubsan(sanitized_build):
+    binary = sanitized_build[1]
+    assert "-fsanitize=address" in (binary.parent.parent / "CMakeCache.txt").read_text()
+    expected = _native.info()["kernels"]
+    run_and_check([str(binary), "--expect", expected], expect_tables=len(_native.info()["runnable"]) - 1,
+                  env={**os.environ, **SAN_ENV, "ASAN_OPTIONS": "abort_on_error=1:detect_leaks=1"})
+
+
+def test_forward_passes_under_asan_ubsan(sanitized_build, tmp_path):
+    sanitized_site = sanitized_build[0]
     env = {**os.environ, **SAN_ENV, "PYTHONPATH": str(sanitized_site),
            "LD_PRELOAD": f"{runtime_library('libasan.so')}:{runtime_library('libubsan.so')}"}
     check = subprocess.run([sys.executable, "-c", "import sysinfer._native as m; print(m.__file__)"],
