@@ -412,7 +412,9 @@ def test_accepted_drafts_give_the_same_tokens_in_fewer_steps():
     outputs = {}
     for speculative in (False, True):
         model = _PeriodicModel(n_kv_blocks=64, block_size=4, max_out_rows=16)
-        engine = AsyncEngine(model, FakeTokenizer(), max_batch=1, speculative=speculative)
+        # always: this checks what accepted drafts do; whether drafting pays is spec_policy's, timed there on a
+        # fake clock (under the cost policy this test read the wall clock and drafted only 8 tokens once)
+        engine = AsyncEngine(model, FakeTokenizer(), max_batch=1, speculative=speculative, draft_policy="always")
         results = anyio.run(run_requests, engine, [(prompt, n)])
         outputs[speculative] = (results[0], engine.stats.steps, engine.stats.accepted_draft_tokens)
         assert_idle(engine)
