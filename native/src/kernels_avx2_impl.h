@@ -337,9 +337,13 @@ struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x8>> {
 
 inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load_w(const uint16_t* p) { return load_fp16x8(p); }
+inline __m256 load_w(const simd::Bf16* p) {  // 8 BF16: zero-extend to 32 bits, shift into the high half
+  const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
 
 struct GemmFloat {
-  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens (x_i = x + i * cols): each loaded
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 / BF16 row and NT tokens (x_i = x + i * cols): each loaded
   // weight vector serves every token; two FMA chains per token, whatever NT is, so a token's result
   // doesn't depend on the tokens beside it.
   template <int NT, class W>

@@ -340,8 +340,26 @@ inline float row_dot(const uint16_t* a, const float* b, int n) {
   return t;
 }
 
+// 4 BF16 weights to fp32: widen each 16-bit word into the high half of a 32-bit lane (`shll`).
+inline float32x4_t bf16x4(const simd::Bf16* p) {
+  return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p)), 16));
+}
+
+inline float row_dot(const simd::Bf16* a, const float* b, int n) {  // two chains, as F32's
+  float32x4_t s0 = vdupq_n_f32(0.f), s1 = vdupq_n_f32(0.f);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    s0 = vfmaq_f32(s0, bf16x4(a + i), vld1q_f32(b + i));
+    s1 = vfmaq_f32(s1, bf16x4(a + i + 4), vld1q_f32(b + i + 4));
+  }
+  for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, bf16x4(a + i), vld1q_f32(b + i));
+  float s = vaddvq_f32(vaddq_f32(s0, s1));
+  for (; i < n; ++i) s += bf16_to_fp32(a[i].bits) * b[i];
+  return s;
+}
+
 struct GemmFloat {
-  // y[i * ldy] = dot(w, x_i) for one F32 / F16 row and NT tokens, one token after another.
+  // y[i * ldy] = dot(w, x_i) for one F32 / F16 / BF16 row and NT tokens, one token after another.
   template <int NT, class W>
   static void row(const W* w, int cols, const float* x, float* y, int ldy) {
     for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = row_dot(w, x + size_t(i) * cols, cols);

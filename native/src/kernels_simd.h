@@ -22,10 +22,11 @@
 //                                        block<NT> for tiles b0 and b1 at once (rows 0-7 | 8-15); a row's
 //                                        result must not depend on whether its tile went alone or in a pair
 //       static constexpr int kTokTile;   tokens per pass over a tile block (default simd::kTokTile)
-//   one struct for F32 / F16 rows, with
+//   one struct for F32 / F16 / BF16 rows, with
 //       template <int NT, class W> static void row(const W* w, int cols, const float* x, float* y, int ldy);
-//                                        y[i * ldy] = dot(w, x + i * cols) for i < NT, one F32 (W = float)
-//                                        or F16 (W = uint16_t) row; token i's result must not depend on NT
+//                                        y[i * ldy] = dot(w, x + i * cols) for i < NT, one F32 (W = float),
+//                                        F16 (W = uint16_t) or BF16 (W = simd::Bf16) row; token i's result
+//                                        must not depend on NT
 //   one struct for attention (see attn_scores below): W-float vectors V and how fp16 values load into
 //   them, with
 //       static constexpr int W, kRows, kVecs;   lanes; a tile is kRows query rows x kVecs vectors
@@ -360,7 +361,14 @@ void gemm_quantized(const void* w, int n_blocks, int tile0, int tile1, const Act
     });
 }
 
-// Kernels::gemm for F32 / F16 rows (row-major, no tiles): each tile-row for kTokTile tokens at a time.
+// One BF16 weight (the high 16 bits of an fp32: to fp32 is a 16-bit shift). A type of its own so that a
+// table's Float::row tells BF16 rows from F16's uint16_t ones by overload.
+struct Bf16 {
+  uint16_t bits;
+};
+static_assert(sizeof(Bf16) == 2, "Bf16 is a plain 16-bit word");
+
+// Kernels::gemm for F32 / F16 / BF16 rows (row-major, no tiles): each tile-row for kTokTile tokens at a time.
 template <class Float>
 void gemm_float(WType type, const void* w, int cols, int tile0, int tile1, const float* x, int n_tok, float* y,
                 int ldy) {
@@ -372,6 +380,7 @@ void gemm_float(WType type, const void* w, int cols, int tile0, int tile1, const
         float* yr = y + size_t(tok) * ldy + row;
         const float* xt = x + size_t(tok) * cols;
         if (type == WType::F32) Float::template row<NT>(static_cast<const float*>(w) + row * cols, cols, xt, yr, ldy);
+        else if (type == WType::BF16) Float::template row<NT>(static_cast<const Bf16*>(w) + row * cols, cols, xt, yr, ldy);
         else Float::template row<NT>(static_cast<const uint16_t*>(w) + row * cols, cols, xt, yr, ldy);
       }
     });
@@ -388,11 +397,11 @@ inline bool gemm_extra(WType type, const void* w, int cols, int tile0, int tile1
           ...);
 }
 
-// Kernels::own_gemm: the four types every table has, F32 / F16, and the Extra ones.
+// Kernels::own_gemm: the four types every table has, F32 / F16 / BF16, and the Extra ones.
 template <class... Extra>
 bool own_gemm(WType t) {
   return t == WType::Q4_0 || t == WType::Q4_1 || t == WType::Q8_0 || t == WType::Q6_K || t == WType::F32 ||
-         t == WType::F16 || ((t == Extra::kType) || ...);
+         t == WType::F16 || t == WType::BF16 || ((t == Extra::kType) || ...);
 }
 
 template <class Q4_0, class Q4_1, class Q8_0, class Q6_K, class Float, class... Extra>
@@ -405,7 +414,8 @@ void gemm(WType type, const void* w, int cols, int tile0, int tile1, const void*
     case WType::Q8_0: return gemm_quantized<Q8_0>(w, nb, tile0, tile1, xa, nb, n_tok, y, ldy);
     case WType::Q6_K: return gemm_quantized<Q6_K>(w, cols / QK_K, tile0, tile1, xa, nb, n_tok, y, ldy);
     case WType::F32:
-    case WType::F16: return gemm_float<Float>(type, w, cols, tile0, tile1, static_cast<const float*>(x), n_tok, y, ldy);
+    case WType::F16:
+    case WType::BF16: return gemm_float<Float>(type, w, cols, tile0, tile1, static_cast<const float*>(x), n_tok, y, ldy);
     default:
       if (gemm_extra<Extra...>(type, w, cols, tile0, tile1, xa, n_tok, y, ldy)) return;
       // a type this table has no arithmetic for yet: the generic kernel (the same results, slower)

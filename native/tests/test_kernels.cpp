@@ -530,6 +530,9 @@ void check_packing() {
 
 void run_checks(const Kernels& k) {
   for (WType t : kAllTypes) {
+    // every SIMD table has its own arithmetic for every type (none falls back to the generic kernel,
+    // which `sysinfer info` would report as slower)
+    check(k.own_gemm(t), std::string(k.name) + " has its own gemm for " + type_name(t));
     const bool k_quant = block_elems(t) == QK_K;  // rows of whole 256-weight super-blocks
     const std::vector<int> cols_list = k_quant ? std::vector<int>{256, 512, 768, 4352}
                                                : std::vector<int>{32, 64, 96, 576, 4128};
@@ -614,7 +617,7 @@ void bench(bool all_types, int ntok) {
   std::vector<WType> types = {WType::Q4_0};
   if (all_types) types = {WType::Q4_0, WType::Q4_1, WType::Q5_0,   WType::Q5_1, WType::Q8_0, WType::IQ4_NL,
                           WType::Q2_K, WType::Q3_K, WType::Q4_K,   WType::Q5_K, WType::Q6_K, WType::IQ4_XS,
-                          WType::F16};
+                          WType::F16,  WType::BF16};
   for (WType type : types) {
     const int rows = 14336, cols = 4096, prows = 4096;
     const BenchMatrix m(type, rows, cols, ntok);
@@ -654,10 +657,12 @@ void bench_gemm_shape(int rows, int cols, int ntok, WType type) {
   };
   const int tiles = padded_rows(rows) / ROW_TILE;
   std::vector<float> y(size_t(padded_rows(rows)) * ntok);
+  // float matrices take the float rows (ntok x cols), the others the quantized blocks
+  const void* in = is_quantized(type) ? static_cast<const void*>(xq.data()) : m.x.data();
   for (const Kernels* k : runnable_tables()) {
     if (!std::strcmp(k->name, "generic")) continue;
     double t0 = cpu_now();
-    k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
+    k->gemm(type, packed.data(), cols, 0, tiles, in, ntok, y.data(), padded_rows(rows));
     // calls per timing: about 2 ms of them (a matrix that fits L2 takes microseconds a call); the best
     // of 30 timings, so that on a shared machine one falls between other processes' time slices
     const int calls = std::max(1, int(0.002 / std::max(1e-7, cpu_now() - t0)));
@@ -665,7 +670,7 @@ void bench_gemm_shape(int rows, int cols, int ntok, WType type) {
     for (int rep = 0; rep < 30; ++rep) {
       t0 = cpu_now();
       for (int c = 0; c < calls; ++c)
-        k->gemm(type, packed.data(), cols, 0, tiles, xq.data(), ntok, y.data(), padded_rows(rows));
+        k->gemm(type, packed.data(), cols, 0, tiles, in, ntok, y.data(), padded_rows(rows));
       t = std::min(t, (cpu_now() - t0) / calls);
     }
     std::printf("  %-13s %s %d tok x %dx%d: %8.3f ms, %6.1f GOPS, %5.1f GB/s of weights\n", k->name, type_name(type), ntok,

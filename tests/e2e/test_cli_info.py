@@ -74,3 +74,15 @@ def test_synth_type_q4_k_m_writes_llamacpps_mix(tmp_path):
     assert types["blk.0.ffn_down.weight"] == "Q6_K" and types["blk.3.ffn_down.weight"] == "Q4_K"
     assert types["token_embd.weight"] == "Q8_0"
     assert "Q4_K matrices, attn_v by layer, ffn_down by layer" in out.stdout
+
+
+def test_info_names_no_generic_type_on_a_simd_table():
+    """A file with Q5_0, Q5_1, IQ4_NL and BF16 tensors: on a SIMD table (avx2 here, neon on ARM) every
+    type has its own kernel, so `info` adds no "generic kernel" note (BF16 was the last type it named);
+    on the generic table (a CPU with no SIMD table) nothing is slower than anything else."""
+    out = run_cli("info", tiny_model("llama-q5"))
+    assert out.returncode == 0, out.stderr
+    types = fields(out.stdout)["tensor types"]
+    assert "BF16" in types and "Q5_0" in types, types
+    assert "generic kernel" not in types, types
+    assert native_info()["generic_types"] == []
