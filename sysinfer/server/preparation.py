@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..engine.sampling import SamplingParams
 from ..model.chat_template import ChatTemplateError
 from ..structured import tools as tool_calls
+from ..structured.call_loop import guard_calls
 from ..structured.constraints import Constraint, ConstraintError, compile_constraint, from_request, json_schema_grammar
 from .intake import ApiError
 from .protocol import ChatCompletionRequest, CommonRequest
@@ -61,7 +62,8 @@ def prepare_chat(tokenizer, req: ChatCompletionRequest):
         grammar = compile_constraint(tokenizer, tool_calls.tool_grammar(syntax, plan))
     except ConstraintError as e:
         raise _constraint_error(_blame_tool(tokenizer, plan) or e) from None
-    return prompt_ids, grammar, (syntax, plan)
+    # the reply ends at a call it already made (the grammar can't say "not again")
+    return prompt_ids, guard_calls(grammar, syntax, plan, tokenizer), (syntax, plan)
 
 
 def _blame_tool(tokenizer, plan) -> ConstraintError | None:

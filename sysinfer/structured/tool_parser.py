@@ -121,6 +121,13 @@ def complete_call(text: str, args_key: str) -> tuple[str, str] | None:
     return name, compact_json(args_text)
 
 
+def call_key(call: tuple[str, str]) -> tuple[str, str]:
+    """What makes two calls the same call: the name and the arguments' value (key order and
+    whitespace aside). complete_call's arguments always parse."""
+    name, args = call
+    return name, json.dumps(json.loads(args), sort_keys=True)
+
+
 @dataclass
 class ToolCallDelta:
     index: int
@@ -146,6 +153,7 @@ class ToolCallParser:
         self.content_sent = 0   # text[:content_sent] went out as content
         self.calls_from: int | None = None if self.auto else 0  # where the calls start in text
         self.calls: list[tuple[str, str]] = []  # (name, arguments) of each call sent
+        self.keys: set[tuple[str, str]] = set()  # their call_key
         self.resolved = 0       # call segments whose JSON is complete (sent as calls, or not a call)
         self.repeated = False   # a complete call equal to one already sent: the reply should end here
 
@@ -210,13 +218,14 @@ class ToolCallParser:
                 break
             self.resolved += 1
             call = complete_call(obj, self.syntax.args_key)
-            if call is not None and call in self.calls:
+            if call is not None and call_key(call) in self.keys:
                 # The same call again: a small model allowed several calls repeats its call until
-                # max_tokens. Never sent twice; the caller ends the reply (`repeated`).
+                # max_tokens. Never sent twice; the engine ends the reply there (call_loop.py).
                 self.repeated = True
             elif call is not None:
                 deltas.append(ToolCallDelta(len(self.calls), new_call_id(), call[0], call[1]))
                 self.calls.append(call)
+                self.keys.add(call_key(call))
         return deltas
 
 

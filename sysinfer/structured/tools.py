@@ -31,6 +31,9 @@ from .constraints import (JSON_OPTIONS, MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH, Cons
                           pointer_to, rebase_refs)
 
 MAX_TOOLS = 128
+# Calls in one reply, at most: the grammar ends the reply after this many (a model that keeps
+# inventing new calls, not only repeating one, which call_loop.py ends at once).
+MAX_PARALLEL_CALLS = 16
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PROBE_NAME = "sysinfer_probe_function"  # a template that writes this name renders `tools`
 
@@ -227,7 +230,7 @@ def tool_grammar(syntax: ToolSyntax, plan: ToolPlan) -> Constraint:
     # tends to write after a line anyway): it is then not pushed into starting another call.
     sep = _lit(syntax.separator)
     parallel = syntax.parallel_calls if plan.parallel is None else plan.parallel
-    more = f"({sep} call)* {sep}?" if parallel else f"{sep}?"
+    more = f"({sep} call){{0,{MAX_PARALLEL_CALLS - 1}}} {sep}?" if parallel else f"{sep}?"
     lines = [f"call: {call}", f"fn: %json {schema}"]
     if plan.mode == "auto":
         if syntax.opener:  # free text without the opener, or text up to the first opener, then calls

@@ -230,11 +230,26 @@ def test_required_tool_call(client):
     r = chat(client, QUESTION, tools=[WEATHER, ADD], tool_choice="required", parallel_tool_calls=False, temperature=0)
     assert r.choices[0].finish_reason == "tool_calls"
     check_calls(r.choices[0].message.tool_calls)
-    # parallel calls allowed: SmolLM2-135M tends to repeat its call until max_tokens; every complete one validates
-    r = chat(client, QUESTION, tools=[WEATHER, ADD], tool_choice="required", temperature=0, max_tokens=100)
-    assert r.choices[0].finish_reason in ("tool_calls", "length")
+
+
+
+def test_parallel_calls_end_where_the_model_repeats_one(client):
+    """Parallel calls allowed: SmolLM2-135M repeats its get_weather call on and on. The reply ends at
+    the first repeat, whole and streamed: finish "tool_calls", the distinct calls, no content, and
+    far fewer tokens than max_tokens (it ran to max_tokens and said "length" before)."""
+    kw = {"tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": True, "temperature": 0,
+          "max_tokens": 300}
+    r = chat(client, QUESTION, **kw)
     calls = r.choices[0].message.tool_calls
-    check_calls(calls if r.choices[0].finish_reason == "tool_calls" else calls[:-1])  # a cut one may be partial
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+    check_calls(calls)
+    keys = [(c.function.name, json.loads(c.function.arguments)) for c in calls]
+    assert all(keys.count(k) == 1 for k in keys)
+    assert r.usage.completion_tokens < 40 * (len(calls) + 1)  # each call (tags and all) is about 35 tokens
+    chunks = list(chat(client, QUESTION, stream=True, **kw))
+    streamed = [(tc.function.name, json.loads(tc.function.arguments)) for c in chunks if c.choices
+                for tc in c.choices[0].delta.tool_calls or []]
+    assert streamed == keys and chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def test_named_tool_call_and_no_parallel(client):

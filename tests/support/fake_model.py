@@ -101,3 +101,25 @@ class CostedModel(FakeModel):
     def step(self, token_ids, *args):
         self.clock.now += self.cost(len(token_ids))
         return super().step(token_ids, *args)
+
+
+class ScriptedModel(FakeModel):
+    """FakeModel whose reply is `script` (token ids), set by the test: at each row it prefers the
+    script's next token after the longest start of the script the context ends with (its first
+    token when none: the prompt), and `eos` after its last. Found from the context alone, so it
+    holds under prefix caching, chunked prefill and drafts; a grammar's mask may still choose another
+    token, which the next rows then follow from the script's start."""
+
+    kernels, n_threads = "fake", 1  # what the server's start-up line reports
+
+    def __init__(self, script: list[int] = (), eos: int = 0, **kw):
+        kw = {"n_kv_blocks": 512, "block_size": 16, "n_ctx": 4096, **kw}
+        super().__init__(**kw)
+        self.script, self.eos = list(script), eos
+
+    def next_token(self, context: list[int], n_vocab: int) -> int:
+        s = self.script
+        for k in range(min(len(s), len(context)), 0, -1):
+            if context[-k:] == s[:k]:
+                return s[k] if k < len(s) else self.eos
+        return s[0] if s else self.eos

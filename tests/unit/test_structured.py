@@ -446,3 +446,46 @@ def test_a_repeated_call_is_not_sent_again_and_says_so(syntax, call, other):
     parser = P.ToolCallParser(syntax, plan)
     P.whole_calls(parser, call + "\n" + other)
     assert not parser.repeated
+    parser = P.ToolCallParser(syntax, plan)  # the same arguments in another key order: the same call
+    P.whole_calls(parser, call + "\n" + call.replace('"a": 1, "b": 2', '"b": 2, "a": 1'))
+    assert parser.repeated
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_the_engine_ends_a_reply_at_a_repeated_call(speculative):
+    """call_loop.py: the reply ends on the last token of the first repeated call ("stop", which the
+    server reports as "tool_calls"), drafted or not (prompt lookup drafts the repeats)."""
+    from support.fake_model import ScriptedModel
+    from sysinfer.structured.call_loop import guard_calls
+
+    other = CALL.replace('"a": 1', '"a": 2')
+    script = TOK.encode("\n".join([CALL, other] + [CALL] * 6)) + [0]
+    plan = T.plan_from_request(FNS, "required", True)
+    grammar = guard_calls(compile_constraint(TOK, T.tool_grammar(T.HERMES, plan)), T.HERMES, plan, TOK)
+    eng = LLMEngine(ScriptedModel(script, n_vocab=N_VOCAB), TOK, speculative=speculative, draft_policy="always")
+    deltas = list(eng.generate([5, 6, 7], SamplingParams(max_tokens=400, grammar=grammar)))
+    text = "".join(d.text for d in deltas)
+    assert text == CALL + "\n" + other + "\n" + CALL[: CALL.rindex("}") + 1]
+    assert deltas[-1].finish_reason == "stop" and deltas[-1].usage.completion_tokens == len(TOK.encode(text))
+    assert not speculative or eng.stats.accepted_draft_tokens > 0
+
+
+def test_call_loop_matcher_cuts_drafts_and_rolls_back():
+    from sysinfer.structured.call_loop import CallLoopMatcher
+    from sysinfer.structured.grammar_state import GrammarState
+
+    plan = T.plan_from_request(FNS, "required", True)
+    matcher = CallLoopMatcher(compile_constraint(TOK, T.tool_grammar(T.HERMES, plan)), T.HERMES, plan, TOK.token_bytes)
+    state = GrammarState(matcher, N_VOCAB)
+    for token in TOK.encode(CALL + "\n"):
+        state.consume(token)
+    again = TOK.encode(CALL + "\n" + CALL)
+    end = len(TOK.encode(CALL[: CALL.rindex("}") + 1]))
+    assert state.valid_prefix(again) == end  # a draft through the repeat stops on its last token
+    state.compute_masks(again[:8])            # consumed, then rolled back: no trace
+    assert not state.done and state.matcher.text.decode() == CALL + "\n"
+    for token in again[:end]:
+        assert not state.done
+        state.consume(token)
+    assert state.done and not state.matcher.inner.is_stopped()
+    assert state.matcher.deep_copy().is_stopped()

@@ -1,0 +1,161 @@
+"""Tool-call replies that loop, through the whole server in process (FastAPI's TestClient) over a
+scripted model (support.fake_model.ScriptedModel: the reply is the text the test gives, as far as
+the grammar allows) and real tokenizers: a model that writes a call it already made ends its reply
+right there with finish_reason "tool_calls" and the distinct calls, on /v1/chat/completions (whole
+and streamed) and Ollama's /api/chat; a reply holds at most MAX_PARALLEL_CALLS calls. Each call
+syntax: the generic format (SmolLM2), Qwen's own <tool_call> blocks (its template), Llama 3.1 JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from support.fake_model import ScriptedModel
+from support.model_files import qwen_vocab_model, smollm2_q4_1
+from sysinfer.config import ServerConfig
+from sysinfer.model.gguf_header import read_gguf_header
+from sysinfer.model.tokenizer import Tokenizer
+from sysinfer.structured.tools import MAX_PARALLEL_CALLS, choose_syntax
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris and in Rome?"}]
+
+# A template that renders `tools` its own way and never speaks of <tool_call>: Llama 3.1's call syntax.
+LLAMA31_TEMPLATE = ("{% if tools %}Functions: {% for t in tools %}{{ t | tojson }}{% endfor %}\n{% endif %}"
+                    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                    "<|im_start|>assistant\n")
+
+
+def tokenizer(kind: str) -> Tokenizer:
+    path = qwen_vocab_model() if kind == "qwen" else smollm2_q4_1()
+    tok = Tokenizer.from_metadata(read_gguf_header(path))
+    if kind == "llama31":
+        tok.chat_template = LLAMA31_TEMPLATE
+    return tok
+
+
+def hermes(city: str, args_key: str = "arguments") -> str:
+    return f'<tool_call>\n{{"name": "get_weather", "{args_key}": {{"city": "{city}"}}}}\n</tool_call>'
+
+
+def llama(city: str) -> str:
+    return f'{{"name": "get_weather", "parameters": {{"city": "{city}"}}}}'
+
+
+CALL = {"smollm2": hermes, "qwen": hermes, "llama31": llama}
+
+
+class Server:
+    """The app over one ScriptedModel: `say(text)` sets what the model writes next."""
+
+    def __init__(self, kind: str, monkeypatch, **config):
+        import sysinfer.startup as startup
+        from sysinfer.server.app import create_app
+
+        self.tok = tokenizer(kind)
+        self.model = ScriptedModel(n_vocab=self.tok.vocab_size, eos=min(self.tok.stop_ids))
+        served = startup.ServingModel(self.model, self.tok, "m")
+        monkeypatch.setattr(startup, "load_serving_model", lambda cfg, progress=True: served)
+        self.client = TestClient(create_app(ServerConfig(model="/m/scripted.gguf", **config).validate()))
+        self.client.__enter__()
+        deadline = time.time() + 30
+        while self.client.get("/health").status_code != 200:
+            assert time.time() < deadline, "the app did not become ready"
+            time.sleep(0.02)
+
+    def say(self, text: str) -> None:
+        self.model.script = self.tok.encode(text)
+
+    def close(self):
+        self.client.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["smollm2", "qwen", "llama31"])
+def server(request, monkeypatch):
+    s = Server(request.param, monkeypatch)
+    s.kind = request.param
+    yield s
+    s.close()
+
+
+def chat(server, stream=False, **kw):
+    body = {"model": "m", "messages": QUESTION, "tools": [WEATHER], "max_tokens": 400, "temperature": 0,
+            "parallel_tool_calls": True, "stream": stream, **kw}
+    r = server.client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    if not stream:
+        return r.json()
+    return [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+
+
+def streamed_calls(events) -> tuple[list[tuple[str, str]], str | None, str]:
+    calls: dict[int, list[str]] = {}
+    finish, content = None, ""
+    for e in events:
+        for c in e["choices"]:
+            content += c["delta"].get("content") or ""
+            for tc in c["delta"].get("tool_calls") or []:
+                call = calls.setdefault(tc["index"], ["", ""])
+                call[0] += tc["function"].get("name") or ""
+                call[1] += tc["function"].get("arguments") or ""
+            finish = c["finish_reason"] or finish
+    return [tuple(v) for _, v in sorted(calls.items())], finish, content
+
+
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_a_repeated_call_ends_the_reply_with_the_distinct_calls(server, choice):
+    """Paris, Rome, then Paris again and on and on: the reply ends at the second Paris, with the two
+    calls and finish_reason "tool_calls", whole and streamed; the tokens after it are never computed
+    (completion_tokens stops there, far below max_tokens); no call text comes back as content."""
+    call = CALL[server.kind]
+    server.say("\n".join([call("Paris"), call("Rome")] + [call("Paris")] * 12))
+    r = chat(server, tool_choice=choice)
+    choice0 = r["choices"][0]
+    got = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in choice0["message"]["tool_calls"]]
+    assert got == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
+    assert choice0["finish_reason"] == "tool_calls" and choice0["message"]["content"] is None
+    # the reply ended on the repeated call's last token: its text, not max_tokens
+    upto = "\n".join([call("Paris"), call("Rome"), call("Paris")])
+    upto = upto[: upto.rindex("}") + 1]
+    assert r["usage"]["completion_tokens"] == len(server.tok.encode(upto))
+    calls, finish, content = streamed_calls(chat(server, stream=True, tool_choice=choice))
+    assert [(n, json.loads(a)) for n, a in calls] == got and finish == "tool_calls" and content == ""
+
+
+def test_the_same_call_again_with_other_whitespace_or_key_order_is_a_repeat(server):
+    if server.kind == "llama31":
+        again = '{"parameters": {"city": "Paris"}, "name": "get_weather"}'
+    else:
+        again = '<tool_call>\n{"arguments": {"city":"Paris"}, "name": "get_weather"}\n</tool_call>'
+    server.say("\n".join([CALL[server.kind]("Paris"), again] + [CALL[server.kind]("Oslo")] * 3))
+    r = chat(server, tool_choice="required")
+    assert len(r["choices"][0]["message"]["tool_calls"]) == 1 and r["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_reply_holds_at_most_max_parallel_calls(server):
+    """A model that keeps making new calls (another city each time) stops after MAX_PARALLEL_CALLS."""
+    cities = [f"city{i}" for i in range(MAX_PARALLEL_CALLS + 8)]
+    server.say("\n".join(CALL[server.kind](c) for c in cities))
+    r = chat(server, tool_choice="required", max_tokens=2000)
+    calls = r["choices"][0]["message"]["tool_calls"]
+    assert [json.loads(c["function"]["arguments"])["city"] for c in calls] == cities[:MAX_PARALLEL_CALLS]
+    assert r["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_ollama_chat_ends_at_a_repeated_call(server):
+    call = CALL[server.kind]
+    server.say("\n".join([call("Paris"), call("Rome")] + [call("Paris")] * 12))
+    body = {"model": "m", "messages": QUESTION, "tools": [WEATHER], "options": {"temperature": 0, "num_predict": 400}}
+    whole = server.client.post("/api/chat", json={**body, "stream": False}).json()
+    lines = [json.loads(x) for x in server.client.post("/api/chat", json={**body, "stream": True}).text.splitlines()]
+    streamed = [c for line in lines for c in line.get("message", {}).get("tool_calls") or []]
+    # Ollama has no parallel_tool_calls: several calls where the template writes them back (Qwen's)
+    expected = ["Paris", "Rome"] if choose_syntax(server.tok).parallel_calls else ["Paris"]
+    for calls, last in ((whole["message"]["tool_calls"], whole), (streamed, lines[-1])):
+        assert [c["function"]["arguments"]["city"] for c in calls] == expected
+        assert last["done"] and last["done_reason"] == "stop" and last["eval_count"] < 200
