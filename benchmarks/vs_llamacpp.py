@@ -26,8 +26,10 @@ int8 operations of one token's matmuls (2 per weight of every layer matrix; atte
 engines, is not counted, so the prefill fraction is a lower bound).
 
 Models: SmolLM2-135M-Instruct Q4_0 (real weights, made from the bundled file) and random-weight
-files with the exact shapes of Llama-3-8B and Baichuan2-13B (written once into the test-model
-cache by `sysinfer synth`). llama-bench runs with this process's environment plus any --llama-env;
+files with the exact shapes of Llama-3-8B, Baichuan2-13B and a 12-of-48-layer cut of Qwen3-30B-A3B
+(Q4_0 and Q4_K_M): taken from $SYSINFER_BIG_DIR (default /work/cache/big, named
+`{like}[-{layers}l].{TYPE}.gguf`) when present, else written once into the test-model cache by
+`sysinfer synth`. llama-bench runs with this process's environment plus any --llama-env;
 its default OpenMP wait is active spinning, which collapses when other processes share the cores
 (docs/benchmarks.md): on a shared machine say `--llama-env OMP_WAIT_POLICY=passive`, and report
 which was used. A llama-bench run that takes longer than --case-timeout ends the script with the
@@ -80,6 +82,13 @@ CASES = [
     Case("Qwen3-30B-A3B shape Q4_0 (12 of 48 layers), decode", "qwen3-30b-a3b-12l", "decode", 16, target=1.2),
     Case("Qwen3-30B-A3B shape Q4_0 (12 of 48 layers), prefill 512 tokens", "qwen3-30b-a3b-12l", "prefill", 512,
          target=1.0),
+    Case("Qwen3-30B-A3B shape Q4_0 (12 of 48 layers), prefill 2048 tokens", "qwen3-30b-a3b-12l", "prefill", 2048,
+         target=1.0),
+    Case("Qwen3-30B-A3B shape Q4_K_M (12 of 48 layers), decode", "qwen3-30b-a3b-12l-q4km", "decode", 16, target=1.2),
+    Case("Qwen3-30B-A3B shape Q4_K_M (12 of 48 layers), prefill 512 tokens", "qwen3-30b-a3b-12l-q4km", "prefill",
+         512, target=1.0),
+    Case("Qwen3-30B-A3B shape Q4_K_M (12 of 48 layers), prefill 2048 tokens", "qwen3-30b-a3b-12l-q4km", "prefill",
+         2048, target=1.0),
 ]
 
 
@@ -114,11 +123,20 @@ def model_cost(path: str) -> Cost:
     return Cost(weight_bytes, n_layer * 2 * n_kv * head * 2, int8_ops)
 
 
-def synth_file(like: str, layers: int | None = None) -> str:
-    path = cache_dir() / f"{like}-shape{f'-{layers}l' if layers else ''}.Q4_0.gguf"
+# Random-weight files of the big shapes shared on a machine (written once, read-only): used where present,
+# so each engineer's cache does not hold its own multi-GB copy. Name: {like}[-{layers}l].{TYPE}.gguf.
+SHARED_BIG = Path(os.environ.get("SYSINFER_BIG_DIR", "/work/cache/big"))
+
+
+def synth_file(like: str, layers: int | None = None, quant: str = "Q4_0") -> str:
+    name = f"{like}{f'-{layers}l' if layers else ''}.{quant}.gguf"
+    if (SHARED_BIG / name).exists():
+        return str(SHARED_BIG / name)
+    path = cache_dir() / f"{like}-shape{f'-{layers}l' if layers else ''}.{quant}.gguf"
     if not path.exists():
-        print(f"writing a {like}-shaped random Q4_0 file (once) ...", flush=True)
-        synth_like(like, str(path.with_suffix(".tmp")), layers=layers)
+        print(f"writing a {like}-shaped random {quant} file (once) ...", flush=True)
+        synth_like(like, str(path.with_suffix(".tmp")), quant=None if quant == "Q4_0" else quant.lower(),
+                   layers=layers)
         path.with_suffix(".tmp").rename(path)
     return str(path)
 
@@ -127,7 +145,8 @@ MODELS = {"smollm2": smollm2_q4_0, "llama3-8b": lambda: synth_file("llama3-8b"),
           "baichuan2-13b": lambda: synth_file("baichuan2-13b"),
           # The whole 48-layer file is ~17.5 GB: with its packed copy it does not fit beside llama.cpp's
           # on a 24 GB machine, so a cut of the same shape (every layer is alike) stands in.
-          "qwen3-30b-a3b-12l": lambda: synth_file("qwen3-30b-a3b", layers=12)}
+          "qwen3-30b-a3b-12l": lambda: synth_file("qwen3-30b-a3b", layers=12),
+          "qwen3-30b-a3b-12l-q4km": lambda: synth_file("qwen3-30b-a3b", layers=12, quant="Q4_K_M")}
 
 
 LLAMA_ENV: dict[str, str] = {}  # --llama-env: added to llama-bench's environment

@@ -174,9 +174,15 @@ class Model {
   void check_experts(int layer) const;
   void init_moe_scratch(int max_step_tokens);
   void moe_ffn(int tid, Node& n, int rank, int layer, int op, int n_tok);
+  void moe_router(int layer, int tile0, int tile1, int n_tok);
   void moe_route(int n_tok);
   void moe_matmul(Node& n, int op, const std::vector<MatrixGroup>& groups, const float* x, const ActBlock* xq,
                   int x_stride, float* y, int ldy);
+  void moe_group_gemm(const MatrixGroup& g, int lo, int hi, const float* x, const ActBlock* xq, int x_stride, int r0,
+                      int rows, float* y, int ldy);
+  void moe_swiglu_block(Node& n, const NodeLayer& L, int blk, bool quantize);
+  void moe_experts_whole(Node& n, int op, const NodeLayer& L);
+  void moe_combine_row(const Node& n, int row) const;
   Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner);
   void load_model_wide(const std::vector<int>& index, const std::vector<const uint8_t*>& data);
   void load_group(int layer, int group, const std::vector<const TensorDesc*>& parts,

@@ -90,6 +90,7 @@ void Model::reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn
     float* xr = x_.data() + size_t(r) * D;
     for (const Node& n : nodes_) {
       if (!(add_attn && n.nh) && !(add_ffn && n.nf)) continue;
+      if (add_ffn && cfg_.ffn == FfnKind::MoE) moe_combine_row(n, r);  // the node's part of row r, here
       const float* p = n.part.get() + size_t(r) * D;
       for (int i = 0; i < D; ++i) xr[i] += p[i];
     }
@@ -174,15 +175,17 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
     pool_->barrier(tid);
     // x += every node's attention output; the FFN norm of the result.
     reduce_and_norm(tid, layers_[l].ffn_norm.data(), true, false, true, T);
-    pool_->barrier(tid);
     if (cfg_.ffn == FfnKind::MoE) {
-      moe_ffn(tid, n, rank, l, op, T);  // every thread: the router runs on all of them
-    } else if (ffn_here) {
-      matmul(n, op, L.gate_up, xn_.data(), xq_.data(), T, n.gate_up.get(), L.gate_up.width);
-      pool_->group_barrier(tid);
-      swiglu(n, rank, L, T);
-      pool_->group_barrier(tid);
-      matmul(n, op + 1, L.down, n.act.get(), n.xq.get(), T, n.part.get(), D);
+      moe_ffn(tid, n, rank, l, op, T);  // every thread; it takes the barriers it needs
+    } else {
+      pool_->barrier(tid);  // every row normed
+      if (ffn_here) {
+        matmul(n, op, L.gate_up, xn_.data(), xq_.data(), T, n.gate_up.get(), L.gate_up.width);
+        pool_->group_barrier(tid);
+        swiglu(n, rank, L, T);
+        pool_->group_barrier(tid);
+        matmul(n, op + 1, L.down, n.act.get(), n.xq.get(), T, n.part.get(), D);
+      }
     }
     op += 2;
     pool_->barrier(tid);

@@ -23,6 +23,12 @@ namespace sysinfer {
 // a type; down's columns gathered from every row).
 namespace {
 constexpr size_t kArenaAlign = 64;
+// Steps of at most this many tokens compute the router on one thread (moe_ffn).
+constexpr int kSoloRouterTokens = 4;
+// Steps of at most this many tokens give each active expert to one thread whole (moe_experts_whole)
+// when there are at least this many experts per thread of a node (else the tile split balances better).
+constexpr int kWholeExpertTokens = 16;
+constexpr int kWholeExpertItemsPerThread = 2;
 size_t aligned(size_t n) { return (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
 }  // namespace
 
@@ -177,83 +183,140 @@ void Model::moe_route(int n_tok) {
     }
 }
 
+// y[row] = g applied to x[row] for expert rows [r0, r0 + rows), tiles [lo, hi) of the group (its
+// parts end to end). xq rows are cols / 32 blocks, x rows x_stride floats.
+void Model::moe_group_gemm(const MatrixGroup& g, int lo, int hi, const float* x, const ActBlock* xq, int x_stride,
+                           int r0, int rows, float* y, int ldy) {
+  int first = 0;
+  for (size_t i = 0; i < g.parts.size(); ++i) {
+    const Matrix& m = g.parts[i];
+    const int tlo = std::max(lo - first, 0), thi = std::min(hi - first, m.tiles());
+    if (tlo < thi) {
+      const void* in = m.quantized() ? static_cast<const void*>(xq + size_t(r0) * (m.cols / QK))
+                                     : static_cast<const void*>(x + size_t(r0) * x_stride);
+      kernels_->gemm(m.type, m.data.get(), m.cols, tlo, thi, in, rows, y + size_t(r0) * ldy + g.offsets[i], ldy);
+    }
+    first += m.tiles();
+  }
+}
+
 // y[row] = expert(row)'s group applied to x[row] for every grouped expert row, on node n's threads.
 // The work is the active experts' tiles laid end to end (every expert has as many), taken in chunks
-// as matmul takes them; a chunk may run over two experts. xq rows are cols / 32 blocks, x rows
-// x_stride floats.
+// as matmul takes them; a chunk may run over two experts.
 void Model::moe_matmul(Node& n, int op, const std::vector<MatrixGroup>& groups, const float* x, const ActBlock* xq,
                        int x_stride, float* y, int ldy) {
   const int per = groups[active_[0]].tiles;
   for_tile_chunks(n, op, n_active_ * per, [&](int c0, int c1) {
     for (int a = c0 / per; a < n_active_ && a * per < c1; ++a) {
       const int e = active_[a], lo = std::max(c0 - a * per, 0), hi = std::min(c1 - a * per, per);
-      const int r0 = expert_rows_[e], rows = expert_rows_[e + 1] - r0;
-      const MatrixGroup& g = groups[e];
-      int first = 0;
-      for (size_t i = 0; i < g.parts.size(); ++i) {
-        const Matrix& m = g.parts[i];
-        const int tlo = std::max(lo - first, 0), thi = std::min(hi - first, m.tiles());
-        if (tlo < thi) {
-          const void* in = m.quantized() ? static_cast<const void*>(xq + size_t(r0) * (m.cols / QK))
-                                         : static_cast<const void*>(x + size_t(r0) * x_stride);
-          kernels_->gemm(m.type, m.data.get(), m.cols, tlo, thi, in, rows, y + size_t(r0) * ldy + g.offsets[i], ldy);
-        }
-        first += m.tiles();
-      }
+      const int r0 = expert_rows_[e];
+      moe_group_gemm(groups[e], lo, hi, x, xq, x_stride, r0, expert_rows_[e + 1] - r0, y, ldy);
     }
   });
 }
 
-// The MoE feed-forward of layer l (every thread of every node calls it): router logits of the normed
-// rows (xn_ / xq_), routing, then on each node its columns of every active expert: gate/up, SwiGLU,
-// down, and the weighted sum of each token's k expert rows into the node's partial sum n.part.
-void Model::moe_ffn(int tid, Node& n, int rank, int l, int op, int T) {
-  const int D = cfg_.n_embd, k = cfg_.n_expert_used, nt = pool_->size();
+// SwiGLU of block blk of the [S][nf / 32] expert-row blocks on node n: a = silu(gate) * up for
+// expert row r = blk / (nf / 32), columns [i0, i0 + 32), quantized for down where it takes Q8_0.
+void Model::moe_swiglu_block(Node& n, const NodeLayer& L, int blk, bool quantize) {
+  const int F = n.nf, blocks_per_row = F / QK, gw = L.exp_gate_up[0].width;
+  const int r = blk / blocks_per_row, i0 = (blk % blocks_per_row) * QK;
+  const float* g = n.gate_up.get() + size_t(r) * gw;  // [gate | up] of expert row r
+  float* a = n.act.get() + size_t(r) * F;
+  for (int i = i0; i < i0 + QK; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
+  if (quantize) kernels_->quantize_act(a + i0, n.xq.get() + blk, QK);
+}
+
+// A step of few tokens: each active expert is one work item, taken whole by whichever of node n's
+// threads is free: its gate/up over the expert's rows, their SwiGLU, its down. No barrier between
+// the three (the rows are the item's own), where the tile-split path needs two, and each expert's
+// weights are streamed front to back by one thread. Which thread runs an item never changes its result,
+// and the arithmetic is the tile-split path's: the same bits.
+void Model::moe_experts_whole(Node& n, int op, const NodeLayer& L) {
+  std::atomic<int>& next = n.matmul_next[op];
+  const int D = cfg_.n_embd, F = n.nf, blocks_per_row = F / QK, gw = L.exp_gate_up[0].width;
+  const int up_tiles = L.exp_gate_up[0].tiles, down_tiles = L.exp_down[0].tiles;
+  const bool quantize = L.exp_down[0].any_quantized();
+  for (int a = next.fetch_add(1, std::memory_order_relaxed); a < n_active_;
+       a = next.fetch_add(1, std::memory_order_relaxed)) {
+    const int e = active_[a], r0 = expert_rows_[e], rows = expert_rows_[e + 1] - r0;
+    moe_group_gemm(L.exp_gate_up[e], 0, up_tiles, moe_x_.data(), moe_xq_.data(), D, r0, rows, n.gate_up.get(), gw);
+    for (int blk = r0 * blocks_per_row; blk < (r0 + rows) * blocks_per_row; ++blk) moe_swiglu_block(n, L, blk, quantize);
+    moe_group_gemm(L.exp_down[e], 0, down_tiles, n.act.get(), n.xq.get(), F, r0, rows, n.moe_out.get(), D);
+  }
+}
+
+// Router logits of tiles [tile0, tile1) of layer l's router for the step's n_tok normed rows (xn_ / xq_).
+void Model::moe_router(int l, int tile0, int tile1, int n_tok) {
   const Matrix& router = layers_[l].router;
-  {  // the router's tile pairs split over all threads
-    const int pairs = (router.tiles() + 1) / 2;
+  if (tile0 < tile1)
+    kernels_->gemm(router.type, router.data.get(), cfg_.n_embd, tile0, tile1,
+                   router.quantized() ? static_cast<const void*>(xq_.data()) : xn_.data(), n_tok,
+                   router_logits_.data(), padded_rows(cfg_.n_expert));
+}
+
+// The MoE feed-forward of layer l (every thread of every node calls it, straight after the FFN norm
+// of its rows into xn_ / xq_, before any barrier): router logits, routing, then on each node its
+// columns of every active expert: gate/up, SwiGLU, down into moe_out. The weighted sum of each token's
+// k expert rows is taken by the reduction after the next pool barrier (moe_combine_row).
+//
+// Barriers are what a decode step waits on (on a loaded machine each one may cost a time slice), so
+// a step of one token is routed by the thread that normed its row, at once (no barrier), a step of a
+// few by one thread (the router is ~1 MB: less than a barrier's wait), and the experts of a step of
+// few tokens are whole work items (moe_experts_whole): 1 pool barrier per MoE FFN, against 5 pool and
+// group barriers on the tile-split path that prefill takes.
+void Model::moe_ffn(int tid, Node& n, int rank, int l, int op, int T) {
+  const int nt = pool_->size(), tiles = layers_[l].router.tiles();
+  if (T == 1) {
+    int r0, r1;
+    split_range(T, tid, nt, &r0, &r1);  // as reduce_and_norm split the rows: this thread normed row 0
+    if (r0 < r1) {
+      moe_router(l, 0, tiles, T);
+      moe_route(T);
+    }
+  } else if (T <= kSoloRouterTokens) {
+    pool_->barrier(tid);  // every row normed
+    if (tid == 0) {
+      moe_router(l, 0, tiles, T);
+      moe_route(T);
+    }
+  } else {
+    pool_->barrier(tid);
+    const int pairs = (tiles + 1) / 2;  // the router's tile pairs split over all threads
     int p0, p1;
     split_range(pairs, tid, nt, &p0, &p1);
-    const int t0 = 2 * p0, t1 = std::min(router.tiles(), 2 * p1);
-    if (t0 < t1)
-      kernels_->gemm(router.type, router.data.get(), D, t0, t1,
-                     router.quantized() ? static_cast<const void*>(xq_.data()) : xn_.data(), T,
-                     router_logits_.data(), padded_rows(cfg_.n_expert));
+    moe_router(l, 2 * p0, std::min(tiles, 2 * p1), T);
+    pool_->barrier(tid);
+    if (tid == 0) moe_route(T);
   }
-  pool_->barrier(tid);
-  if (tid == 0) moe_route(T);
   pool_->barrier(tid);
   if (n.nf == 0) return;
   const NodeLayer& L = n.layers[l];
-  const int S = T * k, F = n.nf, gw = L.exp_gate_up[0].width;
-  moe_matmul(n, op, L.exp_gate_up, moe_x_.data(), moe_xq_.data(), D, n.gate_up.get(), gw);
-  pool_->group_barrier(tid);
-  // SwiGLU of every expert row, a = silu(gate) * up ([S][nf]), quantized for down where it takes Q8_0.
-  const bool quantize = L.exp_down[0].any_quantized();
-  const int blocks_per_row = F / QK;
-  int b0, b1;
-  split_range(S * blocks_per_row, rank, n.n_threads, &b0, &b1);
-  for (int blk = b0; blk < b1; ++blk) {  // block blk: expert row r, columns [i0, i0 + QK)
-    const int r = blk / blocks_per_row, i0 = (blk % blocks_per_row) * QK;
-    const float* g = n.gate_up.get() + size_t(r) * gw;  // [gate | up] of expert row r
-    float* a = n.act.get() + size_t(r) * F;
-    for (int i = i0; i < i0 + QK; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
-    if (quantize) kernels_->quantize_act(a + i0, n.xq.get() + blk, QK);
+  if (T <= kWholeExpertTokens && n_active_ >= kWholeExpertItemsPerThread * n.n_threads) {
+    moe_experts_whole(n, op, L);
+    return;
   }
+  const int S = T * cfg_.n_expert_used, D = cfg_.n_embd, F = n.nf;
+  moe_matmul(n, op, L.exp_gate_up, moe_x_.data(), moe_xq_.data(), D, n.gate_up.get(), L.exp_gate_up[0].width);
+  pool_->group_barrier(tid);
+  const bool quantize = L.exp_down[0].any_quantized();
+  int b0, b1;
+  split_range(S * (F / QK), rank, n.n_threads, &b0, &b1);
+  for (int blk = b0; blk < b1; ++blk) moe_swiglu_block(n, L, blk, quantize);
   pool_->group_barrier(tid);
   moe_matmul(n, op + 1, L.exp_down, n.act.get(), n.xq.get(), F, n.moe_out.get(), D);
-  pool_->group_barrier(tid);
-  // part[t] = sum_j w[t][j] * out[row of (t, j)], in the router's order (highest weight first).
-  int t0, t1;
-  split_range(T, rank, n.n_threads, &t0, &t1);
-  for (int t = t0; t < t1; ++t) {
-    float* p = n.part.get() + size_t(t) * D;
-    std::fill(p, p + D, 0.f);
-    for (int j = 0; j < k; ++j) {
-      const float w = slot_weight_[size_t(t) * k + j];
-      const float* o = n.moe_out.get() + size_t(slot_of_[size_t(t) * k + j]) * D;
-      for (int i = 0; i < D; ++i) p[i] += w * o[i];
-    }
+}
+
+// Node n's part of token row t: part[t] = sum_j w[t][j] * out[row of (t, j)], in the router's order
+// (highest weight first). Called by the thread that reduces row t, after the barrier that ends the
+// node's down GEMMs.
+void Model::moe_combine_row(const Node& n, int t) const {
+  const int D = cfg_.n_embd, k = cfg_.n_expert_used;
+  float* p = n.part.get() + size_t(t) * D;
+  std::fill(p, p + D, 0.f);
+  for (int j = 0; j < k; ++j) {
+    const float w = slot_weight_[size_t(t) * k + j];
+    const float* o = n.moe_out.get() + size_t(slot_of_[size_t(t) * k + j]) * D;
+    for (int i = 0; i < D; ++i) p[i] += w * o[i];
   }
 }
 
