@@ -92,17 +92,10 @@ Encoder::Encoder(const ModelDesc& desc, int n_threads, const std::vector<int>& c
   loaded_.assign(size_t(cfg_.n_layer) + 1, false);
 }
 
+// pack_new_matrix model-wide (encoders are not split over nodes), its bytes counted.
 Matrix Encoder::make_matrix(WType type, int rows, int cols, const uint8_t* data) {
-  if (cols % block_size_of(type) || cols % QK)
-    bad_input("encoder: matrix columns must be a multiple of 32 and of the type's block size");
-  Matrix m;
-  m.type = type;
-  m.rows = rows;
-  m.cols = cols;
-  const size_t bytes = packed_bytes(type, rows, cols);
-  m.data = node_array<uint8_t>(bytes, -1, nullptr);
-  pack_matrix(type, data, rows, cols, m.data.get());
-  weight_bytes_ += bytes;
+  Matrix m = pack_new_matrix(type, rows, cols, data, -1);
+  weight_bytes_ += m.bytes();
   return m;
 }
 
@@ -116,10 +109,7 @@ std::vector<int> Encoder::layer_tensors(int layer) const {
 // One packed matrix when the parts share a type and all but the last fill whole tiles, else one each.
 void Encoder::load_group(MatrixGroup& g, const std::vector<const TensorDesc*>& parts,
                          const std::vector<const uint8_t*>& data) {
-  bool fuse = parts.size() > 1;
-  for (size_t i = 0; i < parts.size(); ++i)
-    fuse = fuse && parts[i]->type == parts[0]->type && (i + 1 == parts.size() || parts[i]->rows() % ROW_TILE == 0);
-  if (!fuse) {
+  if (!fusable(parts)) {
     for (size_t i = 0; i < parts.size(); ++i)
       g.add(make_matrix(parts[i]->type, int(parts[i]->rows()), int(parts[i]->cols()), data[i]));
     return;

@@ -21,9 +21,20 @@ struct Matrix {
   WType type = WType::F32;
   int rows = 0, cols = 0;
   std::shared_ptr<uint8_t> data;  // packed_bytes(type, rows, cols), 64-byte aligned
+  size_t bytes() const { return packed_bytes(type, rows, cols); }
   int tiles() const { return padded_rows(rows) / ROW_TILE; }
   bool quantized() const { return !is_float_type(type); }
 };
+
+// One matrix as the file stores it (rows x cols in GGUF blocks), checked and packed into tiles in the
+// memory of NUMA node mem_node (-1: wherever the allocator puts it); *bind, if given, says how the
+// binding went. Decoders (per node) and encoders (mem_node -1) load every matrix through it.
+Matrix pack_new_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, int mem_node,
+                       BindStatus* bind = nullptr);
+
+// Whether a group's parts (as the file has them) pack as one matrix: they share a type and every part
+// but the last fills whole tiles (fused Q/K/V, gate/up: one pass over the input, fewer tiles at the seams).
+bool fusable(const std::vector<const TensorDesc*>& parts);
 
 // Matrices applied to the same input whose outputs are laid side by side (fused Q/K/V or gate/up
 // when the file's types allow one packed matrix, else one matrix each).

@@ -24,7 +24,7 @@ bool MatrixGroup::any_float() const {
   return std::any_of(parts.begin(), parts.end(), [](const Matrix& m) { return !m.quantized(); });
 }
 
-Matrix Model::make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner) {
+Matrix pack_new_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, int mem_node, BindStatus* bind) {
   if (rows <= 0 || cols <= 0) bad_input("matrix with an empty dimension");
   if (cols % block_size_of(type) || cols % QK)
     bad_input("matrix columns must be a multiple of 32 and of the type's block size");
@@ -32,13 +32,26 @@ Matrix Model::make_matrix(WType type, int rows, int cols, const uint8_t* gguf_da
   m.type = type;
   m.rows = rows;
   m.cols = cols;
-  const size_t bytes = packed_bytes(type, rows, cols);
-  BindStatus st = BindStatus::kNotAsked;
-  m.data = node_array<uint8_t>(bytes, owner ? owner->spec.mem_node : -1, &st);
+  m.data = node_array<uint8_t>(m.bytes(), mem_node, bind);
   pack_matrix(type, gguf_data, rows, cols, m.data.get());
-  weight_bytes_ += bytes;
+  return m;
+}
+
+bool fusable(const std::vector<const TensorDesc*>& parts) {
+  bool fuse = parts.size() > 1;
+  for (size_t i = 0; i < parts.size(); ++i)
+    fuse = fuse && parts[i]->type == parts[0]->type && (i + 1 == parts.size() || parts[i]->rows() % ROW_TILE == 0);
+  return fuse;
+}
+
+// pack_new_matrix in the owner node's memory (nullptr: model-wide), its bytes counted for the model
+// and the node.
+Matrix Model::make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner) {
+  BindStatus st = BindStatus::kNotAsked;
+  Matrix m = pack_new_matrix(type, rows, cols, gguf_data, owner ? owner->spec.mem_node : -1, &st);
+  weight_bytes_ += m.bytes();
   if (owner) {
-    owner->weight_bytes += bytes;
+    owner->weight_bytes += m.bytes();
     owner->bind = std::max(owner->bind, st);
   }
   return m;
@@ -191,10 +204,7 @@ void Model::load(int layer, const std::vector<const uint8_t*>& data) {
 // (fused Q/K/V, gate/up: one pass over the input, fewer tiles at the seams), else one per part.
 void Model::load_group(int layer, int group, const std::vector<const TensorDesc*>& parts,
                        const std::vector<const uint8_t*>& data) {
-  bool fuse = parts.size() > 1;
-  for (size_t i = 0; i < parts.size(); ++i)
-    fuse = fuse && parts[i]->type == parts[0]->type && (i + 1 == parts.size() || parts[i]->rows() % ROW_TILE == 0);
-  if (!fuse) {
+  if (!fusable(parts)) {
     for (size_t i = 0; i < parts.size(); ++i)
       add_layer_matrix(layer, group, parts[i]->type, int(parts[i]->rows()), int(parts[i]->cols()), data[i]);
     return;
