@@ -81,6 +81,8 @@ def _generic_note(kinds: dict[str, int], generic_ids: list[int]) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import native_info
+    from .config import available_memory_bytes
+    from .model.memory_plan import describe_memory
     from .model.model_file import read_model_file
 
     path = _model_path(args.model)
@@ -109,6 +111,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("tokenizer", _shown(mf.metadata.get("tokenizer.ggml.model", "none"))
          + (f" (pre: {_shown(mf.metadata['tokenizer.ggml.pre'])})" if "tokenizer.ggml.pre" in mf.metadata else "")),
         ("chat template", "yes" if "tokenizer.chat_template" in mf.metadata else "none (built-in used)"),
+        *describe_memory(mf, available_memory_bytes("MemTotal"), available_memory_bytes()),
         ("kernels", f"{native['kernels']} (compiled: {', '.join(native['compiled'])})"),
         ("cpu features", ", ".join(k for k in ("avx2", "fma", "f16c", "avx512", "neon", "dotprod", "i8mm") if native[k]) or "none"),
     ] + _numa_rows(mf, args.threads, args.numa)

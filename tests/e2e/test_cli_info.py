@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -86,3 +87,57 @@ def test_info_names_no_generic_type_on_a_simd_table():
     assert "BF16" in types and "Q5_0" in types, types
     assert "generic kernel" not in types, types
     assert native_info()["generic_types"] == []
+
+
+def test_info_memory_plan_equals_the_tensor_table():
+    """`info`'s memory rows and its NUMA plan on a tiny qwen3moe split over 3 forced nodes, against sums
+    over the file's tensor table as gguf-py reads it: weights are every tensor; a decode token reads
+    all but the unread embedding rows and k/E of the experts; KV is K and V of every layer in fp16; the
+    nodes' weights add up to the split tensors (attention, experts, output), each node's line as planned."""
+    from gguf import GGUFReader
+
+    from sysinfer.model.memory_plan import memory_plan, size
+    from sysinfer.topology import plan_shares
+
+    path = tiny_model("qwen3moe")
+    table = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
+    mf = read_model_file(path)
+    hp = mf.hparams
+    experts = sum(b for name, b in table.items() if name.endswith(("_exps.weight")))
+    embd_unread = table["token_embd.weight"] * (hp.n_vocab - 1) // hp.n_vocab
+    read = sum(table.values()) - embd_unread - experts + experts * hp.n_expert_used // hp.n_expert
+    kv = 2 * hp.n_layer * hp.n_head_kv * hp.head_dim * 2
+    plan = memory_plan(mf)
+    assert (plan.weight_bytes, plan.expert_bytes, plan.token_read_bytes, plan.kv_bytes_per_token) == (
+        sum(table.values()), experts, read, kv)
+    assert 0 < experts * hp.n_expert_used // hp.n_expert < read < plan.weight_bytes
+
+    out = subprocess.run([shutil.which("sysinfer"), "info", tiny_model("qwen3moe"), "--threads", "3", "--numa", "tp"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "SYSINFER_NUMA_NODES": "3"})
+    assert out.returncode == 0, out.stderr
+    info = fields(out.stdout)
+    assert info["memory"].startswith(f"weights {size(sum(table.values()))}; KV {kv / 1024:.1f} KiB per token")
+    assert info["read per token"] == (f"{size(read)} ({hp.n_expert_used} of {hp.n_expert} experts: "
+                                      f"{size(experts * hp.n_expert_used // hp.n_expert)} of their {size(experts)})")
+    assert info["fits here"].startswith("the machine ")
+    split = [n for n in table if n.split(".")[-2] in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_exps",
+                                                      "ffn_up_exps", "ffn_down_exps", "output")]
+    shares = plan_shares(hp, {n: int(t.type) for n, t in mf.tensors.items()}, 3, 16)
+    assert sum(s.weight_bytes for s in shares) == sum(table[n] for n in split)
+    assert all(s.ff1 > s.ff0 for s in shares)  # every node holds its columns of every expert
+    for i, s in enumerate(shares):
+        assert f"weights {s.weight_bytes / 2**20:.1f} MiB, KV {s.kv_bytes_per_block / 1024:.1f} KiB per block" in info[f"plan node {i}"]
+        assert s.kv_bytes_per_block == 2 * hp.n_layer * (s.kv1 - s.kv0) * hp.head_dim * 16 * 2
+
+
+def test_qwen3_presets_carry_qwen3s_real_vocabulary_and_template():
+    """`synth --like qwen3-8b` wrote a placeholder vocabulary (`pre: default`, no chat template), unlike
+    the real file and unlike qwen3-30b-a3b's preset; now both carry Qwen3's tokenizer keys."""
+    from sysinfer.model.synth_presets import synth_spec, vocabulary_metadata
+
+    for name in ("qwen3-8b", "qwen3-30b-a3b"):
+        spec = synth_spec(name)
+        meta = vocabulary_metadata(name, spec)
+        assert meta["tokenizer.ggml.pre"] == "qwen2" and len(meta["tokenizer.ggml.tokens"]) == spec.n_vocab == 151936
+        assert "enable_thinking" in meta["tokenizer.chat_template"]
+    assert vocabulary_metadata("qwen2.5-7b", synth_spec("qwen2.5-7b")) == {}  # placeholder: see docs/models.md
