@@ -22,6 +22,8 @@
 //                                        block<NT> for tiles b0 and b1 at once (rows 0-7 | 8-15); a row's
 //                                        result must not depend on whether its tile went alone or in a pair
 //       static constexpr int kTokTile;   tokens per pass over a tile block (default simd::kTokTile)
+//       static constexpr int kFewTokTile;  the same in a step of 2..kFewRows tokens (default kTokTile):
+//                                        block<NT> / pair_block<NT> then take NT up to the larger of the two
 //   one struct for F32 / F16 / BF16 rows, with
 //       template <int NT, class W> static void row(const W* w, int cols, const float* x, float* y, int ldy);
 //                                        y[i * ldy] = dot(w, x + i * cols) for i < NT, one F32 (W = float),
@@ -163,6 +165,14 @@ struct tok_tile : std::integral_constant<int, kTokTile> {};
 template <class Op>
 struct tok_tile<Op, std::void_t<decltype(Op::kTokTile)>> : std::integral_constant<int, Op::kTokTile> {};
 
+// Tokens per pass over a tile block in a few-row step (rows_tiles): Op::kFewTokTile where the type
+// sets it, else tok_tile<Op>. A step's tiles come from DRAM once either way; a wider pass unpacks
+// each block once for more tokens (see GemmQ4_0 in kernels_avx2_impl.h).
+template <class Op, class = void>
+struct few_tok_tile : tok_tile<Op> {};
+template <class Op>
+struct few_tok_tile<Op, std::void_t<decltype(Op::kFewTokTile)>> : std::integral_constant<int, Op::kFewTokTile> {};
+
 // Tiles a step of NT tokens walks side by side: kGemvStreams for decode; for 2..8 tokens one tile, or
 // one pair where the type has the pair path (see few_rows).
 template <class Op, int NT>
@@ -268,8 +278,11 @@ inline void gemv_prefetch(const Tile* block) {
 // S consecutive tiles (tile s at tiles + s * n_blocks) for NT <= tok_tile<Op> tokens (token i's blocks
 // at x + i * x_stride), block kb of each tile in turn, each block one Op::block<NT> (or pair_block<NT>
 // for two tiles, where the type has it); with Prefetch, each tile's stream prefetched ahead.
+// Never inlined: one pass over a tile is long enough that the call costs nothing, and GCC, inlining
+// it into gemm_quantized beside the other token counts' passes, allocated the registers of the 4-token
+// Q4_0 pass worse (15 % slower, `test_kernels --bench-gemm 32 2048 4`).
 template <class Op, int S, int NT, bool Prefetch>
-inline void rows_lockstep(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride,
+[[gnu::noinline]] void rows_lockstep(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride,
                           float* y, int ldy) {
   constexpr int A = act_blocks<typename Op::Tile>;
   if constexpr (has_pair<Op>::value && S % 2 == 0) {  // S / 2 pairs
@@ -306,12 +319,12 @@ inline void static_groups(const F& f) {
   }
 }
 
-// S tiles for NT <= kFewRows tokens: tok_tile<Op> tokens per pass over them; the first pass streams
-// the tiles from DRAM with their prefetch, the later ones find them in L2.
+// S tiles for NT <= kFewRows tokens: few_tok_tile<Op> tokens per pass over them; the first pass
+// streams the tiles from DRAM with their prefetch, the later ones find them in L2.
 template <class Op, int S, int NT>
 inline void rows_tiles(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride, float* y,
                        int ldy) {
-  static_groups<NT, tok_tile<Op>::value>([&](auto g, auto first) {
+  static_groups<NT, few_tok_tile<Op>::value>([&](auto g, auto first) {
     constexpr int i = decltype(first)::value;
     rows_lockstep<Op, S, decltype(g)::value, i == 0>(tiles, n_blocks, x + i * x_stride, x_stride, y + size_t(i) * ldy,
                                                      ldy);

@@ -256,6 +256,13 @@ struct PlainQ4_0 : simd::WeightType<TileQ4_0, PlainSums<ROW_TILE>> {
   }
 };
 
+// Prefill's passes of TokTile tokens, few-row steps' of FewTokTile (kFewTokTile).
+template <int TokTile, int FewTokTile>
+struct PlainFewQ4_0 : PlainQ4_0<std::max(TokTile, FewTokTile)> {
+  static constexpr int kTokTile = TokTile;
+  static constexpr int kFewTokTile = FewTokTile;
+};
+
 template <int TokTile>
 struct PlainPairQ4_0 : PlainQ4_0<TokTile> {
   using Pair = PlainSums<2 * ROW_TILE>;
@@ -308,6 +315,8 @@ void check_skeleton_op(const char* name) {
 void check_skeleton() {
   check_skeleton_op<PlainQ4_0<4>>("PlainQ4_0<4>");         // the AVX2 / NEON walk
   check_skeleton_op<PlainQ4_0<3>>("PlainQ4_0<3>");         // token groups that do not divide 8
+  check_skeleton_op<PlainFewQ4_0<4, 8>>("PlainFewQ4_0<4, 8>");  // the AVX2 Q4 walk: few-row steps in one pass
+  check_skeleton_op<PlainFewQ4_0<4, 3>>("PlainFewQ4_0<4, 3>");
   check_skeleton_op<PlainPairQ4_0<8>>("PlainPairQ4_0<8>"); // the AVX-512 walk: tile pairs, 8 tokens a pass
   check_skeleton_op<PlainPairQ4_0<3>>("PlainPairQ4_0<3>");
 }
@@ -916,7 +925,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--bench-rows")) {  // [TYPE] [ROUNDS]
       WType type = WType::Q4_0;
       if (i + 1 < argc)
-        for (WType t : {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K})
+        for (WType t : kAllTypes)
           if (!std::strcmp(argv[i + 1], type_name(t))) type = t;
       bench_rows(type, i + 2 < argc ? std::max(1, std::atoi(argv[i + 2])) : 7);
       return 0;
