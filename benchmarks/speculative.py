@@ -4,6 +4,7 @@
                                      [--draft-model FILE.gguf | --draft-model smollm2] [--model-only]
     python benchmarks/speculative.py --server [--model FILE.gguf] [--modes on,off,always] [--sets ...]
                                      [--prompts N] [--rounds 3] [--max-tokens 64] [--threads 2] [--json F]
+                                     [--llama-server PATH/llama-server]
 
 --server: through the HTTP API, one stream at a time, one server per mode started side by side on
 the same file: "on" is the default (speculation on at --max-batch 1, drafting where the cost policy
@@ -11,7 +12,10 @@ finds it pays: engine/spec_policy.py), "off" is --no-speculative, "always" verif
 (the policy before issue 28). Each round sends every prompt of a set to every mode, the order of the
 modes rotating by round; decode tok/s = (completion tokens - 1) / (time from the first streamed
 token to the last); medians over rounds, ratios against "off"; greedy texts must agree. The CPU and
-the load average (start and end of each set) are printed with the figures.
+the load average (start and end of each set) are printed with the figures. --llama-server adds the
+mode "llama": llama.cpp's llama-server on the same file (one slot, -c 2048, the same threads), in the
+same rotation, asked for the same replies with `ignore_eos` (its text is not required to agree:
+another engine's arithmetic), and the ratio of each sysinfer mode to it.
 
 Without --draft-model, "on" drafts by prompt lookup; with it, "on" drafts as the server does with
 --draft-model: prompt lookup first, that model where lookup finds nothing (--model-only: the model
@@ -99,13 +103,14 @@ def _metrics(base: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(sysinfer_\w+) (\S+)$", text, re.M)}
 
 
-def stream_one(client, text: str, max_tokens: int, temperature: float = 0.0, seed: int | None = None) -> dict:
+def stream_one(client, text: str, max_tokens: int, temperature: float = 0.0, seed: int | None = None,
+               extra_body: dict | None = None) -> dict:
     """One streamed chat request (greedy by default): its text, completion tokens and decode time."""
     first = last = None
     parts, usage = [], None
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
                                             max_tokens=max_tokens, temperature=temperature, seed=seed, stream=True,
-                                            stream_options={"include_usage": True})
+                                            stream_options={"include_usage": True}, extra_body=extra_body)
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
@@ -133,6 +138,16 @@ def run_servers(args) -> int:
     try:
         for mode in modes:
             procs[mode] = start_server(ready_timeout=1200, **env, **SERVER_MODES[mode])
+        if args.llama_server:
+            from serve_streams import llama_server  # noqa: PLC0415 (benchmarks/, the script's folder)
+
+            llama = llama_server(args.llama_server, args.model or smollm2_q4_0(), 1, 2048, args.threads, False)
+            llama.start(timeout=1200)
+            procs["llama"] = (llama.proc, llama.base_url, False)
+            modes = modes + ["llama"]
+        # llama-server: every reply max_tokens long (it may stop at a different token than ours)
+        extra = {m: {"ignore_eos": True} if m == "llama" else None for m in modes}
+        ours = [m for m in modes if m != "llama"]
         clients = {m: openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=3600)
                    for m, (_, base, _) in procs.items()}
         print(f"{model_name} through the server, {cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, "
@@ -149,8 +164,9 @@ def run_servers(args) -> int:
                 order = modes[r % len(modes):] + modes[: r % len(modes)]
                 totals = {m: {"decode_tokens": 0, "decode_s": 0.0} for m in modes}
                 for name, text, *_ in prompts:
-                    runs = {m: stream_one(clients[m], text, args.max_tokens, args.temperature, args.seed) for m in order}
-                    texts = {runs[m]["text"] for m in modes}
+                    runs = {m: stream_one(clients[m], text, args.max_tokens, args.temperature, args.seed, extra[m])
+                            for m in order}
+                    texts = {runs[m]["text"] for m in ours}
                     if len(texts) != 1:
                         print(f"FAIL: {set_name}/{name}: the modes' texts differ", file=sys.stderr)
                         return 1
@@ -169,8 +185,10 @@ def run_servers(args) -> int:
             report[set_name] = {"tok_s": rate, "rounds": rounds, "drafts": drafts,
                                 "load": [load_start[0], load_end[0]]}
             ratios = ", ".join(f"{m}/off x{rate[m] / rate['off']:.3f}" for m in modes if m != "off" and "off" in rate)
+            if "llama" in rate:
+                ratios += "".join(f", {m}/llama x{rate[m] / rate['llama']:.3f}" for m in ours)
             print(f"{set_name}: " + ", ".join(f"{m} {rate[m]:.2f} tok/s" for m in modes) + f"; {ratios}; drafts "
-                  + ", ".join(f"{m} {a:.0f}/{d:.0f} accepted" for m, (d, a) in drafts.items() if m != "off")
+                  + ", ".join(f"{m} {a:.0f}/{d:.0f} accepted" for m, (d, a) in drafts.items() if m in ours and m != "off")
                   + f"; load average {load_start[0]:.1f} -> {load_end[0]:.1f}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
@@ -196,6 +214,7 @@ def main() -> int:
     ap.add_argument("--server", action="store_true", help="through the HTTP API, one server per mode (see above)")
     ap.add_argument("--model", help="with --server: the GGUF to serve (default: SmolLM2-135M-Instruct Q4_0)")
     ap.add_argument("--modes", default="on,off", help="with --server: comma-separated, of: on, off, always")
+    ap.add_argument("--llama-server", metavar="PATH", help="with --server: also llama.cpp's llama-server (mode llama)")
     ap.add_argument("--temperature", type=float, default=0.0,
                     help="with --server: sample at this temperature with --seed (a seeded reply is the same with and "
                          "without speculation): text a random-weight model does not repeat, so nothing to quote")
