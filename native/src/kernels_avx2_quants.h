@@ -82,38 +82,76 @@ struct GemmQ5_1 : simd::WeightType<TileQ5_1, TileAcc> {  // x = d * q + m
 // float by a_j.d into sa; the minimums by the activation's sum, m_j * (a_j.d * sum a_j) into sm; per
 // super-block acc += d * sa - dmin * sm. (Activation blocks of 32 with their own scale: the K-quant
 // minimums fold in through the sums the ActBlock carries, so no second activation format (Q8_K).)
+//
+// Speed (one thread, `test_kernels --bench-gemm 256 4096 1 Q4_K`, in L2: the arithmetic alone): the
+// 32 bytes of a chunk c are loaded once for both its sub-blocks (2c: low nibbles, 2c + 1: high), the
+// chunk index a compile-time constant (Q5_K's fifth-bit shifts are immediates), and the 12-byte
+// scales of the 8 rows are unpacked once per super-block in vector registers (KScales), each
+// sub-block's scale and minimum one `pshufb` away, instead of scalar words moved to vectors one by
+// one per sub-block.
 
-// Sub-block j's scales (sc) and minimums (mn) of the 8 rows, byte r of each word for row r: the
-// 12-byte packing unpacked on 64-bit words holding one byte of every row (kernels.h: scales[b][r]).
-inline void k_scales(const uint8_t (*s)[8], uint64_t sc[8], uint64_t mn[8]) {
-  uint64_t b[12];
-  std::memcpy(b, s, sizeof b);
-  const uint64_t low6 = 0x3F3F3F3F3F3F3F3Full, low4 = 0x0F0F0F0F0F0F0F0Full, bits45 = 0x3030303030303030ull;
-  for (int j = 0; j < 4; ++j) {
-    sc[j] = b[j] & low6;
-    mn[j] = b[j + 4] & low6;
-    sc[j + 4] = (b[j + 8] & low4) | ((b[j] >> 2) & bits45);      // top 2 bits of byte j -> bits 4, 5
-    mn[j + 4] = ((b[j + 8] >> 4) & low4) | ((b[j + 4] >> 2) & bits45);
+// The scales and minimums of one tile block's 8 rows: for pair p (sub-blocks 2p, 2p + 1 below 4,
+// and 4 + 2p, 5 + 2p above), lo_sc[p] / hi_sc[p] / lo_mn[p] / hi_mn[p] hold byte 8 * (j % 2) + r =
+// row r's value of sub-block j, the same 16 bytes in both 128-bit lanes (kernels.h: scales[b][r]).
+struct KScales {
+  __m256i sc[8 / 2], mn[8 / 2];  // [pair of sub-blocks (j / 2)]
+
+  explicit KScales(const uint8_t (*s)[8]) {
+    const __m256i low6 = _mm256_set1_epi8(0x3F), low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+    for (int p = 0; p < 2; ++p) {  // bytes b = 2p, 2p + 1 of the 12 (and b + 4, b + 8): sub-blocks 2p, 2p + 1 and 4 + 2p, 5 + 2p
+      const __m256i a = bcast16(s[2 * p]), b = bcast16(s[4 + 2 * p]), c = bcast16(s[8 + 2 * p]);
+      sc[p] = _mm256_and_si256(a, low6);
+      mn[p] = _mm256_and_si256(b, low6);
+      // sub-blocks 4..7: the low 4 bits from bytes 8..11, bits 4, 5 from the top 2 bits of bytes 0..7
+      sc[2 + p] = _mm256_or_si256(_mm256_and_si256(c, low4), _mm256_and_si256(_mm256_srli_epi16(a, 2), bits45));
+      mn[2 + p] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), low4),
+                                  _mm256_and_si256(_mm256_srli_epi16(b, 2), bits45));
+    }
   }
-}
+  static __m256i bcast16(const uint8_t* p) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  // Sub-block J's scales, row r's in both int16 halves of lane r (a `madd` multiplier).
+  template <int J>
+  __m256i pair16() const { return _mm256_shuffle_epi8(sc[J / 2], pick<J % 2, true>()); }
+  // Sub-block J's minimums as floats, row r's in lane r.
+  template <int J>
+  __m256 mins() const { return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(mn[J / 2], pick<J % 2, false>())); }
+  // pshufb indices: lane r (rows 0-3 in the low 128 bits, 4-7 in the high) takes byte 8H + r into
+  // its byte 0 (and its byte 2 when Twice), zeros elsewhere (index 0x80).
+  template <int H, bool Twice>
+  static __m256i pick() {
+    constexpr char z = char(0x80), o = char(8 * H);
+    constexpr char t0 = Twice ? o : z, t1 = Twice ? char(o + 1) : z, t2 = Twice ? char(o + 2) : z,
+                   t3 = Twice ? char(o + 3) : z;
+    return _mm256_setr_epi8(o, z, t0, z, char(o + 1), z, t1, z, char(o + 2), z, t2, z, char(o + 3), z, t3, z,
+                            char(o + 4), z, char(t0 == z ? z : o + 4), z, char(o + 5), z, char(t1 == z ? z : o + 5), z,
+                            char(o + 6), z, char(t2 == z ? z : o + 6), z, char(o + 7), z, char(t3 == z ? z : o + 7), z);
+  }
+};
 
 inline __m256i bytes_to_i32(uint64_t w) { return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(w))); }
 
-// One row's value in both int16 halves of its 32-bit lane (the multiplier of a `madd`).
-inline __m256i pair16(uint64_t w) {
-  const __m256i v = bytes_to_i32(w);
-  return _mm256_or_si256(v, _mm256_slli_epi32(v, 16));
+// f(std::integral_constant<int, c>{}) for c = 0 .. N-1, each c a compile-time constant.
+template <int N, int C = 0, class F>
+inline void for_const(const F& f) {
+  if constexpr (C < N) {
+    f(std::integral_constant<int, C>{});
+    for_const<N, C + 1>(f);
+  }
 }
 
-// sa[i] += a_j.d * (sc_j * dot) and sm[i] += mn_j * (a_j.d * sum a_j) for NT tokens, given the
-// sub-block's quant dots as int16 pair sums s16 (one per token, computed by `dot`).
-template <int NT, class Dot>
-inline void k_sub_block(const ActBlock* a, size_t a_stride, int j, __m256i sc, __m256 mn, const Dot& dot, __m256* sa,
+// The K-quant tail of sub-block J for NT tokens: sa[i] += a_J.d * (sc_J * dot) from the int16 pair
+// sums s16[i], and sm[i] += mn_J * (a_J.d * sum a_J). Same float operations in the same order for
+// every NT (a token's result does not depend on the tokens beside it).
+template <int J, int NT>
+inline void k_sub_block(const KScales& ks, const ActBlock* a, size_t a_stride, const __m256i* s16, __m256* sa,
                         __m256* sm) {
+  const __m256i sc = ks.pair16<J>();
+  const __m256 mn = ks.mins<J>();
   for (int i = 0; i < NT; ++i) {
-    const ActBlock& aj = a[i * a_stride + j];
-    const __m256i s = dot(aj, sc);
-    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(aj.d), sa[i]);
+    const ActBlock& aj = a[i * a_stride + J];
+    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], sc)), _mm256_set1_ps(aj.d), sa[i]);
     sm[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(aj.d * float(aj.sum[0] + aj.sum[1])), sm[i]);
   }
 }
@@ -124,30 +162,73 @@ inline void k_finish(const Tile& t, const __m256* sa, const __m256* sm, TileAcc*
   for (int i = 0; i < NT; ++i) acc[i].v = _mm256_fnmadd_ps(dmin, sm[i], _mm256_fmadd_ps(d, sa[i], acc[i].v));
 }
 
+// Chunk C of a Q4_K / Q5_K tile block (sub-blocks 2C and 2C + 1) for NT tokens: group g's 32 bytes
+// (4 bytes of each of the 8 rows) loaded once, low nibbles against a_2C, high against a_2C+1, with
+// Q5_K's fifth bits (bit 2C / 2C + 1 of the row's qh bytes, to bit 4) when Q5. Int16 pair sums:
+// |each maddubs| <= 2 * 15 * 127 = 3810 (Q4: 8 fit int16) or 2 * 31 * 127 = 7874 (Q5: groups 0-3
+// and 4-7 summed apart, then widened by the scale's madd each).
+template <bool Q5, int C, int NT, class Tile>
+inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t a_stride, __m256* sa, __m256* sm) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  constexpr int H = Q5 ? 2 : 1;  // int16 sums per sub-block and token
+  __m256i lo[H][NT], hi[H][NT];
+  for (int g = 0; g < 8; ++g) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[C][g]));
+    __m256i ql = _mm256_and_si256(v, m4), qh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if constexpr (Q5) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.qh[g])), bit4 = _mm256_set1_epi8(0x10);
+      constexpr int jl = 2 * C, jh = 2 * C + 1;  // bit j of h to bit 4
+      const __m256i hl = jl <= 4 ? _mm256_slli_epi16(h, 4 - jl) : _mm256_srli_epi16(h, jl - 4);
+      const __m256i hh = jh <= 4 ? _mm256_slli_epi16(h, 4 - jh) : _mm256_srli_epi16(h, jh - 4);
+      ql = _mm256_or_si256(ql, _mm256_and_si256(hl, bit4));
+      qh = _mm256_or_si256(qh, _mm256_and_si256(hh, bit4));
+    }
+    const int k = Q5 ? g / 4 : 0, first = Q5 ? g % 4 == 0 : g == 0;
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock* ai = a + i * a_stride + 2 * C;
+      const __m256i pl = _mm256_maddubs_epi16(ql, bcast4(ai[0].qs + 4 * g));
+      const __m256i ph = _mm256_maddubs_epi16(qh, bcast4(ai[1].qs + 4 * g));
+      lo[k][i] = first ? pl : _mm256_add_epi16(lo[k][i], pl);
+      hi[k][i] = first ? ph : _mm256_add_epi16(hi[k][i], ph);
+      keep(lo[k][i]);
+      keep(hi[k][i]);
+    }
+  }
+  if constexpr (Q5) {  // each half widened by the scale's madd, then added as int32
+    const __m256i scl = ks.pair16<2 * C>(), sch = ks.pair16<2 * C + 1>();
+    const __m256 mnl = ks.mins<2 * C>(), mnh = ks.mins<2 * C + 1>();
+    for (int h = 0; h < 2; ++h) {
+      const int J = 2 * C + h;
+      const __m256i sc = h ? sch : scl;
+      const __m256 mn = h ? mnh : mnl;
+      for (int i = 0; i < NT; ++i) {
+        const __m256i(&s)[2][NT] = h ? hi : lo;
+        const __m256i s32 = _mm256_add_epi32(_mm256_madd_epi16(s[0][i], sc), _mm256_madd_epi16(s[1][i], sc));
+        const ActBlock& aj = a[i * a_stride + J];
+        sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(aj.d), sa[i]);
+        sm[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(aj.d * float(aj.sum[0] + aj.sum[1])), sm[i]);
+      }
+    }
+  } else {
+    k_sub_block<2 * C, NT>(ks, a, a_stride, lo[0], sa, sm);
+    k_sub_block<2 * C + 1, NT>(ks, a, a_stride, hi[0], sa, sm);
+  }
+}
+
+template <bool Q5, int NT, class Tile>
+inline void k_block(const Tile& t, const ActBlock* a, size_t a_stride, TileAcc* acc) {
+  const KScales ks(t.scales);
+  __m256 sa[NT], sm[NT];
+  for (int i = 0; i < NT; ++i) sa[i] = sm[i] = _mm256_setzero_ps();
+  for_const<4>([&](auto c) { k_chunk<Q5, decltype(c)::value, NT>(t, ks, a, a_stride, sa, sm); });
+  k_finish<NT>(t, sa, sm, acc);
+}
+
 struct GemmQ4_K : simd::WeightType<TileQ4_K, TileAcc> {
   static constexpr WType kType = WType::Q4_K;
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
-    uint64_t sc[8], mn[8];
-    k_scales(t.scales, sc, mn);
-    __m256 sa[NT], sm[NT];
-    for (int i = 0; i < NT; ++i) sa[i] = sm[i] = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    for (int j = 0; j < 8; ++j) {
-      __m256i q[8];  // sub-block j: the low (even j) or high (odd j) nibbles of chunk j / 2
-      for (int g = 0; g < 8; ++g) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[j / 2][g]));
-        q[g] = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
-      }
-      k_sub_block<NT>(a, a_stride, j, pair16(sc[j]), _mm256_cvtepi32_ps(bytes_to_i32(mn[j])),
-                      [&](const ActBlock& aj, __m256i scj) {
-                        __m256i s16 = _mm256_maddubs_epi16(q[0], bcast4(aj.qs));  // 8 x <= 3810: fits int16
-                        for (int g = 1; g < 8; ++g)
-                          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[g], bcast4(aj.qs + 4 * g)));
-                        return _mm256_madd_epi16(s16, scj);
-                      }, sa, sm);
-    }
-    k_finish<NT>(t, sa, sm, acc);
+    k_block<false, NT>(t, a, a_stride, acc);
   }
 };
 
@@ -155,32 +236,7 @@ struct GemmQ5_K : simd::WeightType<TileQ5_K, TileAcc> {
   static constexpr WType kType = WType::Q5_K;
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
-    uint64_t sc[8], mn[8];
-    k_scales(t.scales, sc, mn);
-    __m256 sa[NT], sm[NT];
-    for (int i = 0; i < NT; ++i) sa[i] = sm[i] = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0F), bit4 = _mm256_set1_epi8(0x10);
-    for (int j = 0; j < 8; ++j) {
-      __m256i q[8];  // as Q4_K's, with bit j of the row's qh bytes as bit 4
-      for (int g = 0; g < 8; ++g) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[j / 2][g]));
-        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.qh[g]));
-        const __m256i hb = j <= 4 ? _mm256_slli_epi16(h, 4 - j) : _mm256_srli_epi16(h, j - 4);
-        q[g] = _mm256_or_si256(_mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, m4), _mm256_and_si256(hb, bit4));
-      }
-      k_sub_block<NT>(a, a_stride, j, pair16(sc[j]), _mm256_cvtepi32_ps(bytes_to_i32(mn[j])),
-                      [&](const ActBlock& aj, __m256i scj) {
-                        // |each maddubs| <= 7874: groups 0-3 and 4-7 widen separately
-                        __m256i s0 = _mm256_maddubs_epi16(q[0], bcast4(aj.qs));
-                        __m256i s1 = _mm256_maddubs_epi16(q[4], bcast4(aj.qs + 16));
-                        for (int g = 1; g < 4; ++g) {
-                          s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(q[g], bcast4(aj.qs + 4 * g)));
-                          s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(q[4 + g], bcast4(aj.qs + 16 + 4 * g)));
-                        }
-                        return _mm256_add_epi32(_mm256_madd_epi16(s0, scj), _mm256_madd_epi16(s1, scj));
-                      }, sa, sm);
-    }
-    k_finish<NT>(t, sa, sm, acc);
+    k_block<true, NT>(t, a, a_stride, acc);
   }
 };
 
