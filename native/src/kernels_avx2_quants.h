@@ -90,9 +90,9 @@ struct GemmQ5_1 : simd::WeightType<TileQ5_1, TileAcc> {  // x = d * q + m
 // sub-block's scale and minimum one `pshufb` away, instead of scalar words moved to vectors one by
 // one per sub-block.
 
-// The scales and minimums of one tile block's 8 rows: for pair p (sub-blocks 2p, 2p + 1 below 4,
-// and 4 + 2p, 5 + 2p above), lo_sc[p] / hi_sc[p] / lo_mn[p] / hi_mn[p] hold byte 8 * (j % 2) + r =
-// row r's value of sub-block j, the same 16 bytes in both 128-bit lanes (kernels.h: scales[b][r]).
+// The scales and minimums of one tile block's 8 rows: sc[j / 2] / mn[j / 2] hold, at byte
+// 8 * (j % 2) + r, row r's scale / minimum of sub-block j, the same 16 bytes in both 128-bit lanes
+// (kernels.h: scales[b][r]).
 struct KScales {
   __m256i sc[8 / 2], mn[8 / 2];  // [pair of sub-blocks (j / 2)]
 
@@ -113,20 +113,18 @@ struct KScales {
   }
   // Sub-block J's scales, row r's in both int16 halves of lane r (a `madd` multiplier).
   template <int J>
-  __m256i pair16() const { return _mm256_shuffle_epi8(sc[J / 2], pick<J % 2, true>()); }
-  // Sub-block J's minimums as floats, row r's in lane r.
+  __m256i pair16() const { return _mm256_shuffle_epi8(sc[J / 2], pick<J % 2>()); }
+  // Sub-block J's minimums, the same way.
   template <int J>
-  __m256 mins() const { return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(mn[J / 2], pick<J % 2, false>())); }
-  // pshufb indices: lane r (rows 0-3 in the low 128 bits, 4-7 in the high) takes byte 8H + r into
-  // its byte 0 (and its byte 2 when Twice), zeros elsewhere (index 0x80).
-  template <int H, bool Twice>
+  __m256i mins16() const { return _mm256_shuffle_epi8(mn[J / 2], pick<J % 2>()); }
+  // pshufb indices: int32 lane r (rows 0-3 in the low 128 bits, 4-7 in the high) takes byte 8H + r
+  // into its bytes 0 and 2, zeros (index 0x80) into bytes 1 and 3.
+  template <int H>
   static __m256i pick() {
     constexpr char z = char(0x80), o = char(8 * H);
-    constexpr char t0 = Twice ? o : z, t1 = Twice ? char(o + 1) : z, t2 = Twice ? char(o + 2) : z,
-                   t3 = Twice ? char(o + 3) : z;
-    return _mm256_setr_epi8(o, z, t0, z, char(o + 1), z, t1, z, char(o + 2), z, t2, z, char(o + 3), z, t3, z,
-                            char(o + 4), z, char(t0 == z ? z : o + 4), z, char(o + 5), z, char(t1 == z ? z : o + 5), z,
-                            char(o + 6), z, char(t2 == z ? z : o + 6), z, char(o + 7), z, char(t3 == z ? z : o + 7), z);
+    return _mm256_setr_epi8(o, z, o, z, char(o + 1), z, char(o + 1), z, char(o + 2), z, char(o + 2), z, char(o + 3), z,
+                            char(o + 3), z, char(o + 4), z, char(o + 4), z, char(o + 5), z, char(o + 5), z, char(o + 6),
+                            z, char(o + 6), z, char(o + 7), z, char(o + 7), z);
   }
 };
 
@@ -141,18 +139,22 @@ inline void for_const(const F& f) {
   }
 }
 
-// The K-quant tail of sub-block J for NT tokens: sa[i] += a_J.d * (sc_J * dot) from the int16 pair
-// sums s16[i], and sm[i] += mn_J * (a_J.d * sum a_J). Same float operations in the same order for
-// every NT (a token's result does not depend on the tokens beside it).
-template <int J, int NT>
-inline void k_sub_block(const KScales& ks, const ActBlock* a, size_t a_stride, const __m256i* s16, __m256* sa,
+// The K-quant tail of sub-block J for NT tokens, given token i's int32 dot of the quants with a_J
+// by the row scales, s32(i): sa[i] += a_J.d * s32 and sm[i] += a_J.d * (mn_J * sum a_J), the
+// minimum's product an exact integer (|mn * sum| <= 63 * 4064) from one `madd` of the activation's
+// two half sums (broadcast as one 32-bit word) by mn_J in both int16 halves. Same float operations in
+// the same order for every NT (a token's result does not depend on the tokens beside it).
+template <int J, int NT, class Dot>
+inline void k_sub_block(const KScales& ks, const ActBlock* a, size_t a_stride, const Dot& s32, __m256* sa,
                         __m256* sm) {
-  const __m256i sc = ks.pair16<J>();
-  const __m256 mn = ks.mins<J>();
+  const __m256i mn = ks.mins16<J>();
   for (int i = 0; i < NT; ++i) {
     const ActBlock& aj = a[i * a_stride + J];
-    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], sc)), _mm256_set1_ps(aj.d), sa[i]);
-    sm[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(aj.d * float(aj.sum[0] + aj.sum[1])), sm[i]);
+    int32_t pair;
+    std::memcpy(&pair, aj.sum, 4);
+    const __m256 d = _mm256_set1_ps(aj.d);
+    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32(i)), d, sa[i]);
+    sm[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi32(pair), mn)), d, sm[i]);
   }
 }
 
@@ -194,24 +196,16 @@ inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t 
       keep(hi[k][i]);
     }
   }
+  constexpr int J = 2 * C;
+  const __m256i scl = ks.pair16<J>(), sch = ks.pair16<J + 1>();
   if constexpr (Q5) {  // each half widened by the scale's madd, then added as int32
-    const __m256i scl = ks.pair16<2 * C>(), sch = ks.pair16<2 * C + 1>();
-    const __m256 mnl = ks.mins<2 * C>(), mnh = ks.mins<2 * C + 1>();
-    for (int h = 0; h < 2; ++h) {
-      const int J = 2 * C + h;
-      const __m256i sc = h ? sch : scl;
-      const __m256 mn = h ? mnh : mnl;
-      for (int i = 0; i < NT; ++i) {
-        const __m256i(&s)[2][NT] = h ? hi : lo;
-        const __m256i s32 = _mm256_add_epi32(_mm256_madd_epi16(s[0][i], sc), _mm256_madd_epi16(s[1][i], sc));
-        const ActBlock& aj = a[i * a_stride + J];
-        sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(aj.d), sa[i]);
-        sm[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(aj.d * float(aj.sum[0] + aj.sum[1])), sm[i]);
-      }
-    }
+    k_sub_block<J, NT>(ks, a, a_stride, [&](int i) {
+      return _mm256_add_epi32(_mm256_madd_epi16(lo[0][i], scl), _mm256_madd_epi16(lo[1][i], scl)); }, sa, sm);
+    k_sub_block<J + 1, NT>(ks, a, a_stride, [&](int i) {
+      return _mm256_add_epi32(_mm256_madd_epi16(hi[0][i], sch), _mm256_madd_epi16(hi[1][i], sch)); }, sa, sm);
   } else {
-    k_sub_block<2 * C, NT>(ks, a, a_stride, lo[0], sa, sm);
-    k_sub_block<2 * C + 1, NT>(ks, a, a_stride, hi[0], sa, sm);
+    k_sub_block<J, NT>(ks, a, a_stride, [&](int i) { return _mm256_madd_epi16(lo[0][i], scl); }, sa, sm);
+    k_sub_block<J + 1, NT>(ks, a, a_stride, [&](int i) { return _mm256_madd_epi16(hi[0][i], sch); }, sa, sm);
   }
 }
 
