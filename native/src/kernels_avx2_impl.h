@@ -319,7 +319,11 @@ inline __m256 q6_k_row_packed(const BlockQ6_K& b, const ActBlock* a, __m256 ad32
   return q6_finish(s, sc16, _mm256_set1_ps(_cvtsh_ss(b.d)), ad32, asum, acc);
 }
 
+// Few-row steps take all their tokens (up to 8) in one pass over each block (kFewTokTile): each row
+// unpacked once for all of them. r = 8 in two passes of 4 -> one: 139 -> 129 ms (2 threads over 1 GB,
+// `test_kernels --bench-rows Q6_K 3`, EPYC Zen 3 at load 13-17); r = 1..4 unchanged.
 struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x8>> {
+  static constexpr int kFewTokTile = simd::kFewRows;
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
     __m256 ad32[NT];
