@@ -61,7 +61,8 @@ class Kernel:
 
 # The unit of each walk (see scripts/mca/ours_neon_dotprod.cpp and llama.cpp's sources):
 #   ours GEMV: block kb of kGemvStreams = 4 tiles of 8 rows (Q4_0: 4 x 8 x 32; Q4_K: the 4 tiles
-#     in a loop, each 8 sub-blocks of 32 in a loop); ours GEMM: block kb of one tile for 4 tokens.
+#     in a loop, each 4 pairs of sub-blocks of 32 in a loop); ours GEMM: block kb of one tile for 4
+#     tokens (Q4_K: its 4 pairs of sub-blocks in a loop).
 #   llama.cpp vec_dot: Q4_0 two blocks of 32 per iteration; Q4_K one super-block (256).
 #   llama.cpp repack: q4_0_4x4 one block of 4 rows (gemv: 1 token; gemm: its main loop's 16 tokens,
 #     inline asm); q4_K_8x4 one
@@ -73,10 +74,10 @@ KERNELS = [
     Kernel("llama.cpp Q4_0 GEMV (repack 4x4)", "llama-repack", "ggml_gemv_q4_0_4x4_q8_0", 1, 4 * 32),
     Kernel("ours Q4_0 GEMM", "ours", "mca_ours_q4_0_gemm", 4, 8 * 32 * 4),
     Kernel("llama.cpp Q4_0 GEMM (repack 4x4)", "llama-repack", "ggml_gemm_q4_0_4x4_q8_0", 16, 4 * 32 * 16),
-    Kernel("ours Q4_K GEMV", "ours", "mca_ours_q4_k_gemv", 1, 4 * 8 * 256, (4, 8)),
+    Kernel("ours Q4_K GEMV", "ours", "mca_ours_q4_k_gemv", 1, 4 * 8 * 256, (4, 4)),
     Kernel("llama.cpp Q4_K GEMV (vec_dot)", "llama-quants", "ggml_vec_dot_q4_K_q8_K", 1, 256),
     Kernel("llama.cpp Q4_K GEMV (repack 8x4)", "llama-repack", "ggml_gemv_q4_K_8x4_q8_K", 1, 8 * 256, (4,)),
-    Kernel("ours Q4_K GEMM", "ours", "mca_ours_q4_k_gemm", 4, 8 * 256 * 4, (8,)),
+    Kernel("ours Q4_K GEMM", "ours", "mca_ours_q4_k_gemm", 4, 8 * 256 * 4, (4,)),
     Kernel("llama.cpp Q4_K GEMM (repack 8x4)", "llama-repack", "ggml_gemm_q4_K_8x4_q8_K", 4, 8 * 256 * 4, (4, 8)),
 ]
 

@@ -135,27 +135,40 @@ inline void k_finish(const Tile& t, const float32x4_t (*sa)[2], const float32x4_
   }
 }
 
-// Q4_K and Q5_K (qh: Q5_K's fifth bits, [g][r][k]) share all but the unpacking.
+// Sub-block j = 2c + Half of a K tile (Half 0: the low nibbles of q[c], 1: the high ones; Q5_K's bit j
+// of qh as bit 4) for NT tokens. Half is a template argument so the nibble choice is made at compile
+// time: as a run-time `j % 2 ? shift : mask` over a loop of 8, clang blended both (and, bic, orr), which
+// llvm-mca put at two thirds of the NEON pipes' time on Kunpeng 920 (docs/benchmarks.md).
+template <int NT, bool Q5, int Half, class Tile>
+inline void k_half_sub_block(const Tile& t, const uint8_t (*qh)[8][4], int c, const uint64_t* sc, const uint64_t* mn,
+                             const ActBlock* a, size_t a_stride, float32x4_t (*sa)[2], float32x4_t (*sm)[2]) {
+  const int j = 2 * c + Half;
+  const uint8x16_t m4 = vdupq_n_u8(0x0F), bit4 = vdupq_n_u8(0x10);
+  int8x16_t w[8][2];
+  for (int g = 0; g < 8; ++g)
+    for (int h = 0; h < 2; ++h) {
+      const uint8x16_t v = vld1q_u8(t.q[c][g][4 * h]);
+      uint8x16_t q = Half ? vshrq_n_u8(v, 4) : vandq_u8(v, m4);
+      if constexpr (Q5) {  // bit j of the qh byte -> bit 4
+        const uint8x16_t hb = vshlq_u8(vld1q_u8(qh[g][4 * h]), vdupq_n_s8(int8_t(4 - j)));
+        q = vorrq_u8(q, vandq_u8(hb, bit4));
+      }
+      w[g][h] = vreinterpretq_s8_u8(q);
+    }
+  k_sub_block<NT>(w, sc[j], mn[j], a, a_stride, j, sa, sm);
+}
+
+// Q4_K and Q5_K (qh: Q5_K's fifth bits, [g][r][k]) share all but the unpacking. Sub-blocks in order
+// j = 0..7, as before the split into halves: the same sums, the same bits.
 template <int NT, bool Q5, class Tile>
 inline void k_quant_block(const Tile& t, const uint8_t (*qh)[8][4], const ActBlock* a, size_t a_stride, TileAcc* acc) {
   uint64_t sc[8], mn[8];
   k_scales(t.scales, sc, mn);
   float32x4_t sa[NT][2], sm[NT][2];
   for (int i = 0; i < NT; ++i) sa[i][0] = sa[i][1] = sm[i][0] = sm[i][1] = vdupq_n_f32(0.f);
-  const uint8x16_t m4 = vdupq_n_u8(0x0F), bit4 = vdupq_n_u8(0x10);
-  for (int j = 0; j < 8; ++j) {
-    int8x16_t w[8][2];
-    for (int g = 0; g < 8; ++g)
-      for (int h = 0; h < 2; ++h) {
-        const uint8x16_t v = vld1q_u8(t.q[j / 2][g][4 * h]);
-        uint8x16_t q = j % 2 ? vshrq_n_u8(v, 4) : vandq_u8(v, m4);
-        if constexpr (Q5) {  // bit j of the qh byte -> bit 4
-          const uint8x16_t hb = vshlq_u8(vld1q_u8(qh[g][4 * h]), vdupq_n_s8(int8_t(4 - j)));
-          q = vorrq_u8(q, vandq_u8(hb, bit4));
-        }
-        w[g][h] = vreinterpretq_s8_u8(q);
-      }
-    k_sub_block<NT>(w, sc[j], mn[j], a, a_stride, j, sa, sm);
+  for (int c = 0; c < 4; ++c) {
+    k_half_sub_block<NT, Q5, 0>(t, qh, c, sc, mn, a, a_stride, sa, sm);
+    k_half_sub_block<NT, Q5, 1>(t, qh, c, sc, mn, a, a_stride, sa, sm);
   }
   k_finish<NT>(t, sa, sm, acc);
 }
