@@ -9,15 +9,12 @@ constrained output fits; every KV block free afterwards."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
-
 import pytest
 
-from support.model_files import TINY_SPECS, cache_dir
+from support.model_files import qwen_vocab_tiny
 from sysinfer.engine.llm_engine import LLMEngine
 from sysinfer.engine.prompt_lookup import K_MAX
 from sysinfer.engine.sampling import SamplingParams
-from sysinfer.model.synth import write_synthetic_gguf
 from sysinfer.model.tokenizer import Tokenizer
 from sysinfer.structured.constraints import compile_constraint, from_request
 
@@ -32,21 +29,9 @@ MAX_TOKENS = 40
 BATCH = 3
 
 
-def qwen_vocab_arch(arch: str) -> str:
-    """TINY_SPECS[arch] with Qwen3's real vocabulary and template (151,936 ids, embeddings Q8_0)."""
-    from sysinfer.model.hf_tokenizer import QWEN3_VOCAB_ROWS, qwen_metadata
-
-    path = cache_dir() / f"tiny-{arch}-qwen-vocab.gguf"
-    if not path.exists():
-        spec = replace(TINY_SPECS[arch], n_vocab=QWEN3_VOCAB_ROWS, metadata=qwen_metadata())
-        write_synthetic_gguf(str(path.with_suffix(".tmp")), spec, seed=11)
-        path.with_suffix(".tmp").rename(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module", params=ARCHS)
 def model(request, load):
-    m = load(qwen_vocab_arch(request.param), n_ctx=512, max_out_rows=BATCH * (1 + K_MAX), kv_blocks=96)
+    m = load(qwen_vocab_tiny(request.param), n_ctx=512, max_out_rows=BATCH * (1 + K_MAX), kv_blocks=96)
     assert m.metadata["general.architecture"] == request.param
     tok = Tokenizer.from_metadata(m.metadata)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], variables={"enable_thinking": False})

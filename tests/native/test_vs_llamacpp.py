@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from support.model_files import qwen3moe_mini
+from support.model_files import qwen3moe_mini, qwen_vocab_tiny
 from support.reference_forward import ReferenceModel
 from support.servers import free_port
 
@@ -29,9 +29,15 @@ PROMPTS, PROMPT_LEN, STEPS = 6, 24, 16
 NEAR_TIE = 0.05
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "yarn"])
+# qwen3moe-mini plain and with YaRN; the tiny qwen2 (Q/K/V biases) and qwen3 (q/k norms, key_length)
+# files with Qwen3's vocabulary.
+FILES = {"qwen3moe": lambda: qwen3moe_mini(), "qwen3moe-yarn": lambda: qwen3moe_mini(yarn=True),
+         "qwen2": lambda: qwen_vocab_tiny("qwen2"), "qwen3": lambda: qwen_vocab_tiny("qwen3")}
+
+
+@pytest.fixture(scope="module", params=list(FILES))
 def llama(request):
-    path = qwen3moe_mini(yarn=request.param)
+    path = FILES[request.param]()
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
     env = {**os.environ, "LD_LIBRARY_PATH": os.path.dirname(LLAMA_SERVER)}
@@ -62,8 +68,9 @@ def llama_greedy(base: str, prompt: list[int], n: int) -> list[int]:
     return r.json()["tokens"]
 
 
-def test_qwen3moe_greedy_matches_llamacpp(llama, load):
-    """Plain, and with YaRN RoPE scaling far past the original context (llama.cpp's own YaRN). On these
+def test_qwen_greedy_matches_llamacpp(llama, load):
+    """qwen2, qwen3 and qwen3moe; the MoE plain and with YaRN RoPE scaling far past the original
+    context (llama.cpp's own YaRN). On these
     random weights YaRN moves the logits by ~4 % relative RMS but flips few argmaxes (1 of these 96
     steps): a weak check of YaRN beside test_model_desc's reference test, a real one of the rest."""
     path, base = llama

@@ -260,6 +260,21 @@ def qwen_vocab_model() -> str:
     return str(path)
 
 
+def qwen_vocab_tiny(arch: str) -> str:
+    """TINY_SPECS[arch] (qwen2, qwen3, qwen3moe) with Qwen3's real vocabulary and template (151,936 ids):
+    grammars compile against a real byte-level tokenizer, and llama.cpp loads the file."""
+    from dataclasses import replace
+
+    from sysinfer.model.hf_tokenizer import QWEN3_VOCAB_ROWS, qwen_metadata
+
+    path = cache_dir() / f"tiny-{arch}-qwen-vocab.gguf"
+    if not path.exists():
+        spec = replace(TINY_SPECS[arch], n_vocab=QWEN3_VOCAB_ROWS, metadata=qwen_metadata())
+        write_synthetic_gguf(str(path.with_suffix(".tmp")), spec, seed=11)
+        path.with_suffix(".tmp").rename(path)
+    return str(path)
+
+
 # YaRN keys as llama.cpp's converter writes them for a long-context Qwen file, scaled down: an original
 # context of 8 positions (factor 16), so the test prompts (40 tokens) run far past it.
 QWEN3MOE_MINI_YARN = {"qwen3moe.rope.scaling.type": "yarn", "qwen3moe.rope.scaling.factor": 16.0,
