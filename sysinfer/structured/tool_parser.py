@@ -166,11 +166,27 @@ class ToolCallParser:
         content = self._content(final)
         return content, self._call_deltas() if self.calls_from is not None else []
 
+    def _calls_may_start(self, final: bool) -> int | None:
+        """Where a call may start in the text so far: after a thinking section that opens the reply
+        (the grammar's `think`), else at 0; None while the text is (or may still become) inside one."""
+        think = self.syntax.think
+        if think is None:
+            return 0
+        if self.text.startswith(think[0]):
+            end = self.text.find(think[1], len(think[0]))
+            return end + len(think[1]) if end >= 0 else None
+        return None if think[0].startswith(self.text) and not final else 0
+
     def _content(self, final: bool) -> str:
         if self.calls_from is not None:
             return ""
         if self.syntax.opener:
-            at = self.text.find(self.trigger)
+            after = self._calls_may_start(final)
+            if after is None:  # inside the section (or maybe its tag): content, no call can start
+                keep = 0 if final or self.text.startswith(self.syntax.think[0]) else len(self.text)
+                out, self.content_sent = self.text[self.content_sent:len(self.text) - keep], len(self.text) - keep
+                return out
+            at = self.text.find(self.trigger, max(after, self.content_sent))
             if at >= 0:
                 self.calls_from = at
                 out, self.content_sent = self.text[self.content_sent:at], at

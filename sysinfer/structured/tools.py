@@ -91,7 +91,14 @@ def plan_from_request(tools: Any, tool_choice: Any, parallel_tool_calls: Any) ->
         raise ConstraintError("tool_choice needs tools", "tool_choice")
     if tools is None:
         return None
-    if not isinstance(tools, list) or not tools or len(tools) > MAX_TOOLS:
+    if tools == [] and tool_choice in (None, "auto", "none"):
+        # An agent with no functions configured sends `tools: []` (Ollama's and vLLM's servers take it
+        # as no tools, and so do we): a plain reply. A call can't be required of no functions.
+        return None
+    if tools == []:
+        raise ConstraintError("tool_choice asks for a call, but tools is empty: give at least one function",
+                              "tool_choice")
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
         raise ConstraintError(f"tools must be a list of 1 to {MAX_TOOLS} functions", "tools")
     functions = tuple(_function(i, t) for i, t in enumerate(tools))
     names = [f.name for f in functions]
@@ -130,6 +137,10 @@ class ToolSyntax:
     # template refuses two calls in a turn) make one call: left free to make more, a small model
     # repeats its call until max_tokens (SmolLM2 wrote 112 get_weather calls for the README's example).
     parallel_calls: bool = False
+    # A model that thinks (`<think>` ... `</think>`, engine/reasoning.py), in a syntax whose calls open
+    # with a tag: the tags. A call written in a section that opens the reply is a thought, not a call
+    # (the grammar leaves the section free, the parser finds no call in it). None: no section.
+    think: tuple[str, str] | None = None
 
 
 HERMES = ToolSyntax("hermes", "arguments", "<tool_call>\n", "\n</tool_call>", "\n", False)
@@ -145,11 +156,20 @@ def choose_syntax(tokenizer) -> ToolSyntax:
 
     try:
         if not renders_tools(tokenizer):
-            return HERMES
+            return _with_thinking(HERMES, tokenizer)
         syntax = HERMES_TEMPLATE if "<tool_call>" in template_source(tokenizer) else LLAMA3_JSON
     except ChatTemplateError:
-        return HERMES
-    return replace(syntax, parallel_calls=renders_parallel_calls(tokenizer))
+        return _with_thinking(HERMES, tokenizer)
+    return _with_thinking(replace(syntax, parallel_calls=renders_parallel_calls(tokenizer)), tokenizer)
+
+
+def _with_thinking(syntax: ToolSyntax, tokenizer) -> ToolSyntax:
+    """`syntax` with the thinking tags of a model that thinks (calls that open with a tag only: a
+    Llama 3.1 JSON call is the reply's first character, so a reply that opens a section makes none)."""
+    from ..engine.reasoning import markers_for
+
+    markers = markers_for(tokenizer) if syntax.opener else None
+    return replace(syntax, think=(markers.start, markers.end)) if markers else syntax
 
 
 def renders_parallel_calls(tokenizer) -> bool:
@@ -221,6 +241,10 @@ def _lit(text: str) -> str:
     return json.dumps(text)  # a Lark string literal (JSON escapes)
 
 
+def _rx(text: str) -> str:
+    return re.escape(text).replace("/", "\\/")  # text inside a Lark /regex/
+
+
 def tool_grammar(syntax: ToolSyntax, plan: ToolPlan) -> Constraint:
     """The Lark grammar of the reply under `plan` in `syntax`."""
     schema = json.dumps(call_schema(syntax, plan.allowed))
@@ -232,17 +256,24 @@ def tool_grammar(syntax: ToolSyntax, plan: ToolPlan) -> Constraint:
     parallel = syntax.parallel_calls if plan.parallel is None else plan.parallel
     more = f"({sep} call){{0,{MAX_PARALLEL_CALLS - 1}}} {sep}?" if parallel else f"{sep}?"
     lines = [f"call: {call}", f"fn: %json {schema}"]
+    if syntax.think:  # the reply may open with a thinking section, free (a call in it is a thought)
+        start, end = (_rx(tag) for tag in syntax.think)
+        lines += ["start: think? answer", f"think[lazy]: /{start}(?s:.*){end}/"]
+    else:
+        lines.append("start: answer")
     if plan.mode == "auto":
         if syntax.opener:  # free text without the opener, or text up to the first opener, then calls
             trigger = syntax.opener.strip()
-            lines += [f"start: TEXT | head rest",
-                      f"TEXT: /(?s:.*)/ & ~/(?s:.*){re.escape(trigger)}(?s:.*)/",
-                      f"head[lazy]: /(?s:.*){re.escape(trigger)}/",
+            # the first opener of a reply that opens a section is the section's (think, above)
+            not_thinking = f" & ~/{_rx(syntax.think[0])}(?s:.*)/" if syntax.think else ""
+            lines += [f"answer: TEXT | head rest",
+                      f"TEXT: /(?s:.*)/ & ~/(?s:.*){_rx(trigger)}(?s:.*)/",
+                      f"head[lazy]: /(?s:.*){_rx(trigger)}/{not_thinking}",
                       f"rest: {_lit(syntax.opener[len(trigger):])} fn {_lit(syntax.closer)} {more}"]
         else:  # llama3_json: a reply that starts with "{" is a call, any other is text
-            lines += [f"start: TEXT | call {more}", "TEXT: /(?s:[^{].*)?/"]
+            lines += [f"answer: TEXT | call {more}", "TEXT: /(?s:[^{].*)?/"]
     else:
-        lines.append(f"start: call {more}")
+        lines.append(f"answer: call {more}")
     grammar = llguidance.LLMatcher.grammar_from_lark("\n".join(lines))
     return Constraint(grammar, "tools", "tools")
 

@@ -3,13 +3,17 @@ scripted model (support.fake_model.ScriptedModel: the reply is the text the test
 the grammar allows) and real tokenizers: a model that writes a call it already made ends its reply
 right there with finish_reason "tool_calls" and the distinct calls, on /v1/chat/completions (whole
 and streamed) and Ollama's /api/chat; a reply holds at most MAX_PARALLEL_CALLS calls. Each call
-syntax: the generic format (SmolLM2), Qwen's own <tool_call> blocks (its template), Llama 3.1 JSON."""
+syntax: the generic format (SmolLM2), Qwen's own <tool_call> blocks (its template, its tag tokens),
+Llama 3.1 JSON. Then the neighbours: a call written inside a thinking section is not made, Qwen's
+tag tokens are what its grammar allows, an empty `tools` list is no tools."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -53,11 +57,12 @@ CALL = {"smollm2": hermes, "qwen": hermes, "llama31": llama}
 class Server:
     """The app over one ScriptedModel: `say(text)` sets what the model writes next."""
 
-    def __init__(self, kind: str, monkeypatch, **config):
+    def __init__(self, kind: str, monkeypatch, template: str | None = None, **config):
         import sysinfer.startup as startup
         from sysinfer.server.app import create_app
 
         self.tok = tokenizer(kind)
+        self.tok.chat_template = template or self.tok.chat_template
         self.model = ScriptedModel(n_vocab=self.tok.vocab_size, eos=min(self.tok.stop_ids))
         served = startup.ServingModel(self.model, self.tok, "m")
         monkeypatch.setattr(startup, "load_serving_model", lambda cfg, progress=True: served)
@@ -68,8 +73,11 @@ class Server:
             assert time.time() < deadline, "the app did not become ready"
             time.sleep(0.02)
 
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, allow_special=True)  # tags as the tokens a model writes (Qwen's <tool_call>)
+
     def say(self, text: str) -> None:
-        self.model.script = self.tok.encode(text)
+        self.model.script = self.encode(text)
 
     def close(self):
         self.client.__exit__(None, None, None)
@@ -122,7 +130,7 @@ def test_a_repeated_call_ends_the_reply_with_the_distinct_calls(server, choice):
     # the reply ended on the repeated call's last token: its text, not max_tokens
     upto = "\n".join([call("Paris"), call("Rome"), call("Paris")])
     upto = upto[: upto.rindex("}") + 1]
-    assert r["usage"]["completion_tokens"] == len(server.tok.encode(upto))
+    assert r["usage"]["completion_tokens"] == len(server.encode(upto))
     calls, finish, content = streamed_calls(chat(server, stream=True, tool_choice=choice))
     assert [(n, json.loads(a)) for n, a in calls] == got and finish == "tool_calls" and content == ""
 
@@ -159,3 +167,97 @@ def test_ollama_chat_ends_at_a_repeated_call(server):
     for calls, last in ((whole["message"]["tool_calls"], whole), (streamed, lines[-1])):
         assert [c["function"]["arguments"]["city"] for c in calls] == expected
         assert last["done"] and last["done_reason"] == "stop" and last["eval_count"] < 200
+
+
+# ---- calls inside a thinking section ----
+
+# SmolLM2's own format, with a template that speaks of </think> and leaves the opening to the model
+# (its vocabulary has no tag tokens: the tags are text); Qwen3 has them as tokens.
+THINKS_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{# a model that thinks writes <think> ... </think> first #}<|im_start|>assistant\n")
+THOUGHT_CALL = hermes("Paris")
+
+
+@pytest.fixture(params=["smollm2", "qwen"])
+def thinking_kind(request):
+    return request.param
+
+
+def thinking_server(kind, monkeypatch, **config):
+    s = Server(kind, monkeypatch, template=THINKS_TEMPLATE if kind == "smollm2" else None, **config)
+    s.kind = kind
+    return s
+
+
+@pytest.mark.parametrize("reasoning_format", ["deepseek", "none"])
+def test_a_call_written_inside_the_thinking_section_is_not_made(thinking_kind, monkeypatch, reasoning_format):
+    """<think> ... <tool_call>{...}</tool_call> ... </think> then an answer: the model only thought
+    about a call. No call is made (whole or streamed); the section is reasoning (or left in content
+    with --reasoning-format none), the answer is content."""
+    s = thinking_server(thinking_kind, monkeypatch, reasoning_format=reasoning_format)
+    try:
+        s.say(f"<think>\nI could call {THOUGHT_CALL}\nNo need.\n</think>\n\nIt is sunny in Paris.")
+        r = chat(s, tool_choice="auto")
+        msg = r["choices"][0]["message"]
+        assert not msg.get("tool_calls") and r["choices"][0]["finish_reason"] == "stop", msg
+        assert msg["content"].endswith("It is sunny in Paris.")
+        if reasoning_format == "deepseek" and thinking_kind == "qwen":  # tags as tokens: the section apart
+            assert msg["content"] == "It is sunny in Paris." and "<tool_call>" in msg["reasoning_content"]
+        # (tags spelled in text under a grammar that allows text: the section stays in content, as
+        # request_state's rule for text tags under an output grammar has it; still no call)
+        calls, finish, content = streamed_calls(chat(s, stream=True, tool_choice="auto"))
+        assert calls == [] and finish == "stop" and content == msg["content"]
+        # after the section, a call is a call
+        s.say(f"<think>\nI need the weather.\n</think>\n\n{THOUGHT_CALL}")
+        r = chat(s, tool_choice="auto")
+        assert [c["function"]["name"] for c in r["choices"][0]["message"]["tool_calls"]] == ["get_weather"]
+        assert r["choices"][0]["finish_reason"] == "tool_calls"
+    finally:
+        s.close()
+
+
+def test_qwens_own_tag_tokens_are_allowed_and_control_tokens_are_not():
+    """Qwen writes <tool_call> as one token (151657, user-defined): the tools grammar allows that
+    token, as the first and only token of a required call (it was forbidden, and Qwen could call
+    only by spelling the tag in pieces); a control token (<|im_end|>) is still never text, not even
+    inside a JSON string."""
+    from sysinfer.structured import tools as T
+    from sysinfer.structured.constraints import compile_constraint, from_request
+    from sysinfer.structured.grammar_state import GrammarState
+
+    tok = tokenizer("qwen")
+    tag, im_end = tok.special_tokens["<tool_call>"], tok.special_tokens["<|im_end|>"]
+    plan = T.plan_from_request([WEATHER], "required", None)
+    syntax = T.choose_syntax(tok)
+    state = GrammarState(compile_constraint(tok, T.tool_grammar(syntax, plan)), tok.vocab_size)
+    assert state.allowed()[tag] and state.allowed()[tok.special_tokens["<think>"]]  # Qwen3 thinks first, or not
+    no_thinking = dataclasses.replace(syntax, think=None)
+    state = GrammarState(compile_constraint(tok, T.tool_grammar(no_thinking, plan)), tok.vocab_size)
+    assert np.flatnonzero(state.allowed()).tolist() == [tag]
+    state = GrammarState(compile_constraint(tok, from_request(guided_regex=r'"[^"]*"')), tok.vocab_size)
+    state.consume(tok.encode('"')[0])
+    allowed = state.allowed()
+    assert allowed[tag] and not allowed[im_end]
+
+
+def test_an_empty_tools_list_is_no_tools(monkeypatch):
+    """`tools: []` (agents with no function configured send it): a plain reply with tool_choice
+    unset, auto or none, on /v1/chat/completions and /api/chat; a required or named call of no
+    function is a 400 naming tool_choice (it was a 400 naming tools for every one of them)."""
+    s = Server("smollm2", monkeypatch)
+    try:
+        s.say("Hello there.")
+        for choice in ({}, {"tool_choice": "auto"}, {"tool_choice": "none"}):
+            r = s.client.post("/v1/chat/completions", json={"model": "m", "messages": QUESTION, "tools": [],
+                                                            "max_tokens": 20, **choice})
+            assert r.status_code == 200, r.text
+            msg = r.json()["choices"][0]["message"]
+            assert msg["content"] == "Hello there." and "tool_calls" not in msg
+        for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+            r = s.client.post("/v1/chat/completions", json={"model": "m", "messages": QUESTION, "tools": [],
+                                                            "tool_choice": choice})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice", r.text
+        r = s.client.post("/api/chat", json={"model": "m", "messages": QUESTION, "tools": [], "stream": False})
+        assert r.status_code == 200 and r.json()["message"]["content"] == "Hello there.", r.text
+    finally:
+        s.close()
