@@ -313,9 +313,11 @@ def test_streamed_calls_equal_whole_calls_for_any_chunking(case, cuts):
 def test_plan_and_history():
     assert T.plan_from_request(FNS, "none", None) is None
     assert T.plan_from_request(None, None, None) is None
-    for bad in ([], [{"type": "function", "function": {"name": "a b"}}], FNS + FNS[:1]):
+    assert T.plan_from_request([], None, None) is None  # no functions configured: a plain reply
+    for bad, choice in (([], "required"), ([{"type": "function", "function": {"name": "a b"}}], None),
+                        (FNS + FNS[:1], None)):
         with pytest.raises(ConstraintError):
-            T.plan_from_request(bad, None, None)
+            T.plan_from_request(bad, choice, None)
     plan = T.plan_from_request(FNS, "auto", True)
     history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+2?"},
                {"role": "assistant", "content": "", "tool_calls": [
