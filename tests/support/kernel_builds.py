@@ -29,14 +29,16 @@ def build_in_package_folder(build: Path, cmake: str) -> Path:
     """The host's test binary beside the package's own objects: the native core, already compiled by
     `pip install .` with the same flags, is not compiled again (CI's fresh-clone run spent 43 s on that).
     The folder's configuration is left as found (SYSINFER_BUILD_TESTS off), so later package builds
-    don't build the test binary."""
-    subprocess.run([cmake, "-B", str(build), "-DSYSINFER_BUILD_TESTS=ON"], check=True, capture_output=True, text=True)
+    don't build the test binary. (-S: with -B alone cmake takes the working folder as the source, and
+    the tests run from /tmp.)"""
+    subprocess.run([cmake, "-S", str(REPO), "-B", str(build), "-DSYSINFER_BUILD_TESTS=ON"], check=True,
+                   capture_output=True, text=True)
     try:
         done = subprocess.run([cmake, "--build", str(build), "-j2", "--target", "test_kernels"],
                               capture_output=True, text=True)
     finally:
-        subprocess.run([cmake, "-B", str(build), "-DSYSINFER_BUILD_TESTS=OFF"], check=True, capture_output=True,
-                       text=True)
+        subprocess.run([cmake, "-S", str(REPO), "-B", str(build), "-DSYSINFER_BUILD_TESTS=OFF"], check=True,
+                       capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return build / "native" / "test_kernels"
 
