@@ -3,7 +3,8 @@
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
 // arithmetic of Q4_0, Q4_1, Q8_0, activation quantization and attention. What it does not redo (Q6_K,
 // float rows, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
-// these flags.
+// these flags; the K-quant types are kernels_avx2_quants.h's, where Q4_K / Q5_K take a 256-bit
+// `vpdpbusd` variant when compiled here.
 //
 // Quantized GEMM with VNNI: `vpdpbusd` multiplies 4 unsigned weight bytes by 4 signed activation
 // bytes and adds the 4 products to an int32 lane, one instruction where AVX2 needs maddubs + madd
