@@ -262,17 +262,22 @@ inline void pair_tokens(const typename Op::Tile* tiles, int n_blocks, const ActB
 // batch.
 
 // Software prefetch for the GEMV streams: each tile's stream asks for the lines kGemvPrefetchBytes
-// ahead of the block it is about to use (non-temporal hint: the weights are read once per token). The
-// hardware prefetcher alone kept too few reads in flight: on the EPYC Zen 5 (2 threads, `test_kernels
-// --bench-dram`, Q4_0 over 1 GB, alternating runs) 25.7 / 26.2 / 25.9 GB/s without, 55.7 / 52.4 /
-// 53.5 GB/s at 2,048 bytes ahead (1,024: ~45; 4,096: ~44; locality hint 3 no better); the read
-// probe gave about 74 GB/s meanwhile. A hint only: results never depend on it, and a prefetch past
-// the end of the weights is dropped, not a fault. Not measured on a Kunpeng (docs/benchmarks.md).
+// ahead of the block it is about to use, into L2 (prefetcht1). The hardware prefetcher alone kept too
+// few reads in flight: on the EPYC Zen 5 (2 threads, `test_kernels --bench-dram`, Q4_0 over 1 GB,
+// alternating runs) 25.7 / 26.2 / 25.9 GB/s without, 55.7 / 52.4 / 53.5 GB/s at 2,048 bytes ahead
+// (1,024: ~45; 4,096: ~44; locality hint 3 no better); the read probe gave about 74 GB/s meanwhile.
+// The hint was the non-temporal one (prefetchnta) until an Intel Xeon (family 6 model 167, AVX-512
+// VNNI) showed what it costs there: 13.1 / 13.2 GB/s against a 31.5-33.2 GB/s probe (the avx2 table
+// 17.2), the 8B decode at 0.45x llama.cpp; prefetcht1 32.1 / 32.5 (avx2 table 29.7), prefetcht0
+// 31.4 / 31.5, prefetcht1 at 1,024 / 4,096 bytes ahead 31.0-31.2 / 30.3-30.5 (alternating builds).
+// A hint only: results never depend on it, and a prefetch past the end of the weights is dropped, not
+// a fault. Not measured on a Kunpeng (docs/benchmarks.md).
 constexpr int kGemvPrefetchBytes = 2048;
+constexpr int kGemvPrefetchLocality = 2;  // __builtin_prefetch's: 2 = prefetcht1 (x86), pldl2keep (ARM)
 template <class Tile>
 inline void gemv_prefetch(const Tile* block) {
   const char* ahead = reinterpret_cast<const char*>(block) + kGemvPrefetchBytes;
-  for (size_t off = 0; off < sizeof(Tile); off += 64) __builtin_prefetch(ahead + off, 0, 0);
+  for (size_t off = 0; off < sizeof(Tile); off += 64) __builtin_prefetch(ahead + off, 0, kGemvPrefetchLocality);
 }
 
 // S consecutive tiles (tile s at tiles + s * n_blocks) for NT <= tok_tile<Op> tokens (token i's blocks
