@@ -1,7 +1,7 @@
 // AVX2 arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K,
 // IQ4_NL, IQ4_XS, Q2_K, Q3_K.
 // Included after kernels_avx2_impl.h by kernels_avx2.cpp and by kernels_avx512.cpp (the AVX-512
-// table runs these 256-bit kernels; Q4_K / Q5_K there take their VNNI variant, below).
+// table runs these 256-bit kernels, but for Q4_K / Q5_K, which it redoes with VNNI).
 // Twin of kernels_generic.cpp's decoded form; the loops are kernels_simd.h's.
 //
 // All four tiles interleave 8 rows (kernels.h), so as for Q4_0 one 32-byte load holds the same 4
@@ -202,47 +202,6 @@ inline void k_finish(const Tile& t, const __m256* sa, const __m256* sm, TileAcc*
 // Q5_K's fifth bits (bit 2C / 2C + 1 of the row's qh bytes, to bit 4) when Q5. Int16 pair sums:
 // |each maddubs| <= 2 * 15 * 127 = 3810 (Q4: 8 fit int16) or 2 * 31 * 127 = 7874 (Q5: groups 0-3
 // and 4-7 summed apart, then widened by the scale's madd each).
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-// The AVX-512 table (this header compiled with VNNI): `vpdpbusd` adds each row's 4 products straight
-// into its int32 lane, one instruction where AVX2 needs maddubs + an int16 add, with the 4 activation
-// bytes broadcast from memory inside it ({1to8}: GCC 12 does not fold a set1 of a load). No int16
-// saturation to keep clear of, so Q5_K needs no split sums. The sub-block's int32 dot times the row's
-// scale (vpmulld, once per sub-block and token) is the integer AVX2's madd(sum16, scale) gives.
-inline __m256i dpbusd_b(__m256i acc, __m256i u8, const int8_t* p) {
-  asm("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*reinterpret_cast<const int32_t*>(p)));
-  return acc;
-}
-
-template <bool Q5, int C, int NT, class Tile>
-inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t a_stride, __m256* sa, __m256* sm) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  __m256i lo[NT], hi[NT];  // [token] int32 dots of sub-blocks 2C and 2C + 1, lane r: row r
-  for (int i = 0; i < NT; ++i) lo[i] = hi[i] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-  for (int g = 0; g < 8; ++g) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[C][g]));
-    __m256i ql = _mm256_and_si256(v, m4), qh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-    if constexpr (Q5) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.qh[g])), bit4 = _mm256_set1_epi8(0x10);
-      constexpr int jl = 2 * C, jh = 2 * C + 1;  // bit j of h to bit 4
-      const __m256i hl = jl <= 4 ? _mm256_slli_epi16(h, 4 - jl) : _mm256_srli_epi16(h, jl - 4);
-      const __m256i hh = jh <= 4 ? _mm256_slli_epi16(h, 4 - jh) : _mm256_srli_epi16(h, jh - 4);
-      ql = _mm256_or_si256(ql, _mm256_and_si256(hl, bit4));
-      qh = _mm256_or_si256(qh, _mm256_and_si256(hh, bit4));
-    }
-    for (int i = 0; i < NT; ++i) {
-      const ActBlock* ai = a + i * a_stride + 2 * C;
-      lo[i] = dpbusd_b(lo[i], ql, ai[0].qs + 4 * g);
-      hi[i] = dpbusd_b(hi[i], qh, ai[1].qs + 4 * g);
-    }
-  }
-  constexpr int J = 2 * C;
-  const __m256i low16 = _mm256_set1_epi32(0xFFFF);  // the scale once per lane (pair16 holds it twice)
-  const __m256i scl = _mm256_and_si256(ks.pair16<J>(), low16), sch = _mm256_and_si256(ks.pair16<J + 1>(), low16);
-  k_sub_block<J, NT>(ks, a, a_stride, [&](int i) { return _mm256_mullo_epi32(lo[i], scl); }, sa, sm);
-  k_sub_block<J + 1, NT>(ks, a, a_stride, [&](int i) { return _mm256_mullo_epi32(hi[i], sch); }, sa, sm);
-}
-#else
 template <bool Q5, int C, int NT, class Tile>
 inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t a_stride, __m256* sa, __m256* sm) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -286,7 +245,6 @@ inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t 
     k_sub_block<J + 1, NT>(ks, a, a_stride, [&](int i) { return _mm256_madd_epi16(hi[0][i], sch); }, sa, sm);
   }
 }
-#endif
 
 template <bool Q5, int NT, class Tile>
 inline void k_block(const Tile& t, const ActBlock* a, size_t a_stride, TileAcc* acc) {

@@ -3,8 +3,7 @@
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
 // arithmetic of Q4_0, Q4_1, Q8_0, activation quantization and attention. What it does not redo (Q6_K,
 // float rows, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
-// these flags; the K-quant types are kernels_avx2_quants.h's, where Q4_K / Q5_K take a 256-bit
-// `vpdpbusd` variant when compiled here.
+// these flags; so are the K-quant types of kernels_avx2_quants.h, but for Q4_K / Q5_K (below).
 //
 // Quantized GEMM with VNNI: `vpdpbusd` multiplies 4 unsigned weight bytes by 4 signed activation
 // bytes and adds the 4 products to an int32 lane, one instruction where AVX2 needs maddubs + madd
@@ -28,9 +27,11 @@
 #include "kernels_avx2_impl.h"
 #include "kernels_avx2_quants.h"
 
-// GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized (its undefined-vector idiom `__m512 __Y = __Y`).
+// GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized and, inlined into the K-quant pairs,
+// -Wuninitialized (its undefined-vector idiom `__m512 __Y = __Y`).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace sysinfer {
@@ -60,6 +61,14 @@ struct Rows8 {
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  // for the K-quants
+  static I join(__m256i a, __m256i) { return a; }  // one tile's 8 lanes (the second tile's unused)
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  template <int N> static I sll16(I a) { return _mm256_slli_epi16(a, N); }
+  template <int N> static I srl16(I a) { return _mm256_srli_epi16(a, N); }
+  static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
+  static I mullo(I a, I b) { return _mm256_mullo_epi32(a, b); }
+  static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
 };
 
 struct Rows16 {
@@ -90,6 +99,13 @@ struct Rows16 {
   static F set1(float v) { return _mm512_set1_ps(v); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static I join(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+  static I or_(I a, I b) { return _mm512_or_si512(a, b); }
+  template <int N> static I sll16(I a) { return _mm512_slli_epi16(a, N); }
+  template <int N> static I srl16(I a) { return _mm512_srli_epi16(a, N); }
+  static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
+  static I mullo(I a, I b) { return _mm512_mullo_epi32(a, b); }
+  static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
 };
 
 // Row sums of two consecutive tiles for one token (simd Pair).
@@ -217,6 +233,96 @@ struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   }
 };
 
+// ---- Q4_K / Q5_K: the AVX2 kernels' scheme (kernels_avx2_quants.h) with VNNI, one tile or a pair ----
+//
+// Per chunk C (sub-blocks 2C, 2C + 1) each group's bytes are loaded once for both sub-blocks, as in
+// AVX2, but `vpdpbusd` adds each row's 4 products straight into its int32 lane (AVX2: maddubs + an
+// int16 add), and no int16 saturation is near, so Q5_K needs no split sums. The sub-block's dot times
+// the row's 6-bit scale (`vpmulld`, once per sub-block and token) is the integer AVX2's madd gives, and
+// the minimum and float steps are AVX2's k_sub_block / k_finish, lane for lane: the same bits in both
+// tables. A pair of tiles (Rows16: tile 0 in the low 256 bits) halves every instruction per row.
+// The scales are unpacked per tile by AVX2's KScales and joined.
+
+// Sub-block J's scales of the rows, once per int32 lane (KScales::pair16 holds each twice, for madd).
+template <int J>
+inline __m256i k_scale32(const KScales& ks) { return _mm256_and_si256(ks.pair16<J>(), _mm256_set1_epi32(0xFFFF)); }
+
+// kernels_avx2_quants.h's k_sub_block for R's lanes: sa[i] += a_J.d * (dot[i] * sc_J), sm[i] += a_J.d *
+// (mn_J * sum a_J), both products exact integers.
+template <class R, int J, int NT>
+inline void vk_sub_block(const KScales& k0, const KScales& k1, const ActBlock* a, size_t a_stride,
+                         const typename R::I* dot, typename R::F* sa, typename R::F* sm) {
+  const typename R::I sc = R::join(k_scale32<J>(k0), k_scale32<J>(k1));
+  const typename R::I mn = R::join(k0.mins16<J>(), k1.mins16<J>());
+  for (int i = 0; i < NT; ++i) {
+    const ActBlock& aj = a[i * a_stride + J];
+    int32_t pair;
+    std::memcpy(&pair, aj.sum, 4);
+    const typename R::F d = R::set1(aj.d);
+    sa[i] = R::fmadd(R::cvt(R::mullo(dot[i], sc)), d, sa[i]);
+    sm[i] = R::fmadd(R::cvt(R::madd16(R::set1_32(pair), mn)), d, sm[i]);
+  }
+}
+
+template <class R, bool Q5, int C, int NT, class Tile>
+inline void vk_chunk(const Tile& t0, const Tile& t1, const KScales& k0, const KScales& k1, const ActBlock* a,
+                     size_t a_stride, typename R::F* sa, typename R::F* sm) {
+  using I = typename R::I;
+  const I m4 = R::set1_8(0x0F);
+  I lo[NT], hi[NT];  // [token] int32 dots with sub-blocks 2C / 2C + 1, lane: row
+  for (int i = 0; i < NT; ++i) lo[i] = hi[i] = R::zero();
+#pragma GCC unroll 8
+  for (int g = 0; g < 8; ++g) {
+    const I v = R::group(t0.q[C][g], t1.q[C][g]);
+    I ql = R::and_(v, m4), qh = R::and_(R::srl4(v), m4);
+    if constexpr (Q5) {  // bit 2C / 2C + 1 of the row's qh bytes to bit 4
+      const I h = R::group(t0.qh[g], t1.qh[g]), bit4 = R::set1_8(0x10);
+      constexpr int jl = 2 * C, jh = 2 * C + 1;
+      I hl, hh;
+      if constexpr (jl <= 4) hl = R::template sll16<4 - jl>(h); else hl = R::template srl16<jl - 4>(h);
+      if constexpr (jh <= 4) hh = R::template sll16<4 - jh>(h); else hh = R::template srl16<jh - 4>(h);
+      ql = R::or_(ql, R::and_(hl, bit4));
+      qh = R::or_(qh, R::and_(hh, bit4));
+    }
+    for (int i = 0; i < NT; ++i) {
+      const ActBlock* ai = a + i * a_stride + 2 * C;
+      lo[i] = R::dpbusd_b(lo[i], ql, ai[0].qs + 4 * g);
+      hi[i] = R::dpbusd_b(hi[i], qh, ai[1].qs + 4 * g);
+    }
+  }
+  vk_sub_block<R, 2 * C, NT>(k0, k1, a, a_stride, lo, sa, sm);
+  vk_sub_block<R, 2 * C + 1, NT>(k0, k1, a, a_stride, hi, sa, sm);
+}
+
+// acc[i] += one Q4_K / Q5_K tile block (t0), or a pair (t0, t1), times token i's 8 activation blocks.
+template <class R, bool Q5, int NT, class Tile, class Acc>
+inline void vk_block(const Tile& t0, const Tile& t1, const ActBlock* a, size_t a_stride, Acc* acc) {
+  const KScales k0(t0.scales), k1(t1.scales);  // (Rows8: k1 unused, so not computed)
+  typename R::F sa[NT], sm[NT];
+  for (int i = 0; i < NT; ++i) sa[i] = sm[i] = R::set1(0.f);
+  for_const<4>([&](auto c) { vk_chunk<R, Q5, decltype(c)::value, NT>(t0, t1, k0, k1, a, a_stride, sa, sm); });
+  const typename R::F d = R::scales(t0.d, t1.d), dmin = R::scales(t0.dmin, t1.dmin);
+  for (int i = 0; i < NT; ++i) acc[i].v = R::fnmadd(dmin, sm[i], R::fmadd(d, sa[i], acc[i].v));
+}
+
+template <bool Q5, class TileT, WType T>
+struct VnniK : simd::WeightType<TileT, TileAcc> {
+  static constexpr WType kType = T;
+  using Tile = TileT;
+  using Acc = TileAcc;
+  using Pair = PairAcc;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    vk_block<Rows8, Q5, NT>(t, t, a, a_stride, acc);
+  }
+  template <int NT>
+  static void pair_block(const Tile& t0, const Tile& t1, const ActBlock* a, size_t a_stride, Pair* acc) {
+    vk_block<Rows16, Q5, NT>(t0, t1, a, a_stride, acc);
+  }
+};
+using VnniQ4_K = VnniK<false, TileQ4_K, WType::Q4_K>;
+using VnniQ5_K = VnniK<true, TileQ5_K, WType::Q5_K>;
+
 // ---- attention over one chunk of the paged cache: fp16 K/V converted in registers ----
 //
 // 16 floats per vector: one `vcvtph2ps` of a 16-token block's keys for dim i, or of 16 dims of a value
@@ -265,7 +371,7 @@ void quantize_act512(const float* x, ActBlock* out, int n) {
 }
 
 constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512, GemmQ5_0,
-                                            GemmQ5_1, GemmQ4_K, GemmQ5_K, GemmIQ4_NL, GemmIQ4_XS, GemmQ2_K, GemmQ3_K>(
+                                            GemmQ5_1, VnniQ4_K, VnniQ5_K, GemmIQ4_NL, GemmIQ4_XS, GemmQ2_K, GemmQ3_K>(
     "avx512", quantize_act512, f16_to_f32, f32_to_f16);
 
 }  // namespace
