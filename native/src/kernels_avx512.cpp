@@ -1,9 +1,11 @@
 // AVX-512 kernel table (F, BW, VL and VNNI; this file is compiled with those flags plus AVX2/FMA/F16C,
 // and the table is chosen at run time only on CPUs, and under OSes, that have them all). Twin of
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
-// arithmetic of Q4_0, Q4_1, Q8_0, activation quantization and attention. What it does not redo (Q6_K,
-// float rows, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled here with
-// these flags; so are the K-quant types of kernels_avx2_quants.h, but for Q4_K / Q5_K (below).
+// arithmetic of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, activation quantization and attention. What it
+// does not redo (float rows, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled
+// here with these flags, and so are the other K-quant file types (kernels_avx2_quants.h). Q4_K, Q5_K
+// and Q6_K are AVX2's arithmetic on two tiles or two rows a register: the same bits as the AVX2 table
+// (test_kernels checks it).
 //
 // Quantized GEMM with VNNI: `vpdpbusd` multiplies 4 unsigned weight bytes by 4 signed activation
 // bytes and adds the 4 products to an int32 lane, one instruction where AVX2 needs maddubs + madd
@@ -323,6 +325,138 @@ struct VnniK : simd::WeightType<TileT, TileAcc> {
 using VnniQ4_K = VnniK<false, TileQ4_K, WType::Q4_K>;
 using VnniQ5_K = VnniK<true, TileQ5_K, WType::Q5_K>;
 
+// ---- Q6_K: two rows a register ----
+//
+// kernels_avx2_impl.h's Q6_K arithmetic (rows are whole super-blocks: each row's quants unpacked,
+// `maddubs` by the activation block, `madd` by the 16-weight scales, to float by a_j.d in four chains,
+// less the -32 offset, times d) for rows 2p (low 256 bits) and 2p + 1 (high) at once: the activation
+// bytes broadcast to both halves from memory, every other operation the AVX2 one, lane for lane, so
+// the same bits as the AVX2 table. Half the instructions per row in the token loop, which is the
+// whole cost of a Q6_K prefill (the AVX2 code reached a third of Q4_K's rate here).
+
+inline __m512i join2(const void* p0, const void* p1) {  // 32 bytes at p0 (low half), 32 at p1 (high)
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(static_cast<const __m256i*>(p0))),
+                            _mm256_loadu_si256(static_cast<const __m256i*>(p1)), 1);
+}
+inline __m512i join2(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+inline __m512 join2(__m256 a, __m256 b) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+}
+
+// unpack_q6_half for rows b0 (low) and b1 (high).
+inline void unpack_q6_half2(const BlockQ6_K& b0, const BlockQ6_K& b1, int half, __m512i o[4]) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i ql0 = join2(b0.ql + 64 * half, b1.ql + 64 * half);
+  const __m512i ql1 = join2(b0.ql + 64 * half + 32, b1.ql + 64 * half + 32);
+  const __m512i qh = join2(b0.qh + 32 * half, b1.qh + 32 * half);
+  o[0] = _mm512_or_si512(_mm512_and_si512(ql0, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30));
+  o[1] = _mm512_or_si512(_mm512_and_si512(ql1, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30));
+  o[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), m4), _mm512_and_si512(qh, m30));
+  o[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), m4),
+                         _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30));
+}
+
+// Two rows' scales: sc16 (q6_scales16's all16, joined) and half16[h] (its halves, joined).
+inline __m512i q6_scales16_2(const BlockQ6_K& b0, const BlockQ6_K& b1, __m512i half16[2]) {
+  __m256i h0[2], h1[2];
+  const __m256i a0 = q6_scales16(b0.scales, h0), a1 = q6_scales16(b1.scales, h1);
+  half16[0] = join2(h0[0], h1[0]);
+  half16[1] = join2(h0[1], h1[1]);
+  return join2(a0, a1);
+}
+
+// q6_group_scales on both rows (pshufb works within 128-bit lanes: the AVX2 pattern twice).
+inline __m512i q6_group_scales2(__m512i half16, int p) {
+  const char a = char(4 * p), b = char(4 * p + 2);
+  const __m256i pick = _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
+                                        a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                        b + 1, b, b + 1);
+  return _mm512_shuffle_epi8(half16, join2(pick, pick));
+}
+
+inline __m512i bcast_act(const ActBlock& a) {  // the block's 32 bytes in both halves
+  return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs)));
+}
+
+// q6_group for two rows.
+inline void q6_group2(__m512i q, __m512i sc, const ActBlock& a, int j, __m512 s[4]) {
+  const __m512i s32 = _mm512_madd_epi16(_mm512_maddubs_epi16(q, bcast_act(a)), sc);
+  const __m512 f = _mm512_cvtepi32_ps(s32), da = _mm512_set1_ps(a.d);
+  s[j % 4] = j < 4 ? _mm512_mul_ps(f, da) : _mm512_fmadd_ps(f, da, s[j % 4]);
+}
+
+// q6_finish for two rows (ad32 / asum: the token's, in both halves; d: each row's in its half).
+inline __m512 q6_finish2(const __m512 s[4], __m512i sc16, __m512 d, __m512 ad32, __m512i asum, __m512 acc) {
+  const __m512 off = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(sc16, asum)), ad32);
+  const __m512 sum = _mm512_sub_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])), off);
+  return _mm512_fmadd_ps(sum, d, acc);
+}
+
+inline __m512 q6_d2(const BlockQ6_K& b0, const BlockQ6_K& b1) {
+  return join2(_mm256_set1_ps(_cvtsh_ss(b0.d)), _mm256_set1_ps(_cvtsh_ss(b1.d)));
+}
+
+// The 8 row sums of a tile, as 4 pairs: row 2p in the low half of r[p], 2p + 1 in the high; stored
+// with the AVX2 table's horizontal sum of each half (F32x8::sum), so the same bits.
+struct RowPairSums {
+  __m512 r[ROW_TILE / 2] = {};
+  void store(float* y) const {
+    for (int p = 0; p < ROW_TILE / 2; ++p) {
+      y[2 * p] = hsum(_mm512_castps512_ps256(r[p]));
+      y[2 * p + 1] = hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r[p]), 1)));
+    }
+  }
+};
+
+struct GemmQ6_K2 : simd::WeightType<TileQ6_K, RowPairSums> {
+  static constexpr WType kType = WType::Q6_K;
+  using Tile = TileQ6_K;
+  using Acc = RowPairSums;
+  static constexpr int kFewTokTile = simd::kFewRows;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m512 ad32[NT];
+    __m512i asum[NT];
+    for (int i = 0; i < NT; ++i) {
+      __m256 d32;
+      __m256i sums;
+      q6_act_gather(a + i * a_stride, &d32, &sums);
+      ad32[i] = join2(d32, d32);
+      asum[i] = join2(sums, sums);
+    }
+#pragma GCC unroll 1
+    for (int p = 0; p < ROW_TILE / 2; ++p) {
+      const BlockQ6_K &b0 = t.b[2 * p], &b1 = t.b[2 * p + 1];
+      __m512i half16[2];
+      const __m512i sc16 = q6_scales16_2(b0, b1, half16);
+      const __m512 d = q6_d2(b0, b1);
+      if constexpr (NT == 1) {  // each half unpacked just before use (see q6_k_row_packed)
+        __m512 s[4];
+        for (int half = 0; half < 2; ++half) {
+          __m512i q[4];
+          unpack_q6_half2(b0, b1, half, q);
+          for (int g = 0; g < 4; ++g) q6_group2(q[g], q6_group_scales2(half16[half], g), a[4 * half + g], 4 * half + g, s);
+        }
+        acc[0].r[p] = q6_finish2(s, sc16, d, ad32[0], asum[0], acc[0].r[p]);
+      } else {  // each row pair unpacked once for the NT tokens
+        __m512i q[8], sc[8];
+        unpack_q6_half2(b0, b1, 0, q);
+        unpack_q6_half2(b0, b1, 1, q + 4);
+        for (int g = 0; g < 4; ++g) {
+          sc[g] = q6_group_scales2(half16[0], g);
+          sc[4 + g] = q6_group_scales2(half16[1], g);
+        }
+        for (int i = 0; i < NT; ++i) {
+          const ActBlock* ai = a + i * a_stride;
+          __m512 s[4];
+          for (int j = 0; j < 8; ++j) q6_group2(q[j], sc[j], ai[j], j, s);
+          acc[i].r[p] = q6_finish2(s, sc16, d, ad32[i], asum[i], acc[i].r[p]);
+        }
+      }
+    }
+  }
+};
+
 // ---- attention over one chunk of the paged cache: fp16 K/V converted in registers ----
 //
 // 16 floats per vector: one `vcvtph2ps` of a 16-token block's keys for dim i, or of 16 dims of a value
@@ -370,7 +504,7 @@ void quantize_act512(const float* x, ActBlock* out, int n) {
   }
 }
 
-constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K, GemmFloat, Attention512, GemmQ5_0,
+constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K2, GemmFloat, Attention512, GemmQ5_0,
                                             GemmQ5_1, VnniQ4_K, VnniQ5_K, GemmIQ4_NL, GemmIQ4_XS, GemmQ2_K, GemmQ3_K>(
     "avx512", quantize_act512, f16_to_f32, f32_to_f16);
 

@@ -187,20 +187,29 @@ void check_decode_matches_batch(const Kernels& k, WType type, int rows, int cols
                   std::to_string(n_tok));
 }
 
-// The table whose results table k must give bit for bit, if any: neon-i8mm computes the same exact
-// integer block sums as neon-dotprod with `smmla` instead of `sdot`, and the same float step after
-// them, so a model gives the same logits on a Kunpeng 920 (dotprod) and on a newer i8mm core.
-const Kernels* bit_twin(const Kernels& k) {
-  if (&k == neon_i8mm_kernels()) return neon_dotprod_kernels();
-  return nullptr;
+// The table whose results table k must give bit for bit, if any, and on which types: neon-i8mm
+// computes the same exact integer block sums as neon-dotprod with `smmla` instead of `sdot`, and the
+// same float step after them, so a model gives the same logits on a Kunpeng 920 (dotprod) and on a
+// newer i8mm core. avx512 runs AVX2's arithmetic for the K-quant file types (Q4_K, Q5_K and Q6_K
+// redone two tiles or two rows a register, lane for lane; the others AVX2's own code).
+struct BitTwin {
+  const Kernels* twin = nullptr;
+  std::vector<WType> types;
+};
+BitTwin bit_twin(const Kernels& k) {
+  if (&k == neon_i8mm_kernels()) return {neon_dotprod_kernels(), {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K}};
+  if (&k == avx512_kernels())
+    return {avx2_kernels(), {WType::Q5_0, WType::Q5_1, WType::Q2_K, WType::Q3_K, WType::Q4_K, WType::Q5_K, WType::Q6_K,
+                             WType::IQ4_NL, WType::IQ4_XS}};
+  return {};
 }
 
-// gemm of k and of its twin, bit for bit, on the quantized types: odd row counts, tile ranges with a
-// head and a tail cut off, 1..9, 16 and 33 tokens (odd passes pair a token with itself).
-void check_bit_twin(const Kernels& k, const Kernels& twin) {
+// gemm of k and of its twin, bit for bit, on the given quantized types: odd row counts, tile ranges
+// with a head and a tail cut off, 1..9, 16 and 33 tokens (odd passes pair a token with itself).
+void check_bit_twin(const Kernels& k, const Kernels& twin, const std::vector<WType>& types) {
   int cases = 0;
-  for (WType type : {WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::Q6_K}) {
-    const int cols = type == WType::Q6_K ? 512 : 160, rows = 8 * 5 - 3;
+  for (WType type : types) {
+    const int cols = block_elems(type) == 256 ? 512 : 160, rows = 8 * 5 - 3;
     const auto gguf = random_gguf_matrix(type, rows, cols);
     std::vector<uint8_t> packed(packed_bytes(type, rows, cols));
     pack_matrix(type, gguf.data(), rows, cols, packed.data());
@@ -557,7 +566,7 @@ void run_checks(const Kernels& k) {
     for (int n_tok : {2, 3, 4, 5, 6, 7, 8, 9})
       check_decode_matches_batch(k, t, 8 * 11 - 3, k_quant ? 512 : 160, n_tok);
   }
-  if (const Kernels* twin = bit_twin(k)) check_bit_twin(k, *twin);
+  if (const BitTwin t = bit_twin(k); t.twin) check_bit_twin(k, *t.twin, t.types);
   check_quantize(k);
   check_softmax_exp(k);
   check_vector_ops(k);
