@@ -8,6 +8,7 @@ an 8B file is written in seconds instead of quantizing 8 billion floats.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,40 @@ def placeholder_spm_tokenizer(n_vocab: int) -> dict[str, Any]:
         "tokenizer.ggml.bos_token_id": 1,
         "tokenizer.ggml.eos_token_id": 2,
         "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
+    }
+
+
+def placeholder_bpe_tokenizer(n_vocab: int, pre: str, n_normal: int, specials: list[str]) -> dict[str, Any]:
+    """A byte-level BPE ("gpt2") vocabulary of made-up merges, laid out as real BPE GGUF files are, so
+    llama.cpp loads the file too (it refuses a BPE file without merges): the 256 byte characters, then
+    merged pieces up to n_normal (every pair of byte characters, then byte-pair + byte), then the
+    control tokens `specials` (the first two are BOS and EOS), then unused padding to n_vocab. For
+    shapes whose real tokenizer no PyPI package carries (deepseek-llm)."""
+    from .bpe_tokenizer import byte_decoder  # noqa: PLC0415
+
+    if n_normal < 256 or n_normal + len(specials) > n_vocab or len(specials) < 2:
+        raise ValueError(f"a BPE placeholder vocabulary of {n_vocab}: bad layout ({n_normal} pieces, "
+                         f"{len(specials)} specials)")
+    chars = sorted(byte_decoder(), key=byte_decoder().get)  # the byte characters, in byte order
+    tokens, merges = list(chars), []
+    pairs = ((a, b) for a in chars for b in chars)
+    triples = ((a + b, c) for a in chars for b in chars for c in chars)
+    for left, right in itertools.chain(pairs, triples):
+        if len(tokens) == n_normal:
+            break
+        tokens.append(left + right)
+        merges.append(f"{left} {right}")
+    n_pad = n_vocab - n_normal - len(specials)
+    tokens += specials + [f"<|pad{i}|>" for i in range(n_pad)]
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [1] * n_normal + [3] * len(specials) + [5] * n_pad,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": n_normal,
+        "tokenizer.ggml.eos_token_id": n_normal + 1,
         "tokenizer.ggml.add_bos_token": True,
     }
 

