@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -168,13 +169,19 @@ CASE_TIMEOUT = 1800.0            # --case-timeout: seconds one llama-bench run m
 
 
 def run_llama_bench(cmd: list[str], what: str) -> float:
-    """llama-bench's avg_ts for one run; a run past CASE_TIMEOUT ends the script naming it."""
+    """llama-bench's avg_ts for one run; a run past CASE_TIMEOUT ends the script naming it. A run that
+    fails (llama.cpp refusing the file, or crashing: its AMX build on a VM without AMX state did) is
+    NaN in the table, its reason printed, and the other cases go on (a whole campaign was lost to one)."""
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=CASE_TIMEOUT,
                               env={**os.environ, **LLAMA_ENV})
     except subprocess.TimeoutExpired:
         raise SystemExit(f"llama-bench took over {CASE_TIMEOUT:.0f} s on {what}: on shared cores try "
                          f"--llama-env OMP_WAIT_POLICY=passive") from None
+    except subprocess.CalledProcessError as e:
+        reason = (e.stderr or "").strip().splitlines()[-1:] or [f"exit status {e.returncode}"]
+        print(f"llama-bench failed on {what} (exit status {e.returncode}): {reason[0]}", flush=True)
+        return math.nan
     return float(json.loads(done.stdout)[0]["avg_ts"])
 
 
@@ -239,6 +246,12 @@ def run(args: argparse.Namespace) -> dict:
             "cpu": cpu_name(), "llama_env": LLAMA_ENV,
             "read_bandwidth_gbs": read_bandwidth_gbs(args.threads), "peak_gops": args.peak_gops,
             "cases": [asdict(c) for c in CASES if c.llama]}
+
+
+def finite_median(xs: list[float]) -> float:
+    """The median of the runs that gave a figure (NaN: a failed llama-bench run); NaN if none did."""
+    ok = [x for x in xs if math.isfinite(x)]
+    return statistics.median(ok) if ok else math.nan
 
 
 def roofline_tok_s(result: dict, c: dict) -> float | None:
@@ -325,7 +338,7 @@ def table(result: dict) -> str:
     lines = ["| case | llama.cpp tok/s | sysinfer tok/s | ratio | target | roofline tok/s | llama.cpp / roofline | "
              "sysinfer / roofline |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in result["cases"]:
-        a, b = statistics.median(c["llama"]), statistics.median(c["ours"])
+        a, b = finite_median(c["llama"]), finite_median(c["ours"])
         roof = roofline_tok_s(result, c)
         fractions = f"{roof:.1f} | {100 * a / roof:.0f} % | {100 * b / roof:.0f} %" if roof else "- | - | -"
         lines.append(f"| {c['name']} | {a:.2f} | {b:.2f} | {b / a:.2f}x | >= {c['target']:.2f}x | {fractions} |")
