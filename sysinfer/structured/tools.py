@@ -137,7 +137,7 @@ class ToolSyntax:
     # template refuses two calls in a turn) make one call: left free to make more, a small model
     # repeats its call until max_tokens (SmolLM2 wrote 112 get_weather calls for the README's example).
     parallel_calls: bool = False
-    # A model that thinks (`<think>` ... `</think>`, engine/reasoning.py), in a syntax whose calls open
+    # A model that thinks (`<think>` ... `</think>`, model/thinking_tags.py), in a syntax whose calls open
     # with a tag: the tags. A call written in a section that opens the reply is a thought, not a call
     # (the grammar leaves the section free, the parser finds no call in it). None: no section.
     think: tuple[str, str] | None = None
@@ -166,7 +166,7 @@ def choose_syntax(tokenizer) -> ToolSyntax:
 def _with_thinking(syntax: ToolSyntax, tokenizer) -> ToolSyntax:
     """`syntax` with the thinking tags of a model that thinks (calls that open with a tag only: a
     Llama 3.1 JSON call is the reply's first character, so a reply that opens a section makes none)."""
-    from ..engine.reasoning import markers_for
+    from ..model.thinking_tags import markers_for
 
     markers = markers_for(tokenizer) if syntax.opener else None
     return replace(syntax, think=(markers.start, markers.end)) if markers else syntax
