@@ -124,7 +124,8 @@ async def chat(request: Request):
     if not body.messages:  # as Ollama: an empty chat only loads the model
         return loaded(body, chat=True)
     req = openai_chat(body)
-    prompt_ids, grammar, tools = await in_thread(state, prepare_ollama_chat, state.tokenizer, req)
+    prompt_ids, grammar, tools = await in_thread(state, prepare_ollama_chat, state.tokenizer, req,
+                                                 state.config.reasoning_format == "deepseek")
     return await _answer(state, request, req, body, prompt_ids, grammar, tools, received, chat=True)
 
 
@@ -148,7 +149,8 @@ async def generate(request: Request):
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]
         req = openai_request(ChatCompletionRequest, openai_fields(body) | {"messages": messages})
-        prompt_ids, grammar, tools = await in_thread(state, prepare_ollama_chat, tok, req)
+        prompt_ids, grammar, tools = await in_thread(state, prepare_ollama_chat, tok, req,
+                                                     state.config.reasoning_format == "deepseek")
     return await _answer(state, request, req, body, prompt_ids, grammar, tools, received, chat=False)
 
 

@@ -168,9 +168,9 @@ def renamed(e):
     return ApiError(e.status, message, param=name, code=err.get("code"), headers=e.headers)
 
 
-def prepare_ollama_chat(tokenizer, req: ChatCompletionRequest):
+def prepare_ollama_chat(tokenizer, req: ChatCompletionRequest, reasoning_apart: bool):
     try:
-        return prepare_chat(tokenizer, req)
+        return prepare_chat(tokenizer, req, reasoning_apart)
     except ApiError as e:
         raise renamed(e) from None
 

@@ -43,7 +43,8 @@ async def models(request: Request):
 async def chat_completions(request: Request):
     state = state_of(request)
     req = await parse(state, request, ChatCompletionRequest)
-    prompt_ids, grammar, tools = await in_thread(state, prepare_chat, state.tokenizer, req)
+    prompt_ids, grammar, tools = await in_thread(state, prepare_chat, state.tokenizer, req,
+                                                 state.config.reasoning_format == "deepseek")
     return await complete(state, request, req, prompt_ids, chat=True, grammar=grammar, tools=tools)
 
 

@@ -4,8 +4,12 @@ and the sampling parameters, each refusal a 400 naming the field."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..engine.reasoning import starts_inside
 from ..engine.sampling import SamplingParams
 from ..model.chat_template import ChatTemplateError
+from ..model.thinking_tags import markers_for
 from ..structured import tools as tool_calls
 from ..structured.call_loop import guard_calls
 from ..structured.constraints import Constraint, ConstraintError, compile_constraint, from_request, json_schema_grammar
@@ -35,10 +39,11 @@ def output_grammar(tokenizer, req: CommonRequest):
         raise _constraint_error(e) from None
 
 
-def prepare_chat(tokenizer, req: ChatCompletionRequest):
+def prepare_chat(tokenizer, req: ChatCompletionRequest, reasoning_apart: bool):
     """(prompt ids, compiled grammar or None, (tool syntax, tool plan) or None) of a chat request.
     Tools pick the call syntax from the model's template (templates that render `tools` get
-    Llama 3.1-style JSON calls, the others our generic <tool_call> format) and constrain the reply."""
+    Llama 3.1-style JSON calls, the others our generic <tool_call> format) and constrain the reply.
+    reasoning_apart: --reasoning-format deepseek (the engine keeps a thinking section apart)."""
     try:
         plan = tool_calls.plan_from_request(req.tools, req.tool_choice, req.parallel_tool_calls)
     except ConstraintError as e:
@@ -58,6 +63,12 @@ def prepare_chat(tokenizer, req: ChatCompletionRequest):
     prompt_ids = _chat_prompt_ids(tokenizer, messages, template_tools, req.template_variables())
     if plan is None:
         return prompt_ids, grammar, None
+    if reasoning_apart and syntax.think and starts_inside(tokenizer, markers_for(tokenizer), prompt_ids):
+        # The prompt opened the section, the engine keeps it out of the grammar and the call parser
+        # (engine/request_state.py): they see the answer after it, where a second section has no
+        # place. Left in, the syntax's section let that answer open one, and a small model then
+        # thought until max_tokens instead of making the call tool_choice forced.
+        syntax = replace(syntax, think=None)
     try:
         grammar = compile_constraint(tokenizer, tool_calls.tool_grammar(syntax, plan))
     except ConstraintError as e:

@@ -261,3 +261,34 @@ def test_an_empty_tools_list_is_no_tools(monkeypatch):
         assert r.status_code == 200 and r.json()["message"]["content"] == "Hello there.", r.text
     finally:
         s.close()
+
+
+OPENS_SECTION_TEMPLATE = THINKS_TEMPLATE + "<think>\n"  # DeepSeek-R1 / Qwen3-Thinking: the prompt opens it
+
+
+@pytest.mark.parametrize("template,reasoning_apart,second_section", [
+    (OPENS_SECTION_TEMPLATE, True, False),   # the engine holds the section; the grammar sees the answer
+    (OPENS_SECTION_TEMPLATE, False, True),   # --reasoning-format none: the whole reply is the grammar's
+    (THINKS_TEMPLATE, True, True),           # the reply may open its section in text, through the grammar
+])
+def test_an_answer_after_an_engine_held_section_cannot_open_another(template, reasoning_apart, second_section):
+    """A thinking model whose prompt opens the section, a call forced by tool_choice: the engine keeps
+    the section out of the grammar and the parser, so what they see is the answer, where a second
+    `<think>` has no place. The tools grammar allowed one there (the syntax's optional section), and
+    a small model under a reasoning budget then thought until max_tokens instead of calling
+    (tests/e2e/test_langchain.py, SmolLM2 on an Intel Xeon). With the section left in the text, or
+    opened by the reply itself, the grammar still takes it."""
+    from sysinfer.server.preparation import prepare_chat
+    from sysinfer.server.protocol import ChatCompletionRequest
+
+    tok = tokenizer("smollm2")
+    tok.chat_template = template
+    req = ChatCompletionRequest.model_validate({"model": "m", "messages": QUESTION, "tools": [WEATHER],
+                                                "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    _, grammar, (syntax, _) = prepare_chat(tok, req, reasoning_apart)
+    assert (syntax.think is not None) == second_section
+    tag, call = tok.encode("<think>\nhm\n</think>"), tok.encode(hermes("Paris"))
+    # how many of the tokens the matcher takes from where the reply's grammar starts ("<" also
+    # starts "<tool_call>": one token of the tag, or all of them and the call after)
+    assert grammar.validate_tokens(tag + call) == (len(tag + call) if second_section else 1)
+    assert grammar.validate_tokens(call) == len(call)
