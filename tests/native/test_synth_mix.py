@@ -58,10 +58,15 @@ def test_tiny_q4_k_m_file_matches_reference(tmp_path, load):
     table = np.arange(-(-n // model.block_size), dtype=np.int32)[None, :]
     native = model.step(tokens, np.arange(n), [0, n], table, [n], np.arange(n)).copy()
     expected = ref.forward(tokens)
-    # Positions 0-9 equal the Q8_0-emulating reference to float rounding; at position 10 one activation
-    # rounds the other way (a float-order tie of the Q8_0 step), which moves that position's K/V and so
-    # every later position by ~0.7 % (measured: relative RMS 0.5-1.1 % per position after it), as
-    # test_forward.py's FLIP_SENSITIVE explains. Before the flip: exact; over all: within 1.5 %.
+    # Positions equal the Q8_0-emulating reference to float rounding until an activation rounds the other
+    # way (a float-order tie of the Q8_0 step, test_forward.py's FLIP_SENSITIVE): on the EPYC Zen 3 at
+    # position 10, which moves that position's K/V and so every later position by ~0.7 % (relative RMS
+    # 0.5-1.1 % per position after it); on an Intel Xeon with AVX-512 (numpy's reference sums in another
+    # order there) also at position 5, in its last layer only (3.9e-3 there, the next position exact
+    # again), on the avx2 and avx512 tables alike (the generic table, forced, moves K/V there: 5 of 10
+    # exact). So, on the machine's own table: the first 10 positions exact but for at most two such
+    # ties, none beyond a flip's size; over all: within 1.5 %. A wrong kernel misses every position.
     per_pos = np.sqrt(np.mean((native - expected) ** 2, axis=1)) / expected.std()
-    assert per_pos[:10].max() < 1e-4, per_pos
+    assert (per_pos[:10] < 1e-4).sum() >= 8, per_pos
+    assert per_pos[:10].max() < 1.5e-2, per_pos
     assert np.sqrt(np.mean((native - expected) ** 2)) / expected.std() < 1.5e-2
