@@ -67,7 +67,6 @@ constexpr int8_t kIQ4NL[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 
 struct TileQ4_0 { uint16_t d[8]; uint8_t q[4][8][4]; };               // 144 bytes
 struct TileQ4_1 { uint16_t d[8]; uint16_t m[8]; uint8_t q[4][8][4]; };// 160 bytes
 struct TileQ8_0 { uint16_t d[8]; int8_t q[8][8][4]; };                // 272 bytes
-struct TileQ6_K { BlockQ6_K b[8]; };                                  // 1680 bytes, b[r] is row 8t+r
 // Q5_0 / Q5_1: the Q4 tile plus each row's 32 fifth bits, reordered at packing so one shift and mask
 // give a group's bits in place: bit 8k + 4h + g of qh[r] (as a little-endian uint32) is bit 4 of row
 // r's element 4g + k + 16h (g: group 0..3, k: byte 0..3, h: 0 low nibble / 1 high nibble).
@@ -83,10 +82,21 @@ struct TileQ4_K { uint16_t d[8], dmin[8]; uint8_t scales[12][8]; uint8_t q[4][8]
 struct TileQ5_K {                                                                           // 1408 bytes
   uint16_t d[8], dmin[8]; uint8_t scales[12][8]; uint8_t qh[8][8][4]; uint8_t q[4][8][8][4];
 };
+// Q6_K: one super-block column of 8 rows, interleaved as Q4_K (a 32-byte load holds a group of 4
+// columns of all 8 rows; the GGUF block's two-halves order is undone at packing). q[c][g][r][k]: low
+// nibble = the low 4 bits of row r's element 64c + 4g + k, high nibble = of element 64c + 32 + 4g + k
+// (sub-blocks 2c, 2c + 1). qh[h][g][r][k]: bits 2s, 2s + 1 = the high 2 bits of row r's element
+// 32(4h + s) + 4g + k. scales[i][r]: row r's signed scale of elements 16i..16i+15. x = d * scale * (q - 32).
+struct TileQ6_K { uint16_t d[8]; int8_t scales[16][8]; uint8_t q[4][8][8][4]; uint8_t qh[2][8][8][4]; };  // 1680 bytes
+// Element e's 6-bit quant (0..63) of row r in a Q6_K tile.
+inline int q6_tile_quant(const TileQ6_K& t, int r, int e) {
+  const int j = e / 32, g = (e % 32) / 4, k = e % 4;
+  return ((t.q[j / 2][g][r][k] >> (4 * (j % 2))) & 0xF) | ((t.qh[j / 4][g][r][k] >> (2 * (j % 4))) & 3) << 4;
+}
 // IQ4_XS: q[j][g][r][k] is byte 16j + 4g + k of row r's qs (sub-block j: low nibble element
 // 32j + 4g + k, high nibble 32j + 16 + 4g + k), as an IQ4_NL tile per sub-block.
 struct TileIQ4_XS { uint16_t d[8]; uint16_t scales_h[8]; uint8_t scales_l[4][8]; uint8_t q[8][4][8][4]; };  // 1088
-// Q2_K / Q3_K: rows are whole super-blocks, as Q6_K (not interleaved).
+// Q2_K / Q3_K: rows are whole super-blocks (not interleaved).
 struct TileQ2_K { BlockQ2_K b[8]; };                                  // 672 bytes
 struct TileQ3_K { BlockQ3_K b[8]; };                                  // 880 bytes
 // F32, F16 and BF16 matrices are plain row-major [padded_rows][cols].

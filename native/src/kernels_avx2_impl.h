@@ -202,42 +202,78 @@ struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   }
 };
 
-// ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
+// ---- Q6_K: interleaved tiles of 8 rows (kernels.h) ----
 //
-// Per row, super-block and token: activation block j (32 weights, j = 0..7) meets the unsigned 6-bit
-// quants q_j; maddubs gives 16 pair sums, madd with the two 16-weight scales of block j gives 8 int32
-// (lanes 0-3: first 16 weights, 4-7: second 16), converted and scaled by a_j.d into a float
-// accumulator whose lanes are summed once at the end. The -32 offset is one madd per super-block:
-// sum_j a_j.d * 32 * (sc[2j] * sum_j0 + sc[2j+1] * sum_j1), with the 8 a_j.d and the 16 sums
-// gathered once per (super-block, token) and shared by the tile's 8 rows.
+// Sub-block j (32 weights, activation block a_j) of each row gives one exact integer,
+//   S_j = sc_2j * (q . a_j over its first 16 weights - 32 a_j.sum[0]) + sc_2j+1 * (the second 16 ...),
+// and per super-block sa = fma(S_j, a_j.d, sa) for j = 0..7 from 0, then acc = fma(d, sa, acc). Every
+// table computes S_j exactly and takes these float steps, so the AVX-512 table gives AVX2's bits.
+// Here: group g (4 columns of the 8 rows) of sub-block j unpacked to its unsigned 6-bit quants,
+// `maddubs` against 4 activation bytes (pair sums <= 2 * 63 * 127 = 16002: two groups fit int16),
+// each two groups' int16 sums widened by `madd` with the half's scale in both int16 halves of the
+// row's lane; the offset is one `madd` of the activation's two half sums by 32 * the two scales.
 
-// The four 32-weight groups (unsigned 0..63) of one half of a Q6_K block: o[part].
-inline void unpack_q6_half(const BlockQ6_K& b, int half, __m256i o[4]) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-  const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half));
-  const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32));
-  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
-  // bits 2p..2p+1 of qh are bits 4..5 of part p
-  o[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-  o[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-  o[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
-  o[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+// Group g of sub-block J's quants (0..63), lane r: row r's 4 bytes.
+template <int J>
+inline __m256i q6_group_quants(const TileQ6_K& t, int g) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q[J / 2][g]));
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.qh[J / 4][g]));
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i low = J % 2 ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m4) : _mm256_and_si256(v, m4);
+  constexpr int hb = 2 * (J % 4);  // the quant's high bits hb, hb + 1 to bits 4, 5
+  const __m256i high = hb <= 4 ? _mm256_slli_epi16(h, 4 - hb) : _mm256_srli_epi16(h, hb - 4);
+  return _mm256_or_si256(low, _mm256_and_si256(high, _mm256_set1_epi8(0x30)));
 }
 
-// The eight 32-weight groups (unsigned 0..63) of a Q6_K block: q[4 * half + part].
-inline void unpack_q6(const BlockQ6_K& b, __m256i q[8]) {
-  unpack_q6_half(b, 0, q);
-  unpack_q6_half(b, 1, q + 4);
+inline __m256i q6_scale32(const int8_t* s) {  // the 8 rows' scales s[r] as int32 lanes
+  return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)));
 }
 
-// The 16 int16 scales of a block; and as the two 128-bit halves each broadcast to both lanes.
-inline __m256i q6_scales16(const int8_t* scales, __m256i half16[2]) {
-  const __m256i all16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
-  half16[0] = _mm256_permute4x64_epi64(all16, 0x44);
-  half16[1] = _mm256_permute4x64_epi64(all16, 0xEE);
-  return all16;
+// Sub-block J of a Q6_K tile for NT tokens: sa[i] = fma(S_J, a_J.d, sa[i]).
+template <int J, int NT>
+inline void q6_sub_block(const TileQ6_K& t, const ActBlock* a, size_t a_stride, __m256* sa) {
+  const __m256i xa = q6_scale32(t.scales[2 * J]), xb = q6_scale32(t.scales[2 * J + 1]);
+  // sc in both int16 halves of row r's lane (a `madd` multiplier)
+  const __m256i sca = _mm256_blend_epi16(xa, _mm256_slli_epi32(xa, 16), 0xAA);
+  const __m256i scb = _mm256_blend_epi16(xb, _mm256_slli_epi32(xb, 16), 0xAA);
+  // 32 * sc_2J in the low int16 of row r's lane, 32 * sc_2J+1 in the high (|32 sc| <= 4096)
+  const __m256i off = _mm256_blend_epi16(_mm256_slli_epi32(xa, 5), _mm256_slli_epi32(xb, 21), 0xAA);
+  __m256i s16[NT], s32[NT];
+#pragma GCC unroll 8
+  for (int g = 0; g < 8; ++g) {
+    const __m256i w = q6_group_quants<J>(t, g);
+    for (int i = 0; i < NT; ++i) {
+      const __m256i p = _mm256_maddubs_epi16(w, bcast4(a[i * a_stride + J].qs + 4 * g));
+      s16[i] = g % 2 == 0 ? p : _mm256_add_epi16(s16[i], p);
+      if (g % 2) {
+        const __m256i m = _mm256_madd_epi16(s16[i], g < 4 ? sca : scb);
+        s32[i] = g == 1 ? m : _mm256_add_epi32(s32[i], m);
+      }
+      keep(s16[i]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) {
+    const ActBlock& aj = a[i * a_stride + J];
+    int32_t pair;
+    std::memcpy(&pair, aj.sum, 4);
+    const __m256i s = _mm256_sub_epi32(s32[i], _mm256_madd_epi16(_mm256_set1_epi32(pair), off));
+    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(aj.d), sa[i]);
+  }
 }
+
+struct GemmQ6_K : simd::WeightType<TileQ6_K, TileAcc> {
+  static constexpr WType kType = WType::Q6_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    __m256 sa[NT];
+    for (int i = 0; i < NT; ++i) sa[i] = _mm256_setzero_ps();
+    for_const<8>([&](auto j) { q6_sub_block<decltype(j)::value, NT>(t, a, a_stride, sa); });
+    const __m256 d = load_fp16x8(t.d);
+    for (int i = 0; i < NT; ++i) acc[i].v = _mm256_fmadd_ps(d, sa[i], acc[i].v);
+  }
+};
+
+// ---- row-wise super-blocks (Q2_K / Q3_K, kernels_avx2_quants.h): a row's 8 groups of 32 ----
 
 // Scales of group j = 4 * half + p from its half16: int16 element 2p in the low 128 bits, 2p + 1 in
 // the high (the scales of the group's two 16-weight halves).
@@ -247,16 +283,6 @@ inline __m256i q6_group_scales(__m256i half16, int p) {
                                         a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
                                         b + 1, b, b + 1);
   return _mm256_shuffle_epi8(half16, pick);
-}
-
-// sc[j]: int16 scales of block j's two halves, sc[2j] in the low 128 bits and sc[2j+1] in the high.
-inline void q6_scales(const int8_t* scales, __m256i* all16, __m256i sc[8]) {
-  __m256i half16[2];
-  *all16 = q6_scales16(scales, half16);
-  for (int p = 0; p < 4; ++p) {
-    sc[p] = q6_group_scales(half16[0], p);
-    sc[4 + p] = q6_group_scales(half16[1], p);
-  }
 }
 
 // 8 activation blocks' d (times 32) and their 16 half sums, as vectors.
@@ -276,65 +302,6 @@ inline void q6_group(__m256i q, __m256i sc, const ActBlock& a, int j, __m256 s[4
   const __m256 f = _mm256_cvtepi32_ps(s32), da = _mm256_set1_ps(a.d);
   s[j % 4] = j < 4 ? _mm256_mul_ps(f, da) : _mm256_fmadd_ps(f, da, s[j % 4]);
 }
-
-// acc + d * (the groups' sums s, less the -32 offset of every quant: sc16 by the half sums asum).
-inline __m256 q6_finish(const __m256 s[4], __m256i sc16, __m256 d, __m256 ad32, __m256i asum, __m256 acc) {
-  const __m256 off = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, asum)), ad32);
-  const __m256 sum = _mm256_sub_ps(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])), off);
-  return _mm256_fmadd_ps(sum, d, acc);
-}
-
-// acc (lanes of one row) += one unpacked Q6_K super-block (quants q, scales sc / sc16, d) times the
-// 8 activation blocks a (their d * 32 and half sums gathered in ad32 / asum).
-inline __m256 q6_k_row_block(const __m256i q[8], const __m256i sc[8], __m256i sc16, __m256 d, const ActBlock* a,
-                             __m256 ad32, __m256i asum, __m256 acc) {
-  __m256 s[4];
-  for (int j = 0; j < 8; ++j) q6_group(q[j], sc[j], a[j], j, s);
-  return q6_finish(s, sc16, d, ad32, asum, acc);
-}
-
-// q6_k_row_block straight from a packed block, each half unpacked just before use (one token: no
-// unpacked copy to share, and 16 live vectors of quants and scales would spill). Same arithmetic.
-inline __m256 q6_k_row_packed(const BlockQ6_K& b, const ActBlock* a, __m256 ad32, __m256i asum, __m256 acc) {
-  __m256i half16[2];
-  const __m256i sc16 = q6_scales16(b.scales, half16);
-  __m256 s[4];
-  for (int half = 0; half < 2; ++half) {
-    __m256i q[4];
-    unpack_q6_half(b, half, q);
-    for (int p = 0; p < 4; ++p) q6_group(q[p], q6_group_scales(half16[half], p), a[4 * half + p], 4 * half + p, s);
-  }
-  return q6_finish(s, sc16, _mm256_set1_ps(_cvtsh_ss(b.d)), ad32, asum, acc);
-}
-
-// Few-row steps take all their tokens (up to 8) in one pass over each block (kFewTokTile): each row
-// unpacked once for all of them. r = 8 in two passes of 4 -> one: 139 -> 129 ms (2 threads over 1 GB,
-// `test_kernels --bench-rows Q6_K 3`, EPYC Zen 3 at load 13-17); r = 1..4 unchanged.
-struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x8>> {
-  static constexpr int kFewTokTile = simd::kFewRows;
-  template <int NT>
-  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
-    __m256 ad32[NT];
-    __m256i asum[NT];
-    for (int i = 0; i < NT; ++i) q6_act_gather(a + i * a_stride, &ad32[i], &asum[i]);
-    // One row at a time as a loop, not unrolled: unrolled (8 rows x 8 groups, times the GEMV's 4
-    // streams) the decode loop was ~5,000 instructions with ~1,600 stack accesses, past the op cache.
-#pragma GCC unroll 1
-    for (int r = 0; r < ROW_TILE; ++r) {
-      const BlockQ6_K& b = t.b[r];
-      if constexpr (NT == 1) {
-        acc[0].r[r] = q6_k_row_packed(b, a, ad32[0], asum[0], acc[0].r[r]);
-      } else {  // each row unpacked once for the NT tokens
-        __m256i q[8], sc[8], sc16;
-        unpack_q6(b, q);
-        q6_scales(b.scales, &sc16, sc);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(b.d));
-        for (int i = 0; i < NT; ++i)
-          acc[i].r[r] = q6_k_row_block(q, sc, sc16, d, a + i * a_stride, ad32[i], asum[i], acc[i].r[r]);
-      }
-    }
-  }
-};
 
 // ---- float matrices ----
 

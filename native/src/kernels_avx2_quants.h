@@ -163,14 +163,6 @@ struct KScales {
 
 inline __m256i bytes_to_i32(uint64_t w) { return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(w))); }
 
-// f(std::integral_constant<int, c>{}) for c = 0 .. N-1, each c a compile-time constant.
-template <int N, int C = 0, class F>
-inline void for_const(const F& f) {
-  if constexpr (C < N) {
-    f(std::integral_constant<int, C>{});
-    for_const<N, C + 1>(f);
-  }
-}
 
 // The K-quant tail of sub-block J for NT tokens, given token i's int32 dot of the quants with a_J
 // by the row scales, s32(i): sa[i] += a_J.d * s32 and sm[i] += a_J.d * (mn_J * sum a_J), the

@@ -4,7 +4,7 @@
 // arithmetic of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, activation quantization and attention. What it
 // does not redo (float rows, fp16 conversion) is the AVX2 arithmetic of kernels_avx2_impl.h, compiled
 // here with these flags, and so are the other K-quant file types (kernels_avx2_quants.h). Q4_K, Q5_K
-// and Q6_K are AVX2's arithmetic on two tiles or two rows a register: the same bits as the AVX2 table
+// and Q6_K are AVX2's arithmetic with VNNI on one tile or two: the same bits as the AVX2 table
 // (test_kernels checks it).
 //
 // Quantized GEMM with VNNI: `vpdpbusd` multiplies 4 unsigned weight bytes by 4 signed activation
@@ -310,6 +310,7 @@ inline void vk_block(const Tile& t0, const Tile& t1, const ActBlock* a, size_t a
 template <bool Q5, class TileT, WType T>
 struct VnniK : simd::WeightType<TileT, TileAcc> {
   static constexpr WType kType = T;
+  static constexpr int kFewTokTile = simd::kFewRows;
   using Tile = TileT;
   using Acc = TileAcc;
   using Pair = PairAcc;
@@ -325,135 +326,69 @@ struct VnniK : simd::WeightType<TileT, TileAcc> {
 using VnniQ4_K = VnniK<false, TileQ4_K, WType::Q4_K>;
 using VnniQ5_K = VnniK<true, TileQ5_K, WType::Q5_K>;
 
-// ---- Q6_K: two rows a register ----
+// ---- Q6_K: kernels_avx2_impl.h's S_j and float steps with VNNI, one tile or a pair ----
 //
-// kernels_avx2_impl.h's Q6_K arithmetic (rows are whole super-blocks: each row's quants unpacked,
-// `maddubs` by the activation block, `madd` by the 16-weight scales, to float by a_j.d in four chains,
-// less the -32 offset, times d) for rows 2p (low 256 bits) and 2p + 1 (high) at once: the activation
-// bytes broadcast to both halves from memory, every other operation the AVX2 one, lane for lane, so
-// the same bits as the AVX2 table. Half the instructions per row in the token loop, which is the
-// whole cost of a Q6_K prefill (the AVX2 code reached a third of Q4_K's rate here).
+// Each half of sub-block j is one `vpdpbusd` chain per token from -32 * a_j.sum[h] (the offset of the
+// unsigned quants), times the half's scale (`vpmulld`): S_j exact, as AVX2's maddubs / madd give it,
+// then AVX2's float steps, lane for lane: the same bits in both tables.
 
-inline __m512i join2(const void* p0, const void* p1) {  // 32 bytes at p0 (low half), 32 at p1 (high)
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(static_cast<const __m256i*>(p0))),
-                            _mm256_loadu_si256(static_cast<const __m256i*>(p1)), 1);
-}
-inline __m512i join2(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
-inline __m512 join2(__m256 a, __m256 b) {
-  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
-}
-
-// unpack_q6_half for rows b0 (low) and b1 (high).
-inline void unpack_q6_half2(const BlockQ6_K& b0, const BlockQ6_K& b1, int half, __m512i o[4]) {
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-  const __m512i ql0 = join2(b0.ql + 64 * half, b1.ql + 64 * half);
-  const __m512i ql1 = join2(b0.ql + 64 * half + 32, b1.ql + 64 * half + 32);
-  const __m512i qh = join2(b0.qh + 32 * half, b1.qh + 32 * half);
-  o[0] = _mm512_or_si512(_mm512_and_si512(ql0, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30));
-  o[1] = _mm512_or_si512(_mm512_and_si512(ql1, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30));
-  o[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), m4), _mm512_and_si512(qh, m30));
-  o[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), m4),
-                         _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30));
+// Group g of sub-block J's quants (0..63) of one tile (R::group: or a pair).
+template <class R, int J>
+inline typename R::I q6_quants(const TileQ6_K& t0, const TileQ6_K& t1, int g) {
+  using I = typename R::I;
+  const I v = R::group(t0.q[J / 2][g], t1.q[J / 2][g]), h = R::group(t0.qh[J / 4][g], t1.qh[J / 4][g]);
+  const I m4 = R::set1_8(0x0F);
+  const I low = J % 2 ? R::and_(R::srl4(v), m4) : R::and_(v, m4);
+  constexpr int hb = 2 * (J % 4);  // the quant's high bits hb, hb + 1 to bits 4, 5
+  I high;
+  if constexpr (hb <= 4) high = R::template sll16<4 - hb>(h); else high = R::template srl16<hb - 4>(h);
+  return R::or_(low, R::and_(high, R::set1_8(0x30)));
 }
 
-// Two rows' scales: sc16 (q6_scales16's all16, joined) and half16[h] (its halves, joined).
-inline __m512i q6_scales16_2(const BlockQ6_K& b0, const BlockQ6_K& b1, __m512i half16[2]) {
-  __m256i h0[2], h1[2];
-  const __m256i a0 = q6_scales16(b0.scales, h0), a1 = q6_scales16(b1.scales, h1);
-  half16[0] = join2(h0[0], h1[0]);
-  half16[1] = join2(h0[1], h1[1]);
-  return join2(a0, a1);
-}
-
-// q6_group_scales on both rows (pshufb works within 128-bit lanes: the AVX2 pattern twice).
-inline __m512i q6_group_scales2(__m512i half16, int p) {
-  const char a = char(4 * p), b = char(4 * p + 2);
-  const __m256i pick = _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
-                                        a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                        b + 1, b, b + 1);
-  return _mm512_shuffle_epi8(half16, join2(pick, pick));
-}
-
-inline __m512i bcast_act(const ActBlock& a) {  // the block's 32 bytes in both halves
-  return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs)));
-}
-
-// q6_group for two rows.
-inline void q6_group2(__m512i q, __m512i sc, const ActBlock& a, int j, __m512 s[4]) {
-  const __m512i s32 = _mm512_madd_epi16(_mm512_maddubs_epi16(q, bcast_act(a)), sc);
-  const __m512 f = _mm512_cvtepi32_ps(s32), da = _mm512_set1_ps(a.d);
-  s[j % 4] = j < 4 ? _mm512_mul_ps(f, da) : _mm512_fmadd_ps(f, da, s[j % 4]);
-}
-
-// q6_finish for two rows (ad32 / asum: the token's, in both halves; d: each row's in its half).
-inline __m512 q6_finish2(const __m512 s[4], __m512i sc16, __m512 d, __m512 ad32, __m512i asum, __m512 acc) {
-  const __m512 off = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(sc16, asum)), ad32);
-  const __m512 sum = _mm512_sub_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])), off);
-  return _mm512_fmadd_ps(sum, d, acc);
-}
-
-inline __m512 q6_d2(const BlockQ6_K& b0, const BlockQ6_K& b1) {
-  return join2(_mm256_set1_ps(_cvtsh_ss(b0.d)), _mm256_set1_ps(_cvtsh_ss(b1.d)));
-}
-
-// The 8 row sums of a tile, as 4 pairs: row 2p in the low half of r[p], 2p + 1 in the high; stored
-// with the AVX2 table's horizontal sum of each half (F32x8::sum), so the same bits.
-struct RowPairSums {
-  __m512 r[ROW_TILE / 2] = {};
-  void store(float* y) const {
-    for (int p = 0; p < ROW_TILE / 2; ++p) {
-      y[2 * p] = hsum(_mm512_castps512_ps256(r[p]));
-      y[2 * p + 1] = hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r[p]), 1)));
-    }
-  }
-};
-
-struct GemmQ6_K2 : simd::WeightType<TileQ6_K, RowPairSums> {
-  static constexpr WType kType = WType::Q6_K;
-  using Tile = TileQ6_K;
-  using Acc = RowPairSums;
-  static constexpr int kFewTokTile = simd::kFewRows;
-  template <int NT>
-  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
-    __m512 ad32[NT];
-    __m512i asum[NT];
+template <class R, int J, int NT>
+inline void vq6_sub_block(const TileQ6_K& t0, const TileQ6_K& t1, const ActBlock* a, size_t a_stride,
+                          typename R::F* sa) {
+  using I = typename R::I;
+  const I sc[2] = {R::join(q6_scale32(t0.scales[2 * J]), q6_scale32(t1.scales[2 * J])),
+                   R::join(q6_scale32(t0.scales[2 * J + 1]), q6_scale32(t1.scales[2 * J + 1]))};
+  I dot[NT], s32[NT];  // [token]: the half's chain, the sub-block's sum
+#pragma GCC unroll 8
+  for (int g = 0; g < 8; ++g) {
+    const I w = q6_quants<R, J>(t0, t1, g);
     for (int i = 0; i < NT; ++i) {
-      __m256 d32;
-      __m256i sums;
-      q6_act_gather(a + i * a_stride, &d32, &sums);
-      ad32[i] = join2(d32, d32);
-      asum[i] = join2(sums, sums);
-    }
-#pragma GCC unroll 1
-    for (int p = 0; p < ROW_TILE / 2; ++p) {
-      const BlockQ6_K &b0 = t.b[2 * p], &b1 = t.b[2 * p + 1];
-      __m512i half16[2];
-      const __m512i sc16 = q6_scales16_2(b0, b1, half16);
-      const __m512 d = q6_d2(b0, b1);
-      if constexpr (NT == 1) {  // each half unpacked just before use (see q6_k_row_packed)
-        __m512 s[4];
-        for (int half = 0; half < 2; ++half) {
-          __m512i q[4];
-          unpack_q6_half2(b0, b1, half, q);
-          for (int g = 0; g < 4; ++g) q6_group2(q[g], q6_group_scales2(half16[half], g), a[4 * half + g], 4 * half + g, s);
-        }
-        acc[0].r[p] = q6_finish2(s, sc16, d, ad32[0], asum[0], acc[0].r[p]);
-      } else {  // each row pair unpacked once for the NT tokens
-        __m512i q[8], sc[8];
-        unpack_q6_half2(b0, b1, 0, q);
-        unpack_q6_half2(b0, b1, 1, q + 4);
-        for (int g = 0; g < 4; ++g) {
-          sc[g] = q6_group_scales2(half16[0], g);
-          sc[4 + g] = q6_group_scales2(half16[1], g);
-        }
-        for (int i = 0; i < NT; ++i) {
-          const ActBlock* ai = a + i * a_stride;
-          __m512 s[4];
-          for (int j = 0; j < 8; ++j) q6_group2(q[j], sc[j], ai[j], j, s);
-          acc[i].r[p] = q6_finish2(s, sc16, d, ad32[i], asum[i], acc[i].r[p]);
-        }
+      const ActBlock& aj = a[i * a_stride + J];
+      if (g % 4 == 0) dot[i] = R::set1_32(-32 * int(aj.sum[g / 4]));
+      dot[i] = R::dpbusd_b(dot[i], w, aj.qs + 4 * g);
+      if (g % 4 == 3) {
+        const I m = R::mullo(dot[i], sc[g / 4]);
+        s32[i] = g == 3 ? m : R::add(s32[i], m);
       }
     }
+  }
+  for (int i = 0; i < NT; ++i) sa[i] = R::fmadd(R::cvt(s32[i]), R::set1(a[i * a_stride + J].d), sa[i]);
+}
+
+// acc[i] += one Q6_K tile block (t0), or a pair (t0, t1), times token i's 8 activation blocks.
+template <class R, int NT, class Acc>
+inline void vq6_block(const TileQ6_K& t0, const TileQ6_K& t1, const ActBlock* a, size_t a_stride, Acc* acc) {
+  typename R::F sa[NT];
+  for (int i = 0; i < NT; ++i) sa[i] = R::set1(0.f);
+  for_const<8>([&](auto j) { vq6_sub_block<R, decltype(j)::value, NT>(t0, t1, a, a_stride, sa); });
+  const typename R::F d = R::scales(t0.d, t1.d);
+  for (int i = 0; i < NT; ++i) acc[i].v = R::fmadd(d, sa[i], acc[i].v);
+}
+
+struct VnniQ6_K : simd::WeightType<TileQ6_K, TileAcc> {
+  static constexpr WType kType = WType::Q6_K;
+  static constexpr int kTokTile = 8;
+  using Pair = PairAcc;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    vq6_block<Rows8, NT>(t, t, a, a_stride, acc);
+  }
+  template <int NT>
+  static void pair_block(const Tile& t0, const Tile& t1, const ActBlock* a, size_t a_stride, Pair* acc) {
+    vq6_block<Rows16, NT>(t0, t1, a, a_stride, acc);
   }
 };
 
@@ -504,7 +439,7 @@ void quantize_act512(const float* x, ActBlock* out, int n) {
   }
 }
 
-constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, GemmQ6_K2, GemmFloat, Attention512, GemmQ5_0,
+constexpr Kernels kAvx512 = simd::table<VnniQ4_0, VnniQ4_1, VnniQ8_0, VnniQ6_K, GemmFloat, Attention512, GemmQ5_0,
                                             GemmQ5_1, VnniQ4_K, VnniQ5_K, GemmIQ4_NL, GemmIQ4_XS, GemmQ2_K, GemmQ3_K>(
     "avx512", quantize_act512, f16_to_f32, f32_to_f16);
 

@@ -82,30 +82,24 @@ float row_dot_q8_0(const TileQ8_0* tiles, int r, int nb, const ActBlock* x) {
   return acc;
 }
 
-// Q6_K: each 32-wide activation block covers two 16-wide sub-blocks with their own scales.
+// Q6_K: activation block j (32 weights) meets the two 16-weight scales of sub-block j; the -32 offset
+// is -32 * the activation's half sums; the integer sum of both halves is scaled by a_j.d.
 float row_dot_q6_k(const TileQ6_K* tiles, int r, int nsb, const ActBlock* x) {
   float acc = 0.f;
   for (int sb = 0; sb < nsb; ++sb) {
-    const BlockQ6_K& b = tiles[sb].b[r];
-    float block_acc = 0.f;  // sum over the super-block's activation blocks of a.d * (scaled int dots)
-    for (int half = 0; half < 2; ++half) {
-      const uint8_t* ql = b.ql + 64 * half;
-      const uint8_t* qh = b.qh + 32 * half;
-      for (int part = 0; part < 4; ++part) {  // activation block 4*half + part: 32 weights
-        const ActBlock& a = x[sb * 8 + half * 4 + part];
-        int dots[2] = {0, 0};
-        for (int l = 0; l < 32; ++l) {
-          const uint8_t lo = part & 1 ? ql[l + 32] : ql[l];
-          const int low = part < 2 ? (lo & 0xF) : (lo >> 4);
-          const int high = (qh[l] >> (2 * part)) & 3;
-          dots[l / 16] += (low | (high << 4)) * a.qs[l];
-        }
-        const int8_t* sc = b.scales + 8 * half + 2 * part;
-        const int sub = sc[0] * (dots[0] - 32 * a.sum[0]) + sc[1] * (dots[1] - 32 * a.sum[1]);
-        block_acc += a.d * float(sub);
+    const TileQ6_K& t = tiles[sb];
+    float sa = 0.f;  // sum over the super-block's activation blocks of a.d * (scaled int dots)
+    for (int j = 0; j < 8; ++j) {
+      const ActBlock& a = x[sb * 8 + j];
+      int sub = 0;
+      for (int h = 0; h < 2; ++h) {
+        int dot = -32 * a.sum[h];
+        for (int l = 16 * h; l < 16 * h + 16; ++l) dot += q6_tile_quant(t, r, 32 * j + l) * a.qs[l];
+        sub += t.scales[2 * j + h][r] * dot;
       }
+      sa += a.d * float(sub);
     }
-    acc += fp16_to_fp32(b.d) * block_acc;
+    acc += fp16_to_fp32(t.d[r]) * sa;
   }
   return acc;
 }

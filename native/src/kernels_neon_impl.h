@@ -216,29 +216,65 @@ struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
   }
 };
 
-// ---- Q6_K: rows of a tile are whole 256-weight super-blocks (not interleaved) ----
+// ---- Q6_K: interleaved tiles of 8 rows (kernels.h) ----
 //
-// Per row, super-block and token: for activation block j (32 weights), two 16-byte dots against the
-// unsigned 6-bit quants, times their two 16-weight scales, converted and scaled by a_j.d into a
-// float32x4 whose lanes are summed once at the end. The -32 offset is computed once per
-// (row, super-block, token) from the 16 activation half sums, gathered once per tile and token.
+// kernels_avx2_impl.h's arithmetic: per sub-block j an exact integer S_j = sc_2j * (dot of the first
+// 16 weights) + sc_2j+1 * (the second 16), then sa = fma(S_j, a_j.d, sa) in order of j and acc += d *
+// sa. Here the quants are made signed (q - 32: the offset inside the dot, |w| <= 32, so RowDot's int16
+// lanes hold 4 adds) and each half's dot is one RowDot per 4 rows.
 
-// q[j][h]: the 16 quants (0..63) of weights 16h..16h+15 of activation block j (j = 4*half + part).
-inline void unpack_q6(const BlockQ6_K& b, int8x16_t q[8][2]) {
-  const uint8x16_t m4 = vdupq_n_u8(0x0F), m30 = vdupq_n_u8(0x30);
-  for (int half = 0; half < 2; ++half)
-    for (int h = 0; h < 2; ++h) {
-      const uint8x16_t ql0 = vld1q_u8(b.ql + 64 * half + 16 * h), ql1 = vld1q_u8(b.ql + 64 * half + 32 + 16 * h);
-      const uint8x16_t qh = vld1q_u8(b.qh + 32 * half + 16 * h);
-      int8x16_t* o = &q[4 * half][0];  // o[2 * part + h]; bits 2p..2p+1 of qh are bits 4..5 of part p
-      o[0 + h] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(ql0, m4), vandq_u8(vshlq_n_u8(qh, 4), m30)));
-      o[2 + h] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(ql1, m4), vandq_u8(vshlq_n_u8(qh, 2), m30)));
-      o[4 + h] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(ql0, 4), vandq_u8(qh, m30)));
-      o[6 + h] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(ql1, 4), vandq_u8(vshrq_n_u8(qh, 2), m30)));
-    }
+// Group g of sub-block J's signed quants (q - 32) for rows 4h..4h+3.
+template <int J>
+inline int8x16_t q6_group_quants(const TileQ6_K& t, int g, int h) {
+  const uint8x16_t v = vld1q_u8(t.q[J / 2][g][4 * h]), hb = vld1q_u8(t.qh[J / 4][g][4 * h]);
+  const uint8x16_t low = J % 2 ? vshrq_n_u8(v, 4) : vandq_u8(v, vdupq_n_u8(0x0F));
+  const uint8x16_t high = vandq_u8(vshlq_u8(hb, vdupq_n_s8(int8_t(4 - 2 * (J % 4)))), vdupq_n_u8(0x30));
+  return vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(32));
 }
 
-// What every Q6_K row needs of one token's 8 activation blocks of a super-block.
+// Rows 0-3 | 4-7's scales of the 16 weights s (s[r]: row r's) as int32 lanes.
+inline void q6_scales32(const int8_t* s, int32x4_t out[2]) {
+  const int16x8_t w = vmovl_s8(vld1_s8(s));
+  out[0] = vmovl_s16(vget_low_s16(w));
+  out[1] = vmovl_high_s16(w);
+}
+
+template <int J, int NT>
+inline void q6_sub_block(const TileQ6_K& t, const ActBlock* a, size_t a_stride, float32x4_t (*sa)[2]) {
+  int32x4_t sc[2][2];  // [half of the sub-block][rows 0-3 | 4-7]
+  q6_scales32(t.scales[2 * J], sc[0]);
+  q6_scales32(t.scales[2 * J + 1], sc[1]);
+  RowDot s[NT][2][2];  // [token][rows 0-3 | 4-7][half]: 4 adds each
+  for (int g = 0; g < 8; ++g)
+    for (int h = 0; h < 2; ++h) {
+      const int8x16_t w = q6_group_quants<J>(t, g, h);
+      for (int i = 0; i < NT; ++i) s[i][h][g / 4].add(w, dup4(a[i * a_stride + J].qs + 4 * g));
+    }
+  for (int i = 0; i < NT; ++i) {
+    const float d = a[i * a_stride + J].d;
+    for (int h = 0; h < 2; ++h) {
+      const int32x4_t v = vmlaq_s32(vmulq_s32(s[i][h][0].get(), sc[0][h]), s[i][h][1].get(), sc[1][h]);
+      sa[i][h] = vfmaq_n_f32(sa[i][h], vcvtq_f32_s32(v), d);
+    }
+  }
+}
+
+struct GemmQ6_K : simd::WeightType<TileQ6_K, TileAcc> {
+  static constexpr WType kType = WType::Q6_K;
+  template <int NT>
+  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
+    float32x4_t sa[NT][2];
+    for (int i = 0; i < NT; ++i) sa[i][0] = sa[i][1] = vdupq_n_f32(0.f);
+    for_const<8>([&](auto j) { q6_sub_block<decltype(j)::value, NT>(t, a, a_stride, sa); });
+    const float32x4_t d0 = fp16x4(t.d), d1 = fp16x4(t.d + 4);
+    for (int i = 0; i < NT; ++i) {
+      acc[i].r03 = vfmaq_f32(acc[i].r03, d0, sa[i][0]);
+      acc[i].r47 = vfmaq_f32(acc[i].r47, d1, sa[i][1]);
+    }
+  }
+};
+
+// What every Q2_K / Q3_K row needs of one token's 8 activation blocks of a super-block.
 struct Q6Act {
   float32x4_t d32[2];  // 32 * a_j.d, j = 0..3 | 4..7
   int16x8_t sums[2];   // a_j.sum[0], a_j.sum[1] for j = 0..3 | 4..7
@@ -256,64 +292,9 @@ struct Q6Act {
   }
 };
 
-// sum_j a_j.d * sum_k (q_jk - 32) * sc(j, k) * a_jk over one row's super-block, as 4 float lanes.
-inline float32x4_t q6_superblock(const int8x16_t q[8][2], const int8_t* sc, const int16x8_t sc16[2],
-                                 const ActBlock* a, const Q6Act& act) {
-  float32x4_t s = vdupq_n_f32(0.f);
-  for (int j = 0; j < 8; ++j) {
-    int32x4_t h0, h1;
-#if SYSINFER_NEON_DOTPROD
-    h0 = vdotq_s32(vdupq_n_s32(0), q[j][0], vld1q_s8(a[j].qs));
-    h1 = vdotq_s32(vdupq_n_s32(0), q[j][1], vld1q_s8(a[j].qs + 16));
-#else
-    const int8x16_t a0 = vld1q_s8(a[j].qs), a1 = vld1q_s8(a[j].qs + 16);  // 2 products: <= 16002
-    h0 = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(q[j][0]), vget_low_s8(a0)), q[j][0], a0));
-    h1 = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(q[j][1]), vget_low_s8(a1)), q[j][1], a1));
-#endif
-    const int32x4_t p = vmlaq_n_s32(vmulq_n_s32(h0, sc[2 * j]), h1, sc[2 * j + 1]);
-    s = vfmaq_n_f32(s, vcvtq_f32_s32(p), a[j].d);
-  }
-  for (int k = 0; k < 2; ++k) {  // lanes j: sc[2j] * sum_j0 + sc[2j+1] * sum_j1, times 32 * a_j.d
-    const int32x4_t c = vpaddq_s32(vmull_s16(vget_low_s16(sc16[k]), vget_low_s16(act.sums[k])),
-                                   vmull_high_s16(sc16[k], act.sums[k]));
-    s = vfmsq_f32(s, vcvtq_f32_s32(c), act.d32[k]);
-  }
-  return s;
-}
-
-// One row's Q6_K super-block, unpacked: quants, scales (int8 and widened), d.
-struct Q6Unpacked {
-  int8x16_t q[8][2];
-  const int8_t* scales;
-  int16x8_t sc16[2];
-  float d;
-  explicit Q6Unpacked(const BlockQ6_K& b) : scales(b.scales), d(fp16_scalar(b.d)) {
-    unpack_q6(b, q);
-    const int8x16_t sc = vld1q_s8(b.scales);
-    sc16[0] = vmovl_s8(vget_low_s8(sc));
-    sc16[1] = vmovl_high_s8(sc);
-  }
-  // acc + d * (this super-block times one token's 8 activation blocks a), as 4 float lanes.
-  float32x4_t fma(const ActBlock* a, const Q6Act& act, float32x4_t acc) const {
-    return vfmaq_n_f32(acc, q6_superblock(q, scales, sc16, a, act), d);
-  }
-};
-
 struct F32x4 {  // for simd::RowSums
   using V = float32x4_t;
   static float sum(float32x4_t v) { return vaddvq_f32(v); }
-};
-
-struct GemmQ6_K : simd::WeightType<TileQ6_K, simd::RowSums<F32x4>> {
-  template <int NT>
-  static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
-    Q6Act act[NT];
-    for (int i = 0; i < NT; ++i) act[i].load(a + i * a_stride);
-    for (int r = 0; r < ROW_TILE; ++r) {
-      const Q6Unpacked w(t.b[r]);  // each row unpacked once for the NT tokens
-      for (int i = 0; i < NT; ++i) acc[i].r[r] = w.fma(a + i * a_stride, act[i], acc[i].r[r]);
-    }
-  }
 };
 
 // ---- float vectors and matrices ----

@@ -149,6 +149,15 @@ float softmax(float* p, int n, float* max) {
 #endif
 #undef SYSINFER_AS_WRITTEN
 
+// f(std::integral_constant<int, c>{}) for c = 0 .. N-1, each c a compile-time constant.
+template <int N, int C = 0, class F>
+inline void for_const(const F& f) {
+  if constexpr (C < N) {
+    f(std::integral_constant<int, C>{});
+    for_const<N, C + 1>(f);
+  }
+}
+
 namespace simd {
 
 constexpr int kTokTile = 4;      // tokens per pass over a weight tile: prefill reuses each unpacked block

@@ -127,8 +127,37 @@ void from_column(const uint8_t* col, int n, int r, uint8_t* dst) {
   for (int i = 0; i < n; ++i) dst[i] = col[i * ROW_TILE + r];
 }
 
+// Row r's Q6_K block into its tile (to_tile; the tile's quant bytes start at 0) or back (the block is
+// rewritten whole). GGUF's element e = 128n + 32s + l: low 4 bits in ql[64n + 32(s % 2) + l] (nibble
+// s / 2), high 2 in qh[32n + l] (bits 2s); the tile's order is kernels.h's.
+void q6_move(BlockQ6_K& b, TileQ6_K& t, int r, bool to_tile) {
+  if (to_tile) {
+    t.d[r] = b.d;
+    for (int i = 0; i < 16; ++i) t.scales[i][r] = b.scales[i];
+  } else {
+    b.d = t.d[r];
+    for (int i = 0; i < 16; ++i) b.scales[i] = t.scales[i][r];
+    std::memset(b.ql, 0, sizeof b.ql);
+    std::memset(b.qh, 0, sizeof b.qh);
+  }
+  for (int e = 0; e < QK_K; ++e) {
+    const int n = e / 128, s = (e % 128) / 32, l = e % 32, j = e / 32, g = l / 4, k = l % 4;
+    uint8_t& ql = b.ql[64 * n + 32 * (s % 2) + l];
+    uint8_t& qh = b.qh[32 * n + l];
+    if (to_tile) {
+      const int low = (ql >> (4 * (s / 2))) & 0xF, high = (qh >> (2 * s)) & 3;
+      t.q[j / 2][g][r][k] |= uint8_t(low << (4 * (j % 2)));
+      t.qh[j / 4][g][r][k] |= uint8_t(high << (2 * (j % 4)));
+    } else {
+      const int q = q6_tile_quant(t, r, e);
+      ql |= uint8_t((q & 0xF) << (4 * (s / 2)));
+      qh |= uint8_t((q >> 4) << (2 * s));
+    }
+  }
+}
+
 // One GGUF block of row r (0..7) copied into its tile (to_tile) or back (!to_tile). The interleaved
-// layouts are kernels.h's; rows of whole blocks (Q6_K, Q2_K, Q3_K) are copied as they are.
+// layouts are kernels.h's; rows of whole blocks (Q2_K, Q3_K) are copied as they are.
 void move_block(WType t, uint8_t* block, int r, uint8_t* tile, bool to_tile) {
   auto field = [&](void* in_tile, void* in_block, size_t n) {
     if (to_tile) std::memcpy(in_tile, in_block, n);
@@ -228,7 +257,7 @@ void move_block(WType t, uint8_t* block, int r, uint8_t* tile, bool to_tile) {
       field(&reinterpret_cast<TileQ3_K*>(tile)->b[r], block, sizeof(BlockQ3_K));
       break;
     case WType::Q6_K:
-      field(&reinterpret_cast<TileQ6_K*>(tile)->b[r], block, sizeof(BlockQ6_K));
+      q6_move(*reinterpret_cast<BlockQ6_K*>(block), *reinterpret_cast<TileQ6_K*>(tile), r, to_tile);
       break;
     case WType::F32: case WType::F16: case WType::BF16:
       break;
