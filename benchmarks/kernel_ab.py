@@ -2,13 +2,16 @@
 
     python benchmarks/kernel_ab.py --variant before=/tmp/site-main --variant after=/tmp/site-branch \\
         [--variant avx2=/tmp/site-branch:avx2] [--rounds 5] [--threads 2] [--only smollm2,llama3-8b]
+        [--only /work/cache/big/llama3-8b.Q4_K_M.gguf]
 
 A variant is NAME=SITE[:TABLE]: the sysinfer installed in SITE (a `pip install --target` folder), with
 SYSINFER_KERNELS=TABLE when given. Each round runs every variant once, in turn (the order rotates
 each round), each in a fresh process that loads the model, warms up and times:
   - SmolLM2-135M Q4_0: prefill of 512 tokens, decode of 64 tokens at context 0;
   - Llama-3-8B shape Q4_0 (random weights, generated once into the test cache): prefill of 128
-    tokens, decode of 16 tokens at context 0,
+    tokens, decode of 16 tokens at context 0;
+  - any other GGUF file named by its path in --only (e.g. a `sysinfer synth` file of another type mix):
+    as the Llama-3-8B shape,
 through the engine as `sysinfer bench` times them (prefill = prompt / time to first token). The
 table gives medians per variant, the ratio to the first variant, and decode against the read
 roofline: `_native.read_bandwidth_gbs(1024, threads)` (measured each round, between variants) over
@@ -40,8 +43,8 @@ def child(model_key: str, threads: int) -> None:
     from sysinfer.model.native_model import load_model  # noqa: PLC0415
     from sysinfer.model.tokenizer import Tokenizer  # noqa: PLC0415
 
-    path = smollm2_q4_0() if model_key == "smollm2" else llama3_8b_file()
-    n_pre, n_dec = CASES[model_key]
+    path = smollm2_q4_0() if model_key == "smollm2" else llama3_8b_file() if model_key == "llama3-8b" else model_key
+    n_pre, n_dec = CASES.get(model_key, CASES["llama3-8b"])
     model = load_model(path, threads=threads, n_ctx=n_pre + n_dec + 32, max_step_tokens=512, max_out_rows=1)
     engine = bench_engine(model, Tokenizer.from_metadata(model.metadata))
     time_request(engine, 16, 4)  # warm-up
@@ -89,6 +92,8 @@ def main() -> int:
         variants.append((name, site, table or None))
     results: dict = {}
     for key in args.only.split(","):
+        if key not in CASES and not Path(key).is_file():
+            raise SystemExit(f"--only {key}: neither a case ({', '.join(CASES)}) nor a GGUF file")
         res = results[key] = {name: [] for name, _, _ in variants}
         bw = []
         for r in range(args.rounds):
