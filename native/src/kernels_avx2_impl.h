@@ -1,6 +1,6 @@
 // AVX2 + FMA + F16C arithmetic (for files compiled with at least -mavx2 -mfma -mf16c), included by
 // kernels_avx2.cpp, whose table is all of it, and by kernels_avx512.cpp, which takes what it does not
-// redo at 512 bits (float rows, fp16 conversion; Q6_K's helpers too). Twin of
+// redo at 512 bits (float rows, fp16 conversion; Q6_K's scale loads too). Twin of
 // kernels_generic.cpp; the loops over tiles, tokens and blocks are kernels_simd.h's, this file is the
 // arithmetic. Everything is in an unnamed namespace: each including file has its own copy, built with
 // its own flags.

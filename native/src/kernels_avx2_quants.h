@@ -332,11 +332,11 @@ struct GemmIQ4_XS : simd::WeightType<TileIQ4_XS, TileAcc> {
   }
 };
 
-// ---- Q2_K / Q3_K: rows are whole super-blocks (not interleaved), as Q6_K ----
+// ---- Q2_K / Q3_K: rows are whole super-blocks (not interleaved) ----
 //
 // Group j = 4n + s of a row's block (32 weights, activation block j) holds (qs[32n + l] >> 2s) & 3,
 // with Q3_K's hmask bit j of byte l as bit 2: unsigned u, 0..3 or 0..7 (Q3_K's q = u - 4). Then
-// Q6_K's arithmetic unchanged (q6_group: maddubs, madd by the group's two 16-weight scales, by a_j.d
+// the row-wise super-block arithmetic of kernels_avx2_impl.h (q6_group: maddubs, madd by the group's two 16-weight scales, by a_j.d
 // into four float chains), with once per super-block Q3_K's offset (4 * sc by the activation half
 // sums) or Q2_K's minimums (dmin * mn by the half sums). Lanes summed once at the end (RowSums).
 

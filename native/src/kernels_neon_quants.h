@@ -268,10 +268,10 @@ struct GemmIQ4_XS : simd::WeightType<TileIQ4_XS, TileAcc> {
   }
 };
 
-// ---- Q2_K / Q3_K: rows are whole super-blocks (not interleaved), as Q6_K ----
+// ---- Q2_K / Q3_K: rows are whole super-blocks (not interleaved) ----
 //
 // Group j = 4n + s (activation block j) holds (qs[32n + l] >> 2s) & 3, with Q3_K's hmask bit j of
-// byte l as bit 2: unsigned u (Q3_K's q = u - 4). Q6_K's arithmetic (q6_superblock's loop) on u, then
+// byte l as bit 2: unsigned u (Q3_K's q = u - 4). per group two dots times their 16-weight scales on u, then
 // once per super-block Q3_K's offset (4 * sc by the activation half sums) or Q2_K's minimums (mn by
 // the half sums, times dmin). Twin of kernels_avx2_quants.h's.
 
@@ -293,8 +293,7 @@ inline void unpack_q23(const uint8_t* qs, const uint8_t* hmask, int8x16_t q[8][2
   }
 }
 
-// sum_j a_j.d * sum_k u_jk * sc(j, k) * a_jk over one row's super-block, as 4 float lanes (as
-// q6_superblock, without its offset).
+// sum_j a_j.d * sum_k u_jk * sc(j, k) * a_jk over one row's super-block, as 4 float lanes.
 inline float32x4_t q23_dots(const int8x16_t q[8][2], const int8_t* sc, const ActBlock* a) {
   float32x4_t s = vdupq_n_f32(0.f);
   for (int j = 0; j < 8; ++j) {

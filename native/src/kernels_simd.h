@@ -202,7 +202,7 @@ struct WeightType {
   using Acc = AccT;
 };
 
-// An Acc for rows that are not interleaved (Q6_K): one float vector per row (F::V), its lanes summed
+// An Acc for rows that are not interleaved (Q2_K, Q3_K): one float vector per row (F::V), its lanes summed
 // (F::sum) at the end. (F, not the vector type itself: a vector type as a template argument loses
 // its attributes.)
 template <class F>
