@@ -205,7 +205,7 @@ nb::ndarray<nb::numpy, float, nb::ndim<2>> gemm_check(const std::string& table, 
   std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
   const bool quantized = !is_float_type(wt);
   if (quantized)
-    for (int t = 0; t < n_tok; ++t) k->quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+    for (int t = 0; t < n_tok; ++t) k->quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols, act_group(wt));
   std::vector<float> y(size_t(n_tok) * prow);
   k->gemm(wt, packed.data(), cols, 0, prow / ROW_TILE, quantized ? static_cast<const void*>(xq.data()) : x.data(),
           n_tok, y.data(), prow);

@@ -86,9 +86,11 @@ class Encoder {
   void layer(int tid, int l, const Call& c);
   void matmul(int tid, int op, const MatrixGroup& g, const std::vector<float>& bias, const float* x, const ActBlock* xq,
               int n_rows, float* y, int ldy, int act);
-  void quantize_rows(int tid, const float* x, int n_rows, int cols, ActBlock* xq);
+  // Rows quantized for the matrices of `next` (kernels.h's act_group of them to a scale).
+  void quantize_rows(int tid, const float* x, int n_rows, int cols, ActBlock* xq, const MatrixGroup& next);
+  // next: the matrices that read the result, quantized for them where they take quantized blocks; or null.
   void residual_norm(int tid, const float* y, int ldy, const std::vector<float>& w, const std::vector<float>& b,
-                     int n_rows, bool quantize);
+                     int n_rows, const MatrixGroup* next);
   void attention(int tid, const Call& c, const EncoderLayer& L);
   void pool(int tid, const Call& c);
   void rank_head(int tid, const Call& c);

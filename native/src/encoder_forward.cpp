@@ -98,6 +98,7 @@ void Encoder::embed_rows(int tid, const Call& c) {
   float* tmp = scratch_.data() + size_t(tid) * scratch_per_thread_;  // [D]
   int s = int(std::upper_bound(c.seq_starts, c.seq_starts + c.n_seq + 1, t0) - c.seq_starts) - 1;
   const bool quantize = layers_[0].qkv.any_quantized();
+  const int group = layers_[0].qkv.act_group();
   for (int t = t0; t < t1; ++t) {
     while (t >= c.seq_starts[s + 1]) ++s;
     float* x = x_.data() + size_t(t) * D;
@@ -109,7 +110,7 @@ void Encoder::embed_rows(int tid, const Call& c) {
       for (int i = 0; i < D; ++i) x[i] += tmp[i];
     }
     layer_norm(x, D, embd_norm_.data(), embd_norm_b_.data(), cfg_.norm_eps);
-    if (quantize) kernels_->quantize_act(x, xq_.data() + size_t(t) * (D / QK), D);
+    if (quantize) kernels_->quantize_act(x, xq_.data() + size_t(t) * (D / QK), D, group);
   }
 }
 
@@ -122,23 +123,23 @@ void Encoder::layer(int tid, int l, const Call& c) {
   attention(tid, c, L);
   pool_->barrier(tid);
   if (L.wo.any_quantized()) {
-    quantize_rows(tid, attn_.data(), T, nq, xq_.data());
+    quantize_rows(tid, attn_.data(), T, nq, xq_.data(), L.wo);
     pool_->barrier(tid);
   }
   matmul(tid, 5 * l + 2, L.wo, L.wo_bias, attn_.data(), xq_.data(), T, proj_.data(), L.wo.width, kNone);
   pool_->barrier(tid);
-  residual_norm(tid, proj_.data(), L.wo.width, L.attn_norm, L.attn_norm_b, T, L.up.any_quantized());
+  residual_norm(tid, proj_.data(), L.wo.width, L.attn_norm, L.attn_norm_b, T, &L.up);
   pool_->barrier(tid);
   matmul(tid, 5 * l + 3, L.up, L.up_bias, x_.data(), xq_.data(), T, ff_.data(), L.up.width, kGelu);
   pool_->barrier(tid);
   if (L.down.any_quantized()) {
-    quantize_rows(tid, ff_.data(), T, F, xq_.data());
+    quantize_rows(tid, ff_.data(), T, F, xq_.data(), L.down);
     pool_->barrier(tid);
   }
   matmul(tid, 5 * l + 4, L.down, L.down_bias, ff_.data(), xq_.data(), T, proj_.data(), L.down.width, kNone);
   pool_->barrier(tid);
   residual_norm(tid, proj_.data(), L.down.width, L.out_norm, L.out_norm_b, T,
-                !last && layers_[size_t(l) + 1].qkv.any_quantized());
+                last ? nullptr : &layers_[size_t(l) + 1].qkv);
   pool_->barrier(tid);
 }
 
@@ -178,15 +179,16 @@ void Encoder::matmul(int tid, int op, const MatrixGroup& g, const std::vector<fl
   }
 }
 
-void Encoder::quantize_rows(int tid, const float* x, int n_rows, int cols, ActBlock* xq) {
+void Encoder::quantize_rows(int tid, const float* x, int n_rows, int cols, ActBlock* xq, const MatrixGroup& next) {
   int r0, r1;
   split_range(n_rows, tid, pool_->size(), &r0, &r1);
-  for (int r = r0; r < r1; ++r) kernels_->quantize_act(x + size_t(r) * cols, xq + size_t(r) * (cols / QK), cols);
+  const int group = next.act_group();
+  for (int r = r0; r < r1; ++r) kernels_->quantize_act(x + size_t(r) * cols, xq + size_t(r) * (cols / QK), cols, group);
 }
 
 // x[t] = LayerNorm(x[t] + y[t]) (post-norm residual), quantized for the next matmul when asked.
 void Encoder::residual_norm(int tid, const float* y, int ldy, const std::vector<float>& w, const std::vector<float>& b,
-                            int n_rows, bool quantize) {
+                            int n_rows, const MatrixGroup* next) {
   const int D = cfg_.n_embd;
   int r0, r1;
   split_range(n_rows, tid, pool_->size(), &r0, &r1);
@@ -195,7 +197,7 @@ void Encoder::residual_norm(int tid, const float* y, int ldy, const std::vector<
     const float* yr = y + size_t(r) * ldy;
     for (int i = 0; i < D; ++i) x[i] += yr[i];
     layer_norm(x, D, w.data(), b.data(), cfg_.norm_eps);
-    if (quantize) kernels_->quantize_act(x, xq_.data() + size_t(r) * (D / QK), D);
+    if (next && next->any_quantized()) kernels_->quantize_act(x, xq_.data() + size_t(r) * (D / QK), D, next->act_group());
   }
 }
 
@@ -282,11 +284,12 @@ void Encoder::rank_head(int tid, const Call& c) {
   const bool dense = !cls_.parts.empty();
   int s0, s1;
   split_range(S, tid, pool_->size(), &s0, &s1);
-  const bool q1 = dense ? cls_.any_quantized() : cls_out_.any_quantized();
+  const MatrixGroup& first = dense ? cls_ : cls_out_;
+  const bool q1 = first.any_quantized();
   for (int s = s0; s < s1; ++s) {
     const float* x = x_.data() + size_t(c.seq_starts[s]) * D;
     std::copy(x, x + D, head_.data() + size_t(s) * D);
-    if (q1) kernels_->quantize_act(x, xq_.data() + size_t(s) * (D / QK), D);
+    if (q1) kernels_->quantize_act(x, xq_.data() + size_t(s) * (D / QK), D, first.act_group());
   }
   pool_->barrier(tid);
   const float* in = head_.data();
@@ -294,7 +297,7 @@ void Encoder::rank_head(int tid, const Call& c) {
     matmul(tid, op, cls_, cls_b_, head_.data(), xq_.data(), S, proj_.data(), cls_.width, kTanh);
     pool_->barrier(tid);
     if (cls_out_.any_quantized()) {
-      quantize_rows(tid, proj_.data(), S, D, xq_.data());
+      quantize_rows(tid, proj_.data(), S, D, xq_.data(), cls_out_);
       pool_->barrier(tid);
     }
     in = proj_.data();

@@ -119,12 +119,22 @@ struct ActBlock {
 };                  // 40 bytes
 static_assert(sizeof(ActBlock) == 40, "ActBlock layout");
 
+// Activation blocks that share one scale in the input of a matrix of type t (Kernels::quantize_act's
+// group): 8 for Q4_K, Q5_K and Q6_K, whose SIMD kernels then sum a super-block's 8 sub-blocks in exact
+// integers and take one float step per super-block and token (llama.cpp's Q8_K activations: a scale per
+// 256 values), where a scale per 32 needs a float step per sub-block; 1 for the others. Every table's
+// gemm of those three types requires it (x's blocks 8k .. 8k + 7 have one d); the generic and NEON
+// tables' per-block arithmetic is right either way. A matrix group's input takes the largest of its
+// parts' (a file may mix Q5_0 and Q4_K in one fused Q/K/V).
+inline int act_group(WType t) { return t == WType::Q4_K || t == WType::Q5_K || t == WType::Q6_K ? QK_K / QK : 1; }
+
 struct Kernels {
   const char* name;  // "generic", "avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm"
 
-  // x[n] -> out[n / 32]; n % 32 == 0. d = max|x| / 127 and, in float32, s = x * (1 / d),
+  // x[n] -> out[n / 32]; n % (32 * group) == 0. Each run of `group` blocks (1, or act_group's 8) shares
+  // one scale: d = max|x| / 127 over the run's values and, in float32, s = x * (1 / d),
   // qs = trunc(s + copysign(0.5, s)) (round half away from zero; d = 0 gives qs = 0).
-  void (*quantize_act)(const float* x, ActBlock* out, int n);
+  void (*quantize_act)(const float* x, ActBlock* out, int n, int group);
 
   // y[t * ldy + r] = sum_k W[r][k] * x_t[k] for every row r of tiles [tile0, tile1) and every token
   // t < n_tok. For quantized W, x is n_tok rows of cols / 32 ActBlocks (row t starts at

@@ -53,34 +53,36 @@ inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes to every 32-bit 
 // ---- activations ----
 
 // (The AVX-512 table, which includes this file, has its own: hence maybe_unused.)
-[[maybe_unused]] void quantize_act(const float* x, ActBlock* out, int n) {
+inline float amax8(__m256 v) {  // max of the 8 lanes
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+// (The AVX-512 table, which includes this file, has its own: hence maybe_unused.)
+[[maybe_unused]] void quantize_act(const float* x, ActBlock* out, int n, int group) {
   const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f);
-  for (int b = 0; b < n / QK; ++b) {
-    __m256 v[4];
+  for (int b0 = 0; b0 < n / QK; b0 += group) {
     __m256 amax = _mm256_setzero_ps();
-    for (int i = 0; i < 4; ++i) {
-      v[i] = _mm256_loadu_ps(x + b * QK + 8 * i);
-      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
-    }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    const float d = _mm_cvtss_f32(m) / 127.f;
+    for (int i = 0; i < 4 * group; ++i) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + b0 * QK + 8 * i)));
+    const float d = amax8(amax) / 127.f;
     const __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
-    __m256i q[4];
-    for (int i = 0; i < 4; ++i) {  // trunc(x / d + copysign(0.5, x)): round half away from zero
-      const __m256 s = _mm256_mul_ps(v[i], inv);
-      q[i] = _mm256_cvttps_epi32(_mm256_add_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign), half)));
+    for (int b = b0; b < b0 + group; ++b) {
+      __m256i q[4];
+      for (int i = 0; i < 4; ++i) {  // trunc(x / d + copysign(0.5, x)): round half away from zero
+        const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(x + b * QK + 8 * i), inv);
+        q[i] = _mm256_cvttps_epi32(_mm256_add_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign), half)));
+      }
+      ActBlock& o = out[b];
+      o.d = d;
+      o.sum[0] = int16_t(hsum_i32(_mm256_add_epi32(q[0], q[1])));
+      o.sum[1] = int16_t(hsum_i32(_mm256_add_epi32(q[2], q[3])));
+      // int32 x 32 -> int8 x 32; packs interleave 128-bit lanes, the permute restores the order.
+      const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+      const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+      const __m256i ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.qs), ordered);
     }
-    ActBlock& o = out[b];
-    o.d = d;
-    o.sum[0] = int16_t(hsum_i32(_mm256_add_epi32(q[0], q[1])));
-    o.sum[1] = int16_t(hsum_i32(_mm256_add_epi32(q[2], q[3])));
-    // int32 x 32 -> int8 x 32; packs interleave 128-bit lanes, the permute restores the order.
-    const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
-    const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-    const __m256i ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.qs), ordered);
   }
 }
 
@@ -206,8 +208,10 @@ struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 //
 // Sub-block j (32 weights, activation block a_j) of each row gives one exact integer,
 //   S_j = sc_2j * (q . a_j over its first 16 weights - 32 a_j.sum[0]) + sc_2j+1 * (the second 16 ...),
-// and per super-block sa = fma(S_j, a_j.d, sa) for j = 0..7 from 0, then acc = fma(d, sa, acc). Every
-// table computes S_j exactly and takes these float steps, so the AVX-512 table gives AVX2's bits.
+// summed exactly over the super-block, S = S_0 + ... + S_7, then acc = fma(d * da, S, acc), da the
+// scale the 8 activation blocks share (kernels.h's act_group). The AVX-512 table computes S exactly
+// and takes the same float step, so it gives AVX2's bits. (The generic and NEON tables take a float
+// step per sub-block, sa = fma(S_j, a_j.d, sa), then acc = fma(d, sa, acc): equal within rounding.)
 // Here: group g (4 columns of the 8 rows) of sub-block j unpacked to its unsigned 6-bit quants,
 // `maddubs` against 4 activation bytes (pair sums <= 2 * 63 * 127 = 16002: two groups fit int16),
 // each two groups' int16 sums widened by `madd` with the half's scale in both int16 halves of the
@@ -229,9 +233,9 @@ inline __m256i q6_scale32(const int8_t* s) {  // the 8 rows' scales s[r] as int3
   return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)));
 }
 
-// Sub-block J of a Q6_K tile for NT tokens: sa[i] = fma(S_J, a_J.d, sa[i]).
+// Sub-block J of a Q6_K tile for NT tokens: s[i] += S_J (exact).
 template <int J, int NT>
-inline void q6_sub_block(const TileQ6_K& t, const ActBlock* a, size_t a_stride, __m256* sa) {
+inline void q6_sub_block(const TileQ6_K& t, const ActBlock* a, size_t a_stride, __m256i* sum) {
   const __m256i xa = q6_scale32(t.scales[2 * J]), xb = q6_scale32(t.scales[2 * J + 1]);
   // sc in both int16 halves of row r's lane (a `madd` multiplier)
   const __m256i sca = _mm256_blend_epi16(xa, _mm256_slli_epi32(xa, 16), 0xAA);
@@ -256,8 +260,7 @@ inline void q6_sub_block(const TileQ6_K& t, const ActBlock* a, size_t a_stride, 
     const ActBlock& aj = a[i * a_stride + J];
     int32_t pair;
     std::memcpy(&pair, aj.sum, 4);
-    const __m256i s = _mm256_sub_epi32(s32[i], _mm256_madd_epi16(_mm256_set1_epi32(pair), off));
-    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(aj.d), sa[i]);
+    sum[i] = _mm256_add_epi32(sum[i], _mm256_sub_epi32(s32[i], _mm256_madd_epi16(_mm256_set1_epi32(pair), off)));
   }
 }
 
@@ -265,11 +268,12 @@ struct GemmQ6_K : simd::WeightType<TileQ6_K, TileAcc> {
   static constexpr WType kType = WType::Q6_K;
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
-    __m256 sa[NT];
-    for (int i = 0; i < NT; ++i) sa[i] = _mm256_setzero_ps();
-    for_const<8>([&](auto j) { q6_sub_block<decltype(j)::value, NT>(t, a, a_stride, sa); });
-    const __m256 d = load_fp16x8(t.d);
-    for (int i = 0; i < NT; ++i) acc[i].v = _mm256_fmadd_ps(d, sa[i], acc[i].v);
+    __m256i s[NT];  // [token] the super-block's exact sum S of every S_J
+    for (int i = 0; i < NT; ++i) s[i] = _mm256_setzero_si256();
+    for_const<8>([&](auto j) { q6_sub_block<decltype(j)::value, NT>(t, a, a_stride, s); });
+    const __m256 d = load_fp16x8(t.d);  // acc += (d da) S, da the scale the 8 activation blocks share
+    for (int i = 0; i < NT; ++i)
+      acc[i].v = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a[i * a_stride].d)), _mm256_cvtepi32_ps(s[i]), acc[i].v);
   }
 };
 

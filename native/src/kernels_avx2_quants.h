@@ -111,10 +111,13 @@ struct GemmQ5_1 : simd::WeightType<TileQ5_1, TileAcc> {  // x = d * q + m
 // ---- Q4_K / Q5_K: 256-weight super-blocks of 8 sub-blocks, 6-bit scales and minimums ----
 //
 // Per sub-block j (32 weights, activation block j) and row: the int32 dot of the quants with a_j
-// times the row's scale sc_j (one `madd` against sc_j in both int16 halves of the row's lane), to
-// float by a_j.d into sa; the minimums by the activation's sum, m_j * (a_j.d * sum a_j) into sm; per
-// super-block acc += d * sa - dmin * sm. (Activation blocks of 32 with their own scale: the K-quant
-// minimums fold in through the sums the ActBlock carries, so no second activation format (Q8_K).)
+// times the row's scale sc_j (one `madd` against sc_j in both int16 halves of the row's lane) into S,
+// the minimum by the activation's sum, m_j * sum a_j, into M, both exact integers over the
+// super-block; then acc += (d da) S - (dmin da) M, one float step per super-block and token. That
+// needs the 8 activation blocks to share their scale da (kernels.h's act_group: the model quantizes
+// these matrices' inputs so, llama.cpp's Q8_K in our ActBlock layout). With a scale per block, the
+// float steps per sub-block cost as much as the products: 130 -> 155 GOPS here, 224 -> 291 in the
+// AVX-512 table (Q4_K, `test_kernels --bench-gemm 4096 14336 64 Q4_K`, Intel Xeon, one thread).
 //
 // Speed (one thread, `test_kernels --bench-gemm 256 4096 1 Q4_K`, in L2: the arithmetic alone): the
 // 32 bytes of a chunk c are loaded once for both its sub-blocks (2c: low nibbles, 2c + 1: high), the
@@ -164,29 +167,40 @@ struct KScales {
 inline __m256i bytes_to_i32(uint64_t w) { return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(w))); }
 
 
-// The K-quant tail of sub-block J for NT tokens, given token i's int32 dot of the quants with a_J
-// by the row scales, s32(i): sa[i] += a_J.d * s32 and sm[i] += a_J.d * (mn_J * sum a_J), the
-// minimum's product an exact integer (|mn * sum| <= 63 * 4064) from one `madd` of the activation's
-// two half sums (broadcast as one 32-bit word) by mn_J in both int16 halves. Same float operations in
-// the same order for every NT (a token's result does not depend on the tokens beside it).
+// Two consecutive activation blocks' sums (a[0], a[1]: sub-blocks 2C, 2C + 1) as one 32-bit word of
+// two int16s (|sum| <= 32 * 127), for a `madd` against two sub-blocks' minimums.
+inline int32_t k_act_sums(const ActBlock* a) {
+  const uint32_t s0 = uint16_t(a[0].sum[0] + a[0].sum[1]), s1 = uint16_t(a[1].sum[0] + a[1].sum[1]);
+  return int32_t(s0 | s1 << 16);
+}
+
+// The K-quant tail of sub-block J for NT tokens, given token i's int32 dot of the quants with a_J by
+// the row scales, s32(i): s[i] += s32 and m[i] += mn_J * sum a_J, exact integers (|s| < 2^26, the
+// minimum's product from one `madd` of the activation's two half sums, broadcast as one 32-bit word,
+// by mn_J in both int16 halves).
 template <int J, int NT, class Dot>
-inline void k_sub_block(const KScales& ks, const ActBlock* a, size_t a_stride, const Dot& s32, __m256* sa,
-                        __m256* sm) {
+inline void k_sub_block(const KScales& ks, const ActBlock* a, size_t a_stride, const Dot& s32, __m256i* s,
+                        __m256i* m) {
   const __m256i mn = ks.mins16<J>();
   for (int i = 0; i < NT; ++i) {
-    const ActBlock& aj = a[i * a_stride + J];
     int32_t pair;
-    std::memcpy(&pair, aj.sum, 4);
-    const __m256 d = _mm256_set1_ps(aj.d);
-    sa[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32(i)), d, sa[i]);
-    sm[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi32(pair), mn)), d, sm[i]);
+    std::memcpy(&pair, a[i * a_stride + J].sum, 4);
+    s[i] = _mm256_add_epi32(s[i], s32(i));
+    m[i] = _mm256_add_epi32(m[i], _mm256_madd_epi16(_mm256_set1_epi32(pair), mn));
   }
 }
 
+// acc[i] += (d da) S - (dmin da) M: the super-block's one float step per token, da the scale its 8
+// activation blocks share (kernels.h's act_group).
 template <int NT, class Tile>
-inline void k_finish(const Tile& t, const __m256* sa, const __m256* sm, TileAcc* acc) {
+inline void k_finish(const Tile& t, const ActBlock* a, size_t a_stride, const __m256i* s, const __m256i* m,
+                     TileAcc* acc) {
   const __m256 d = load_fp16x8(t.d), dmin = load_fp16x8(t.dmin);
-  for (int i = 0; i < NT; ++i) acc[i].v = _mm256_fnmadd_ps(dmin, sm[i], _mm256_fmadd_ps(d, sa[i], acc[i].v));
+  for (int i = 0; i < NT; ++i) {
+    const __m256 da = _mm256_set1_ps(a[i * a_stride].d);
+    acc[i].v = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(m[i]),
+                                _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(s[i]), acc[i].v));
+  }
 }
 
 // Chunk C of a Q4_K / Q5_K tile block (sub-blocks 2C and 2C + 1) for NT tokens: group g's 32 bytes
@@ -195,7 +209,7 @@ inline void k_finish(const Tile& t, const __m256* sa, const __m256* sm, TileAcc*
 // |each maddubs| <= 2 * 15 * 127 = 3810 (Q4: 8 fit int16) or 2 * 31 * 127 = 7874 (Q5: groups 0-3
 // and 4-7 summed apart, then widened by the scale's madd each).
 template <bool Q5, int C, int NT, class Tile>
-inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t a_stride, __m256* sa, __m256* sm) {
+inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t a_stride, __m256i* sa, __m256i* sm) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   constexpr int H = Q5 ? 2 : 1;  // int16 sums per sub-block and token
   __m256i lo[H][NT], hi[H][NT];
@@ -241,10 +255,10 @@ inline void k_chunk(const Tile& t, const KScales& ks, const ActBlock* a, size_t 
 template <bool Q5, int NT, class Tile>
 inline void k_block(const Tile& t, const ActBlock* a, size_t a_stride, TileAcc* acc) {
   const KScales ks(t.scales);
-  __m256 sa[NT], sm[NT];
-  for (int i = 0; i < NT; ++i) sa[i] = sm[i] = _mm256_setzero_ps();
-  for_const<4>([&](auto c) { k_chunk<Q5, decltype(c)::value, NT>(t, ks, a, a_stride, sa, sm); });
-  k_finish<NT>(t, sa, sm, acc);
+  __m256i s[NT], m[NT];  // [token] the super-block's exact sums: scales x dots, minimums x activation sums
+  for (int i = 0; i < NT; ++i) s[i] = m[i] = _mm256_setzero_si256();
+  for_const<4>([&](auto c) { k_chunk<Q5, decltype(c)::value, NT>(t, ks, a, a_stride, s, m); });
+  k_finish<NT>(t, a, a_stride, s, m, acc);
 }
 
 struct GemmQ4_K : simd::WeightType<TileQ4_K, TileAcc> {

@@ -21,23 +21,25 @@ static_assert(sizeof(TileQ5_0) == 8 * 22 && sizeof(TileQ5_1) == 8 * 24 && sizeof
               sizeof(TileQ2_K) == 8 * 84 && sizeof(TileQ3_K) == 8 * 110 && sizeof(TileQ4_K) == 8 * 144 &&
               sizeof(TileQ5_K) == 8 * 176 && sizeof(TileIQ4_XS) == 8 * 136, "tiles hold 8 rows' blocks, no more");
 
-void quantize_act(const float* x, ActBlock* out, int n) {
-  for (int b = 0; b < n / QK; ++b) {
-    const float* xb = x + b * QK;
+void quantize_act(const float* x, ActBlock* out, int n, int group) {
+  for (int b0 = 0; b0 < n / QK; b0 += group) {
     float amax = 0.f;
-    for (int i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    for (int i = 0; i < QK * group; ++i) amax = std::max(amax, std::fabs(x[b0 * QK + i]));
     const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
-    ActBlock& o = out[b];
-    o.d = d;
-    int sums[2] = {0, 0};
-    for (int i = 0; i < QK; ++i) {
-      const float scaled = xb[i] * inv;
-      const int q = int(std::trunc(scaled + std::copysign(0.5f, scaled)));  // half away from zero
-      o.qs[i] = int8_t(q);
-      sums[i / 16] += q;
+    for (int b = b0; b < b0 + group; ++b) {
+      const float* xb = x + b * QK;
+      ActBlock& o = out[b];
+      o.d = d;
+      int sums[2] = {0, 0};
+      for (int i = 0; i < QK; ++i) {
+        const float scaled = xb[i] * inv;
+        const int q = int(std::trunc(scaled + std::copysign(0.5f, scaled)));  // half away from zero
+        o.qs[i] = int8_t(q);
+        sums[i / 16] += q;
+      }
+      o.sum[0] = int16_t(sums[0]);
+      o.sum[1] = int16_t(sums[1]);
     }
-    o.sum[0] = int16_t(sums[0]);
-    o.sum[1] = int16_t(sums[1]);
   }
 }
 

@@ -60,29 +60,27 @@ inline int8x16_t dup4(const int8_t* p) {  // 4 activation bytes to every 32-bit 
 inline float32x4_t fp16x4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 inline float fp16_scalar(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
 
-void quantize_act(const float* x, ActBlock* out, int n) {
-  for (int b = 0; b < n / QK; ++b) {
-    float32x4_t v[8];
+void quantize_act(const float* x, ActBlock* out, int n, int group) {
+  for (int b0 = 0; b0 < n / QK; b0 += group) {
     float32x4_t amax = vdupq_n_f32(0.f);
-    for (int i = 0; i < 8; ++i) {
-      v[i] = vld1q_f32(x + b * QK + 4 * i);
-      amax = vmaxq_f32(amax, vabsq_f32(v[i]));
-    }
+    for (int i = 0; i < 8 * group; ++i) amax = vmaxq_f32(amax, vabsq_f32(vld1q_f32(x + b0 * QK + 4 * i)));
     const float d = vmaxvq_f32(amax) / 127.f;
     const float32x4_t inv = vdupq_n_f32(d > 0.f ? 1.f / d : 0.f);
-    ActBlock& o = out[b];
-    o.d = d;
-    int32x4_t q[8];
-    for (int i = 0; i < 8; ++i) {  // trunc(s + copysign(0.5, s)), as the generic table
-      const float32x4_t s = vmulq_f32(v[i], inv);
-      const float32x4_t half = vbslq_f32(vcltq_f32(s, vdupq_n_f32(0.f)), vdupq_n_f32(-0.5f), vdupq_n_f32(0.5f));
-      q[i] = vcvtq_s32_f32(vaddq_f32(s, half));
-    }
-    o.sum[0] = int16_t(vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3]))));
-    o.sum[1] = int16_t(vaddvq_s32(vaddq_s32(vaddq_s32(q[4], q[5]), vaddq_s32(q[6], q[7]))));
-    for (int i = 0; i < 8; i += 2) {
-      const int16x8_t h = vcombine_s16(vqmovn_s32(q[i]), vqmovn_s32(q[i + 1]));
-      vst1_s8(o.qs + 4 * i, vqmovn_s16(h));
+    for (int b = b0; b < b0 + group; ++b) {
+      ActBlock& o = out[b];
+      o.d = d;
+      int32x4_t q[8];
+      for (int i = 0; i < 8; ++i) {  // trunc(s + copysign(0.5, s)), as the generic table
+        const float32x4_t s = vmulq_f32(vld1q_f32(x + b * QK + 4 * i), inv);
+        const float32x4_t half = vbslq_f32(vcltq_f32(s, vdupq_n_f32(0.f)), vdupq_n_f32(-0.5f), vdupq_n_f32(0.5f));
+        q[i] = vcvtq_s32_f32(vaddq_f32(s, half));
+      }
+      o.sum[0] = int16_t(vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3]))));
+      o.sum[1] = int16_t(vaddvq_s32(vaddq_s32(vaddq_s32(q[4], q[5]), vaddq_s32(q[6], q[7]))));
+      for (int i = 0; i < 8; i += 2) {
+        const int16x8_t h = vcombine_s16(vqmovn_s32(q[i]), vqmovn_s32(q[i + 1]));
+        vst1_s8(o.qs + 4 * i, vqmovn_s16(h));
+      }
     }
   }
 }

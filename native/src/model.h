@@ -46,6 +46,7 @@ struct MatrixGroup {
   void add(Matrix m);
   bool any_quantized() const;
   bool any_float() const;
+  int act_group() const;  // the largest of its parts' act_group (1 if it has no parts)
 };
 
 // Tensor parallel across NUMA nodes: what each node holds of every layer. KV heads [kv0, kv1) with
@@ -69,6 +70,10 @@ struct Layer {                               // what every node shares
   std::vector<float> q_norm, k_norm;       // [hd] per-head RMS norm weights before RoPE, or empty
   Matrix router;                           // MoE: [n_expert][D] router (ffn_gate_inp), read by every node
   int rows_seen[4] = {0, 0, 0, 0};         // rows given so far of qkv, wo, gate_up, down (loading)
+  // Activation blocks sharing one scale (kernels.h's act_group) in the quantized inputs of qkv, wo, the
+  // FFN (gate_up; MoE: the router and the experts' gate/up) and down (MoE: the experts' down), over
+  // every node's parts: set by finish_loading.
+  int act_group[4] = {1, 1, 1, 1};
 };
 
 struct NodeLayer {                           // one node's slice of a layer
@@ -170,11 +175,11 @@ class Model {
   template <class F>
   void for_tile_chunks(Node& n, int op, int n_tiles, const F& f);
   void matmul(Node& n, int op, const MatrixGroup& g, const float* x, const ActBlock* xq, int n_tok, float* y, int ldy);
-  void reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn, bool quantize, int n_tok);
-  void rms_norm_rows(int tid, const float* x, const float* w, int n_rows, float* out, ActBlock* outq,
-                     bool quantize);
+  void reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn, int group, int n_tok);
+  void rms_norm_rows(int tid, const float* x, const float* w, int n_rows, float* out, ActBlock* outq, int group);
+  void plan_act_groups();
   void rope_and_store_kv(Node& n, int rank, int layer, const StepBatch& b);
-  void swiglu(Node& n, int rank, const NodeLayer& L, int n_tok);
+  void swiglu(Node& n, int rank, const NodeLayer& L, int group, int n_tok);
   void attention(Node& n, int rank, int layer, const StepBatch& b);
   void combine_partials(Node& n, int rank);
   void rope_tables();
@@ -191,8 +196,8 @@ class Model {
                   int x_stride, float* y, int ldy);
   void moe_group_gemm(const MatrixGroup& g, int lo, int hi, const float* x, const ActBlock* xq, int x_stride, int r0,
                       int rows, float* y, int ldy);
-  void moe_swiglu_block(Node& n, const NodeLayer& L, int blk, bool quantize);
-  void moe_experts_whole(Node& n, int op, const NodeLayer& L);
+  void moe_swiglu_unit(Node& n, const NodeLayer& L, int unit, int group);
+  void moe_experts_whole(Node& n, int op, const NodeLayer& L, int group);  // group: act_group of down
   void moe_combine_row(const Node& n, int row) const;
   Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner);
   void load_model_wide(const std::vector<int>& index, const std::vector<const uint8_t*>& data);
@@ -212,6 +217,7 @@ class Model {
 
   Matrix token_embd_, output_;  // output_: the whole output matrix until finish_loading slices it
   bool has_output_ = false;
+  int out_act_group_ = 1;  // act_group of the output matrix's input (plan_act_groups)
   std::vector<bool> loaded_;        // [n_layer + 1]: model-wide tensors at 0, layer l at l + 1
   std::vector<float> output_norm_;  // [D]
   std::vector<float> rope_freqs_;   // [rope_dim / 2] divisors of each frequency (Llama 3.1), or empty

@@ -64,7 +64,7 @@ void Model::matmul(Node& n, int op, const MatrixGroup& g, const float* x, const 
 
 // out[r] = x[r] / rms(x[r]) * w for rows split across all threads; optionally quantized as well.
 void Model::rms_norm_rows(int tid, const float* x, const float* w, int n_rows, float* out, ActBlock* outq,
-                          bool quantize) {
+                          int group) {
   const int D = cfg_.n_embd;
   int r0, r1;
   split_range(n_rows, tid, pool_->size(), &r0, &r1);
@@ -75,14 +75,14 @@ void Model::rms_norm_rows(int tid, const float* x, const float* w, int n_rows, f
     for (int i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
     const float scale = 1.f / std::sqrt(float(ss / D) + cfg_.norm_eps);
     for (int i = 0; i < D; ++i) o[i] = xr[i] * scale * w[i];
-    if (quantize) kernels_->quantize_act(o, outq + size_t(r) * (D / QK), D);
+    kernels_->quantize_act(o, outq + size_t(r) * (D / QK), D, group);
   }
 }
 
 // The reduction across nodes: x[t] += every node's partial sum (of wo if add_attn, of down if
 // add_ffn), node after node in a fixed order; then, with w, the next norm of the row into xn_ / xq_.
 // Rows are split across all threads: each row is read from every node's memory once.
-void Model::reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn, bool quantize, int n_tok) {
+void Model::reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn, int group, int n_tok) {
   const int D = cfg_.n_embd;
   int r0, r1;
   split_range(n_tok, tid, pool_->size(), &r0, &r1);
@@ -100,24 +100,25 @@ void Model::reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn
     for (int i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
     const float scale = 1.f / std::sqrt(float(ss / D) + cfg_.norm_eps);
     for (int i = 0; i < D; ++i) o[i] = xr[i] * scale * w[i];
-    if (quantize) kernels_->quantize_act(o, xq_.data() + size_t(r) * (D / QK), D);
+    kernels_->quantize_act(o, xq_.data() + size_t(r) * (D / QK), D, group);
   }
 }
 
 // SwiGLU of node n's FFN columns, a = silu(gate) * up (the input of its down slice), quantized for
-// it where it takes Q8_0 blocks. The node's threads split the [T][nf / 32] blocks, not the tokens:
-// a decode step's one token would leave every thread but one waiting.
-void Model::swiglu(Node& n, int rank, const NodeLayer& L, int n_tok) {
-  const int F = n.nf, blocks_per_tok = F / QK;
+// it where it takes quantized blocks (`group` of them to a scale). The node's threads split the
+// [T][nf / (32 group)] units of columns, not the tokens: a decode step's one token would leave every
+// thread but one waiting.
+void Model::swiglu(Node& n, int rank, const NodeLayer& L, int group, int n_tok) {
+  const int F = n.nf, width = QK * group, units_per_tok = F / width;
   const bool quantize = L.down.any_quantized();
-  int b0, b1;
-  split_range(n_tok * blocks_per_tok, rank, n.n_threads, &b0, &b1);
-  for (int blk = b0; blk < b1; ++blk) {  // block blk: token t, columns [i0, i0 + QK); xq[blk] in [T][nf / QK]
-    const int t = blk / blocks_per_tok, i0 = (blk % blocks_per_tok) * QK;
+  int u0, u1;
+  split_range(n_tok * units_per_tok, rank, n.n_threads, &u0, &u1);
+  for (int u = u0; u < u1; ++u) {  // unit u: token t, columns [i0, i0 + width); its blocks at xq[i0 / QK] of [T][nf / QK]
+    const int t = u / units_per_tok, i0 = (u % units_per_tok) * width;
     const float* g = n.gate_up.get() + size_t(t) * L.gate_up.width;  // [gate | up] row of token t
     float* a = n.act.get() + size_t(t) * F;
-    for (int i = i0; i < i0 + QK; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
-    if (quantize) kernels_->quantize_act(a + i0, n.xq.get() + blk, QK);
+    for (int i = i0; i < i0 + width; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
+    if (quantize) kernels_->quantize_act(a + i0, n.xq.get() + size_t(t) * (F / QK) + i0 / QK, width, group);
   }
 }
 
@@ -144,7 +145,7 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
     }
   }
   pool_->barrier(tid);
-  rms_norm_rows(tid, x_.data(), layers_[0].attn_norm.data(), T, xn_.data(), xq_.data(), true);
+  rms_norm_rows(tid, x_.data(), layers_[0].attn_norm.data(), T, xn_.data(), xq_.data(), layers_[0].act_group[kQKV]);
   pool_->barrier(tid);
 
   int op = 0;  // matmuls of this step in order: every thread counts them the same way
@@ -167,14 +168,15 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
       }
       if (L.wo.any_quantized())
         for (int t = nt0; t < nt1; ++t)
-          kernels_->quantize_act(n.attn.get() + size_t(t) * A, n.xq.get() + size_t(t) * (A / QK), A);
+          kernels_->quantize_act(n.attn.get() + size_t(t) * A, n.xq.get() + size_t(t) * (A / QK), A,
+                                 layers_[l].act_group[kWO]);
       pool_->group_barrier(tid);
       matmul(n, op + 1, L.wo, n.attn.get(), n.xq.get(), T, n.part.get(), D);
     }
     op += 2;
     pool_->barrier(tid);
     // x += every node's attention output; the FFN norm of the result.
-    reduce_and_norm(tid, layers_[l].ffn_norm.data(), true, false, true, T);
+    reduce_and_norm(tid, layers_[l].ffn_norm.data(), true, false, layers_[l].act_group[kGateUp], T);
     if (cfg_.ffn == FfnKind::MoE) {
       moe_ffn(tid, n, rank, l, op, T);  // every thread; it takes the barriers it needs
     } else {
@@ -182,7 +184,7 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
       if (ffn_here) {
         matmul(n, op, L.gate_up, xn_.data(), xq_.data(), T, n.gate_up.get(), L.gate_up.width);
         pool_->group_barrier(tid);
-        swiglu(n, rank, L, T);
+        swiglu(n, rank, L, layers_[l].act_group[kDown], T);
         pool_->group_barrier(tid);
         matmul(n, op + 1, L.down, n.act.get(), n.xq.get(), T, n.part.get(), D);
       }
@@ -191,7 +193,8 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
     pool_->barrier(tid);
     // x += every node's FFN output; the next layer's attention norm (none after the last layer).
     const bool last = l + 1 == cfg_.n_layer;
-    reduce_and_norm(tid, last ? nullptr : layers_[l + 1].attn_norm.data(), false, true, true, T);
+    reduce_and_norm(tid, last ? nullptr : layers_[l + 1].attn_norm.data(), false, true,
+                    last ? 1 : layers_[l + 1].act_group[kQKV], T);
     pool_->barrier(tid);
   }
 
@@ -203,7 +206,7 @@ void Model::forward(int tid, const StepBatch& b, float* logits) {
     std::copy(xr, xr + D, out_rows_.data() + size_t(o) * D);
   }
   pool_->barrier(tid);
-  rms_norm_rows(tid, out_rows_.data(), output_norm_.data(), b.n_out, xn_.data(), xq_.data(), true);
+  rms_norm_rows(tid, out_rows_.data(), output_norm_.data(), b.n_out, xn_.data(), xq_.data(), out_act_group_);
   pool_->barrier(tid);
   {
     const int V = padded_rows(cfg_.n_vocab);

@@ -20,6 +20,12 @@ bool MatrixGroup::any_quantized() const {
   return std::any_of(parts.begin(), parts.end(), [](const Matrix& m) { return m.quantized(); });
 }
 
+int MatrixGroup::act_group() const {
+  int g = 1;
+  for (const Matrix& m : parts) g = std::max(g, sysinfer::act_group(m.type));
+  return g;
+}
+
 bool MatrixGroup::any_float() const {
   return std::any_of(parts.begin(), parts.end(), [](const Matrix& m) { return !m.quantized(); });
 }
@@ -327,6 +333,27 @@ void Model::finish_loading() {
     if (n.nvocab && (n.output.rows != n.nvocab || n.output.cols != D)) bad_input("output: wrong shape");
   }
   if (has_output_ && (output_.rows != cfg_.n_vocab || output_.cols != D)) bad_input("output: wrong shape");
+  plan_act_groups();
+}
+
+// Each matmul input's act_group, the largest over every node's matrices that read it (a node's
+// share of a matrix has the file tensor's type, so nodes agree; an empty share says nothing).
+void Model::plan_act_groups() {
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    int* g = layers_[l].act_group;
+    g[kGateUp] = std::max(1, act_group(layers_[l].router.type));  // (F32 when the model has no router)
+    for (const Node& n : nodes_) {
+      const NodeLayer& NL = n.layers[l];
+      g[kQKV] = std::max(g[kQKV], NL.qkv.act_group());
+      g[kWO] = std::max(g[kWO], NL.wo.act_group());
+      g[kGateUp] = std::max(g[kGateUp], NL.gate_up.act_group());
+      g[kDown] = std::max(g[kDown], NL.down.act_group());
+      for (const MatrixGroup& e : NL.exp_gate_up) g[kGateUp] = std::max(g[kGateUp], e.act_group());
+      for (const MatrixGroup& e : NL.exp_down) g[kDown] = std::max(g[kDown], e.act_group());
+    }
+  }
+  for (const Node& n : nodes_)
+    if (n.nvocab) out_act_group_ = std::max(out_act_group_, act_group(n.output.type));
 }
 
 }  // namespace sysinfer

@@ -215,15 +215,16 @@ void Model::moe_matmul(Node& n, int op, const std::vector<MatrixGroup>& groups, 
   });
 }
 
-// SwiGLU of block blk of the [S][nf / 32] expert-row blocks on node n: a = silu(gate) * up for
-// expert row r = blk / (nf / 32), columns [i0, i0 + 32), quantized for down where it takes Q8_0.
-void Model::moe_swiglu_block(Node& n, const NodeLayer& L, int blk, bool quantize) {
-  const int F = n.nf, blocks_per_row = F / QK, gw = L.exp_gate_up[0].width;
-  const int r = blk / blocks_per_row, i0 = (blk % blocks_per_row) * QK;
+// SwiGLU of unit u of the [S][nf / (32 group)] expert-row units on node n: a = silu(gate) * up for
+// expert row r, columns [i0, i0 + 32 group), quantized for down where it takes quantized blocks
+// (`group` of them to a scale, kernels.h's act_group).
+void Model::moe_swiglu_unit(Node& n, const NodeLayer& L, int u, int group) {
+  const int F = n.nf, width = QK * group, units_per_row = F / width, gw = L.exp_gate_up[0].width;
+  const int r = u / units_per_row, i0 = (u % units_per_row) * width;
   const float* g = n.gate_up.get() + size_t(r) * gw;  // [gate | up] of expert row r
   float* a = n.act.get() + size_t(r) * F;
-  for (int i = i0; i < i0 + QK; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
-  if (quantize) kernels_->quantize_act(a + i0, n.xq.get() + blk, QK);
+  for (int i = i0; i < i0 + width; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
+  if (L.exp_down[0].any_quantized()) kernels_->quantize_act(a + i0, n.xq.get() + size_t(r) * (F / QK) + i0 / QK, width, group);
 }
 
 // A step of few tokens: each active expert is one work item, taken whole by whichever of node n's
@@ -231,16 +232,15 @@ void Model::moe_swiglu_block(Node& n, const NodeLayer& L, int blk, bool quantize
 // the three (the rows are the item's own), where the tile-split path needs two, and each expert's
 // weights are streamed front to back by one thread. Which thread runs an item never changes its result,
 // and the arithmetic is the tile-split path's: the same bits.
-void Model::moe_experts_whole(Node& n, int op, const NodeLayer& L) {
+void Model::moe_experts_whole(Node& n, int op, const NodeLayer& L, int group) {
   std::atomic<int>& next = n.matmul_next[op];
-  const int D = cfg_.n_embd, F = n.nf, blocks_per_row = F / QK, gw = L.exp_gate_up[0].width;
-  const int up_tiles = L.exp_gate_up[0].tiles, down_tiles = L.exp_down[0].tiles;
-  const bool quantize = L.exp_down[0].any_quantized();
+  const int D = cfg_.n_embd, F = n.nf, units_per_row = F / (QK * group);
+  const int gw = L.exp_gate_up[0].width, up_tiles = L.exp_gate_up[0].tiles, down_tiles = L.exp_down[0].tiles;
   for (int a = next.fetch_add(1, std::memory_order_relaxed); a < n_active_;
        a = next.fetch_add(1, std::memory_order_relaxed)) {
     const int e = active_[a], r0 = expert_rows_[e], rows = expert_rows_[e + 1] - r0;
     moe_group_gemm(L.exp_gate_up[e], 0, up_tiles, moe_x_.data(), moe_xq_.data(), D, r0, rows, n.gate_up.get(), gw);
-    for (int blk = r0 * blocks_per_row; blk < (r0 + rows) * blocks_per_row; ++blk) moe_swiglu_block(n, L, blk, quantize);
+    for (int u = r0 * units_per_row; u < (r0 + rows) * units_per_row; ++u) moe_swiglu_unit(n, L, u, group);
     moe_group_gemm(L.exp_down[e], 0, down_tiles, n.act.get(), n.xq.get(), F, r0, rows, n.moe_out.get(), D);
   }
 }
@@ -292,16 +292,16 @@ void Model::moe_ffn(int tid, Node& n, int rank, int l, int op, int T) {
   if (n.nf == 0) return;
   const NodeLayer& L = n.layers[l];
   if (T <= kWholeExpertTokens && n_active_ >= kWholeExpertItemsPerThread * n.n_threads) {
-    moe_experts_whole(n, op, L);
+    moe_experts_whole(n, op, L, layers_[l].act_group[kDown]);
     return;
   }
   const int S = T * cfg_.n_expert_used, D = cfg_.n_embd, F = n.nf;
   moe_matmul(n, op, L.exp_gate_up, moe_x_.data(), moe_xq_.data(), D, n.gate_up.get(), L.exp_gate_up[0].width);
   pool_->group_barrier(tid);
-  const bool quantize = L.exp_down[0].any_quantized();
-  int b0, b1;
-  split_range(S * (F / QK), rank, n.n_threads, &b0, &b1);
-  for (int blk = b0; blk < b1; ++blk) moe_swiglu_block(n, L, blk, quantize);
+  const int group = layers_[l].act_group[kDown];
+  int u0, u1;
+  split_range(S * (F / (QK * group)), rank, n.n_threads, &u0, &u1);
+  for (int u = u0; u < u1; ++u) moe_swiglu_unit(n, L, u, group);
   pool_->group_barrier(tid);
   moe_matmul(n, op + 1, L.exp_down, n.act.get(), n.xq.get(), F, n.moe_out.get(), D);
 }

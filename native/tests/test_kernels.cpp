@@ -139,7 +139,7 @@ void check_gemm(const Kernels& k, WType type, int rows, int cols, int n_tok, int
   const auto x = random_floats(size_t(n_tok) * cols, 37);
   const Kernels& g = generic_kernels();
   std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
-  for (int t = 0; t < n_tok; ++t) g.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+  for (int t = 0; t < n_tok; ++t) g.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols, act_group(type));
   const void* in = is_quantized(type) ? static_cast<const void*>(xq.data()) : x.data();
   const int prow = padded_rows(rows), tiles = prow / ROW_TILE - tail, ldy = prow + 3;
   // y: n_tok rows of ldy floats; entries outside the tile range keep the -7 they start with.
@@ -171,7 +171,7 @@ void check_decode_matches_batch(const Kernels& k, WType type, int rows, int cols
   const int prow = padded_rows(rows), tiles = prow / ROW_TILE;
   const auto x = random_floats(size_t(n_tok) * cols, 41);
   std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
-  for (int t = 0; t < n_tok; ++t) k.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+  for (int t = 0; t < n_tok; ++t) k.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols, act_group(type));
   std::vector<float> y_batch(size_t(n_tok) * prow), y_one(prow);
   bool same = true;
   for (int t = 0; t < n_tok; ++t) {
@@ -220,7 +220,7 @@ void check_bit_twin(const Kernels& k, const Kernels& twin, const std::vector<WTy
         const auto x = random_floats(size_t(n_tok) * cols, 29);
         std::vector<ActBlock> xq(size_t(n_tok) * cols / QK);
         for (int t = 0; t < n_tok; ++t)
-          twin.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols);
+          twin.quantize_act(x.data() + size_t(t) * cols, xq.data() + size_t(t) * cols / QK, cols, act_group(type));
         std::vector<float> y(size_t(n_tok) * prow, -7.f), y_twin = y;
         k.gemm(type, packed.data(), cols, tile0, tile1, xq.data(), n_tok, y.data(), prow);
         twin.gemm(type, packed.data(), cols, tile0, tile1, xq.data(), n_tok, y_twin.data(), prow);
@@ -304,7 +304,7 @@ void check_skeleton_op(const char* name) {
       const int tile1 = prow / ROW_TILE - (tile0 == 2 ? 1 : tile0);
       const auto x = random_floats(size_t(n_tok) * cols, 43);
       std::vector<ActBlock> xq(size_t(n_tok) * nb);  // [n_tok][nb]
-      generic_kernels().quantize_act(x.data(), xq.data(), n_tok * cols);
+      generic_kernels().quantize_act(x.data(), xq.data(), n_tok * cols, 1);
       std::vector<float> y(size_t(n_tok) * ldy, -7.f), ref = y;  // [n_tok][ldy]
       simd::gemm_quantized<Op>(packed.data(), nb, tile0, tile1, xq.data(), nb, n_tok, y.data(), ldy);
       for (int i = 0; i < n_tok; ++i)
@@ -331,29 +331,40 @@ void check_skeleton() {
 }
 
 void check_quantize(const Kernels& k) {
-  for (int n : {32, 64, 576, 4096}) {
-    auto x = random_floats(n, 13);
-    for (int i = 0; i < 32; ++i) x[i] = 0.f;  // an all-zero block
-    if (n > 40) x[40] = 127.5f / 127.f * 3.f; // values near rounding ties (n = 32 is the zero block alone)
-    std::vector<ActBlock> a(n / QK), b(n / QK);
-    generic_kernels().quantize_act(x.data(), a.data(), n);
-    k.quantize_act(x.data(), b.data(), n);
-    bool same = true;
-    for (int i = 0; i < n / QK; ++i)
-      same &= a[i].d == b[i].d && a[i].sum[0] == b[i].sum[0] && a[i].sum[1] == b[i].sum[1] &&
-              std::memcmp(a[i].qs, b[i].qs, QK) == 0;
-    check(same, std::string(k.name) + " quantize_act n=" + std::to_string(n));
-  }
+  for (int group : {1, QK_K / QK})
+    for (int n : {32, 64, 576, 4096}) {
+      if (n % (QK * group)) continue;
+      auto x = random_floats(n, 13);
+      for (int i = 0; i < 32; ++i) x[i] = 0.f;  // an all-zero block
+      if (n > 40) x[40] = 127.5f / 127.f * 3.f; // values near rounding ties (n = 32 is the zero block alone)
+      std::vector<ActBlock> a(n / QK), b(n / QK);
+      generic_kernels().quantize_act(x.data(), a.data(), n, group);
+      k.quantize_act(x.data(), b.data(), n, group);
+      bool same = true;
+      for (int i = 0; i < n / QK; ++i)
+        same &= a[i].d == b[i].d && a[i].sum[0] == b[i].sum[0] && a[i].sum[1] == b[i].sum[1] &&
+                std::memcmp(a[i].qs, b[i].qs, QK) == 0;
+      check(same, std::string(k.name) + " quantize_act n=" + std::to_string(n) + " group=" + std::to_string(group));
+    }
   // The generic definition itself: d = max|x|/127, half away from zero, sums of halves.
   std::vector<float> x(32);
   for (int i = 0; i < 32; ++i) x[i] = float(i - 16) * 0.5f;
   x[31] = 127.f;
   ActBlock a;
-  generic_kernels().quantize_act(x.data(), &a, 32);
+  generic_kernels().quantize_act(x.data(), &a, 32, 1);
   bool ok = a.d == 1.f && a.qs[31] == 127 && a.qs[0] == -8 && a.qs[1] == -8 /* -7.5 -> -8 */ && a.qs[3] == -7 /* -6.5 */;
   int s0 = 0, s1 = 0;
   for (int i = 0; i < 16; ++i) { s0 += a.qs[i]; s1 += a.qs[16 + i]; }
   check(ok && s0 == a.sum[0] && s1 == a.sum[1], "generic quantize_act definition");
+  // A group of 8 blocks shares the scale of its largest value: block 5 holds 254, so every block's d
+  // is 2 and the 1.0s of the others quantize to 1 (0.5 away from zero), where alone they would be 127.
+  std::vector<float> y(256, 1.f);
+  y[5 * 32 + 7] = 254.f;
+  std::vector<ActBlock> g(8);
+  generic_kernels().quantize_act(y.data(), g.data(), 256, 8);
+  bool shared = true;
+  for (int b = 0; b < 8; ++b) shared &= g[b].d == 2.f && g[b].qs[0] == 1 && g[b].sum[1] == 16;
+  check(shared && g[5].qs[7] == 127 && g[5].sum[0] == 15 + 127, "generic quantize_act: 8 blocks share one scale");
 }
 
 // A chunk of one KV head's paged fp16 cache as attention reads it: blocks of bs keys, K [hd][bs] and
@@ -626,7 +637,7 @@ struct BenchMatrix {
       : packed(packed_bytes(type, rows, cols)), x(random_floats(size_t(ntok) * cols)), xq(size_t(ntok) * cols / QK) {
     const auto gguf = random_gguf_matrix(type, rows, cols);
     pack_matrix(type, gguf.data(), rows, cols, packed.data());
-    generic_kernels().quantize_act(x.data(), xq.data(), ntok * cols);
+    generic_kernels().quantize_act(x.data(), xq.data(), ntok * cols, act_group(type));
   }
 };
 
@@ -781,7 +792,7 @@ void bench_dram() {
   for (int c = 1; c < copies; ++c) std::memcpy(packed.data() + c * bytes, packed.data(), bytes);
   const auto x = random_floats(cols);
   std::vector<ActBlock> xq(cols / QK);
-  generic_kernels().quantize_act(x.data(), xq.data(), cols);
+  generic_kernels().quantize_act(x.data(), xq.data(), cols, 1);
   const Kernels& k = select_kernels();
   std::vector<std::vector<float>> y(n_threads, std::vector<float>(padded_rows(rows)));
   const int tiles = padded_rows(rows) / ROW_TILE, per_thread = copies / n_threads;
@@ -820,7 +831,7 @@ void bench_rows(WType type, int rounds) {
   for (int c = 1; c < copies; ++c) std::memcpy(packed.data() + c * bytes, packed.data(), bytes);
   const auto x = random_floats(size_t(8) * cols);
   std::vector<ActBlock> xq(size_t(8) * cols / QK);  // [8 tokens][cols / QK]
-  generic_kernels().quantize_act(x.data(), xq.data(), 8 * cols);
+  generic_kernels().quantize_act(x.data(), xq.data(), 8 * cols, act_group(type));
   const Kernels& k = select_kernels();
   std::vector<std::vector<float>> y(n_threads, std::vector<float>(size_t(padded_rows(rows)) * 8));
   const int tiles = padded_rows(rows) / ROW_TILE, per_thread = copies / n_threads;

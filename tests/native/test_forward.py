@@ -1,7 +1,7 @@
 """The native step against the numpy reference forward pass.
 
 Tolerances. The native core quantizes the input of every quantized matmul to Q8_0 (scale max|x|/127
-per block of 32) and stores K/V as fp16. The reference can do the same rounding
+per block of 32; per 8 blocks for the inputs of Q4_K / Q5_K / Q6_K matrices) and stores K/V as fp16. The reference can do the same rounding
 (`quantize_activations`, `fp16_kv`).
 
 - Tiny random models have no outlier activations: there the emulating reference and the native core

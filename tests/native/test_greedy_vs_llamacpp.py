@@ -1,8 +1,8 @@
 """Greedy tokens against llama.cpp's llama-server on the same file (issue 23): the shipped Q4_1 and
 llama-quantize's K-quant copies of SmolLM2, compared by scripts/greedy_vs_llamacpp.py's own code.
 Where the two differ, the float reference arbitrates: the two picks within 0.05 std of the logits of
-each other (a near-tie), or sysinfer's pick within 0.1 std of the reference's top (the script's doc
-says why). Skips without llama-server ($SYSINFER_LLAMA_SERVER or on PATH)
+each other (a near-tie), or sysinfer's pick within 3x its own measured logit error on the file (at
+least 0.1 std) of the reference's top (the script's doc says why). Skips without llama-server ($SYSINFER_LLAMA_SERVER or on PATH)
 or without the llama-quantize copies (tests/support/model_files.py): CI has no llama.cpp."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_greedy_tokens_equal_llamacpp_but_near_ties(kind, llama_server):
     if path is None:
         pytest.skip(f"no llama-quantize copy {kind} (made locally, not in CI)")
     g = _script()
-    r = g.compare_file(kind, path, llama_server, g.PROMPTS[:3], 24, 0.05, 0.1, threads=2)
+    r = g.compare_file(kind, path, llama_server, g.PROMPTS[:3], 24, 0.05, None, threads=2)
     assert r.compared >= 24, r
     clear = [d for d in r.divergences if not d.ok]
     assert not clear, f"{kind}: sysinfer's greedy token clearly below the float reference's top where it differs from llama.cpp's: {clear}"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from sysinfer import _native
 from support.kernel_builds import CROSS_TOOLS, REPO, build_test_kernels, run_and_check
+from support.reference_forward import q8_round_trip
 from sysinfer.model.synth import random_matrix_bytes
 
 @pytest.fixture(scope="module")
@@ -113,16 +114,6 @@ def test_sysinfer_kernels_forces_an_aarch64_table_under_qemu(aarch64_binary):
     assert "SYSINFER_KERNELS=neon-i8mm is not available on this CPU/build; using neon-dotprod" in out.stderr
 
 
-def q8_round_trip(x: np.ndarray) -> np.ndarray:
-    """What the kernels do to activations: Q8_0 blocks of 32, half away from zero."""
-    blocks = x.reshape(x.shape[0], -1, 32)
-    d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
-    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
-    s = blocks * inv
-    q = np.trunc(s + np.copysign(np.float32(0.5), s))
-    return (q * d).reshape(x.shape)
-
-
 TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.IQ4_NL, QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K,
          QT.IQ4_XS, QT.F16, QT.F32, QT.BF16]
 FLOAT = (QT.F32, QT.F16, QT.BF16)
@@ -142,7 +133,9 @@ def test_every_table_matches_gguf_dequantize(qtype, rows, blocks, n_tok, seed):
         w = dequantize(data, qtype).astype(np.float32)
     x = rng.standard_normal((n_tok, cols)).astype(np.float32)
     x[:, rng.integers(0, cols)] *= 30  # an outlier channel, as real activations have
-    xin = x if qtype in FLOAT else q8_round_trip(x)
+    # what the kernels do to activations: blocks of 32, one scale per 8 of them for the inputs of
+    # Q4_K / Q5_K / Q6_K (kernels.h's act_group), half away from zero
+    xin = x if qtype in FLOAT else q8_round_trip(x, 8 if qtype in (QT.Q4_K, QT.Q5_K, QT.Q6_K) else 1)
     expected = xin.astype(np.float64) @ w.T.astype(np.float64)
     for table in _native.info()["runnable"]:  # every table this CPU runs, generic included
         y = _native.gemm_check(table, int(qtype), rows, cols, data, x)

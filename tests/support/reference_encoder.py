@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
 from sysinfer.model.encoder_model import read_encoder_file
+from support.reference_forward import act_groups, q8_round_trip
 
 _erf = np.frompyfunc(math.erf, 1, 1)  # exact (libm's double erf), element by element
 
@@ -36,26 +37,26 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     return (x - mean) / np.sqrt(var + eps) * w + b
 
 
-def q8(x: np.ndarray) -> np.ndarray:
-    """x [..., n] through a Q8_0 round trip (blocks of 32, scale max|x| / 127, round half away from
-    zero), as the native core quantizes the input of a quantized matrix."""
-    x = x.astype(np.float32)
-    blocks = x.reshape(*x.shape[:-1], -1, 32)
-    d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
-    safe = np.where(d == 0, 1, d)
-    q = np.where(d == 0, 0, np.trunc(blocks * (np.float32(1) / safe) + np.copysign(np.float32(0.5), blocks)))
-    return (q * d).astype(np.float64).reshape(x.shape)
+def q8(x: np.ndarray, group: int = 1) -> np.ndarray:
+    """x [..., n] through the native core's activation quantization (reference_forward.q8_round_trip),
+    in float64."""
+    return q8_round_trip(x, group).astype(np.float64)
 
 
-def quantized_names(path: str) -> set[str]:
-    """Names of a file's quantized matrices (the native core rounds their inputs through Q8_0)."""
-    return {n for n, t in read_encoder_file(path)[0].tensors.items() if t.type not in (QT.F32, QT.F16, QT.BF16)}
+def quantized_names(path: str) -> dict[str, int]:
+    """A file's quantized matrices (the native core quantizes their inputs), each with its input's
+    act_group (reference_forward.act_groups)."""
+    types = {n: t.type for n, t in read_encoder_file(path)[0].tensors.items()}
+    groups = act_groups(types)
+    return {n: groups[n] for n, t in types.items() if t not in (QT.F32, QT.F16, QT.BF16)}
 
 
 def _linear(w: dict, name: str, x: np.ndarray, quantized: bool | set = False) -> np.ndarray:
-    """quantized: True (every input) or the set of quantized weight names (quantized_names)."""
-    if quantized is True or (quantized and name + ".weight" in quantized):
+    """quantized: True (every input, blocks of 32) or the quantized weight names (quantized_names)."""
+    if quantized is True:
         x = q8(x)
+    elif quantized and name + ".weight" in quantized:
+        x = q8(x, quantized[name + ".weight"] if isinstance(quantized, dict) else 1)
     y = x @ w[name + ".weight"].T
     return y + w[name + ".bias"] if name + ".bias" in w else y
 

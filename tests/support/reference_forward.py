@@ -5,7 +5,9 @@ computes a whole sequence; greedy decoding keeps each layer's keys and values (`
 token is one more row, as the same arithmetic per row gives the same logits.
 Two switches make it compute what the native core computes, so the two can be compared tightly:
 `quantize_activations` rounds every matmul input through Q8_0 (blocks of 32, scale max|x|/127, round
-half away from zero), and `fp16_kv` rounds keys and values to fp16 as the KV cache stores them.
+half away from zero; the inputs of Q4_K / Q5_K / Q6_K matrices, and of the matrices beside them, with
+one scale per 256 values, as kernels.h's act_group), and `fp16_kv` rounds keys and values to fp16 as
+the KV cache stores them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,39 @@ from sysinfer.model.architecture import hparams_from_metadata
 from sysinfer.model.gguf_header import read_gguf_header
 
 
+# Matrices the native core applies to one input (quantized once for all of them): a layer's tensors by
+# the last part of their name.
+_SHARED_INPUT = {"attn_q": "qkv", "attn_k": "qkv", "attn_v": "qkv", "attn_qkv": "qkv",
+                 "ffn_gate": "ffn", "ffn_up": "ffn", "ffn_gate_inp": "ffn", "ffn_gate_exps": "ffn", "ffn_up_exps": "ffn",
+                 "ffn_down": "down", "ffn_down_exps": "down"}
+_SHARED_SCALE_TYPES = (QT.Q4_K, QT.Q5_K, QT.Q6_K)
+
+
+def act_groups(types: dict[str, QT]) -> dict[str, int]:
+    """Weight name -> the activation blocks that share one scale in its input (kernels.h's act_group):
+    8 when it or a matrix reading the same input is Q4_K / Q5_K / Q6_K, else 1."""
+    def key(name: str) -> str:
+        stem = name.removesuffix(".weight")
+        layer, _, last = stem.rpartition(".")
+        return f"{layer}.{_SHARED_INPUT[last]}" if last in _SHARED_INPUT else stem
+    group: dict[str, int] = {}
+    for name, t in types.items():
+        k = key(name)
+        group[k] = max(group.get(k, 1), 8 if t in _SHARED_SCALE_TYPES else 1)
+    return {name: group[key(name)] for name in types}
+
+
+def q8_round_trip(x: np.ndarray, group: int = 1) -> np.ndarray:
+    """x [..., n] through the native core's activation quantization: blocks of 32, `group` of them
+    sharing the scale max|x| / 127 of their values, round half away from zero (float32 arithmetic)."""
+    x = x.astype(np.float32)
+    runs = x.reshape(*x.shape[:-1], -1, 32 * group)
+    d = np.abs(runs).max(axis=-1, keepdims=True) / np.float32(127)
+    safe = np.where(d == 0, 1, d)
+    q = np.where(d == 0, 0, np.trunc(runs * (np.float32(1) / safe) + np.copysign(np.float32(0.5), runs)))
+    return (q * d).astype(np.float32).reshape(x.shape)
+
+
 class ReferenceModel:
     def __init__(self, path: str, quantize_activations: bool = True, fp16_kv: bool = True):
         reader = GGUFReader(path, "r")
@@ -29,10 +64,13 @@ class ReferenceModel:
         self.w64: dict[str, np.ndarray] = {}
         self.quantize_activations = quantize_activations
         self.fp16_kv = fp16_kv
+        types = {t.name: QT(t.tensor_type) for t in reader.tensors}
         if "output.weight" not in self.w:
             self.w["output.weight"] = self.w["token_embd.weight"]  # tied embeddings
+            types["output.weight"] = types["token_embd.weight"]
             if "token_embd.weight" in self.quantized:
                 self.quantized.add("output.weight")
+        self.group = act_groups(types)
 
     @staticmethod
     def _dequantize(t) -> np.ndarray:
@@ -41,27 +79,23 @@ class ReferenceModel:
             return np.asarray(t.data, dtype=np.float32).reshape(shape)
         return dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
 
-    def q8(self, x: np.ndarray) -> np.ndarray:
-        """x [..., n] as the native core sees a matmul input: Q8_0 round trip when enabled."""
+    def q8(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x [..., n] as the native core sees the input of matrix `name`: quantized when enabled."""
         if not self.quantize_activations:
             return x
-        blocks = x.reshape(*x.shape[:-1], -1, 32)
-        d = np.abs(blocks).max(axis=-1, keepdims=True) / 127.0
-        safe = np.where(d == 0, 1.0, d)
-        q = np.where(d == 0, 0.0, np.trunc(blocks / safe + np.copysign(0.5, blocks)))
-        return (q * d).astype(np.float32).reshape(x.shape)
+        return q8_round_trip(x, self.group[name])
 
     def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
         # Summed in float64: a float32 BLAS sums in an order of its own (it differs between CPUs),
         # and that noise flips the next layer's Q8_0 roundings, drowning the native core's error.
-        x = self.q8(x) if name in self.quantized else x
+        x = self.q8(x, name) if name in self.quantized else x
         if name not in self.w64:
             self.w64[name] = self.w[name].astype(np.float64)  # [rows, cols], converted once
         return (x.astype(np.float64) @ self.w64[name].T).astype(np.float32)
 
     def expert_matmul(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
         """x through expert e's matrix of the 3-D tensor name ([E][rows][cols] in numpy order)."""
-        x = self.q8(x) if name in self.quantized else x
+        x = self.q8(x, name) if name in self.quantized else x
         if name not in self.w64:
             self.w64[name] = self.w[name].astype(np.float64)
         return (x.astype(np.float64) @ self.w64[name][e].T).astype(np.float32)
