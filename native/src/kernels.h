@@ -123,8 +123,8 @@ static_assert(sizeof(ActBlock) == 40, "ActBlock layout");
 // group): 8 for Q4_K, Q5_K and Q6_K, whose SIMD kernels then sum a super-block's 8 sub-blocks in exact
 // integers and take one float step per super-block and token (llama.cpp's Q8_K activations: a scale per
 // 256 values), where a scale per 32 needs a float step per sub-block; 1 for the others. Every table's
-// gemm of those three types requires it (x's blocks 8k .. 8k + 7 have one d); the generic and NEON
-// tables' per-block arithmetic is right either way. A matrix group's input takes the largest of its
+// gemm of those three types requires it (x's blocks 8k .. 8k + 7 have one d); only the generic table's
+// per-block arithmetic, the reference, is right either way. A matrix group's input takes the largest of its
 // parts' (a file may mix Q5_0 and Q4_K in one fused Q/K/V).
 inline int act_group(WType t) { return t == WType::Q4_K || t == WType::Q5_K || t == WType::Q6_K ? QK_K / QK : 1; }
 

@@ -210,8 +210,9 @@ struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 //   S_j = sc_2j * (q . a_j over its first 16 weights - 32 a_j.sum[0]) + sc_2j+1 * (the second 16 ...),
 // summed exactly over the super-block, S = S_0 + ... + S_7, then acc = fma(d * da, S, acc), da the
 // scale the 8 activation blocks share (kernels.h's act_group). The AVX-512 table computes S exactly
-// and takes the same float step, so it gives AVX2's bits. (The generic and NEON tables take a float
-// step per sub-block, sa = fma(S_j, a_j.d, sa), then acc = fma(d, sa, acc): equal within rounding.)
+// and takes the same float step, so it gives AVX2's bits; the NEON tables too, in their own order. (The
+// generic table takes a float step per sub-block, sa = fma(S_j, a_j.d, sa), then acc = fma(d, sa, acc):
+// equal within rounding.)
 // Here: group g (4 columns of the 8 rows) of sub-block j unpacked to its unsigned 6-bit quants,
 // `maddubs` against 4 activation bytes (pair sums <= 2 * 63 * 127 = 16002: two groups fit int16),
 // each two groups' int16 sums widened by `madd` with the half's scale in both int16 halves of the

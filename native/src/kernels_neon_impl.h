@@ -5,8 +5,9 @@
 // arithmetic.
 //
 // A 16-byte load of an interleaved tile group holds the same 4 bytes of 4 rows, so a 4-way dot
-// product against the matching 4 activation bytes (duplicated to every lane) gives each lane its own
-// row's partial sum: `sdot` does exactly that in one instruction.
+// product against the matching 4 activation bytes (in every lane) gives each lane its own row's
+// partial sum: `sdot` by element does exactly that in one instruction, the 4 bytes one 32-bit lane of
+// a 16-byte activation load.
 //
 // Before including, define SYSINFER_NEON_DOTPROD (0 or 1); then neon_table(name) is the table.
 #include <arm_neon.h>
@@ -25,10 +26,19 @@ namespace {  // internal linkage: each including file has its own copy, built wi
 // tile): add(w, a) accumulates w[4r + k] * a[4r + k]; get() gives the 4 row sums. With dotprod one
 // `sdot` per group; without, widening multiplies into int16 lanes (callers keep
 // adds * max|w * a| below 32768: at most 8 adds of 4-bit weights), then pairwise widening.
+// 32-bit lane L of a16 (4 activation bytes) in every lane.
+template <int L>
+inline int8x16_t lane4(int8x16_t a16) { return vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(a16), L)); }
+
 struct RowDot {
 #if SYSINFER_NEON_DOTPROD
   int32x4_t s = vdupq_n_s32(0);
   void add(int8x16_t w, int8x16_t a) { s = vdotq_s32(s, w, a); }
+  // add(w, lane4<L>(a16)) as one `sdot` by element: 16 activation bytes loaded once serve 4 groups,
+  // where a broadcast load (`ld1r`) per group took a sixth of the NEON pipes' time in the Q4_K GEMM
+  // (llvm-mca -mcpu=tsv110, scripts/mca_table.py).
+  template <int L>
+  void add_lane(int8x16_t w, int8x16_t a16) { s = vdotq_laneq_s32(s, w, a16, L); }
   int32x4_t get() const { return s; }
 #else
   int16x8_t lo = vdupq_n_s16(0), hi = vdupq_n_s16(0);  // rows r, r+1 | rows r+2, r+3
@@ -36,6 +46,8 @@ struct RowDot {
     lo = vmlal_s8(lo, vget_low_s8(w), vget_low_s8(a));
     hi = vmlal_high_s8(hi, w, a);
   }
+  template <int L>
+  void add_lane(int8x16_t w, int8x16_t a16) { add(w, lane4<L>(a16)); }
   int32x4_t get() const { return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)); }
 #endif
 };
@@ -51,10 +63,14 @@ inline int32x4_t dot4_wide(int32x4_t acc, int8x16_t w, int8x16_t a) {
 #endif
 }
 
-inline int8x16_t dup4(const int8_t* p) {  // 4 activation bytes to every 32-bit lane
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return vreinterpretq_s8_s32(vdupq_n_s32(v));
+// dot4_wide(acc, w, lane4<L>(a16)): with dotprod one `sdot` by element.
+template <int L>
+inline int32x4_t dot4_wide_lane(int32x4_t acc, int8x16_t w, int8x16_t a16) {
+#if SYSINFER_NEON_DOTPROD
+  return vdotq_laneq_s32(acc, w, a16, L);
+#else
+  return dot4_wide(acc, w, lane4<L>(a16));
+#endif
 }
 
 inline float32x4_t fp16x4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
@@ -103,13 +119,13 @@ struct Q4Unpacked {
   // Row dots (rows 0-3 in *r03, 4-7 in *r47) with one activation block; nibbles unsigned.
   void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
     RowDot s[2][2];  // [rows 0-3 | 4-7][low | high nibbles]: four independent chains of 4
-    for (int g = 0; g < 4; ++g) {
-      const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
+    const int8x16_t alo = vld1q_s8(a.qs), ahi = vld1q_s8(a.qs + 16);  // group g: 32-bit lane g
+    for_const<4>([&](auto g) {
       for (int h = 0; h < 2; ++h) {
-        s[h][0].add(w[g][h][0], alo);
-        s[h][1].add(w[g][h][1], ahi);
+        s[h][0].template add_lane<g>(w[g][h][0], alo);
+        s[h][1].template add_lane<g>(w[g][h][1], ahi);
       }
-    }
+    });
     *r03 = vaddq_s32(s[0][0].get(), s[0][1].get());
     *r47 = vaddq_s32(s[1][0].get(), s[1][1].get());
   }
@@ -179,11 +195,11 @@ struct Q8Loaded {
   // acc += this block times activation block a (the integer sums in the order they always had).
   void block(const ActBlock& a, TileAcc& acc) const {
     int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
-    for (int g = 0; g < 8; ++g) {
-      const int8x16_t av = dup4(a.qs + 4 * g);
-      s0 = dot4_wide(s0, w[g][0], av);
-      s1 = dot4_wide(s1, w[g][1], av);
-    }
+    const int8x16_t a16[2] = {vld1q_s8(a.qs), vld1q_s8(a.qs + 16)};  // group g: lane g % 4 of a16[g / 4]
+    for_const<8>([&](auto g) {
+      s0 = dot4_wide_lane<g % 4>(s0, w[g][0], a16[g / 4]);
+      s1 = dot4_wide_lane<g % 4>(s1, w[g][1], a16[g / 4]);
+    });
     q8_0_scale(s0, s1, d0, d1, a, acc);
   }
 };
@@ -217,8 +233,8 @@ struct GemmQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 // ---- Q6_K: interleaved tiles of 8 rows (kernels.h) ----
 //
 // kernels_avx2_impl.h's arithmetic: per sub-block j an exact integer S_j = sc_2j * (dot of the first
-// 16 weights) + sc_2j+1 * (the second 16), then sa = fma(S_j, a_j.d, sa) in order of j and acc += d *
-// sa. Here the quants are made signed (q - 32: the offset inside the dot, |w| <= 32, so RowDot's int16
+// 16 weights) + sc_2j+1 * (the second 16), summed exactly over the super-block, then acc += (d da) S
+// with da the scale the 8 activation blocks share (kernels.h's act_group). Here the quants are made signed (q - 32: the offset inside the dot, |w| <= 32, so RowDot's int16
 // lanes hold 4 adds) and each half's dot is one RowDot per 4 rows.
 
 // Group g of sub-block J's signed quants (q - 32) for rows 4h..4h+3.
@@ -238,36 +254,37 @@ inline void q6_scales32(const int8_t* s, int32x4_t out[2]) {
 }
 
 template <int J, int NT>
-inline void q6_sub_block(const TileQ6_K& t, const ActBlock* a, size_t a_stride, float32x4_t (*sa)[2]) {
+inline void q6_sub_block(const TileQ6_K& t, const ActBlock* a, size_t a_stride, int32x4_t (*sum)[2]) {
   int32x4_t sc[2][2];  // [half of the sub-block][rows 0-3 | 4-7]
   q6_scales32(t.scales[2 * J], sc[0]);
   q6_scales32(t.scales[2 * J + 1], sc[1]);
   RowDot s[NT][2][2];  // [token][rows 0-3 | 4-7][half]: 4 adds each
-  for (int g = 0; g < 8; ++g)
+  int8x16_t a16[NT][2];  // [token][half]: group g's bytes are lane g % 4 of a16[i][g / 4]
+  for (int i = 0; i < NT; ++i)
+    for (int q = 0; q < 2; ++q) a16[i][q] = vld1q_s8(a[i * a_stride + J].qs + 16 * q);
+  for_const<8>([&](auto g) {
     for (int h = 0; h < 2; ++h) {
       const int8x16_t w = q6_group_quants<J>(t, g, h);
-      for (int i = 0; i < NT; ++i) s[i][h][g / 4].add(w, dup4(a[i * a_stride + J].qs + 4 * g));
+      for (int i = 0; i < NT; ++i) s[i][h][g / 4].template add_lane<g % 4>(w, a16[i][g / 4]);
     }
-  for (int i = 0; i < NT; ++i) {
-    const float d = a[i * a_stride + J].d;
-    for (int h = 0; h < 2; ++h) {
-      const int32x4_t v = vmlaq_s32(vmulq_s32(s[i][h][0].get(), sc[0][h]), s[i][h][1].get(), sc[1][h]);
-      sa[i][h] = vfmaq_n_f32(sa[i][h], vcvtq_f32_s32(v), d);
-    }
-  }
+  });
+  for (int i = 0; i < NT; ++i)
+    for (int h = 0; h < 2; ++h)
+      sum[i][h] = vmlaq_s32(vmlaq_s32(sum[i][h], s[i][h][0].get(), sc[0][h]), s[i][h][1].get(), sc[1][h]);
 }
 
 struct GemmQ6_K : simd::WeightType<TileQ6_K, TileAcc> {
   static constexpr WType kType = WType::Q6_K;
   template <int NT>
   static void block(const Tile& t, const ActBlock* a, size_t a_stride, Acc* acc) {
-    float32x4_t sa[NT][2];
-    for (int i = 0; i < NT; ++i) sa[i][0] = sa[i][1] = vdupq_n_f32(0.f);
-    for_const<8>([&](auto j) { q6_sub_block<decltype(j)::value, NT>(t, a, a_stride, sa); });
+    int32x4_t s[NT][2];  // [token][rows 0-3 | 4-7] the super-block's exact sum S
+    for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = vdupq_n_s32(0);
+    for_const<8>([&](auto j) { q6_sub_block<decltype(j)::value, NT>(t, a, a_stride, s); });
     const float32x4_t d0 = fp16x4(t.d), d1 = fp16x4(t.d + 4);
     for (int i = 0; i < NT; ++i) {
-      acc[i].r03 = vfmaq_f32(acc[i].r03, d0, sa[i][0]);
-      acc[i].r47 = vfmaq_f32(acc[i].r47, d1, sa[i][1]);
+      const float da = a[i * a_stride].d;
+      acc[i].r03 = vfmaq_f32(acc[i].r03, vmulq_n_f32(d0, da), vcvtq_f32_s32(s[i][0]));
+      acc[i].r47 = vfmaq_f32(acc[i].r47, vmulq_n_f32(d1, da), vcvtq_f32_s32(s[i][1]));
     }
   }
 };

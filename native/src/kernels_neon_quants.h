@@ -1,6 +1,6 @@
 // NEON arithmetic for the types of llama.cpp's K-quant files (issue 23): Q5_0, Q5_1, Q4_K, Q5_K,
 // IQ4_NL, IQ4_XS, Q2_K, Q3_K.
-// Included by kernels_neon_impl.h (after its Q4_0 arithmetic, whose RowDot, dup4, fp16x4 and TileAcc
+// Included by kernels_neon_impl.h (after its Q4_0 arithmetic, whose RowDot, fp16x4 and TileAcc
 // it uses), so the neon, neon-dotprod and neon-i8mm tables all have it (i8mm with dotprod's `sdot`).
 // Twin of kernels_generic.cpp's decoded form and of kernels_avx2_quants.h; the loops are
 // kernels_simd.h's. A 16-byte load of an interleaved tile holds the same 4 bytes of 4 rows (rows
@@ -34,13 +34,13 @@ struct Q5Unpacked {
   }
   void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
     RowDot s[2][2];  // [rows 0-3 | 4-7][low | high halves]: 4 adds each
-    for (int g = 0; g < 4; ++g) {
-      const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
+    const int8x16_t alo = vld1q_s8(a.qs), ahi = vld1q_s8(a.qs + 16);  // group g: 32-bit lane g
+    for_const<4>([&](auto g) {
       for (int h = 0; h < 2; ++h) {
-        s[h][0].add(w[g][h][0], alo);
-        s[h][1].add(w[g][h][1], ahi);
+        s[h][0].template add_lane<g>(w[g][h][0], alo);
+        s[h][1].template add_lane<g>(w[g][h][1], ahi);
       }
-    }
+    });
     *r03 = vaddq_s32(s[0][0].get(), s[0][1].get());
     *r47 = vaddq_s32(s[1][0].get(), s[1][1].get());
   }
@@ -99,39 +99,42 @@ inline void bytes_to_i32(uint64_t w, int32x4_t* r03, int32x4_t* r47) {
   *r47 = vreinterpretq_s32_u32(vmovl_high_u16(v));
 }
 
-// One sub-block of a K tile, quants w[g][h] (group g, rows 4h..4h+3), for NT tokens: sa += a_j.d *
-// (sc * dot), sm += mn * (a_j.d * sum a_j).
+// One sub-block of a K tile, quants w[g][h] (group g, rows 4h..4h+3), for NT tokens: s += sc * dot,
+// m += mn * sum a_j, exact integers over the super-block (|s| < 2^26; kernels_avx2_quants.h).
 template <int NT>
 inline void k_sub_block(const int8x16_t (*w)[2], uint64_t sc, uint64_t mn, const ActBlock* a, size_t a_stride, int j,
-                        float32x4_t (*sa)[2], float32x4_t (*sm)[2]) {
+                        int32x4_t (*s)[2], int32x4_t (*m)[2]) {
   int32x4_t sc0, sc1, mn0, mn1;
   bytes_to_i32(sc, &sc0, &sc1);
   bytes_to_i32(mn, &mn0, &mn1);
-  const float32x4_t mf0 = vcvtq_f32_s32(mn0), mf1 = vcvtq_f32_s32(mn1);
   for (int i = 0; i < NT; ++i) {
     const ActBlock& aj = a[i * a_stride + j];
-    RowDot s[2][2];  // [rows 0-3 | 4-7][groups 0-3 | 4-7]: 4 adds each
-    for (int g = 0; g < 8; ++g) {
-      const int8x16_t av = dup4(aj.qs + 4 * g);
-      s[0][g / 4].add(w[g][0], av);
-      s[1][g / 4].add(w[g][1], av);
-    }
-    const int32x4_t d0 = vmulq_s32(vaddq_s32(s[0][0].get(), s[0][1].get()), sc0);
-    const int32x4_t d1 = vmulq_s32(vaddq_s32(s[1][0].get(), s[1][1].get()), sc1);
-    sa[i][0] = vfmaq_n_f32(sa[i][0], vcvtq_f32_s32(d0), aj.d);
-    sa[i][1] = vfmaq_n_f32(sa[i][1], vcvtq_f32_s32(d1), aj.d);
-    const float msum = aj.d * float(aj.sum[0] + aj.sum[1]);
-    sm[i][0] = vfmaq_n_f32(sm[i][0], mf0, msum);
-    sm[i][1] = vfmaq_n_f32(sm[i][1], mf1, msum);
+    RowDot p[2][2];  // [rows 0-3 | 4-7][groups 0-3 | 4-7]: 4 adds each
+    const int8x16_t a16[2] = {vld1q_s8(aj.qs), vld1q_s8(aj.qs + 16)};  // group g: lane g % 4 of a16[g / 4]
+    for_const<8>([&](auto g) {
+      p[0][g / 4].template add_lane<g % 4>(w[g][0], a16[g / 4]);
+      p[1][g / 4].template add_lane<g % 4>(w[g][1], a16[g / 4]);
+    });
+    s[i][0] = vmlaq_s32(s[i][0], vaddq_s32(p[0][0].get(), p[0][1].get()), sc0);
+    s[i][1] = vmlaq_s32(s[i][1], vaddq_s32(p[1][0].get(), p[1][1].get()), sc1);
+    const int32_t sum = aj.sum[0] + aj.sum[1];
+    m[i][0] = vmlaq_n_s32(m[i][0], mn0, sum);
+    m[i][1] = vmlaq_n_s32(m[i][1], mn1, sum);
   }
 }
 
+// acc += (d da) s - (dmin da) m: one float step per super-block and token, da the scale its 8
+// activation blocks share (kernels.h's act_group).
 template <int NT, class Tile>
-inline void k_finish(const Tile& t, const float32x4_t (*sa)[2], const float32x4_t (*sm)[2], TileAcc* acc) {
+inline void k_finish(const Tile& t, const ActBlock* a, size_t a_stride, const int32x4_t (*s)[2],
+                     const int32x4_t (*m)[2], TileAcc* acc) {
   const float32x4_t d0 = fp16x4(t.d), d1 = fp16x4(t.d + 4), m0 = fp16x4(t.dmin), m1 = fp16x4(t.dmin + 4);
   for (int i = 0; i < NT; ++i) {
-    acc[i].r03 = vfmsq_f32(vfmaq_f32(acc[i].r03, d0, sa[i][0]), m0, sm[i][0]);
-    acc[i].r47 = vfmsq_f32(vfmaq_f32(acc[i].r47, d1, sa[i][1]), m1, sm[i][1]);
+    const float da = a[i * a_stride].d;
+    acc[i].r03 = vfmsq_f32(vfmaq_f32(acc[i].r03, vmulq_n_f32(d0, da), vcvtq_f32_s32(s[i][0])), vmulq_n_f32(m0, da),
+                           vcvtq_f32_s32(m[i][0]));
+    acc[i].r47 = vfmsq_f32(vfmaq_f32(acc[i].r47, vmulq_n_f32(d1, da), vcvtq_f32_s32(s[i][1])), vmulq_n_f32(m1, da),
+                           vcvtq_f32_s32(m[i][1]));
   }
 }
 
@@ -141,7 +144,7 @@ inline void k_finish(const Tile& t, const float32x4_t (*sa)[2], const float32x4_
 // llvm-mca put at two thirds of the NEON pipes' time on Kunpeng 920 (docs/benchmarks.md).
 template <int NT, bool Q5, int Half, class Tile>
 inline void k_half_sub_block(const Tile& t, const uint8_t (*qh)[8][4], int c, const uint64_t* sc, const uint64_t* mn,
-                             const ActBlock* a, size_t a_stride, float32x4_t (*sa)[2], float32x4_t (*sm)[2]) {
+                             const ActBlock* a, size_t a_stride, int32x4_t (*sa)[2], int32x4_t (*sm)[2]) {
   const int j = 2 * c + Half;
   const uint8x16_t m4 = vdupq_n_u8(0x0F), bit4 = vdupq_n_u8(0x10);
   int8x16_t w[8][2];
@@ -164,13 +167,13 @@ template <int NT, bool Q5, class Tile>
 inline void k_quant_block(const Tile& t, const uint8_t (*qh)[8][4], const ActBlock* a, size_t a_stride, TileAcc* acc) {
   uint64_t sc[8], mn[8];
   k_scales(t.scales, sc, mn);
-  float32x4_t sa[NT][2], sm[NT][2];
-  for (int i = 0; i < NT; ++i) sa[i][0] = sa[i][1] = sm[i][0] = sm[i][1] = vdupq_n_f32(0.f);
+  int32x4_t s[NT][2], m[NT][2];  // [token][rows 0-3 | 4-7]: scales x dots, minimums x activation sums
+  for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = m[i][0] = m[i][1] = vdupq_n_s32(0);
   for (int c = 0; c < 4; ++c) {
-    k_half_sub_block<NT, Q5, 0>(t, qh, c, sc, mn, a, a_stride, sa, sm);
-    k_half_sub_block<NT, Q5, 1>(t, qh, c, sc, mn, a, a_stride, sa, sm);
+    k_half_sub_block<NT, Q5, 0>(t, qh, c, sc, mn, a, a_stride, s, m);
+    k_half_sub_block<NT, Q5, 1>(t, qh, c, sc, mn, a, a_stride, s, m);
   }
-  k_finish<NT>(t, sa, sm, acc);
+  k_finish<NT>(t, a, a_stride, s, m, acc);
 }
 
 struct GemmQ4_K : simd::WeightType<TileQ4_K, TileAcc> {
@@ -208,10 +211,11 @@ struct IQ4Unpacked {
   // Rows 0-3 and 4-7's int32 dots with activation block a (products up to 127 * 127: dot4_wide).
   void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
     int32x4_t s[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
-    for (int g = 0; g < 4; ++g) {
-      const int8x16_t alo = dup4(a.qs + 4 * g), ahi = dup4(a.qs + 16 + 4 * g);
-      for (int h = 0; h < 2; ++h) s[h] = dot4_wide(dot4_wide(s[h], w[g][h][0], alo), w[g][h][1], ahi);
-    }
+    const int8x16_t alo = vld1q_s8(a.qs), ahi = vld1q_s8(a.qs + 16);  // group g: 32-bit lane g
+    for_const<4>([&](auto g) {
+      for (int h = 0; h < 2; ++h)
+        s[h] = dot4_wide_lane<g>(dot4_wide_lane<g>(s[h], w[g][h][0], alo), w[g][h][1], ahi);
+    });
     *r03 = s[0];
     *r47 = s[1];
   }
