@@ -52,6 +52,11 @@ struct Rows8 {
     asm("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
     return acc;
   }
+  // acc + the int16 pairs of s16 times the two int16s at p, in every lane (`vpdpwssd`, broadcast folded in)
+  static I dpwssd_b(I acc, I s16, const void* p) {
+    asm("vpdpwssd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(s16), "m"(*static_cast<const int32_t*>(p)));
+    return acc;
+  }
   static I set1_8(char v) { return _mm256_set1_epi8(v); }
   static I set1_32(int v) { return _mm256_set1_epi32(v); }
   static I zero() { return _mm256_setzero_si256(); }
@@ -70,6 +75,8 @@ struct Rows8 {
   template <int N> static I srl16(I a) { return _mm256_srli_epi16(a, N); }
   static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
   static I mullo(I a, I b) { return _mm256_mullo_epi32(a, b); }
+  static I sub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  template <int N> static I sll32(I a) { return _mm256_slli_epi32(a, N); }
   static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
 };
 
@@ -90,6 +97,10 @@ struct Rows16 {
     asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
     return acc;
   }
+  static I dpwssd_b(I acc, I s16, const void* p) {
+    asm("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(s16), "m"(*static_cast<const int32_t*>(p)));
+    return acc;
+  }
   static I set1_8(char v) { return _mm512_set1_epi8(v); }
   static I set1_32(int v) { return _mm512_set1_epi32(v); }
   static I zero() { return _mm512_setzero_si512(); }
@@ -107,6 +118,8 @@ struct Rows16 {
   template <int N> static I srl16(I a) { return _mm512_srli_epi16(a, N); }
   static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
   static I mullo(I a, I b) { return _mm512_mullo_epi32(a, b); }
+  static I sub(I a, I b) { return _mm512_sub_epi32(a, b); }
+  template <int N> static I sll32(I a) { return _mm512_slli_epi32(a, N); }
   static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
 };
 
@@ -346,35 +359,45 @@ inline typename R::I q6_quants(const TileQ6_K& t0, const TileQ6_K& t1, int g) {
   return R::or_(low, R::and_(high, R::set1_8(0x30)));
 }
 
-// Sub-block J for NT tokens: s32[i] += sc_2J (dot - 32 sum) + sc_2J+1 (dot - 32 sum) over its halves.
+// Sub-block J for NT tokens: s32[i] += sc_2J dot + sc_2J+1 dot over its halves, and off[i] += sc_2J
+// sum_0 + sc_2J+1 sum_1 (one `vpdpwssd` of the activation's two half sums, broadcast from the block,
+// by the two scales as an int16 pair), so S = s32 - 32 off: the offset of the unsigned quants once per
+// sub-block and token, where a chain start per half took a scalar multiply and a broadcast each.
 template <class R, int J, int NT>
 inline void vq6_sub_block(const TileQ6_K& t0, const TileQ6_K& t1, const ActBlock* a, size_t a_stride,
-                          typename R::I* s32) {
+                          typename R::I* s32, typename R::I* off) {
   using I = typename R::I;
-  const I sc[2] = {R::join(q6_scale32(t0.scales[2 * J]), q6_scale32(t1.scales[2 * J])),
-                   R::join(q6_scale32(t0.scales[2 * J + 1]), q6_scale32(t1.scales[2 * J + 1]))};
+  const __m256i x0[2] = {q6_scale32(t0.scales[2 * J]), q6_scale32(t0.scales[2 * J + 1])};
+  const __m256i x1[2] = {q6_scale32(t1.scales[2 * J]), q6_scale32(t1.scales[2 * J + 1])};
+  const I sc[2] = {R::join(x0[0], x1[0]), R::join(x0[1], x1[1])};
+  // row r's lane: sc_2J in the low int16, sc_2J+1 in the high (|sc| <= 128)
+  const I pair = R::join(_mm256_blend_epi16(x0[0], _mm256_slli_epi32(x0[1], 16), 0xAA),
+                         _mm256_blend_epi16(x1[0], _mm256_slli_epi32(x1[1], 16), 0xAA));
   I dot[NT];  // [token]: the half's chain
 #pragma GCC unroll 8
   for (int g = 0; g < 8; ++g) {
     const I w = q6_quants<R, J>(t0, t1, g);
     for (int i = 0; i < NT; ++i) {
       const ActBlock& aj = a[i * a_stride + J];
-      if (g % 4 == 0) dot[i] = R::set1_32(-32 * int(aj.sum[g / 4]));
-      dot[i] = R::dpbusd_b(dot[i], w, aj.qs + 4 * g);
+      dot[i] = R::dpbusd_b(g % 4 == 0 ? R::zero() : dot[i], w, aj.qs + 4 * g);
       if (g % 4 == 3) s32[i] = R::add(s32[i], R::mullo(dot[i], sc[g / 4]));
     }
   }
+  for (int i = 0; i < NT; ++i) off[i] = R::dpwssd_b(off[i], pair, a[i * a_stride + J].sum);
 }
 
 // acc[i] += one Q6_K tile block (t0), or a pair (t0, t1), times token i's 8 activation blocks (one
 // scale da for the 8): acc += (d da) S, S the super-block's exact integer sum.
 template <class R, int NT, class Acc>
 inline void vq6_block(const TileQ6_K& t0, const TileQ6_K& t1, const ActBlock* a, size_t a_stride, Acc* acc) {
-  typename R::I s[NT];
-  for (int i = 0; i < NT; ++i) s[i] = R::zero();
-  for_const<8>([&](auto j) { vq6_sub_block<R, decltype(j)::value, NT>(t0, t1, a, a_stride, s); });
+  typename R::I s[NT], off[NT];
+  for (int i = 0; i < NT; ++i) s[i] = off[i] = R::zero();
+  for_const<8>([&](auto j) { vq6_sub_block<R, decltype(j)::value, NT>(t0, t1, a, a_stride, s, off); });
   const typename R::F d = R::scales(t0.d, t1.d);
-  for (int i = 0; i < NT; ++i) acc[i].v = R::fmadd(R::mul(d, R::set1(a[i * a_stride].d)), R::cvt(s[i]), acc[i].v);
+  for (int i = 0; i < NT; ++i) {
+    const typename R::I S = R::sub(s[i], R::template sll32<5>(off[i]));
+    acc[i].v = R::fmadd(R::mul(d, R::set1(a[i * a_stride].d)), R::cvt(S), acc[i].v);
+  }
 }
 
 struct VnniQ6_K : simd::WeightType<TileQ6_K, TileAcc> {
