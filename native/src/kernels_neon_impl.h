@@ -32,7 +32,9 @@ inline int8x16_t lane4(int8x16_t a16) { return vreinterpretq_s8_s32(vdupq_laneq_
 
 struct RowDot {
 #if SYSINFER_NEON_DOTPROD
-  int32x4_t s = vdupq_n_s32(0);
+  int32x4_t s;
+  // The chain starts at `start` in every row (an offset such as Q4_0's -8 * sum a: no subtraction after).
+  explicit RowDot(int32_t start = 0) : s(vdupq_n_s32(start)) {}
   void add(int8x16_t w, int8x16_t a) { s = vdotq_s32(s, w, a); }
   // add(w, lane4<L>(a16)) as one `sdot` by element: 16 activation bytes loaded once serve 4 groups,
   // where a broadcast load (`ld1r`) per group took a sixth of the NEON pipes' time in the Q4_K GEMM
@@ -42,13 +44,15 @@ struct RowDot {
   int32x4_t get() const { return s; }
 #else
   int16x8_t lo = vdupq_n_s16(0), hi = vdupq_n_s16(0);  // rows r, r+1 | rows r+2, r+3
+  int32_t start;  // added to every row's sum by get()
+  explicit RowDot(int32_t start = 0) : start(start) {}
   void add(int8x16_t w, int8x16_t a) {
     lo = vmlal_s8(lo, vget_low_s8(w), vget_low_s8(a));
     hi = vmlal_high_s8(hi, w, a);
   }
   template <int L>
   void add_lane(int8x16_t w, int8x16_t a16) { add(w, lane4<L>(a16)); }
-  int32x4_t get() const { return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)); }
+  int32x4_t get() const { return vaddq_s32(vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)), vdupq_n_s32(start)); }
 #endif
 };
 
@@ -116,18 +120,19 @@ struct Q4Unpacked {
         w[g][h][1] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
       }
   }
-  // Row dots (rows 0-3 in *r03, 4-7 in *r47) with one activation block; nibbles unsigned.
-  void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
-    RowDot s[2][2];  // [rows 0-3 | 4-7][low | high nibbles]: four independent chains of 4
+  // start + row dots (rows 0-3 in *r03, 4-7 in *r47) with one activation block; nibbles unsigned.
+  void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47, int32_t start = 0) const {
+    RowDot s[2] = {RowDot(start), RowDot(start)};  // [rows 0-3 | 4-7]: one chain of 8 each (the tokens
+                                                   // of a pass give the parallelism: `add` was 13-16 %)
     const int8x16_t alo = vld1q_s8(a.qs), ahi = vld1q_s8(a.qs + 16);  // group g: 32-bit lane g
     for_const<4>([&](auto g) {
       for (int h = 0; h < 2; ++h) {
-        s[h][0].template add_lane<g>(w[g][h][0], alo);
-        s[h][1].template add_lane<g>(w[g][h][1], ahi);
+        s[h].template add_lane<g>(w[g][h][0], alo);
+        s[h].template add_lane<g>(w[g][h][1], ahi);
       }
     });
-    *r03 = vaddq_s32(s[0][0].get(), s[0][1].get());
-    *r47 = vaddq_s32(s[1][0].get(), s[1][1].get());
+    *r03 = s[0].get();
+    *r47 = s[1].get();
   }
 };
 
@@ -166,11 +171,12 @@ inline void q8_0_scale(int32x4_t s03, int32x4_t s47, float32x4_t d0, float32x4_t
   acc.r47 = vfmaq_f32(acc.r47, vcvtq_f32_s32(s47), vmulq_n_f32(d1, a.d));
 }
 
-// acc += one unpacked Q4_0 tile block (scales d0 | d1) times activation block a.
+// acc += one unpacked Q4_0 tile block (scales d0 | d1) times activation block a: q4_0_scale's integers
+// and float step, the -8 of every quant the chains' start.
 inline void q4_0_block(const Q4Unpacked& w, float32x4_t d0, float32x4_t d1, const ActBlock& a, TileAcc& acc) {
   int32x4_t s0, s1;
-  w.dot(a, &s0, &s1);
-  q4_0_scale(s0, s1, d0, d1, a, acc);
+  w.dot(a, &s0, &s1, -8 * (a.sum[0] + a.sum[1]));
+  q8_0_scale(s0, s1, d0, d1, a, acc);
 }
 
 // acc += one unpacked Q4_1 tile block (scales d0 | d1, minimums m0 | m1) times activation block a.

@@ -32,17 +32,19 @@ struct Q5Unpacked {
       }
     }
   }
-  void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47) const {
-    RowDot s[2][2];  // [rows 0-3 | 4-7][low | high halves]: 4 adds each
+  // start + row dots with one activation block (one chain of 8 per 4 rows: 8 * 31 * 127 < 32768 for
+  // the plain neon table's int16 lanes).
+  void dot(const ActBlock& a, int32x4_t* r03, int32x4_t* r47, int32_t start = 0) const {
+    RowDot s[2] = {RowDot(start), RowDot(start)};  // [rows 0-3 | 4-7]
     const int8x16_t alo = vld1q_s8(a.qs), ahi = vld1q_s8(a.qs + 16);  // group g: 32-bit lane g
     for_const<4>([&](auto g) {
       for (int h = 0; h < 2; ++h) {
-        s[h][0].template add_lane<g>(w[g][h][0], alo);
-        s[h][1].template add_lane<g>(w[g][h][1], ahi);
+        s[h].template add_lane<g>(w[g][h][0], alo);
+        s[h].template add_lane<g>(w[g][h][1], ahi);
       }
     });
-    *r03 = vaddq_s32(s[0][0].get(), s[0][1].get());
-    *r47 = vaddq_s32(s[1][0].get(), s[1][1].get());
+    *r03 = s[0].get();
+    *r47 = s[1].get();
   }
 };
 
@@ -55,10 +57,9 @@ struct GemmQ5_0 : simd::WeightType<TileQ5_0, TileAcc> {  // x = d * (q - 16)
     for (int i = 0; i < NT; ++i) {
       const ActBlock& ai = a[i * a_stride];
       int32x4_t s0, s1;
-      w.dot(ai, &s0, &s1);
-      const int32x4_t off = vdupq_n_s32(16 * (ai.sum[0] + ai.sum[1]));
-      acc[i].r03 = vfmaq_f32(acc[i].r03, vcvtq_f32_s32(vsubq_s32(s0, off)), vmulq_n_f32(d0, ai.d));
-      acc[i].r47 = vfmaq_f32(acc[i].r47, vcvtq_f32_s32(vsubq_s32(s1, off)), vmulq_n_f32(d1, ai.d));
+      w.dot(ai, &s0, &s1, -16 * (ai.sum[0] + ai.sum[1]));  // the -16 of every quant as the chains' start
+      acc[i].r03 = vfmaq_f32(acc[i].r03, vcvtq_f32_s32(s0), vmulq_n_f32(d0, ai.d));
+      acc[i].r47 = vfmaq_f32(acc[i].r47, vcvtq_f32_s32(s1), vmulq_n_f32(d1, ai.d));
     }
   }
 };
@@ -109,14 +110,14 @@ inline void k_sub_block(const int8x16_t (*w)[2], uint64_t sc, uint64_t mn, const
   bytes_to_i32(mn, &mn0, &mn1);
   for (int i = 0; i < NT; ++i) {
     const ActBlock& aj = a[i * a_stride + j];
-    RowDot p[2][2];  // [rows 0-3 | 4-7][groups 0-3 | 4-7]: 4 adds each
+    RowDot p[2];  // [rows 0-3 | 4-7]: one chain of 8 adds each (8 * 31 * 127 < 32768: Q5_K too)
     const int8x16_t a16[2] = {vld1q_s8(aj.qs), vld1q_s8(aj.qs + 16)};  // group g: lane g % 4 of a16[g / 4]
     for_const<8>([&](auto g) {
-      p[0][g / 4].template add_lane<g % 4>(w[g][0], a16[g / 4]);
-      p[1][g / 4].template add_lane<g % 4>(w[g][1], a16[g / 4]);
+      p[0].template add_lane<g % 4>(w[g][0], a16[g / 4]);
+      p[1].template add_lane<g % 4>(w[g][1], a16[g / 4]);
     });
-    s[i][0] = vmlaq_s32(s[i][0], vaddq_s32(p[0][0].get(), p[0][1].get()), sc0);
-    s[i][1] = vmlaq_s32(s[i][1], vaddq_s32(p[1][0].get(), p[1][1].get()), sc1);
+    s[i][0] = vmlaq_s32(s[i][0], p[0].get(), sc0);
+    s[i][1] = vmlaq_s32(s[i][1], p[1].get(), sc1);
     const int32_t sum = aj.sum[0] + aj.sum[1];
     m[i][0] = vmlaq_n_s32(m[i][0], mn0, sum);
     m[i][1] = vmlaq_n_s32(m[i][1], mn1, sum);
