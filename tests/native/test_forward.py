@@ -82,7 +82,8 @@ def test_tiny_models_match_reference(kind, load):
     assert_close_to_reference(run_prefill(model, tokens), ref.forward(tokens), FLIP_SENSITIVE.get(kind, 5e-3))
 
 
-@pytest.mark.parametrize("kind", ["llama", "baichuan-rope", "baichuan-alibi", "qwen2", "qwen3", "qwen3moe"])
+@pytest.mark.parametrize("kind", ["llama", "baichuan-rope", "baichuan-alibi", "qwen2", "qwen3", "qwen3moe",
+                                  "qwen3moe-kquants"])
 def test_tiny_models_greedy_decode_matches_reference(kind, load):
     path = tiny_model(kind)
     model = load(path)

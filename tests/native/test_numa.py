@@ -199,7 +199,8 @@ def assert_split_close(native: np.ndarray, ref: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("nodes", [2, 3])
-@pytest.mark.parametrize("kind", SPLIT_KINDS + ["llama-q4_1", "llama-f16", "qwen2", "qwen3", "qwen3moe"])
+@pytest.mark.parametrize("kind", SPLIT_KINDS + ["llama-q4_1", "llama-f16", "qwen2", "qwen3", "qwen3moe",
+                                  "qwen3moe-kquants"])
 def test_split_prefill_matches_reference_and_one_node(kind, nodes):
     one, split = numa_model(kind, 1), numa_model(kind, nodes)
     assert split.n_nodes == nodes and one.n_nodes == 1
@@ -212,7 +213,7 @@ def test_split_prefill_matches_reference_and_one_node(kind, nodes):
 
 
 @pytest.mark.parametrize("nodes", [2, 3])
-@pytest.mark.parametrize("kind", SPLIT_KINDS + ["qwen2", "qwen3", "qwen3moe"])
+@pytest.mark.parametrize("kind", SPLIT_KINDS + ["qwen2", "qwen3", "qwen3moe", "qwen3moe-kquants"])
 def test_split_greedy_tokens_identical_to_one_node(kind, nodes):
     one, split = numa_model(kind, 1), numa_model(kind, nodes)
     prompt = prompt_tokens(one.n_vocab)
