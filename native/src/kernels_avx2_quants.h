@@ -167,13 +167,6 @@ struct KScales {
 inline __m256i bytes_to_i32(uint64_t w) { return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(w))); }
 
 
-// Two consecutive activation blocks' sums (a[0], a[1]: sub-blocks 2C, 2C + 1) as one 32-bit word of
-// two int16s (|sum| <= 32 * 127), for a `madd` against two sub-blocks' minimums.
-inline int32_t k_act_sums(const ActBlock* a) {
-  const uint32_t s0 = uint16_t(a[0].sum[0] + a[0].sum[1]), s1 = uint16_t(a[1].sum[0] + a[1].sum[1]);
-  return int32_t(s0 | s1 << 16);
-}
-
 // The K-quant tail of sub-block J for NT tokens, given token i's int32 dot of the quants with a_J by
 // the row scales, s32(i): s[i] += s32 and m[i] += mn_J * sum a_J, exact integers (|s| < 2^26, the
 // minimum's product from one `madd` of the activation's two half sums, broadcast as one 32-bit word,

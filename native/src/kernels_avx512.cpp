@@ -57,6 +57,7 @@ struct Rows8 {
     asm("vpdpwssd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(s16), "m"(*static_cast<const int32_t*>(p)));
     return acc;
   }
+  static I dpwssd(I acc, I a, I b) { return _mm256_dpwssd_epi32(acc, a, b); }
   static I set1_8(char v) { return _mm256_set1_epi8(v); }
   static I set1_32(int v) { return _mm256_set1_epi32(v); }
   static I zero() { return _mm256_setzero_si256(); }
@@ -101,6 +102,7 @@ struct Rows16 {
     asm("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(s16), "m"(*static_cast<const int32_t*>(p)));
     return acc;
   }
+  static I dpwssd(I acc, I a, I b) { return _mm512_dpwssd_epi32(acc, a, b); }
   static I set1_8(char v) { return _mm512_set1_epi8(v); }
   static I set1_32(int v) { return _mm512_set1_epi32(v); }
   static I zero() { return _mm512_setzero_si512(); }
@@ -263,20 +265,23 @@ struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 template <int J>
 inline __m256i k_scale32(const KScales& ks) { return _mm256_and_si256(ks.pair16<J>(), _mm256_set1_epi32(0xFFFF)); }
 
-// Sub-blocks 2C, 2C + 1's minimums of the rows as an int16 pair in each int32 lane (a `madd`
-// multiplier against the activation's two sub-block sums).
-template <int C>
-inline __m256i k_min_pair(const KScales& ks) { return _mm256_blend_epi16(ks.mins16<2 * C>(), ks.mins16<2 * C + 1>(), 0xAA); }
-
 // Chunk C (sub-blocks 2C, 2C + 1) for NT tokens: s[i] += sc_2C dot_2C + sc_2C+1 dot_2C+1 and
 // m[i] += mn_2C sum a_2C + mn_2C+1 sum a_2C+1, per row (lane), exact integers (|s| < 2^26).
+//
+// The scale's product: Q4_K's dot over half a sub-block (4 groups) is at most 16 * 15 * 127 = 30480,
+// an int16, so each half's chain is multiplied by the scale and added to s in one `vpdpwssd` (the
+// chain's low int16 times the scale, its high int16, 0, times 0), and the chain starts again from 0;
+// Q5_K's halves reach 62992, so it keeps a whole sub-block's chain and one `vpmulld` (2 uops on Intel)
+// and an add. The minimum's product is one `vpdpwssd` per sub-block of mn (in both int16 halves) by the
+// activation block's two half sums, broadcast straight from the block.
 template <class R, bool Q5, int C, int NT, class Tile>
 inline void vk_chunk(const Tile& t0, const Tile& t1, const KScales& k0, const KScales& k1, const ActBlock* a,
                      size_t a_stride, typename R::I* s, typename R::I* m) {
   using I = typename R::I;
   const I m4 = R::set1_8(0x0F);
-  I lo[NT], hi[NT];  // [token] int32 dots with sub-blocks 2C / 2C + 1, lane: row
-  for (int i = 0; i < NT; ++i) lo[i] = hi[i] = R::zero();
+  const I sc_lo = R::join(k_scale32<2 * C>(k0), k_scale32<2 * C>(k1));
+  const I sc_hi = R::join(k_scale32<2 * C + 1>(k0), k_scale32<2 * C + 1>(k1));
+  I lo[NT], hi[NT];  // [token] int32 dots with sub-blocks 2C / 2C + 1 (Q4_K: their current half), lane: row
 #pragma GCC unroll 8
   for (int g = 0; g < 8; ++g) {
     const I v = R::group(t0.q[C][g], t1.q[C][g]);
@@ -290,18 +295,23 @@ inline void vk_chunk(const Tile& t0, const Tile& t1, const KScales& k0, const KS
       ql = R::or_(ql, R::and_(hl, bit4));
       qh = R::or_(qh, R::and_(hh, bit4));
     }
+    const bool first = Q5 ? g == 0 : g % 4 == 0;
     for (int i = 0; i < NT; ++i) {
       const ActBlock* ai = a + i * a_stride + 2 * C;
-      lo[i] = R::dpbusd_b(lo[i], ql, ai[0].qs + 4 * g);
-      hi[i] = R::dpbusd_b(hi[i], qh, ai[1].qs + 4 * g);
+      lo[i] = R::dpbusd_b(first ? R::zero() : lo[i], ql, ai[0].qs + 4 * g);
+      hi[i] = R::dpbusd_b(first ? R::zero() : hi[i], qh, ai[1].qs + 4 * g);
+      if (!Q5 && g % 4 == 3) {
+        s[i] = R::dpwssd(s[i], lo[i], sc_lo);
+        s[i] = R::dpwssd(s[i], hi[i], sc_hi);
+      }
     }
   }
-  const I sc_lo = R::join(k_scale32<2 * C>(k0), k_scale32<2 * C>(k1));
-  const I sc_hi = R::join(k_scale32<2 * C + 1>(k0), k_scale32<2 * C + 1>(k1));
-  const I mn = R::join(k_min_pair<C>(k0), k_min_pair<C>(k1));
+  const I mn_lo = R::join(k0.mins16<2 * C>(), k1.mins16<2 * C>());
+  const I mn_hi = R::join(k0.mins16<2 * C + 1>(), k1.mins16<2 * C + 1>());
   for (int i = 0; i < NT; ++i) {
-    s[i] = R::add(s[i], R::add(R::mullo(lo[i], sc_lo), R::mullo(hi[i], sc_hi)));
-    m[i] = R::add(m[i], R::madd16(R::set1_32(k_act_sums(a + i * a_stride + 2 * C)), mn));
+    const ActBlock* ai = a + i * a_stride + 2 * C;
+    if constexpr (Q5) s[i] = R::add(s[i], R::add(R::mullo(lo[i], sc_lo), R::mullo(hi[i], sc_hi)));
+    m[i] = R::dpwssd_b(R::dpwssd_b(m[i], mn_lo, ai[0].sum), mn_hi, ai[1].sum);
   }
 }
 
