@@ -265,18 +265,17 @@ struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 template <int J>
 inline __m256i k_scale32(const KScales& ks) { return _mm256_and_si256(ks.pair16<J>(), _mm256_set1_epi32(0xFFFF)); }
 
-// Chunk C (sub-blocks 2C, 2C + 1) for NT tokens: s[i] += sc_2C dot_2C + sc_2C+1 dot_2C+1 and
-// m[i] += mn_2C sum a_2C + mn_2C+1 sum a_2C+1, per row (lane), exact integers (|s| < 2^26).
+// Chunk C (sub-blocks 2C, 2C + 1) for NT tokens: s[i] += sc_2C dot_2C + sc_2C+1 dot_2C+1, per row
+// (lane), exact integers (|s| < 2^26).
 //
 // The scale's product: Q4_K's dot over half a sub-block (4 groups) is at most 16 * 15 * 127 = 30480,
 // an int16, so each half's chain is multiplied by the scale and added to s in one `vpdpwssd` (the
 // chain's low int16 times the scale, its high int16, 0, times 0), and the chain starts again from 0;
 // Q5_K's halves reach 62992, so it keeps a whole sub-block's chain and one `vpmulld` (2 uops on Intel)
-// and an add. The minimum's product is one `vpdpwssd` per sub-block of mn (in both int16 halves) by the
-// activation block's two half sums, broadcast straight from the block.
+// and an add. (The minimums are vk_block's, after the chunks.)
 template <class R, bool Q5, int C, int NT, class Tile>
 inline void vk_chunk(const Tile& t0, const Tile& t1, const KScales& k0, const KScales& k1, const ActBlock* a,
-                     size_t a_stride, typename R::I* s, typename R::I* m) {
+                     size_t a_stride, typename R::I* s) {
   using I = typename R::I;
   const I m4 = R::set1_8(0x0F);
   const I sc_lo = R::join(k_scale32<2 * C>(k0), k_scale32<2 * C>(k1));
@@ -306,27 +305,28 @@ inline void vk_chunk(const Tile& t0, const Tile& t1, const KScales& k0, const KS
       }
     }
   }
-  const I mn_lo = R::join(k0.mins16<2 * C>(), k1.mins16<2 * C>());
-  const I mn_hi = R::join(k0.mins16<2 * C + 1>(), k1.mins16<2 * C + 1>());
-  for (int i = 0; i < NT; ++i) {
-    const ActBlock* ai = a + i * a_stride + 2 * C;
-    if constexpr (Q5) s[i] = R::add(s[i], R::add(R::mullo(lo[i], sc_lo), R::mullo(hi[i], sc_hi)));
-    m[i] = R::dpwssd_b(R::dpwssd_b(m[i], mn_lo, ai[0].sum), mn_hi, ai[1].sum);
-  }
+  if constexpr (Q5)
+    for (int i = 0; i < NT; ++i) s[i] = R::add(s[i], R::add(R::mullo(lo[i], sc_lo), R::mullo(hi[i], sc_hi)));
 }
 
 // acc[i] += one Q4_K / Q5_K tile block (t0), or a pair (t0, t1), times token i's 8 activation blocks
 // (one scale da for the 8, kernels.h's act_group): kernels_avx2_quants.h's k_finish, lane for lane.
 template <class R, bool Q5, int NT, class Tile, class Acc>
 inline void vk_block(const Tile& t0, const Tile& t1, const ActBlock* a, size_t a_stride, Acc* acc) {
+  using I = typename R::I;
   const KScales k0(t0.scales), k1(t1.scales);  // (Rows8: k1 unused, so not computed)
-  typename R::I s[NT], m[NT];
-  for (int i = 0; i < NT; ++i) s[i] = m[i] = R::zero();
-  for_const<4>([&](auto c) { vk_chunk<R, Q5, decltype(c)::value, NT>(t0, t1, k0, k1, a, a_stride, s, m); });
+  I s[NT];
+  for (int i = 0; i < NT; ++i) s[i] = R::zero();
+  for_const<4>([&](auto c) { vk_chunk<R, Q5, decltype(c)::value, NT>(t0, t1, k0, k1, a, a_stride, s); });
+  // The minimums after the quants (no register held through the chunks): M = sum_j mn_j sum a_j.
+  I mn[8];
+  for_const<8>([&](auto j) { mn[j] = R::join(k0.template mins16<j>(), k1.template mins16<j>()); });
   const typename R::F d = R::scales(t0.d, t1.d), dmin = R::scales(t0.dmin, t1.dmin);
   for (int i = 0; i < NT; ++i) {
+    I m = R::zero();
+    for (int j = 0; j < 8; ++j) m = R::dpwssd_b(m, mn[j], a[i * a_stride + j].sum);
     const typename R::F da = R::set1(a[i * a_stride].d);
-    acc[i].v = R::fnmadd(R::mul(dmin, da), R::cvt(m[i]), R::fmadd(R::mul(d, da), R::cvt(s[i]), acc[i].v));
+    acc[i].v = R::fnmadd(R::mul(dmin, da), R::cvt(m), R::fmadd(R::mul(d, da), R::cvt(s[i]), acc[i].v));
   }
 }
 
