@@ -369,20 +369,23 @@ inline typename R::I q6_quants(const TileQ6_K& t0, const TileQ6_K& t1, int g) {
   return R::or_(low, R::and_(high, R::set1_8(0x30)));
 }
 
-// Sub-block J for NT tokens: s32[i] += sc_2J dot + sc_2J+1 dot over its halves, and off[i] += sc_2J
-// sum_0 + sc_2J+1 sum_1 (one `vpdpwssd` of the activation's two half sums, broadcast from the block,
-// by the two scales as an int16 pair), so S = s32 - 32 off: the offset of the unsigned quants once per
-// sub-block and token, where a chain start per half took a scalar multiply and a broadcast each.
+// Row r's scales of sub-block J's halves as an int16 pair in lane r (sc_2J low, sc_2J+1 high; |sc| <= 128).
+template <class R, int J>
+inline typename R::I q6_scale_pair(const TileQ6_K& t0, const TileQ6_K& t1) {
+  const auto pair = [](const TileQ6_K& t) {
+    return _mm256_blend_epi16(q6_scale32(t.scales[2 * J]), _mm256_slli_epi32(q6_scale32(t.scales[2 * J + 1]), 16), 0xAA);
+  };
+  return R::join(pair(t0), pair(t1));
+}
+
+// Sub-block J for NT tokens: s32[i] += sc_2J dot + sc_2J+1 dot over its halves (the quants unsigned;
+// vq6_block takes the offset of 32 after the quants).
 template <class R, int J, int NT>
 inline void vq6_sub_block(const TileQ6_K& t0, const TileQ6_K& t1, const ActBlock* a, size_t a_stride,
-                          typename R::I* s32, typename R::I* off) {
+                          typename R::I* s32) {
   using I = typename R::I;
-  const __m256i x0[2] = {q6_scale32(t0.scales[2 * J]), q6_scale32(t0.scales[2 * J + 1])};
-  const __m256i x1[2] = {q6_scale32(t1.scales[2 * J]), q6_scale32(t1.scales[2 * J + 1])};
-  const I sc[2] = {R::join(x0[0], x1[0]), R::join(x0[1], x1[1])};
-  // row r's lane: sc_2J in the low int16, sc_2J+1 in the high (|sc| <= 128)
-  const I pair = R::join(_mm256_blend_epi16(x0[0], _mm256_slli_epi32(x0[1], 16), 0xAA),
-                         _mm256_blend_epi16(x1[0], _mm256_slli_epi32(x1[1], 16), 0xAA));
+  const I sc[2] = {R::join(q6_scale32(t0.scales[2 * J]), q6_scale32(t1.scales[2 * J])),
+                   R::join(q6_scale32(t0.scales[2 * J + 1]), q6_scale32(t1.scales[2 * J + 1]))};
   I dot[NT];  // [token]: the half's chain
 #pragma GCC unroll 8
   for (int g = 0; g < 8; ++g) {
@@ -393,19 +396,27 @@ inline void vq6_sub_block(const TileQ6_K& t0, const TileQ6_K& t1, const ActBlock
       if (g % 4 == 3) s32[i] = R::add(s32[i], R::mullo(dot[i], sc[g / 4]));
     }
   }
-  for (int i = 0; i < NT; ++i) off[i] = R::dpwssd_b(off[i], pair, a[i * a_stride + J].sum);
 }
 
 // acc[i] += one Q6_K tile block (t0), or a pair (t0, t1), times token i's 8 activation blocks (one
-// scale da for the 8): acc += (d da) S, S the super-block's exact integer sum.
+// scale da for the 8): acc += (d da) S, S = s32 - 32 off the super-block's exact integer sum, where
+// off = sum over the 16 halves of sc_h sum a_h: one `vpdpwssd` per sub-block of its two scales (an
+// int16 pair) by the activation block's two half sums, broadcast from the block, after the quants (no
+// register held through them; within them, a chain start per half took a scalar multiply and a
+// broadcast).
 template <class R, int NT, class Acc>
 inline void vq6_block(const TileQ6_K& t0, const TileQ6_K& t1, const ActBlock* a, size_t a_stride, Acc* acc) {
-  typename R::I s[NT], off[NT];
-  for (int i = 0; i < NT; ++i) s[i] = off[i] = R::zero();
-  for_const<8>([&](auto j) { vq6_sub_block<R, decltype(j)::value, NT>(t0, t1, a, a_stride, s, off); });
+  using I = typename R::I;
+  I s[NT];
+  for (int i = 0; i < NT; ++i) s[i] = R::zero();
+  for_const<8>([&](auto j) { vq6_sub_block<R, decltype(j)::value, NT>(t0, t1, a, a_stride, s); });
+  I pair[8];
+  for_const<8>([&](auto j) { pair[j] = q6_scale_pair<R, decltype(j)::value>(t0, t1); });
   const typename R::F d = R::scales(t0.d, t1.d);
   for (int i = 0; i < NT; ++i) {
-    const typename R::I S = R::sub(s[i], R::template sll32<5>(off[i]));
+    I off = R::zero();
+    for (int j = 0; j < 8; ++j) off = R::dpwssd_b(off, pair[j], a[i * a_stride + j].sum);
+    const I S = R::sub(s[i], R::template sll32<5>(off));
     acc[i].v = R::fmadd(R::mul(d, R::set1(a[i * a_stride].d)), R::cvt(S), acc[i].v);
   }
 }
