@@ -271,7 +271,7 @@ inline void pair_tokens(const typename Op::Tile* tiles, int n_blocks, const ActB
 // batch.
 
 // Software prefetch for the GEMV streams: each tile's stream asks for the lines kGemvPrefetchBytes
-// ahead of the block it is about to use, into L2 (prefetcht1). The hardware prefetcher alone kept too
+// ahead of the block it is about to use, into L1 on x86 (prefetcht0), into L2 on ARM. The hardware prefetcher alone kept too
 // few reads in flight: on the EPYC Zen 5 (2 threads, `test_kernels --bench-dram`, Q4_0 over 1 GB,
 // alternating runs) 25.7 / 26.2 / 25.9 GB/s without, 55.7 / 52.4 / 53.5 GB/s at 2,048 bytes ahead
 // (1,024: ~45; 4,096: ~44; locality hint 3 no better); the read probe gave about 74 GB/s meanwhile.
@@ -279,14 +279,33 @@ inline void pair_tokens(const typename Op::Tile* tiles, int n_blocks, const ActB
 // VNNI) showed what it costs there: 13.1 / 13.2 GB/s against a 31.5-33.2 GB/s probe (the avx2 table
 // 17.2), the 8B decode at 0.45x llama.cpp; prefetcht1 32.1 / 32.5 (avx2 table 29.7), prefetcht0
 // 31.4 / 31.5, prefetcht1 at 1,024 / 4,096 bytes ahead 31.0-31.2 / 30.3-30.5 (alternating builds).
+// Q4_0 no better either way, but the K-quants read their blocks' scales and Q6_K its high bits more
+// than once: prefetcht0 on that Xeon, `--bench-rows T 3 [ROWS COLS]`, medians of 3 alternating runs,
+// Q4_K 25.8 -> 28.3 GB/s, Q6_K 24.1 -> 26.0 (14336 x 4096), Q6_K 20.4 -> 22.5 (2048 x 768).
 // A hint only: results never depend on it, and a prefetch past the end of the weights is dropped, not
-// a fault. Not measured on a Kunpeng (docs/benchmarks.md).
+// a fault. Not measured on a Kunpeng (docs/benchmarks.md): ARM keeps pldl2keep.
 constexpr int kGemvPrefetchBytes = 2048;
-constexpr int kGemvPrefetchLocality = 2;  // __builtin_prefetch's: 2 = prefetcht1 (x86), pldl2keep (ARM)
+#if defined(__x86_64__)
+constexpr int kGemvPrefetchLocality = 3;  // __builtin_prefetch's: 3 = prefetcht0
+#else
+constexpr int kGemvPrefetchLocality = 2;  // 2 = pldl2keep
+#endif
+//
+// Near a tile's end the lines ahead are the next tile's, which the stream beside it reads already:
+// each line past the end is taken instead from the start of the tile this stream reads next, S tiles
+// on (`jump` bytes further), so the next pass's streams start with their first kGemvPrefetchBytes in
+// flight. Before (the lines past the end left to the stream beside), the first 2 KB less a block of
+// every tile were demand misses: a quarter of the bytes of a 768-column Q4_K matrix (Qwen3-30B-A3B's
+// expert down: 3 blocks, 3.4 KB a tile), a tenth of a 2,048-column one. Past the caller's last tile
+// the lines are another range's or none: a wasted read at most.
 template <class Tile>
-inline void gemv_prefetch(const Tile* block) {
+inline void gemv_prefetch(const Tile* block, const Tile* tile_end, size_t jump) {
   const char* ahead = reinterpret_cast<const char*>(block) + kGemvPrefetchBytes;
-  for (size_t off = 0; off < sizeof(Tile); off += 64) __builtin_prefetch(ahead + off, 0, kGemvPrefetchLocality);
+  const char* end = reinterpret_cast<const char*>(tile_end);
+  for (size_t off = 0; off < sizeof(Tile); off += 64) {
+    const char* line = ahead + off;
+    __builtin_prefetch(line < end ? line : line + jump, 0, kGemvPrefetchLocality);
+  }
 }
 
 // S consecutive tiles (tile s at tiles + s * n_blocks) for NT <= tok_tile<Op> tokens (token i's blocks
@@ -299,13 +318,17 @@ template <class Op, int S, int NT, bool Prefetch>
 [[gnu::noinline]] void rows_lockstep(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride,
                           float* y, int ldy) {
   constexpr int A = act_blocks<typename Op::Tile>;
+  const size_t jump = size_t(S - 1) * n_blocks * sizeof(typename Op::Tile);  // tile s's end to tile s + S's start
   if constexpr (has_pair<Op>::value && S % 2 == 0) {  // S / 2 pairs
     typename Op::Pair acc[S / 2][NT]{};
     for (int kb = 0; kb < n_blocks; ++kb)
       for (int s = 0; s < S; s += 2) {
         const auto& b0 = tiles[size_t(s) * n_blocks + kb];
         const auto& b1 = tiles[size_t(s + 1) * n_blocks + kb];
-        if (Prefetch) gemv_prefetch(&b0), gemv_prefetch(&b1);
+        if (Prefetch) {
+          gemv_prefetch(&b0, tiles + size_t(s + 1) * n_blocks, jump);
+          gemv_prefetch(&b1, tiles + size_t(s + 2) * n_blocks, jump);
+        }
         Op::template pair_block<NT>(b0, b1, x + size_t(kb) * A, x_stride, acc[s / 2]);
       }
     for (int s = 0; s < S; s += 2)
@@ -316,7 +339,7 @@ template <class Op, int S, int NT, bool Prefetch>
   for (int kb = 0; kb < n_blocks; ++kb)
     for (int s = 0; s < S; ++s) {
       const auto& b = tiles[size_t(s) * n_blocks + kb];
-      if (Prefetch) gemv_prefetch(&b);
+      if (Prefetch) gemv_prefetch(&b, tiles + size_t(s + 1) * n_blocks, jump);
       Op::template block<NT>(b, x + size_t(kb) * A, x_stride, acc[s]);
     }
   for (int s = 0; s < S; ++s)

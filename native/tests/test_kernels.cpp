@@ -17,8 +17,10 @@
 //                                runs; `hot`: one layer, so the K/V stay in the caches (the arithmetic alone)
 //   test_kernels --bench-dram    two-thread Q4_0 GEMV over 1 GB of weights (out of every cache, as
 //                                decode of a big model is) against a two-thread read of the same bytes
-//   test_kernels --bench-rows [TYPE] [ROUNDS]  two-thread gemm of r = 1, 2, 4, 8 tokens over ~1 GB of
-//                                TYPE (Q4_0 by default) weights: each r's cost against r = 1 (issue 28)
+//   test_kernels --bench-rows [TYPE] [ROUNDS] [ROWS COLS]  two-thread gemm of r = 1, 2, 4, 8 tokens over
+//                                ~1 GB of TYPE (Q4_0 by default) weights, copies of a ROWS x COLS matrix
+//                                (14336 x 4096; an expert of Qwen3-30B-A3B: 1536 2048 or 2048 768), each
+//                                thread its own copies: each r's cost against r = 1 (issue 28)
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -821,8 +823,8 @@ double thread_cpu_seconds() {
 // shared machine, wall time would count the time other processes held the core). Prints ms per pass
 // over the copies, GB/s of weights, int8 GOPS (2 * rows * cols * r per second) and the ratio to r = 1
 // (the figure issue 28 sets targets for).
-void bench_rows(WType type, int rounds) {
-  const int rows = 14336, cols = 4096, n_threads = 2, rs[] = {1, 2, 4, 8};
+void bench_rows(WType type, int rounds, int rows, int cols) {
+  const int n_threads = 2, rs[] = {1, 2, 4, 8};
   const auto gguf = random_gguf_matrix(type, rows, cols);
   const size_t bytes = packed_bytes(type, rows, cols);
   const int copies = std::max(2, int(1e9 / bytes) / 2 * 2);
@@ -944,12 +946,17 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!std::strcmp(argv[i], "--bench-dram")) { bench_dram(); return 0; }
-    if (!std::strcmp(argv[i], "--bench-rows")) {  // [TYPE] [ROUNDS]
+    if (!std::strcmp(argv[i], "--bench-rows")) {  // [TYPE] [ROUNDS] [ROWS COLS]
       WType type = WType::Q4_0;
       if (i + 1 < argc)
         for (WType t : kAllTypes)
           if (!std::strcmp(argv[i + 1], type_name(t))) type = t;
-      bench_rows(type, i + 2 < argc ? std::max(1, std::atoi(argv[i + 2])) : 7);
+      const int rows = i + 4 < argc ? std::atoi(argv[i + 3]) : 14336, cols = i + 4 < argc ? std::atoi(argv[i + 4]) : 4096;
+      if (rows < ROW_TILE || cols < QK_K || cols % QK_K) {
+        std::fprintf(stderr, "--bench-rows: ROWS >= 8, COLS a multiple of 256\n");
+        return 2;
+      }
+      bench_rows(type, i + 2 < argc ? std::max(1, std::atoi(argv[i + 2])) : 7, rows, cols);
       return 0;
     }
     if (!std::strcmp(argv[i], "--bench-peak")) { bench_peak(); return 0; }
