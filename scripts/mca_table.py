@@ -61,7 +61,7 @@ class Kernel:
 
 # The unit of each walk (see scripts/mca/ours_neon_dotprod.cpp and llama.cpp's sources):
 #   ours GEMV: block kb of kGemvStreams = 4 tiles of 8 rows (Q4_0: 4 x 8 x 32; Q4_K: the 4 tiles
-#     in a loop, each 4 pairs of sub-blocks of 32 in a loop); ours GEMM: block kb of one tile for 4
+#     unrolled, each 4 pairs of sub-blocks of 32 in a loop); ours GEMM: block kb of one tile for 4
 #     tokens (Q4_K: its 4 pairs of sub-blocks in a loop).
 #   llama.cpp vec_dot: Q4_0 two blocks of 32 per iteration; Q4_K one super-block (256).
 #   llama.cpp repack: q4_0_4x4 one block of 4 rows (gemv: 1 token; gemm: its main loop's 16 tokens,
@@ -74,7 +74,7 @@ KERNELS = [
     Kernel("llama.cpp Q4_0 GEMV (repack 4x4)", "llama-repack", "ggml_gemv_q4_0_4x4_q8_0", 1, 4 * 32),
     Kernel("ours Q4_0 GEMM", "ours", "mca_ours_q4_0_gemm", 4, 8 * 32 * 4),
     Kernel("llama.cpp Q4_0 GEMM (repack 4x4)", "llama-repack", "ggml_gemm_q4_0_4x4_q8_0", 16, 4 * 32 * 16),
-    Kernel("ours Q4_K GEMV", "ours", "mca_ours_q4_k_gemv", 1, 4 * 8 * 256, (4, 4)),
+    Kernel("ours Q4_K GEMV", "ours", "mca_ours_q4_k_gemv", 1, 4 * 8 * 256, (4,)),
     Kernel("llama.cpp Q4_K GEMV (vec_dot)", "llama-quants", "ggml_vec_dot_q4_K_q8_K", 1, 256),
     Kernel("llama.cpp Q4_K GEMV (repack 8x4)", "llama-repack", "ggml_gemv_q4_K_8x4_q8_K", 1, 8 * 256, (4,)),
     Kernel("ours Q4_K GEMM", "ours", "mca_ours_q4_k_gemm", 4, 8 * 256 * 4, (4,)),
@@ -239,15 +239,16 @@ def unit_loop(k: Kernel, instrs: list[str], loops: list[Loop]) -> Loop:
 
 
 def weighted_loops(k: Kernel, u: Loop) -> list[tuple[Loop, int]]:
-    """The unit and the loops nested in it, each with how many times it runs per unit iteration."""
+    """The unit and the loops nested in it, each with how many times it runs per unit iteration (the
+    loops at one depth are siblings of the same trip count: one per stream where the streams are unrolled)."""
     out, level, mult = [(u, 1)], [u], 1
     for trip in k.trips:
         children = [c for l in level for c in l.children]
-        if len(children) != 1:
-            raise SystemExit(f"mca_table: {k.function}: expected one loop at this depth, found {len(children)} "
+        if not children:
+            raise SystemExit(f"mca_table: {k.function}: expected a loop at this depth, found none "
                              f"(the compiled loop nest is not the one KERNELS describes; --show-loops)")
         mult *= trip
-        out.append((children[0], mult))
+        out.extend((c, mult) for c in children)
         level = children
     if any(l.children for l in level):
         raise SystemExit(f"mca_table: {k.function}: a loop nested deeper than KERNELS describes (--show-loops)")

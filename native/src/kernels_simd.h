@@ -291,21 +291,31 @@ constexpr int kGemvPrefetchLocality = 3;  // __builtin_prefetch's: 3 = prefetcht
 constexpr int kGemvPrefetchLocality = 2;  // 2 = pldl2keep
 #endif
 //
-// Near a tile's end the lines ahead are the next tile's, which the stream beside it reads already:
-// each line past the end is taken instead from the start of the tile this stream reads next, S tiles
-// on (`jump` bytes further), so the next pass's streams start with their first kGemvPrefetchBytes in
-// flight. Before (the lines past the end left to the stream beside), the first 2 KB less a block of
-// every tile were demand misses: a quarter of the bytes of a 768-column Q4_K matrix (Qwen3-30B-A3B's
-// expert down: 3 blocks, 3.4 KB a tile), a tenth of a 2,048-column one. Past the caller's last tile
-// the lines are another range's or none: a wasted read at most.
+// Near a tile's end the lines ahead run on into the next tile, which the stream beside reads anyway,
+// while the tile this stream reads next (S tiles on: `next` blocks past this one's end) would begin on
+// demand misses: a quarter of the bytes of a 768-column Q4_K matrix (Qwen3-30B-A3B's expert down: 3
+// blocks, 3.4 KB a tile), a tenth of a 2,048-column one, before this was fixed. So what lies past the
+// end is taken from that next tile instead. On x86 line by line, exactly kGemvPrefetchBytes ahead; on
+// ARM whole blocks, the distance rounded up to a block, one compare per block: the per-line select cost
+// the Kunpeng model (scripts/mca_table.py) 3.5 cycles per 256 weights of the Q4_0 GEMV (26.5 -> 30.0),
+// while on the Intel Xeon whole blocks read 2-11 % slower than lines (`--bench-rows`, Q6_K 2048 x 768
+// 18.2 against 20.5 GB/s; the MoE decode ~3 %). Past the caller's last tile the lines are another
+// range's or none: a wasted read at most.
 template <class Tile>
-inline void gemv_prefetch(const Tile* block, const Tile* tile_end, size_t jump) {
-  const char* ahead = reinterpret_cast<const char*>(block) + kGemvPrefetchBytes;
-  const char* end = reinterpret_cast<const char*>(tile_end);
+inline void gemv_prefetch(const Tile* tile, int kb, int n_blocks, size_t next) {
+#if defined(__x86_64__)
+  const char* ahead = reinterpret_cast<const char*>(tile + kb) + kGemvPrefetchBytes;
+  const char* end = reinterpret_cast<const char*>(tile + n_blocks);
+  const size_t jump = next * sizeof(Tile);
   for (size_t off = 0; off < sizeof(Tile); off += 64) {
     const char* line = ahead + off;
     __builtin_prefetch(line < end ? line : line + jump, 0, kGemvPrefetchLocality);
   }
+#else
+  constexpr int ahead = int((kGemvPrefetchBytes + sizeof(Tile) - 1) / sizeof(Tile));
+  const char* p = reinterpret_cast<const char*>(tile + kb + ahead + (kb + ahead < n_blocks ? 0 : next));
+  for (size_t off = 0; off < sizeof(Tile); off += 64) __builtin_prefetch(p + off, 0, kGemvPrefetchLocality);
+#endif
 }
 
 // S consecutive tiles (tile s at tiles + s * n_blocks) for NT <= tok_tile<Op> tokens (token i's blocks
@@ -318,16 +328,17 @@ template <class Op, int S, int NT, bool Prefetch>
 [[gnu::noinline]] void rows_lockstep(const typename Op::Tile* tiles, int n_blocks, const ActBlock* x, size_t x_stride,
                           float* y, int ldy) {
   constexpr int A = act_blocks<typename Op::Tile>;
-  const size_t jump = size_t(S - 1) * n_blocks * sizeof(typename Op::Tile);  // tile s's end to tile s + S's start
+  const size_t next = size_t(S - 1) * n_blocks;  // blocks from tile s's end to tile s + S's start
   if constexpr (has_pair<Op>::value && S % 2 == 0) {  // S / 2 pairs
     typename Op::Pair acc[S / 2][NT]{};
     for (int kb = 0; kb < n_blocks; ++kb)
+#pragma GCC unroll 8
       for (int s = 0; s < S; s += 2) {
         const auto& b0 = tiles[size_t(s) * n_blocks + kb];
         const auto& b1 = tiles[size_t(s + 1) * n_blocks + kb];
         if (Prefetch) {
-          gemv_prefetch(&b0, tiles + size_t(s + 1) * n_blocks, jump);
-          gemv_prefetch(&b1, tiles + size_t(s + 2) * n_blocks, jump);
+          gemv_prefetch(tiles + size_t(s) * n_blocks, kb, n_blocks, next);
+          gemv_prefetch(tiles + size_t(s + 1) * n_blocks, kb, n_blocks, next);
         }
         Op::template pair_block<NT>(b0, b1, x + size_t(kb) * A, x_stride, acc[s / 2]);
       }
@@ -337,9 +348,10 @@ template <class Op, int S, int NT, bool Prefetch>
   }
   typename Op::Acc acc[S][NT]{};
   for (int kb = 0; kb < n_blocks; ++kb)
+#pragma GCC unroll 8
     for (int s = 0; s < S; ++s) {
       const auto& b = tiles[size_t(s) * n_blocks + kb];
-      if (Prefetch) gemv_prefetch(&b, tiles + size_t(s + 1) * n_blocks, jump);
+      if (Prefetch) gemv_prefetch(tiles + size_t(s) * n_blocks, kb, n_blocks, next);
       Op::template block<NT>(b, x + size_t(kb) * A, x_stride, acc[s]);
     }
   for (int s = 0; s < S; ++s)
