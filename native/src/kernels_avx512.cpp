@@ -278,29 +278,37 @@ struct VnniQ8_0 : simd::WeightType<TileQ8_0, TileAcc> {
 // operations, and each sub-block's multipliers come out of one `pshufb` already in their lanes (with
 // AVX2's per tile, then an `and` and a join: the one-token GEMV's pair block, where nothing amortizes
 // the scales, went from 429 instructions to 363; `--bench-gemm 4096 14336 64`, 3 alternating runs,
-// Intel Xeon: Q4_K 368 -> 383 GOPS, Q5_K 311 -> 324). The same integers: the same bits.
+// Intel Xeon: Q4_K 368 -> 383 GOPS, Q5_K 311 -> 324). Each pair is computed where a chunk (or the
+// minimums' step) uses it: held through the chunks, the 8 registers made the 8-token pass spill
+// (4 alternating runs: Q4_K 364 -> 372, Q5_K 299 -> 310). The same integers: the same bits.
 template <class R>
 struct KScalesR {
   using I = typename R::I;
-  I sc[8 / 2], mn[8 / 2];  // [pair of sub-blocks (j / 2)]: byte 8 (j % 2) + r of each 128-bit lane, as KScales
+  const uint8_t (*s0)[8];
+  const uint8_t (*s1)[8];
 
-  KScalesR(const uint8_t (*s0)[8], const uint8_t (*s1)[8]) {
-    const I low6 = R::set1_8(0x3F), low4 = R::set1_8(0x0F), bits45 = R::set1_8(0x30);
-    for (int p = 0; p < 2; ++p) {  // KScales' arithmetic, byte for byte
-      const I a = R::bcast16(s0[2 * p], s1[2 * p]), b = R::bcast16(s0[4 + 2 * p], s1[4 + 2 * p]),
-              c = R::bcast16(s0[8 + 2 * p], s1[8 + 2 * p]);
-      sc[p] = R::and_(a, low6);
-      mn[p] = R::and_(b, low6);
-      sc[2 + p] = R::or_(R::and_(c, low4), R::and_(R::template srl16<2>(a), bits45));
-      mn[2 + p] = R::or_(R::and_(R::template srl16<4>(c), low4), R::and_(R::template srl16<2>(b), bits45));
+  KScalesR(const uint8_t (*t0)[8], const uint8_t (*t1)[8]) : s0(t0), s1(t1) {}
+  // Sub-blocks 2P, 2P + 1's scales (M: minimums): byte 8 (j % 2) + r of each 128-bit lane, as KScales'
+  // sc[P] / mn[P], computed where used so no register holds them through the chunks.
+  template <int P, bool M>
+  I pair() const {
+    constexpr int lo = M ? 4 : 0, p = P % 2;  // the 6-bit bytes: scales 0..3, minimums 4..7
+    const I a = R::bcast16(s0[lo + 2 * p], s1[lo + 2 * p]);
+    if constexpr (P < 2) {
+      return R::and_(a, R::set1_8(0x3F));
+    } else {  // the low 4 bits from bytes 8..11 (M: their high nibble), bits 4, 5 from a's top 2
+      const I c = R::bcast16(s0[8 + 2 * p], s1[8 + 2 * p]);
+      const I low = M ? R::template srl16<4>(c) : c;
+      return R::or_(R::and_(low, R::set1_8(0x0F)), R::and_(R::template srl16<2>(a), R::set1_8(0x30)));
     }
   }
-  // Sub-block J's scales, row r's as the int32 of lane r (a `vpdpwssd` multiplier: high int16 0).
-  template <int J>
-  I sc32() const { return R::shuffle8(sc[J / 2], pick<J % 2, false>()); }
-  // Sub-block J's minimums, row r's in both int16 halves of lane r (a `madd` multiplier).
-  template <int J>
-  I mins16() const { return R::shuffle8(mn[J / 2], pick<J % 2, true>()); }
+  // Sub-block 2P + H's scales from pair<P, false>(): row r's as the int32 of lane r (a `vpdpwssd`
+  // multiplier: high int16 0).
+  template <int H>
+  static I sc32(I pair) { return R::shuffle8(pair, pick<H, false>()); }
+  // Sub-block 2P + H's minimums from pair<P, true>(): row r's in both int16 halves of lane r.
+  template <int H>
+  static I mins16(I pair) { return R::shuffle8(pair, pick<H, true>()); }
   // pshufb indices: int32 lane r (rows 0-3 in the low 128 bits, 4-7 in the high) takes byte 8H + r
   // into its byte 0 (and byte 2 if Both), zeros (index 0x80) elsewhere.
   template <int H, bool Both>
@@ -326,7 +334,8 @@ inline void vk_chunk(const Tile& t0, const Tile& t1, const KScalesR<R>& ks, cons
                      size_t a_stride, typename R::I* s) {
   using I = typename R::I;
   const I m4 = R::set1_8(0x0F);
-  const I sc_lo = ks.template sc32<2 * C>(), sc_hi = ks.template sc32<2 * C + 1>();
+  const I sc_pair = ks.template pair<C, false>();
+  const I sc_lo = KScalesR<R>::template sc32<0>(sc_pair), sc_hi = KScalesR<R>::template sc32<1>(sc_pair);
   I lo[NT], hi[NT];  // [token] int32 dots with sub-blocks 2C / 2C + 1 (Q4_K: their current half), lane: row
 #pragma GCC unroll 8
   for (int g = 0; g < 8; ++g) {
@@ -367,7 +376,11 @@ inline void vk_block(const Tile& t0, const Tile& t1, const ActBlock* a, size_t a
   for_const<4>([&](auto c) { vk_chunk<R, Q5, decltype(c)::value, NT>(t0, t1, ks, a, a_stride, s); });
   // The minimums after the quants (no register held through the chunks): M = sum_j mn_j sum a_j.
   I mn[8];
-  for_const<8>([&](auto j) { mn[j] = ks.template mins16<j>(); });
+  for_const<4>([&](auto p) {
+    const I m = ks.template pair<decltype(p)::value, true>();
+    mn[2 * p] = KScalesR<R>::template mins16<0>(m);
+    mn[2 * p + 1] = KScalesR<R>::template mins16<1>(m);
+  });
   const typename R::F d = R::scales(t0.d, t1.d), dmin = R::scales(t0.dmin, t1.dmin);
   for (int i = 0; i < NT; ++i) {
     I m = R::zero();
