@@ -212,7 +212,10 @@ def _widest_block(tensor_types: dict[str, int], suffix: str) -> int:
 @dataclass(frozen=True)
 class NodeShare:
     """What one node holds: KV heads [kv0, kv1) with their query heads, FFN columns [ff0, ff1) (gate
-    and up rows, down columns), vocabulary rows [vocab0, vocab1) of the output projection."""
+    and up rows, down columns), vocabulary rows [vocab0, vocab1) of the output projection. A mixture
+    of experts cuts its experts' down by rows instead, [down0, down1) of the model's width over all
+    the FFN columns (an expert's few columns, 768 in Qwen3-30B-A3B, are 3 K-quant blocks: 2 nodes could
+    only take them 1 : 2, a 4th node none); empty for a dense model."""
     kv0: int
     kv1: int
     head0: int
@@ -223,9 +226,12 @@ class NodeShare:
     vocab1: int
     weight_bytes: int = 0
     kv_bytes_per_block: int = 0
+    down0: int = 0
+    down1: int = 0
 
     def native(self) -> dict:
-        return {"kv_heads": [self.kv0, self.kv1], "ff": [self.ff0, self.ff1], "vocab": [self.vocab0, self.vocab1]}
+        return {"kv_heads": [self.kv0, self.kv1], "ff": [self.ff0, self.ff1], "vocab": [self.vocab0, self.vocab1],
+                "down_rows": [self.down0, self.down1]}
 
 
 def _split_units(n_items: int, unit: int, n_nodes: int) -> list[tuple[int, int]]:
@@ -247,14 +253,17 @@ def plan_shares(hp, tensor_types: dict[str, int], n_nodes: int, block_size: int 
     while (kv_unit * group * hd) % wo_block and kv_unit < hp.n_head_kv:
         kv_unit += 1
     moe = getattr(hp, "n_expert", 0)
-    ff_block = _widest_block(tensor_types, ".ffn_down_exps.weight" if moe else ".ffn_down.weight")
+    # A dense FFN's columns are down's: whole blocks of its type. An expert's are only gate/up rows
+    # (32 at a time, the SwiGLU's units) and its down is cut by rows, in tiles of 8.
+    ff_block = 32 if moe else _widest_block(tensor_types, ".ffn_down.weight")
     kv = _split_units(hp.n_head_kv, kv_unit, n_nodes)
     ff = _split_units(hp.n_ff, ff_block, n_nodes)
+    down = _split_units(hp.n_embd, 8, n_nodes) if moe else [(0, 0)] * n_nodes
     vocab = _split_units(hp.n_vocab, 8, n_nodes)
     out_type = tensor_types.get("output.weight", tensor_types.get("token_embd.weight", 2))
     shares = []
     for i in range(n_nodes):
-        (k0, k1), (f0, f1), (v0, v1) = kv[i], ff[i], vocab[i]
+        (k0, k1), (f0, f1), (v0, v1), (d0, d1) = kv[i], ff[i], vocab[i], down[i]
         nq, nkv, nf = (k1 - k0) * group * hd, (k1 - k0) * hd, f1 - f0
         wbytes = (v1 - v0) * row_bytes(out_type, hp.n_embd)
         for layer in range(hp.n_layer):
@@ -262,14 +271,14 @@ def plan_shares(hp, tensor_types: dict[str, int], n_nodes: int, block_size: int 
             t = lambda name: tensor_types.get(p + name + ".weight", 2)  # noqa: E731
             wbytes += nq * row_bytes(t("attn_q"), hp.n_embd) + nkv * row_bytes(t("attn_k"), hp.n_embd)
             wbytes += nkv * row_bytes(t("attn_v"), hp.n_embd) + hp.n_embd * row_bytes(t("attn_output"), nq)
-            if moe:  # each node holds its FFN columns of every expert (and the router, shared)
+            if moe:  # each node holds its gate/up and down rows of every expert (and the router, shared)
                 wbytes += moe * nf * (row_bytes(t("ffn_gate_exps"), hp.n_embd) + row_bytes(t("ffn_up_exps"), hp.n_embd))
-                wbytes += moe * hp.n_embd * row_bytes(t("ffn_down_exps"), nf)
+                wbytes += moe * (d1 - d0) * row_bytes(t("ffn_down_exps"), hp.n_ff)
             else:
                 wbytes += nf * (row_bytes(t("ffn_gate"), hp.n_embd) + row_bytes(t("ffn_up"), hp.n_embd))
                 wbytes += hp.n_embd * row_bytes(t("ffn_down"), nf)
         shares.append(NodeShare(k0, k1, k0 * group, k1 * group, f0, f1, v0, v1, wbytes,
-                                2 * hp.n_layer * nkv * block_size * 2))
+                                2 * hp.n_layer * nkv * block_size * 2, d0, d1))
     return shares
 
 
@@ -282,11 +291,17 @@ def plan_notes(hp, shares: list[NodeShare]) -> list[str]:
     return notes
 
 
+def _span(begin: int, end: int) -> str:
+    return f"{begin}-{end - 1}" if end > begin else "none"
+
+
 def describe_plan(hp, shares: list[NodeShare]) -> list[str]:
     lines = []
     for i, s in enumerate(shares):
         lines.append(f"node {i}: KV heads {s.kv0}-{s.kv1 - 1} (query heads {s.head0}-{s.head1 - 1}), "
                      if s.kv1 > s.kv0 else f"node {i}: no attention heads, ")
-        lines[-1] += (f"FFN columns {s.ff0}-{s.ff1 - 1}, vocabulary rows {s.vocab0}-{s.vocab1 - 1}; "
+        ffn = (f"experts' FFN columns {_span(s.ff0, s.ff1)} and down rows {_span(s.down0, s.down1)}"
+               if s.down1 > s.down0 else f"FFN columns {_span(s.ff0, s.ff1)}")
+        lines[-1] += (f"{ffn}, vocabulary rows {_span(s.vocab0, s.vocab1)}; "
                       f"weights {s.weight_bytes / 2**20:.1f} MiB, KV {s.kv_bytes_per_block / 1024:.1f} KiB per block")
     return lines + [f"note: {m}" for m in plan_notes(hp, shares)]

@@ -98,7 +98,8 @@ void step(Model& m, I32 token_ids, I32 positions, I32 seq_starts, I32x2 block_ta
 }
 
 // Node plan from Python: [{"threads": n, "cpus": [...], "mem_node": k, "kv_heads": [a, b], "ff": [a, b],
-// "vocab": [a, b]}, ...] (sysinfer/topology.py makes it).
+// "vocab": [a, b], "down_rows": [a, b]}, ...] (sysinfer/topology.py makes it; down_rows, a MoE's cut of
+// its experts' down, may be left out on one node).
 std::vector<NodeSpec> nodes_from_list(const nb::list& nodes) {
   std::vector<NodeSpec> out;
   for (nb::handle h : nodes) {
@@ -107,14 +108,15 @@ std::vector<NodeSpec> nodes_from_list(const nb::list& nodes) {
     n.cpus = get(d, "cpus", std::vector<int>{});
     n.n_threads = get(d, "threads", int(n.cpus.size()));
     n.mem_node = get(d, "mem_node", -1);
-    auto range = [&](const char* key) {
-      std::vector<int> r = get(d, key, std::vector<int>{});
+    auto range = [&](const char* key, bool optional = false) {
+      std::vector<int> r = get(d, key, optional ? std::vector<int>{0, 0} : std::vector<int>{});
       if (r.size() != 2) throw std::invalid_argument(std::string("node plan: ") + key + " must be [begin, end]");
       return std::make_pair(r[0], r[1]);
     };
     std::tie(n.share.kv0, n.share.kv1) = range("kv_heads");
     std::tie(n.share.ff0, n.share.ff1) = range("ff");
     std::tie(n.share.vocab0, n.share.vocab1) = range("vocab");
+    std::tie(n.share.down0, n.share.down1) = range("down_rows", true);
     out.push_back(n);
   }
   return out;
@@ -137,6 +139,7 @@ nb::list node_report(const Model& m) {
     d["heads"] = std::vector<int>{n.head0, n.head0 + n.nh};
     d["ff"] = std::vector<int>{n.ff0, n.ff0 + n.nf};
     d["vocab"] = std::vector<int>{n.vocab0, n.vocab0 + n.nvocab};
+    d["down_rows"] = std::vector<int>{n.dr0, n.dr0 + n.ndr};
     d["weight_bytes"] = n.weight_bytes;
     d["kv_bytes"] = n.kv_bytes;
     // OS node of the first page of its first weight slice and of its KV arena (move_pages(2)).
@@ -166,9 +169,13 @@ nb::list page_report(const Model& m) {
     std::map<int, size_t> weights, kv;
     {
       nb::gil_scoped_release release;
-      for (const NodeLayer& L : n.layers)
+      for (const NodeLayer& L : n.layers) {
         for (const MatrixGroup* g : {&L.qkv, &L.wo, &L.gate_up, &L.down})
           for (const Matrix& x : g->parts) add_matrix(weights, x);
+        for (const std::vector<MatrixGroup>* experts : {&L.exp_gate_up, &L.exp_down})  // MoE: the experts' arena
+          for (const MatrixGroup& g : *experts)
+            for (const Matrix& x : g.parts) add_matrix(weights, x);
+      }
       if (n.output.data != m.token_embd().data) add_matrix(weights, n.output);  // not the shared embeddings
       if (n.kv_bytes) {
         add(kv, n.k_cache.get(), n.kv_bytes / 2);

@@ -51,10 +51,13 @@ struct MatrixGroup {
 
 // Tensor parallel across NUMA nodes: what each node holds of every layer. KV heads [kv0, kv1) with
 // their query heads, FFN columns [ff0, ff1) (gate/up rows and the matching down columns), output rows
-// [vocab0, vocab1). Shares cut [0, n) in order; a share may be empty. One node holding everything is
-// the single-node model.
+// [vocab0, vocab1). A mixture of experts cuts its experts' down by rows instead, [down0, down1) of the
+// model's width, each over all of the FFN columns: the columns of an expert (768 in Qwen3-30B-A3B)
+// are 3 K-quant blocks, which 2 nodes can only cut 1 : 2 and a 4th node not at all. Shares cut [0, n)
+// in order; a share may be empty. One node holding everything is the single-node model.
 struct NodeShare {
   int kv0 = 0, kv1 = 0, ff0 = 0, ff1 = 0, vocab0 = 0, vocab1 = 0;
+  int down0 = 0, down1 = 0;  // MoE only; empty on one node: all of it
 };
 
 struct NodeSpec {
@@ -105,6 +108,7 @@ struct AttnItem;  // one unit of attention work (attention.h)
 struct Node {
   NodeSpec spec;
   int head0 = 0, nh = 0, kv0 = 0, nkv = 0, ff0 = 0, nf = 0, vocab0 = 0, nvocab = 0;
+  int dr0 = 0, ndr = 0;                    // MoE: rows [dr0, dr0 + ndr) of every expert's down
   int thread0 = 0, n_threads = 1;          // its threads in the pool
   BindStatus bind = BindStatus::kNotAsked; // worst outcome over its allocations
   size_t weight_bytes = 0, kv_bytes = 0;
@@ -124,8 +128,9 @@ struct Node {
   std::shared_ptr<float> gate_up;   // [T][gate_up width]
   std::shared_ptr<float> act;       // [T][nf] silu(gate) * up
   std::shared_ptr<float> part;      // [T][D] this node's partial sum of wo, then of down
-  // MoE (S = T * n_expert_used expert rows of a step; gate_up, act and xq then hold S rows):
-  std::shared_ptr<float> moe_out;   // [S][D] each expert row's down output (this node's columns)
+  // MoE (S = T * n_expert_used expert rows of a step; gate_up, act and xq then hold S rows, xq of
+  // the whole FFN width across nodes):
+  std::shared_ptr<float> moe_out;   // [S][D] each expert row's down output (columns [dr0, dr0 + ndr))
   std::vector<AttnItem> attn_items;                 // planned per step
   std::unique_ptr<std::atomic<int>[]> attn_next;    // [n_layer] next item a thread of the node takes
   std::unique_ptr<std::atomic<int>[]> matmul_next;  // [4 * n_layer + 1] next tile of each matmul
@@ -196,7 +201,8 @@ class Model {
                   int x_stride, float* y, int ldy);
   void moe_group_gemm(const MatrixGroup& g, int lo, int hi, const float* x, const ActBlock* xq, int x_stride, int r0,
                       int rows, float* y, int ldy);
-  void moe_swiglu_unit(Node& n, const NodeLayer& L, int unit, int group);
+  void moe_swiglu_unit(Node& n, const NodeLayer& L, int unit, int group, float* act, int ld, bool quantize);
+  void moe_ffn_nodes(int tid, Node& n, int rank, int layer, int op, int n_tok);
   void moe_experts_whole(Node& n, int op, const NodeLayer& L, int group);  // group: act_group of down
   void moe_combine_row(const Node& n, int row) const;
   Matrix make_matrix(WType type, int rows, int cols, const uint8_t* gguf_data, Node* owner);
@@ -250,6 +256,7 @@ class Model {
   int n_active_ = 0;
   std::vector<ActBlock> moe_xq_;      // [S][D / 32] the FFN input rows, grouped by expert
   std::vector<float> moe_x_;          // [S][D] the same in float, when an expert matrix is a float type
+  std::vector<float> moe_act_;        // [S][n_ff] SwiGLU of every node's columns (several nodes only)
 };
 
 }  // namespace sysinfer

@@ -43,7 +43,9 @@ void Model::init_cache(int n_blocks, int block_size, int max_step_tokens, int ma
     const int A = n.nh * hd;
     n.qkv = node_array<float>(size_t(T) * std::max(qkv_w, 1), mem, &st); note();
     n.attn = node_array<float>(size_t(T) * std::max(A, 1), mem, &st); note();
-    n.xq = node_array<ActBlock>(std::max(size_t(T) * std::max(A, QK), size_t(R) * std::max(n.nf, QK)) / QK, mem, &st);
+    // MoE across nodes: down's input is the whole FFN width (moe_ffn_nodes)
+    const int ff_in = cfg_.ffn == FfnKind::MoE && nodes_.size() > 1 ? cfg_.n_ff : n.nf;
+    n.xq = node_array<ActBlock>(std::max(size_t(T) * std::max(A, QK), size_t(R) * std::max(ff_in, QK)) / QK, mem, &st);
     note();
     n.gate_up = node_array<float>(size_t(R) * std::max(gu_w, 1), mem, &st); note();
     n.act = node_array<float>(size_t(R) * std::max(n.nf, 1), mem, &st); note();

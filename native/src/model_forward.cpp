@@ -89,10 +89,11 @@ void Model::reduce_and_norm(int tid, const float* w, bool add_attn, bool add_ffn
   for (int r = r0; r < r1; ++r) {
     float* xr = x_.data() + size_t(r) * D;
     for (const Node& n : nodes_) {
-      if (!(add_attn && n.nh) && !(add_ffn && n.nf)) continue;
-      if (add_ffn && cfg_.ffn == FfnKind::MoE) moe_combine_row(n, r);  // the node's part of row r, here
+      const bool moe = add_ffn && cfg_.ffn == FfnKind::MoE;
+      if (!(add_attn && n.nh) && !(add_ffn && (moe ? n.ndr : n.nf))) continue;
+      if (moe) moe_combine_row(n, r);  // the node's part of row r (its down rows' columns), here
       const float* p = n.part.get() + size_t(r) * D;
-      for (int i = 0; i < D; ++i) xr[i] += p[i];
+      for (int i = moe ? n.dr0 : 0; i < (moe ? n.dr0 + n.ndr : D); ++i) xr[i] += p[i];
     }
     if (!w) continue;
     float* o = xn_.data() + size_t(r) * D;

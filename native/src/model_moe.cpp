@@ -5,8 +5,15 @@
 // A step groups its rows by expert: every (token, chosen expert) pair is one "expert row", and the
 // rows of one expert are laid side by side so each expert's weights are read once per step, by one
 // GEMM over its rows. A decode step of one token reads only its k experts' weights: that is what
-// makes a 30B-A3B model run at the speed of its 3B active parameters. Each NUMA node holds its FFN
-// columns of every expert (the same cut as a dense FFN), so every node works on every active expert.
+// makes a 30B-A3B model run at the speed of its 3B active parameters.
+//
+// Across NUMA nodes every node works on every active expert: it holds its FFN columns of each
+// expert's gate and up (rows of those matrices, cut at 32) and its rows of each expert's down (cut at
+// tiles of 8), over all the FFN columns. A dense FFN cuts down by the same columns as gate and up,
+// but an expert's columns are few (768 in Qwen3-30B-A3B: 3 K-quant blocks), so 2 nodes could only
+// take them 1 : 2 and a 4th node nothing. Between the two halves every node's SwiGLU columns meet in
+// one shared buffer (one more barrier across nodes); each down row is then a whole dot product on one
+// node, the same arithmetic as on one node.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -53,8 +60,8 @@ Matrix Model::arena_matrix(const std::shared_ptr<uint8_t>& arena, size_t* at, WT
 
 // Layer `layer`'s router and expert tensors (t: router [E][D], gate_exps and up_exps [E][F][D],
 // down_exps [E][D][F], GGUF layout, one expert's matrix after another): the router is shared, every
-// node packs its FFN columns of each expert (gate and up rows fused into one matrix when they share
-// a type; down's columns gathered from every row) into one arena of its memory.
+// node packs its FFN columns of each expert's gate and up (rows of them, fused into one matrix when
+// they share a type) and its rows of each expert's down into one arena of its memory.
 void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[4]) {
   const int D = cfg_.n_embd, F = cfg_.n_ff, E = cfg_.n_expert;
   const std::string at = "blk." + std::to_string(layer) + ".";
@@ -63,21 +70,17 @@ void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[
   layers_[layer].router = make_matrix(t[0]->type, E, D, data[0], nullptr);
   const WType tg = t[1]->type, tu = t[2]->type, td = t[3]->type;
   const size_t g_row = gguf_row_bytes(tg, D), u_row = gguf_row_bytes(tu, D), d_row = gguf_row_bytes(td, F);
-  const int bd = block_size_of(td);
   std::vector<uint8_t> buf;
-  for (size_t ni = 0; ni < nodes_.size(); ++ni) {
-    Node& n = nodes_[ni];
-    if (n.nf == 0) continue;
-    if (n.ff0 % bd || (n.nf % bd && n.ff0 + n.nf != F))
-      bad_input(at + "ffn_down_exps: node " + std::to_string(ni) + "'s columns do not fall on whole blocks of "
-                "the matrix's type; use another node count or --numa off");
+  for (Node& n : nodes_) {
+    if (n.nf == 0 && n.ndr == 0) continue;
     NodeLayer& L = n.layers[layer];
     L.exp_gate_up.assign(E, MatrixGroup());
     L.exp_down.assign(E, MatrixGroup());
     L.up_off = n.nf;  // nf is a multiple of 32: the gate part fills whole tiles either way
-    const size_t per_expert = (tg == tu ? aligned(packed_bytes(tg, 2 * n.nf, D))
-                                        : aligned(packed_bytes(tg, n.nf, D)) + aligned(packed_bytes(tu, n.nf, D))) +
-                              aligned(packed_bytes(td, D, n.nf));
+    const size_t gate_up = n.nf == 0 ? 0
+                           : tg == tu ? aligned(packed_bytes(tg, 2 * n.nf, D))
+                                      : aligned(packed_bytes(tg, n.nf, D)) + aligned(packed_bytes(tu, n.nf, D));
+    const size_t per_expert = gate_up + (n.ndr ? aligned(packed_bytes(td, n.ndr, F)) : 0);
     BindStatus st = BindStatus::kNotAsked;
     std::shared_ptr<uint8_t> arena = node_array<uint8_t>(per_expert * E, n.spec.mem_node, &st);
     n.bind = std::max(n.bind, st);
@@ -85,7 +88,8 @@ void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[
     for (int e = 0; e < E; ++e) {
       const uint8_t* gate = data[1] + (size_t(e) * F + n.ff0) * g_row;  // [nf][D] this node's rows
       const uint8_t* up = data[2] + (size_t(e) * F + n.ff0) * u_row;
-      if (tg == tu) {  // one matrix [2 nf][D]: gate rows, then up rows
+      if (n.nf == 0) {
+      } else if (tg == tu) {  // one matrix [2 nf][D]: gate rows, then up rows
         buf.resize(size_t(n.nf) * (g_row + u_row));
         std::memcpy(buf.data(), gate, size_t(n.nf) * g_row);
         std::memcpy(buf.data() + size_t(n.nf) * g_row, up, size_t(n.nf) * u_row);
@@ -94,12 +98,8 @@ void Model::load_experts(int layer, const TensorDesc* t[4], const uint8_t* data[
         L.exp_gate_up[e].add(arena_matrix(arena, &off, tg, n.nf, D, gate, n));
         L.exp_gate_up[e].add(arena_matrix(arena, &off, tu, n.nf, D, up, n));
       }
-      // down: [D][nf] this node's columns of every row of expert e.
-      const uint8_t* down = data[3] + size_t(e) * D * d_row;
-      const size_t col0 = gguf_row_bytes(td, n.ff0), len = gguf_row_bytes(td, n.nf);
-      buf.resize(len * D);
-      for (int r = 0; r < D; ++r) std::memcpy(buf.data() + len * r, down + d_row * r + col0, len);
-      L.exp_down[e].add(arena_matrix(arena, &off, td, D, n.nf, buf.data(), n));
+      // down: [ndr][F] this node's rows of expert e, whole.
+      if (n.ndr) L.exp_down[e].add(arena_matrix(arena, &off, td, n.ndr, F, data[3] + (size_t(e) * D + n.dr0) * d_row, n));
     }
   }
 }
@@ -109,14 +109,14 @@ void Model::check_experts(int layer) const {
   const Matrix& r = layers_[layer].router;
   if (r.rows != cfg_.n_expert || r.cols != cfg_.n_embd) bad_input(at + ": router missing or of the wrong shape");
   for (const Node& n : nodes_) {
-    if (n.nf == 0) continue;
+    if (n.nf == 0 && n.ndr == 0) continue;
     const NodeLayer& L = n.layers[layer];
     if (int(L.exp_gate_up.size()) != cfg_.n_expert || int(L.exp_down.size()) != cfg_.n_expert)
       bad_input(at + ": experts missing");
     // Every expert's matrices alike (one 3-D tensor each): moe_matmul counts tiles per expert.
     for (int e = 0; e < cfg_.n_expert; ++e)
       if (L.exp_gate_up[e].tiles != L.exp_gate_up[0].tiles || L.exp_down[e].tiles != L.exp_down[0].tiles ||
-          L.exp_gate_up[e].width != 2 * n.nf)
+          L.exp_gate_up[e].width != 2 * n.nf || L.exp_down[e].tiles != padded_rows(n.ndr) / ROW_TILE)
         bad_input(at + ": experts of different shapes");
   }
 }
@@ -138,6 +138,7 @@ void Model::init_moe_scratch(int T) {
   expert_cursor_.assign(E, 0);
   moe_xq_.assign(size_t(S) * D / QK, ActBlock{});
   moe_x_.assign(any_float ? size_t(S) * D : 0, 0.f);
+  moe_act_.assign(nodes_.size() > 1 ? size_t(S) * cfg_.n_ff : 0, 0.f);
 }
 
 // The routing of a step (one thread): each token's top k experts and their weights, then the expert
@@ -215,16 +216,16 @@ void Model::moe_matmul(Node& n, int op, const std::vector<MatrixGroup>& groups, 
   });
 }
 
-// SwiGLU of unit u of the [S][nf / (32 group)] expert-row units on node n: a = silu(gate) * up for
-// expert row r, columns [i0, i0 + 32 group), quantized for down where it takes quantized blocks
-// (`group` of them to a scale, kernels.h's act_group).
-void Model::moe_swiglu_unit(Node& n, const NodeLayer& L, int u, int group) {
-  const int F = n.nf, width = QK * group, units_per_row = F / width, gw = L.exp_gate_up[0].width;
+// SwiGLU of unit u of the [S][nf / (32 group)] expert-row units on node n: act[r][i] = silu(gate) * up
+// for expert row r, node columns [i0, i0 + 32 group) (act rows ld floats apart), and, if `quantize`,
+// quantized for down (`group` blocks to a scale, kernels.h's act_group; one node: its rows are whole).
+void Model::moe_swiglu_unit(Node& n, const NodeLayer& L, int u, int group, float* act, int ld, bool quantize) {
+  const int width = QK * group, units_per_row = n.nf / width, gw = L.exp_gate_up[0].width;
   const int r = u / units_per_row, i0 = (u % units_per_row) * width;
   const float* g = n.gate_up.get() + size_t(r) * gw;  // [gate | up] of expert row r
-  float* a = n.act.get() + size_t(r) * F;
+  float* a = act + size_t(r) * ld;
   for (int i = i0; i < i0 + width; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * g[L.up_off + i];
-  if (L.exp_down[0].any_quantized()) kernels_->quantize_act(a + i0, n.xq.get() + size_t(r) * (F / QK) + i0 / QK, width, group);
+  if (quantize) kernels_->quantize_act(a + i0, n.xq.get() + size_t(r) * (n.nf / QK) + i0 / QK, width, group);
 }
 
 // A step of few tokens: each active expert is one work item, taken whole by whichever of node n's
@@ -236,11 +237,13 @@ void Model::moe_experts_whole(Node& n, int op, const NodeLayer& L, int group) {
   std::atomic<int>& next = n.matmul_next[op];
   const int D = cfg_.n_embd, F = n.nf, units_per_row = F / (QK * group);
   const int gw = L.exp_gate_up[0].width, up_tiles = L.exp_gate_up[0].tiles, down_tiles = L.exp_down[0].tiles;
+  const bool quantize = L.exp_down[0].any_quantized();
   for (int a = next.fetch_add(1, std::memory_order_relaxed); a < n_active_;
        a = next.fetch_add(1, std::memory_order_relaxed)) {
     const int e = active_[a], r0 = expert_rows_[e], rows = expert_rows_[e + 1] - r0;
     moe_group_gemm(L.exp_gate_up[e], 0, up_tiles, moe_x_.data(), moe_xq_.data(), D, r0, rows, n.gate_up.get(), gw);
-    for (int u = r0 * units_per_row; u < (r0 + rows) * units_per_row; ++u) moe_swiglu_unit(n, L, u, group);
+    for (int u = r0 * units_per_row; u < (r0 + rows) * units_per_row; ++u)
+      moe_swiglu_unit(n, L, u, group, n.act.get(), F, quantize);
     moe_group_gemm(L.exp_down[e], 0, down_tiles, n.act.get(), n.xq.get(), F, r0, rows, n.moe_out.get(), D);
   }
 }
@@ -263,7 +266,7 @@ void Model::moe_router(int l, int tile0, int tile1, int n_tok) {
 // a step of one token is routed by the thread that normed its row, at once (no barrier), a step of a
 // few by one thread (the router is ~1 MB: less than a barrier's wait), and the experts of a step of
 // few tokens are whole work items (moe_experts_whole): 1 pool barrier per MoE FFN, against 5 pool and
-// group barriers on the tile-split path that prefill takes.
+// group barriers on the tile-split path that prefill takes. Several nodes: moe_ffn_nodes.
 void Model::moe_ffn(int tid, Node& n, int rank, int l, int op, int T) {
   const int nt = pool_->size(), tiles = layers_[l].router.tiles();
   if (T == 1) {
@@ -289,7 +292,7 @@ void Model::moe_ffn(int tid, Node& n, int rank, int l, int op, int T) {
     if (tid == 0) moe_route(T);
   }
   pool_->barrier(tid);
-  if (n.nf == 0) return;
+  if (nodes_.size() > 1) return moe_ffn_nodes(tid, n, rank, l, op, T);
   const NodeLayer& L = n.layers[l];
   if (T <= kWholeExpertTokens && n_active_ >= kWholeExpertItemsPerThread * n.n_threads) {
     moe_experts_whole(n, op, L, layers_[l].act_group[kDown]);
@@ -301,22 +304,53 @@ void Model::moe_ffn(int tid, Node& n, int rank, int l, int op, int T) {
   const int group = layers_[l].act_group[kDown];
   int u0, u1;
   split_range(S * (F / (QK * group)), rank, n.n_threads, &u0, &u1);
-  for (int u = u0; u < u1; ++u) moe_swiglu_unit(n, L, u, group);
+  const bool quantize = L.exp_down[0].any_quantized();
+  for (int u = u0; u < u1; ++u) moe_swiglu_unit(n, L, u, group, n.act.get(), F, quantize);
   pool_->group_barrier(tid);
   moe_matmul(n, op + 1, L.exp_down, n.act.get(), n.xq.get(), F, n.moe_out.get(), D);
 }
 
-// Node n's part of token row t: part[t] = sum_j w[t][j] * out[row of (t, j)], in the router's order
-// (highest weight first). Called by the thread that reduces row t, after the barrier that ends the
-// node's down GEMMs.
+// The experts across nodes, after the routing: node n's gate/up rows of every active expert and their
+// SwiGLU into its columns of the shared moe_act_, a barrier of every node, then the whole rows of
+// moe_act_ quantized into the node's xq (each node its copy: a step's rows are few beside the weights)
+// and its down rows of every active expert into its columns of moe_out.
+void Model::moe_ffn_nodes(int tid, Node& n, int rank, int l, int op, int T) {
+  const NodeLayer& L = n.layers[l];
+  const int S = T * cfg_.n_expert_used, D = cfg_.n_embd, F = cfg_.n_ff, group = layers_[l].act_group[kDown];
+  if (n.nf) {
+    moe_matmul(n, op, L.exp_gate_up, moe_x_.data(), moe_xq_.data(), D, n.gate_up.get(), L.exp_gate_up[0].width);
+    pool_->group_barrier(tid);
+    int u0, u1;  // units of 32 columns: quantized below, over whole rows
+    split_range(S * (n.nf / QK), rank, n.n_threads, &u0, &u1);
+    for (int u = u0; u < u1; ++u) moe_swiglu_unit(n, L, u, 1, moe_act_.data() + n.ff0, F, false);
+  }
+  pool_->barrier(tid);  // every node's columns of moe_act_
+  if (n.ndr == 0) return;
+  if (L.exp_down[0].any_quantized()) {
+    const int width = QK * group, units_per_row = F / width;
+    int u0, u1;
+    split_range(S * units_per_row, rank, n.n_threads, &u0, &u1);
+    for (int u = u0; u < u1; ++u) {
+      const int r = u / units_per_row, i0 = (u % units_per_row) * width;
+      kernels_->quantize_act(moe_act_.data() + size_t(r) * F + i0, n.xq.get() + size_t(r) * (F / QK) + i0 / QK,
+                             width, group);
+    }
+    pool_->group_barrier(tid);
+  }
+  moe_matmul(n, op + 1, L.exp_down, moe_act_.data(), n.xq.get(), F, n.moe_out.get() + n.dr0, D);
+}
+
+// Node n's part of token row t, its columns [dr0, dr0 + ndr): part[t] = sum_j w[t][j] * out[row of
+// (t, j)], in the router's order (highest weight first). Called by the thread that reduces row t,
+// after the barrier that ends the node's down GEMMs.
 void Model::moe_combine_row(const Node& n, int t) const {
-  const int D = cfg_.n_embd, k = cfg_.n_expert_used;
+  const int D = cfg_.n_embd, k = cfg_.n_expert_used, c0 = n.dr0, c1 = n.dr0 + n.ndr;
   float* p = n.part.get() + size_t(t) * D;
-  std::fill(p, p + D, 0.f);
+  std::fill(p + c0, p + c1, 0.f);
   for (int j = 0; j < k; ++j) {
     const float w = slot_weight_[size_t(t) * k + j];
     const float* o = n.moe_out.get() + size_t(slot_of_[size_t(t) * k + j]) * D;
-    for (int i = 0; i < D; ++i) p[i] += w * o[i];
+    for (int i = c0; i < c1; ++i) p[i] += w * o[i];
   }
 }
 

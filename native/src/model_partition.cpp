@@ -35,6 +35,11 @@ Model::Model(const ModelDesc& desc, const std::vector<NodeSpec>& specs)
   check_cuts(specs, cfg_.n_head_kv, 1, &NodeShare::kv0, &NodeShare::kv1, "KV head");
   check_cuts(specs, cfg_.n_ff, QK, &NodeShare::ff0, &NodeShare::ff1, "FFN column");
   check_cuts(specs, cfg_.n_vocab, ROW_TILE, &NodeShare::vocab0, &NodeShare::vocab1, "vocabulary row");
+  std::vector<NodeSpec> with_down = specs;  // one node's empty down share: all of it
+  NodeShare& only = with_down[0].share;
+  if (with_down.size() == 1 && only.down0 == only.down1) only.down0 = 0, only.down1 = cfg_.n_embd;
+  if (cfg_.ffn == FfnKind::MoE)
+    check_cuts(with_down, cfg_.n_embd, ROW_TILE, &NodeShare::down0, &NodeShare::down1, "expert down row");
   layers_.resize(cfg_.n_layer);
   loaded_.assign(cfg_.n_layer + 1, false);
   const int group = cfg_.n_head / cfg_.n_head_kv;
@@ -43,8 +48,8 @@ Model::Model(const ModelDesc& desc, const std::vector<NodeSpec>& specs)
   nodes_.resize(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
     Node& n = nodes_[i];
-    n.spec = specs[i];
-    const NodeShare& s = specs[i].share;
+    n.spec = with_down[i];
+    const NodeShare& s = with_down[i].share;
     n.kv0 = s.kv0;
     n.nkv = s.kv1 - s.kv0;
     n.head0 = s.kv0 * group;
@@ -53,6 +58,10 @@ Model::Model(const ModelDesc& desc, const std::vector<NodeSpec>& specs)
     n.nf = s.ff1 - s.ff0;
     n.vocab0 = s.vocab0;
     n.nvocab = s.vocab1 - s.vocab0;
+    if (cfg_.ffn == FfnKind::MoE) {
+      n.dr0 = s.down0;
+      n.ndr = s.down1 - s.down0;
+    }
     if (specs.size() > 1 && (n.nh * cfg_.head_dim) % QK) bad_input("node plan: node " + std::to_string(i) +
         "'s query heads must span whole blocks of 32 columns (cut KV heads in larger groups)");
     n.n_threads = std::max(1, specs[i].n_threads);

@@ -143,6 +143,29 @@ def test_plan_baichuan2_13b_on_three_and_four_nodes():
     assert [s.head1 - s.head0 for s in plan_shares(hp, {}, 3)] == [13, 13, 14]
 
 
+def test_plan_qwen3_30b_a3b_gives_every_node_its_share_of_every_expert():
+    """Qwen3-30B-A3B's Q4_K_M experts on 2 and 4 nodes (the Kunpeng 920 server has 4): an expert's 768
+    FFN columns are 3 K-quant blocks of its down, which cut by columns gave 2 nodes 1 : 2 of the expert
+    bytes and a 4th node none; now gate/up rows are cut at 32 and down by rows, so every node holds
+    the same bytes of every expert."""
+    from gguf import GGMLQuantizationType as QT
+
+    hp = HP(32, 4, 128, 768, 151936, n_embd=2048, n_layer=2)
+    hp.n_expert = 128
+    types = {f"blk.{i}.{name}.weight": int(t) for i in range(2) for name, t in
+             [("attn_q", QT.Q4_K), ("attn_k", QT.Q4_K), ("attn_v", QT.Q6_K), ("attn_output", QT.Q4_K),
+              ("ffn_gate_exps", QT.Q4_K), ("ffn_up_exps", QT.Q4_K), ("ffn_down_exps", QT.Q6_K)]}
+    types["output.weight"] = int(QT.Q6_K)
+    expert_bytes = 2 * 128 * (2 * 768 * 144 * 2048 // 256 + 2048 * 210 * 768 // 256)
+    for n in (2, 4):
+        shares = plan_shares(hp, types, n)
+        check_cover(shares, hp)
+        assert [s.ff1 - s.ff0 for s in shares] == [768 // n] * n
+        assert [(s.down0, s.down1) for s in shares] == [(2048 * i // n, 2048 * (i + 1) // n) for i in range(n)]
+        others = [s.weight_bytes - expert_bytes // n for s in shares]  # attention and vocabulary rows
+        assert len(set(others)) == 1 and others[0] > 0, others
+
+
 def test_plan_small_heads_cut_on_whole_blocks():
     hp = HP(4, 4, 16, 192, 256, n_embd=64)  # two 16-wide heads per Q8_0 block
     shares = plan_shares(hp, {}, 3)
@@ -292,6 +315,26 @@ def test_node_report_shares_and_memory(kind, nodes):
         assert r["binding"] in ("bound", "failed")
         if r["binding"] == "bound" and r["weights_on"] >= 0:
             assert r["weights_on"] == r["mem_node"]
+
+
+@pytest.mark.parametrize("nodes", [3, 4])
+def test_moe_nodes_each_hold_their_share_of_every_expert(nodes):
+    """The K-quant MoE (512 FFN columns: 2 blocks of 256 in its Q6_K down) on 3 and 4 nodes: cut by
+    down's columns, 1 or 2 nodes held no expert at all; now every node holds its gate/up rows (32 at a
+    time) and its down rows of every expert, the bytes within a tile of even, and greedy decoding
+    equals one node's."""
+    one, split = numa_model("qwen3moe-kquants", 1), numa_model("qwen3moe-kquants", nodes)
+    hp = split.hparams
+    report = split.node_report()
+    assert [r["ff"] for r in report] == [[hp.n_ff * i // nodes // 32 * 32, hp.n_ff * (i + 1) // nodes // 32 * 32]
+                                         for i in range(nodes)]
+    assert [r["down_rows"] for r in report] == [[hp.n_embd * i // nodes // 8 * 8, hp.n_embd * (i + 1) // nodes // 8 * 8]
+                                                for i in range(nodes)]
+    assert all(r["ff"][1] > r["ff"][0] and r["down_rows"][1] > r["down_rows"][0] for r in report)
+    prompt = prompt_tokens(one.n_vocab)
+    ref = ReferenceModel(tiny_model("qwen3moe-kquants")).forward(prompt)
+    assert_split_close(run_prefill(split, prompt), ref)
+    assert native_greedy(split, prompt, 24) == native_greedy(one, prompt, 24)
 
 
 def test_more_nodes_than_kv_heads_is_a_logged_fallback(caplog):

@@ -28,9 +28,10 @@ import pytest
 from sysinfer.topology import detect_topology, read_os_nodes
 
 VM_TIMEOUT = 900  # seconds: boot (~30-50 s) and the tests under software emulation, with room for a loaded host
-# The tiny models run in the guest: CI runs llama alone (GQA, Q6_K output; about 15 s of the guest's
-# time), scripts/numa_vm.sh all three (baichuan-alibi alone costs about 60 s under emulation).
-VM_KINDS = tuple(k for k in os.environ.get("SYSINFER_NUMA_VM_KINDS", "llama").split(",") if k)
+# The tiny models run in the guest: by default llama (GQA, Q6_K output; about 15 s of the guest's
+# time) and the K-quant MoE (its experts' gate/up rows and down rows on each node; a few seconds),
+# scripts/numa_vm.sh the kinds it is given (baichuan-alibi alone costs about 60 s under emulation).
+VM_KINDS = tuple(k for k in os.environ.get("SYSINFER_NUMA_VM_KINDS", "llama,qwen3moe-kquants").split(",") if k)
 
 
 def _real_nodes():
