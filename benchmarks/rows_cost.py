@@ -9,9 +9,11 @@ process that loads the model); in a process, each round times one step of every 
 each round:
   - decode: r sequences, one token each, at position --context (a batch of r decoding streams);
   - verify: one sequence, r tokens at positions --context.. (a speculative verify of r - 1 drafts),
-logits for every row. Figures are medians over all rounds of all passes, in ms, and each r's ratio to
-r = 1 of the same variant. Step times are wall times: on a shared machine compare ratios, taken in one
-run, and say the load (printed per pass).
+logits for every row. The rows' tokens differ (a fixed random draw): a mixture of experts routes
+equal rows to the same experts, which would hide what r rows read; for such a model the table also
+gives the experts a layer's step chose, on average. Figures are medians over all rounds of all
+passes, in ms, and each r's ratio to r = 1 of the same variant. Step times are wall times: on a shared
+machine compare ratios, taken in one run, and say the load (printed per pass).
 """
 
 from __future__ import annotations
@@ -37,18 +39,25 @@ def child(path: str, rows: list[int], rounds: int, threads: int, context: int) -
                        kv_blocks=r_max * (n_ctx // 16 + 1) + 8)
     per_seq = n_ctx // model.block_size + 1
     tables = np.arange(r_max * per_seq, dtype=np.int32).reshape(r_max, per_seq)  # [seq][block]
+    tokens = np.random.default_rng(0).integers(3, model.n_vocab, size=r_max)  # [row] token ids, distinct draws
 
     def decode(r: int) -> None:  # r sequences of one token (their KV before `context` left as it is)
-        model.step(np.full(r, 100), np.full(r, context), np.arange(r + 1), tables[:r], np.full(r, context + 1),
+        model.step(tokens[:r], np.full(r, context), np.arange(r + 1), tables[:r], np.full(r, context + 1),
                    np.arange(r))
 
     def verify(r: int) -> None:  # one sequence, r tokens
-        model.step(np.full(r, 100), np.arange(context, context + r), [0, r], tables[:1], [context + r], np.arange(r))
+        model.step(tokens[:r], np.arange(context, context + r), [0, r], tables[:1], [context + r], np.arange(r))
 
-    out = {"kernels": model.kernels, "decode": {r: [] for r in rows}, "verify": {r: [] for r in rows}}
+    moe = model.hparams.n_expert > 0 and hasattr(model.native, "moe_counts")  # (a build without it: no counts)
+    out = {"kernels": model.kernels, "decode": {r: [] for r in rows}, "verify": {r: [] for r in rows},
+           "experts": {"decode": {}, "verify": {}}}
     for kind, fn in (("decode", decode), ("verify", verify)):
-        for r in rows:  # warm-up
+        for r in rows:  # warm-up, and the experts a layer's step of r rows chose (MoE)
+            before = model.native.moe_counts if moe else None
             fn(r)
+            if before is not None:
+                steps, chosen = (a - b for a, b in zip(model.native.moe_counts, before))
+                out["experts"][kind][r] = chosen / steps
         for k in range(rounds):
             for r in rows[k % len(rows):] + rows[:k % len(rows)]:
                 t0 = time.perf_counter()
@@ -76,7 +85,7 @@ def main() -> int:
     spec = json.dumps({"model": os.path.abspath(args.model), "rows": rows, "rounds": args.rounds,
                        "threads": args.threads, "context": args.context})
     times = {name: {"decode": {r: [] for r in rows}, "verify": {r: [] for r in rows}} for name, _ in variants}
-    kernels = {}
+    kernels, experts = {}, {}
     for p in range(args.passes):
         for name, site in variants:
             env = {**os.environ}
@@ -89,6 +98,7 @@ def main() -> int:
                 raise SystemExit(f"variant {name} failed:\n{done.stderr[-3000:]}")
             res = json.loads(done.stdout.strip().splitlines()[-1])
             kernels[name] = res["kernels"]
+            experts[name] = res["experts"]
             for kind in ("decode", "verify"):
                 for r in rows:
                     times[name][kind][r] += res[kind][str(r)]
@@ -101,7 +111,9 @@ def main() -> int:
     for name, _ in variants:
         for kind in ("decode", "verify"):
             med = {r: statistics.median(times[name][kind][r]) for r in rows}
-            cells = [f"{med[r] * 1e3:.0f} ms ({med[r] / med[rows[0]]:.2f}x)" for r in rows]
+            chose = experts[name][kind]
+            cells = [f"{med[r] * 1e3:.0f} ms ({med[r] / med[rows[0]]:.2f}x"
+                     + (f", {chose[str(r)]:.1f} experts)" if str(r) in chose else ")") for r in rows]
             print(f"| {name} ({kernels[name]}) | {kind} | " + " | ".join(cells) + " |")
     return 0
 

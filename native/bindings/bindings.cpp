@@ -2,6 +2,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -366,6 +367,8 @@ NB_MODULE(_native, mod) {
       .def_prop_ro("kv_bytes", &Model::kv_bytes)
       .def_prop_ro("n_blocks", &Model::n_blocks)
       .def_prop_ro("block_size", &Model::block_size)
-      .def_prop_ro("max_step_tokens", &Model::max_step_tokens);
+      .def_prop_ro("max_step_tokens", &Model::max_step_tokens)
+      .def_prop_ro("moe_counts", &Model::moe_counts,
+                   "MoE: (layer steps routed, experts they chose between them): the experts a step reads.");
   bind_encoder(mod);
 }

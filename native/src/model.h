@@ -172,6 +172,11 @@ class Model {
   int n_blocks() const { return n_blocks_; }
   int block_size() const { return block_size_; }
   int max_step_tokens() const { return max_step_tokens_; }
+  // MoE: layer steps routed so far and the experts they chose between them (distinct per layer step):
+  // what a step of r rows reads of the experts (benchmarks/rows_cost.py).
+  std::pair<uint64_t, uint64_t> moe_counts() const {
+    return {moe_layer_steps_.load(std::memory_order_relaxed), moe_active_sum_.load(std::memory_order_relaxed)};
+  }
 
  private:
   void validate(const StepBatch& b) const;
@@ -254,6 +259,7 @@ class Model {
   std::vector<float> router_probs_;   // [n_expert] one token's unnormalised softmax (routing)
   std::vector<int> router_order_;     // [n_expert] experts by probability (routing)
   int n_active_ = 0;
+  std::atomic<uint64_t> moe_layer_steps_{0}, moe_active_sum_{0};  // moe_counts(); written by the router's thread
   std::vector<ActBlock> moe_xq_;      // [S][D / 32] the FFN input rows, grouped by expert
   std::vector<float> moe_x_;          // [S][D] the same in float, when an expert matrix is a float type
   std::vector<float> moe_act_;        // [S][n_ff] SwiGLU of every node's columns (several nodes only)

@@ -172,6 +172,8 @@ void Model::moe_route(int n_tok) {
     expert_rows_[e + 1] += expert_rows_[e];
     expert_cursor_[e] = expert_rows_[e];
   }
+  moe_layer_steps_.fetch_add(1, std::memory_order_relaxed);
+  moe_active_sum_.fetch_add(uint64_t(n_active_), std::memory_order_relaxed);
   const int nb = D / QK;
   for (int t = 0; t < n_tok; ++t)
     for (int j = 0; j < k; ++j) {
