@@ -57,6 +57,24 @@ def test_decode_steps_equal_prefill_rows(load):
         np.testing.assert_allclose(row, prefill[pos], rtol=0, atol=1e-4)
 
 
+def test_expert_counts(load):
+    """Model.moe_counts (what benchmarks/rows_cost.py reports): a one-token step routes each layer once
+    to exactly k experts; 12 different tokens choose more of them, at most all, and the layers of a
+    step are counted once each."""
+    model = load(tiny_model("qwen3moe"))
+    hp = model.hparams
+    table = _blocks(model, [13])
+    steps0, chosen0 = model.native.moe_counts
+    model.step([7], [0], [0, 1], table, [1], [0])
+    steps1, chosen1 = model.native.moe_counts
+    assert (steps1 - steps0, chosen1 - chosen0) == (hp.n_layer, hp.n_layer * hp.n_expert_used)
+    tokens = np.random.default_rng(2).integers(3, model.n_vocab, size=12).tolist()
+    model.step(tokens, np.arange(1, 13), [0, 12], table, [13], [11])
+    steps2, chosen2 = model.native.moe_counts
+    assert steps2 - steps1 == hp.n_layer
+    assert hp.n_layer * hp.n_expert_used < chosen2 - chosen1 <= hp.n_layer * hp.n_expert
+
+
 def test_reference_routes_as_qwen3moe():
     """The reference's routing itself: softmax, the top n_expert_used, renormalised weights."""
     ref = ReferenceModel(tiny_model("qwen3moe"))
