@@ -40,7 +40,8 @@ class BenchRow:
 
 def read_bandwidth_gbs(threads: int, *, mib: int = 1024, repeats: int = 3) -> float:
     """GB/s of reading a buffer larger than the caches with `threads` threads (native probe: each
-    thread reads its share as four interleaved streams, one load per cache line). `mib` and `repeats`
+    thread reads its share as four interleaved streams, one load per cache line, once plain and once
+    with the decode GEMV's software prefetch; the faster walk counts). `mib` and `repeats`
     are keywords: the native probe takes (mib, threads), and `read_bandwidth_gbs(1024, 2)` here once
     meant 1,024 threads over 2 MiB (0.1 GB/s) to someone who read it the native way round."""
     return _native.read_bandwidth_gbs(mib, threads, repeats)

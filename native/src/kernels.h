@@ -20,6 +20,16 @@ constexpr int QK = 32;        // elements per 32-wide block (Q4_0 ... IQ4_NL) an
 constexpr int QK_K = 256;     // elements per K-quant / IQ4_XS super-block
 constexpr int ROW_TILE = 8;   // rows interleaved per packed tile, for every weight type
 
+// The decode GEMV's software prefetch: how far ahead of the block in use each stream asks for its
+// lines, and the hint (kernels_simd.h's gemv_prefetch says why these). The read probe
+// (bandwidth.cpp) walks its buffer with the same prefetch, so the roofline is what this walk can read.
+constexpr int kGemvPrefetchBytes = 2048;
+#if defined(__x86_64__)
+constexpr int kGemvPrefetchLocality = 3;  // __builtin_prefetch's: 3 = prefetcht0
+#else
+constexpr int kGemvPrefetchLocality = 2;  // 2 = pldl2keep
+#endif
+
 // ---- GGUF on-disk blocks (as llama.cpp's quantizer writes them) ----
 struct BlockQ4_0 { uint16_t d; uint8_t qs[16]; };                    // 18 bytes; x = d*(q-8)
 struct BlockQ4_1 { uint16_t d, m; uint8_t qs[16]; };                 // 20 bytes; x = d*q + m

@@ -284,12 +284,7 @@ inline void pair_tokens(const typename Op::Tile* tiles, int n_blocks, const ActB
 // Q4_K 25.8 -> 28.3 GB/s, Q6_K 24.1 -> 26.0 (14336 x 4096), Q6_K 20.4 -> 22.5 (2048 x 768).
 // A hint only: results never depend on it, and a prefetch past the end of the weights is dropped, not
 // a fault. Not measured on a Kunpeng (docs/benchmarks.md): ARM keeps pldl2keep.
-constexpr int kGemvPrefetchBytes = 2048;
-#if defined(__x86_64__)
-constexpr int kGemvPrefetchLocality = 3;  // __builtin_prefetch's: 3 = prefetcht0
-#else
-constexpr int kGemvPrefetchLocality = 2;  // 2 = pldl2keep
-#endif
+// (kGemvPrefetchBytes and kGemvPrefetchLocality are kernels.h's: the read probe uses them too.)
 //
 // Near a tile's end the lines ahead run on into the next tile, which the stream beside reads anyway,
 // while the tile this stream reads next (S tiles on: `next` blocks past this one's end) would begin on
